@@ -1,0 +1,59 @@
+"""Generate `schemas/*.schema.json` from the pydantic models.
+
+Each stage registers its models here (file stem → "module:Class"); `cxrctx schemas`
+writes them and `tests/test_schemas.py` fails when a file is stale.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+from cxrctx.shards import atomic_write_text
+
+#: schema file stem → "module:Class". Add a line when a stage adds a contract.
+REGISTRY: dict[str, str] = {
+    "record": "cxrctx.models:Record",
+    "reject": "cxrctx.models:Reject",
+    "lesion_label": "cxrctx.models:LesionLabel",
+    "manifest": "cxrctx.models:Manifest",
+}
+
+SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
+
+
+def _load(spec: str) -> type:
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def render_schema(spec: str) -> str:
+    schema = _load(spec).model_json_schema()
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+
+
+def render_all() -> dict[str, str]:
+    return {f"{stem}.schema.json": render_schema(spec) for stem, spec in sorted(REGISTRY.items())}
+
+
+def write_all(out_dir: str | Path = SCHEMAS_DIR) -> list[Path]:
+    out = Path(out_dir)
+    written = []
+    for name, text in render_all().items():
+        path = out / name
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            atomic_write_text(path, text)
+        written.append(path)
+    return written
+
+
+def stale(out_dir: str | Path = SCHEMAS_DIR) -> list[str]:
+    """Names of schema files that are missing or differ from the models."""
+    out = Path(out_dir)
+    bad = []
+    for name, text in render_all().items():
+        path = out / name
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            bad.append(name)
+    return bad
