@@ -156,10 +156,12 @@ class Record(_Strict):
     report_path: str = Field(description="Report path relative to the root (or zip entry name)")
     report_sha256: str
     chexpert: dict[str, float | None] | None = Field(
-        None, description="CheXpert labels: 1.0 / 0.0 / -1.0 / null"
+        None,
+        description="CheXpert labels keyed by snake_case label name (atelectasis … support_devices): "
+        "1.0 / 0.0 / -1.0 / null; null when the CSV is absent or has no row for the study",
     )
     negbio: dict[str, float | None] | None = Field(
-        None, description="NegBio labels: 1.0 / 0.0 / -1.0 / null"
+        None, description="NegBio labels, same keys and values as chexpert"
     )
     flags: list[str]
 

@@ -18,6 +18,20 @@ REGISTRY: dict[str, str] = {
     "reject": "cxrctx.models:Reject",
     "lesion_label": "cxrctx.models:LesionLabel",
     "manifest": "cxrctx.models:Manifest",
+    "build_priors_config": "cxrctx.mimic.build:BuildPriorsConfig",
+    "synth_summary": "cxrctx.synth:SynthSummary",
+    "synth_truth_study": "cxrctx.synth:TruthStudy",
+    "lesion_answer": "cxrctx.labeling.models:LabelAnswer",
+    "label_row": "cxrctx.labeling.models:LabelRow",
+    "label_document": "cxrctx.labeling.models:DocumentRow",
+    "label_failure": "cxrctx.labeling.models:FailureRow",
+    "label_run_config": "cxrctx.labeling.models:LabelRunConfig",
+    "label_eval_report": "cxrctx.labeling.models:EvalReport",
+    "roi_row": "cxrctx.imagenome:RoiRow",
+    "roi_reject": "cxrctx.imagenome:RoiReject",
+    "train_config": "cxrctx.train.config:TrainConfig",
+    "generated_report": "cxrctx.generate:GeneratedReport",
+    "evaluation_report": "cxrctx.evaluate:EvaluationReport",
 }
 
 SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"

@@ -1,0 +1,422 @@
+"""`build-rois`: the 11 CLALA-Net regions of interest from Chest ImaGenome scene graphs.
+
+A scene graph (`silver_dataset/scene_graph/<dicom_id>_SceneGraph.json`, DESIGN §2) has
+`objects[]` (bbox_name + `original_x1..y2` in pixels of the original image) and
+`attributes[]` (bbox_name, `phrases` = report sentences about that region, and
+`attributes` = per-phrase lists of `category|yes/no|name`, e.g. `nlp|yes|abnormal`).
+
+For every image of the given records we keep the 11 ROIs CLALA-Net reports on (seed 004,
+"ROI"), clean their boxes (a zero-area box or one wholly outside the image is dropped; the
+rest is clipped to the image), collect each ROI's sentences (de-duplicated, in order) and
+its abnormal flag (any phrase tagged `nlp|yes|abnormal`). The model needs all 11 ROIs per
+image, so an image whose scene graph lacks one (or whose box had to be dropped) goes to the
+`rejects` table with the reason, never silently. Counts reconcile:
+`images_considered = images_written + images_rejected`, and non-frontal images without a
+scene graph are counted apart (Chest ImaGenome only covers frontal views).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
+
+from cxrctx import __version__
+from cxrctx.errors import CxrctxError
+from cxrctx.models import Manifest
+from cxrctx.shards import (
+    input_file,
+    read_shards,
+    shard_paths,
+    write_manifest,
+    write_parquet,
+    write_shards,
+)
+
+log = logging.getLogger(__name__)
+
+ROI_SCHEMA_VERSION = 1
+
+#: The 11 CLALA-Net ROIs (seed 004, "ROI"), in this fixed order (the model's ROI axis).
+ROIS: tuple[str, ...] = (
+    "left lung",
+    "right lung",
+    "left lower lung zone",
+    "right lower lung zone",
+    "left hilar structures",
+    "right hilar structures",
+    "mediastinum",
+    "upper mediastinum",
+    "left costophrenic angle",
+    "right costophrenic angle",
+    "cardiac silhouette",
+)
+#: Patient side of each ROI ("center" for midline structures).
+ROI_SIDE: dict[str, str] = {
+    r: ("left" if r.startswith("left") else "right" if r.startswith("right") else "center")
+    for r in ROIS
+}
+
+#: Which ROIs a positive lesion concerns. The paper pairs ROIs "annotated with the same lesion
+#: type ... and located in the same anatomical region" but gives no lesion→region table; this
+#: one is our choice (radiological common sense), used by the synthetic renderer, by LLCL pair
+#: construction and nowhere else. Lateral ROIs apply on the label's side (both sides for
+#: bilateral / not mentioned); midline ROIs apply regardless of side.
+LESION_ROI_KINDS: dict[str, tuple[str, ...]] = {
+    "cardiomegaly": ("cardiac silhouette",),
+    "emphysema": ("lung",),
+    "pleural effusion": ("lung", "lower lung zone", "costophrenic angle"),
+    "hernia": ("mediastinum",),
+    "nodule": ("lung",),
+    "pneumothorax": ("lung",),
+    "atelectasis": ("lung", "lower lung zone"),
+    "pleural thickening": ("lung", "costophrenic angle"),
+    "mass": ("lung", "hilar structures"),
+    "edema": ("lung", "hilar structures"),
+    "consolidation": ("lung", "lower lung zone"),
+    "infiltration": ("lung", "lower lung zone"),
+    "fibrosis": ("lung", "lower lung zone"),
+    "pneumonia": ("lung", "lower lung zone"),
+}
+
+
+def lesion_rois(lesion: str, location: str) -> list[str]:
+    """ROIs (names, in ROIS order) that a positive `lesion` at `location` concerns."""
+    kinds = LESION_ROI_KINDS.get(lesion, ())
+    sides = {"left": ("left",), "right": ("right",)}.get(location, ("left", "right"))
+    out = []
+    for roi in ROIS:
+        side = ROI_SIDE[roi]
+        kind = roi if side == "center" else roi.split(" ", 1)[1]
+        if kind in kinds and (side == "center" or side in sides):
+            out.append(roi)
+    return out
+
+
+class RoiBox(BaseModel):
+    """One cleaned ROI of one image."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="One of the 11 CLALA-Net ROI names")
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    clipped: bool = Field(description="True when the box reached outside the image and was clipped")
+    sentences: list[str] = Field(
+        description="Report sentences about this region (scene-graph phrases), de-duplicated"
+    )
+    abnormal: bool = Field(description="Any phrase of this region tagged nlp|yes|abnormal")
+
+
+class RoiRow(BaseModel):
+    """One image with its 11 ROIs (rows of `OUT/rois/part-*.parquet`), keyed by dicom_id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dicom_id: str
+    subject_id: int
+    study_id: int
+    split: str | None
+    path: str = Field(description="Image path relative to the MIMIC root, from the record")
+    view_position: str | None
+    rows: int | None = Field(description="Original image height the box coordinates refer to")
+    columns: int | None = Field(description="Original image width the box coordinates refer to")
+    rois: list[RoiBox] = Field(description="Exactly the 11 ROIs, in cxrctx.imagenome.ROIS order")
+
+
+class RoiReject(BaseModel):
+    """An image that did not become a ROI row, and why."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dicom_id: str
+    study_id: int | None
+    source: str
+    reason: str
+
+
+@dataclass
+class RoiResult:
+    out_dir: Path
+    rows: int
+    rejects: int
+    counts: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+def scene_graph_dir(imagenome_dir: str | os.PathLike) -> Path:
+    """Accept the Chest ImaGenome root, its silver_dataset, or the scene_graph folder itself."""
+    p = Path(imagenome_dir)
+    for cand in (p / "silver_dataset" / "scene_graph", p / "scene_graph", p):
+        if cand.is_dir() and (cand.name == "scene_graph" or any(cand.glob("*_SceneGraph.json"))):
+            return cand
+    if not p.exists():
+        raise CxrctxError(f"{p}: no such directory")
+    raise CxrctxError(f"{p}: no silver_dataset/scene_graph/*_SceneGraph.json found")
+
+
+def _num(v: object) -> float | None:
+    try:
+        f = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return f if f == f else None  # NaN → None
+
+
+def clean_box(
+    x1: float, y1: float, x2: float, y2: float, width: float | None, height: float | None
+) -> tuple[tuple[float, float, float, float] | None, bool, str]:
+    """Return (clipped box or None, clipped?, reason when dropped). Coordinates in original pixels."""
+    if x2 < x1:
+        x1, x2 = x2, x1
+    if y2 < y1:
+        y1, y2 = y2, y1
+    if x2 - x1 <= 0 or y2 - y1 <= 0:
+        return None, False, "zero-area box"
+    W = width if width and width > 0 else float("inf")
+    H = height if height and height > 0 else float("inf")
+    if x2 <= 0 or y2 <= 0 or x1 >= W or y1 >= H:
+        return None, False, "box outside the image"
+    cx1, cy1, cx2, cy2 = max(0.0, x1), max(0.0, y1), min(W, x2), min(H, y2)
+    clipped = (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2)
+    if cx2 - cx1 < 1 or cy2 - cy1 < 1:
+        return None, clipped, "box under one pixel after clipping"
+    return (cx1, cy1, cx2, cy2), clipped, ""
+
+
+def _dedupe(items: Iterable[str]) -> list[str]:
+    seen: set[str] = set()
+    out = []
+    for s in items:
+        s = " ".join(str(s).split())
+        key = s.lower()
+        if s and key not in seen:
+            seen.add(key)
+            out.append(s)
+    return out
+
+
+def parse_scene_graph(
+    data: dict, *, width: float | None, height: float | None
+) -> tuple[list[dict] | None, str, int]:
+    """Extract the 11 cleaned ROIs from one scene graph.
+
+    Returns (rois or None, reason when None, number of dropped boxes among the 11).
+    """
+    if not isinstance(data, dict) or not isinstance(data.get("objects"), list):
+        return None, "scene graph has no objects[] list", 0
+    boxes: dict[str, tuple[tuple[float, float, float, float] | None, bool, str]] = {}
+    for obj in data["objects"]:
+        if not isinstance(obj, dict):
+            continue
+        name = str(obj.get("bbox_name", "")).strip().lower()
+        if name not in ROIS or name in boxes:
+            continue
+        coords = [_num(obj.get(f"original_{k}")) for k in ("x1", "y1", "x2", "y2")]
+        if any(c is None for c in coords):
+            boxes[name] = (None, False, "box without original_x1..y2")
+            continue
+        boxes[name] = clean_box(*coords, width, height)  # type: ignore[arg-type]
+    phrases: dict[str, list[str]] = {r: [] for r in ROIS}
+    abnormal: dict[str, bool] = dict.fromkeys(ROIS, False)
+    for att in data.get("attributes") or []:
+        if not isinstance(att, dict):
+            continue
+        name = str(att.get("bbox_name", "")).strip().lower()
+        if name not in phrases:
+            continue
+        ph = att.get("phrases") or []
+        phrases[name].extend(p for p in ph if isinstance(p, str))
+        for group in att.get("attributes") or []:
+            tags = group if isinstance(group, list) else [group]
+            if any(str(t).strip().lower() == "nlp|yes|abnormal" for t in tags):
+                abnormal[name] = True
+    missing = [r for r in ROIS if r not in boxes]
+    dropped = [(r, boxes[r][2]) for r in ROIS if r in boxes and boxes[r][0] is None]
+    if missing or dropped:
+        parts = []
+        if missing:
+            parts.append("missing ROI " + ", ".join(f"'{r}'" for r in missing))
+        parts.extend(f"ROI '{r}' dropped: {why}" for r, why in dropped)
+        return None, "; ".join(parts), len(dropped)
+    rois = []
+    for r in ROIS:
+        box, clipped, _ = boxes[r]
+        assert box is not None
+        rois.append(
+            {
+                "name": r,
+                "x1": box[0],
+                "y1": box[1],
+                "x2": box[2],
+                "y2": box[3],
+                "clipped": clipped,
+                "sentences": _dedupe(phrases[r]),
+                "abnormal": abnormal[r],
+            }
+        )
+    return rois, "", 0
+
+
+_ROI_STRUCT = pl.Struct(
+    {
+        "name": pl.String,
+        "x1": pl.Float64,
+        "y1": pl.Float64,
+        "x2": pl.Float64,
+        "y2": pl.Float64,
+        "clipped": pl.Boolean,
+        "sentences": pl.List(pl.String),
+        "abnormal": pl.Boolean,
+    }
+)
+ROI_FRAME_SCHEMA = {
+    "dicom_id": pl.String,
+    "subject_id": pl.Int64,
+    "study_id": pl.Int64,
+    "split": pl.String,
+    "path": pl.String,
+    "view_position": pl.String,
+    "rows": pl.Int64,
+    "columns": pl.Int64,
+    "rois": pl.List(_ROI_STRUCT),
+}
+REJECT_SCHEMA = {
+    "dicom_id": pl.String,
+    "study_id": pl.Int64,
+    "source": pl.String,
+    "reason": pl.String,
+}
+
+
+def _reason_key(reason: str) -> str:
+    if reason.startswith("missing ROI"):
+        return "missing ROI"
+    if "dropped" in reason:
+        return "ROI box dropped"
+    return reason.split(":")[0]
+
+
+def build_rois(
+    imagenome_dir: str | os.PathLike,
+    *,
+    records: str | os.PathLike,
+    out: str | os.PathLike,
+    rows_per_shard: int = 50_000,
+    frontal_only: bool = True,
+) -> RoiResult:
+    """Read scene graphs for every image of `records` and write `OUT/rois/part-*.parquet`.
+
+    `records` is a build-priors output (its `records/` folder or the shards themselves).
+    Writes `OUT/rejects.parquet` and `OUT/manifest.json`. Deterministic: rows sorted by
+    dicom_id, same inputs ⇒ same bytes.
+    """
+    sg_dir = scene_graph_dir(imagenome_dir)
+    rec_path = Path(records)
+    if (rec_path / "records").is_dir():
+        rec_path = rec_path / "records"
+    if not shard_paths(rec_path):
+        raise CxrctxError(f"{records}: no records shards (part-*.parquet) found")
+    try:
+        recs = read_shards(rec_path).select("subject_id", "study_id", "split", "images")
+    except Exception as e:
+        raise CxrctxError(f"{records}: cannot read records shards ({e})") from e
+    out_dir = Path(out)
+    rows: list[dict] = []
+    rejects: list[dict] = []
+    counts = {
+        "images_in_records": 0,
+        "images_considered": 0,
+        "skipped_non_frontal": 0,
+        "boxes_clipped": 0,
+    }
+    seen: set[str] = set()
+    for rec in recs.iter_rows(named=True):
+        for img in rec["images"] or []:
+            counts["images_in_records"] += 1
+            dicom_id = img["dicom_id"]
+            if dicom_id in seen:
+                continue
+            seen.add(dicom_id)
+            sg = sg_dir / f"{dicom_id}_SceneGraph.json"
+            if not sg.exists() and frontal_only and img.get("view_group") != "frontal":
+                counts["skipped_non_frontal"] += 1
+                continue
+            counts["images_considered"] += 1
+            src = f"{sg.name}"
+
+            def reject(
+                reason: str, _d: str = dicom_id, _s: int = rec["study_id"], _src: str = src
+            ) -> None:
+                rejects.append({"dicom_id": _d, "study_id": _s, "source": _src, "reason": reason})
+
+            if not sg.exists():
+                reject("no scene graph")
+                continue
+            try:
+                data = json.loads(sg.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                reject(f"unreadable scene graph: {type(e).__name__}")
+                continue
+            rois, why, _ = parse_scene_graph(data, width=img.get("columns"), height=img.get("rows"))
+            if rois is None:
+                reject(why)
+                continue
+            counts["boxes_clipped"] += sum(r["clipped"] for r in rois)
+            rows.append(
+                {
+                    "dicom_id": dicom_id,
+                    "subject_id": rec["subject_id"],
+                    "study_id": rec["study_id"],
+                    "split": rec["split"],
+                    "path": img["path"],
+                    "view_position": img.get("view_position"),
+                    "rows": img.get("rows"),
+                    "columns": img.get("columns"),
+                    "rois": rois,
+                }
+            )
+    df = pl.DataFrame(rows, schema=ROI_FRAME_SCHEMA).sort("dicom_id")
+    rej = pl.DataFrame(rejects, schema=REJECT_SCHEMA).sort("dicom_id")
+    shards = write_shards(df, out_dir / "rois", rows_per_shard, relative_to=out_dir)
+    rej_info = write_parquet(rej, out_dir / "rejects.parquet")
+    reasons: dict[str, int] = {}
+    for r in rej["reason"].to_list():
+        k = _reason_key(r)
+        reasons[k] = reasons.get(k, 0) + 1
+    counts.update({"images_written": df.height, "images_rejected": rej.height})
+    assert counts["images_considered"] == counts["images_written"] + counts["images_rejected"]
+    manifest = Manifest(
+        tool_version=__version__,
+        stage="build-rois",
+        schema_version=ROI_SCHEMA_VERSION,
+        config={"rois": list(ROIS), "frontal_only": frontal_only, "rows_per_shard": rows_per_shard},
+        inputs=[input_file(p, os.path.relpath(p, rec_path.parent)) for p in shard_paths(rec_path)],
+        shards=shards,
+        tables=[rej_info.model_copy(update={"path": "rejects.parquet"})],
+        counts=counts,
+        extra={"reject_reasons": dict(sorted(reasons.items()))},
+    )
+    write_manifest(manifest, out_dir / "manifest.json")
+    log.info("build-rois: %d images written, %d rejected", df.height, rej.height)
+    return RoiResult(
+        out_dir=out_dir, rows=df.height, rejects=rej.height, counts=counts, reasons=reasons
+    )
+
+
+def read_rois(path: str | os.PathLike) -> pl.DataFrame:
+    """Read a build-rois output (its folder, `rois/`, or shard files)."""
+    p = Path(path)
+    if (p / "rois").is_dir():
+        p = p / "rois"
+    if not shard_paths(p):
+        raise CxrctxError(f"{path}: no ROI shards (rois/part-*.parquet) found")
+    return read_shards(p)

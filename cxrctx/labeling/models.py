@@ -1,0 +1,176 @@
+"""Pydantic contracts of the labeler: the model's answer, output rows, run config, eval report.
+
+The answer is keyed by lesion and holds only the candidate lesions of one report, so a
+normal report costs a few dozen output tokens; lesions that are not asked are filled
+in as negative ("not mentioned") by code. `reasoning` comes before the answer fields,
+which is the chain-of-thought order the grammar enforces.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel
+
+from cxrctx.models import LESIONS, Lesion, Location, Status
+
+REASONING_MAX_CHARS = 120
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LesionAnswer(_Strict):
+    """The model's judgement of one candidate lesion: reasoning first, then the answer."""
+
+    reasoning: str = Field(
+        max_length=REASONING_MAX_CHARS,
+        description="Quote the report words, say affirmed / hedged / negated and the side",
+    )
+    status: Status
+    location: Location
+
+
+def answer_schema(
+    candidates: tuple[str, ...] | list[str] = LESIONS, *, required: bool = True
+) -> dict[str, Any]:
+    """JSON Schema of the answer for `candidates` (object keyed by lesion, entries inlined).
+
+    The published schema (`schemas/lesion_answer.schema.json`) is the generic one: all 14
+    lesions optional. Each request narrows it to the report's candidates, all required,
+    so the constrained decoder writes exactly those entries in the fixed lesion order.
+    """
+    entry = {
+        "type": "object",
+        "properties": {
+            "reasoning": {"type": "string", "maxLength": REASONING_MAX_CHARS},
+            "status": {"type": "string", "enum": ["positive", "negative"]},
+            "location": {"type": "string", "enum": ["left", "right", "bilateral", "not mentioned"]},
+        },
+        "required": ["reasoning", "status", "location"],
+        "additionalProperties": False,
+    }
+    names = [n for n in LESIONS if n in set(candidates)]
+    return {
+        "title": "LabelAnswer",
+        "description": "One entry per candidate lesion of the report; lesions not present are negative. "
+        "Entry fields are generated in the order reasoning, status, location (reasoning first).",
+        "type": "object",
+        "properties": {n: entry for n in names},
+        "required": names if required else [],
+        "additionalProperties": False,
+    }
+
+
+class LabelAnswer(RootModel[dict[Lesion, LesionAnswer]]):
+    """The model's answer for one report: lesion name → LesionAnswer, candidates only."""
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+        return answer_schema(LESIONS, required=False)
+
+
+class LabelRow(_Strict):
+    """One output row of `labels/part-*.parquet`: the LesionLabel columns plus provenance."""
+
+    id: str
+    lesion: str
+    status: Status
+    location: Location
+    rationale: str
+    source: Literal["llm", "not_candidate", "no_candidate"] = Field(
+        description="llm: decided by the model; not_candidate: the lexicon pre-pass found no "
+        "expression of this lesion (negative); no_candidate: the report mentions none of the 14 "
+        "(LLM not called, all negative)"
+    )
+    llm_called: bool
+    text_sha256: str
+    backend: str
+    model: str
+    prompt_sha256: str
+    schema_sha256: str
+    sampling: str = Field(description="Sampling parameters as canonical JSON")
+
+
+class DocumentRow(_Strict):
+    """One row per input document of `documents/part-*.parquet`."""
+
+    id: str
+    text_sha256: str
+    status: Literal["labeled", "skipped", "failed", "empty"]
+    candidates: list[str]
+    llm_called: bool
+    cached: bool
+    attempts: int
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    raw_text: str | None = Field(description="The model's last raw answer")
+    error: str | None
+
+
+class FailureRow(_Strict):
+    """A document that got no labels, and why (never turned into negatives)."""
+
+    id: str
+    reason: str
+    raw_text: str | None
+    attempts: int
+
+
+class LabelRunConfig(_Strict):
+    """What a label-lesions run was asked to do (stored in the manifest)."""
+
+    backend: str
+    model: str
+    prompt_version: int
+    prompt_sha256: str
+    schema_sha256: str
+    sampling: dict[str, Any]
+    input: str | None = None
+    sections: list[str] | None = None
+    id_column: str | None = None
+    text_column: str | None = None
+    shard: str | None = None
+    limit: int | None = None
+    batch_size: int
+    prepass: bool
+    engine_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class LesionScore(_Strict):
+    lesion: str
+    tp: int
+    fp: int
+    fn: int
+    tn: int
+    support: int = Field(description="Gold positives")
+    precision: float | None
+    recall: float | None
+    f1: float | None
+    agreement: float = Field(description="Fraction of documents where pred and gold status agree")
+    kappa: float | None = Field(description="Cohen's kappa of status")
+    location_n: int = Field(0, description="True positives whose gold has a location")
+    location_accuracy: float | None = None
+
+
+class EvalReport(_Strict):
+    """Per-lesion and averaged scores of predicted labels against a gold (or another run)."""
+
+    gold_kind: str
+    n_docs: int = Field(description="Documents scored (in both pred and gold)")
+    n_pred_only: int
+    n_gold_only: int = Field(
+        description="Gold documents without predictions (e.g. failures); not scored"
+    )
+    lesions: list[LesionScore]
+    micro_precision: float | None
+    micro_recall: float | None
+    micro_f1: float | None
+    macro_precision: float | None
+    macro_recall: float | None
+    macro_f1: float | None = Field(description="Mean F1 over lesions with gold support > 0")
+    location_accuracy: float | None
+    options: dict[str, Any] = Field(default_factory=dict)

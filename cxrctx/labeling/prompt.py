@@ -1,0 +1,130 @@
+"""The versioned lesion-labeling prompt (`prompts/label_lesions/vN.json`) and its pre-pass.
+
+The prompt file is data: instructions, the 14 lesions with typical positive / negative
+expressions, worked examples, and per-lesion lexicon patterns. The lexicon pre-pass is
+deliberately simple and transparent: a lesion is a *candidate* when one of its patterns
+occurs in the report; the model then decides status and location of every candidate.
+Reports with no candidate are all-negative without a model call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from cxrctx.errors import CxrctxError
+from cxrctx.labeling.models import answer_schema
+from cxrctx.models import LESIONS
+
+PROMPTS_DIR = Path(__file__).resolve().parent.parent.parent / "prompts" / "label_lesions"
+DEFAULT_VERSION = 1
+
+
+def schema_sha256() -> str:
+    """sha256 of `schemas/lesion_answer.schema.json` as `cxrctx schemas` writes it (verifiable
+    with sha256sum); recorded in every label row."""
+    text = json.dumps(answer_schema(LESIONS, required=False), indent=2, sort_keys=True) + "\n"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass
+class LabelPrompt:
+    """A loaded prompt version; render messages and find candidates with it."""
+
+    data: dict[str, Any]
+    sha256: str
+    path: str
+    _patterns: dict[str, list[re.Pattern[str]]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        lesions = self.data.get("lesions", {})
+        missing = [n for n in LESIONS if n not in lesions]
+        extra = [n for n in lesions if n not in LESIONS]
+        if missing or extra:
+            raise CxrctxError(
+                f"{self.path}: lesions must be exactly the 14 of DESIGN §4 (missing {missing}, unknown {extra})"
+            )
+        for name in LESIONS:
+            try:
+                self._patterns[name] = [
+                    re.compile(p, re.IGNORECASE) for p in lesions[name]["patterns"]
+                ]
+            except (KeyError, re.error) as e:
+                raise CxrctxError(
+                    f"{self.path}: lesion {name!r}: bad or missing patterns ({e})"
+                ) from e
+
+    @property
+    def version(self) -> int:
+        return int(self.data.get("version", 0))
+
+    def candidates(self, text: str) -> list[str]:
+        """Lesions with at least one lexicon match in `text`, in the fixed lesion order."""
+        return [n for n in LESIONS if any(p.search(text) for p in self._patterns[n])]
+
+    @cached_property
+    def system(self) -> str:
+        """The fixed system message (identical for every report, so engines cache its prefix)."""
+        lines = list(self.data["system"])
+        for name in LESIONS:
+            d = self.data["lesions"][name]
+            pos = "; ".join(f'"{x}"' for x in d["positive"])
+            neg = "; ".join(f'"{x}"' for x in d["negative"])
+            lines.append(f"- {name}: {d['definition']}. Positive: {pos}. Negative: {neg}.")
+        for i, ex in enumerate(self.data.get("examples", []), 1):
+            cands = ", ".join(ex["answer"].keys())
+            lines.append(
+                f"\nExample {i}.\nREPORT:\n{ex['text']}\n\nCANDIDATES: {cands}\nANSWER: {_canonical_pretty(ex['answer'])}"
+            )
+        return "\n".join(lines)
+
+    def messages(self, text: str, candidates: list[str]) -> list[dict[str, str]]:
+        user = self.data["user_template"].format(text=text, candidates=", ".join(candidates))
+        return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
+
+    def repair_messages(
+        self, messages: list[dict[str, str]], raw: str, reason: str, candidates: list[str]
+    ) -> list[dict[str, str]]:
+        note = self.data["repair_template"].format(reason=reason, candidates=", ".join(candidates))
+        return [
+            *messages,
+            {"role": "assistant", "content": raw[:2000]},
+            {"role": "user", "content": note},
+        ]
+
+
+def _canonical_pretty(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False)
+
+
+def load_prompt(version_or_path: int | str | Path | None = None) -> LabelPrompt:
+    """Load `prompts/label_lesions/v{N}.json` (default the current version) or a given file."""
+    if version_or_path is None:
+        version_or_path = DEFAULT_VERSION
+    if isinstance(version_or_path, int) or (
+        isinstance(version_or_path, str) and version_or_path.isdigit()
+    ):
+        path = PROMPTS_DIR / f"v{int(version_or_path)}.json"
+    else:
+        path = Path(version_or_path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise CxrctxError(f"{path}: cannot read prompt file ({e.strerror})") from e
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise CxrctxError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from e
+    for key in ("system", "user_template", "repair_template", "lesions"):
+        if key not in data:
+            raise CxrctxError(f"{path}: prompt file lacks {key!r}")
+    return LabelPrompt(data=data, sha256=hashlib.sha256(raw).hexdigest(), path=str(path))

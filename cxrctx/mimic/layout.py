@@ -1,0 +1,350 @@
+"""Find the pieces of a MIMIC-CXR root and read its CSVs strictly.
+
+Every CSV is read with all columns as strings (StudyTime must never go through a float),
+then validated; a problem raises `CxrctxError` naming the file and line (line 1 is the
+header, so the first data row is line 2).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import os
+import re
+import zipfile
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from cxrctx.errors import CxrctxError
+from cxrctx.models import CHEXPERT_LABELS
+
+PREFIX = "mimic-cxr-2.0.0-"
+METADATA_COLUMNS: tuple[str, ...] = (
+    "dicom_id",
+    "subject_id",
+    "study_id",
+    "PerformedProcedureStepDescription",
+    "ViewPosition",
+    "Rows",
+    "Columns",
+    "StudyDate",
+    "StudyTime",
+    "ProcedureCodeSequence_CodeMeaning",
+    "ViewCodeSequence_CodeMeaning",
+    "PatientOrientationCodeSequence_CodeMeaning",
+)
+SPLIT_COLUMNS: tuple[str, ...] = ("dicom_id", "study_id", "subject_id", "split")
+LABEL_COLUMNS: tuple[str, ...] = ("subject_id", "study_id", *CHEXPERT_LABELS)
+SPLITS = ("train", "validate", "test")
+
+#: Report paths look like files/p10/p10000032/s50414267.txt (any prefix before files/).
+REPORT_RE = re.compile(r"(?:^|/)p\d{2}/p(\d+)/s(\d+)\.txt$")
+
+
+def label_key(name: str) -> str:
+    """'Enlarged Cardiomediastinum' → 'enlarged_cardiomediastinum' (struct field names)."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+LABEL_KEYS: tuple[str, ...] = tuple(label_key(n) for n in CHEXPERT_LABELS)
+
+
+def report_relpath(subject_id: int, study_id: int) -> str:
+    s = str(subject_id)
+    return f"files/p{s[:2]}/p{s}/s{study_id}.txt"
+
+
+def image_relpath(subject_id: int, study_id: int, dicom_id: str, ext: str = "dcm") -> str:
+    s = str(subject_id)
+    return f"files/p{s[:2]}/p{s}/s{study_id}/{dicom_id}.{ext}"
+
+
+@dataclass(frozen=True)
+class MimicLayout:
+    """Where each input of a MIMIC-CXR root lives (None when absent)."""
+
+    root: Path
+    metadata: Path | None
+    split: Path | None
+    chexpert: Path | None
+    negbio: Path | None
+    files_dir: Path | None
+    reports_zip: Path | None
+
+    @property
+    def reports_source(self) -> str:
+        return "zip" if self.reports_zip is not None else "files"
+
+
+def _find(root: Path, stem: str) -> Path | None:
+    for name in (f"{PREFIX}{stem}.csv.gz", f"{PREFIX}{stem}.csv"):
+        p = root / name
+        if p.is_file():
+            return p
+    return None
+
+
+def discover(
+    root: str | os.PathLike,
+    reports_zip: str | os.PathLike | None = None,
+    *,
+    need_metadata: bool = True,
+) -> MimicLayout:
+    """Locate the CSVs, the `files/` tree and the reports zip under `root`.
+
+    Reports come from `reports_zip` when given, else from `files/` when it holds any
+    report, else from `root/mimic-cxr-reports.zip` when present.
+    """
+    r = Path(root)
+    if not r.exists():
+        raise CxrctxError(f"{r}: MIMIC-CXR root does not exist")
+    if not r.is_dir():
+        raise CxrctxError(f"{r}: MIMIC-CXR root is not a directory")
+    metadata = _find(r, "metadata")
+    if need_metadata and metadata is None:
+        raise CxrctxError(
+            f"{r / (PREFIX + 'metadata.csv.gz')}: metadata CSV not found (or pass --scan-dicom to read DICOM headers)"
+        )
+    files_dir = r / "files" if (r / "files").is_dir() else None
+    zip_path: Path | None = None
+    if reports_zip is not None:
+        zip_path = Path(reports_zip)
+        if not zip_path.is_file():
+            raise CxrctxError(f"{zip_path}: reports zip not found")
+    elif (files_dir is None or not _has_report(files_dir)) and (
+        r / "mimic-cxr-reports.zip"
+    ).is_file():
+        zip_path = r / "mimic-cxr-reports.zip"
+    if zip_path is None and files_dir is None:
+        raise CxrctxError(f"{r}: no reports: neither files/ nor mimic-cxr-reports.zip exists")
+    return MimicLayout(
+        root=r,
+        metadata=metadata,
+        split=_find(r, "split"),
+        chexpert=_find(r, "chexpert"),
+        negbio=_find(r, "negbio"),
+        files_dir=files_dir,
+        reports_zip=zip_path,
+    )
+
+
+def _has_report(files_dir: Path) -> bool:
+    for group in sorted(files_dir.iterdir()):
+        if not group.is_dir():
+            continue
+        for patient in group.iterdir():
+            if patient.is_dir() and any(p.suffix == ".txt" for p in patient.iterdir()):
+                return True
+    return False
+
+
+# --- CSV reading ------------------------------------------------------------------------
+
+
+def read_bytes(path: Path) -> bytes:
+    """Whole file, gunzipped in memory when it ends in .gz; a corrupt gzip is a user error."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise CxrctxError(f"{path}: cannot read: {e.strerror or e}") from None
+    if path.suffix == ".gz":
+        try:
+            return gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise CxrctxError(f"{path}: corrupt gzip file: {e}") from None
+    return raw
+
+
+def _first_ragged_line(data: bytes, width: int) -> tuple[int, int] | None:
+    """(line, fields) of the first non-blank line whose field count is not `width`.
+
+    Vectorised: each line is one string (read with a separator that never occurs),
+    quoted parts are removed, and commas are counted.
+    """
+    lines = pl.read_csv(
+        io.BytesIO(data),
+        has_header=False,
+        separator="\x1f",
+        quote_char=None,
+        infer_schema=False,
+        new_columns=["l"],
+    )["l"]
+    stripped = lines.str.strip_chars_end("\r")
+    fields = stripped.str.replace_all(r'"[^"]*"', "").str.count_matches(",") + 1
+    bad = (fields != width) & (stripped.str.len_chars() > 0)
+    bad = bad.fill_null(False)
+    if not bad.any():
+        return None
+    i = int(bad.arg_true()[0])
+    return i + 1, int(fields[i])
+
+
+def read_csv(path: Path, required: Sequence[str]) -> pl.DataFrame:
+    """Read a CSV (gz or plain) as strings, check columns and row shapes; adds `_line`."""
+    data = read_bytes(path)
+    if not data.strip():
+        raise CxrctxError(f"{path}: file is empty")
+    header_line = data.split(b"\n", 1)[0].decode("utf-8", errors="replace").strip("\r\n\ufeff")
+    header = next(csv.reader([header_line]))
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise CxrctxError(
+            f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(header)})"
+        )
+    ragged = _first_ragged_line(data, len(header))
+    if ragged is not None:
+        line, n = ragged
+        raise CxrctxError(
+            f"{path}: line {line}: malformed row: expected {len(header)} fields, found {n}"
+        )
+    try:
+        df = pl.read_csv(io.BytesIO(data), infer_schema=False, encoding="utf8-lossy")
+    except pl.exceptions.PolarsError as e:
+        where = _first_ragged_line(data, len(header))
+        detail = (
+            f"line {where[0]}: expected {len(header)} fields, found {where[1]}"
+            if where
+            else str(e).splitlines()[0]
+        )
+        raise CxrctxError(f"{path}: malformed CSV: {detail}") from None
+    return df.with_row_index("_line", offset=2)
+
+
+def _require_int(
+    df: pl.DataFrame, path: Path, cols: Sequence[str], *, nullable: bool = False
+) -> pl.DataFrame:
+    """Cast string columns to Int64; a value that is not an integer is a malformed row."""
+    for c in cols:
+        raw = df[c].str.strip_chars()
+        # Accept "123" and "123.0" (some exports write floats), nothing else.
+        parsed = raw.str.replace(r"\.0+$", "").cast(pl.Int64, strict=False)
+        present = (raw.is_not_null() & (raw != "")).fill_null(False)
+        bad = parsed.is_null() & present if nullable else parsed.is_null()
+        if bad.any():
+            i = bad.arg_true()[0]
+            raise CxrctxError(
+                f"{path}: line {df['_line'][i]}: malformed row: {c}={df[c][i]!r} is not an integer"
+            )
+        df = df.with_columns(parsed.alias(c))
+    return df
+
+
+def read_metadata(path: Path) -> pl.DataFrame:
+    """The image table: one row per dicom_id; ids validated, dates/times left as strings."""
+    df = read_csv(path, METADATA_COLUMNS)
+    nulls = df.filter(pl.col("dicom_id").is_null())
+    if nulls.height:
+        raise CxrctxError(f"{path}: line {nulls['_line'][0]}: malformed row: empty dicom_id")
+    df = _require_int(df, path, ("subject_id", "study_id"))
+    df = _require_int(df, path, ("Rows", "Columns"), nullable=True)
+    dup = df.filter(pl.col("dicom_id").is_duplicated()).sort("_line")
+    if dup.height:
+        first = dup["dicom_id"][0]
+        lines = dup.filter(pl.col("dicom_id") == first)["_line"].to_list()
+        raise CxrctxError(
+            f"{path}: duplicate dicom_id {first} on lines {', '.join(map(str, lines))} ({dup['dicom_id'].n_unique()} duplicated id(s))"
+        )
+    conflict = (
+        df.group_by("study_id")
+        .agg(pl.col("subject_id").n_unique().alias("n"), pl.col("_line").min())
+        .filter(pl.col("n") > 1)
+    )
+    if conflict.height:
+        row = conflict.sort("_line").row(0, named=True)
+        raise CxrctxError(
+            f"{path}: line {row['_line']}: study_id {row['study_id']} appears under more than one subject_id"
+        )
+    return df.select((*METADATA_COLUMNS, "_line"))
+
+
+def read_split(path: Path) -> pl.DataFrame:
+    """study_id → split (first value per study; patient-disjoint in MIMIC)."""
+    df = read_csv(path, SPLIT_COLUMNS)
+    df = _require_int(df, path, ("study_id",))
+    bad = df.filter(~pl.col("split").is_in(SPLITS) | pl.col("split").is_null())
+    if bad.height:
+        row = bad.row(0, named=True)
+        raise CxrctxError(
+            f"{path}: line {row['_line']}: malformed row: split={row['split']!r} (expected train/validate/test)"
+        )
+    return df.sort("_line").group_by("study_id", maintain_order=True).agg(pl.col("split").first())
+
+
+def read_labels(path: Path) -> pl.DataFrame:
+    """study_id → 14 Float64 label columns (snake_case), values 1.0 / 0.0 / -1.0 / null."""
+    df = read_csv(path, LABEL_COLUMNS)
+    df = _require_int(df, path, ("subject_id", "study_id"))
+    exprs = []
+    for name, key in zip(CHEXPERT_LABELS, LABEL_KEYS, strict=True):
+        exprs.append(pl.col(name).str.strip_chars().cast(pl.Float64, strict=False).alias(key))
+    out = df.with_columns(exprs)
+    for name, key in zip(CHEXPERT_LABELS, LABEL_KEYS, strict=True):
+        raw = df[name].str.strip_chars()
+        bad = out.filter(
+            (raw.is_not_null() & raw.ne("")).fill_null(False)
+            & ~pl.col(key).is_in([1.0, 0.0, -1.0]).fill_null(False)
+        )
+        if bad.height:
+            line = bad["_line"][0]
+            raise CxrctxError(
+                f"{path}: line {line}: malformed row: {name}={df.filter(pl.col('_line') == line)[name][0]!r} (expected 1.0, 0.0, -1.0 or blank)"
+            )
+    dup = out.filter(pl.col("study_id").is_duplicated()).sort("_line")
+    if dup.height:
+        sid = dup["study_id"][0]
+        lines = dup.filter(pl.col("study_id") == sid)["_line"].to_list()
+        raise CxrctxError(f"{path}: duplicate study_id {sid} on lines {', '.join(map(str, lines))}")
+    return out.select("study_id", *LABEL_KEYS)
+
+
+# --- reports ----------------------------------------------------------------------------
+
+
+def zip_report_index(path: Path) -> dict[int, tuple[str, int]]:
+    """study_id → (entry name, subject_id) for every report entry of the zip (no extraction)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise CxrctxError(f"{path}: not a readable zip file: {e}") from None
+    index: dict[int, tuple[str, int]] = {}
+    for info in infos:
+        if info.is_dir():
+            continue
+        m = REPORT_RE.search(info.filename)
+        if m:
+            index.setdefault(int(m.group(2)), (info.filename, int(m.group(1))))
+    return index
+
+
+def iter_report_files(files_dir: Path) -> Iterator[tuple[int, int, str]]:
+    """(subject_id, study_id, path relative to the root) for each report under files/.
+
+    Plain `os.listdir` (no stat per entry): the walk covers ~65k patient folders at
+    full scale. Image folders (sNNNNNNNN/) are skipped by name, never entered.
+    """
+    base = str(files_dir)
+    for g in sorted(os.listdir(base)):
+        if len(g) != 3 or g[0] != "p" or not g[1:].isdigit():
+            continue
+        group = f"{base}/{g}"
+        try:
+            patients = os.listdir(group)
+        except NotADirectoryError:
+            continue
+        for p in sorted(patients):
+            if p[0] != "p" or not p[1:].isdigit():
+                continue
+            try:
+                names = os.listdir(f"{group}/{p}")
+            except NotADirectoryError:
+                continue
+            subject = int(p[1:])
+            for name in sorted(names):
+                if name[0] == "s" and name.endswith(".txt") and name[1:-4].isdigit():
+                    yield subject, int(name[1:-4]), f"files/{g}/{p}/{name}"

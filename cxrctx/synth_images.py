@@ -1,0 +1,563 @@
+"""Synthetic chest-like radiographs and Chest ImaGenome scene graphs for a synthetic root.
+
+Called by `cxrctx.synth.generate(..., images=..., imagenome=...)` after the metadata,
+reports and ground-truth labels exist. Every image is rendered from a jittered anatomical
+template (lungs dark, mediastinum and heart bright, ribs, diaphragm, noise) and the
+study's ground-truth positive lesions are drawn where the truth says they are, so a model
+trained on the pixels can learn what the reports say:
+
+- cardiomegaly widens the cardiac silhouette; hernia puts a gas bubble behind the heart;
+- pleural effusion whitens the lung base and blunts the costophrenic angle on its side;
+  pleural thickening draws a bright rim along the lateral pleura;
+- pneumothorax blacks out the apex/lateral edge of the lung (no lung markings);
+- consolidation / pneumonia / atelectasis / infiltration / fibrosis put dense, patchy,
+  band-like, hazy or reticular opacities in the lower zone of their side;
+- nodule (small) and mass (large) are round bright blobs in the lung of their side;
+- edema is a bilateral perihilar haze; emphysema darkens and enlarges both lungs.
+
+Scene graphs carry the boxes of the rendered anatomy (the 11 CLALA-Net ROIs plus a few
+extra regions real graphs have) in the *original* pixel space of the metadata's
+Rows × Columns, and per-ROI phrases taken from the study's report sentences. A few images
+get deliberately bad graphs (a zero-area box, a box wholly outside the image, a box that
+must be clipped, a missing ROI) so `build-rois`'s cleaner is exercised.
+
+The renderer is deterministic per (seed, dicom_id).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+import re
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from cxrctx.imagenome import ROIS, lesion_rois
+
+#: Scene-graph regions besides the 11 ROIs (real graphs have ~36; these make the cleaner skip extras).
+EXTRA_REGIONS = ("trachea", "right apical zone", "left apical zone", "svc")
+
+_REPORT_RE = re.compile(r"(?:^|/)p\d{2}/p(\d+)/s(\d+)\.txt$")
+
+#: Lesion words for assigning report sentences to regions (lower case substrings).
+LESION_WORDS: dict[str, tuple[str, ...]] = {
+    "cardiomegaly": (
+        "cardiomegaly",
+        "heart size",
+        "enlarged heart",
+        "cardiac silhouette",
+        "heart is",
+    ),
+    "emphysema": ("emphysema", "hyperinflat", "copd"),
+    "pleural effusion": ("effusion",),
+    "hernia": ("hernia",),
+    "nodule": ("nodule", "nodular"),
+    "pneumothorax": ("pneumothorax", "pneumothoraces"),
+    "atelectasis": ("atelecta",),
+    "pleural thickening": ("pleural thickening", "thickening"),
+    "mass": ("mass",),
+    "edema": ("edema", "congestion", "vascular"),
+    "consolidation": ("consolidat",),
+    "infiltration": ("infiltrat",),
+    "fibrosis": ("fibros", "fibrotic", "scarring"),
+    "pneumonia": ("pneumonia", "infection"),
+}
+_NEG_RE = re.compile(r"\b(no|not|without|negative|normal|clear|unremarkable|resolved|free)\b", re.I)
+
+
+def _rng(seed: int, key: str) -> np.random.Generator:
+    h = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(h[:8], "little"))
+
+
+# ----------------------------------------------------------------------------- anatomy
+
+
+def anatomy(
+    rng: np.random.Generator, positives: dict[str, str]
+) -> dict[str, tuple[float, float, float, float]]:
+    """Normalised boxes (x1, y1, x2, y2 in [0, 1]) of the regions, jittered per image.
+
+    Image right = patient left (PA display). Cardiomegaly and emphysema change the anatomy.
+    """
+    dx, dy = rng.uniform(-0.025, 0.025, size=2)
+    s = rng.uniform(0.95, 1.05)
+    emph = 0.03 if "emphysema" in positives else 0.0
+
+    def t(x1: float, y1: float, x2: float, y2: float) -> tuple[float, float, float, float]:
+        cx, cy = 0.5 + dx, 0.48 + dy
+        return (
+            cx + (x1 - 0.5) * s,
+            cy + (y1 - 0.48) * s,
+            cx + (x2 - 0.5) * s,
+            cy + (y2 - 0.48) * s,
+        )
+
+    top, base = 0.12 - emph, 0.80 + emph
+    b = {
+        "right lung": t(0.11 - emph, top, 0.47, base),
+        "left lung": t(0.53, top, 0.89 + emph, base),
+        "right lower lung zone": t(0.11 - emph, 0.58, 0.47, base),
+        "left lower lung zone": t(0.53, 0.58, 0.89 + emph, base),
+        "right hilar structures": t(0.35, 0.36, 0.47, 0.54),
+        "left hilar structures": t(0.53, 0.36, 0.65, 0.54),
+        "mediastinum": t(0.42, 0.10, 0.58, 0.76),
+        "upper mediastinum": t(0.42, 0.10, 0.58, 0.36),
+        "right costophrenic angle": t(0.11 - emph, 0.69 + emph, 0.23 - emph, 0.83 + emph),
+        "left costophrenic angle": t(0.77 + emph, 0.69 + emph, 0.89 + emph, 0.83 + emph),
+        "trachea": t(0.47, 0.04, 0.53, 0.30),
+        "right apical zone": t(0.13, top, 0.45, 0.26),
+        "left apical zone": t(0.55, top, 0.87, 0.26),
+        "svc": t(0.44, 0.18, 0.49, 0.40),
+    }
+    if "cardiomegaly" in positives:
+        b["cardiac silhouette"] = t(0.31, 0.44, 0.77, 0.78)
+    else:
+        b["cardiac silhouette"] = t(0.41, 0.48, 0.66, 0.76)
+    return {k: tuple(float(np.clip(v, 0.0, 1.0)) for v in box) for k, box in b.items()}  # type: ignore[misc]
+
+
+def _ellipse(xx: np.ndarray, yy: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+    x1, y1, x2, y2 = box
+    cx, cy, rx, ry = (
+        (x1 + x2) / 2,
+        (y1 + y2) / 2,
+        max((x2 - x1) / 2, 1e-3),
+        max((y2 - y1) / 2, 1e-3),
+    )
+    return ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2
+
+
+def lung_shape(
+    xx: np.ndarray, yy: np.ndarray, box: tuple[float, float, float, float], side: str
+) -> np.ndarray:
+    """Lung field: rounded apex, straight lateral wall, diaphragm dome; sharp costophrenic angle laterally."""
+    x1, y1, x2, y2 = box
+    w, h = x2 - x1, y2 - y1
+    inner = x2 if side == "right" else x1  # right lung sits on the image left
+    u = np.clip(np.abs(xx - inner) / w, 0, None)  # 0 medial … 1 lateral
+    apex_y = y1 + 0.3 * h
+    apex = ((u - 0.0) / 1.0) ** 2 + np.clip((apex_y - yy) / (0.3 * h), 0, None) ** 2 <= 1.0
+    dome = y2 - 0.12 * h * np.sin(np.pi * np.clip(1 - u, 0, 1) * 0.8)
+    return (
+        (u <= 1.0)
+        & (yy >= y1)
+        & (yy <= dome)
+        & apex
+        & (np.abs(xx - inner) <= w)
+        & ((xx <= inner) if side == "right" else (xx >= inner))
+    )
+
+
+def _blob(xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, r: float) -> np.ndarray:
+    return np.exp(-(((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r)))
+
+
+def _sides(location: str) -> tuple[str, ...]:
+    return {"left": ("left",), "right": ("right",)}.get(location, ("left", "right"))
+
+
+def render(
+    rng: np.random.Generator, height: int, width: int, positives: dict[str, str]
+) -> tuple[np.ndarray, dict[str, tuple[float, float, float, float]]]:
+    """Render one image (float32 in [0, 1], H × W) and return it with its normalised boxes."""
+    boxes = anatomy(rng, positives)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    yy = (yy + 0.5) / height
+    xx = (xx + 0.5) / width
+    img = np.full((height, width), 0.55, np.float32)  # soft tissue
+    img -= 0.25 * np.clip(np.abs(xx - 0.5) - 0.42, 0, None) / 0.08  # air outside the body
+    lung_masks = {}
+    for side in ("left", "right"):
+        m = lung_shape(xx, yy, boxes[f"{side} lung"], side)
+        lung_masks[side] = m
+        dark = 0.30 if "emphysema" in positives else 0.22
+        img[m] = dark
+    # ribs: curved bright bands inside the lungs
+    ribs = 0.06 * (
+        np.sin((yy + 0.08 * np.abs(xx - 0.5)) * 2 * np.pi * 9 + rng.uniform(0, 6.3)) > 0.55
+    )
+    img += ribs * (lung_masks["left"] | lung_masks["right"])
+    # lung markings: faint vessels fanning out from the hila
+    for side, hx in (("right", 0.41), ("left", 0.59)):
+        ang = np.arctan2(yy - 0.45, xx - hx)
+        marks = (
+            0.04
+            * (np.cos(ang * 14 + rng.uniform(0, 6.3)) > 0.8)
+            * np.exp(-np.hypot(xx - hx, yy - 0.45) / 0.18)
+        )
+        img += marks * lung_masks[side]
+    # mediastinum, heart, diaphragm
+    mx1, my1, mx2, my2 = boxes["mediastinum"]
+    img[(xx >= mx1 + 0.02) & (xx <= mx2 - 0.02) & (yy >= my1) & (yy <= my2)] = 0.78
+    heart = _ellipse(xx, yy, boxes["cardiac silhouette"]) <= 1.0
+    img[heart] = 0.82
+    for side in ("left", "right"):
+        lb = boxes[f"{side} lung"]
+        below = (yy > lb[3] - 0.02) & (xx > lb[0]) & (xx < lb[2])
+        img[below] = np.maximum(img[below], 0.75)
+    img[(yy > 0.02) & (yy < boxes["trachea"][3]) & (np.abs(xx - 0.5) < 0.018)] = (
+        0.3  # trachea air column
+    )
+
+    # lesions
+    def lung_zone(side: str, y_from: float, y_to: float) -> np.ndarray:
+        lb = boxes[f"{side} lung"]
+        h = lb[3] - lb[1]
+        return lung_masks[side] & (yy >= lb[1] + y_from * h) & (yy <= lb[1] + y_to * h)
+
+    for lesion, location in positives.items():
+        sides = _sides(location)
+        for side in sides:
+            lb = boxes[f"{side} lung"]
+            lcx, lw, lh = (lb[0] + lb[2]) / 2, lb[2] - lb[0], lb[3] - lb[1]
+            outer = lb[0] if side == "right" else lb[2]
+            if lesion == "pleural effusion":
+                level = lb[1] + lh * rng.uniform(0.62, 0.72)
+                meniscus = level - 0.06 * np.abs(xx - outer) / lw * -1  # rises laterally
+                zone = (yy >= meniscus) & (np.abs(xx - lcx) <= lw / 2 + 0.03) & (yy <= lb[3] + 0.05)
+                img[zone] = np.maximum(img[zone], 0.74)
+            elif lesion == "pneumothorax":
+                edge = (np.abs(xx - outer) < lw * 0.35) & (yy < lb[1] + lh * 0.6)
+                zone = lung_masks[side] & edge
+                img[zone] = 0.04
+            elif lesion in ("consolidation", "pneumonia"):
+                cy = lb[1] + lh * rng.uniform(0.62, 0.78)
+                cx = lcx + rng.uniform(-0.05, 0.05)
+                r = 0.075 if lesion == "consolidation" else 0.06
+                patch = _blob(xx, yy, cx, cy, r)
+                if lesion == "pneumonia":
+                    patch *= 0.6 + 0.4 * (np.sin(xx * 90 + rng.uniform(0, 6)) * np.sin(yy * 90) > 0)
+                img += 0.5 * patch * lung_masks[side]
+            elif lesion == "atelectasis":
+                cy = lb[1] + lh * rng.uniform(0.70, 0.82)
+                band = (np.abs(yy - cy - 0.15 * (xx - lcx)) < 0.018) & lung_masks[side]
+                img[band] = np.maximum(img[band], 0.72)
+            elif lesion == "infiltration":
+                zone = lung_zone(side, 0.35, 0.95)
+                img += 0.22 * zone * (rng.random((height, width)) > 0.45)
+            elif lesion == "fibrosis":
+                zone = lung_zone(side, 0.45, 1.0)
+                net = (np.sin(xx * 160) > 0.85) | (np.sin(yy * 160 + xx * 40) > 0.85)
+                img[zone & net] += 0.3
+            elif lesion == "pleural thickening":
+                rim = lung_masks[side] & (np.abs(xx - outer) < 0.03)
+                img[rim] = np.maximum(img[rim], 0.7)
+            elif lesion in ("nodule", "mass"):
+                r = 0.018 if lesion == "nodule" else 0.05
+                cx = lcx + rng.uniform(-0.06, 0.06)
+                cy = lb[1] + lh * rng.uniform(0.25, 0.55)
+                img += (
+                    (0.55 if lesion == "nodule" else 0.5)
+                    * (_blob(xx, yy, cx, cy, r) > 0.5)
+                    * lung_masks[side]
+                )
+        if lesion == "edema":
+            for hx in (0.40, 0.60):
+                haze = _blob(xx, yy, hx, 0.47, 0.12)
+                img += 0.28 * haze * (lung_masks["left"] | lung_masks["right"])
+        elif lesion == "hernia":
+            hb = boxes["cardiac silhouette"]
+            img -= 0.5 * (_blob(xx, yy, 0.5, hb[1] + 0.6 * (hb[3] - hb[1]), 0.035) > 0.5)
+    img += rng.normal(0, 0.025, size=img.shape).astype(np.float32)
+    return np.clip(img, 0.0, 1.0).astype(np.float32), boxes
+
+
+# ----------------------------------------------------------------------------- phrases
+
+
+def split_sentences(text: str | None) -> list[str]:
+    if not text:
+        return []
+    flat = " ".join(text.split())
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", flat) if len(s.strip()) > 2]
+
+
+def sentence_rois(sentence: str) -> list[str]:
+    """Assign a report sentence to ROIs by its lesion / anatomy words and sides."""
+    s = sentence.lower()
+    side = (
+        "bilateral"
+        if re.search(r"\b(bilateral|both|bibasilar|bibasal)\b", s)
+        else "left"
+        if re.search(r"\bleft\b", s) and not re.search(r"\bright\b", s)
+        else "right"
+        if re.search(r"\bright\b", s) and not re.search(r"\bleft\b", s)
+        else "not mentioned"
+    )
+    out: set[str] = set()
+    for lesion, words in LESION_WORDS.items():
+        if any(w in s for w in words):
+            out.update(lesion_rois(lesion, side))
+    if re.search(r"\b(heart|cardiac)\b", s):
+        out.add("cardiac silhouette")
+    if "mediastin" in s:
+        out.update(("mediastinum", "upper mediastinum"))
+    if "hil" in s and re.search(r"\bhil(a|um|ar)\b", s):
+        out.update(
+            r
+            for r in ROIS
+            if "hilar" in r and (side in ("bilateral", "not mentioned") or r.startswith(side))
+        )
+    if re.search(r"\blungs?\b", s) and not out:
+        out.update(
+            r
+            for r in ("left lung", "right lung")
+            if side in ("bilateral", "not mentioned") or r.startswith(side)
+        )
+    if "costophrenic" in s:
+        out.update(
+            r
+            for r in ROIS
+            if "costophrenic" in r
+            and (side in ("bilateral", "not mentioned") or r.startswith(side))
+        )
+    return [r for r in ROIS if r in out]
+
+
+def _phrase_attributes(sentence: str, positives: dict[str, str]) -> list[str]:
+    s = sentence.lower()
+    tags = []
+    abnormal = False
+    for lesion, words in LESION_WORDS.items():
+        if any(w in s for w in words):
+            yes = lesion in positives and not _NEG_RE.search(s)
+            abnormal |= yes
+            tags.append(f"disease|{'yes' if yes else 'no'}|{lesion}")
+    tags.append("nlp|yes|abnormal" if abnormal else "nlp|yes|normal")
+    return tags
+
+
+def scene_graph(
+    dicom_id: str,
+    study_id: int,
+    boxes: dict[str, tuple[float, float, float, float]],
+    rows: int,
+    columns: int,
+    sentences: list[str],
+    positives: dict[str, str],
+    defect: str | None,
+    render_size: int = 0,
+) -> dict:
+    """A Chest ImaGenome-shaped scene graph; `defect` injects one cleaner test case."""
+    objects = []
+    names = [*ROIS, *EXTRA_REGIONS]
+    for name in names:
+        x1, y1, x2, y2 = boxes[name]
+        # integers like the real dataset; 2 decimals when the "original" is smaller than the render
+        nd = None if max(rows, columns) >= render_size else 2
+        ox1, oy1 = round(x1 * columns, nd), round(y1 * rows, nd)
+        ox2, oy2 = round(x2 * columns, nd), round(y2 * rows, nd)
+        if defect == "missing" and name == "left costophrenic angle":
+            continue
+        if defect == "zero_area" and name == "right hilar structures":
+            ox2 = ox1
+        if defect == "outside" and name == "upper mediastinum":
+            oy1, oy2 = -rows - 50, -(rows // 2)
+        if defect == "clip" and name == "right lung":
+            ox1 = -40
+        objects.append(
+            {
+                "object_id": f"{dicom_id}_{name}",
+                "x1": round(x1 * 224),
+                "y1": round(y1 * 224),
+                "x2": round(x2 * 224),
+                "y2": round(y2 * 224),
+                "width": round((x2 - x1) * 224),
+                "height": round((y2 - y1) * 224),
+                "bbox_name": name,
+                "synsets": [],
+                "name": name.title(),
+                "original_x1": ox1,
+                "original_y1": oy1,
+                "original_x2": ox2,
+                "original_y2": oy2,
+                "original_width": round(ox2 - ox1, 2),
+                "original_height": round(oy2 - oy1, 2),
+            }
+        )
+    by_roi: dict[str, list[str]] = {}
+    for sent in sentences:
+        for roi in sentence_rois(sent):
+            by_roi.setdefault(roi, []).append(sent)
+    attributes = []
+    for name in ROIS:
+        phrases = by_roi.get(name, [])
+        if not phrases:
+            continue
+        attributes.append(
+            {
+                "bbox_name": name,
+                "synsets": [],
+                "name": name.title(),
+                "attributes": [_phrase_attributes(p, positives) for p in phrases],
+                "phrases": phrases,
+                "phrase_IDs": [f"{study_id}|{i}" for i in range(len(phrases))],
+                "sections": ["finalreport"] * len(phrases),
+                "object_id": f"{dicom_id}_{name}",
+            }
+        )
+    return {
+        "image_id": dicom_id,
+        "viewpoint": "AP/PA",
+        "patient_id": None,
+        "study_id": str(study_id),
+        "objects": objects,
+        "attributes": attributes,
+        "relationships": [],
+    }
+
+
+# ----------------------------------------------------------------------------- the root
+
+
+def _read_metadata(root: Path) -> list[dict[str, str]]:
+    for name in ("mimic-cxr-2.0.0-metadata.csv.gz", "mimic-cxr-2.0.0-metadata.csv"):
+        p = root / name
+        if p.exists():
+            raw = p.read_bytes()
+            text = gzip.decompress(raw).decode() if name.endswith(".gz") else raw.decode()
+            return list(csv.DictReader(io.StringIO(text)))
+    raise FileNotFoundError(f"{root}: no mimic-cxr-2.0.0-metadata.csv(.gz)")
+
+
+def _report_reader(root: Path) -> Callable[[str, str], str | None]:
+    """subject_id, study_id → report text, from files/ or mimic-cxr-reports.zip."""
+    zpath = root / "mimic-cxr-reports.zip"
+    index: dict[str, str] = {}
+    zf = None
+    if zpath.exists():
+        zf = zipfile.ZipFile(zpath)
+        for n in zf.namelist():
+            m = _REPORT_RE.search(n)
+            if m:
+                index[m.group(2)] = n
+
+    def read(subject: str, study: str) -> str | None:
+        p = root / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study}.txt"
+        if p.exists():
+            return p.read_text(encoding="utf-8", errors="replace")
+        if zf is not None and study in index:
+            return zf.read(index[study]).decode("utf-8", errors="replace")
+        return None
+
+    return read
+
+
+def _positives(root: Path) -> dict[str, dict[str, str]]:
+    import polars as pl
+
+    from cxrctx.shards import read_shards
+
+    p = root / "truth" / "labels"
+    if not p.exists():
+        return {}
+    df = read_shards(p).filter(pl.col("status") == "positive")
+    out: dict[str, dict[str, str]] = {}
+    for r in df.select("id", "lesion", "location").iter_rows():
+        out.setdefault(str(r[0]), {})[r[1]] = r[2]
+    return out
+
+
+def _report_sentences(text: str | None) -> list[str]:
+    if not text:
+        return []
+    from cxrctx.mimic.sections import parse_report
+
+    sec = parse_report(text)
+    return split_sentences(sec.findings) + split_sentences(sec.impression)
+
+
+def add_images(
+    root: Path, *, seed: int, size: int, formats: tuple[str, ...], imagenome: bool
+) -> dict[str, int]:
+    """Render every metadata image into `root` (DICOM and/or JPG) and, if asked, its scene graph.
+
+    Images are `size` px on their longer side with the metadata's aspect ratio; scene-graph
+    coordinates are in the metadata's Rows × Columns (the "original" image) like the real
+    dataset. Frontal views (PA/AP) only get scene graphs. Returns counts.
+    """
+    root = Path(root)
+    bad = set(formats) - {"dicom", "jpg"}
+    if bad:
+        raise ValueError(f"unknown image format(s): {sorted(bad)}")
+    meta = _read_metadata(root)
+    positives = _positives(root)
+    read_report = _report_reader(root)
+    counts = {"images_dicom": 0, "images_jpg": 0, "scene_graphs": 0, "scene_graph_defects": 0}
+    sg_dir = root / "imagenome" / "silver_dataset" / "scene_graph"
+    if imagenome:
+        sg_dir.mkdir(parents=True, exist_ok=True)
+    sentences_cache: dict[str, list[str]] = {}
+    frontal_seen = 0
+    for row in sorted(meta, key=lambda r: r["dicom_id"]):
+        dicom_id, subject, study = row["dicom_id"], row["subject_id"], row["study_id"]
+        view = (row.get("ViewPosition") or "").strip().upper()
+        pos = positives.get(study, {})
+        rng = _rng(seed, dicom_id)
+        rows0 = int(float(row.get("Rows") or 0) or 0) or size
+        cols0 = int(float(row.get("Columns") or 0) or 0) or size
+        scale = size / max(rows0, cols0)
+        h, w = max(8, round(rows0 * scale)), max(8, round(cols0 * scale))
+        lateral = view in ("LATERAL", "LL")
+        pix, boxes = render(rng, h, w, {} if lateral else pos)
+        if (
+            lateral
+        ):  # laterals get no lesions and no scene graph; mirrored so they differ from frontals
+            pix = np.ascontiguousarray(pix[:, ::-1])
+        rel = Path("files") / f"p{subject[:2]}" / f"p{subject}" / f"s{study}"
+        if "dicom" in formats:
+            from cxrctx.synth import write_dicom
+
+            write_dicom(
+                root / rel / f"{dicom_id}.dcm",
+                dicom_id=dicom_id,
+                subject_id=int(subject),
+                study_id=int(study),
+                view_position=row.get("ViewPosition") or "",
+                study_date=row.get("StudyDate") or "",
+                study_time=row.get("StudyTime") or "",
+                rows=h,
+                columns=w,
+                pixels=(pix * 4095).astype(np.uint16),
+            )
+            counts["images_dicom"] += 1
+        if "jpg" in formats:
+            from PIL import Image
+
+            (root / rel).mkdir(parents=True, exist_ok=True)
+            Image.fromarray((pix * 255).round().astype(np.uint8), mode="L").save(
+                root / rel / f"{dicom_id}.jpg", quality=95
+            )
+            counts["images_jpg"] += 1
+        if imagenome and view in ("PA", "AP"):
+            if study not in sentences_cache:
+                sentences_cache[study] = _report_sentences(read_report(subject, study))
+            frontal_seen += 1
+            # every 40th frontal image gets one defect, cycling through the four kinds
+            defect = None
+            if frontal_seen % 40 == 7:
+                defect = ("missing", "zero_area", "outside", "clip")[(frontal_seen // 40) % 4]
+                counts["scene_graph_defects"] += 1
+            sg = scene_graph(
+                dicom_id,
+                int(study),
+                boxes,
+                rows0,
+                cols0,
+                sentences_cache[study],
+                pos,
+                defect,
+                max(h, w),
+            )
+            (sg_dir / f"{dicom_id}_SceneGraph.json").write_text(
+                json.dumps(sg, indent=1), encoding="utf-8"
+            )
+            counts["scene_graphs"] += 1
+    return counts

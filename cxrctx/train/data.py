@@ -1,0 +1,355 @@
+"""Join records + lesion labels + ROIs into training items; crop ROIs from DICOM/JPG; cache crops.
+
+One item = one frontal image with its 11 ROIs (the paper trains on images: 111,326 of them).
+Per item: 11 ROI crops and the full image resized (the classifier's input), 14 lesion
+targets, each ROI's sentences as token ids, and each ROI's LLCL key — a bit mask of the
+positive lesions that concern that ROI (`cxrctx.imagenome.lesion_rois`).
+
+Every problem with one item (study not in records, no labels, image missing, unreadable or
+corrupt) is a recorded skip with its reason; `prepare()` decodes every image once up front
+(building the crop cache), so nothing fails deep inside a training loop. Box coordinates
+are in the original image's pixels (the record's rows/columns); an image file of another
+size (a down-scaled JPG copy) is handled by scaling the boxes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from cxrctx.errors import CxrctxError
+from cxrctx.imagenome import ROIS, lesion_rois, read_rois
+from cxrctx.models import LESIONS
+from cxrctx.shards import read_shards, shard_paths
+
+log = logging.getLogger(__name__)
+
+LESION_INDEX = {name: i for i, name in enumerate(LESIONS)}
+ROI_INDEX = {name: i for i, name in enumerate(ROIS)}
+
+
+@dataclass
+class Item:
+    dicom_id: str
+    study_id: int
+    subject_id: int
+    split: str | None
+    path: str
+    rows: int | None
+    columns: int | None
+    boxes: list[tuple[float, float, float, float]]
+    texts: list[str]  # per ROI: its sentences joined ("" when none)
+    targets: list[float]  # 14 lesion statuses (1 positive)
+    roi_keys: list[int]  # 11 LLCL bit masks
+    labeled: bool = True
+    view_position: str | None = None
+
+
+@dataclass
+class Joined:
+    items: list[Item]
+    skips: list[dict] = field(default_factory=list)
+
+    def skip_counts(self) -> dict[str, int]:
+        return dict(sorted(Counter(s["reason"].split(":")[0] for s in self.skips).items()))
+
+
+def _labels_path(labels: str | os.PathLike) -> Path:
+    p = Path(labels)
+    if (p / "labels").is_dir():
+        p = p / "labels"
+    if not shard_paths(p):
+        raise CxrctxError(f"{labels}: no label shards (labels/part-*.parquet) found")
+    return p
+
+
+def read_labels(labels: str | os.PathLike) -> pl.DataFrame:
+    p = _labels_path(labels)
+    try:
+        df = read_shards(p)
+    except Exception as e:
+        raise CxrctxError(f"{labels}: cannot read label shards ({e})") from e
+    need = {"id", "lesion", "status", "location"}
+    if not need <= set(df.columns):
+        raise CxrctxError(f"{p}: label shards lack column(s) {sorted(need - set(df.columns))}")
+    return df.select(pl.col("id").cast(pl.String), "lesion", "status", "location")
+
+
+def label_table(labels: pl.DataFrame) -> dict[str, dict[str, str]]:
+    """id → {lesion: location} of positive lesions; ids with any label row are present."""
+    out: dict[str, dict[str, str]] = {}
+    for id_, lesion, status, location in labels.iter_rows():
+        d = out.setdefault(id_, {})
+        if status == "positive" and lesion in LESION_INDEX:
+            d[lesion] = location or "not mentioned"
+    return out
+
+
+def roi_keys(positives: dict[str, str]) -> list[int]:
+    keys = [0] * len(ROIS)
+    for lesion, location in positives.items():
+        for roi in lesion_rois(lesion, location):
+            keys[ROI_INDEX[roi]] |= 1 << LESION_INDEX[lesion]
+    return keys
+
+
+def join(
+    *,
+    records: str | os.PathLike,
+    labels: str | os.PathLike | None,
+    rois: str | os.PathLike,
+    require_labels: bool = True,
+) -> Joined:
+    """Join the three inputs. Raises when they do not overlap at all (e.g. labels for other ids)."""
+    rec_path = Path(records)
+    if (rec_path / "records").is_dir():
+        rec_path = rec_path / "records"
+    if not shard_paths(rec_path):
+        raise CxrctxError(f"{records}: no records shards (part-*.parquet) found")
+    recs = read_shards(rec_path).select("study_id", "split")
+    split_of = dict(recs.iter_rows())
+    roi_df = read_rois(rois)
+    table = label_table(read_labels(labels)) if labels is not None else {}
+    if labels is not None and roi_df.height:
+        overlap = sum(str(s) in table for s in roi_df["study_id"].unique().to_list())
+        if overlap == 0:
+            raise CxrctxError(
+                f"{labels}: the label shards' ids match none of the {roi_df['study_id'].n_unique()} studies in {rois} "
+                "(labels for another dataset?)"
+            )
+    items: list[Item] = []
+    skips: list[dict] = []
+    for r in roi_df.iter_rows(named=True):
+        if r["study_id"] not in split_of:
+            skips.append(
+                {
+                    "dicom_id": r["dicom_id"],
+                    "study_id": r["study_id"],
+                    "reason": "study not in records",
+                }
+            )
+            continue
+        key = str(r["study_id"])
+        if key not in table and require_labels and labels is not None:
+            skips.append(
+                {
+                    "dicom_id": r["dicom_id"],
+                    "study_id": r["study_id"],
+                    "reason": "no labels for study",
+                }
+            )
+            continue
+        pos = table.get(key, {})
+        rois_sorted = sorted(r["rois"], key=lambda x: ROI_INDEX.get(x["name"], 99))
+        if [x["name"] for x in rois_sorted] != list(ROIS):
+            skips.append(
+                {
+                    "dicom_id": r["dicom_id"],
+                    "study_id": r["study_id"],
+                    "reason": "ROI row without the 11 ROIs",
+                }
+            )
+            continue
+        items.append(
+            Item(
+                dicom_id=r["dicom_id"],
+                study_id=r["study_id"],
+                subject_id=r["subject_id"],
+                split=split_of[r["study_id"]],
+                path=r["path"],
+                rows=r["rows"],
+                columns=r["columns"],
+                boxes=[(x["x1"], x["y1"], x["x2"], x["y2"]) for x in rois_sorted],
+                texts=[" ".join(x["sentences"] or []) for x in rois_sorted],
+                targets=[1.0 if les in pos else 0.0 for les in LESIONS],
+                roi_keys=roi_keys(pos),
+                labeled=key in table,
+                view_position=r["view_position"],
+            )
+        )
+    return Joined(items=items, skips=skips)
+
+
+# ----------------------------------------------------------------------------- images
+
+
+class ImageError(Exception):
+    """A per-item image problem (becomes a recorded skip)."""
+
+
+def load_image(path: Path) -> np.ndarray:
+    """Grey image as float32 in [0, 1] (H × W) from a DICOM or any Pillow-readable file."""
+    if not path.exists():
+        raise ImageError(f"image missing: {path.name}")
+    if path.suffix.lower() == ".dcm":
+        import pydicom
+
+        try:
+            ds = pydicom.dcmread(str(path))
+            arr = ds.pixel_array.astype(np.float32)
+        except Exception as e:
+            raise ImageError(f"corrupt DICOM: {path.name}: {type(e).__name__}") from e
+        if arr.ndim != 2:
+            arr = (
+                arr.reshape(arr.shape[-2], arr.shape[-1])
+                if arr.size == arr.shape[-1] * arr.shape[-2]
+                else arr[..., 0]
+            )
+        slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+        inter = float(getattr(ds, "RescaleIntercept", 0) or 0)
+        arr = arr * slope + inter
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+        if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+            arr = 1.0 - arr
+        return arr.astype(np.float32)
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise ImageError(f"unreadable image: {path.name}: {type(e).__name__}") from e
+
+
+def _resize(arr: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    im = Image.fromarray(arr.astype(np.float32), mode="F").resize(
+        (size, size), Image.Resampling.BILINEAR
+    )
+    return np.asarray(im, dtype=np.float32)
+
+
+def crop_item(
+    item: Item, images_root: Path, size: int, global_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(11 × size × size ROI crops, global_size × global_size full image), uint8."""
+    img = load_image(images_root / item.path)
+    h, w = img.shape
+    sx = w / item.columns if item.columns else 1.0
+    sy = h / item.rows if item.rows else 1.0
+    crops = np.zeros((len(ROIS), size, size), np.uint8)
+    for i, (x1, y1, x2, y2) in enumerate(item.boxes):
+        a, b = int(np.floor(x1 * sx)), int(np.floor(y1 * sy))
+        c, d = int(np.ceil(x2 * sx)), int(np.ceil(y2 * sy))
+        a, b, c, d = max(0, a), max(0, b), min(w, max(c, a + 1)), min(h, max(d, b + 1))
+        if c <= a or d <= b:
+            raise ImageError(f"ROI '{ROIS[i]}' falls outside the image: {Path(item.path).name}")
+        crops[i] = np.clip(_resize(img[b:d, a:c], size) * 255 + 0.5, 0, 255).astype(np.uint8)
+    glob = np.clip(_resize(img, global_size) * 255 + 0.5, 0, 255).astype(np.uint8)
+    return crops, glob
+
+
+class CropStore:
+    """Decoded crops for (image, size): from the .npz cache when enabled, else decoded each time."""
+
+    def __init__(
+        self,
+        images_root: str | os.PathLike,
+        cache_dir: str | os.PathLike | None,
+        size: int,
+        global_size: int,
+    ):
+        self.images_root = Path(images_root)
+        self.size, self.global_size = size, global_size
+        self.cache_dir = (
+            Path(cache_dir) / f"crops_{size}_{global_size}" if cache_dir is not None else None
+        )
+
+    def _cache_path(self, item: Item) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / item.dicom_id[:2] / f"{item.dicom_id}.npz"
+
+    def get(self, item: Item) -> tuple[np.ndarray, np.ndarray]:
+        cp = self._cache_path(item)
+        if cp is not None and cp.exists():
+            try:
+                with np.load(cp, allow_pickle=False) as z:
+                    return z["rois"], z["glob"]
+            except (OSError, ValueError, KeyError):
+                cp.unlink(missing_ok=True)  # a torn cache file is rebuilt
+        crops, glob = crop_item(item, self.images_root, self.size, self.global_size)
+        if cp is not None:
+            cp.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cp.with_suffix(f".{os.getpid()}.tmp.npz")
+            np.savez(tmp, rois=crops, glob=glob)
+            os.replace(tmp, cp)
+        return crops, glob
+
+    def prepare(self, items: list[Item], *, decode: bool = True) -> tuple[list[Item], list[dict]]:
+        """Check (and with a cache, decode and store) every item once; return (good, skips)."""
+        good, skips = [], []
+        for it in items:
+            try:
+                if decode or self.cache_dir is not None:
+                    self.get(it)
+                elif not (self.images_root / it.path).exists():
+                    raise ImageError(f"image missing: {Path(it.path).name}")
+            except ImageError as e:
+                skips.append({"dicom_id": it.dicom_id, "study_id": it.study_id, "reason": str(e)})
+                continue
+            good.append(it)
+        return good, skips
+
+
+# ----------------------------------------------------------------------------- torch side
+
+
+class RoiDataset:
+    """torch-style dataset over prepared items (tokenised once)."""
+
+    def __init__(self, items: list[Item], store: CropStore, tokenizer, max_tokens: int):
+        self.items, self.store = items, store
+        self.tokens = np.asarray(
+            [[tokenizer.encode(t, max_tokens) for t in it.texts] for it in items], dtype=np.int64
+        )
+        self.has_text = np.asarray([[bool(t) for t in it.texts] for it in items], dtype=bool)
+        # identical texts share an id (ITCL treats them as the same caption, not as negatives)
+        ids: dict[str, int] = {}
+        self.text_ids = np.asarray(
+            [[ids.setdefault(t, len(ids)) for t in it.texts] for it in items], dtype=np.int64
+        )
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict | None:
+        import torch
+
+        it = self.items[i]
+        try:
+            crops, glob = self.store.get(it)
+        except ImageError as e:  # only reachable without the prepare() pass
+            log.warning("skipping %s: %s", it.dicom_id, e)
+            return None
+        return {
+            "index": torch.tensor(i),
+            "rois": torch.from_numpy(crops.astype(np.float32) / 255.0),
+            "glob": torch.from_numpy(glob.astype(np.float32) / 255.0),
+            "tokens": torch.from_numpy(self.tokens[i]),
+            "has_text": torch.from_numpy(self.has_text[i]),
+            "text_ids": torch.from_numpy(self.text_ids[i]),
+            "targets": torch.tensor(it.targets, dtype=torch.float32),
+            "roi_keys": torch.tensor(it.roi_keys, dtype=torch.int64),
+        }
+
+
+def collate(batch: list[dict | None]) -> dict:
+    """Stack items; items that failed to load are dropped and counted in `dropped`."""
+    import torch
+
+    good = [b for b in batch if b is not None]
+    out: dict = {"dropped": len(batch) - len(good)}
+    if not good:
+        return out
+    for k in good[0]:
+        out[k] = torch.stack([b[k] for b in good])
+    return out

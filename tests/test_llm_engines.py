@@ -1,0 +1,223 @@
+"""Engine request construction without heavy dependencies: vLLM via a fake module, the
+OpenAI engine against a scripted local HTTP server (retries, json_schema fallback, fences)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import types
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
+
+import pytest
+
+from cxrctx.errors import CxrctxError
+from cxrctx.llm import ChatRequest, Sampling, get_engine
+from cxrctx.llm.fake import minimal_instance
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "edema": {
+            "type": "object",
+            "properties": {"status": {"type": "string", "enum": ["positive", "negative"]}},
+            "required": ["status"],
+        }
+    },
+    "required": ["edema"],
+    "additionalProperties": False,
+}
+
+
+def test_minimal_instance():
+    assert minimal_instance(SCHEMA) == {"edema": {"status": "positive"}}
+
+
+# ---------------------------------------------------------------------------- vLLM
+
+
+def _fake_vllm(monkeypatch: pytest.MonkeyPatch) -> dict:
+    seen: dict = {}
+
+    class SamplingParams:
+        def __init__(self, **kw):
+            self.kw = kw
+
+    class StructuredOutputsParams:
+        def __init__(self, json=None, **kw):
+            self.json = json
+
+    class Out:
+        def __init__(self, text):
+            self.text, self.finish_reason, self.token_ids = text, "stop", [1, 2, 3]
+
+    class RequestOutput:
+        def __init__(self, text):
+            self.prompt_token_ids, self.outputs = [0] * 10, [Out(text)]
+
+    class LLM:
+        def __init__(self, **kw):
+            seen["engine_args"] = kw
+
+        def chat(self, messages, sampling_params=None, use_tqdm=True):
+            seen["messages"], seen["params"] = messages, sampling_params
+            return [RequestOutput('{"edema": {"status": "negative"}}') for _ in messages]
+
+    vllm = types.ModuleType("vllm")
+    vllm.LLM, vllm.SamplingParams = LLM, SamplingParams
+    sp = types.ModuleType("vllm.sampling_params")
+    sp.StructuredOutputsParams = StructuredOutputsParams
+    monkeypatch.setitem(sys.modules, "vllm", vllm)
+    monkeypatch.setitem(sys.modules, "vllm.sampling_params", sp)
+    monkeypatch.setattr("cxrctx.llm.vllm_engine._gpu_available", lambda: True)
+    return seen
+
+
+def test_vllm_request_construction(monkeypatch):
+    seen = _fake_vllm(monkeypatch)
+    eng = get_engine(
+        "vllm",
+        "some/model-8b",
+        tensor_parallel_size=2,
+        dtype="bfloat16",
+        max_model_len=4096,
+        gpu_memory_utilization=0.8,
+    )
+    args = seen["engine_args"]
+    assert args["enable_prefix_caching"] is True and args["tensor_parallel_size"] == 2
+    assert (
+        args["dtype"] == "bfloat16"
+        and args["max_model_len"] == 4096
+        and args["gpu_memory_utilization"] == 0.8
+    )
+    reqs = [
+        ChatRequest([{"role": "user", "content": "a"}], json_schema=SCHEMA),
+        ChatRequest([{"role": "user", "content": "b"}]),
+    ]
+    out = eng.complete(reqs, Sampling(max_tokens=200, temperature=0.0, seed=3))
+    p0, p1 = seen["params"]
+    assert p0.kw["max_tokens"] == 200 and p0.kw["seed"] == 3  # vLLM's default of 16 is never used
+    assert p0.kw["structured_outputs"].json == SCHEMA
+    assert "structured_outputs" not in p1.kw
+    assert len(seen["messages"]) == 2  # one llm.chat over the whole batch
+    assert out[0].completion_tokens == 3 and out[0].prompt_tokens == 10
+
+
+def test_vllm_missing_or_no_gpu_fails_fast(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    with pytest.raises(CxrctxError, match="vllm backend needs vLLM"):
+        get_engine("vllm", "m")
+    _fake_vllm(monkeypatch)
+    monkeypatch.setattr("cxrctx.llm.vllm_engine._gpu_available", lambda: False)
+    with pytest.raises(CxrctxError, match="no CUDA GPU"):
+        get_engine("vllm", "m")
+
+
+# ---------------------------------------------------------------------------- OpenAI-compatible
+
+
+class _Stub(BaseHTTPRequestHandler):
+    script: ClassVar[list] = []
+    bodies: ClassVar[list] = []
+
+    def log_message(self, *a):  # quiet
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).bodies.append({"body": body, "auth": self.headers.get("Authorization")})
+        rf = body.get("response_format") or {}
+        if rf.get("type") == "json_schema":
+            return self._send(
+                400, {"error": {"message": "response_format json_schema is not supported"}}
+            )
+        action = type(self).script.pop(0) if type(self).script else "ok"
+        if action == "500":
+            return self._send(500, {"error": {"message": "busy"}})
+        if action == "429":
+            return self._send(429, {"error": {"message": "slow down"}})
+        content = '```json\n{"edema": {"status": "negative"}}\n```'
+        self._send(200, {
+            "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12},
+        })  # fmt: skip
+
+    def _send(self, code, obj):
+        data = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def stub_server():
+    _Stub.script, _Stub.bodies = [], []
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_openai_retries_fallback_and_fences(stub_server, monkeypatch):
+    monkeypatch.setenv("MY_KEY", "sk-secret-123")
+    _Stub.script = ["500", "429"]
+    eng = get_engine(
+        "openai",
+        "served",
+        base_url=stub_server,
+        api_key_env="MY_KEY",
+        backoff_s=0.01,
+        concurrency=2,
+    )
+    assert "sk-secret" not in repr(eng)
+    reqs = [
+        ChatRequest([{"role": "user", "content": str(i)}], json_schema=SCHEMA) for i in range(3)
+    ]
+    out = eng.complete(reqs, Sampling(max_tokens=50))
+    assert [c.finish_reason for c in out] == ["stop"] * 3
+    assert all(
+        json.loads(c.text) == {"edema": {"status": "negative"}} for c in out
+    )  # fences stripped
+    assert eng.format_mode == "json_object"
+    formats = [b["body"].get("response_format", {}).get("type") for b in _Stub.bodies]
+    assert formats[0] == "json_schema" and formats.count("json_schema") == 1  # fell back once
+    last = _Stub.bodies[-1]["body"]
+    assert (
+        last["response_format"] == {"type": "json_object", "schema": SCHEMA}
+        and last["max_tokens"] == 50
+    )
+    assert _Stub.bodies[-1]["auth"] == "Bearer sk-secret-123"
+    assert len(_Stub.bodies) == 1 + 2 + 3  # probe, two retried errors, three answers
+
+
+def test_openai_gives_up_after_max_retries(stub_server):
+    _Stub.script = ["500"] * 10
+    eng = get_engine(
+        "openai",
+        "served",
+        base_url=stub_server,
+        backoff_s=0.001,
+        max_retries=2,
+        response_format="json_object",
+    )
+    out = eng.complete(
+        [ChatRequest([{"role": "user", "content": "x"}], json_schema=SCHEMA)], Sampling()
+    )
+    assert (out[0].finish_reason == "error" and "500" in (out[0].error or "")) or "busy" in (
+        out[0].error or ""
+    )
+    assert len(_Stub.bodies) == 3
+
+
+def test_openai_needs_a_key_without_base_url(monkeypatch):
+    monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
+    with pytest.raises(CxrctxError, match="NO_SUCH_KEY_VAR is not set"):
+        get_engine("openai", "gpt", api_key_env="NO_SUCH_KEY_VAR")

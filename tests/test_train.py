@@ -1,0 +1,241 @@
+"""The tiny CLALA-Net preset trains for real on synthetic studies; resume; bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("timm")
+torch.set_num_threads(1)
+
+from trainer_fixtures import make_root  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from cxrctx.cli import app  # noqa: E402
+from cxrctx.errors import CxrctxError  # noqa: E402
+from cxrctx.train.config import make_config  # noqa: E402
+from cxrctx.train.loop import load_checkpoint, train  # noqa: E402
+
+pytestmark = pytest.mark.train
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    return make_root(tmp_path_factory.mktemp("train"), patients=120, size=96, seed=3)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> dict[str, Path]:
+    return make_root(tmp_path_factory.mktemp("small"), patients=24, size=64, seed=5)
+
+
+def _losses(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tiny_training_learns_the_lesions(data, tmp_path):
+    """Essential end-to-end test: the loss falls and held-out lesion predictions beat the majority baseline."""
+    cfg = make_config("tiny", epochs_stage1=6, epochs_stage2=1, max_steps=None)
+    res = train(
+        cfg,
+        records=data["records"],
+        labels=data["labels"],
+        rois=data["rois"],
+        images=data["root"],
+        out=tmp_path / "run",
+        stage="1",
+    )
+    assert res.stages == [1]
+    rows = [m for m in _losses(tmp_path / "run") if "loss" in m and m.get("llcl_anchors", 1) > 0]
+    first = sum(m["loss"] for m in rows[:3]) / 3
+    last = sum(m["loss"] for m in rows[-3:]) / 3
+    assert last < 0.8 * first, (first, last)
+    assert rows[-1]["ce"] < rows[0]["ce"] * 0.6
+    ev = res.eval
+    assert ev["n"] >= 60
+    # a constant (majority) predictor has AUC 0.5 on every lesion
+    assert ev["macro_auc"] > 0.62, ev["auc"]
+    visible = [
+        ev["auc"][k]
+        for k in ("cardiomegaly", "pleural effusion", "edema")
+        if ev["auc"][k] is not None
+    ]
+    assert len(visible) >= 2 and sum(visible) / len(visible) > 0.68, ev["auc"]
+    ck = load_checkpoint(tmp_path / "run" / "checkpoints" / "final.pt")
+    assert ck["stage"] == 1 and ck["config"]["preset"] == "tiny"
+    assert (tmp_path / "run" / "tokenizer.json").exists()
+    assert pl.read_parquet(tmp_path / "run" / "skips.parquet").height == 0
+
+
+def _cfg(**kw):
+    base = dict(epochs_stage1=2, epochs_stage2=1, checkpoint_every=3, batch_size=8, log_every=1)
+    base.update(kw)
+    return make_config("tiny", **base)
+
+
+def test_resume_after_interruption_equals_uninterrupted(small, tmp_path):
+    kw = dict(
+        records=small["records"], labels=small["labels"], rois=small["rois"], images=small["root"]
+    )
+    full = train(_cfg(), out=tmp_path / "full", **kw)
+    from cxrctx.train.loop import TrainingInterrupted
+
+    with pytest.raises(TrainingInterrupted):
+        train(_cfg(), out=tmp_path / "cut", interrupt_after=5, **kw)  # last checkpoint at step 3
+    with pytest.raises(CxrctxError, match="--resume"):
+        train(_cfg(), out=tmp_path / "cut", **kw)
+    again = train(_cfg(), out=tmp_path / "cut", resume=True, **kw)
+    assert again.global_step == full.global_step and again.stages == [1, 2]
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "final.pt")["model"]
+    b = load_checkpoint(tmp_path / "cut" / "checkpoints" / "final.pt")["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert _losses(tmp_path / "full") == _losses(tmp_path / "cut")
+    # resuming a finished run is a no-op that keeps the weights
+    train(_cfg(), out=tmp_path / "cut", resume=True, **kw)
+    c = load_checkpoint(tmp_path / "cut" / "checkpoints" / "final.pt")["model"]
+    assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_checkpoint_from_another_config_is_refused(small, tmp_path):
+    kw = dict(
+        records=small["records"], labels=small["labels"], rois=small["rois"], images=small["root"]
+    )
+    train(_cfg(max_steps=2), out=tmp_path / "run", stage="1", **kw)
+    with pytest.raises(CxrctxError, match=r"another config \(embed_dim"):
+        train(_cfg(max_steps=2, embed_dim=32), out=tmp_path / "run", stage="1", resume=True, **kw)
+    # runtime knobs may change on resume
+    train(_cfg(max_steps=2, num_workers=0, log_every=2), out=tmp_path / "run", stage="2", **kw)
+    assert (tmp_path / "run" / "checkpoints" / "stage2.pt").exists()
+
+
+def test_stage2_needs_stage1(small, tmp_path):
+    kw = dict(
+        records=small["records"], labels=small["labels"], rois=small["rois"], images=small["root"]
+    )
+    with pytest.raises(CxrctxError, match=r"stage1\.pt"):
+        train(_cfg(), out=tmp_path / "run", stage="2", **kw)
+
+
+def test_config_values_out_of_range():
+    with pytest.raises(CxrctxError, match="batch_size"):
+        make_config("tiny", batch_size=0)
+    with pytest.raises(CxrctxError, match="lr_stage1"):
+        make_config("tiny", lr_stage1=-1.0)
+    with pytest.raises(CxrctxError, match="unknown preset"):
+        make_config("huge")
+    with pytest.raises(CxrctxError, match="divisible"):
+        make_config("tiny", embed_dim=63)
+    paper = make_config("paper")
+    assert (paper.batch_size, paper.epochs_stage1 + paper.epochs_stage2, paper.weight_decay) == (
+        24,
+        15,
+        0.05,
+    )
+    assert (paper.lr_stage1, paper.lr_stage2, paper.image_size_stage1, paper.image_size_stage2) == (
+        1e-4,
+        1e-5,
+        224,
+        384,
+    )
+    assert (paper.lca_pos_weight, paper.lca_neg_weight) == (0.9, 0.1)
+
+
+def test_cli_train_bad_config_and_missing_inputs(small, tmp_path):
+    r = CliRunner().invoke(
+        app,
+        ["train", "--records", str(small["records"]), "--labels", str(small["labels"]), "--rois", str(small["rois"]),
+         "--images", str(small["root"]), "--out", str(tmp_path / "r"), "--set", "batch_size=0"],
+    )  # fmt: skip
+    assert r.exit_code == 2 and "batch_size" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(
+        app,
+        ["train", "--records", str(tmp_path / "nope"), "--labels", str(small["labels"]), "--rois", str(small["rois"]),
+         "--images", str(small["root"]), "--out", str(tmp_path / "r")],
+    )  # fmt: skip
+    assert r.exit_code == 2 and "records" in r.output
+
+
+def test_labels_for_other_ids_are_refused(small, tmp_path):
+    lab = pl.read_parquet(small["labels"] / "labels" / "part-00000.parquet")
+    other = tmp_path / "other" / "labels"
+    other.mkdir(parents=True)
+    lab.with_columns((pl.lit("9") + pl.col("id")).alias("id")).write_parquet(
+        other / "part-00000.parquet"
+    )
+    with pytest.raises(CxrctxError, match="match none"):
+        train(
+            _cfg(),
+            records=small["records"],
+            labels=other.parent,
+            rois=small["rois"],
+            images=small["root"],
+            out=tmp_path / "r",
+        )
+
+
+def test_missing_and_corrupt_images_are_recorded_skips(small, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(small["root"], root)
+    rois = (
+        pl.read_parquet(small["rois"] / "rois" / "part-00000.parquet")
+        .filter(pl.col("split") == "train")
+        .sort("dicom_id")
+    )
+    gone, bad = rois["path"][0], rois["path"][1]
+    (root / gone).unlink()
+    (root / bad).write_bytes(b"not an image at all")
+    # a corrupt DICOM: the same item pointing at a garbage .dcm
+    res = train(
+        _cfg(max_steps=2),
+        records=small["records"],
+        labels=small["labels"],
+        rois=small["rois"],
+        images=root,
+        out=tmp_path / "r",
+        stage="1",
+    )
+    assert res.skips.get("image missing") == 1 and res.skips.get("unreadable image") == 1, res.skips
+    sk = pl.read_parquet(tmp_path / "r" / "skips.parquet")
+    assert sk.height == 2
+
+
+def test_corrupt_dicom_is_a_recorded_skip(tmp_path):
+    from cxrctx.train.data import CropStore, ImageError, Item, load_image
+
+    p = tmp_path / "x.dcm"
+    p.write_bytes(b"DICM" * 40)
+    with pytest.raises(ImageError, match="corrupt DICOM"):
+        load_image(p)
+    item = Item(
+        "d", 1, 1, "train", "x.dcm", 10, 10, [(0, 0, 5, 5)] * 11, [""] * 11, [0.0] * 14, [0] * 11
+    )
+    good, skips = CropStore(tmp_path, None, 8, 8).prepare([item])
+    assert good == [] and skips[0]["reason"].startswith("corrupt DICOM")
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_two_processes_on_cpu(small, tmp_path):
+    """The same code path under torchrun (gloo on CPU): 2 ranks train, rank 0 writes the run."""
+    import os
+    import subprocess
+    import sys
+
+    cfg = {**make_config("tiny", max_steps=3, batch_size=8).model_dump(mode="json")}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+           "-m", "cxrctx.cli", "train", "--records", str(small["records"]), "--labels", str(small["labels"]),
+           "--rois", str(small["rois"]), "--images", str(small["root"]), "--out", str(tmp_path / "run"),
+           "--config", str(tmp_path / "cfg.json"), "--no-progress"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert (tmp_path / "run" / "checkpoints" / "final.pt").exists()
+    steps = [m for m in _losses(tmp_path / "run") if "loss" in m]
+    assert steps and max(m["step"] for m in steps) == 6  # 3 steps in each of the two stages
