@@ -46,12 +46,19 @@ def baseline(root: Path, out: Path, k: int = 3) -> int:
         pd.read_csv(root / "mimic-cxr-2.0.0-split.csv.gz")
         .drop_duplicates("study_id")
         .set_index("study_id")["split"]
+        .to_dict()
     )
-    chexpert = pd.read_csv(root / "mimic-cxr-2.0.0-chexpert.csv.gz").set_index("study_id")
+    chexpert = (
+        pd.read_csv(root / "mimic-cxr-2.0.0-chexpert.csv.gz")
+        .set_index("study_id")
+        .drop(columns="subject_id")
+        .to_dict("index")
+    )
     order = {"PA": 0, "AP": 1, "LATERAL": 2, "LL": 2}
+    meta["o"] = meta["ViewPosition"].map(order).fillna(3)
+    meta = meta.sort_values(["study_id", "o", "dicom_id"])
     images = {}
-    for sid, g in meta.groupby("study_id"):
-        g = g.assign(o=g["ViewPosition"].map(order).fillna(3)).sort_values(["o", "dicom_id"])
+    for sid, g in meta.groupby("study_id", sort=False):
         images[sid] = [
             {
                 "dicom_id": r.dicom_id,
@@ -101,11 +108,7 @@ def baseline(root: Path, out: Path, k: int = 3) -> int:
                 **sec,
             }
             rec["split"] = split.get(row.study_id)
-            rec["chexpert"] = (
-                chexpert.loc[row.study_id].drop("subject_id").to_dict()
-                if row.study_id in chexpert.index
-                else None
-            )
+            rec["chexpert"] = chexpert.get(row.study_id)
             rec["images"] = images[row.study_id]
             rec["priors"] = priors
             rec["n_prior_studies"] = len(earlier)
@@ -152,6 +155,9 @@ def _tree_rss(pid: int) -> int:
 
 
 def measure(cmd: list[str]) -> dict:
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     peak = 0
@@ -171,7 +177,12 @@ def measure(cmd: list[str]) -> dict:
     th.join()
     if proc.returncode != 0:
         raise SystemExit(f"{cmd} failed with {proc.returncode}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU of the whole tree (workers are reaped by the child, the child by us).
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {
+        "cpu_s": round(cpu, 2),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
         "wall_s": round(wall, 2),
         "peak_rss_gib": round(peak / 2**30, 3),
         "records": int(out.strip().splitlines()[-1]),

@@ -22,7 +22,7 @@ from pathlib import Path
 import polars as pl
 from rich.console import Console
 
-from cxrctx.labeling import evaluate_labels, label_documents, load_gold
+from cxrctx.labeling import LabelResult, evaluate_labels, label_documents, load_gold
 from cxrctx.labeling.evaluate import report_table
 from cxrctx.llm import ChatRequest, Sampling, extract_json, get_engine
 from cxrctx.models import LESIONS
@@ -157,6 +157,13 @@ def main(argv: list[str] | None = None) -> int:
         "--cache-dir", type=Path, default=None, help="result cache (omit for a cold measurement)"
     )
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--chunk", type=int, default=8, help="reports per label_documents call")
+    ap.add_argument(
+        "--time-budget",
+        type=float,
+        default=0,
+        help="stop after this many seconds (report the n done)",
+    )
     ap.add_argument(
         "--errors", type=int, default=0, help="print up to N disagreements (dev split only)"
     )
@@ -168,11 +175,41 @@ def main(argv: list[str] | None = None) -> int:
     gold = gold.filter(pl.col("id").is_in(docs["id"].to_list()))
     engine = get_engine("llamacpp", args.model, n_threads=args.threads, n_ctx=4096)
     sampling = Sampling(max_tokens=args.max_tokens)
+    naive = None
+    if args.baseline_n:  # first, so a --time-budget cut never drops the baseline
+        sub = docs.head(args.baseline_n)
+        nl, nwall, nfail = naive_labels(engine, sub, sampling)
+        naive = (sub, nl, nwall, nfail)
+        print(f"naive baseline: {sub.height} reports in {nwall:.0f}s", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    res = label_documents(
-        docs, engine, sampling=sampling, cache_dir=args.cache_dir, prompt=args.prompt
-    )
+    # chunks, so a --time-budget run stops cleanly and reports the n it actually labeled
+    parts, done = [], 0
+    for start in range(0, docs.height, args.chunk):
+        chunk = docs.slice(start, args.chunk)
+        parts.append(
+            label_documents(
+                chunk, engine, sampling=sampling, cache_dir=args.cache_dir, prompt=args.prompt
+            )
+        )
+        done += chunk.height
+        el = time.perf_counter() - t0
+        print(
+            f"[{el:7.0f}s] {done}/{docs.height} reports, {el / done:.1f} s/report",
+            file=sys.stderr,
+            flush=True,
+        )
+        if args.time_budget and el > args.time_budget:
+            break
     wall = time.perf_counter() - t0
+    docs = docs.head(done)
+    gold = gold.filter(pl.col("id").is_in(docs["id"].to_list()))
+    res = LabelResult(
+        labels=pl.concat([r.labels for r in parts]),
+        documents=pl.concat([r.documents for r in parts]),
+        failures=pl.concat([r.failures for r in parts]),
+        counts={k: sum(r.counts[k] for r in parts) for k in parts[0].counts},
+        provenance=parts[0].provenance,
+    )
     rep = evaluate_labels(res.labels, gold, gold_kind=kind)
     con.print(
         report_table(
@@ -186,11 +223,13 @@ def main(argv: list[str] | None = None) -> int:
         "output_tokens": out_tok, "micro_f1": rep.micro_f1, "macro_f1": rep.macro_f1,
         "micro_precision": rep.micro_precision, "micro_recall": rep.micro_recall,
     }  # fmt: skip
-    if args.baseline_n:
-        sub = docs.head(args.baseline_n)
-        nl, nwall, nfail = naive_labels(engine, sub, sampling)
+    if naive is not None:
+        sub, nl, nwall, nfail = naive
+        sub = sub.filter(pl.col("id").is_in(docs["id"].to_list()))
         g_sub = gold.filter(pl.col("id").is_in(sub["id"].to_list()))
-        nrep = evaluate_labels(nl, g_sub, gold_kind=kind)
+        nrep = evaluate_labels(
+            nl.filter(pl.col("id").is_in(sub["id"].to_list())), g_sub, gold_kind=kind
+        )
         orep = evaluate_labels(
             res.labels.filter(pl.col("id").is_in(sub["id"].to_list())), g_sub, gold_kind=kind
         )
@@ -201,9 +240,9 @@ def main(argv: list[str] | None = None) -> int:
             res.documents.filter(pl.col("id").is_in(sub["id"].to_list()))["latency_s"].sum()
         )
         summary["baseline"] = {
-            "n": sub.height, "failures": nfail, "s_per_report": round(nwall / sub.height, 2), "micro_f1": nrep.micro_f1,
-            "macro_f1": nrep.macro_f1, "ours_micro_f1_same_docs": orep.micro_f1, "ours_macro_f1_same_docs": orep.macro_f1,
-            "ours_engine_s_per_report_same_docs": round(osec / sub.height, 2),
+            "n": sub.height, "failures": nfail, "s_per_report": round(nwall / max(1, args.baseline_n), 2),
+            "micro_f1": nrep.micro_f1, "macro_f1": nrep.macro_f1, "ours_micro_f1_same_docs": orep.micro_f1,
+            "ours_macro_f1_same_docs": orep.macro_f1, "ours_engine_s_per_report_same_docs": round(osec / max(1, sub.height), 2),
         }  # fmt: skip
     engine.close()
     if args.errors and args.split == "dev":

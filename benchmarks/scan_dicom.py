@@ -1,6 +1,6 @@
 """Benchmark the DICOM header scan (`build-priors --scan-dicom`): files/s with 1 vs N processes.
 
-    nice python benchmarks/scan_dicom.py --patients 3500      # ≈ 20k synthetic DICOM files
+    nice python benchmarks/scan_dicom.py --patients 3700      # ≈ 20.5k synthetic DICOM files
 
 The synthetic root (with tiny real DICOMs) is generated once into the cache directory.
 Files are read once before timing so every run sees a warm page cache; the baseline is
@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--patients", type=int, default=3500)
+    ap.add_argument("--patients", type=int, default=3700)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", type=Path, default=HERE / "_work")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])

@@ -35,13 +35,28 @@ def build_data(work: Path, patients: int, size: int) -> dict[str, Path]:
 
     if not (work / "rois" / "manifest.json").exists():
         shutil.rmtree(work, ignore_errors=True)
-        generate(work / "root", patients=patients, seed=0, images=True, imagenome=True, image_size=size, image_format="jpg")
+        generate(
+            work / "root",
+            patients=patients,
+            seed=0,
+            images=True,
+            imagenome=True,
+            image_size=size,
+            image_format="jpg",
+        )
         build_priors(work / "root", work / "priors", image_ext="jpg", workers=1)
         build_rois(work / "root" / "imagenome", records=work / "priors", out=work / "rois")
-    return {"root": work / "root", "records": work / "priors", "rois": work / "rois", "labels": work / "root" / "truth"}
+    return {
+        "root": work / "root",
+        "records": work / "priors",
+        "rois": work / "rois",
+        "labels": work / "root" / "truth",
+    }
 
 
-def loader_rate(items, tok, cfg, images: Path, cache: Path | None, size: int, gsize: int, warm: bool) -> float:
+def loader_rate(
+    items, tok, cfg, images: Path, cache: Path | None, size: int, gsize: int, warm: bool
+) -> float:
     from cxrctx.train.data import CropStore, RoiDataset, collate
 
     store = CropStore(images, cache, size, gsize)
@@ -76,8 +91,20 @@ def step_fn(model, cfg, opt):
     def step(batch):
         out = model(batch)
         loss = ce_loss(out["dec_logits"], batch["tokens"])
-        loss = loss + llcl_loss(out["refined"], out["raw"], batch["roi_keys"], tau=cfg.temperature_llcl)[0]
-        loss = loss + itcl_loss(out["refined"], out["text_emb"], batch["has_text"], batch["text_ids"], tau=cfg.temperature_itcl)[0]
+        loss = (
+            loss
+            + llcl_loss(out["refined"], out["raw"], batch["roi_keys"], tau=cfg.temperature_llcl)[0]
+        )
+        loss = (
+            loss
+            + itcl_loss(
+                out["refined"],
+                out["text_emb"],
+                batch["has_text"],
+                batch["text_ids"],
+                tau=cfg.temperature_itcl,
+            )[0]
+        )
         loss = loss + cls_loss(out["cls_logits"], batch["targets"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -96,7 +123,12 @@ def main() -> None:
     ap.add_argument("--skip-paper", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "_work" / "train_step")
-    ap.add_argument("--gpu-tflops", type=float, default=989.0, help="Peak dense bf16 TFLOP/s of the GPU (H100 SXM: 989)")
+    ap.add_argument(
+        "--gpu-tflops",
+        type=float,
+        default=989.0,
+        help="Peak dense bf16 TFLOP/s of the GPU (H100 SXM: 989)",
+    )
     ap.add_argument("--mfu", type=float, default=0.35, help="Assumed model-FLOPs utilisation")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -118,12 +150,19 @@ def main() -> None:
     tok = WordTokenizer.build((t for it in items for t in it.texts), extra=LESIONS)
 
     # --- loader: uncached (baseline) vs cached
-    for label, size, gsize in (("tiny", tiny.image_size_stage1, tiny.global_image_size), ("224", 224, 224)):
+    for label, size, gsize in (
+        ("tiny", tiny.image_size_stage1, tiny.global_image_size),
+        ("224", 224, 224),
+    ):
         cache = args.work / f"cache_{label}"
         shutil.rmtree(cache, ignore_errors=True)
         un = loader_rate(items, tok, tiny, d["root"], None, size, gsize, warm=False)
         ca = loader_rate(items, tok, tiny, d["root"], cache, size, gsize, warm=True)
-        res[f"loader_{label}"] = {"uncached_items_s": round(un, 1), "cached_items_s": round(ca, 1), "ratio": round(ca / un, 2)}
+        res[f"loader_{label}"] = {
+            "uncached_items_s": round(un, 1),
+            "cached_items_s": round(ca, 1),
+            "ratio": round(ca / un, 2),
+        }
 
     # --- tiny steps/s on real batches
     from cxrctx.train.data import CropStore, RoiDataset, collate
@@ -131,9 +170,13 @@ def main() -> None:
     torch.manual_seed(0)
     model = build_model(tiny, tok)
     opt = torch.optim.AdamW(model.parameters(), lr=tiny.lr_stage1, weight_decay=tiny.weight_decay)
-    store = CropStore(d["root"], args.work / "cache_tiny", tiny.image_size_stage1, tiny.global_image_size)
+    store = CropStore(
+        d["root"], args.work / "cache_tiny", tiny.image_size_stage1, tiny.global_image_size
+    )
     ds = RoiDataset(items, store, tok, tiny.max_tokens)
-    loader = torch.utils.data.DataLoader(ds, batch_size=tiny.batch_size, shuffle=True, collate_fn=collate, drop_last=True)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=tiny.batch_size, shuffle=True, collate_fn=collate, drop_last=True
+    )
     step = step_fn(model, tiny, opt)
     batches = []
     while len(batches) < args.steps + 3:
@@ -144,7 +187,11 @@ def main() -> None:
     for b in batches[3 : 3 + args.steps]:
         step(b)
     dt = time.perf_counter() - t
-    res["tiny"] = {"batch": tiny.batch_size, "steps_s": round(args.steps / dt, 2), "images_s": round(args.steps * tiny.batch_size / dt, 1)}
+    res["tiny"] = {
+        "batch": tiny.batch_size,
+        "steps_s": round(args.steps / dt, 2),
+        "images_s": round(args.steps * tiny.batch_size / dt, 1),
+    }
 
     # --- paper preset, reduced batch
     if not args.skip_paper:
@@ -153,7 +200,9 @@ def main() -> None:
         paper = make_config("paper")
         torch.manual_seed(0)
         pm = build_model(paper, tok)
-        popt = torch.optim.AdamW(pm.parameters(), lr=paper.lr_stage1, weight_decay=paper.weight_decay)
+        popt = torch.optim.AdamW(
+            pm.parameters(), lr=paper.lr_stage1, weight_decay=paper.weight_decay
+        )
         pstep = step_fn(pm, paper, popt)
         B = args.paper_batch
         batch = one_batch(paper, tok, B, 224)

@@ -160,7 +160,15 @@ def _print_build_summary(res) -> None:
     if c.get("unknown_view_position"):
         t.add_row("[yellow]unknown ViewPosition → other[/]", f"{c['unknown_view_position']:,}")
     console.print(t)
-    tables = [("rejects by reason", res.rejects_by_reason), ("flags", res.flag_counts), ("n_prior_studies", res.prior_histogram), ("splits", res.split_counts)]
+    from rich.columns import Columns
+
+    tables = [
+        ("rejects by reason", res.rejects_by_reason),
+        ("flags", res.flag_counts),
+        ("n_prior_studies", res.prior_histogram),
+        ("splits", res.split_counts),
+    ]
+    small = []
     for title, data in tables:
         tt = Table(title=title, title_justify="left")
         tt.add_column("value")
@@ -169,7 +177,8 @@ def _print_build_summary(res) -> None:
             tt.add_row(str(k), f"{v:,}")
         if not data:
             tt.add_row("(none)", "0")
-        console.print(tt)
+        small.append(tt)
+    console.print(Columns(small))
 
 # --- label-lesions / eval-labels (issue: labeling) -----------------------------------
 

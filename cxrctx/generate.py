@@ -8,8 +8,9 @@ resolution. The ROI statements are then merged by
 - the LLM aggregator (`prompts/aggregate_report/`, through any `cxrctx.llm` backend),
   which prefers positive findings and removes redundancy as the paper describes; or
 - a deterministic merge when no backend is configured: positive sentences first (ROI
-  order), then negative ones, duplicates removed, and a negative sentence dropped when a
-  positive one names the same lesion (the paper's "prefer positive findings" rule).
+  order), then negative ones, duplicates removed, a negative sentence dropped when a
+  positive one names the same lesion (the paper's "prefer positive findings" rule) or when
+  a broader negative sentence already rules out all its lesions.
 
 An LLM answer that cannot be parsed falls back to the deterministic merge for that study
 and is counted (`aggregator_failures`). One study = its first frontal image with ROIs
@@ -133,7 +134,16 @@ def merge_sentences(roi_texts: list[tuple[str, str]]) -> str:
             (neg if is_negative(s) else pos).append(s)
     positive_lesions = set().union(*(mentioned_lesions(s) for s in pos)) if pos else set()
     neg = [s for s in neg if not (mentioned_lesions(s) & positive_lesions)]
-    return " ".join(pos + neg)
+    # a negative sentence whose lesions an earlier-kept, broader negative already rules out is redundant
+    covered: set[str] = set()
+    keep: set[int] = set()
+    for i in sorted(range(len(neg)), key=lambda i: -len(mentioned_lesions(neg[i]))):
+        les = mentioned_lesions(neg[i])
+        if les and les <= covered:
+            continue
+        covered |= les
+        keep.add(i)
+    return " ".join(pos + [s for i, s in enumerate(neg) if i in keep])
 
 
 def load_prompt(name: str, version: int = 1) -> dict[str, Any]:

@@ -26,6 +26,12 @@ def test_merge_prefers_positive_and_dedupes():
         out == "There is a small left pleural effusion. No pneumothorax. The heart size is normal."
     )
     assert merge_sentences([]) == ""
+    redundant = [
+        ("a", "No evidence of effusion."),
+        ("b", "No evidence of effusion or pneumothorax."),
+        ("c", "No edema."),
+    ]
+    assert merge_sentences(redundant) == "No evidence of effusion or pneumothorax. No edema."
 
 
 def test_rouge_l():

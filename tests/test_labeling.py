@@ -359,3 +359,45 @@ def test_resume_after_sigkill_loses_at_most_the_batch_in_flight(tmp_path):
     assert eng.calls == n - cached  # nothing finished was recomputed
     assert run.result.counts["cached"] == cached and run.result.counts["labeled"] == n
     assert read_shards(out / "labels").height == 14 * n
+
+
+def test_prepass_finds_every_positive_of_the_synthetic_truth(synth_root_small):
+    """The lexicon must have high recall: a truth-positive lesion missed by the pre-pass
+    would silently become 'not mentioned'."""
+    from cxrctx.labeling import load_prompt
+
+    prompt = load_prompt()
+    truth = read_shards(synth_root_small / "truth" / "labels").filter(
+        pl.col("status") == "positive"
+    )
+    assert truth.height > 10
+    missed = [
+        (r["lesion"], r["rationale"])
+        for r in truth.iter_rows(named=True)
+        if r["lesion"] not in prompt.candidates(r["rationale"])
+    ]
+    assert missed == []
+
+
+def test_eval_against_synthetic_truth_with_locations(synth_root_small, tmp_path):
+    truth = read_shards(synth_root_small / "truth" / "labels")
+    pred = truth.with_columns(
+        pl.when(pl.col("location") == "left")
+        .then(pl.lit("right"))
+        .otherwise(pl.col("location"))
+        .alias("location")
+    )
+    from cxrctx.labeling import evaluate_labels
+
+    rep = evaluate_labels(pred, truth)
+    assert rep.micro_f1 == 1.0 and rep.location_accuracy is not None and rep.location_accuracy < 1.0
+    js = tmp_path / "r.json"
+    args = [
+        "eval-labels",
+        str(synth_root_small / "truth"),
+        "--against",
+        str(synth_root_small / "truth"),
+    ]
+    r = runner.invoke(app, [*args, "--json", str(js)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(js.read_text())["location_accuracy"] == 1.0

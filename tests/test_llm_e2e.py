@@ -121,11 +121,11 @@ def test_openai_backend_against_llama_cpp_server(gguf, tmp_path):
         base = f"http://127.0.0.1:{port}/v1"
         _wait_ready(base, proc)
         eng = get_engine("openai", "smollm2", base_url=base, concurrency=2, timeout_s=120)
-        df = pl.DataFrame({"id": ["a", "b"], "text": [DOCS["a"], DOCS["b"]]})
+        df = pl.DataFrame({"id": ["b"], "text": [DOCS["b"]]})
         res = label_documents(
-            df, eng, sampling=Sampling(max_tokens=160), cache_dir=tmp_path / "cache"
+            df, eng, sampling=Sampling(max_tokens=120), cache_dir=tmp_path / "cache"
         )
-        assert res.counts["labeled"] + res.counts["failed"] == 2
+        assert res.counts["labeled"] + res.counts["failed"] == 1
         assert eng.format_mode == "json_object"  # llama.cpp's server rejects json_schema
         assert res.labels.height == 14 * res.counts["labeled"]
         assert set(res.labels["lesion"]) <= set(LESIONS) and set(res.labels["backend"]) <= {

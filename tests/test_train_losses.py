@@ -131,3 +131,23 @@ def test_tokenizer_roundtrip(tmp_path):
     assert tok.decode(tok.encode("zebra", 8)) == "[UNK]"
     tok.save(tmp_path / "t.json")
     assert WordTokenizer.load(tmp_path / "t.json").vocab == tok.vocab
+
+
+def test_local_vit_weights_are_loaded_and_bad_files_refused(tmp_path):
+    from cxrctx.errors import CxrctxError
+
+    tok = _tok()
+    cfg = make_config("tiny")
+    donor = build_model(cfg, tok)
+    sd = {k: v for k, v in donor.vit.state_dict().items()}
+    torch.save(sd, tmp_path / "vit.pt")
+    m = build_model(make_config("tiny", vit_weights=str(tmp_path / "vit.pt"), seed=1), tok)
+    assert all(torch.equal(m.vit.state_dict()[k], v) for k, v in sd.items())
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    with pytest.raises(CxrctxError, match="cannot load weights"):
+        build_model(make_config("tiny", vit_weights=str(tmp_path / "bad.pt")), tok)
+    torch.save({"something": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(CxrctxError, match="do not fit"):
+        build_model(make_config("tiny", vit_weights=str(tmp_path / "other.pt")), tok)
+    with pytest.raises(CxrctxError, match="not found"):
+        build_model(make_config("tiny", vit_weights=str(tmp_path / "none.pt")), tok)

@@ -98,11 +98,12 @@ class OpenAIEngine:
         return isinstance(e, o.APIStatusError) and (e.status_code == 429 or e.status_code >= 500)
 
     def _rejects_json_schema(self, e: Exception) -> bool:
-        o = self._openai
-        if not isinstance(e, (o.BadRequestError, o.UnprocessableEntityError)):
+        """A server refusing `response_format: json_schema`. llama.cpp's server answers
+        500 with a pydantic literal_error on body.response_format.type; others 400/422."""
+        if not isinstance(e, self._openai.APIStatusError):
             return False
         msg = str(e).lower()
-        return "response_format" in msg or "json_schema" in msg or "schema" in msg
+        return "response_format" in msg and ("json_schema" in msg or "json_object" in msg)
 
     async def _one(
         self, client: Any, sem: asyncio.Semaphore, req: ChatRequest, sampling: Sampling

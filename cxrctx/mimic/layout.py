@@ -133,13 +133,24 @@ def discover(
     )
 
 
-def _has_report(files_dir: Path) -> bool:
+def _has_report(files_dir: Path, sample: int = 50) -> bool:
+    """Whether files/ holds reports: looks at the first `sample` patient folders only.
+
+    Every patient of MIMIC-CXR has a report beside its image folders; MIMIC-CXR-JPG's
+    files/ has none, and walking its 65k folders to find that out would be slow.
+    """
+    seen = 0
     for group in sorted(files_dir.iterdir()):
         if not group.is_dir():
             continue
-        for patient in group.iterdir():
-            if patient.is_dir() and any(p.suffix == ".txt" for p in patient.iterdir()):
+        for patient in sorted(group.iterdir()):
+            if not patient.is_dir():
+                continue
+            if any(p.suffix == ".txt" for p in patient.iterdir()):
                 return True
+            seen += 1
+            if seen >= sample:
+                return False
     return False
 
 

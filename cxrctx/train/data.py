@@ -284,19 +284,32 @@ class CropStore:
             os.replace(tmp, cp)
         return crops, glob
 
-    def prepare(self, items: list[Item], *, decode: bool = True) -> tuple[list[Item], list[dict]]:
-        """Check (and with a cache, decode and store) every item once; return (good, skips)."""
+    def check(self, item: Item) -> str | None:
+        """Decode (and cache) one item; the skip reason, or None when it is usable."""
+        try:
+            self.get(item)
+        except ImageError as e:
+            return str(e)
+        return None
+
+    def prepare(self, items: list[Item], *, workers: int = 0) -> tuple[list[Item], list[dict]]:
+        """Decode every item once (filling the cache); return (good items, skips with reasons).
+
+        DICOM decoding holds the GIL, so `workers` > 0 uses processes, not threads.
+        """
+        if workers > 0 and len(items) > 64:
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(workers) as ex:
+                reasons = list(ex.map(self.check, items, chunksize=32))
+        else:
+            reasons = [self.check(it) for it in items]
         good, skips = [], []
-        for it in items:
-            try:
-                if decode or self.cache_dir is not None:
-                    self.get(it)
-                elif not (self.images_root / it.path).exists():
-                    raise ImageError(f"image missing: {Path(it.path).name}")
-            except ImageError as e:
-                skips.append({"dicom_id": it.dicom_id, "study_id": it.study_id, "reason": str(e)})
-                continue
-            good.append(it)
+        for it, why in zip(items, reasons, strict=True):
+            if why is None:
+                good.append(it)
+            else:
+                skips.append({"dicom_id": it.dicom_id, "study_id": it.study_id, "reason": why})
         return good, skips
 
 

@@ -363,12 +363,12 @@ def train(
     def datasets(size: int) -> tuple[RoiDataset, RoiDataset | None]:
         store = CropStore(images, cache_dir, size, cfg.global_image_size or size)
         if dist.main:
-            tr, s1 = store.prepare(train_items)
-            va, s2 = store.prepare(val_items)
+            tr, s1 = store.prepare(train_items, workers=cfg.num_workers)
+            va, s2 = store.prepare(val_items, workers=cfg.num_workers)
         dist.barrier()
         if not dist.main:
-            tr, s1 = store.prepare(train_items)
-            va, s2 = store.prepare(val_items)
+            tr, s1 = store.prepare(train_items, workers=cfg.num_workers)
+            va, s2 = store.prepare(val_items, workers=cfg.num_workers)
         skips.extend(s1 + s2)
         if not tr:
             raise CxrctxError(
@@ -399,8 +399,13 @@ def train(
                 if (m["stage"], m["step"]) <= (resume_state["stage"], resume_state["global_step"]):
                     keep.append(line)
             atomic_write_text(metrics_path, "".join(k + "\n" for k in keep))
-    elif dist.main and 1 in stages and metrics_path.exists():
-        metrics_path.unlink()
+    elif dist.main and metrics_path.exists():  # a fresh stage: drop its (and later) old rows
+        keep = [
+            line
+            for line in metrics_path.read_text().splitlines()
+            if json.loads(line)["stage"] < stages[0]
+        ]
+        atomic_write_text(metrics_path, "".join(k + "\n" for k in keep))
 
     def log_metrics(row: dict[str, Any]) -> None:
         if dist.main:
@@ -672,7 +677,8 @@ def train(
     }
     from collections import Counter
 
-    result.skips = dict(sorted(Counter(s["reason"].split(":")[0] for s in skips).items()))
+    unique = {s["dicom_id"]: s for s in reversed(skips)}  # an image skipped in both stages counts once
+    result.skips = dict(sorted(Counter(s["reason"].split(":")[0] for s in unique.values()).items()))
     return result
 
 
