@@ -24,7 +24,8 @@ from rich.console import Console
 
 from cxrctx.labeling import LabelResult, evaluate_labels, label_documents, load_gold
 from cxrctx.labeling.evaluate import report_table
-from cxrctx.llm import ChatRequest, Sampling, extract_json, get_engine
+from cxrctx.llm import ChatRequest, Completion, Sampling, extract_json, get_engine
+from cxrctx.llm.fake import FakeEngine
 from cxrctx.models import LESIONS
 
 NAIVE_SYSTEM = (
@@ -159,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--chunk", type=int, default=8, help="reports per label_documents call")
     ap.add_argument(
+        "--only-cached",
+        action="store_true",
+        help="score only the reports already in --cache-dir (e.g. after an interrupted run); calls no model",
+    )
+    ap.add_argument(
         "--time-budget",
         type=float,
         default=0,
@@ -173,7 +179,24 @@ def main(argv: list[str] | None = None) -> int:
     docs = load_iu(args.gold_dir, args.split, args.n, args.skip, args.seed)
     gold, kind = load_gold(args.gold_dir / "openi_gld_std14.csv")
     gold = gold.filter(pl.col("id").is_in(docs["id"].to_list()))
-    engine = get_engine("llamacpp", args.model, n_threads=args.threads, n_ctx=4096)
+    if args.only_cached:
+        import shutil
+        import tempfile
+
+        if args.cache_dir is None:
+            sys.exit("--only-cached needs --cache-dir")
+        tmp_cache = (
+            Path(tempfile.mkdtemp()) / "cache"
+        )  # misses must not be written into the real cache
+        shutil.copytree(args.cache_dir, tmp_cache)
+        args.cache_dir = tmp_cache
+        # same backend/model identity as the real run, so the cache keys match; any call is a miss
+        engine = FakeEngine(
+            args.model, responder=lambda r: Completion("", "error", error="not cached")
+        )
+        engine.backend = "llamacpp"
+    else:
+        engine = get_engine("llamacpp", args.model, n_threads=args.threads, n_ctx=4096)
     sampling = Sampling(max_tokens=args.max_tokens)
     naive = None
     if args.baseline_n:  # first, so a --time-budget cut never drops the baseline
@@ -186,11 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     parts, done = [], 0
     for start in range(0, docs.height, args.chunk):
         chunk = docs.slice(start, args.chunk)
-        parts.append(
-            label_documents(
-                chunk, engine, sampling=sampling, cache_dir=args.cache_dir, prompt=args.prompt
-            )
+        part = label_documents(
+            chunk, engine, sampling=sampling, cache_dir=args.cache_dir, prompt=args.prompt
         )
+        if args.only_cached and part.counts["cached"] < part.counts["llm_called"]:
+            break
+        parts.append(part)
         done += chunk.height
         el = time.perf_counter() - t0
         print(

@@ -115,15 +115,33 @@ def synth_cmd(
 
 @app.command("build-priors")
 def build_priors_cmd(
-    root: Path = typer.Argument(..., help="MIMIC-CXR root (holds mimic-cxr-2.0.0-metadata.csv.gz and files/)."),
+    root: Path = typer.Argument(
+        ..., help="MIMIC-CXR root (holds mimic-cxr-2.0.0-metadata.csv.gz and files/)."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
-    max_priors: int = typer.Option(3, "--max-priors", "-k", min=0, help="How many most recent prior studies to embed."),
-    shard_size: int = typer.Option(20_000, "--shard-size", min=1, help="Records per Parquet shard."),
-    fmt: str = typer.Option("parquet", "--format", help="parquet, or jsonl to also write records.jsonl."),
-    reports_zip: Path = typer.Option(None, "--reports-zip", help="Read reports from this zip (default: files/, else ROOT/mimic-cxr-reports.zip)."),
-    scan_dicom: bool = typer.Option(False, "--scan-dicom", help="Read DICOM headers under files/ instead of the metadata CSV."),
-    image_ext: str = typer.Option("dcm", "--image-ext", help="Extension of image paths built from the CSV (dcm or jpg)."),
-    workers: int = typer.Option(None, "--workers", "-j", min=1, help="Worker processes (default: CPU count, at most 8)."),
+    max_priors: int = typer.Option(
+        3, "--max-priors", "-k", min=0, help="How many most recent prior studies to embed."
+    ),
+    shard_size: int = typer.Option(
+        20_000, "--shard-size", min=1, help="Records per Parquet shard."
+    ),
+    fmt: str = typer.Option(
+        "parquet", "--format", help="parquet, or jsonl to also write records.jsonl."
+    ),
+    reports_zip: Path = typer.Option(
+        None,
+        "--reports-zip",
+        help="Read reports from this zip (default: files/, else ROOT/mimic-cxr-reports.zip).",
+    ),
+    scan_dicom: bool = typer.Option(
+        False, "--scan-dicom", help="Read DICOM headers under files/ instead of the metadata CSV."
+    ),
+    image_ext: str = typer.Option(
+        "dcm", "--image-ext", help="Extension of image paths built from the CSV (dcm or jpg)."
+    ),
+    workers: int = typer.Option(
+        None, "--workers", "-j", min=1, help="Worker processes (default: CPU count, at most 8)."
+    ),
 ) -> None:
     """Join each study with its views, report sections and prior studies (C-SRRG style records)."""
     from cxrctx.mimic.build import build_priors
@@ -156,7 +174,10 @@ def _print_build_summary(res) -> None:
     t.add_row("studies in", f"{c['studies_in']:,}")
     t.add_row("records", f"{c['records']:,}")
     t.add_row("rejected studies", f"{c['rejected_studies']:,}")
-    t.add_row("images (in / in records / rejected)", f"{c['images_in']:,} / {c['images_in_records']:,} / {c['images_rejected']:,}")
+    t.add_row(
+        "images (in / in records / rejected)",
+        f"{c['images_in']:,} / {c['images_in_records']:,} / {c['images_rejected']:,}",
+    )
     if c.get("unknown_view_position"):
         t.add_row("[yellow]unknown ViewPosition → other[/]", f"{c['unknown_view_position']:,}")
     console.print(t)
@@ -179,6 +200,7 @@ def _print_build_summary(res) -> None:
             tt.add_row("(none)", "0")
         small.append(tt)
     console.print(Columns(small))
+
 
 # --- label-lesions / eval-labels (issue: labeling) -----------------------------------
 

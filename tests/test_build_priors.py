@@ -201,7 +201,16 @@ def test_empty_output_has_schema(tmp_path):
 
 # --- end to end on the synthetic generator's root, checked against its ground truth -------
 
-SECTION_COLS = ("examination", "indication", "history", "technique", "comparison", "findings", "impression", "reason_for_exam")
+SECTION_COLS = (
+    "examination",
+    "indication",
+    "history",
+    "technique",
+    "comparison",
+    "findings",
+    "impression",
+    "reason_for_exam",
+)
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +264,9 @@ def test_synth_temporal_language_precision_recall(synth_build):
 
     _, rec, truth = synth_build
     j = rec.join(truth.select("study_id", "has_temporal_reference"), on="study_id")
-    pred = pl.Series([has_temporal_reference(f, i) for f, i in j.select("findings", "impression").iter_rows()])
+    pred = pl.Series(
+        [has_temporal_reference(f, i) for f, i in j.select("findings", "impression").iter_rows()]
+    )
     t = j["has_temporal_reference"]
     tp, fp, fn = int((pred & t).sum()), int((pred & ~t).sum()), int((~pred & t).sum())
     assert tp > 0

@@ -34,6 +34,7 @@ from cxrctx.synth import (
     study_time_text,
     write_dicom,
 )
+from cxrctx.synth.dicom import dicom_dataset
 from cxrctx.synth.text import TEMPORAL_RE, TITLE, UNDERSCORES
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "mimic-mini"
@@ -379,6 +380,43 @@ def test_write_dicom_checks_pixels(tmp_path: Path):
     )
     ds = pydicom.dcmread(tmp_path / "y.dcm")
     assert ds.pixel_array.max() == 1000 and ds.BitsAllocated == 16
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        dict(
+            study_time="3515.15",
+            pixels=None,
+            view_meaning="antero-posterior",
+            orientation_meaning="Erect",
+        ),
+        dict(
+            study_time=None,
+            pixels=np.arange(30, dtype=np.uint16).reshape(6, 5) * 50,
+            view_position="",
+        ),
+    ],
+)
+def test_fast_dicom_equals_pydicom_writer(tmp_path: Path, extra):
+    """The hand-rolled encoder writes exactly what pydicom writes for the same dataset."""
+    kw = dict(
+        dicom_id="0123abcd-00000000-00000000-00000000-0000000f",
+        subject_id=10000001,
+        study_id=50000001,
+        view_position="AP AXIAL",
+        study_date="21000101",
+        rows=6,
+        columns=5,
+        performed_procedure="CHEST (PA, LAT & OBLIQUES)",
+        procedure_meaning="CHEST (PA, LAT & OBLIQUES)",
+    )
+    kw.update(extra)
+    write_dicom(tmp_path / "fast.dcm", **kw)
+    dicom_dataset(**kw).save_as(tmp_path / "ref.dcm", enforce_file_format=True)
+    assert (tmp_path / "fast.dcm").read_bytes() == (tmp_path / "ref.dcm").read_bytes()
+    ds = pydicom.dcmread(tmp_path / "fast.dcm")
+    assert ds.pixel_array.shape == (6, 5)
 
 
 def test_zip_entries_equal_files(synth_root: Path):

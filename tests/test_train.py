@@ -58,14 +58,13 @@ def test_tiny_training_learns_the_lesions(data, tmp_path):
     assert rows[-1]["ce"] < rows[0]["ce"] * 0.6
     ev = res.eval
     assert ev["n"] >= 60
-    # a constant (majority) predictor has AUC 0.5 on every lesion
-    assert ev["macro_auc"] > 0.62, ev["auc"]
-    visible = [
-        ev["auc"][k]
-        for k in ("cardiomegaly", "pleural effusion", "edema")
-        if ev["auc"][k] is not None
-    ]
-    assert len(visible) >= 2 and sum(visible) / len(visible) > 0.68, ev["auc"]
+    # a constant (majority) predictor has AUC 0.5 on every lesion. The renderer draws these
+    # four large and clearly (small nodules, subtle opacities are harder at 64 px)
+    visible = {k: ev["auc"][k] for k in ("cardiomegaly", "pleural effusion", "edema", "emphysema")}
+    got = [v for v in visible.values() if v is not None]
+    assert len(got) >= 3, visible
+    assert sum(got) / len(got) > 0.75 and min(got) > 0.65, visible
+    assert ev["macro_auc"] > 0.55, ev["auc"]
     ck = load_checkpoint(tmp_path / "run" / "checkpoints" / "final.pt")
     assert ck["stage"] == 1 and ck["config"]["preset"] == "tiny"
     assert (tmp_path / "run" / "tokenizer.json").exists()
@@ -73,7 +72,10 @@ def test_tiny_training_learns_the_lesions(data, tmp_path):
 
 
 def _cfg(**kw):
-    base = dict(epochs_stage1=2, epochs_stage2=1, checkpoint_every=3, batch_size=8, log_every=1)
+    # dropout on: resume must restore the RNG exactly for the masks to match
+    base = dict(
+        epochs_stage1=2, epochs_stage2=1, checkpoint_every=3, batch_size=8, log_every=1, dropout=0.1
+    )
     base.update(kw)
     return make_config("tiny", **base)
 

@@ -81,7 +81,7 @@ METADATA_COLUMNS = (
 )
 ZIP_DATE = (2000, 1, 1, 0, 0, 0)
 CHUNK_PATIENTS = 1024
-PARALLEL_MIN_STUDIES = 20_000
+PARALLEL_MIN_STUDIES = 20_000  # studies (+ DICOM files) before using worker processes
 EPOCH = dt.date(2100, 1, 1)
 DICOM_SCALE = 128  # DICOM mode writes images at 1/128 of the nominal size (header == CSV)
 
@@ -952,7 +952,9 @@ def generate(
     n_proc = (
         processes
         if processes is not None
-        else (min(2, os.cpu_count() or 1) if S >= PARALLEL_MIN_STUDIES else 1)
+        else (
+            min(2, os.cpu_count() or 1) if S + (NI if dicom else 0) >= PARALLEL_MIN_STUDIES else 1
+        )
     )
     if n_proc > 1 and len(chunks) > 1 and "fork" in mp.get_all_start_methods():
         with ProcessPoolExecutor(max_workers=n_proc, mp_context=mp.get_context("fork")) as ex:

@@ -116,6 +116,9 @@ def _indication(r: Random, woman: bool) -> tuple[str, str | None]:
     who = "woman" if woman else "man"
     hx = r.choice(T.INDICATION_HX)
     x = r.random()
+    if x < 0.12:  # the reason repeats the question, as in many real indications
+        q = r.choice(T.INDICATION_QUESTION)
+        return f"___ year old {who} with {q}  // {q}", q
     if x < 0.55:
         reason = r.choice(T.INDICATION_REASON)
         return f"___ year old {who} with {hx}  // {reason}", reason

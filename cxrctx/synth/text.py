@@ -573,6 +573,12 @@ INDICATION_REASON = (
 )  # fmt: skip
 
 
+INDICATION_QUESTION = (
+    "?pleural effusion", "?pneumonia", "?PNA", "?CHF", "?pneumothorax", "?aspiration", "?edema",
+    "?infiltrate", "?mass", "?fluid overload",
+)  # fmt: skip
+
+
 def _cap(s: str) -> str:
     return s[:1].upper() + s[1:] if s else s
 

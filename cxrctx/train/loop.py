@@ -195,7 +195,9 @@ def evaluate_classifier(
     """Per-lesion AUC, macro-AUC, accuracy vs the majority-class baseline and decoder CE on `ds`."""
     model.eval()
     probs, targets, ces = [], [], []
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    loader = DataLoader(
+        ds, batch_size=batch_size, shuffle=False, collate_fn=collate, generator=torch.Generator()
+    )
     for batch in loader:
         if "rois" not in batch:
             continue
@@ -509,6 +511,9 @@ def train(
                     batch_sampler=ListSampler(batches[pos:]),  # type: ignore[arg-type]
                     num_workers=cfg.num_workers,
                     collate_fn=collate,
+                    # its own generator: creating an iterator must not draw from the global
+                    # RNG (dropout), or a resumed epoch would shift the dropout masks
+
                 )
                 for batch in loader:
                     if stage_step >= total:
@@ -677,7 +682,8 @@ def train(
     }
     from collections import Counter
 
-    unique = {s["dicom_id"]: s for s in reversed(skips)}  # an image skipped in both stages counts once
+    # an image skipped in both stages counts once
+    unique = {s["dicom_id"]: s for s in reversed(skips)}
     result.skips = dict(sorted(Counter(s["reason"].split(":")[0] for s in unique.values()).items()))
     return result
 
