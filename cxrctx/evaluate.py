@@ -5,7 +5,8 @@
   side comes from an existing label directory (e.g. label-lesions output, or a synthetic
   root's `truth/`). Without any backend a negation-aware *keyword* labeler stands in; the
   output says so, because it is not the paper's method. Scores come from
-  `cxrctx.labeling.evaluate_labels` (positive class, per lesion, micro and macro).
+  `cxrctx.labeling.evaluate_labels` (positive class, per lesion, micro and macro). An
+  empty generated report asserts nothing: all 14 negative, without an LLM call.
 - ROUGE-L: LCS-based F-measure with β = 1.2 (as in pycocoevalcap, which most report-
   generation papers use), lower-cased word tokens, averaged over studies.
 - METEOR: computed only when NLTK and its WordNet data are installed locally (nothing is
@@ -345,12 +346,19 @@ def evaluate(
         labeler = (
             f"llm:{getattr(labeler_engine, 'backend', '?')}/{getattr(labeler_engine, 'model', '?')}"
         )
-        gen_res = label_documents(gen_docs, labeler_engine, cache_dir=cache_dir)
-        pred = gen_res.labels
-        if gen_res.failures.height:
-            notes.append(
-                f"labeler failed on {gen_res.failures.height} generated report(s); they are not scored"
-            )
+        nonempty = gen_docs.filter(pl.col("text").str.strip_chars() != "")
+        empty = gen_docs.filter(pl.col("text").str.strip_chars() == "")
+        # an empty generated report asserts no lesion: all 14 negative, no LLM call
+        pred = keyword_labels(empty)
+        if nonempty.height:
+            gen_res = label_documents(nonempty, labeler_engine, cache_dir=cache_dir)
+            pred = pl.concat([gen_res.labels.select(pred.columns), pred])
+            if gen_res.failures.height:
+                notes.append(
+                    f"labeler failed on {gen_res.failures.height} generated report(s); they are not scored"
+                )
+        if empty.height:
+            notes.append(f"{empty.height} generated report(s) are empty and count as all-negative")
     else:
         labeler = "keyword"
         notes.append(

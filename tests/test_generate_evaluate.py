@@ -223,3 +223,48 @@ def test_cli_generate_evaluate_and_bad_input(run, tmp_path):
         from cxrctx.generate import generate
 
         generate(run["run"], out=tmp_path / "g3", split="nosuchsplit")
+
+
+@pytest.mark.train
+def test_evaluate_with_an_llm_labeler(run, tmp_path):
+    """Both sides labeled through cxrctx.labeling with an engine (a scripted fake here)."""
+    from cxrctx.evaluate import evaluate
+    from cxrctx.generate import generate
+    from cxrctx.llm import get_engine
+
+    def answer(req):
+        names = list((req.json_schema or {}).get("properties", {}))
+        pos = "effusion" in req.messages[-1]["content"].lower()
+        return json.dumps(
+            {
+                n: {
+                    "reasoning": "scripted",
+                    "status": "positive" if pos and n == "pleural effusion" else "negative",
+                    "location": "not mentioned",
+                }
+                for n in names
+            }
+        )
+
+    generate(run["run"], out=tmp_path / "gen", split="validate")
+    shard = tmp_path / "gen" / "generated" / "part-00000.parquet"
+    df = pl.read_parquet(shard).with_row_index("i")
+    df = df.with_columns(  # half the reports say something, half are empty
+        pl.when(pl.col("i") % 2 == 0)
+        .then(pl.lit("Small left pleural effusion."))
+        .otherwise(pl.lit(""))
+        .alias("report")
+    ).drop("i")
+    df.write_parquet(shard)
+    rep = evaluate(
+        tmp_path / "gen",
+        reference=run["records"],
+        labeler_engine=get_engine("fake", "lab", responder=answer),
+        cache_dir=tmp_path / "cache",
+    )
+    assert rep.labeler == "llm:fake/lab" and rep.reference_labels == "llm:fake/lab"
+    assert rep.lesion is not None and rep.lesion["n_docs"] == rep.n_pairs
+    assert any("empty and count as all-negative" in n for n in rep.notes)
+    eff = next(x for x in rep.lesion["lesions"] if x["lesion"] == "pleural effusion")
+    n_said = eff["tp"] + eff["fp"]  # every non-empty report names an effusion
+    assert abs(n_said - rep.n_pairs / 2) <= 1

@@ -513,7 +513,7 @@ def train(
                     collate_fn=collate,
                     # its own generator: creating an iterator must not draw from the global
                     # RNG (dropout), or a resumed epoch would shift the dropout masks
-
+                    generator=torch.Generator().manual_seed(cfg.seed * 1000 + st * 100 + epoch),
                 )
                 for batch in loader:
                     if stage_step >= total:
