@@ -142,3 +142,26 @@ def test_images_are_deterministic(tmp_path):
     assert files
     for f in files:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+
+
+def test_rendered_dicom_headers_equal_the_metadata_csv(tmp_path):
+    import csv
+    import gzip
+
+    import pydicom
+
+    from cxrctx.synth import generate
+
+    root = tmp_path / "root"
+    generate(root, patients=5, seed=3, dicom=True, images=True, image_size=64, image_format="both")
+    with gzip.open(root / "mimic-cxr-2.0.0-metadata.csv.gz", "rt") as f:
+        rows = list(csv.DictReader(f))
+    assert rows
+    for r in rows:
+        s = r["subject_id"]
+        path = root / "files" / f"p{s[:2]}" / f"p{s}" / f"s{r['study_id']}" / f"{r['dicom_id']}.dcm"
+        ds = pydicom.dcmread(path)
+        want = (int(r["Rows"]), int(r["Columns"]))
+        assert (int(ds.Rows), int(ds.Columns)) == want
+        assert ds.pixel_array.shape == want
+        assert max(want) == 64

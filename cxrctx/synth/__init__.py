@@ -395,7 +395,8 @@ def generate(
     *positive*; a negated or unmentioned lesion is *negative* with location "not
     mentioned"; the rationale is the sentence that asserted it (or "not mentioned").
     With `dicom=True` each image becomes a small real DICOM and the metadata's
-    Rows/Columns are the written size (1/128 of the nominal one), so headers equal the CSV.
+    Rows/Columns are the written size (1/128 of the nominal one, or the rendered size
+    with `images` in DICOM format), so headers always equal the CSV.
     `processes` (default: up to 2 for large runs) does not change the output.
     """
     if isinstance(patients, bool) or not isinstance(patients, int) or patients < 1:
@@ -420,7 +421,8 @@ def generate(
         out / MARKER, json.dumps({"complete": False, "top_level": list(_OWNED)}) + "\n"
     )
 
-    st = _structure(patients, seed, dicom)
+    rendered_dicom = images and image_format in ("dicom", "both")
+    st = _structure(patients, seed, dicom, image_size if rendered_dicom else None)
     S, NI = st.study_ids.size, st.im_dicom.size
     subj = st.subject_ids[st.st_pat]
     rel_paths = [

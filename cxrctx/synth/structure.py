@@ -203,7 +203,7 @@ class Structure:
     varieties: dict[str, int]
 
 
-def _structure(patients: int, seed: int, dicom: bool) -> Structure:
+def _structure(patients: int, seed: int, dicom: bool, image_size: int | None = None) -> Structure:
     rng = np.random.default_rng(seed)
     P = patients
     subject_ids = np.sort(_unique_ids(rng, P, 10_000_000, 20_000_000))
@@ -303,7 +303,15 @@ def _structure(patients: int, seed: int, dicom: bool) -> Structure:
         rng.choice(len(DIMS), size=NI, p=np.array(DIM_WEIGHTS) / sum(DIM_WEIGHTS))
     ]
     rows, cols = dims[:, 0].copy(), dims[:, 1].copy()
-    if dicom:
+    if image_size:
+        # rendered images replace the DICOM pixels: Rows/Columns are the rendered size
+        # (longer side = image_size, nominal aspect kept) so headers still equal the CSV
+        scale = image_size / np.maximum(rows, cols)
+        rows, cols = (
+            np.maximum(8, np.rint(rows * scale)).astype(np.int64),
+            np.maximum(8, np.rint(cols * scale)).astype(np.int64),
+        )
+    elif dicom:
         rows, cols = (
             np.maximum(4, np.rint(rows / DICOM_SCALE)).astype(np.int64),
             np.maximum(4, np.rint(cols / DICOM_SCALE)).astype(np.int64),
