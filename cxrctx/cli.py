@@ -34,12 +34,21 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output (-v info, -vv debug)."),
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+    verbose: int = typer.Option(
+        0, "--verbose", "-v", count=True, help="More log output (-v info, -vv debug)."
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version."
+    ),
 ) -> None:
     """Curate clinical-context chest X-ray report-generation datasets from MIMIC-CXR."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=err_console, show_path=False)], force=True)
+    logging.basicConfig(
+        level=level,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False)],
+        force=True,
+    )
 
 
 def fail(exc: CxrctxError) -> typer.Exit:
@@ -50,8 +59,12 @@ def fail(exc: CxrctxError) -> typer.Exit:
 
 @app.command("schemas")
 def schemas_cmd(
-    out_dir: Path = typer.Option(None, "--out", help="Directory to write into (default: the repo's schemas/)."),
-    check: bool = typer.Option(False, "--check", help="Only check; exit 1 when a schema file is stale."),
+    out_dir: Path = typer.Option(
+        None, "--out", help="Directory to write into (default: the repo's schemas/)."
+    ),
+    check: bool = typer.Option(
+        False, "--check", help="Only check; exit 1 when a schema file is stale."
+    ),
 ) -> None:
     """Regenerate the JSON Schemas in schemas/ from the pydantic models."""
     from cxrctx import schema_export
@@ -242,7 +255,13 @@ def _engine_options(backend: str, **kw: object) -> dict[str, object]:
     per = {
         "llamacpp": ("n_ctx", "n_threads", "seed", "grammar"),
         "openai": ("base_url", "api_key_env", "concurrency", "timeout_s", "max_retries"),
-        "vllm": ("tensor_parallel_size", "dtype", "max_model_len", "gpu_memory_utilization", "seed"),
+        "vllm": (
+            "tensor_parallel_size",
+            "dtype",
+            "max_model_len",
+            "gpu_memory_utilization",
+            "seed",
+        ),
         "fake": (),
     }
     return {k: v for k, v in kw.items() if v is not None and k in per.get(backend, ())}
@@ -250,33 +269,77 @@ def _engine_options(backend: str, **kw: object) -> dict[str, object]:
 
 @app.command("label-lesions")
 def label_lesions_cmd(
-    input_path: Path = typer.Argument(..., help="build-priors output dir, or a .parquet/.csv/.jsonl file"),
-    out: Path = typer.Option(..., "--out", help="Output directory (labels/, documents/, failures/, cache/, manifest.json)."),
-    backend: str = typer.Option("llamacpp", "--backend", help="llamacpp (CPU, GGUF path), openai (any OpenAI-compatible server) or vllm (GPU)."),
-    model: str = typer.Option(..., "--model", help="GGUF path (llamacpp), served model name (openai), model name or dir (vllm)."),
-    sections: str = typer.Option("findings,impression", "--sections", help="Record sections to label, comma-separated (build-priors input)."),
+    input_path: Path = typer.Argument(
+        ..., help="build-priors output dir, or a .parquet/.csv/.jsonl file"
+    ),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        help="Output directory (labels/, documents/, failures/, cache/, manifest.json).",
+    ),
+    backend: str = typer.Option(
+        "llamacpp",
+        "--backend",
+        help="llamacpp (CPU, GGUF path), openai (any OpenAI-compatible server) or vllm (GPU).",
+    ),
+    model: str = typer.Option(
+        ...,
+        "--model",
+        help="GGUF path (llamacpp), served model name (openai), model name or dir (vllm).",
+    ),
+    sections: str = typer.Option(
+        "findings,impression",
+        "--sections",
+        help="Record sections to label, comma-separated (build-priors input).",
+    ),
     id_column: str = typer.Option("id", "--id-column", help="Id column of a table input."),
     text_column: str = typer.Option("text", "--text-column", help="Text column of a table input."),
-    shard: str = typer.Option(None, "--shard", help="Label slice i of n (e.g. 0/4); slices write part i and merge in one OUT."),
+    shard: str = typer.Option(
+        None,
+        "--shard",
+        help="Label slice i of n (e.g. 0/4); slices write part i and merge in one OUT.",
+    ),
     limit: int = typer.Option(None, "--limit", min=1, help="Only the first N documents."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the first prompt and the schema; call no model."),
-    max_tokens: int = typer.Option(384, "--max-tokens", min=1, help="Output token limit per answer."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the first prompt and the schema; call no model."
+    ),
+    max_tokens: int = typer.Option(
+        384, "--max-tokens", min=1, help="Output token limit per answer."
+    ),
     temperature: float = typer.Option(0.0, "--temperature"),
     seed: int = typer.Option(0, "--seed"),
-    batch_size: int = typer.Option(None, "--batch-size", min=1, help="Documents per engine call / cache flush."),
-    no_prepass: bool = typer.Option(False, "--no-prepass", help="Ask the model about all 14 lesions for every report."),
-    prompt: str = typer.Option(None, "--prompt", help="Prompt version (e.g. 1) or a prompt JSON file."),
-    base_url: str = typer.Option(None, "--base-url", help="openai: server URL, e.g. http://127.0.0.1:8000/v1."),
-    api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="openai: env var holding the API key."),
-    concurrency: int = typer.Option(None, "--concurrency", min=1, help="openai: concurrent requests."),
+    batch_size: int = typer.Option(
+        None, "--batch-size", min=1, help="Documents per engine call / cache flush."
+    ),
+    no_prepass: bool = typer.Option(
+        False, "--no-prepass", help="Ask the model about all 14 lesions for every report."
+    ),
+    prompt: str = typer.Option(
+        None, "--prompt", help="Prompt version (e.g. 1) or a prompt JSON file."
+    ),
+    base_url: str = typer.Option(
+        None, "--base-url", help="openai: server URL, e.g. http://127.0.0.1:8000/v1."
+    ),
+    api_key_env: str = typer.Option(
+        "OPENAI_API_KEY", "--api-key-env", help="openai: env var holding the API key."
+    ),
+    concurrency: int = typer.Option(
+        None, "--concurrency", min=1, help="openai: concurrent requests."
+    ),
     timeout_s: float = typer.Option(None, "--timeout", help="openai: seconds per request."),
     n_ctx: int = typer.Option(None, "--n-ctx", help="llamacpp: context length."),
     n_threads: int = typer.Option(None, "--threads", help="llamacpp: CPU threads."),
-    grammar: str = typer.Option(None, "--grammar", help="llamacpp: fallback (default), always or never."),
-    tensor_parallel_size: int = typer.Option(None, "--tensor-parallel-size", help="vllm: GPUs per model."),
+    grammar: str = typer.Option(
+        None, "--grammar", help="llamacpp: fallback (default), always or never."
+    ),
+    tensor_parallel_size: int = typer.Option(
+        None, "--tensor-parallel-size", help="vllm: GPUs per model."
+    ),
     dtype: str = typer.Option(None, "--dtype", help="vllm: auto, bfloat16, float16."),
     max_model_len: int = typer.Option(None, "--max-model-len", help="vllm: context length."),
-    gpu_memory_utilization: float = typer.Option(None, "--gpu-memory-utilization", help="vllm: GPU memory fraction."),
+    gpu_memory_utilization: float = typer.Option(
+        None, "--gpu-memory-utilization", help="vllm: GPU memory fraction."
+    ),
 ) -> None:
     """Label the 14 lesions (status, location, rationale) of each report with an LLM."""
     import json as _json
@@ -332,7 +395,9 @@ def label_lesions_cmd(
             console.rule(m["role"])
             console.print(m["content"], highlight=False, markup=False)
         if "candidates" in info:
-            console.print(f"candidates of the first document: {', '.join(info['candidates']) or '(none: LLM skipped)'}")
+            console.print(
+                f"candidates of the first document: {', '.join(info['candidates']) or '(none: LLM skipped)'}"
+            )
         console.rule("answer schema (schemas/lesion_answer.schema.json)")
         console.print_json(_json.dumps(info["schema"]))
         return
@@ -345,32 +410,46 @@ def label_lesions_cmd(
         highlight=False,
     )
     if c.get("failed"):
-        err_console.print(f"[yellow]{c['failed']} document(s) failed; see {run.out_dir}/failures/[/]")
+        err_console.print(
+            f"[yellow]{c['failed']} document(s) failed; see {run.out_dir}/failures/[/]"
+        )
 
 
 @app.command("eval-labels")
 def eval_labels_cmd(
     labels: Path = typer.Argument(..., help="A label-lesions output dir (or labels Parquet)."),
-    against: Path = typer.Option(..., "--against", help="Gold: MIMIC CheXpert/NegBio CSV, IU gold CSV, or another label run."),
-    uncertain: str = typer.Option("positive", "--uncertain", help="CheXpert -1.0: positive, negative or ignore."),
+    against: Path = typer.Option(
+        ..., "--against", help="Gold: MIMIC CheXpert/NegBio CSV, IU gold CSV, or another label run."
+    ),
+    uncertain: str = typer.Option(
+        "positive", "--uncertain", help="CheXpert -1.0: positive, negative or ignore."
+    ),
     json_path: Path = typer.Option(None, "--json", help="Write the report as JSON."),
-    png_path: Path = typer.Option(None, "--png", help="Write a P/R/F1 bar chart (needs matplotlib)."),
+    png_path: Path = typer.Option(
+        None, "--png", help="Write a P/R/F1 bar chart (needs matplotlib)."
+    ),
 ) -> None:
     """Per-lesion precision / recall / F1 / kappa of labels against a gold or another run."""
     from cxrctx.labeling import eval_labels
     from cxrctx.labeling.evaluate import report_table
 
     if uncertain not in ("positive", "negative", "ignore"):
-        raise fail(CxrctxError(f"--uncertain must be positive, negative or ignore (got {uncertain!r})"))
+        raise fail(
+            CxrctxError(f"--uncertain must be positive, negative or ignore (got {uncertain!r})")
+        )
     try:
-        report = eval_labels(labels, against, uncertain=uncertain, json_path=json_path, png_path=png_path)  # type: ignore[arg-type]
+        report = eval_labels(
+            labels, against, uncertain=uncertain, json_path=json_path, png_path=png_path
+        )  # type: ignore[arg-type]
     except CxrctxError as e:
         raise fail(e) from None
     console.print(report_table(report))
     if report.n_gold_only or report.n_pred_only:
         console.print(
-            f"not scored: {report.n_gold_only} gold-only and {report.n_pred_only} label-only documents", highlight=False
+            f"not scored: {report.n_gold_only} gold-only and {report.n_pred_only} label-only documents",
+            highlight=False,
         )
+
 
 # --- build-rois / train / generate / evaluate (issue: trainer) -----------------------
 
