@@ -43,6 +43,7 @@ import polars as pl
 from pydantic import BaseModel, Field
 
 from cxrctx.errors import CxrctxError
+from cxrctx.mimic.layout import METADATA_COLUMNS  # the reader's column contract
 from cxrctx.models import CHEXPERT_LABELS, LESIONS, SECTIONS
 from cxrctx.shards import atomic_write_bytes, atomic_write_text, write_parquet, write_shards
 from cxrctx.synth import report as R
@@ -66,20 +67,6 @@ CHEXPERT_CSV = "mimic-cxr-2.0.0-chexpert.csv.gz"
 NEGBIO_CSV = "mimic-cxr-2.0.0-negbio.csv.gz"
 REPORTS_ZIP = "mimic-cxr-reports.zip"
 MARKER = "truth/synth.json"
-METADATA_COLUMNS = (
-    "dicom_id",
-    "subject_id",
-    "study_id",
-    "PerformedProcedureStepDescription",
-    "ViewPosition",
-    "Rows",
-    "Columns",
-    "StudyDate",
-    "StudyTime",
-    "ProcedureCodeSequence_CodeMeaning",
-    "ViewCodeSequence_CodeMeaning",
-    "PatientOrientationCodeSequence_CodeMeaning",
-)
 ZIP_DATE = (2000, 1, 1, 0, 0, 0)
 CHUNK_PATIENTS = 1024
 PARALLEL_MIN_STUDIES = 20_000  # studies (+ DICOM files) before using worker processes
