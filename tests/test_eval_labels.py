@@ -42,6 +42,17 @@ def test_precision_recall_f1_kappa_by_hand():
     assert rep.n_docs == 4
 
 
+def test_no_predicted_positive_scores_zero_not_undefined():
+    gold = long({"1": {"edema": "positive"}, "2": {}})
+    pred = long({"1": {}, "2": {}})
+    rep = evaluate_labels(pred, gold)
+    assert rep.micro_precision == 0.0 and rep.micro_recall == 0.0 and rep.micro_f1 == 0.0
+    assert rep.macro_f1 == 0.0
+    # no gold positives and no predicted positives at all: nothing to score
+    empty = evaluate_labels(long({"1": {}}), long({"1": {}}))
+    assert empty.micro_f1 is None
+
+
 def test_missing_predictions_are_counted_not_scored_and_location_accuracy():
     gold = long(
         {

@@ -237,6 +237,8 @@ def evaluate_labels(
             )
         )  # fmt: skip
     mp, mr = _div(T, T + F), _div(T, T + N)
+    if mp is None and T + N:  # nothing predicted positive but gold has positives: P = F1 = 0
+        mp = 0.0
     mf = None if mp is None or mr is None else (0.0 if mp + mr == 0 else 2 * mp * mr / (mp + mr))
     sup = [s for s in scores if s.support > 0]
 
