@@ -388,6 +388,11 @@ def _load_images(
     return meta, rejects, []
 
 
+def _report_source(lay: L.MimicLayout, rel: str) -> str:
+    """Where a report lives, for reject rows: the zip entry or the path under the root."""
+    return f"{lay.reports_zip.name}: {rel}" if lay.reports_zip is not None else rel
+
+
 def _report_index(lay: L.MimicLayout) -> pl.DataFrame:
     """study_id, subject_id, report_path for every report present."""
     if lay.reports_zip is not None:
@@ -562,11 +567,7 @@ def _build(
         ).alias("_expected"),
     )
     for row in expected.filter(pl.col("report_path").is_null()).iter_rows(named=True):
-        where = (
-            f"{lay.reports_zip.name}: {row['_expected']}"
-            if lay.reports_zip is not None
-            else row["_expected"]
-        )
+        where = _report_source(lay, row["_expected"])
         rejects.append(
             {
                 "study_id": row["study_id"],
@@ -598,11 +599,7 @@ def _build(
         .sort("study_id")
         .iter_rows(named=True)
     ):
-        src = (
-            f"{lay.reports_zip.name}: {row['report_path']}"
-            if lay.reports_zip is not None
-            else row["report_path"]
-        )
+        src = _report_source(lay, row["report_path"])
         rejects.append(
             {
                 "study_id": row["study_id"],

@@ -18,6 +18,7 @@ initialised, the model is wrapped in DDP and a DistributedSampler shards each ep
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -501,6 +502,7 @@ def train(
             task = bar.add_task("train", total=total, completed=stage_step, loss="")
             bar.start()
         model.train()
+        payload = functools.partial(_payload, cfg, len(tok), model, opt, sched, st=st)
         try:
             while epoch < epochs and stage_step < total:
                 sampler.set_epoch(epoch)
@@ -593,37 +595,13 @@ def train(
                         raise TrainingInterrupted(f"interrupted after step {step}")
                     if step % cfg.checkpoint_every == 0 and dist.main:
                         save_checkpoint(
-                            last_path,
-                            _payload(
-                                cfg,
-                                len(tok),
-                                model,
-                                opt,
-                                sched,
-                                st=st,
-                                ep=epoch,
-                                pos=pos,
-                                step=step,
-                                stage_step=stage_step,
-                            ),
+                            last_path, payload(ep=epoch, pos=pos, step=step, stage_step=stage_step)
                         )
                 else:
                     epoch, pos = epoch + 1, 0
                     if dist.main:
                         save_checkpoint(
-                            last_path,
-                            _payload(
-                                cfg,
-                                len(tok),
-                                model,
-                                opt,
-                                sched,
-                                st=st,
-                                ep=epoch,
-                                pos=pos,
-                                step=step,
-                                stage_step=stage_step,
-                            ),
+                            last_path, payload(ep=epoch, pos=pos, step=step, stage_step=stage_step)
                         )
                     continue
                 break  # max_steps reached inside the epoch
