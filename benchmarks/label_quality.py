@@ -26,7 +26,7 @@ from cxrctx.labeling import LabelResult, evaluate_labels, label_documents, load_
 from cxrctx.labeling.evaluate import report_table
 from cxrctx.llm import ChatRequest, Completion, Sampling, extract_json, get_engine
 from cxrctx.llm.fake import FakeEngine
-from cxrctx.models import LESIONS
+from cxrctx.vocab import LESIONS
 
 NAIVE_SYSTEM = (
     "You are a radiologist. Read the chest X-ray report and, for each of these 14 lesions, say whether "

@@ -36,8 +36,8 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     from trainer_fixtures import make_root
 
-    from cxrctx.evaluate import evaluate
-    from cxrctx.generate import generate
+    from cxrctx.reportgen.evaluate import evaluate
+    from cxrctx.reportgen.generate import generate
     from cxrctx.train import make_config, train
 
     shutil.rmtree(args.work, ignore_errors=True)

@@ -133,11 +133,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(ROOT))
-    from cxrctx.models import LESIONS
     from cxrctx.train.config import make_config
     from cxrctx.train.data import join
     from cxrctx.train.loop import build_model
     from cxrctx.train.tokenizer import WordTokenizer
+    from cxrctx.vocab import LESIONS
 
     res: dict = {"threads": args.threads, "torch": torch.__version__}
     t = time.perf_counter()

@@ -17,34 +17,7 @@ LABEL_SCHEMA_VERSION = 1
 
 ViewGroup = Literal["frontal", "lateral", "other"]
 
-#: The canonical report sections, in report order.
-SECTIONS: tuple[str, ...] = (
-    "examination",
-    "indication",
-    "history",
-    "technique",
-    "comparison",
-    "findings",
-    "impression",
-)
 
-#: The 14 CLALA-Net lesions (DESIGN §4), lower case, in this fixed order.
-LESIONS: tuple[str, ...] = (
-    "cardiomegaly",
-    "emphysema",
-    "pleural effusion",
-    "hernia",
-    "nodule",
-    "pneumothorax",
-    "atelectasis",
-    "pleural thickening",
-    "mass",
-    "edema",
-    "consolidation",
-    "infiltration",
-    "fibrosis",
-    "pneumonia",
-)
 Lesion = Literal[
     "cardiomegaly",
     "emphysema",
@@ -63,37 +36,6 @@ Lesion = Literal[
 ]
 Status = Literal["positive", "negative"]
 Location = Literal["left", "right", "bilateral", "not mentioned"]
-LOCATIONS: tuple[str, ...] = ("left", "right", "bilateral", "not mentioned")
-
-#: The 14 CheXpert/NegBio label columns of MIMIC-CXR, as they appear in the CSVs.
-CHEXPERT_LABELS: tuple[str, ...] = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Consolidation",
-    "Edema",
-    "Enlarged Cardiomediastinum",
-    "Fracture",
-    "Lung Lesion",
-    "Lung Opacity",
-    "No Finding",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Pneumonia",
-    "Pneumothorax",
-    "Support Devices",
-)
-
-#: Record flags (DESIGN §3).
-FLAGS: tuple[str, ...] = (
-    "missing_study_time",
-    "missing_study_datetime",
-    "same_time_ambiguous",
-    "same_day_unordered",
-    "no_findings",
-    "no_impression",
-    "no_images",
-    "temporal_reference_without_prior",
-)
 
 
 class _Strict(BaseModel):

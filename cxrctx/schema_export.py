@@ -10,7 +10,8 @@ import importlib
 import json
 from pathlib import Path
 
-from cxrctx.shards import atomic_write_text
+from cxrctx.io import atomic_write_text
+from cxrctx.resources import data_root, source_dir
 
 #: schema file stem → "module:Class". Add a line when a stage adds a contract.
 REGISTRY: dict[str, str] = {
@@ -27,14 +28,20 @@ REGISTRY: dict[str, str] = {
     "label_failure": "cxrctx.labeling.models:FailureRow",
     "label_run_config": "cxrctx.labeling.models:LabelRunConfig",
     "label_eval_report": "cxrctx.labeling.models:EvalReport",
-    "roi_row": "cxrctx.imagenome:RoiRow",
-    "roi_reject": "cxrctx.imagenome:RoiReject",
+    "roi_row": "cxrctx.imagenome.build:RoiRow",
+    "roi_reject": "cxrctx.imagenome.build:RoiReject",
     "train_config": "cxrctx.train.config:TrainConfig",
-    "generated_report": "cxrctx.generate:GeneratedReport",
-    "evaluation_report": "cxrctx.evaluate:EvaluationReport",
+    "generated_report": "cxrctx.reportgen.generate:GeneratedReport",
+    "evaluation_report": "cxrctx.reportgen.evaluate:EvaluationReport",
 }
 
-SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
+
+def schemas_dir() -> Path:
+    """The schemas/ folder to write or check: the source checkout's, else the installed copy."""
+    root = source_dir("schemas")
+    if root is not None:
+        return root
+    return Path(str(data_root("schemas")))
 
 
 def _load(spec: str) -> type:
@@ -51,8 +58,8 @@ def render_all() -> dict[str, str]:
     return {f"{stem}.schema.json": render_schema(spec) for stem, spec in sorted(REGISTRY.items())}
 
 
-def write_all(out_dir: str | Path = SCHEMAS_DIR) -> list[Path]:
-    out = Path(out_dir)
+def write_all(out_dir: str | Path | None = None) -> list[Path]:
+    out = Path(out_dir) if out_dir is not None else schemas_dir()
     written = []
     for name, text in render_all().items():
         path = out / name
@@ -62,9 +69,9 @@ def write_all(out_dir: str | Path = SCHEMAS_DIR) -> list[Path]:
     return written
 
 
-def stale(out_dir: str | Path = SCHEMAS_DIR) -> list[str]:
+def stale(out_dir: str | Path | None = None) -> list[str]:
     """Names of schema files that are missing or differ from the models."""
-    out = Path(out_dir)
+    out = Path(out_dir) if out_dir is not None else schemas_dir()
     bad = []
     for name, text in render_all().items():
         path = out / name

@@ -16,10 +16,10 @@ import argparse
 import json
 from pathlib import Path
 
-from cxrctx.evaluate import evaluate
-from cxrctx.generate import generate
 from cxrctx.imagenome import build_rois
 from cxrctx.mimic import build_priors
+from cxrctx.reportgen.evaluate import evaluate
+from cxrctx.reportgen.generate import generate
 from cxrctx.synth import generate as synth
 from cxrctx.train import make_config, train
 

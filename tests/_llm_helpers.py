@@ -14,7 +14,7 @@ import pytest
 
 from cxrctx.llm.base import ChatRequest, Completion
 from cxrctx.llm.fake import FakeEngine
-from cxrctx.models import LESIONS
+from cxrctx.vocab import LESIONS
 
 TEXTS = {
     "s1": "FINDINGS: Small left pleural effusion. No pneumothorax.\n\nIMPRESSION: Possible right lower lobe pneumonia.",

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from cxrctx.cli import app
 from cxrctx.errors import CxrctxError
+from cxrctx.io import read_manifest, read_shards
 from cxrctx.mimic.build import build_priors
-from cxrctx.shards import read_manifest, read_shards
 
 runner = CliRunner()
 META = "mimic-cxr-2.0.0-metadata.csv"

@@ -10,10 +10,10 @@ from mimic_tiny import REPORT, study, write_root
 from typer.testing import CliRunner
 
 from cxrctx.cli import app
+from cxrctx.io import read_manifest, read_shards, sha256_file
 from cxrctx.mimic import build_priors
 from cxrctx.mimic.schema import RECORD_SCHEMA, REJECT_SCHEMA
 from cxrctx.models import Record, Reject
-from cxrctx.shards import read_manifest, read_shards, sha256_file
 
 runner = CliRunner()
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import polars as pl
 from mimic_tiny import study, write_root
 
+from cxrctx.io import read_shards
 from cxrctx.mimic.build import build_priors
 from cxrctx.mimic.dicom_scan import find_dicoms, scan_dicoms
 from cxrctx.mimic.layout import METADATA_COLUMNS, image_relpath, read_metadata
-from cxrctx.shards import read_shards
 from cxrctx.synth.dicom import write_dicom
 
 SIZE = (8, 6)

@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 from cxrctx.cli import app
 from cxrctx.errors import CxrctxError
+from cxrctx.io import write_parquet
 from cxrctx.labeling import evaluate_labels, load_gold
-from cxrctx.models import LESIONS
-from cxrctx.shards import write_parquet
+from cxrctx.vocab import LESIONS
 
 runner = CliRunner()
 

@@ -9,8 +9,8 @@ import polars as pl
 import pytest
 
 from cxrctx.errors import CxrctxError
-from cxrctx.evaluate import keyword_labels, parse_judgement, rouge_l
-from cxrctx.generate import merge_sentences, parse_report
+from cxrctx.reportgen.evaluate import keyword_labels, parse_judgement, rouge_l
+from cxrctx.reportgen.generate import merge_sentences, parse_report
 
 
 def test_merge_prefers_positive_and_dedupes():
@@ -102,8 +102,8 @@ def run(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.train
 def test_generate_and_evaluate_end_to_end(run, tmp_path):
-    from cxrctx.evaluate import evaluate
-    from cxrctx.generate import generate
+    from cxrctx.reportgen.evaluate import evaluate
+    from cxrctx.reportgen.generate import generate
 
     res = generate(run["run"], out=tmp_path / "gen", split="validate")
     assert res.rows > 0 and res.counts["generated"] == res.rows
@@ -134,9 +134,9 @@ def test_generate_and_evaluate_end_to_end(run, tmp_path):
 
 @pytest.mark.train
 def test_llm_aggregator_and_judge_with_fake_engine(run, tmp_path):
-    from cxrctx.evaluate import evaluate
-    from cxrctx.generate import generate
     from cxrctx.llm import get_engine
+    from cxrctx.reportgen.evaluate import evaluate
+    from cxrctx.reportgen.generate import generate
 
     calls = {"n": 0}
 
@@ -220,7 +220,7 @@ def test_cli_generate_evaluate_and_bad_input(run, tmp_path):
     )
     assert r.exit_code == 2 and "findings or impression" in r.output
     with pytest.raises(CxrctxError, match="no images with ROIs"):
-        from cxrctx.generate import generate
+        from cxrctx.reportgen.generate import generate
 
         generate(run["run"], out=tmp_path / "g3", split="nosuchsplit")
 
@@ -228,9 +228,9 @@ def test_cli_generate_evaluate_and_bad_input(run, tmp_path):
 @pytest.mark.train
 def test_evaluate_with_an_llm_labeler(run, tmp_path):
     """Both sides labeled through cxrctx.labeling with an engine (a scripted fake here)."""
-    from cxrctx.evaluate import evaluate
-    from cxrctx.generate import generate
     from cxrctx.llm import get_engine
+    from cxrctx.reportgen.evaluate import evaluate
+    from cxrctx.reportgen.generate import generate
 
     def answer(req):
         names = list((req.json_schema or {}).get("properties", {}))

@@ -17,13 +17,14 @@ from typer.testing import CliRunner
 
 from cxrctx.cli import app
 from cxrctx.errors import CxrctxError
+from cxrctx.io import read_manifest, read_shards
 from cxrctx.labeling import label_documents, label_lesions, load_documents, schema_sha256
 from cxrctx.labeling.run import NO_CANDIDATE, NOT_CANDIDATE
 from cxrctx.llm import Sampling, get_engine
 from cxrctx.llm.base import Completion
 from cxrctx.llm.fake import FakeEngine
-from cxrctx.models import LESIONS, LesionLabel
-from cxrctx.shards import read_manifest, read_shards
+from cxrctx.models import LesionLabel
+from cxrctx.vocab import LESIONS
 
 runner = CliRunner()
 

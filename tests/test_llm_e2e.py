@@ -19,10 +19,11 @@ import polars as pl
 import pytest
 from _llm_helpers import free_port, smollm_gguf
 
+from cxrctx.io import read_manifest, read_shards
 from cxrctx.labeling import label_documents, label_lesions, schema_sha256
 from cxrctx.llm import Sampling, get_engine
-from cxrctx.models import LESIONS, LesionLabel
-from cxrctx.shards import read_manifest, read_shards
+from cxrctx.models import LesionLabel
+from cxrctx.vocab import LESIONS
 
 pytestmark = pytest.mark.llm
 

@@ -1,4 +1,4 @@
-"""Prior join rules (DESIGN §3), StudyTime parsing and image ordering."""
+"""Prior join rules, StudyTime parsing and image ordering."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import polars as pl
 import pytest
 from mimic_tiny import study, write_root
 
+from cxrctx.io import read_shards
 from cxrctx.mimic.build import _parse_datetimes, build_priors, join_priors
-from cxrctx.shards import read_shards
 
 
 def _timeline(rows):

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from cxrctx.cli import app
 from cxrctx.errors import CxrctxError
-from cxrctx.imagenome import ROIS, build_rois, clean_box, lesion_rois, parse_scene_graph
+from cxrctx.imagenome import build_rois, clean_box, parse_scene_graph
+from cxrctx.vocab import ROIS, lesion_rois
 
 
 def test_clean_box():

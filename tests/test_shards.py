@@ -4,8 +4,7 @@ import os
 import polars as pl
 import pytest
 
-from cxrctx.models import Manifest
-from cxrctx.shards import (
+from cxrctx.io import (
     atomic_path,
     read_manifest,
     read_shards,
@@ -14,6 +13,7 @@ from cxrctx.shards import (
     write_parquet,
     write_shards,
 )
+from cxrctx.models import Manifest
 
 
 def _frame(n: int) -> pl.DataFrame:

@@ -20,7 +20,6 @@ from typer.testing import CliRunner
 
 from cxrctx.cli import app
 from cxrctx.errors import CxrctxError
-from cxrctx.models import CHEXPERT_LABELS, LESIONS, LOCATIONS
 from cxrctx.synth import (
     CHEXPERT_CSV,
     HEADERS,
@@ -36,6 +35,7 @@ from cxrctx.synth import (
 )
 from cxrctx.synth.dicom import dicom_dataset
 from cxrctx.synth.text import TEMPORAL_RE, TITLE, UNDERSCORES
+from cxrctx.vocab import CHEXPERT_LABELS, LESIONS, LOCATIONS
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "mimic-mini"
 DICOM_ID_RE = re.compile(r"^[0-9a-f]{8}(-[0-9a-f]{8}){4}$")
@@ -500,7 +500,7 @@ def test_bad_arguments(tmp_path: Path):
 
 def test_images_flag_without_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     # an install without the image renderer: importing it fails
-    monkeypatch.setitem(sys.modules, "cxrctx.synth_images", None)
+    monkeypatch.setitem(sys.modules, "cxrctx.synth.images", None)
     with pytest.raises(CxrctxError, match="not available"):
         generate(tmp_path / "z", patients=2, images=True)
 

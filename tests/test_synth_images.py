@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from cxrctx.synth_images import _rng, render, sentence_rois
+from cxrctx.synth.images import _rng, render, sentence_rois
 
 
 def _mean(img: np.ndarray, box) -> float:

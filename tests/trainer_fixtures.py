@@ -9,7 +9,7 @@ import polars as pl
 
 def resplit(records: Path, heldout_every: int = 4) -> None:
     """Move every `heldout_every`-th patient to 'validate' and the next one to 'test' (MIMIC's split is ~98% train)."""
-    from cxrctx.shards import read_shards, write_shards
+    from cxrctx.io import read_shards, write_shards
 
     recs = read_shards(records / "records")
     subjects = sorted(recs["subject_id"].unique().to_list())

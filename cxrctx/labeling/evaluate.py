@@ -17,9 +17,9 @@ from typing import Literal
 import polars as pl
 
 from cxrctx.errors import CxrctxError
+from cxrctx.io import atomic_write_text, read_shards, shard_paths
 from cxrctx.labeling.models import EvalReport, LesionScore
-from cxrctx.models import LESIONS
-from cxrctx.shards import atomic_write_text, read_shards, shard_paths
+from cxrctx.vocab import LESIONS
 
 Uncertain = Literal["positive", "negative", "ignore"]
 

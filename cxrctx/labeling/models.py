@@ -12,7 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
-from cxrctx.models import LESIONS, Lesion, Location, Status
+from cxrctx.models import Lesion, Location, Status
+from cxrctx.vocab import LESIONS
 
 REASONING_MAX_CHARS = 120
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from cxrctx.labeling.models import REASONING_MAX_CHARS
 from cxrctx.llm.jsonutil import extract_json
-from cxrctx.models import LESIONS, LOCATIONS
+from cxrctx.vocab import LESIONS, LOCATIONS
 
 _STATUSES = ("positive", "negative")
 

@@ -19,9 +19,9 @@ from typing import Any
 
 from cxrctx.errors import CxrctxError
 from cxrctx.labeling.models import answer_schema
-from cxrctx.models import LESIONS
+from cxrctx.resources import read_bytes
+from cxrctx.vocab import LESIONS
 
-PROMPTS_DIR = Path(__file__).resolve().parent.parent.parent / "prompts" / "label_lesions"
 DEFAULT_VERSION = 1
 
 
@@ -51,7 +51,7 @@ class LabelPrompt:
         extra = [n for n in lesions if n not in LESIONS]
         if missing or extra:
             raise CxrctxError(
-                f"{self.path}: lesions must be exactly the 14 of DESIGN §4 (missing {missing}, unknown {extra})"
+                f"{self.path}: lesions must be exactly the 14 CLALA-Net lesions (missing {missing}, unknown {extra})"
             )
         for name in LESIONS:
             try:
@@ -113,13 +113,15 @@ def load_prompt(version_or_path: int | str | Path | None = None) -> LabelPrompt:
     if isinstance(version_or_path, int) or (
         isinstance(version_or_path, str) and version_or_path.isdigit()
     ):
-        path = PROMPTS_DIR / f"v{int(version_or_path)}.json"
+        name = f"v{int(version_or_path)}.json"
+        path = f"prompts/label_lesions/{name}"  # recorded as a package-relative name
+        raw = read_bytes("prompts", "label_lesions", name)
     else:
-        path = Path(version_or_path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise CxrctxError(f"{path}: cannot read prompt file ({e.strerror})") from e
+        path = str(version_or_path)
+        try:
+            raw = Path(version_or_path).read_bytes()
+        except OSError as e:
+            raise CxrctxError(f"{path}: cannot read prompt file ({e.strerror})") from e
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as e:

@@ -21,13 +21,7 @@ import polars as pl
 
 from cxrctx import __version__
 from cxrctx.errors import CxrctxError
-from cxrctx.labeling.cache import ResultCache, cache_key
-from cxrctx.labeling.models import FailureRow, LabelRow, LabelRunConfig, answer_schema
-from cxrctx.labeling.parse import parse_answer
-from cxrctx.labeling.prompt import LabelPrompt, load_prompt, schema_sha256
-from cxrctx.llm.base import ChatRequest, Completion, Engine, Sampling
-from cxrctx.models import LABEL_SCHEMA_VERSION, LESIONS, Manifest
-from cxrctx.shards import (
+from cxrctx.io import (
     SHARD_PATTERN,
     input_file,
     read_shards,
@@ -36,6 +30,13 @@ from cxrctx.shards import (
     write_parquet,
     write_shards,
 )
+from cxrctx.labeling.cache import ResultCache, cache_key
+from cxrctx.labeling.models import FailureRow, LabelRow, LabelRunConfig, answer_schema
+from cxrctx.labeling.parse import parse_answer
+from cxrctx.labeling.prompt import LabelPrompt, load_prompt, schema_sha256
+from cxrctx.llm.base import ChatRequest, Completion, Engine, Sampling
+from cxrctx.models import LABEL_SCHEMA_VERSION, Manifest
+from cxrctx.vocab import LESIONS
 
 log = logging.getLogger(__name__)
 

@@ -30,12 +30,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cxrctx import __version__
 from cxrctx.errors import CxrctxError
+from cxrctx.io import atomic_path, input_file, write_manifest, write_parquet, write_shards
 from cxrctx.mimic import layout as L
 from cxrctx.mimic.reports import META_FIELDS, mp_context, process_chunk, quiet_fork
 from cxrctx.mimic.schema import DT, RECORD_SCHEMA, REJECT_SCHEMA, conform
 from cxrctx.mimic.sections import FIELDS
-from cxrctx.models import FLAGS, RECORD_SCHEMA_VERSION, Manifest
-from cxrctx.shards import atomic_path, input_file, write_manifest, write_parquet, write_shards
+from cxrctx.models import RECORD_SCHEMA_VERSION, Manifest
+from cxrctx.vocab import FLAGS
 
 log = logging.getLogger(__name__)
 
@@ -780,8 +781,8 @@ def _build(
 
 def _write_jsonl(rec: pl.DataFrame, path: Path):
     """JSON Lines of the records (datetimes ISO 8601), written atomically."""
+    from cxrctx.io import sha256_file
     from cxrctx.models import ShardInfo
-    from cxrctx.shards import sha256_file
 
     iso = "%Y-%m-%dT%H:%M:%S%.f"
     rec = rec.with_columns(

@@ -11,7 +11,6 @@ import csv
 import gzip
 import io
 import os
-import re
 import zipfile
 import zlib
 from collections.abc import Iterator, Sequence
@@ -21,47 +20,32 @@ from pathlib import Path
 import polars as pl
 
 from cxrctx.errors import CxrctxError
-from cxrctx.models import CHEXPERT_LABELS
-
-PREFIX = "mimic-cxr-2.0.0-"
-METADATA_COLUMNS: tuple[str, ...] = (
-    "dicom_id",
-    "subject_id",
-    "study_id",
-    "PerformedProcedureStepDescription",
-    "ViewPosition",
-    "Rows",
-    "Columns",
-    "StudyDate",
-    "StudyTime",
-    "ProcedureCodeSequence_CodeMeaning",
-    "ViewCodeSequence_CodeMeaning",
-    "PatientOrientationCodeSequence_CodeMeaning",
+from cxrctx.vocab import (  # the MIMIC-CXR layout facts, re-exported for this stage
+    CHEXPERT_LABELS,
+    LABEL_COLUMNS,
+    LABEL_KEYS,
+    METADATA_COLUMNS,
+    PREFIX,
+    REPORT_RE,
+    SPLIT_COLUMNS,
+    SPLITS,
+    image_relpath,
+    label_key,
+    report_relpath,
 )
-SPLIT_COLUMNS: tuple[str, ...] = ("dicom_id", "study_id", "subject_id", "split")
-LABEL_COLUMNS: tuple[str, ...] = ("subject_id", "study_id", *CHEXPERT_LABELS)
-SPLITS = ("train", "validate", "test")
 
-#: Report paths look like files/p10/p10000032/s50414267.txt (any prefix before files/).
-REPORT_RE = re.compile(r"(?:^|/)p\d{2}/p(\d+)/s(\d+)\.txt$")
-
-
-def label_key(name: str) -> str:
-    """'Enlarged Cardiomediastinum' → 'enlarged_cardiomediastinum' (struct field names)."""
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-
-
-LABEL_KEYS: tuple[str, ...] = tuple(label_key(n) for n in CHEXPERT_LABELS)
-
-
-def report_relpath(subject_id: int, study_id: int) -> str:
-    s = str(subject_id)
-    return f"files/p{s[:2]}/p{s}/s{study_id}.txt"
-
-
-def image_relpath(subject_id: int, study_id: int, dicom_id: str, ext: str = "dcm") -> str:
-    s = str(subject_id)
-    return f"files/p{s[:2]}/p{s}/s{study_id}/{dicom_id}.{ext}"
+__all__ = [
+    "LABEL_COLUMNS",
+    "LABEL_KEYS",
+    "METADATA_COLUMNS",
+    "PREFIX",
+    "REPORT_RE",
+    "SPLITS",
+    "SPLIT_COLUMNS",
+    "image_relpath",
+    "label_key",
+    "report_relpath",
+]
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Split a MIMIC-CXR free-text report into the canonical sections of the record contract.
 
-Facts about the format (DESIGN §2): an optional addendum block comes first, separated
+Facts about the format: an optional addendum block comes first, separated
 from the final report by a line of underscores; the report has a centred title
 ('FINAL REPORT'), upper-case headers ending in ':' at the start of a line, body lines
 wrapped at 79 columns with one leading space, and `___` for removed PHI (kept as is).

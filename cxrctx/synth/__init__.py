@@ -10,7 +10,7 @@
 - ground truth under ``truth/``: ``labels/part-00000.parquet`` (14 lesion rows per study,
   label-lesions format; a hedged mention counts as positive, an unmentioned lesion as
   negative) and ``studies.parquet`` (one row per study: datetime, priors per
-  DESIGN §3, expected sections, header spellings used, variety flags), and
+  prior rules, expected sections, header spellings used, variety flags), and
   ``synth.json`` (the summary; marks the directory as a synth output).
 
 Determinism: one numpy Generator seeded from `seed` draws the structure; report text is
@@ -43,13 +43,13 @@ import polars as pl
 from pydantic import BaseModel, Field
 
 from cxrctx.errors import CxrctxError
+from cxrctx.io import atomic_write_bytes, atomic_write_text, write_parquet, write_shards
 from cxrctx.mimic.layout import METADATA_COLUMNS  # the reader's column contract
-from cxrctx.models import CHEXPERT_LABELS, LESIONS, SECTIONS
-from cxrctx.shards import atomic_write_bytes, atomic_write_text, write_parquet, write_shards
 from cxrctx.synth import report as R
 from cxrctx.synth import text as T
 from cxrctx.synth.dicom import write_dicom
 from cxrctx.synth.structure import HEADERS, VARIETY_RATES, _structure
+from cxrctx.vocab import CHEXPERT_LABELS, LESIONS, SECTIONS
 
 __all__ = [
     "HEADERS",
@@ -117,7 +117,7 @@ class TruthStudy(BaseModel):
     study_time_missing: bool
     n_images: int
     n_prior_studies: int = Field(
-        description="Studies of the patient strictly earlier (DESIGN §3 rules)"
+        description="Studies of the patient strictly earlier (ties at the same datetime are not priors)"
     )
     is_first_study: bool
     same_time_ambiguous: bool = Field(
@@ -397,7 +397,7 @@ def generate(
     add_images = None
     if images or imagenome:
         try:
-            from cxrctx.synth_images import add_images  # type: ignore[import-not-found]
+            from cxrctx.synth.images import add_images
         except ImportError as e:
             raise CxrctxError(
                 f"synthetic images / scene graphs are not available in this install ({e})"

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cxrctx.models import LESIONS
 from cxrctx.synth import report as R
+from cxrctx.vocab import LESIONS
 
 DICOM_SCALE = 128  # DICOM mode writes images at 1/128 of the nominal size (header == CSV)
 
@@ -258,7 +258,7 @@ def _structure(patients: int, seed: int, dicom: bool, image_size: int | None = N
         time_ms[i] = t
     time_ms[missing] = -1
 
-    # relations under DESIGN §3 rules (pairs within each patient)
+    # relations under the record contract's prior rules (pairs within each patient)
     pair_i = np.repeat(np.arange(S), n_st[st_pat])
     pair_start = np.concatenate([[0], np.cumsum(n_st[st_pat])[:-1]])
     pair_j = pat_start[st_pat[pair_i]] + (np.arange(pair_i.size) - pair_start[pair_i])

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from random import Random
 
-from cxrctx.models import LESIONS
+from cxrctx.vocab import LESIONS
 
 WIDTH = 79
 UNDERSCORES = " " + "_" * 78

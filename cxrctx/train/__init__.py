@@ -1,4 +1,4 @@
-"""The CLALA-Net reference trainer (seed 004): config, data, model, losses, loop.
+"""The CLALA-Net reference trainer (the CLALA-Net paper): config, data, model, losses, loop.
 
 Python API: `make_config(preset, **overrides) -> TrainConfig`, `train(cfg, records=...,
 labels=..., rois=..., images=..., out=...) -> TrainResult`, `load_run(run_dir)`.

@@ -1,6 +1,6 @@
 """TrainConfig: every knob of the CLALA-Net reference trainer, with `tiny` and `paper` presets.
 
-Paper facts (seed 004, "Implementation and training details") are marked [paper]; values
+Paper facts (CLALA-Net paper, "Implementation and training details") are marked [paper]; values
 the paper does not give are marked [chosen] with the reason in the field description.
 """
 

@@ -24,9 +24,9 @@ import numpy as np
 import polars as pl
 
 from cxrctx.errors import CxrctxError
-from cxrctx.imagenome import ROIS, lesion_rois, read_rois
-from cxrctx.models import LESIONS
-from cxrctx.shards import read_shards, shard_paths
+from cxrctx.imagenome import read_rois
+from cxrctx.io import read_shards, shard_paths
+from cxrctx.vocab import LESIONS, ROIS, lesion_rois
 
 log = logging.getLogger(__name__)
 

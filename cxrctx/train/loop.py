@@ -1,7 +1,7 @@
 """The two-stage CLALA-Net training loop: checkpoints, exact resume, metrics JSONL, DDP.
 
 Stage 1 ("pre-training"): all modules, lr 1e-4, ROI crops at 224 px. Stage 2
-("fine-tuning"): only LCA and the text decoder are updated, lr 1e-5, 384 px (seed 004).
+("fine-tuning"): only LCA and the text decoder are updated, lr 1e-5, 384 px (CLALA-Net paper).
 AdamW with weight decay 0.05 in both. The losses of enabled modules are summed with their
 weights; in stage 2 the classifier is frozen, so its loss is not computed.
 
@@ -37,13 +37,13 @@ from torch.utils.data.distributed import DistributedSampler
 
 from cxrctx import __version__
 from cxrctx.errors import CxrctxError
-from cxrctx.models import LESIONS
-from cxrctx.shards import atomic_path, atomic_write_text, write_parquet
+from cxrctx.io import atomic_path, atomic_write_text, write_parquet
 from cxrctx.train.config import RUNTIME_FIELDS, TrainConfig, validate_config
 from cxrctx.train.data import CropStore, Item, RoiDataset, collate, join
 from cxrctx.train.losses import cls_loss, itcl_loss, llcl_loss
 from cxrctx.train.model import ClalaNet, ce_loss
 from cxrctx.train.tokenizer import WordTokenizer
+from cxrctx.vocab import LESIONS
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The CLALA-Net losses: LLCL, ITCL (both InfoNCE), decoder cross-entropy, classifier BCE.
 
-LLCL (seed 004, "Lesion-level contrastive learning"): anchors are LCA-refined ROI
+LLCL (CLALA-Net paper, "Lesion-level contrastive learning"): anchors are LCA-refined ROI
 embeddings; comparison embeddings are *raw* ROI embeddings (no LCA) of *other* images; a
 pair is positive when both are the same anatomical ROI and share a lesion (its location is
 implied: a lesion only concerns the ROIs on its side, see `lesion_rois`). ROIs with no

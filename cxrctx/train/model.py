@@ -1,4 +1,4 @@
-"""CLALA-Net (seed 004) in torch: ROI image encoder, BERT-style text encoder, LCA, classifier, decoder.
+"""CLALA-Net (Lesion-aware ROI report generation) in torch: ROI image encoder, BERT-style text encoder, LCA, classifier, decoder.
 
 Faithful to the paper:
 - each ROI patch is encoded independently by a ViT (timm; `pretrained=False`, a local
@@ -31,9 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrctx.errors import CxrctxError
-from cxrctx.imagenome import ROIS
-from cxrctx.models import LESIONS
 from cxrctx.train.config import TrainConfig
+from cxrctx.vocab import LESIONS, ROIS
 
 log = logging.getLogger(__name__)
 

@@ -78,7 +78,7 @@ class WordTokenizer:
         return re.sub(r"(^|[.!?]\s+)([a-z])", lambda m: m.group(1) + m.group(2).upper(), text)
 
     def save(self, path: str | Path) -> None:
-        from cxrctx.shards import atomic_write_text
+        from cxrctx.io import atomic_write_text
 
         atomic_write_text(path, json.dumps({"type": "word", "vocab": self.vocab}, indent=0) + "\n")
 

@@ -1,11 +1,11 @@
 """`build-rois`: the 11 CLALA-Net regions of interest from Chest ImaGenome scene graphs.
 
-A scene graph (`silver_dataset/scene_graph/<dicom_id>_SceneGraph.json`, DESIGN §2) has
+A scene graph (`silver_dataset/scene_graph/<dicom_id>_SceneGraph.json`) has
 `objects[]` (bbox_name + `original_x1..y2` in pixels of the original image) and
 `attributes[]` (bbox_name, `phrases` = report sentences about that region, and
 `attributes` = per-phrase lists of `category|yes/no|name`, e.g. `nlp|yes|abnormal`).
 
-For every image of the given records we keep the 11 ROIs CLALA-Net reports on (seed 004,
+For every image of the given records we keep the 11 ROIs CLALA-Net reports on (the paper,
 "ROI"), clean their boxes (a zero-area box or one wholly outside the image is dropped; the
 rest is clipped to the image), collect each ROI's sentences (de-duplicated, in order) and
 its abnormal flag (any phrase tagged `nlp|yes|abnormal`). The model needs all 11 ROIs per
@@ -29,8 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cxrctx import __version__
 from cxrctx.errors import CxrctxError
-from cxrctx.models import Manifest
-from cxrctx.shards import (
+from cxrctx.io import (
     input_file,
     read_shards,
     shard_paths,
@@ -38,65 +37,12 @@ from cxrctx.shards import (
     write_parquet,
     write_shards,
 )
+from cxrctx.models import Manifest
+from cxrctx.vocab import ROIS
 
 log = logging.getLogger(__name__)
 
 ROI_SCHEMA_VERSION = 1
-
-#: The 11 CLALA-Net ROIs (seed 004, "ROI"), in this fixed order (the model's ROI axis).
-ROIS: tuple[str, ...] = (
-    "left lung",
-    "right lung",
-    "left lower lung zone",
-    "right lower lung zone",
-    "left hilar structures",
-    "right hilar structures",
-    "mediastinum",
-    "upper mediastinum",
-    "left costophrenic angle",
-    "right costophrenic angle",
-    "cardiac silhouette",
-)
-#: Patient side of each ROI ("center" for midline structures).
-ROI_SIDE: dict[str, str] = {
-    r: ("left" if r.startswith("left") else "right" if r.startswith("right") else "center")
-    for r in ROIS
-}
-
-#: Which ROIs a positive lesion concerns. The paper pairs ROIs "annotated with the same lesion
-#: type ... and located in the same anatomical region" but gives no lesion→region table; this
-#: one is our choice (radiological common sense), used by the synthetic renderer, by LLCL pair
-#: construction and nowhere else. Lateral ROIs apply on the label's side (both sides for
-#: bilateral / not mentioned); midline ROIs apply regardless of side.
-LESION_ROI_KINDS: dict[str, tuple[str, ...]] = {
-    "cardiomegaly": ("cardiac silhouette",),
-    "emphysema": ("lung",),
-    "pleural effusion": ("lung", "lower lung zone", "costophrenic angle"),
-    "hernia": ("mediastinum",),
-    "nodule": ("lung",),
-    "pneumothorax": ("lung",),
-    "atelectasis": ("lung", "lower lung zone"),
-    "pleural thickening": ("lung", "costophrenic angle"),
-    "mass": ("lung", "hilar structures"),
-    "edema": ("lung", "hilar structures"),
-    "consolidation": ("lung", "lower lung zone"),
-    "infiltration": ("lung", "lower lung zone"),
-    "fibrosis": ("lung", "lower lung zone"),
-    "pneumonia": ("lung", "lower lung zone"),
-}
-
-
-def lesion_rois(lesion: str, location: str) -> list[str]:
-    """ROIs (names, in ROIS order) that a positive `lesion` at `location` concerns."""
-    kinds = LESION_ROI_KINDS.get(lesion, ())
-    sides = {"left": ("left",), "right": ("right",)}.get(location, ("left", "right"))
-    out = []
-    for roi in ROIS:
-        side = ROI_SIDE[roi]
-        kind = roi if side == "center" else roi.split(" ", 1)[1]
-        if kind in kinds and (side == "center" or side in sides):
-            out.append(roi)
-    return out
 
 
 class RoiBox(BaseModel):
@@ -129,7 +75,7 @@ class RoiRow(BaseModel):
     view_position: str | None
     rows: int | None = Field(description="Original image height the box coordinates refer to")
     columns: int | None = Field(description="Original image width the box coordinates refer to")
-    rois: list[RoiBox] = Field(description="Exactly the 11 ROIs, in cxrctx.imagenome.ROIS order")
+    rois: list[RoiBox] = Field(description="Exactly the 11 ROIs, in cxrctx.vocab.ROIS order")
 
 
 class RoiReject(BaseModel):

@@ -1,6 +1,6 @@
 """`generate`: ROI sentences from a trained run, merged into one report per study.
 
-Inference path of seed 004 (Fig. 1, dashed lines): the image-level classifier predicts the
+Inference path of the CLALA-Net paper (Fig. 1, dashed lines): the image-level classifier predicts the
 14 lesion statuses, which drive LCA; each ROI's refined embedding is decoded greedily
 (the paper does not name the decoding method; greedy is our choice) at the stage-2
 resolution. The ROI statements are then merged by
@@ -33,13 +33,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cxrctx import __version__
 from cxrctx.errors import CxrctxError
-from cxrctx.imagenome import ROIS
-from cxrctx.models import LESIONS, Manifest
-from cxrctx.shards import sha256_bytes, write_manifest, write_parquet, write_shards
+from cxrctx.io import sha256_bytes, write_manifest, write_parquet, write_shards
+from cxrctx.models import Manifest
+from cxrctx.resources import read_bytes
+from cxrctx.vocab import LESIONS, ROIS
 
 log = logging.getLogger(__name__)
 
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 _NEG_RE = re.compile(
     r"\b(no|not|without|negative|normal|clear|unremarkable|resolved|free of)\b", re.I
 )
@@ -146,13 +146,14 @@ def merge_sentences(roi_texts: list[tuple[str, str]]) -> str:
     return " ".join(pos + [s for i, s in enumerate(neg) if i in keep])
 
 
-def load_prompt(name: str, version: int = 1) -> dict[str, Any]:
-    path = PROMPTS_DIR / name / f"v{version}.json"
+def load_report_prompt(name: str, version: int = 1) -> dict[str, Any]:
+    """A report-side prompt (aggregator, judge) as a dict with its file's sha256."""
+    raw = read_bytes("prompts", name, f"v{version}.json")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise CxrctxError(f"{path}: cannot read prompt ({e})") from e
-    data["sha256"] = sha256_bytes(path.read_bytes())
+        data = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise CxrctxError(f"prompts/{name}/v{version}.json: invalid JSON ({e})") from e
+    data["sha256"] = sha256_bytes(raw)
     return data
 
 
@@ -314,7 +315,7 @@ def generate(
     if engine is not None and rows:
         from cxrctx.llm.base import Sampling
 
-        prompt = load_prompt("aggregate_report")
+        prompt = load_report_prompt("aggregate_report")
         prompt_sha = prompt["sha256"]
         comps = engine.complete(
             aggregate_requests(rows, prompt), sampling or Sampling(temperature=0.0, max_tokens=512)

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrctx.imagenome import ROIS, lesion_rois
+from cxrctx.vocab import ROIS, lesion_rois
 
 #: Scene-graph regions besides the 11 ROIs (real graphs have ~36; these make the cleaner skip extras).
 EXTRA_REGIONS = ("trachea", "right apical zone", "left apical zone", "svc")
@@ -453,7 +453,7 @@ def _report_reader(root: Path) -> Callable[[str, str], str | None]:
 def _positives(root: Path) -> dict[str, dict[str, str]]:
     import polars as pl
 
-    from cxrctx.shards import read_shards
+    from cxrctx.io import read_shards
 
     p = root / "truth" / "labels"
     if not p.exists():
@@ -513,7 +513,7 @@ def add_images(
             pix = np.ascontiguousarray(pix[:, ::-1])
         rel = Path("files") / f"p{subject[:2]}" / f"p{subject}" / f"s{study}"
         if "dicom" in formats:
-            from cxrctx.synth import write_dicom
+            from cxrctx.synth.dicom import write_dicom
 
             write_dicom(
                 root / rel / f"{dicom_id}.dcm",

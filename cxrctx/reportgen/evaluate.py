@@ -1,4 +1,4 @@
-"""`evaluate`: generated reports vs reference reports (seed 004, "Evaluation strategy").
+"""`evaluate`: generated reports vs reference reports (CLALA-Net paper, "Evaluation strategy").
 
 - Lesion P/R/F1 (the paper's lesion evaluation): both texts are labeled with the lesion
   labeler (`cxrctx.labeling.label_documents` through an LLM backend) — or the reference
@@ -17,7 +17,7 @@
   in the paper's Table 2).
 
 The reference text is the record's findings and impression (configurable) — which
-sections were used is part of the output (DESIGN §6).
+sections were used is part of the output.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from cxrctx.errors import CxrctxError
-from cxrctx.models import LESIONS
-from cxrctx.shards import atomic_write_text, read_shards, shard_paths, write_parquet
+from cxrctx.io import atomic_write_text, read_shards, shard_paths, write_parquet
+from cxrctx.vocab import LESIONS
 
 log = logging.getLogger(__name__)
 
@@ -233,10 +233,10 @@ def parse_judgement(text: str) -> dict[str, int]:
 def run_judge(
     engine: Any, pairs: list[tuple[str, str, str]], sampling: Any = None
 ) -> tuple[JudgeScores, list[dict]]:
-    from cxrctx.generate import load_prompt
     from cxrctx.llm.base import Sampling
+    from cxrctx.reportgen.generate import load_report_prompt
 
-    prompt = load_prompt("consistency_judge")
+    prompt = load_report_prompt("consistency_judge")
     comps = engine.complete(
         judge_requests(pairs, prompt), sampling or Sampling(temperature=0.0, max_tokens=256)
     )

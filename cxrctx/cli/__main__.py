@@ -1,0 +1,3 @@
+from cxrctx.cli import app
+
+app()
