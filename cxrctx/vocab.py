@@ -180,3 +180,402 @@ def image_relpath(subject_id: int, study_id: int, dicom_id: str, ext: str = "dcm
 #: A MIMIC-CXR dicom_id: five dash-joined groups of hex digits (8 each in MIMIC-CXR). Ids
 #: are used to build file paths, so anything else (a "../", a slash) is rejected.
 DICOM_ID_RE = re.compile(r"^[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{8}){4}$")
+
+
+# ---------------------------------------------------------------------------- lexicon
+#
+# The clinical vocabulary shared by every stage that reads report text: lesion mentions,
+# negation / uncertainty cues and their scope (NegEx style), laterality, sentence splitting.
+# The data is `prompts/label_lesions/lexicon_v1.json` (versioned, hashed); the code below
+# compiles it once and offers small functions other stages can call directly.
+
+import hashlib as _hashlib  # noqa: E402
+import json as _json  # noqa: E402
+from bisect import bisect_right as _bisect_right  # noqa: E402
+from dataclasses import dataclass as _dataclass  # noqa: E402
+from functools import lru_cache as _lru_cache  # noqa: E402
+from typing import Any as _Any  # noqa: E402
+from typing import NamedTuple as _NamedTuple  # noqa: E402
+
+LEXICON_VERSION = 1
+
+#: How "borderline" heart-size phrases read (documented rule, also in the lexicon file):
+#: "borderline cardiomegaly" names the lesion with a qualifier → positive; "heart size at
+#: the upper limits of normal" / "top normal" states a size within normal → negative.
+#: Both are marked ambiguous (reason "borderline") so a model can be asked.
+BORDERLINE_RULE = (
+    "borderline cardiomegaly / borderline enlarged heart -> positive; heart size at the upper "
+    "limits of normal, top normal, borderline heart size -> negative; both ambiguous (borderline)"
+)
+
+#: Cue kinds found by `find_cues` (pre = scope runs forward, post = backward, both = clause).
+CUE_KINDS = ("pseudo", "unc_both", "neg_post", "unc_post", "neg_pre", "unc_pre", "term")
+
+#: Why a lesion's reading is ambiguous (clarity reasons, stable codes).
+CLARITY_REASONS = (
+    "hedged",
+    "borderline",
+    "conflicting_mentions",
+    "scope_unsettled",
+    "sides_differ",
+)
+
+
+class Mention(_NamedTuple):
+    """One lesion expression at [start, end) of the text; `borderline` is the rule's
+    reading ('positive' / 'negative') for a borderline heart-size phrase, else None."""
+
+    lesion: str
+    start: int
+    end: int
+    borderline: str | None = None
+
+
+class Cue(_NamedTuple):
+    kind: str
+    start: int
+    end: int
+
+
+class MentionReading(_NamedTuple):
+    """How one mention reads: status affirmed / negated / hedged, the deciding cue, the side."""
+
+    lesion: str
+    start: int
+    end: int
+    sentence: tuple[int, int]
+    status: str
+    cue: str | None
+    side: str | None
+    reasons: tuple[str, ...]
+
+
+def _boundary(entry: str) -> str:
+    body = entry.replace(" ", r"\s+")
+    lead = r"(?<!\w)" if (entry[0].isalnum() or entry[0] in "(\\") else ""
+    trail = r"(?!\w)" if (entry[-1].isalnum() or entry[-1] in ")?") else ""
+    return f"{lead}(?:{body}){trail}"
+
+
+def _alt(entries: list[str]) -> str:
+    return "|".join(_boundary(e) for e in entries)
+
+
+@_dataclass(frozen=True)
+class Lexicon:
+    """The compiled lexicon: one regex for all mentions, one for all cues, one for sides."""
+
+    version: int
+    sha256: str
+    data: dict[str, _Any]
+    mention_re: re.Pattern[str]
+    group_lesion: dict[str, tuple[str, str | None]]
+    cue_re: re.Pattern[str]
+    side_re: re.Pattern[str]
+    segment_re: re.Pattern[str]
+    conj_re: re.Pattern[str]
+    presence_re: re.Pattern[str]
+    normal_re: re.Pattern[str]
+    unsided: frozenset[str]
+
+
+def compile_lexicon(raw: bytes, name: str = "lexicon") -> Lexicon:
+    """Compile lexicon JSON bytes; a bad entry is a one-line CxrctxError naming it."""
+    from cxrctx.errors import CxrctxError
+
+    try:
+        data = _json.loads(raw)
+        lesions = data["lesions"]
+        if set(lesions) != set(LESIONS):
+            raise CxrctxError(f"{name}: lesions must be exactly the 14 lesions")
+        groups, names = [f"(?P<x>{_alt(data['not_lesions'])})"], {"x": ("", None)}
+        for kind in ("positive", "negative"):
+            g = f"b_{kind}"
+            groups.append(f"(?P<{g}>{_alt(data['borderline'][kind])})")
+            names[g] = ("cardiomegaly", kind)
+        for i, lesion in enumerate(LESIONS):
+            groups.append(f"(?P<l{i}>{_alt(lesions[lesion])})")
+            names[f"l{i}"] = (lesion, None)
+        neg, unc = data["negation"], data["uncertainty"]
+        cues = {
+            "pseudo": data["pseudo"], "unc_both": unc["both"], "neg_post": neg["post"],
+            "unc_post": unc["post"], "neg_pre": neg["pre"], "unc_pre": unc["pre"],
+            "term": data["terminators"],
+        }  # fmt: skip
+        sides = data["laterality"]
+        flags = re.IGNORECASE
+        return Lexicon(
+            version=int(data["version"]),
+            sha256=_hashlib.sha256(raw).hexdigest(),
+            data=data,
+            mention_re=re.compile("|".join(groups), flags),
+            group_lesion=names,
+            cue_re=re.compile("|".join(f"(?P<{k}>{_alt(v)})" for k, v in cues.items()), flags),
+            side_re=re.compile("|".join(f"(?P<{k}>{_alt(sides[k])})" for k in ("bilateral", "left", "right")), flags),
+            segment_re=re.compile(r"[,;:]|" + _alt(["and", "or", "nor", "with", *data["terminators"]]), flags),
+            conj_re=re.compile(_alt(data["list_conjunctions"]), flags),
+            presence_re=re.compile(rf"(?:{_alt(data['presence_modifiers'])})\W*(?:\w+\W+)?$", flags),
+            normal_re=re.compile(_alt(data["normal"]), flags),
+            unsided=frozenset(data.get("unsided", ())),
+        )  # fmt: skip
+    except CxrctxError:
+        raise
+    except (KeyError, TypeError, ValueError, re.error) as e:
+        raise CxrctxError(f"{name}: invalid lexicon ({type(e).__name__}: {e})") from e
+
+
+@_lru_cache(maxsize=4)
+def lexicon(version: int = LEXICON_VERSION) -> Lexicon:
+    """The packaged lexicon `prompts/label_lesions/lexicon_v{version}.json`, compiled once."""
+    from cxrctx.resources import read_bytes
+
+    name = f"lexicon_v{version}.json"
+    return compile_lexicon(
+        read_bytes("prompts", "label_lesions", name), f"prompts/label_lesions/{name}"
+    )
+
+
+_SENT_BREAK = re.compile(r"(?<=[.!?])\s+|\n[ \t]*\n\s*")
+
+
+def split_sentences(text: str) -> list[tuple[int, int]]:
+    """Sentence spans (start, end) of `text`, whitespace trimmed, offsets into `text`.
+
+    Breaks after . ! ? followed by whitespace and at blank lines; a single newline (MIMIC
+    reports are hard-wrapped) and a decimal point ("2.5 cm") do not break.
+    """
+    spans, pos = [], 0
+    for m in _SENT_BREAK.finditer(text):
+        _add_span(text, pos, m.start(), spans)
+        pos = m.end()
+    _add_span(text, pos, len(text), spans)
+    return spans
+
+
+def _add_span(text: str, a: int, b: int, out: list[tuple[int, int]]) -> None:
+    while a < b and text[a].isspace():
+        a += 1
+    while b > a and text[b - 1].isspace():
+        b -= 1
+    if b > a:
+        out.append((a, b))
+
+
+def split_clauses(text: str, start: int = 0, end: int | None = None) -> list[tuple[int, int]]:
+    """Clause spans of text[start:end]: split at scope terminators (but, however, which, ;, ...)."""
+    end = len(text) if end is None else end
+    spans, pos = [], start
+    for c in find_cues(text, start, end):
+        if c.kind == "term":
+            _add_span(text, pos, c.start, spans)
+            pos = c.end
+    _add_span(text, pos, end, spans)
+    return spans
+
+
+def find_mentions(text: str, start: int = 0, end: int | None = None) -> list[Mention]:
+    """Every lesion expression in text[start:end] (leftmost, non-overlapping)."""
+    lex = lexicon()
+    out = []
+    for m in lex.mention_re.finditer(text, start, len(text) if end is None else end):
+        lesion, border = lex.group_lesion[m.lastgroup or "x"]
+        if lesion:
+            out.append(Mention(lesion, m.start(), m.end(), border))
+    return out
+
+
+def find_cues(text: str, start: int = 0, end: int | None = None) -> list[Cue]:
+    """Negation / uncertainty / pseudo cues and scope terminators in text[start:end]."""
+    it = lexicon().cue_re.finditer(text, start, len(text) if end is None else end)
+    return [Cue(m.lastgroup or "", m.start(), m.end()) for m in it]
+
+
+def mentioned_lesions(text: str) -> list[str]:
+    """Lesions expressed anywhere in `text` (affirmed, hedged or negated), in LESIONS order.
+
+    The candidate pre-pass: a lesion absent from this list is not mentioned at all.
+    """
+    found = {m.lesion for m in find_mentions(text)}
+    return [n for n in LESIONS if n in found]
+
+
+def laterality(text: str, start: int = 0, end: int | None = None) -> str | None:
+    """'left' / 'right' / 'bilateral' from the side words in text[start:end], or None."""
+    seen = {
+        m.lastgroup
+        for m in lexicon().side_re.finditer(text, start, len(text) if end is None else end)
+    }
+    return _combine_sides(seen)
+
+
+def _combine_sides(sides: set[str | None] | set[str]) -> str | None:
+    if "bilateral" in sides or {"left", "right"} <= sides:
+        return "bilateral"
+    return "left" if "left" in sides else "right" if "right" in sides else None
+
+
+def read_mentions(text: str) -> list[MentionReading]:
+    """Read every lesion mention of `text`: affirmed, negated or hedged, and its side.
+
+    Scope rules (NegEx style, per sentence): a pre cue ("no", "without", "possible") covers
+    the words after it up to a terminator ("but", "however", "which", ";", "there is",
+    sentence end); a comma ends that scope unless a list conjunction follows ("no effusion,
+    pneumothorax or consolidation"); a post cue ("is not seen", "has resolved") covers the
+    clause before it; double negations ("cannot be excluded") are uncertainty. A negation
+    that reaches the mention wins over an uncertainty cue inside its scope ("no opacity to
+    suggest pneumonia" is negated).
+    """
+    lex = lexicon()
+    mentions = find_mentions(text)
+    if not mentions:
+        return []
+    sents = split_sentences(text)
+    starts = [s for s, _ in sents]
+    by_sent: dict[int, list[Mention]] = {}
+    for m in mentions:
+        by_sent.setdefault(max(0, _bisect_right(starts, m.start) - 1), []).append(m)
+    out: list[MentionReading] = []
+    for i, ms in by_sent.items():
+        out.extend(_read_sentence(text, sents[i], ms, lex))
+    return out
+
+
+def _read_sentence(
+    text: str, sent: tuple[int, int], ms: list[Mention], lex: Lexicon
+) -> list[MentionReading]:
+    s0, s1 = sent
+    cues = find_cues(text, s0, s1)
+    terms = [c for c in cues if c.kind == "term"]
+    triggers = [c for c in cues if c.kind not in ("term", "pseudo")]
+    segs = _segments(text, s0, s1, lex)
+    out = []
+    for m in ms:
+        neg = unc = None
+        cut = unsettled = False
+        for c in triggers:
+            hit = _scope(text, c, m, terms, s1, lex)
+            if hit == "cut":
+                cut = cut or c.kind == "neg_pre"
+            elif hit is not None and c.kind.startswith("neg"):
+                neg = neg or c
+                unsettled = unsettled or hit == "unsettled"
+            elif hit is not None:
+                unc = unc or c
+        reasons: set[str] = {"borderline"} if m.borderline is not None else set()
+        if neg is not None or m.borderline == "negative":
+            status, cue = "negated", neg
+            if unsettled:
+                reasons.add("scope_unsettled")
+        else:
+            status, cue = ("hedged", unc) if unc is not None else ("affirmed", None)
+            if unc is not None:
+                reasons.add("hedged")
+            if cut:
+                reasons.add("scope_unsettled")
+        side = None if m.lesion in lex.unsided else _side(text, m, ms, segs, lex)
+        cue_text = None if cue is None else " ".join(text[cue.start : cue.end].lower().split())
+        out.append(
+            MentionReading(
+                m.lesion, m.start, m.end, sent, status, cue_text, side, tuple(sorted(reasons))
+            )
+        )
+    return out
+
+
+def _scope(text: str, c: Cue, m: Mention, terms: list[Cue], s1: int, lex: Lexicon) -> str | None:
+    """Does cue `c` reach mention `m`? None / 'yes' / 'unsettled' (list item with a presence
+    modifier) / 'cut' (a comma without a list conjunction ended the scope before it)."""
+    if c.start >= m.start and c.end <= m.end and c.kind in ("neg_pre", "unc_pre", "unc_both"):
+        return "yes"  # inside the mention: "heart is not enlarged"
+    if c.end <= m.start and c.kind in ("neg_pre", "unc_pre", "unc_both"):
+        end = next((t.start for t in terms if t.start >= c.end), s1)
+        if m.start >= end:
+            return None
+        comma = text.find(",", c.end, m.start)
+        if comma == -1:
+            return "yes"
+        if lex.conj_re.search(text, comma, end) is None:
+            return "cut"
+        seg = max(text.rfind(",", c.end, m.start), 0)
+        return "unsettled" if lex.presence_re.search(text, seg, m.start) else "yes"
+    if c.start >= m.end and c.kind in ("neg_post", "unc_post", "unc_both"):
+        begin = max((t.end for t in terms if t.end <= c.start), default=0)
+        return "yes" if m.start >= begin else None
+    return None
+
+
+def _segments(text: str, s0: int, s1: int, lex: Lexicon) -> list[tuple[int, int, str]]:
+    """(start, end, delimiter-before) pieces of a sentence, split at , ; and / or / with ..."""
+    out, pos, delim = [], s0, ""
+    for d in lex.segment_re.finditer(text, s0, s1):
+        out.append((pos, d.start(), delim))
+        pos, delim = d.end(), text[d.start() : d.end()].lower()
+    out.append((pos, s1, delim))
+    return out
+
+
+def _side(
+    text: str, m: Mention, ms: list[Mention], segs: list[tuple[int, int, str]], lex: Lexicon
+) -> str | None:
+    """Side of a mention: its own clause piece, plus pieces joined by and/or that name no
+    other lesion ("right and left lower lobe atelectasis"); failing that, the nearest
+    neighbouring piece without a lesion ("opacity in the left base, likely atelectasis")."""
+    k = next((i for i, (a, b, _) in enumerate(segs) if a <= m.start < b), len(segs) - 1)
+
+    def sides(i: int) -> set[str]:
+        a, b, _ = segs[i]
+        return {x.lastgroup or "" for x in lex.side_re.finditer(text, a, b)}
+
+    def has_mention(i: int) -> bool:
+        a, b, _ = segs[i]
+        return any(a <= o.start < b for o in ms if o is not m)
+
+    own = sides(k)
+    j = k
+    while j > 0 and segs[j][2] in ("and", "or") and not has_mention(j - 1):
+        j -= 1
+        own |= sides(j)
+    if own:
+        return _combine_sides(own)
+    for step in (-1, 1):
+        j = k + step
+        while 0 <= j < len(segs) and not has_mention(j):
+            if s := sides(j):
+                return _combine_sides(s)
+            j += step
+    return None
+
+
+def negated(text: str, start: int, end: int) -> bool:
+    """Is the lesion mention at text[start:end] negated (by the sentence around it)?"""
+    return _status_at(text, start, end) == "negated"
+
+
+def hedged(text: str, start: int, end: int) -> bool:
+    """Is the mention at text[start:end] under an uncertainty cue ("possible", "cannot be excluded")?"""
+    return _status_at(text, start, end) == "hedged"
+
+
+def _status_at(text: str, start: int, end: int) -> str | None:
+    for r in read_mentions(text):
+        if r.start < end and start < r.end:
+            return r.status
+    return None
+
+
+def affirmed_lesions(text: str) -> dict[str, str]:
+    """Lesions with an affirmed or hedged mention → location ('not mentioned' if no side);
+    the simple drop-in for keyword labelers (hedged mentions count as positive)."""
+    found: dict[str, set[str]] = {}
+    for r in read_mentions(text):
+        if r.status != "negated":
+            found.setdefault(r.lesion, set()).update({r.side} if r.side else set())
+    return {n: _combine_sides(found[n]) or "not mentioned" for n in LESIONS if n in found}
+
+
+def is_negative(sentence: str) -> bool:
+    """Does the sentence negate something or state normality ("no", "is not seen", "clear",
+    "unremarkable")? For sentence-level routing (e.g. merging generated sentences)."""
+    if lexicon().normal_re.search(sentence):
+        return True
+    return any(c.kind.startswith("neg") for c in find_cues(sentence))
