@@ -200,12 +200,13 @@ from typing import NamedTuple as _NamedTuple  # noqa: E402
 LEXICON_VERSION = 1
 
 #: How "borderline" heart-size phrases read (documented rule, also in the lexicon file):
-#: "borderline cardiomegaly" names the lesion with a qualifier → positive; "heart size at
-#: the upper limits of normal" / "top normal" states a size within normal → negative.
-#: Both are marked ambiguous (reason "borderline") so a model can be asked.
+#: "borderline" names an enlarged heart with a qualifier → positive; "heart size at the upper
+#: limits of normal" / "top normal" states a size within normal → negative. Both are marked
+#: ambiguous (reason "borderline") so a model can be asked.
 BORDERLINE_RULE = (
-    "borderline cardiomegaly / borderline enlarged heart -> positive; heart size at the upper "
-    "limits of normal, top normal, borderline heart size -> negative; both ambiguous (borderline)"
+    "borderline cardiomegaly, borderline heart size, heart borderline in size, upper limits of "
+    "normal or mildly enlarged -> positive; heart size at the upper limits of normal, top normal "
+    "heart size -> negative; both ambiguous (reason borderline)"
 )
 
 #: Cue kinds found by `find_cues` (pre = scope runs forward, post = backward, both = clause).
@@ -250,15 +251,35 @@ class MentionReading(_NamedTuple):
     reasons: tuple[str, ...]
 
 
-def _boundary(entry: str) -> str:
-    body = entry.replace(" ", r"\s+")
-    lead = r"(?<!\w)" if (entry[0].isalnum() or entry[0] in "(\\") else ""
-    trail = r"(?!\w)" if (entry[-1].isalnum() or entry[-1] in ")?") else ""
-    return f"{lead}(?:{body}){trail}"
+def _body(entry: str) -> str:
+    return entry.replace(" ", r"\s+")
 
 
-def _alt(entries: list[str]) -> str:
-    return "|".join(_boundary(e) for e in entries)
+def _words(groups: dict[str, list[str]]) -> str:
+    """One regex of named alternation groups, matched at word starts only.
+
+    The word boundary is checked once per position, not once per entry: this is what makes
+    the rules labeler fast. Entries that start with punctuation (";", ", with") go into a
+    twin group named `<group>_p` without the leading boundary.
+    """
+    word, punct = [], []
+    for name, entries in groups.items():
+        w = [e for e in entries if e[0].isalnum() or e[0] in "(\\"]
+        p = [e for e in entries if e not in w]
+        if w:
+            word.append(f"(?P<{name}>{'|'.join(f'(?:{_body(e)})' for e in w)})")
+        if p:
+            punct.append(f"(?P<{name}_p>{'|'.join(f'(?:{_body(e)})' for e in p)})")
+    parts = [rf"\b(?:{'|'.join(word)})(?!\w)"] if word else []
+    return "|".join(parts + punct)
+
+
+def _lower(text: str) -> str:
+    """Lower-cased copy of `text` with the same length (so offsets carry over)."""
+    low = text.lower()
+    if len(low) == len(text):
+        return low
+    return "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
 
 
 @_dataclass(frozen=True)
@@ -288,13 +309,13 @@ def compile_lexicon(raw: bytes, name: str = "lexicon") -> Lexicon:
         lesions = data["lesions"]
         if set(lesions) != set(LESIONS):
             raise CxrctxError(f"{name}: lesions must be exactly the 14 lesions")
-        groups, names = [f"(?P<x>{_alt(data['not_lesions'])})"], {"x": ("", None)}
+        groups: dict[str, list[str]] = {"x": data["not_lesions"]}
+        names: dict[str, tuple[str, str | None]] = {"x": ("", None)}
         for kind in ("positive", "negative"):
-            g = f"b_{kind}"
-            groups.append(f"(?P<{g}>{_alt(data['borderline'][kind])})")
-            names[g] = ("cardiomegaly", kind)
+            groups[f"b_{kind}"] = data["borderline"][kind]
+            names[f"b_{kind}"] = ("cardiomegaly", kind)
         for i, lesion in enumerate(LESIONS):
-            groups.append(f"(?P<l{i}>{_alt(lesions[lesion])})")
+            groups[f"l{i}"] = lesions[lesion]
             names[f"l{i}"] = (lesion, None)
         neg, unc = data["negation"], data["uncertainty"]
         cues = {
@@ -302,20 +323,20 @@ def compile_lexicon(raw: bytes, name: str = "lexicon") -> Lexicon:
             "unc_post": unc["post"], "neg_pre": neg["pre"], "unc_pre": unc["pre"],
             "term": data["terminators"],
         }  # fmt: skip
-        sides = data["laterality"]
-        flags = re.IGNORECASE
+        sides = {k: data["laterality"][k] for k in ("bilateral", "left", "right")}
+        segment = {"seg": ["and", "or", "nor", "with", ",", *data["terminators"]]}
         return Lexicon(
             version=int(data["version"]),
             sha256=_hashlib.sha256(raw).hexdigest(),
             data=data,
-            mention_re=re.compile("|".join(groups), flags),
+            mention_re=re.compile(_words(groups)),
             group_lesion=names,
-            cue_re=re.compile("|".join(f"(?P<{k}>{_alt(v)})" for k, v in cues.items()), flags),
-            side_re=re.compile("|".join(f"(?P<{k}>{_alt(sides[k])})" for k in ("bilateral", "left", "right")), flags),
-            segment_re=re.compile(r"[,;:]|" + _alt(["and", "or", "nor", "with", *data["terminators"]]), flags),
-            conj_re=re.compile(_alt(data["list_conjunctions"]), flags),
-            presence_re=re.compile(rf"(?:{_alt(data['presence_modifiers'])})\W*(?:\w+\W+)?$", flags),
-            normal_re=re.compile(_alt(data["normal"]), flags),
+            cue_re=re.compile(_words(cues)),
+            side_re=re.compile(_words(sides)),
+            segment_re=re.compile(_words(segment)),
+            conj_re=re.compile(_words({"conj": data["list_conjunctions"]})),
+            presence_re=re.compile(rf"(?:{_words({'p': data['presence_modifiers']})})\W*(?:\w+\W+)?$"),
+            normal_re=re.compile(_words({"normal": data["normal"]})),
             unsided=frozenset(data.get("unsided", ())),
         )  # fmt: skip
     except CxrctxError:
@@ -365,7 +386,7 @@ def split_clauses(text: str, start: int = 0, end: int | None = None) -> list[tup
     """Clause spans of text[start:end]: split at scope terminators (but, however, which, ;, ...)."""
     end = len(text) if end is None else end
     spans, pos = [], start
-    for c in find_cues(text, start, end):
+    for c in _cues(_lower(text), start, end):
         if c.kind == "term":
             _add_span(text, pos, c.start, spans)
             pos = c.end
@@ -375,9 +396,13 @@ def split_clauses(text: str, start: int = 0, end: int | None = None) -> list[tup
 
 def find_mentions(text: str, start: int = 0, end: int | None = None) -> list[Mention]:
     """Every lesion expression in text[start:end] (leftmost, non-overlapping)."""
+    return _mentions(_lower(text), start, end)
+
+
+def _mentions(low: str, start: int = 0, end: int | None = None) -> list[Mention]:
     lex = lexicon()
     out = []
-    for m in lex.mention_re.finditer(text, start, len(text) if end is None else end):
+    for m in lex.mention_re.finditer(low, start, len(low) if end is None else end):
         lesion, border = lex.group_lesion[m.lastgroup or "x"]
         if lesion:
             out.append(Mention(lesion, m.start(), m.end(), border))
@@ -386,8 +411,12 @@ def find_mentions(text: str, start: int = 0, end: int | None = None) -> list[Men
 
 def find_cues(text: str, start: int = 0, end: int | None = None) -> list[Cue]:
     """Negation / uncertainty / pseudo cues and scope terminators in text[start:end]."""
-    it = lexicon().cue_re.finditer(text, start, len(text) if end is None else end)
-    return [Cue(m.lastgroup or "", m.start(), m.end()) for m in it]
+    return _cues(_lower(text), start, end)
+
+
+def _cues(low: str, start: int = 0, end: int | None = None) -> list[Cue]:
+    it = lexicon().cue_re.finditer(low, start, len(low) if end is None else end)
+    return [Cue((m.lastgroup or "").removesuffix("_p"), m.start(), m.end()) for m in it]
 
 
 def mentioned_lesions(text: str) -> list[str]:
@@ -401,9 +430,10 @@ def mentioned_lesions(text: str) -> list[str]:
 
 def laterality(text: str, start: int = 0, end: int | None = None) -> str | None:
     """'left' / 'right' / 'bilateral' from the side words in text[start:end], or None."""
+    low = _lower(text)
     seen = {
         m.lastgroup
-        for m in lexicon().side_re.finditer(text, start, len(text) if end is None else end)
+        for m in lexicon().side_re.finditer(low, start, len(low) if end is None else end)
     }
     return _combine_sides(seen)
 
@@ -419,14 +449,16 @@ def read_mentions(text: str) -> list[MentionReading]:
 
     Scope rules (NegEx style, per sentence): a pre cue ("no", "without", "possible") covers
     the words after it up to a terminator ("but", "however", "which", ";", "there is",
-    sentence end); a comma ends that scope unless a list conjunction follows ("no effusion,
-    pneumothorax or consolidation"); a post cue ("is not seen", "has resolved") covers the
-    clause before it; double negations ("cannot be excluded") are uncertainty. A negation
-    that reaches the mention wins over an uncertainty cue inside its scope ("no opacity to
-    suggest pneumonia" is negated).
+    sentence end), across comma lists ("no effusion, pneumothorax or consolidation"); a
+    comma followed by a presence word ("mild", "small", "stable") ends it unless the clause
+    is a list with a conjunction (a mention left outside that way is scope_unsettled); a
+    post cue ("is not seen", "has resolved") covers the clause before it; double negations
+    ("cannot be excluded") are uncertainty. A negation that reaches the mention wins over an
+    uncertainty cue inside its scope ("no opacity to suggest pneumonia" is negated).
     """
     lex = lexicon()
-    mentions = find_mentions(text)
+    low = _lower(text)
+    mentions = _mentions(low)
     if not mentions:
         return []
     sents = split_sentences(text)
@@ -436,7 +468,7 @@ def read_mentions(text: str) -> list[MentionReading]:
         by_sent.setdefault(max(0, _bisect_right(starts, m.start) - 1), []).append(m)
     out: list[MentionReading] = []
     for i, ms in by_sent.items():
-        out.extend(_read_sentence(text, sents[i], ms, lex))
+        out.extend(_read_sentence(low, sents[i], ms, lex))
     return out
 
 
@@ -444,28 +476,25 @@ def _read_sentence(
     text: str, sent: tuple[int, int], ms: list[Mention], lex: Lexicon
 ) -> list[MentionReading]:
     s0, s1 = sent
-    cues = find_cues(text, s0, s1)
+    cues = _cues(text, s0, s1)
     terms = [c for c in cues if c.kind == "term"]
     triggers = [c for c in cues if c.kind not in ("term", "pseudo")]
     segs = _segments(text, s0, s1, lex)
     out = []
     for m in ms:
         neg = unc = None
-        cut = unsettled = False
+        cut = False
         for c in triggers:
             hit = _scope(text, c, m, terms, s1, lex)
             if hit == "cut":
                 cut = cut or c.kind == "neg_pre"
             elif hit is not None and c.kind.startswith("neg"):
                 neg = neg or c
-                unsettled = unsettled or hit == "unsettled"
             elif hit is not None:
                 unc = unc or c
         reasons: set[str] = {"borderline"} if m.borderline is not None else set()
         if neg is not None or m.borderline == "negative":
             status, cue = "negated", neg
-            if unsettled:
-                reasons.add("scope_unsettled")
         else:
             status, cue = ("hedged", unc) if unc is not None else ("affirmed", None)
             if unc is not None:
@@ -483,21 +512,21 @@ def _read_sentence(
 
 
 def _scope(text: str, c: Cue, m: Mention, terms: list[Cue], s1: int, lex: Lexicon) -> str | None:
-    """Does cue `c` reach mention `m`? None / 'yes' / 'unsettled' (list item with a presence
-    modifier) / 'cut' (a comma without a list conjunction ended the scope before it)."""
+    """Does cue `c` reach mention `m`? None / 'yes' / 'cut' (a comma, then a presence word
+    and no list conjunction in the clause: "no pneumothorax, mild cardiomegaly")."""
     if c.start >= m.start and c.end <= m.end and c.kind in ("neg_pre", "unc_pre", "unc_both"):
         return "yes"  # inside the mention: "heart is not enlarged"
     if c.end <= m.start and c.kind in ("neg_pre", "unc_pre", "unc_both"):
         end = next((t.start for t in terms if t.start >= c.end), s1)
         if m.start >= end:
             return None
-        comma = text.find(",", c.end, m.start)
-        if comma == -1:
-            return "yes"
-        if lex.conj_re.search(text, comma, end) is None:
-            return "cut"
-        seg = max(text.rfind(",", c.end, m.start), 0)
-        return "unsettled" if lex.presence_re.search(text, seg, m.start) else "yes"
+        comma = text.rfind(",", c.end, m.start)
+        if comma == -1 or not lex.presence_re.search(text, comma, m.start):
+            return "yes"  # a list: "no consolidation, pleural effusion, pneumothorax"
+        # "no pneumothorax, mild cardiomegaly": a presence word after a comma ends the scope,
+        # unless the clause is a list with a conjunction ("no consolidation, pneumothorax or
+        # large effusion")
+        return "yes" if lex.conj_re.search(text, c.end, end) else "cut"
     if c.start >= m.end and c.kind in ("neg_post", "unc_post", "unc_both"):
         begin = max((t.end for t in terms if t.end <= c.start), default=0)
         return "yes" if m.start >= begin else None
@@ -576,6 +605,7 @@ def affirmed_lesions(text: str) -> dict[str, str]:
 def is_negative(sentence: str) -> bool:
     """Does the sentence negate something or state normality ("no", "is not seen", "clear",
     "unremarkable")? For sentence-level routing (e.g. merging generated sentences)."""
-    if lexicon().normal_re.search(sentence):
+    low = _lower(sentence)
+    if lexicon().normal_re.search(low):
         return True
-    return any(c.kind.startswith("neg") for c in find_cues(sentence))
+    return any(c.kind.startswith("neg") for c in _cues(low))
