@@ -269,7 +269,8 @@ def _words(groups: dict[str, list[str]]) -> str:
         if w:
             word.append(f"(?P<{name}>{'|'.join(f'(?:{_body(e)})' for e in w)})")
         if p:
-            punct.append(f"(?P<{name}_p>{'|'.join(f'(?:{_body(e)})' for e in p)})")
+            alts = "|".join(f"(?:{_body(e)})" + (r"(?!\w)" if e[-1].isalnum() else "") for e in p)
+            punct.append(f"(?P<{name}_p>{alts})")
     parts = [rf"\b(?:{'|'.join(word)})(?!\w)"] if word else []
     return "|".join(parts + punct)
 
@@ -572,6 +573,15 @@ def _side(
             if s := sides(j):
                 return _combine_sides(s)
             j += step
+    # coordinated lesions share a side named after the last one:
+    # "consolidation and atelectasis in the right lung base"
+    j = k + 1
+    while j < len(segs) and segs[j][2] in ("and", "or") and has_mention(j):
+        a, b, _ = segs[j]
+        last = max(o.end for o in ms if a <= o.start < b)
+        if s := {x.lastgroup or "" for x in lex.side_re.finditer(text, last, b)}:
+            return _combine_sides(s)
+        j += 1
     return None
 
 
