@@ -366,7 +366,8 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
     Breaks after . ! ? followed by whitespace and at blank lines; a single newline (MIMIC
     reports are hard-wrapped) and a decimal point ("2.5 cm") do not break.
     """
-    spans, pos = [], 0
+    spans: list[tuple[int, int]] = []
+    pos = 0
     for m in _SENT_BREAK.finditer(text):
         _add_span(text, pos, m.start(), spans)
         pos = m.end()
@@ -386,7 +387,8 @@ def _add_span(text: str, a: int, b: int, out: list[tuple[int, int]]) -> None:
 def split_clauses(text: str, start: int = 0, end: int | None = None) -> list[tuple[int, int]]:
     """Clause spans of text[start:end]: split at scope terminators (but, however, which, ;, ...)."""
     end = len(text) if end is None else end
-    spans, pos = [], start
+    spans: list[tuple[int, int]] = []
+    pos = start
     for c in _cues(_lower(text), start, end):
         if c.kind == "term":
             _add_span(text, pos, c.start, spans)

@@ -262,7 +262,7 @@ def test_gzipped_chexpert_csv_is_read_directly(tmp_path):
     assert st["atelectasis"] == "positive" and st["pleural effusion"] == "negative"
     bad = tmp_path / "broken.csv.gz"
     bad.write_bytes(b"not gzip at all")
-    with pytest.raises(CxrctxError, match="broken.csv.gz: cannot read"):
+    with pytest.raises(CxrctxError, match=r"broken\.csv\.gz: cannot read"):
         load_gold(bad)
 
 

@@ -48,7 +48,7 @@ def test_lexicon_is_versioned_and_hashed():
 
 
 def test_bad_lexicon_is_a_one_line_error():
-    with pytest.raises(CxrctxError, match="custom.json: lesions must be exactly the 14"):
+    with pytest.raises(CxrctxError, match=r"custom\.json: lesions must be exactly the 14"):
         compile_lexicon(b'{"lesions": {}}', "custom.json")
     raw = read_bytes("prompts", "label_lesions", "lexicon_v1.json").replace(
         b'"cardiomegaly",', b'"cardio(megaly",', 1

@@ -363,9 +363,9 @@ def bootstrap_ci(j: pl.DataFrame, lesions: list[str], n_boot: int, seed: int) ->
         )
         with np.errstate(divide="ignore", invalid="ignore"):
             stats["location_accuracy"] = (w @ loc_ok) / (w @ loc_n)
-        for k, les in enumerate(lesions):
+        for col, les in enumerate(lesions):
             stats.update(
-                {f"{les}|precision": p[:, k], f"{les}|recall": r[:, k], f"{les}|f1": f[:, k]}
+                {f"{les}|precision": p[:, col], f"{les}|recall": r[:, col], f"{les}|f1": f[:, col]}
             )
         for key, v in stats.items():
             draws.setdefault(key, []).append(v)

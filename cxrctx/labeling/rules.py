@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import polars as pl
 import pyarrow as pa
@@ -252,7 +252,7 @@ def label_documents_rules(
         progress(total, total, 0)
     return LabelResult(
         labels=_label_frame(cols, prov),
-        documents=pl.DataFrame(doc_rows, schema=DOC_SCHEMA),
+        documents=pl.DataFrame(doc_rows, schema=cast(Any, DOC_SCHEMA)),
         failures=pl.DataFrame(failures, schema=FAIL_SCHEMA),
         counts=counts,
         provenance=prov,
@@ -295,7 +295,7 @@ def _label_frame(cols: dict[str, list[Any]], prov: dict[str, Any]) -> pl.DataFra
     assert isinstance(df, pl.DataFrame)
     const = {"llm_called": False, **prov}
     df = df.with_columns(pl.lit(v, dtype=LABEL_FRAME_SCHEMA[k]).alias(k) for k, v in const.items())
-    return df.select(list(LABEL_FRAME_SCHEMA)).cast(LABEL_FRAME_SCHEMA)
+    return df.select(list(LABEL_FRAME_SCHEMA)).cast(pl.Schema(LABEL_FRAME_SCHEMA))
 
 
 def rules_labels(docs: pl.DataFrame) -> pl.DataFrame:
