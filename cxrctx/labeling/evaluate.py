@@ -1,10 +1,16 @@
 """eval-labels: per-lesion precision / recall / F1 / kappa of a label run against a gold.
 
 Gold forms: another label run (dir or Parquet, e.g. synthetic truth or a second model),
-the MIMIC-CXR CheXpert/NegBio CSV (the 7 overlapping lesions; -1.0 by an explicit
-option; blank = negative), or an IU/NegBio gold CSV like `openi_gld_std14.csv`
-(`filename` = `CXR<uid>`, 14 columns). Only documents present in both are scored; the
-counts of the others are reported, never silently folded into negatives.
+the MIMIC-CXR CheXpert/NegBio CSV, plain or gzipped as MIMIC ships it (the 7 overlapping
+lesions; -1.0 by an explicit option; blank = negative), or an IU/NegBio gold CSV like
+`openi_gld_std14.csv` (`filename` = `CXR<uid>`, 14 columns). Only documents present in
+both are scored; the counts of the others are reported, never silently folded into
+negatives.
+
+One set of scoring rules (`prf`) serves the point estimates and the bootstrap: false
+positives on a lesion without gold support score precision 0 and F1 0 and stay in the
+macro average (listed in `fp_without_support`); undefined values (and an undefined kappa)
+are None, never a flattering 1.0. Bootstrap intervals resample documents.
 """
 
 from __future__ import annotations
