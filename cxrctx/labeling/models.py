@@ -72,6 +72,22 @@ class LabelAnswer(RootModel[dict[Lesion, LesionAnswer]]):
         return answer_schema(LESIONS, required=False)
 
 
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Evidence(_Frozen):
+    """Where a label's evidence is: character offsets [start, end) into the labeled text
+    (the document text with surrounding whitespace stripped; its sha256 is text_sha256)."""
+
+    start: int = Field(ge=0)
+    end: int = Field(ge=0)
+    text: str | None = Field(None, description="The evidence sentence (credentialed outputs only)")
+
+
+Clarity = Literal["clear", "ambiguous"]
+
+
 class LabelRow(_Strict):
     """One output row of `labels/part-*.parquet`: the LesionLabel columns plus provenance."""
 
@@ -80,18 +96,60 @@ class LabelRow(_Strict):
     status: Status
     location: Location
     rationale: str
-    source: Literal["llm", "not_candidate", "no_candidate"] = Field(
-        description="llm: decided by the model; not_candidate: the lexicon pre-pass found no "
-        "expression of this lesion (negative); no_candidate: the report mentions none of the 14 "
-        "(LLM not called, all negative)"
+    source: Literal["rules", "llm", "not_mentioned", "not_candidate", "no_candidate"] = Field(
+        description="rules: decided by the rule reading; llm: decided by the model; "
+        "not_mentioned: the lexicon finds no expression of this lesion (negative); "
+        "not_candidate / no_candidate: the same for LLM-only runs (no_candidate: the report "
+        "mentions none of the 14, LLM not called)"
     )
     llm_called: bool
     text_sha256: str
     backend: str
-    model: str
+    model: str | None = Field(description="Model name; null for the rules backend")
     prompt_sha256: str
     schema_sha256: str
     sampling: str = Field(description="Sampling parameters as canonical JSON")
+    evidence: list[Evidence] = Field(
+        default_factory=list, description="Evidence sentences (offsets into the labeled text)"
+    )
+    clarity: Clarity | None = Field(
+        None, description="Rule reading: clear, or ambiguous (see the rationale for why)"
+    )
+
+
+class LesionReading(_Frozen):
+    """The rule reading of one lesion in one report."""
+
+    lesion: str
+    status: Status = Field(description="positive when any mention is affirmed or hedged")
+    location: Location
+    mentioned: bool = Field(description="The lexicon found at least one expression of it")
+    clarity: Clarity
+    reasons: list[str] = Field(
+        default_factory=list,
+        description="Why ambiguous: hedged, borderline, conflicting_mentions, scope_unsettled, "
+        "sides_differ",
+    )
+    cues: list[str] = Field(default_factory=list, description="Cue words that decided the mentions")
+    evidence: list[Evidence] = Field(
+        default_factory=list, description="Sentences of the deciding mentions"
+    )
+    rationale: str
+
+
+class RulesReading(_Frozen):
+    """The rule reading of one report: 14 LesionReadings in LESIONS order."""
+
+    lexicon_version: int
+    lexicon_sha256: str
+    lesions: list[LesionReading]
+
+    def get(self, lesion: str) -> LesionReading:
+        return next(r for r in self.lesions if r.lesion == lesion)
+
+    def ambiguous(self) -> list[str]:
+        """Lesions whose reading is ambiguous (what a hybrid labeler asks a model about)."""
+        return [r.lesion for r in self.lesions if r.clarity == "ambiguous"]
 
 
 class DocumentRow(_Strict):
@@ -125,7 +183,7 @@ class LabelRunConfig(_Strict):
     """What a label-lesions run was asked to do (stored in the manifest)."""
 
     backend: str
-    model: str
+    model: str | None
     prompt_version: int
     prompt_sha256: str
     schema_sha256: str
@@ -139,6 +197,8 @@ class LabelRunConfig(_Strict):
     batch_size: int
     prepass: bool
     engine_options: dict[str, Any] = Field(default_factory=dict)
+    lexicon_version: int | None = None
+    lexicon_sha256: str | None = None
 
 
 class LesionScore(_Strict):
@@ -152,9 +212,29 @@ class LesionScore(_Strict):
     recall: float | None
     f1: float | None
     agreement: float = Field(description="Fraction of documents where pred and gold status agree")
-    kappa: float | None = Field(description="Cohen's kappa of status")
+    kappa: float | None = Field(
+        description="Cohen's kappa of status; null when undefined (both sides use one class only)"
+    )
     location_n: int = Field(0, description="True positives whose gold has a location")
     location_accuracy: float | None = None
+
+
+class Interval(_Strict):
+    low: float | None
+    high: float | None
+
+
+class BootstrapCI(_Strict):
+    """Percentile bootstrap intervals, resampling documents with replacement."""
+
+    n_boot: int
+    seed: int
+    level: float = 0.95
+    unit: str = "document"
+    overall: dict[str, Interval] = Field(
+        description="micro_/macro_ precision, recall, f1 and location_accuracy"
+    )
+    lesions: dict[str, dict[str, Interval]] = Field(description="lesion -> precision / recall / f1")
 
 
 class EvalReport(_Strict):
@@ -172,6 +252,23 @@ class EvalReport(_Strict):
     micro_f1: float | None
     macro_precision: float | None
     macro_recall: float | None
-    macro_f1: float | None = Field(description="Mean F1 over lesions with gold support > 0")
+    macro_f1: float | None = Field(
+        description="Mean F1 over the lesions with gold support or predicted positives (a lesion "
+        "with false positives but no gold support scores precision 0 and F1 0; its recall is "
+        "undefined and left out of the macro recall)"
+    )
+    macro_lesions: list[str] = Field(
+        default_factory=list, description="The lesions the macro averages are taken over"
+    )
+    fp_without_support: dict[str, int] = Field(
+        default_factory=dict,
+        description="Lesions predicted positive although the gold has no positive: their FP count",
+    )
     location_accuracy: float | None
+    location_confusion: dict[str, dict[str, int]] = Field(
+        default_factory=dict,
+        description="gold location -> predicted location -> count, over true positives whose "
+        "gold has a location",
+    )
+    ci: BootstrapCI | None = Field(None, description="Bootstrap confidence intervals")
     options: dict[str, Any] = Field(default_factory=dict)
