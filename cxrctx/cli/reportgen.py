@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 
 import typer
 
 from cxrctx.cli.app import app, console, fail
-from cxrctx.cli.engine import trainer_engine
+from cxrctx.cli.engine import (
+    AllowFailuresOpt,
+    AllowPublicApiOpt,
+    ApiKeyEnvOpt,
+    BackendOpt,
+    BaseUrlOpt,
+    EngineOptOpt,
+    ModelOpt,
+    ThreadsOpt,
+    TimeoutOpt,
+    engine_spec,
+    exit_if_failed,
+)
 from cxrctx.errors import CxrctxError
+
+
+class LlmUse(str, enum.Enum):
+    """What `evaluate` asks the model (with --backend)."""
+
+    both = "both"
+    judge = "judge"
+    labels = "labels"
 
 
 @app.command("generate")
@@ -23,20 +44,32 @@ def generate_cmd(
     records: Path = typer.Option(None, "--records", help="Default: the run's."),
     rois: Path = typer.Option(None, "--rois", help="Default: the run's."),
     images: Path = typer.Option(None, "--images", help="Default: the run's."),
-    backend: str = typer.Option(
-        None,
-        "--backend",
-        help="LLM aggregator backend (llamacpp, openai, vllm); none = deterministic merge.",
-    ),
-    model: str = typer.Option(None, "--model", help="Model for the aggregator backend."),
-    opt: list[str] = typer.Option(None, "--opt", help="Engine option KEY=VALUE (repeatable)."),
     limit: int = typer.Option(None, "--limit", help="Only the first N studies."),
+    backend: BackendOpt = None,
+    model: ModelOpt = None,
+    base_url: BaseUrlOpt = None,
+    api_key_env: ApiKeyEnvOpt = "OPENAI_API_KEY",
+    engine_opt: EngineOptOpt = None,
+    timeout: TimeoutOpt = None,
+    threads: ThreadsOpt = None,
+    allow_failures: AllowFailuresOpt = False,
+    allow_public_api: AllowPublicApiOpt = False,
 ) -> None:
-    """ROI sentences from the trained model, merged into one report per study."""
+    """ROI sentences from the trained model, merged into one report per study.
+
+    With --backend the LLM aggregator merges them (a study whose answer stays unusable
+    falls back to the deterministic merge and counts as a failure); without, the
+    deterministic merge does.
+    """
+    from cxrctx.llm.spec import make_engine
     from cxrctx.reportgen.generate import generate
 
     try:
-        engine = trainer_engine(backend, model, opt, "")
+        spec = engine_spec(
+            backend, model, base_url=base_url, api_key_env=api_key_env, engine_opt=engine_opt,
+            timeout=timeout, threads=threads, allow_public_api=allow_public_api,
+        )  # fmt: skip
+        engine = make_engine(spec) if spec is not None else None
         res = generate(
             run_dir,
             out=out,
@@ -56,6 +89,9 @@ def generate_cmd(
     )
     for reason, n in res.skips.items():
         console.print(f"  skipped: {reason}: {n}")
+    exit_if_failed(
+        c.get("aggregator_failures", 0), allow_failures, f"{out}/generated (aggregator_error)"
+    )
 
 
 @app.command("evaluate")
@@ -75,23 +111,37 @@ def evaluate_cmd(
         "--sections",
         help="Reference sections: findings, impression or both.",
     ),
-    labeler_backend: str = typer.Option(
-        None, "--labeler-backend", help="LLM backend for lesion labels (none = keyword labeler)."
+    llm_for: LlmUse = typer.Option(
+        LlmUse.both,
+        "--llm-for",
+        help="With --backend: the lesion labels, the consistency judge or both.",
     ),
-    labeler_model: str = typer.Option(None, "--labeler-model"),
-    labeler_opt: list[str] = typer.Option(None, "--labeler-opt", help="Engine option KEY=VALUE."),
-    judge_backend: str = typer.Option(
-        None, "--judge-backend", help="LLM backend for the consistency judge (none = skipped)."
-    ),
-    judge_model: str = typer.Option(None, "--judge-model"),
-    judge_opt: list[str] = typer.Option(None, "--judge-opt", help="Engine option KEY=VALUE."),
+    backend: BackendOpt = None,
+    model: ModelOpt = None,
+    base_url: BaseUrlOpt = None,
+    api_key_env: ApiKeyEnvOpt = "OPENAI_API_KEY",
+    engine_opt: EngineOptOpt = None,
+    timeout: TimeoutOpt = None,
+    threads: ThreadsOpt = None,
+    allow_failures: AllowFailuresOpt = False,
+    allow_public_api: AllowPublicApiOpt = False,
 ) -> None:
-    """Lesion P/R/F1, ROUGE-L (METEOR when available offline) and the LLM consistency judge."""
+    """Lesion P/R/F1, ROUGE-L (METEOR when available offline) and the LLM consistency judge.
+
+    Without --backend the lesion labels come from the keyword labeler and the judge is
+    skipped; with it, the model labels both sides and/or judges (--llm-for).
+    """
+    from cxrctx.llm.spec import make_engine
     from cxrctx.reportgen.evaluate import evaluate, report_table
 
     try:
-        lab = trainer_engine(labeler_backend, labeler_model, labeler_opt, "labeler")
-        judge = trainer_engine(judge_backend, judge_model, judge_opt, "judge")
+        spec = engine_spec(
+            backend, model, base_url=base_url, api_key_env=api_key_env, engine_opt=engine_opt,
+            timeout=timeout, threads=threads, allow_public_api=allow_public_api,
+        )  # fmt: skip
+        engine = make_engine(spec) if spec is not None else None
+        lab = engine if llm_for in (LlmUse.both, LlmUse.labels) else None
+        judge = engine if llm_for in (LlmUse.both, LlmUse.judge) else None
         rep = evaluate(
             generated,
             reference=reference,
@@ -106,3 +156,4 @@ def evaluate_cmd(
     console.print(report_table(rep))
     for n in rep.notes:
         console.print(f"  note: {n}")
+    exit_if_failed(rep.judge.failures if rep.judge else 0, allow_failures, "the judge notes above")

@@ -8,9 +8,10 @@ which is the chain-of-thought order the grammar enforces.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import BaseModel, ConfigDict, Field, RootModel, create_model, field_validator
 
 from cxrctx.models import Lesion, Location, Status
 from cxrctx.vocab import LESIONS
@@ -22,8 +23,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _norm(v: object) -> str:
+    return " ".join(str(v).strip().lower().replace("_", " ").split())
+
+
 class LesionAnswer(_Strict):
-    """The model's judgement of one candidate lesion: reasoning first, then the answer."""
+    """One candidate lesion: reasoning first, then the answer."""
+
+    # lenient where the meaning is unambiguous: case and underscores in the enums, an
+    # over-long reasoning (cut to REASONING_MAX_CHARS)
 
     reasoning: str = Field(
         max_length=REASONING_MAX_CHARS,
@@ -32,36 +40,53 @@ class LesionAnswer(_Strict):
     status: Status
     location: Location
 
+    @field_validator("status", "location", mode="before")
+    @classmethod
+    def _enum_spelling(cls, v: object) -> object:
+        return _norm(v) if isinstance(v, str) else v
+
+    @field_validator("reasoning", mode="before")
+    @classmethod
+    def _cut_reasoning(cls, v: object) -> object:
+        return v.strip()[:REASONING_MAX_CHARS] if isinstance(v, str) else v
+
+
+@lru_cache(maxsize=4096)
+def candidate_model(candidates: tuple[str, ...]) -> type[BaseModel]:
+    """The answer model for one set of candidates: one required LesionAnswer per candidate
+    (aliased by lesion name, in the fixed lesion order), nothing else allowed."""
+    names = [n for n in LESIONS if n in set(candidates)]
+    fields: dict[str, Any] = {n.replace(" ", "_"): (LesionAnswer, Field(alias=n)) for n in names}
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        "LabelAnswer",
+        __config__=ConfigDict(extra="forbid", title="LabelAnswer"),
+        __doc__=ANSWER_DESCRIPTION,
+        **fields,
+    )
+
+
+ANSWER_DESCRIPTION = (
+    "One entry per candidate lesion of the report; lesions not present are negative. "
+    "Entry fields are generated in the order reasoning, status, location (reasoning first)."
+)
+
 
 def answer_schema(
     candidates: tuple[str, ...] | list[str] = LESIONS, *, required: bool = True
 ) -> dict[str, Any]:
-    """JSON Schema of the answer for `candidates` (object keyed by lesion, entries inlined).
+    """JSON Schema of the answer for `candidates`, generated from `candidate_model`.
 
     The published schema (`schemas/lesion_answer.schema.json`) is the generic one: all 14
     lesions optional. Each request narrows it to the report's candidates, all required,
     so the constrained decoder writes exactly those entries in the fixed lesion order.
     """
-    entry = {
-        "type": "object",
-        "properties": {
-            "reasoning": {"type": "string", "maxLength": REASONING_MAX_CHARS},
-            "status": {"type": "string", "enum": ["positive", "negative"]},
-            "location": {"type": "string", "enum": ["left", "right", "bilateral", "not mentioned"]},
-        },
-        "required": ["reasoning", "status", "location"],
-        "additionalProperties": False,
-    }
-    names = [n for n in LESIONS if n in set(candidates)]
-    return {
-        "title": "LabelAnswer",
-        "description": "One entry per candidate lesion of the report; lesions not present are negative. "
-        "Entry fields are generated in the order reasoning, status, location (reasoning first).",
-        "type": "object",
-        "properties": {n: entry for n in names},
-        "required": names if required else [],
-        "additionalProperties": False,
-    }
+    from cxrctx.llm.task import json_schema
+
+    schema = json_schema(candidate_model(tuple(candidates)))
+    schema.setdefault("required", [])
+    if not required:
+        schema["required"] = []
+    return schema
 
 
 class LabelAnswer(RootModel[dict[Lesion, LesionAnswer]]):
@@ -177,6 +202,11 @@ class FailureRow(_Strict):
     reason: str
     raw_text: str | None
     attempts: int
+    transient: bool = Field(
+        False,
+        description="A transient engine error (5xx, 429, timeout, connection refused, "
+        "malformed body): not cached, so re-running the command asks again",
+    )
 
 
 class LabelRunConfig(_Strict):
