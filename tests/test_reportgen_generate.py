@@ -35,8 +35,7 @@ def _rows() -> list[dict]:
 
 @pytest.fixture
 def fake_model(monkeypatch):
-    """generate() with the model phases replaced; yields the progress calls seen."""
-    calls: list[tuple[str, int, int]] = []
+    """generate() with the model phases replaced by `_rows()` and one skipped image."""
     skips = [{"dicom_id": "dx", "study_id": 9, "reason": "image_missing: dx.jpg"}]
     inp = G._Inputs(None, None, None, None, 32, None, 3, skips)
     monkeypatch.setattr(G, "_load_inputs", lambda *a, **k: inp)
@@ -48,7 +47,6 @@ def fake_model(monkeypatch):
         return rows
 
     monkeypatch.setattr(G, "_decode", decode)
-    return calls
 
 
 def _engine(seen: list[str], answer: str = '{"report": "Merged by the LLM."}'):

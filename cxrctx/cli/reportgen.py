@@ -14,6 +14,7 @@ from cxrctx.cli.engine import trainer_engine
 from cxrctx.errors import CxrctxError
 
 if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
     from rich.table import Table
 
     from cxrctx.reportgen.evaluate import EvaluationReport
@@ -44,8 +45,8 @@ class PhaseProgress:
     def __init__(self, command: str, every: float = 30.0) -> None:
         self.command, self.every = command, every
         self.tty = err_console.is_terminal
-        self.bar = None
-        self.tasks: dict[str, object] = {}
+        self.bar: Progress | None = None
+        self.tasks: dict[str, TaskID] = {}
         self.last: dict[str, float] = {}
         self.t0 = time.monotonic()
 
@@ -63,18 +64,18 @@ class PhaseProgress:
                 TextColumn(f"{self.command} {{task.description}}"), BarColumn(),
                 MofNCompleteColumn(), TimeElapsedColumn(), console=err_console, transient=True,
             )  # fmt: skip
-            self.bar.__enter__()
+            self.bar.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
-            self.bar.__exit__(*exc)
+            self.bar.stop()
 
     def __call__(self, phase: str, done: int, total: int) -> None:
         if self.bar is not None:
             if phase not in self.tasks:
                 self.tasks[phase] = self.bar.add_task(phase, total=total)
-            self.bar.update(self.tasks[phase], completed=done, total=total)  # type: ignore[arg-type]
+            self.bar.update(self.tasks[phase], completed=done, total=total)
             return
         now = time.monotonic()
         first = phase not in self.last

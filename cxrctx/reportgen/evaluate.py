@@ -451,7 +451,8 @@ def evaluate(
     step("labels")
     pred, labeler = _label_generated(pairs, labeler_engine, cache_dir, notes)
     gold, gold_src = _label_reference(pairs, reference_labels, labeler_engine, cache_dir)
-    judge, per_judge = None, []
+    judge: JudgeScores | None = None
+    per_judge: list[dict] = []
     if judge_engine is not None:
         step("judge")
         judge, per_judge = _judge(judge_engine, pairs, notes)

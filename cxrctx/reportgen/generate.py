@@ -145,7 +145,7 @@ def parse_report(text: str) -> str:
     return " ".join(data["report"].split())
 
 
-GEN_SCHEMA = {
+GEN_SCHEMA: dict[str, Any] = {
     "study_id": pl.Int64,
     "subject_id": pl.Int64,
     "dicom_id": pl.String,
