@@ -253,16 +253,16 @@ def _compare(
 ) -> None:
     bp_shards = stages.get("build-priors", {}).get("shards", [])
     n0, rec_diff = compare_files(bp_shards, o / "build-priors", "build-priors", "records differ")
-    reason = "content differs"
     if rec_diff or rep.input_notes:
-        rej = None
         rej_path = o / "build-priors" / "rejects.parquet"
-        if rej_path.is_file():
-            rej = pl.read_parquet(rej_path)
+        rej = pl.read_parquet(rej_path) if rej_path.is_file() else None
         rep.study_notes = _study_notes(pdir, o / "build-priors", rej)
-        reason = "records differ: " + (rep.study_notes[0] if rep.study_notes else "see build-priors")
-        if rep.input_notes:
-            reason += f"; {rep.input_notes[0]}"
+        why = [*rep.input_notes[:1], *rep.study_notes[:3]]
+        reason = "records differ: " + ("; ".join(why) if why else "see build-priors/")
+        for d in rec_diff:
+            d.reason = reason
+    else:
+        reason = "content differs (same records: labels, options or cxrctx version?)"
     n1, d1 = compare_files(pub_files, o / "release" / "public", "public", reason)
     n2, d2 = compare_files(cred_files, o / "release" / "credentialed", "credentialed", reason)
     rep.compared = n0 + n1 + n2
