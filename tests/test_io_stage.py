@@ -42,7 +42,9 @@ def test_written_files_respect_the_umask(tmp_path, umask, mode):
     old = os.umask(umask)
     try:
         write_parquet(pl.DataFrame({"a": [1]}), tmp_path / "t.parquet")
-        write_manifest(Manifest(tool_version="0", stage="s", schema_version=1, config={}), tmp_path / "m.json")
+        write_manifest(
+            Manifest(tool_version="0", stage="s", schema_version=1, config={}), tmp_path / "m.json"
+        )
     finally:
         os.umask(old)
     for name in ("t.parquet", "m.json"):
@@ -75,14 +77,16 @@ def test_open_stage_resolves_folder_table_folder_and_manifest(tmp_path):
 
 def test_open_stage_refuses_another_stage(tmp_path):
     out = _stage(tmp_path, name="label-lesions", folder="labels")
-    with pytest.raises(CxrctxError, match=r"manifest.json: a label-lesions output; expected build-priors"):
+    with pytest.raises(
+        CxrctxError, match=r"manifest.json: a label-lesions output; expected build-priors"
+    ):
         open_stage(out, "build-priors")
 
 
 def test_open_stage_refuses_an_interrupted_run(tmp_path):
     out = _stage(tmp_path)
     (out / "manifest.json").unlink()
-    with pytest.raises(CxrctxError, match="no manifest.json .an interrupted or unfinished run"):
+    with pytest.raises(CxrctxError, match=r"no manifest.json .an interrupted or unfinished run"):
         open_stage(out)
 
 
@@ -100,7 +104,9 @@ def test_open_stage_refuses_changed_truncated_missing_and_unlisted_shards(tmp_pa
         open_stage(out)
     out = _stage(tmp_path, stage_dir="c")
     (out / "records" / "part-00002.parquet").unlink()
-    with pytest.raises(CxrctxError, match=r"part-00002.parquet: listed in manifest.json but missing"):
+    with pytest.raises(
+        CxrctxError, match=r"part-00002.parquet: listed in manifest.json but missing"
+    ):
         open_stage(out)
     out = _stage(tmp_path, stage_dir="d")
     write_parquet(pl.DataFrame({"study_id": [1]}), out / "records" / "part-00009.parquet")
@@ -128,14 +134,17 @@ def _slice(out, i, n, rows=4):
 def test_sharded_runs_merge_only_when_complete_and_not_mixed(tmp_path):
     out = tmp_path / "lab"
     _slice(out, 0, 2)
-    with pytest.raises(CxrctxError, match=r"incomplete sharded run: 1 of 2 slices have a manifest .missing --shard 1/2"):
+    with pytest.raises(
+        CxrctxError,
+        match=r"incomplete sharded run: 1 of 2 slices have a manifest .missing --shard 1/2",
+    ):
         open_stage(out, "label-lesions")
     _slice(out, 1, 2)
     st = open_stage(out, "label-lesions")
     assert st.read().height == 8 and st.manifest.counts["documents"] == 8
     assert "shard" not in st.manifest.config
     _slice(out, 0, 4)
-    with pytest.raises(CxrctxError, match="mixed shardings in one folder .slices of 2 and 4"):
+    with pytest.raises(CxrctxError, match=r"mixed shardings in one folder .slices of 2 and 4"):
         open_stage(out, "label-lesions")
 
 
@@ -150,7 +159,9 @@ def test_prepare_output_fresh_resume_refuse_overwrite(tmp_path):
     (out / "labels").mkdir()
     (out / "labels" / "part-00000.parquet").write_bytes(b"x")
     assert prepare_output(out, stage="label-lesions", config_hash=a).resumed
-    with pytest.raises(CxrctxError, match="another label-lesions run .different configuration.; pass --overwrite"):
+    with pytest.raises(
+        CxrctxError, match=r"another label-lesions run .different configuration.; pass --overwrite"
+    ):
         prepare_output(out, stage="label-lesions", config_hash=b)
     with pytest.raises(CxrctxError, match="holds a label-lesions output"):
         prepare_output(out, stage="build-priors", config_hash=a)

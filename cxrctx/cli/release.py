@@ -60,7 +60,9 @@ def release_cmd(
         TargetSection.findings, "--target", help="Target section(s) of the exports."
     ),
     license: str = typer.Option("other", "--license", help="Hub licence id of the release."),
-    rows_per_file: int = typer.Option(20_000, "--rows-per-file", min=1, help="Rows per Parquet file."),
+    rows_per_file: int = typer.Option(
+        20_000, "--rows-per-file", min=1, help="Rows per Parquet file."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier release in OUT."),
 ) -> None:
     """Package stage outputs as a public (IDs only) and a credentialed bundle, with dataset
@@ -115,7 +117,10 @@ def validate_cmd(
     if as_json:
         console.print_json(json.dumps({**asdict(rep), "ok": rep.ok}))
     elif rep.ok:
-        console.print(f"valid: {path} ({rep.stage}; checked {', '.join(rep.checked)})")
+        checked = ", ".join(dict.fromkeys(rep.checked))
+        console.print(
+            f"valid: {escape(str(path))} ({rep.stage}; checked {checked})", highlight=False
+        )
     else:
         for p in rep.problems:
             err_console.print(f"[red]✗[/] {escape(p)}", highlight=False, soft_wrap=True)
@@ -146,7 +151,11 @@ def info_cmd(
     if as_json:
         console.print_json(json.dumps(res.to_dict(), default=str))
         return
-    t = Table(title=f"{res.stage} (schema v{res.schema_version}, cxrctx {res.tool_version})", show_header=False, title_justify="left")
+    t = Table(
+        title=f"{res.stage} (schema v{res.schema_version}, cxrctx {res.tool_version})",
+        show_header=False,
+        title_justify="left",
+    )
     t.add_row("folder", res.path)
     for k, v in res.config.items():
         t.add_row(f"config.{k}", json.dumps(v, default=str)[:100])
@@ -154,7 +163,8 @@ def info_cmd(
         t.add_row("input", f"{i['path']}  sha256 {i['sha256'][:16]}…")
     if len(res.inputs) > 10:
         t.add_row("input", f"… {len(res.inputs) - 10} more")
-    for k, v in {**res.counts, **{f"rows:{n}": r for n, r in res.tables.items()}}.items():
+    rows = {f"rows:{n}": r for n, r in res.tables.items() if f"{n}_rows" not in res.counts}
+    for k, v in {**res.counts, **rows}.items():
         t.add_row(k, f"{v:,}")
     console.print(t)
     if res.splits:
@@ -168,12 +178,22 @@ def rebuild_cmd(
     public_dir: Path = typer.Argument(..., help="The release's public/ bundle (or the release)."),
     mimic_root: Path = typer.Argument(..., help="Your MIMIC-CXR root (reports + CSVs)."),
     out: Path = typer.Option(..., "--out", help="Folder for the rebuilt stages and release."),
-    model: str = typer.Option(None, "--model", help="Your copy of the labelling model (checked by sha256)."),
-    labels: Path = typer.Option(None, "--labels", help="Use this label-lesions output instead of re-labelling."),
-    label_cache: Path = typer.Option(None, "--label-cache", help="A label-lesions cache/ to reuse."),
+    model: str = typer.Option(
+        None, "--model", help="Your copy of the labelling model (checked by sha256)."
+    ),
+    labels: Path = typer.Option(
+        None, "--labels", help="Use this label-lesions output instead of re-labelling."
+    ),
+    label_cache: Path = typer.Option(
+        None, "--label-cache", help="A label-lesions cache/ to reuse."
+    ),
     rois: Path = typer.Option(None, "--rois", help="build-rois output, when the release has ROIs."),
-    structured: Path = typer.Option(None, "--structured", help="structure-reports output, when used."),
-    workers: int = typer.Option(None, "--workers", "-j", min=1, help="build-priors worker processes."),
+    structured: Path = typer.Option(
+        None, "--structured", help="structure-reports output, when used."
+    ),
+    workers: int = typer.Option(
+        None, "--workers", "-j", min=1, help="build-priors worker processes."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier rebuild in OUT."),
 ) -> None:
     """Re-run a release's recorded stages on your MIMIC-CXR copy and check every sha256.
@@ -196,13 +216,19 @@ def rebuild_cmd(
     for n in rep.input_notes:
         err_console.print(f"[yellow]input:[/] {escape(n)}", highlight=False)
     for d in rep.differences:
-        err_console.print(f"[red]differs:[/] {escape(d.path)}: {escape(d.reason)}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[red]differs:[/] {escape(d.path)}: {escape(d.reason)}",
+            highlight=False,
+            soft_wrap=True,
+        )
     for n in rep.study_notes:
         err_console.print(f"  {escape(n)}", highlight=False)
     for s in rep.skipped:
         err_console.print(f"[yellow]not rebuilt:[/] {escape(s)}", highlight=False)
     if rep.identical:
-        console.print(f"identical: {rep.compared} files match the release byte for byte → {rep.out_dir / 'release'}")
+        console.print(
+            f"identical: {rep.compared} files match the release byte for byte → {rep.out_dir / 'release'}"
+        )
         return
     err_console.print(f"{len(rep.differences)} of {rep.compared} file(s) differ")
     raise typer.Exit(1)

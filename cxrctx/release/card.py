@@ -84,10 +84,16 @@ def _positives(summary: dict[str, dict[str, int]]) -> list[str]:
         return []
     out = ["", "### Lesion labels (positives per split)", ""]
     out += ["| lesion | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
-    out.append("| labeled studies | " + " | ".join(f"{summary[s].get('labeled_studies', 0):,}" for s in splits) + " |")
+    out.append(
+        "| labeled studies | "
+        + " | ".join(f"{summary[s].get('labeled_studies', 0):,}" for s in splits)
+        + " |"
+    )
     for lesion in LESIONS:
         out.append(
-            f"| {lesion} | " + " | ".join(f"{summary[s].get(f'positive:{lesion}', 0):,}" for s in splits) + " |"
+            f"| {lesion} | "
+            + " | ".join(f"{summary[s].get(f'positive:{lesion}', 0):,}" for s in splits)
+            + " |"
         )
     return out
 
@@ -145,7 +151,11 @@ def render_card(
     body += ["", "## Tables", ""]
     body += [
         f"- `{n}`: {TABLE_DOCS.get(n, n)} ({sum(s.rows for s in infos):,} rows)"
-        + ("" if infos[0].path.startswith("data/") else f"; JSON Lines in `{Path(infos[0].path).parent.as_posix()}/`, not a config: `load_dataset('json', data_files=...)`")
+        + (
+            ""
+            if infos[0].path.startswith("data/")
+            else f"; JSON Lines in `{Path(infos[0].path).parent.as_posix()}/`, not a config: `load_dataset('json', data_files=...)`"
+        )
         for n, infos in tables.items()
         if infos
     ]
@@ -173,7 +183,7 @@ def render_card(
         "",
         "```python",
         "from datasets import load_dataset",
-        f"ds = load_dataset(\"path/to/{kind}\", \"{next(iter(tables), 'studies')}\")  # a DatasetDict: {', '.join(s for s in summary if s != 'all')}",
+        f'ds = load_dataset("path/to/{kind}", "{next(iter(tables), "studies")}")  # a DatasetDict: {", ".join(s for s in summary if s != "all")}',
         "```",
         *_provenance(extra),
         "",

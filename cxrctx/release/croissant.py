@@ -101,8 +101,16 @@ def _record_set(table: str, schema: pl.Schema, doc: str) -> dict[str, Any]:
         field["dataType"] = kind
         field["source"] = {"fileSet": {"@id": f"{table}-files"}, "extract": {"column": col}}
         fields.append(field)
-    desc = doc + (f". Nested columns (see the Parquet schema): {', '.join(nested)}" if nested else "")
-    return {"@type": "cr:RecordSet", "@id": table, "name": table, "description": desc, "field": fields}
+    desc = doc + (
+        f". Nested columns (see the Parquet schema): {', '.join(nested)}" if nested else ""
+    )
+    return {
+        "@type": "cr:RecordSet",
+        "@id": table,
+        "name": table,
+        "description": desc,
+        "field": fields,
+    }
 
 
 def build_croissant(kind: str, bundle: Path, tables: dict[str, list[ShardInfo]], cfg: Any) -> str:
@@ -160,5 +168,7 @@ def validate_croissant(path: str | Path) -> list[str] | None:
     try:
         ds = mlc.Dataset(jsonld=str(path))
     except Exception as e:  # mlcroissant raises its ValidationError (and others) here
-        return [f"{path}: {line}" for line in str(e).splitlines() if line.strip().startswith("-")] or [f"{path}: {e}"]
+        return [
+            f"{path}: {line}" for line in str(e).splitlines() if line.strip().startswith("-")
+        ] or [f"{path}: {e}"]
     return [f"{path}: {e}" for e in ds.metadata.issues.errors]

@@ -86,15 +86,23 @@ def srrg(rec: pl.DataFrame, structured: pl.DataFrame | None = None) -> pl.DataFr
             "id",
             pl.concat_str(
                 [
-                    _block("FINDINGS", pl.col("structured_findings")).str.replace("^FINDINGS: ", "FINDINGS:\n"),
-                    _block("IMPRESSION", pl.col("structured_impression")).str.replace("^IMPRESSION: ", "IMPRESSION:\n"),
+                    _block("FINDINGS", pl.col("structured_findings")).str.replace(
+                        "^FINDINGS: ", "FINDINGS:\n"
+                    ),
+                    _block("IMPRESSION", pl.col("structured_impression")).str.replace(
+                        "^IMPRESSION: ", "IMPRESSION:\n"
+                    ),
                 ],
                 separator="\n\n",
                 ignore_nulls=True,
             ).alias("structured_report"),
         ).unique("id", keep="first")
         df = df.join(sr, on="id", how="left", maintain_order="left")
-        df = df.with_columns(pl.when(pl.col("structured_report") != "").then(pl.col("structured_report")).alias("structured_report"))
+        df = df.with_columns(
+            pl.when(pl.col("structured_report") != "")
+            .then(pl.col("structured_report"))
+            .alias("structured_report")
+        )
     else:
         df = df.with_columns(pl.lit(None, pl.String).alias("structured_report"))
     return df.select(
@@ -201,6 +209,8 @@ def write_jsonl_split_files(df: pl.DataFrame, folder: Path, bundle: Path) -> lis
         with atomic_path(path) as tmp:
             part.write_ndjson(tmp)
         infos.append(
-            ShardInfo(path=path.relative_to(bundle).as_posix(), rows=part.height, sha256=sha256_file(path))
+            ShardInfo(
+                path=path.relative_to(bundle).as_posix(), rows=part.height, sha256=sha256_file(path)
+            )
         )
     return infos

@@ -108,7 +108,9 @@ def _studies_of(st: Stage) -> pl.DataFrame | None:
 
 def _labels_of(st: Stage) -> pl.DataFrame | None:
     if st.name.startswith("release-"):
-        files = [st.dir / s.path for s in st.manifest.shards if s.path.startswith("data/labels_long/")]
+        files = [
+            st.dir / s.path for s in st.manifest.shards if s.path.startswith("data/labels_long/")
+        ]
         if files:
             return pl.concat([pl.read_parquet(f) for f in files], how="vertical_relaxed")
     return None

@@ -74,12 +74,16 @@ def check_root(root: Path, bp: dict[str, Any]) -> list[str]:
         if not f.is_file():
             missing.append(f"{inp['path']} (from {project_of(inp['path'])})")
         elif sha256_file(f) != inp["sha256"]:
-            notes.append(f"{inp['path']}: sha256 differs from the release's (another version of the file?)")
+            notes.append(
+                f"{inp['path']}: sha256 differs from the release's (another version of the file?)"
+            )
     cfg = bp.get("config", {})
     if cfg.get("reports_source") == "files" and not (root / "files").is_dir():
         missing.append(f"files/ with the reports (from {MIMIC_CXR})")
     if missing:
-        raise CxrctxError(f"{root}: missing {len(missing)} file(s) the release needs: {'; '.join(missing)}")
+        raise CxrctxError(
+            f"{root}: missing {len(missing)} file(s) the release needs: {'; '.join(missing)}"
+        )
     return notes
 
 
@@ -160,7 +164,11 @@ def _study_notes(public_dir: Path, records: Path, rejects: pl.DataFrame | None) 
     studies = pl.concat(
         [pl.read_parquet(f) for f in sorted((public_dir / "data" / "studies").glob("*.parquet"))]
     ).select("study_id", "report_sha256")
-    rec = open_stage(records, "build-priors", verify="rows").read().select("study_id", "report_sha256")
+    rec = (
+        open_stage(records, "build-priors", verify="rows")
+        .read()
+        .select("study_id", "report_sha256")
+    )
     j = studies.join(rec, on="study_id", how="left", suffix="_now")
     notes = []
     for sid in j.filter(pl.col("report_sha256_now").is_null())["study_id"].head(20).to_list():
@@ -170,26 +178,45 @@ def _study_notes(public_dir: Path, records: Path, rejects: pl.DataFrame | None) 
             if r.height:
                 why = f"rejected: {r['reason'][0]} ({r['source'][0]})"
         notes.append(f"study {sid}: {why}")
-    diff = j.filter(pl.col("report_sha256_now").is_not_null() & (pl.col("report_sha256_now") != pl.col("report_sha256")))
-    notes += [f"study {sid}: report text differs (sha256)" for sid in diff["study_id"].head(20).to_list()]
+    diff = j.filter(
+        pl.col("report_sha256_now").is_not_null()
+        & (pl.col("report_sha256_now") != pl.col("report_sha256"))
+    )
+    notes += [
+        f"study {sid}: report text differs (sha256)" for sid in diff["study_id"].head(20).to_list()
+    ]
     extra = rec.join(studies, on="study_id", how="anti")
-    notes += [f"study {sid}: a record of the rebuild, not of the release" for sid in extra["study_id"].head(20).to_list()]
+    notes += [
+        f"study {sid}: a record of the rebuild, not of the release"
+        for sid in extra["study_id"].head(20).to_list()
+    ]
     return notes
 
 
-def compare_files(expected: list[dict[str, Any]], bundle: Path, prefix: str, reason: str) -> tuple[int, list[Difference]]:
+def compare_files(
+    expected: list[dict[str, Any]], bundle: Path, prefix: str, reason: str
+) -> tuple[int, list[Difference]]:
     out = []
     want = {e["path"]: e["sha256"] for e in expected}
     for path, sha in want.items():
         f = bundle / path
         got = sha256_file(f) if f.is_file() else None
         if got != sha:
-            out.append(Difference(f"{prefix}/{path}", sha, got, "missing from the rebuild" if got is None else reason))
+            out.append(
+                Difference(
+                    f"{prefix}/{path}",
+                    sha,
+                    got,
+                    "missing from the rebuild" if got is None else reason,
+                )
+            )
     if bundle.is_dir():
         for f in sorted(bundle.rglob("*")):
             rel = f.relative_to(bundle).as_posix()
             if f.is_file() and rel.startswith(("data/", "exports/")) and rel not in want:
-                out.append(Difference(f"{prefix}/{rel}", None, sha256_file(f), "not in the release"))
+                out.append(
+                    Difference(f"{prefix}/{rel}", None, sha256_file(f), "not in the release")
+                )
     return len(want), out
 
 
@@ -223,7 +250,9 @@ def rebuild(
     root = Path(mimic_root)
     rep = RebuildReport(Path(out))
     rep.input_notes = check_root(root, stages.get("build-priors", {}))
-    res = prepare_output(out, stage="rebuild", config_hash=config_hash({"release": pub_files}), overwrite=overwrite)
+    res = prepare_output(
+        out, stage="rebuild", config_hash=config_hash({"release": pub_files}), overwrite=overwrite
+    )
     rep.out_dir = o = res.path
     records = _run_build_priors(root, o / "build-priors", stages["build-priors"]["config"], workers)
     lab = None

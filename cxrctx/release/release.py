@@ -162,7 +162,11 @@ def _input_files(inp: Inputs) -> list[InputFile]:
     for st in (inp.records, inp.labels, inp.rois):
         if st is not None:
             out += [
-                InputFile(path=f"{st.name}/{s.path}", size=(st.dir / s.path).stat().st_size, sha256=s.sha256)
+                InputFile(
+                    path=f"{st.name}/{s.path}",
+                    size=(st.dir / s.path).stat().st_size,
+                    sha256=s.sha256,
+                )
                 for s in st.manifest.shards
             ]
     return out
@@ -222,7 +226,9 @@ def _write_tables(b: Bundle, frames: dict[str, pl.DataFrame], cfg: ReleaseConfig
             # Not a card config: the hub infers one builder per repository (Parquet here).
             b.tables[name] = write_jsonl_split_files(df, b.dir / "exports" / name, b.dir)
         else:
-            b.tables[name] = T.write_split_files(df, b.dir / "data" / name, b.dir, cfg.rows_per_file)
+            b.tables[name] = T.write_split_files(
+                df, b.dir / "data" / name, b.dir, cfg.rows_per_file
+            )
 
 
 def _finish_bundle(

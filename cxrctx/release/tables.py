@@ -123,7 +123,9 @@ def model_name(model: str) -> str:
     return model
 
 
-def labels_long(labels: pl.DataFrame, rec: pl.DataFrame, *, source: str, public: bool) -> pl.DataFrame:
+def labels_long(
+    labels: pl.DataFrame, rec: pl.DataFrame, *, source: str, public: bool
+) -> pl.DataFrame:
     """Long labels (14 rows per study) with an integer `study_id` and the study's split.
 
     Public: enums and checksums only (no rationale, no provenance text). Credentialed: every
