@@ -274,3 +274,55 @@ def test_structured_reports_fill_srrg_structured_report(pipeline, tmp_path):
     assert got[ids[1]] == "IMPRESSION:\n1. Stable."
     assert got[ids[2]] is None
     assert validate(tmp_path / "r").ok
+
+
+def test_export_mappings(pipeline):
+    cred = pipeline["rel"] / "credentialed"
+    rec = _read(cred / "data" / "records")
+    srrg = _read(cred / "data" / "srrg")
+    assert srrg.columns[:10] == [
+        "id", "original_report", "structured_report", "findings_section", "impression_section",
+        "history_section", "technique_section", "comparison_section", "exam_type_section", "image_paths",
+    ]  # fmt: skip
+    assert srrg.height == rec.height and srrg["structured_report"].null_count() == srrg.height
+    by_id = {r["study_id"]: r for r in rec.iter_rows(named=True)}
+    for row in srrg.head(20).iter_rows(named=True):
+        r = by_id[int(row["id"])]
+        assert row["findings_section"] == (r["findings"].strip() if r["findings"] else None)
+        assert row["image_paths"] == [i["path"] for i in r["images"]]
+        if r["findings"]:
+            assert f"FINDINGS: {r['findings'].strip()}" in row["original_report"]
+    maira = _read(cred / "data" / "maira2")
+    for row in maira.iter_rows(named=True):
+        r = by_id[row["study_id"]]
+        frontal = [i["path"] for i in r["images"] if i["view_group"] == "frontal"]
+        assert row["current_frontal"] == (frontal[0] if frontal else None)
+        if r["priors"]:
+            p = r["priors"][0]
+            pf = [i["path"] for i in p["images"] if i["view_group"] == "frontal"]
+            assert row["prior_frontal"] == (pf[0] if pf else None)
+        else:
+            assert row["prior_frontal"] is None and row["prior_report"] is None
+        want = [
+            f"{h}: {r[s].strip()}"
+            for h, s in (("FINDINGS", "findings"), ("IMPRESSION", "impression"))
+            if r[s] and r[s].strip()
+        ]
+        assert row["target"] == ("\n\n".join(want) or None)
+        assert row["target_section"] == "findings+impression"
+    lines = [
+        json.loads(x)
+        for f in sorted((cred / "exports" / "jsonl").glob("*.jsonl"))
+        for x in f.read_text().splitlines()
+    ]
+    assert len(lines) == rec.height
+    for row in lines:
+        r = by_id[row["study_id"]]
+        if r["priors"]:
+            assert f"PRIOR STUDY ({r['priors'][0]['days_before']} days earlier):" in row["context"]
+        else:
+            assert row["context"].endswith("PRIOR STUDY: none")
+        assert (
+            row["instruction"]
+            == "Write the findings and impression section of this chest X-ray report."
+        )

@@ -63,7 +63,7 @@ _CONTEXT: dict[str, Any] = {
 _FORMATS = {"parquet": "application/x-parquet", "jsonl": "application/jsonlines"}
 
 
-def _data_type(dtype: pl.DataType) -> tuple[str | None, bool]:
+def _data_type(dtype: Any) -> tuple[str | None, bool]:
     """(Croissant dataType, is_array) of a polars column; (None, _) for nested ones."""
     array = False
     if isinstance(dtype, pl.List):

@@ -102,7 +102,7 @@ def _run_build_priors(root: Path, out: Path, cfg: dict[str, Any], workers: int |
     params = inspect.signature(build_priors).parameters
     kwargs = {k: v for k, v in kwargs.items() if k in params}
     if "out" in params:
-        build_priors(root, out=out, **kwargs)
+        build_priors(root, out=out, **kwargs)  # type: ignore[call-arg]
     else:
         build_priors(root, out, **kwargs)
     return out
@@ -150,7 +150,7 @@ def _run_labels(
     params = inspect.signature(label_lesions).parameters
     kwargs = {k: v for k, v in kwargs.items() if k in params}
     if "out" in params:
-        label_lesions(records, out=out, **kwargs)
+        label_lesions(records, out=out, **kwargs)  # type: ignore[call-arg]
     else:
         label_lesions(records, out, **kwargs)
     return out

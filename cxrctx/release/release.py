@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -268,7 +268,7 @@ def release_config(
     version: str,
     license: str = "other",
     target: str = "findings",
-    formats: tuple[str, ...] | list[str] = (),
+    formats: Sequence[str] = (),
     rows_per_file: int = 20_000,
 ) -> ReleaseConfig:
     stages = [st.name for st in (inp.records, inp.labels, inp.rois) if st is not None]
@@ -320,7 +320,7 @@ def make_release(
     labels: str | os.PathLike | None = None,
     rois: str | os.PathLike | None = None,
     structured: str | os.PathLike | None = None,
-    formats: tuple[str, ...] | list[str] = (),
+    formats: Sequence[str] = (),
     target: str = "findings",
     license: str = "other",
     rows_per_file: int = 20_000,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,7 +61,7 @@ class ValidationReport:
 
 
 def schema_problems(
-    df_schema: pl.Schema, schema_name: str, where: str, *, public: bool = False
+    df_schema: Mapping[str, pl.DataType], schema_name: str, where: str, *, public: bool = False
 ) -> list[str]:
     """Columns of a table against `schemas/<name>.schema.json`: required present, types fit."""
     try:
