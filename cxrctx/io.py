@@ -411,6 +411,37 @@ def load_stage(path: str | os.PathLike) -> Stage:
     return Stage(d, m, paths)
 
 
+def check_shard_slot(out: str | os.PathLike, shard: tuple[int, int] | None) -> None:
+    """Before a (sliced) run writes into `out`: refuse mixing shardings in one folder.
+
+    Slice i/n may join slices of the same n; a whole-input run and slices never share a
+    folder, nor do slices of different n (their parts and counts would not add up)."""
+    d = Path(out)
+    if not d.is_dir():
+        return
+    ns = sorted(
+        {
+            int(m.group(2))
+            for x in d.glob("manifest-shard-*.json")
+            if (m := _SHARD_MANIFEST_RE.match(x.name))
+        }
+    )
+    whole = (d / MANIFEST_NAME).is_file()
+    if shard is None and ns:
+        raise CxrctxError(
+            f"{d}: holds slices of a --shard run (of {ns[0]}); a whole-input run needs another --out"
+        )
+    if shard is not None and whole:
+        raise CxrctxError(
+            f"{d}: holds a whole-input run; --shard {shard[0]}/{shard[1]} needs another --out"
+        )
+    if shard is not None and set(ns) - {shard[1]}:
+        other = ", ".join(map(str, sorted(set(ns) - {shard[1]})))
+        raise CxrctxError(
+            f"{d}: holds slices of {other}; --shard {shard[0]}/{shard[1]} would mix shardings: use another --out"
+        )
+
+
 def _count_rows(f: Path) -> int:
     if f.suffix == ".parquet":
         return pq.ParquetFile(f).metadata.num_rows
@@ -514,6 +545,7 @@ __all__ = [
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",
+    "check_shard_slot",
     "check_stage",
     "config_hash",
     "file_entry",

@@ -13,6 +13,7 @@ from cxrctx.errors import CxrctxError
 from cxrctx.io import (
     RUN_MARKER,
     atomic_path,
+    check_shard_slot,
     config_hash,
     open_stage,
     prepare_output,
@@ -228,3 +229,19 @@ def test_resuming_a_killed_run_removes_its_temp_parts(tmp_path):
     killed.write_bytes(b"half")
     res = prepare_output(out, stage="s", config_hash="h")
     assert res.resumed and res.stale_tmp_removed == 1 and not killed.exists()
+
+
+def test_a_slice_cannot_join_a_folder_of_another_sharding(tmp_path):
+    out = tmp_path / "lab"
+    check_shard_slot(out, (0, 2))  # a new folder is fine
+    _slice(out, 0, 2)
+    check_shard_slot(out, (1, 2))
+    with pytest.raises(CxrctxError, match=r"holds slices of 2; --shard 0/4 would mix shardings"):
+        check_shard_slot(out, (0, 4))
+    with pytest.raises(CxrctxError, match="a whole-input run needs another --out"):
+        check_shard_slot(out, None)
+    whole = _stage(tmp_path, name="label-lesions", folder="labels")
+    with pytest.raises(
+        CxrctxError, match="holds a whole-input run; --shard 0/2 needs another --out"
+    ):
+        check_shard_slot(whole, (0, 2))

@@ -326,3 +326,15 @@ def test_export_mappings(pipeline):
             row["instruction"]
             == "Write the findings and impression section of this chest X-ray report."
         )
+
+
+def test_public_rois_keep_boxes_and_drop_sentences():
+    from cxrctx.release.tables import rois_table
+
+    box = {"name": "left lung", "x1": 1.0, "y1": 2.0, "x2": 3.0, "y2": 4.0, "clipped": False,
+           "sentences": ["Left lower lobe opacity."], "abnormal": True}  # fmt: skip
+    df = pl.DataFrame({"dicom_id": ["d"], "study_id": [50000001], "rois": [[box]]})
+    pub = rois_table(df, public=True)
+    assert set(pub.columns) <= set(PUBLIC_COLUMNS)
+    assert pub["rois"][0].to_list() == [{k: v for k, v in box.items() if k != "sentences"}]
+    assert rois_table(df, public=False)["rois"][0].to_list()[0]["sentences"] == box["sentences"]
