@@ -442,6 +442,16 @@ def check_shard_slot(out: str | os.PathLike, shard: tuple[int, int] | None) -> N
         )
 
 
+def stage_inputs(st: Stage) -> list[InputFile]:
+    """A consumer's manifest inputs: the producer's shards as `<stage>/<path>` with sha256."""
+    return [
+        InputFile(
+            path=f"{st.name}/{s.path}", size=(st.dir / s.path).stat().st_size, sha256=s.sha256
+        )
+        for s in st.manifest.shards
+    ]
+
+
 def _count_rows(f: Path) -> int:
     if f.suffix == ".parquet":
         return pq.ParquetFile(f).metadata.num_rows
@@ -560,6 +570,7 @@ __all__ = [
     "sha256_file",
     "shard_name",
     "shard_paths",
+    "stage_inputs",
     "write_manifest",
     "write_parquet",
     "write_shards",

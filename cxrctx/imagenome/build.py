@@ -35,7 +35,6 @@ from cxrctx.io import (
     input_file,
     open_stage,
     prepare_output,
-    read_shards,
     shard_paths,
     write_manifest,
     write_parquet,
@@ -375,10 +374,13 @@ def build_rois(
 
 
 def read_rois(path: str | os.PathLike) -> pl.DataFrame:
-    """Read a build-rois output (its folder, `rois/`, or shard files)."""
+    """Read a build-rois output (its folder or `rois/`), checked against its manifest."""
     p = Path(path)
-    if (p / "rois").is_dir():
-        p = p / "rois"
-    if not shard_paths(p):
+    if (
+        p.is_dir()
+        and not (p / "manifest.json").exists()
+        and not shard_paths(p / "rois")
+        and not shard_paths(p)
+    ):
         raise CxrctxError(f"{path}: no ROI shards (rois/part-*.parquet) found")
-    return read_shards(p)
+    return open_stage(p, "build-rois").read()

@@ -30,6 +30,7 @@ from cxrctx.io import (
     input_file,
     open_stage,
     prepare_output,
+    stage_inputs,
     write_stage_manifest,
 )
 from cxrctx.models import InputFile, Manifest, ShardInfo
@@ -158,18 +159,9 @@ def stage_provenance(st: Stage) -> dict[str, Any]:
 
 
 def _input_files(inp: Inputs) -> list[InputFile]:
-    out = []
-    for st in (inp.records, inp.labels, inp.rois):
-        if st is not None:
-            out += [
-                InputFile(
-                    path=f"{st.name}/{s.path}",
-                    size=(st.dir / s.path).stat().st_size,
-                    sha256=s.sha256,
-                )
-                for s in st.manifest.shards
-            ]
-    return out
+    return [
+        f for st in (inp.records, inp.labels, inp.rois) if st is not None for f in stage_inputs(st)
+    ]
 
 
 def schema_hashes() -> dict[str, str]:
