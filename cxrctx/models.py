@@ -151,5 +151,9 @@ class Manifest(_Strict):
     tables: list[ShardInfo] = Field(
         default_factory=list, description="Side tables such as rejects or failures"
     )
+    files: list[InputFile] = Field(
+        default_factory=list,
+        description="Outputs that are not tables (checkpoints, report JSON), relative paths",
+    )
     counts: dict[str, int] = Field(default_factory=dict)
     extra: dict[str, Any] = Field(default_factory=dict)
