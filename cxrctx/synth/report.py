@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from random import Random
 
+from cxrctx.synth import phrases as P
 from cxrctx.synth import text as T
 
 # style codes (decided per study by the structure sampler)
@@ -114,26 +115,26 @@ def _numbered(lines: list[str], items: list[str]) -> None:
 
 def _indication(r: Random, woman: bool) -> tuple[str, str | None]:
     who = "woman" if woman else "man"
-    hx = r.choice(T.INDICATION_HX)
+    hx = r.choice(P.INDICATION_HX)
     x = r.random()
     if x < 0.12:  # the reason repeats the question, as in many real indications
-        q = r.choice(T.INDICATION_QUESTION)
+        q = r.choice(P.INDICATION_QUESTION)
         return f"___ year old {who} with {q}  // {q}", q
     if x < 0.55:
-        reason = r.choice(T.INDICATION_REASON)
+        reason = r.choice(P.INDICATION_REASON)
         return f"___ year old {who} with {hx}  // {reason}", reason
     if x < 0.7:
-        reason = r.choice(T.INDICATION_REASON)
+        reason = r.choice(P.INDICATION_REASON)
         return f"___-year-old {who} with {hx}, {reason}.", None
     if x < 0.85:
         return f"{hx[:1].upper()}{hx[1:]}.", None
-    reason = r.choice(T.INDICATION_REASON)
+    reason = r.choice(P.INDICATION_REASON)
     return f"History: ___{'F' if woman else 'M'} with {hx}  // {reason}", reason
 
 
 def _history(r: Random, woman: bool) -> str:
     who = "female" if woman else "male"
-    hx = r.choice(T.INDICATION_HX)
+    hx = r.choice(P.INDICATION_HX)
     return r.choice(
         (
             f"___-year-old {who} with {hx}.",
@@ -233,7 +234,7 @@ def build(r: Random, spec: Spec, prev: T.State) -> Built:
         imp = flat + [
             s
             for s in imp
-            if s not in flat and (s in T.NORMAL_IMPRESSION or s in T.TEMPORAL_GLOBAL_IMPRESSION)
+            if s not in flat and (s in P.NORMAL_IMPRESSION or s in P.TEMPORAL_GLOBAL_IMPRESSION)
         ]
         findings_pars = []
     if style == FINDINGS_ONLY:
@@ -243,7 +244,7 @@ def build(r: Random, spec: Spec, prev: T.State) -> Built:
     # guarantee: a temporal study says something temporal, a non-temporal one never does
     said = " ".join(s for p in findings_pars for s in p) + " " + " ".join(imp)
     if style != NEITHER and temporal and not T.TEMPORAL_RE.search(said):
-        extra = r.choice(T.TEMPORAL_GLOBAL_IMPRESSION)
+        extra = r.choice(P.TEMPORAL_GLOBAL_IMPRESSION)
         if imp or not findings_pars:
             imp.append(extra)
         else:
@@ -256,7 +257,7 @@ def build(r: Random, spec: Spec, prev: T.State) -> Built:
         content.temporal = False
         if r.random() < 0.7:
             flat = [s for p in findings_pars for s in p if not T.TEMPORAL_RE.search(s)]
-            body = T.paragraph(flat) if flat else r.choice(T.NORMAL_FINDINGS)
+            body = T.paragraph(flat) if flat else r.choice(P.NORMAL_FINDINGS)
             lines.extend(T.wrap(body))
             lines.append(" ")
             kept = set(flat)
