@@ -288,7 +288,7 @@ def _positive_sentences(
 def _negative_sentences(
     r: Random, state: State, prev: State, resolved: list[str], temporal: bool, truth: Truth
 ) -> list[str]:
-    """ "Resolved" sentences (temporal only) and grouped negations; the rest is not mentioned."""
+    """Sentences for resolved lesions (temporal only), grouped negations; the rest unmentioned."""
     sentences = []
     neg_pool: list[str] = []
     for les in LESIONS:
