@@ -159,14 +159,14 @@ def _sides(location: str) -> tuple[str, ...]:
     return {"left": ("left",), "right": ("right",)}.get(location, ("left", "right"))
 
 
-def render(
-    rng: np.random.Generator, height: int, width: int, positives: dict[str, str]
-) -> tuple[np.ndarray, dict[str, tuple[float, float, float, float]]]:
-    """Render one image (float32 in [0, 1], H × W) and return it with its normalised boxes."""
-    boxes = anatomy(rng, positives)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    yy = (yy + 0.5) / height
-    xx = (xx + 0.5) / width
+Box = tuple[float, float, float, float]
+
+
+def _paint_anatomy(
+    rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, boxes: dict[str, Box], positives: dict[str, str]
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:  # fmt: skip
+    """Soft tissue, dark lungs with ribs and markings, mediastinum, heart, diaphragm, trachea."""
+    height, width = xx.shape
     img = np.full((height, width), 0.55, np.float32)  # soft tissue
     img -= 0.25 * np.clip(np.abs(xx - 0.5) - 0.42, 0, None) / 0.08  # air outside the body
     lung_masks = {}
@@ -189,7 +189,6 @@ def render(
             * np.exp(-np.hypot(xx - hx, yy - 0.45) / 0.18)
         )
         img += marks * lung_masks[side]
-    # mediastinum, heart, diaphragm
     mx1, my1, mx2, my2 = boxes["mediastinum"]
     img[(xx >= mx1 + 0.02) & (xx <= mx2 - 0.02) & (yy >= my1) & (yy <= my2)] = 0.78
     heart = _ellipse(xx, yy, boxes["cardiac silhouette"]) <= 1.0
@@ -201,59 +200,67 @@ def render(
     img[(yy > 0.02) & (yy < boxes["trachea"][3]) & (np.abs(xx - 0.5) < 0.018)] = (
         0.3  # trachea air column
     )
+    return img, lung_masks
 
-    # lesions
-    def lung_zone(side: str, y_from: float, y_to: float) -> np.ndarray:
-        lb = boxes[f"{side} lung"]
-        h = lb[3] - lb[1]
-        return lung_masks[side] & (yy >= lb[1] + y_from * h) & (yy <= lb[1] + y_to * h)
 
+def _paint_on_side(
+    img: np.ndarray, rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray,
+    lesion: str, side: str, lb: Box, lung: np.ndarray,
+) -> None:  # fmt: skip
+    """Draw one lateralised lesion into the lung `lung` (box `lb`) of `side`."""
+    height, width = xx.shape
+    lcx, lw, lh = (lb[0] + lb[2]) / 2, lb[2] - lb[0], lb[3] - lb[1]
+    outer = lb[0] if side == "right" else lb[2]
+
+    def zone(y_from: float, y_to: float) -> np.ndarray:
+        return lung & (yy >= lb[1] + y_from * lh) & (yy <= lb[1] + y_to * lh)
+
+    if lesion == "pleural effusion":
+        level = lb[1] + lh * rng.uniform(0.62, 0.72)
+        meniscus = level - 0.06 * np.abs(xx - outer) / lw * -1  # rises laterally
+        z = (yy >= meniscus) & (np.abs(xx - lcx) <= lw / 2 + 0.03) & (yy <= lb[3] + 0.05)
+        img[z] = np.maximum(img[z], 0.74)
+    elif lesion == "pneumothorax":
+        edge = (np.abs(xx - outer) < lw * 0.35) & (yy < lb[1] + lh * 0.6)
+        img[lung & edge] = 0.04
+    elif lesion in ("consolidation", "pneumonia"):
+        cy = lb[1] + lh * rng.uniform(0.62, 0.78)
+        cx = lcx + rng.uniform(-0.05, 0.05)
+        patch = _blob(xx, yy, cx, cy, 0.075 if lesion == "consolidation" else 0.06)
+        if lesion == "pneumonia":
+            patch *= 0.6 + 0.4 * (np.sin(xx * 90 + rng.uniform(0, 6)) * np.sin(yy * 90) > 0)
+        img += 0.5 * patch * lung
+    elif lesion == "atelectasis":
+        cy = lb[1] + lh * rng.uniform(0.70, 0.82)
+        band = (np.abs(yy - cy - 0.15 * (xx - lcx)) < 0.018) & lung
+        img[band] = np.maximum(img[band], 0.72)
+    elif lesion == "infiltration":
+        img += 0.22 * zone(0.35, 0.95) * (rng.random((height, width)) > 0.45)
+    elif lesion == "fibrosis":
+        net = (np.sin(xx * 160) > 0.85) | (np.sin(yy * 160 + xx * 40) > 0.85)
+        img[zone(0.45, 1.0) & net] += 0.3
+    elif lesion == "pleural thickening":
+        rim = lung & (np.abs(xx - outer) < 0.03)
+        img[rim] = np.maximum(img[rim], 0.7)
+    elif lesion in ("nodule", "mass"):
+        r = 0.018 if lesion == "nodule" else 0.05
+        cx = lcx + rng.uniform(-0.06, 0.06)
+        cy = lb[1] + lh * rng.uniform(0.25, 0.55)
+        img += (0.55 if lesion == "nodule" else 0.5) * (_blob(xx, yy, cx, cy, r) > 0.5) * lung
+
+
+def render(
+    rng: np.random.Generator, height: int, width: int, positives: dict[str, str]
+) -> tuple[np.ndarray, dict[str, Box]]:
+    """Render one image (float32 in [0, 1], H × W) and return it with its normalised boxes."""
+    boxes = anatomy(rng, positives)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    yy = (yy + 0.5) / height
+    xx = (xx + 0.5) / width
+    img, lung_masks = _paint_anatomy(rng, xx, yy, boxes, positives)
     for lesion, location in positives.items():
-        sides = _sides(location)
-        for side in sides:
-            lb = boxes[f"{side} lung"]
-            lcx, lw, lh = (lb[0] + lb[2]) / 2, lb[2] - lb[0], lb[3] - lb[1]
-            outer = lb[0] if side == "right" else lb[2]
-            if lesion == "pleural effusion":
-                level = lb[1] + lh * rng.uniform(0.62, 0.72)
-                meniscus = level - 0.06 * np.abs(xx - outer) / lw * -1  # rises laterally
-                zone = (yy >= meniscus) & (np.abs(xx - lcx) <= lw / 2 + 0.03) & (yy <= lb[3] + 0.05)
-                img[zone] = np.maximum(img[zone], 0.74)
-            elif lesion == "pneumothorax":
-                edge = (np.abs(xx - outer) < lw * 0.35) & (yy < lb[1] + lh * 0.6)
-                zone = lung_masks[side] & edge
-                img[zone] = 0.04
-            elif lesion in ("consolidation", "pneumonia"):
-                cy = lb[1] + lh * rng.uniform(0.62, 0.78)
-                cx = lcx + rng.uniform(-0.05, 0.05)
-                r = 0.075 if lesion == "consolidation" else 0.06
-                patch = _blob(xx, yy, cx, cy, r)
-                if lesion == "pneumonia":
-                    patch *= 0.6 + 0.4 * (np.sin(xx * 90 + rng.uniform(0, 6)) * np.sin(yy * 90) > 0)
-                img += 0.5 * patch * lung_masks[side]
-            elif lesion == "atelectasis":
-                cy = lb[1] + lh * rng.uniform(0.70, 0.82)
-                band = (np.abs(yy - cy - 0.15 * (xx - lcx)) < 0.018) & lung_masks[side]
-                img[band] = np.maximum(img[band], 0.72)
-            elif lesion == "infiltration":
-                zone = lung_zone(side, 0.35, 0.95)
-                img += 0.22 * zone * (rng.random((height, width)) > 0.45)
-            elif lesion == "fibrosis":
-                zone = lung_zone(side, 0.45, 1.0)
-                net = (np.sin(xx * 160) > 0.85) | (np.sin(yy * 160 + xx * 40) > 0.85)
-                img[zone & net] += 0.3
-            elif lesion == "pleural thickening":
-                rim = lung_masks[side] & (np.abs(xx - outer) < 0.03)
-                img[rim] = np.maximum(img[rim], 0.7)
-            elif lesion in ("nodule", "mass"):
-                r = 0.018 if lesion == "nodule" else 0.05
-                cx = lcx + rng.uniform(-0.06, 0.06)
-                cy = lb[1] + lh * rng.uniform(0.25, 0.55)
-                img += (
-                    (0.55 if lesion == "nodule" else 0.5)
-                    * (_blob(xx, yy, cx, cy, r) > 0.5)
-                    * lung_masks[side]
-                )
+        for side in _sides(location):
+            _paint_on_side(img, rng, xx, yy, lesion, side, boxes[f"{side} lung"], lung_masks[side])
         if lesion == "edema":
             for hx in (0.40, 0.60):
                 haze = _blob(xx, yy, hx, 0.47, 0.12)
