@@ -36,6 +36,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ CHUNK_PATIENTS = 1024
 PARALLEL_MIN_STUDIES = 20_000  # studies (+ DICOM files) before using worker processes
 
 #: Called as progress(phase, done, total): "reports" once per chunk of patients, then
-#: "tables", "images" (once, when rendering is asked for) and "done".
+#: "tables", "images" once per rendered image (with `images`/`imagenome`) and "done".
 Progress = Callable[[str, int, int], None]
 
 
@@ -311,7 +312,7 @@ def _write_tables(out: Path, st: Structure, plan: _Plan, res: ChunkResult) -> np
 
 def _render_images(
     out: Path, images: Any, st: Structure, plan: _Plan, res: ChunkResult, *,
-    seed: int, size: int, fmt: ImageFormat, imagenome: bool,
+    seed: int, size: int, fmt: ImageFormat, imagenome: bool, progress: Progress | None,
 ) -> dict[str, int]:  # fmt: skip
     """Hand the generator's own metadata rows and study truth to the image renderer."""
     specs = [
@@ -333,11 +334,13 @@ def _render_images(
         }
         sec = res.sections[i]
         truths[study] = images.StudyTruth(positives, sec["findings"], sec["impression"])
+    report = None if progress is None else partial(progress, "images")
     return dict(
         images.add_images(
-            out, specs, truths, seed=seed, size=size, formats=fmt.formats(), imagenome=imagenome
+            out, specs, truths, seed=seed, size=size, formats=fmt.formats(),
+            imagenome=imagenome, progress=report,
         )
-    )
+    )  # fmt: skip
 
 
 def _finish(out: Path, summary: SynthSummary) -> None:
@@ -402,11 +405,10 @@ def synthesize(
         tables.write_zip(root / REPORTS_ZIP, list(zip(plan.rel_paths, res.texts, strict=True)))
     image_counts: dict[str, int] = {}
     if image_mod is not None:
-        if progress is not None:
-            progress("images", 0, int(st.im_dicom.size))
         image_counts = _render_images(
-            root, image_mod, st, plan, res, seed=seed, size=image_size, fmt=fmt, imagenome=imagenome
-        )
+            root, image_mod, st, plan, res, seed=seed, size=image_size, fmt=fmt,
+            imagenome=imagenome, progress=progress,
+        )  # fmt: skip
     var = dict(st.varieties)
     var["temporal_reference"] = int(temporal.sum())
     var["temporal_reference_without_prior"] = int((temporal & (st.n_prior == 0)).sum())

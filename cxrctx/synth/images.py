@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -502,13 +502,14 @@ def add_images(
     size: int,
     formats: tuple[str, ...],
     imagenome: bool,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, int]:
     """Render every image into `root` (DICOM and/or JPG) and, if asked, its scene graph.
 
     `images` and `studies` are the generator's own metadata rows and truth, so nothing is
     re-read or re-parsed from disk. Scene-graph coordinates are in the metadata's
     Rows × Columns (the "original" image) like the real dataset; frontal views (PA/AP) only
-    get scene graphs. Returns counts.
+    get scene graphs. `progress(done, total)` is called after each image. Returns counts.
     """
     root = Path(root)
     bad = set(formats) - {"dicom", "jpg"}
@@ -520,12 +521,15 @@ def add_images(
         sg_dir.mkdir(parents=True, exist_ok=True)
     sentences: dict[int, list[str]] = {}
     frontal_seen = 0
-    for im in sorted(images, key=lambda m: m.dicom_id):
+    ordered = sorted(images, key=lambda m: m.dicom_id)
+    for done, im in enumerate(ordered, 1):
         truth = studies[im.study_id]
         pix, boxes = _render_image(im, truth.positives, seed, size)
         _write_pixels(root, im, pix, formats)
         counts["images_dicom"] += "dicom" in formats
         counts["images_jpg"] += "jpg" in formats
+        if progress is not None:
+            progress(done, len(ordered))
         if not imagenome or im.view_position.strip().upper() not in ("PA", "AP"):
             continue
         if im.study_id not in sentences:
