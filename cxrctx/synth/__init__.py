@@ -394,10 +394,11 @@ def synthesize(
     rendered_dicom = images and fmt in (ImageFormat.dicom, ImageFormat.both)
     st = _structure(patients, seed, dicom, image_size if rendered_dicom else None)
     plan = _plan(st)
+    tiny_dicom = dicom and not rendered_dicom  # rendered DICOMs take the tiny ones' place
     chunks = _chunks(
-        st, plan, patients=patients, seed=seed, out=root, dicom=dicom, keep_text=zip_reports
+        st, plan, patients=patients, seed=seed, out=root, dicom=tiny_dicom, keep_text=zip_reports
     )
-    res = _run_chunks(chunks, _workers(processes, st, dicom), progress)
+    res = _run_chunks(chunks, _workers(processes, st, tiny_dicom), progress)
     if progress is not None:
         progress("tables", 0, 1)
     temporal = _write_tables(root, st, plan, res)
@@ -414,7 +415,7 @@ def synthesize(
     var["temporal_reference_without_prior"] = int((temporal & (st.n_prior == 0)).sum())
     summary = SynthSummary(
         out_dir=str(root), seed=seed, patients=patients, studies=int(st.study_ids.size),
-        images=int(st.im_dicom.size), report_files=int(st.study_ids.size), dicom_files=res.n_dicom,
+        images=int(st.im_dicom.size), report_files=int(st.study_ids.size), dicom_files=int(st.im_dicom.size) if dicom else 0,
         image_files=image_counts, files_written=sum(len(f) for _, _, f in os.walk(root)),
         reports_zip=REPORTS_ZIP if zip_reports else None, varieties=var,
     )  # fmt: skip
