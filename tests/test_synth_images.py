@@ -184,3 +184,23 @@ def test_rendered_dicom_headers_equal_the_metadata_csv(tmp_path):
         assert (int(ds.Rows), int(ds.Columns)) == want
         assert ds.pixel_array.shape == want
         assert max(want) == 64
+
+
+def test_imagenome_without_images_writes_scene_graphs_only(tmp_path):
+    """Scene graphs alone: no pictures, and the boxes equal those of a run with pictures."""
+    from cxrctx.synth import synthesize
+
+    only = synthesize(tmp_path / "g", patients=4, seed=6, imagenome=True, image_size=32)
+    both = synthesize(
+        tmp_path / "p", patients=4, seed=6, images=True, imagenome=True, image_size=32,
+        image_format="jpg",
+    )  # fmt: skip
+    assert only.image_files["images_dicom"] == only.image_files["images_jpg"] == 0
+    assert not list((tmp_path / "g" / "files").rglob("*.dcm"))
+    assert not list((tmp_path / "g" / "files").rglob("*.jpg"))
+    graphs = sorted((tmp_path / "g" / "imagenome").rglob("*.json"))
+    assert graphs and len(graphs) == only.image_files["scene_graphs"]
+    for g in graphs:
+        twin = tmp_path / "p" / g.relative_to(tmp_path / "g")
+        assert g.read_bytes() == twin.read_bytes()
+    assert both.image_files["images_jpg"] == both.images

@@ -45,7 +45,9 @@ def _table(s: SynthSummary) -> Table:
 @app.command("synth")
 def synth_cmd(
     out_dir: Path = typer.Argument(
-        None, help="Directory to write (new, empty, or an earlier synth output); or --out."
+        None,
+        metavar="OUT_DIR",
+        help="Directory to write (new, empty, or an earlier synth output); or --out.",
     ),
     out: Path = typer.Option(None, "--out", "-o", help="Same as OUT_DIR."),
     patients: int = typer.Option(
@@ -64,7 +66,7 @@ def synth_cmd(
         False, "--images", help="Add rendered images whose lesions follow the truth."
     ),
     imagenome: bool = typer.Option(
-        False, "--imagenome", help="Add Chest ImaGenome-style scene graphs."
+        False, "--imagenome", help="Add Chest ImaGenome-style scene graphs of the frontal images."
     ),
     image_size: int = typer.Option(
         256, "--image-size", help="Longer side of the --images pictures in pixels."

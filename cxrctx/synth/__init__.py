@@ -312,9 +312,9 @@ def _write_tables(out: Path, st: Structure, plan: _Plan, res: ChunkResult) -> np
 
 def _render_images(
     out: Path, images: Any, st: Structure, plan: _Plan, res: ChunkResult, *,
-    seed: int, size: int, fmt: ImageFormat, imagenome: bool, progress: Progress | None,
+    seed: int, size: int, fmt: ImageFormat, pixels: bool, imagenome: bool, progress: Progress | None,
 ) -> dict[str, int]:  # fmt: skip
-    """Hand the generator's own metadata rows and study truth to the image renderer."""
+    """Hand the generator's own metadata rows and study truth to the renderer (`pixels`: pictures too)."""
     specs = [
         images.ImageSpec(
             dicom_id=st.im_dicom[k], subject_id=int(plan.subj[i]), study_id=int(st.study_ids[i]),
@@ -337,7 +337,7 @@ def _render_images(
     report = None if progress is None else partial(progress, "images")
     return dict(
         images.add_images(
-            out, specs, truths, seed=seed, size=size, formats=fmt.formats(),
+            out, specs, truths, seed=seed, size=size, formats=fmt.formats() if pixels else (),
             imagenome=imagenome, progress=report,
         )
     )  # fmt: skip
@@ -407,7 +407,7 @@ def synthesize(
     image_counts: dict[str, int] = {}
     if image_mod is not None:
         image_counts = _render_images(
-            root, image_mod, st, plan, res, seed=seed, size=image_size, fmt=fmt,
+            root, image_mod, st, plan, res, seed=seed, size=image_size, fmt=fmt, pixels=images,
             imagenome=imagenome, progress=progress,
         )  # fmt: skip
     var = dict(st.varieties)

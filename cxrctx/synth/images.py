@@ -457,13 +457,18 @@ def _defect(frontal_seen: int) -> str | None:
     return DEFECTS[(frontal_seen // DEFECT_EVERY) % len(DEFECTS)]
 
 
-def _render_image(
-    im: ImageSpec, positives: dict[str, str], seed: int, size: int
-) -> tuple[np.ndarray, dict[str, tuple[float, float, float, float]]]:
-    """`size` px on the longer side with the metadata's aspect ratio; laterals get no lesions."""
+def _pixel_size(im: ImageSpec, size: int) -> tuple[int, int]:
+    """`size` px on the longer side with the metadata's aspect ratio."""
     rows0, cols0 = im.rows or size, im.columns or size
     scale = size / max(rows0, cols0)
-    h, w = max(8, round(rows0 * scale)), max(8, round(cols0 * scale))
+    return max(8, round(rows0 * scale)), max(8, round(cols0 * scale))
+
+
+def _render_image(
+    im: ImageSpec, positives: dict[str, str], seed: int, size: int
+) -> tuple[np.ndarray, dict[str, Box]]:
+    """The picture and its boxes; laterals get no lesions and are mirrored."""
+    h, w = _pixel_size(im, size)
     lateral = im.view_position.strip().upper() in ("LATERAL", "LL")
     pix, boxes = render(_rng(seed, im.dicom_id), h, w, {} if lateral else positives)
     if lateral:  # mirrored so they differ from frontals
@@ -506,6 +511,9 @@ def add_images(
 ) -> dict[str, int]:
     """Render every image into `root` (DICOM and/or JPG) and, if asked, its scene graph.
 
+    With no `formats` only the scene graphs are written (their boxes are the same: the
+    anatomy is drawn before anything else from the image's own random stream).
+
     `images` and `studies` are the generator's own metadata rows and truth, so nothing is
     re-read or re-parsed from disk. Scene-graph coordinates are in the metadata's
     Rows × Columns (the "original" image) like the real dataset; frontal views (PA/AP) only
@@ -524,13 +532,17 @@ def add_images(
     ordered = sorted(images, key=lambda m: m.dicom_id)
     for done, im in enumerate(ordered, 1):
         truth = studies[im.study_id]
-        pix, boxes = _render_image(im, truth.positives, seed, size)
-        _write_pixels(root, im, pix, formats)
-        counts["images_dicom"] += "dicom" in formats
-        counts["images_jpg"] += "jpg" in formats
+        frontal = im.view_position.strip().upper() in ("PA", "AP")
+        if formats:
+            pix, boxes = _render_image(im, truth.positives, seed, size)
+            _write_pixels(root, im, pix, formats)
+            counts["images_dicom"] += "dicom" in formats
+            counts["images_jpg"] += "jpg" in formats
+        elif imagenome and frontal:  # scene graphs only: the boxes are drawn first
+            boxes = anatomy(_rng(seed, im.dicom_id), truth.positives)
         if progress is not None:
             progress(done, len(ordered))
-        if not imagenome or im.view_position.strip().upper() not in ("PA", "AP"):
+        if not imagenome or not frontal:
             continue
         if im.study_id not in sentences:
             sentences[im.study_id] = truth.sentences()
@@ -539,7 +551,7 @@ def add_images(
         counts["scene_graph_defects"] += defect is not None
         sg = scene_graph(
             im.dicom_id, im.study_id, boxes, im.rows or size, im.columns or size,
-            sentences[im.study_id], truth.positives, defect, max(pix.shape),
+            sentences[im.study_id], truth.positives, defect, max(_pixel_size(im, size)),
         )  # fmt: skip
         (sg_dir / f"{im.dicom_id}_SceneGraph.json").write_text(
             json.dumps(sg, indent=1), encoding="utf-8"
