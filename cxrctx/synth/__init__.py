@@ -6,8 +6,9 @@
   leading zeros lost, sometimes blank), ``-split.csv.gz`` (patient-disjoint),
   ``-chexpert.csv.gz`` and ``-negbio.csv.gz`` (1.0 / 0.0 / -1.0 / blank);
 - reports ``files/pNN/pSSSSSSSS/sTTTTTTTT.txt`` in the real page layout, optionally the
-  same files in ``mimic-cxr-reports.zip``, optionally tiny real DICOMs per image, optionally rendered images with
-  visible lesions and Chest ImaGenome-style scene graphs (`cxrctx.synth.images`);
+  same files in ``mimic-cxr-reports.zip``, optionally tiny real DICOMs per image,
+  optionally rendered images with visible lesions and Chest ImaGenome-style scene graphs
+  (`cxrctx.synth.images`);
 - ground truth under ``truth/``: ``labels/part-00000.parquet`` (14 lesion rows per study,
   label-lesions format; a hedged mention counts as positive, an unmentioned lesion as
   negative) and ``studies.parquet`` (one row per study: datetime, priors per
@@ -47,7 +48,7 @@ from cxrctx.io import atomic_write_text
 from cxrctx.synth import tables
 from cxrctx.synth.chunks import SPEC_FIELDS, Chunk, ChunkResult, run_chunk
 from cxrctx.synth.dicom import write_dicom
-from cxrctx.synth.structure import HEADERS, VARIETY_RATES, Structure, _structure
+from cxrctx.synth.structure import HEADERS, VARIETY_RATES, Structure, draw_structure
 from cxrctx.synth.tables import EPOCH
 from cxrctx.synth.truth import (
     CHEXPERT_CSV,
@@ -392,7 +393,7 @@ def synthesize(
         root / MARKER, json.dumps({"complete": False, "top_level": list(_OWNED)}) + "\n"
     )
     rendered_dicom = images and fmt in (ImageFormat.dicom, ImageFormat.both)
-    st = _structure(patients, seed, dicom, image_size if rendered_dicom else None)
+    st = draw_structure(patients, seed, dicom, image_size if rendered_dicom else None)
     plan = _plan(st)
     tiny_dicom = dicom and not rendered_dicom  # rendered DICOMs take the tiny ones' place
     chunks = _chunks(

@@ -475,7 +475,9 @@ def _spec_varieties(specs: dict[str, np.ndarray], view: np.ndarray) -> dict[str,
     return var
 
 
-def _structure(patients: int, seed: int, dicom: bool, image_size: int | None = None) -> Structure:
+def draw_structure(
+    patients: int, seed: int, dicom: bool, image_size: int | None = None
+) -> Structure:
     """Draw everything random about the root, phase by phase from one seeded Generator."""
     rng = np.random.default_rng(seed)
     P = patients
