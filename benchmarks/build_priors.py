@@ -209,10 +209,10 @@ def main() -> None:
 
     root = a.cache / f"synth-{a.patients}-s{a.seed}"
     if not (root / ".complete").exists():
-        from cxrctx.synth import generate
+        from cxrctx.synth import synthesize
 
         t0 = time.perf_counter()
-        generate(root, patients=a.patients, seed=a.seed, dicom=False)
+        synthesize(root, patients=a.patients, seed=a.seed, dicom=False)
         (root / ".complete").write_text("")
         print(f"generated {root} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     n_reports = sum(1 for _ in (root / "files").glob("p*/p*/s*.txt"))

@@ -219,10 +219,10 @@ def synth(request, tmp_path_factory):
     try:
         return request.getfixturevalue("synth_root")
     except pytest.FixtureLookupError:  # pragma: no cover - conftest not there yet
-        from cxrctx.synth import generate
+        from cxrctx.synth import synthesize
 
         root = tmp_path_factory.mktemp("synth") / "root"
-        generate(root, patients=40, seed=7, dicom=True, zip_reports=True)
+        synthesize(root, patients=40, seed=7, dicom=True, zip_reports=True)
         return root
 
 

@@ -24,7 +24,7 @@ def pipeline(tmp_path_factory):
     name and sha256 only."""
     from cxrctx.labeling import label_lesions
     from cxrctx.mimic.build import build_priors
-    from cxrctx.synth import generate
+    from cxrctx.synth import synthesize as generate
 
     base = tmp_path_factory.mktemp("release")
     root = base / "mimic"

@@ -22,7 +22,7 @@ def built(tmp_path_factory):
     """build-priors + fake labels of a small synthetic root, and their release."""
     from cxrctx.labeling import label_lesions
     from cxrctx.mimic.build import build_priors
-    from cxrctx.synth import generate
+    from cxrctx.synth import synthesize as generate
 
     base = tmp_path_factory.mktemp("validate")
     generate(base / "mimic", patients=12, seed=2)

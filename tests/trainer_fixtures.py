@@ -40,10 +40,10 @@ def make_root(
     """The project's generator (`cxrctx synth --images --imagenome`) → records → ROIs."""
     from cxrctx.imagenome import build_rois
     from cxrctx.mimic.build import build_priors
-    from cxrctx.synth import generate
+    from cxrctx.synth import synthesize
 
     root = tmp / "root"
-    generate(
+    synthesize(
         root,
         patients=patients,
         seed=seed,
