@@ -24,11 +24,11 @@ def pipeline(tmp_path_factory):
     name and sha256 only."""
     from cxrctx.labeling import label_lesions
     from cxrctx.mimic.build import build_priors
-    from cxrctx.synth import synthesize as generate
+    from cxrctx.synth import synthesize
 
     base = tmp_path_factory.mktemp("release")
     root = base / "mimic"
-    generate(root, patients=12, seed=2)
+    synthesize(root, patients=12, seed=2)
     model = base / "models" / "tiny-model.gguf"
     model.parent.mkdir()
     model.write_bytes(b"not really a model")

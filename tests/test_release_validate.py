@@ -22,10 +22,10 @@ def built(tmp_path_factory):
     """build-priors + fake labels of a small synthetic root, and their release."""
     from cxrctx.labeling import label_lesions
     from cxrctx.mimic.build import build_priors
-    from cxrctx.synth import synthesize as generate
+    from cxrctx.synth import synthesize
 
     base = tmp_path_factory.mktemp("validate")
-    generate(base / "mimic", patients=12, seed=2)
+    synthesize(base / "mimic", patients=12, seed=2)
     build_priors(base / "mimic", base / "records", workers=1)
     label_lesions(base / "records", base / "labels", backend="fake", model="fake")
     res = runner.invoke(
