@@ -141,7 +141,7 @@ def test_reports_zip_option_wins_over_files(tmp_path):
 
 
 def test_parallel_matches_serial(tmp_path, monkeypatch):
-    from cxrctx.mimic import build as B
+    from cxrctx.mimic import reader as B
 
     root = _tiny(tmp_path)
     a = build_priors(root, tmp_path / "a", workers=1)
@@ -188,6 +188,25 @@ def test_cli_build_priors_summary(tmp_path):
         app, ["build-priors", str(root), "--out", str(tmp_path / "o2"), "--format", "csv"]
     )
     assert bad.exit_code != 0 and "--format" in bad.output
+
+
+def test_progress_callback_and_plain_progress_lines(tmp_path):
+    """The library reports progress through the callback; off a terminal the CLI prints
+    plain lines (the bar lives in the CLI only)."""
+    root = _tiny(tmp_path)
+    events: list[tuple[str, int, int]] = []
+    build_priors(root, tmp_path / "a", workers=1, progress=lambda *e: events.append(e))
+    reports = [e for e in events if e[0] == "reports"]
+    assert reports[0] == ("reports", 0, 5) and reports[-1] == ("reports", 5, 5)
+    res = runner.invoke(app, ["build-priors", str(root), "--out", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    assert "build-priors: reports 5/5 (100%)" in res.output
+
+
+def test_cli_help_lists_formats_and_example():
+    res = runner.invoke(app, ["build-priors", "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0
+    assert "parquet|jsonl" in res.output and "Example:" in res.output
 
 
 def test_empty_output_has_schema(tmp_path):
