@@ -310,3 +310,18 @@ def test_synth_scan_dicom_equals_csv(synth, synth_build, tmp_path):
     res = build_priors(synth, tmp_path / "scan", scan_dicom=True, workers=2)
     assert res.counts["images_rejected"] == 0
     assert read_shards(tmp_path / "scan" / "records").equals(rec)
+
+
+def test_last_paragraph_column_and_flag(tmp_path):
+    text = " FINAL REPORT\n INDICATION:  cough\n \n Lungs are clear.  No effusion.\n"
+    root = write_root(
+        tmp_path / "root",
+        [study(10000001, 50000001), study(10000002, 50000002, report=text)],
+    )
+    build_priors(root, tmp_path / "o", workers=1)
+    df = read_shards(tmp_path / "o" / "records").sort("study_id")
+    assert df["last_paragraph"].to_list() == [None, "Lungs are clear. No effusion."]
+    assert ["only_last_paragraph" in f for f in df["flags"].to_list()] == [False, True]
+    assert (
+        read_manifest(tmp_path / "o" / "manifest.json").extra["flags"]["only_last_paragraph"] == 1
+    )

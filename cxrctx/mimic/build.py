@@ -455,6 +455,7 @@ def _flag_conditions() -> dict[str, pl.Expr]:
         "no_images": pl.col("images").list.len() == 0,
         "temporal_reference_without_prior": (pl.col("n_prior_studies") == 0)
         & pl.col("temporal_language"),
+        "only_last_paragraph": pl.col("last_paragraph").is_not_null(),
     }
     assert tuple(conditions) == FLAGS
     return conditions
