@@ -187,7 +187,7 @@ def _build(
     done("reports read")
     prior_lists, stats = _prior_lists(studies, good, cfg.max_priors)
     done("priors joined")
-    rec = _assemble_records(studies, good, stats, prior_lists, inp)
+    rec = _assemble_records(studies, good, stats, prior_lists, inp, reader)
     rej = _reject_table(inp.rejects)
     done("records assembled")
     counts = _reconcile(rec, rej, inp, studies_in)
@@ -342,7 +342,6 @@ def _collect_reports(
         "report_sha256": pl.String,
         "report_error": pl.String,
         "report_error_detail": pl.String,
-        "temporal_language": pl.Boolean,
     }
     text_schema.update({f: pl.String for f in FIELDS})
     texts = (
@@ -410,6 +409,7 @@ def _assemble_records(
     stats: pl.DataFrame,
     prior_lists: pl.DataFrame,
     inp: _Inputs,
+    reader: ReportReader,
 ) -> pl.DataFrame:
     """One record per study with a readable report: sections, priors, labels, flags."""
     rec = (
@@ -432,6 +432,7 @@ def _assemble_records(
         pl.col("same_time_ambiguous").fill_null(False),
         pl.col("same_day_unordered").fill_null(False),
     )
+    rec = _with_temporal_language(rec, reader)
     conditions = _flag_conditions()
     rec = rec.with_columns(
         pl.concat_list([pl.when(c.fill_null(False)).then(pl.lit(n)) for n, c in conditions.items()])
@@ -441,6 +442,15 @@ def _assemble_records(
     return conform(
         rec.sort(["subject_id", "study_datetime", "study_id"], nulls_last=True), RECORD_SCHEMA
     )
+
+
+def _with_temporal_language(rec: pl.DataFrame, reader: ReportReader) -> pl.DataFrame:
+    """`temporal_language` for the records without a prior study (null for the others: the
+    flag it feeds needs both)."""
+    sub = rec.filter(pl.col("n_prior_studies") == 0).select("study_id", "findings", "impression")
+    flags = reader.temporal(list(zip(sub["findings"], sub["impression"], strict=True)))
+    found = pl.DataFrame({"study_id": sub["study_id"], "temporal_language": flags})
+    return rec.join(found, on="study_id", how="left", maintain_order="left")
 
 
 def _flag_conditions() -> dict[str, pl.Expr]:

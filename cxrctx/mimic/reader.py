@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 
 from cxrctx.mimic import layout as L
-from cxrctx.mimic.reports import META_FIELDS, mp_context, process_chunk, quiet_fork
+from cxrctx.mimic.reports import META_FIELDS, mp_context, process_chunk, quiet_fork, temporal_chunk
 from cxrctx.mimic.sections import FIELDS
 
 SERIAL_BELOW = 2000  # reports; below this, sectioning runs in-process (no pool start-up)
@@ -38,10 +38,10 @@ class ReportReader:
         self._futures: list[Future] = []
         if not self.serial:
             self._stack.enter_context(quiet_fork())
-            pool = self._stack.enter_context(
+            self._pool = self._stack.enter_context(
                 ProcessPoolExecutor(max_workers=workers, mp_context=mp_context())
             )
-            self._futures = [pool.submit(process_chunk, c) for c in self.chunks]
+            self._futures = [self._pool.submit(process_chunk, c) for c in self.chunks]
 
     def collect(self, on_progress: Callable[[int], None] | None = None) -> dict[str, list]:
         cols: dict[str, list] = {k: [] for k in (*META_FIELDS, *FIELDS)}
@@ -56,6 +56,19 @@ class ReportReader:
             if on_progress:
                 on_progress(len(chunk[2]))
         return cols
+
+    def temporal(self, pairs: list[tuple[str | None, str | None]]) -> list[bool]:
+        """`has_temporal_reference(findings, impression)` per pair, on the same pool.
+
+        Asked only for the records that have no prior study (the only ones the flag can
+        concern), after the prior join: most records never pay for the regexes."""
+        size = 4000
+        chunks = [pairs[i : i + size] for i in range(0, len(pairs), size)]
+        if self.serial or len(pairs) < SERIAL_BELOW:
+            results = map(temporal_chunk, chunks)
+        else:
+            results = self._pool.map(temporal_chunk, chunks)
+        return [flag for chunk in results for flag in chunk]
 
     def close(self) -> None:
         for f in self._futures:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from cxrctx.mimic.sections import FIELDS, has_temporal_reference, parse_report
 
 #: Columns returned per chunk, beside the section FIELDS.
-META_FIELDS = ("report_sha256", "report_error", "report_error_detail", "temporal_language")
+META_FIELDS = ("report_sha256", "report_error", "report_error_detail")
 
 _ZIPS: dict[tuple, zipfile.ZipFile] = {}
 
@@ -72,7 +72,6 @@ def process_chunk(args: tuple[str, str | None, list[str]]) -> dict[str, list]:
         data, err, detail = read_one(root, zip_path, rel)
         sha = None
         sections: tuple = empty
-        temporal = False
         if data is not None:
             sha = hashlib.sha256(data).hexdigest()
             try:
@@ -84,14 +83,17 @@ def process_chunk(args: tuple[str, str | None, list[str]]) -> dict[str, list]:
                     err, detail = "empty_report", "no text"
                 else:
                     sections = parse_report(text)
-                    temporal = has_temporal_reference(sections[6], sections[7])
         cols["report_sha256"].append(sha)
         cols["report_error"].append(err)
         cols["report_error_detail"].append(detail)
-        cols["temporal_language"].append(temporal)
         for k, v in zip(FIELDS, sections, strict=True):
             cols[k].append(v)
     return cols
+
+
+def temporal_chunk(pairs: list[tuple[str | None, str | None]]) -> list[bool]:
+    """`has_temporal_reference(findings, impression)` for each pair."""
+    return [has_temporal_reference(f, i) for f, i in pairs]
 
 
 def mp_context():
