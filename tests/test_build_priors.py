@@ -210,8 +210,8 @@ def test_cli_help_lists_formats_and_example():
 
 
 def test_empty_output_has_schema(tmp_path):
-    root = write_root(tmp_path / "root", [study(10000001, 50000001, report=None)])
-    (root / "files").mkdir()
+    # every report rejected (a root without any report is a fatal error instead)
+    root = write_root(tmp_path / "root", [study(10000001, 50000001, report="  \n")])
     res = build_priors(root, tmp_path / "o", workers=1)
     assert res.counts["records"] == 0
     df = pl.read_parquet(tmp_path / "o" / "records" / "part-00000.parquet")

@@ -50,6 +50,12 @@ def build_priors_cmd(
     workers: int = typer.Option(
         None, "--workers", "-j", min=1, help="Worker processes (default: CPU count, at most 8)."
     ),
+    max_report_bytes: int = typer.Option(
+        1 << 20,
+        "--max-report-bytes",
+        min=1,
+        help="Reject a report file or zip entry larger than this (report_too_large).",
+    ),
 ) -> None:
     """Join each study with its views, report sections and prior studies (C-SRRG style records).
 
@@ -73,6 +79,7 @@ def build_priors_cmd(
                 scan_dicom=scan_dicom,
                 image_ext=image_ext,
                 workers=workers,
+                max_report_bytes=max_report_bytes,
                 progress=progress,
             )
         except CxrctxError as e:

@@ -48,8 +48,12 @@ STUDY_REJECT_REASONS = (
     "unreadable_report",
     "non_utf8_report",
     "empty_report",
+    "report_too_large",
 )
-IMAGE_REJECT_REASONS = ("unreadable_dicom",)
+IMAGE_REJECT_REASONS = ("unreadable_dicom", "bad_dicom_id")
+#: Default size cap of one report: MIMIC-CXR reports are a few KB; this only stops
+#: a runaway file or a zip bomb from filling memory.
+MAX_REPORT_BYTES = 1 << 20
 
 ProgressFn = Callable[[str, int, int], None]
 """`progress(task, done, total)`: `done` of `total` items of `task` ("reports",
@@ -71,6 +75,11 @@ class BuildPriorsConfig(BaseModel):
         "dcm", description="Extension of image paths built from the metadata CSV"
     )
     workers: int = Field(1, ge=1, description="Worker processes for reports and DICOM headers")
+    max_report_bytes: int = Field(
+        MAX_REPORT_BYTES,
+        ge=1,
+        description="A report file or zip entry larger than this is rejected (report_too_large)",
+    )
 
 
 @dataclass
@@ -135,6 +144,7 @@ def build_priors(
     scan_dicom: bool = False,
     image_ext: str = "dcm",
     workers: int | None = None,
+    max_report_bytes: int = MAX_REPORT_BYTES,
     progress: ProgressFn | None = None,
 ) -> BuildResult:
     """Build C-SRRG-style records from a MIMIC-CXR root into `out`.
@@ -153,10 +163,11 @@ def build_priors(
         scan_dicom=scan_dicom,
         image_ext=image_ext,
         workers=workers or default_workers(),
+        max_report_bytes=max_report_bytes,
     )
     # Start reading every report in worker processes; the columnar work overlaps.
     reports = report_index(lay)
-    reader = ReportReader(lay.root, lay.reports_zip, reports["report_path"].to_list(), cfg.workers)
+    reader = ReportReader(lay.root, lay.reports_zip, reports, cfg.workers, cfg.max_report_bytes)
     try:
         return _build(lay, cfg, Path(out), reports, reader, progress)
     finally:

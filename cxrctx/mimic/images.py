@@ -15,6 +15,7 @@ import polars as pl
 from cxrctx.errors import CxrctxError
 from cxrctx.mimic import layout as L
 from cxrctx.mimic.schema import DT
+from cxrctx.vocab import DICOM_ID_RE
 
 FRONTAL = ("PA", "AP")
 LATERAL = ("LATERAL", "LL")
@@ -49,10 +50,10 @@ def _parse_datetimes(img: pl.DataFrame) -> pl.DataFrame:
     time_raw = pl.col("StudyTime").str.strip_chars()
     has_date = date_raw.is_not_null() & (date_raw != "")
     has_time = time_raw.is_not_null() & (time_raw != "")
-    date = pl.when(date_raw.str.contains(r"^\d{8}$")).then(
+    date = pl.when(date_raw.str.contains(r"^[0-9]{8}$")).then(
         date_raw.str.to_date("%Y%m%d", strict=False)
     )
-    tm = time_raw.str.extract_groups(r"^(\d{1,6})(?:\.(\d*))?$")
+    tm = time_raw.str.extract_groups(r"^([0-9]{1,6})(?:\.([0-9]*))?$")
     img = img.with_columns(
         date.alias("date"),
         has_date.fill_null(False).alias("_has_date"),
@@ -159,6 +160,18 @@ def study_table(img: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def _drop_bad_dicom_ids(meta: pl.DataFrame, rejects: list[dict]) -> pl.DataFrame:
+    """A dicom_id that is not MIMIC's five dash-joined hex groups becomes a reject row
+    naming its CSV line; no path is ever built from it."""
+    ok = pl.col("dicom_id").str.contains(DICOM_ID_RE.pattern)
+    for row in meta.filter(~ok).select("study_id", "_src", "dicom_id").iter_rows():
+        sid, src, did = row
+        rejects.append(
+            {"study_id": sid, "source": f"{src}: dicom_id {did!r}", "reason": "bad_dicom_id"}
+        )
+    return meta.filter(ok)
+
+
 def load_images(
     lay: L.MimicLayout,
     *,
@@ -179,7 +192,7 @@ def load_images(
         meta = meta.with_columns(
             (pl.lit(f"{name} line ") + pl.col("_line").cast(pl.String)).alias("_src")
         )
-        return meta.drop("_line"), rejects, [lay.metadata]
+        return _drop_bad_dicom_ids(meta, rejects).drop("_line"), rejects, [lay.metadata]
     from cxrctx.mimic.dicom_scan import find_dicoms, scan_dicoms
 
     if lay.files_dir is None:

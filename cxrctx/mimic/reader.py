@@ -14,7 +14,14 @@ from pathlib import Path
 import polars as pl
 
 from cxrctx.mimic import layout as L
-from cxrctx.mimic.reports import META_FIELDS, mp_context, process_chunk, quiet_fork, temporal_chunk
+from cxrctx.mimic.reports import (
+    META_FIELDS,
+    Chunk,
+    mp_context,
+    process_chunk,
+    quiet_fork,
+    temporal_chunk,
+)
 from cxrctx.mimic.sections import FIELDS
 
 SERIAL_BELOW = 2000  # reports; below this, sectioning runs in-process (no pool start-up)
@@ -28,12 +35,24 @@ class ReportReader:
     gathers the columns in input order. Small inputs run in-process at `collect()`.
     """
 
-    def __init__(self, root: Path, zip_path: Path | None, rels: list[str], workers: int) -> None:
+    def __init__(
+        self,
+        root: Path,
+        zip_path: Path | None,
+        index: pl.DataFrame,
+        workers: int,
+        max_bytes: int,
+    ) -> None:
         zp = str(zip_path) if zip_path is not None else None
+        rels = index["report_path"].to_list()
+        linked = frozenset(index.filter("linked")["report_path"].to_list())
         self.n = len(rels)
         self.serial = workers <= 1 or len(rels) < SERIAL_BELOW
         size = 2000 if self.serial else max(500, min(4000, len(rels) // (workers * 8) + 1))
-        self.chunks = [(str(root), zp, rels[i : i + size]) for i in range(0, len(rels), size)]
+        self.chunks: list[Chunk] = [
+            (str(root), zp, rels[i : i + size], max_bytes, linked & set(rels[i : i + size]))
+            for i in range(0, len(rels), size)
+        ]
         self._stack = contextlib.ExitStack()
         self._futures: list[Future] = []
         if not self.serial:
@@ -82,16 +101,23 @@ def report_source(lay: L.MimicLayout, rel: str) -> str:
 
 
 def report_index(lay: L.MimicLayout) -> pl.DataFrame:
-    """study_id, subject_id, report_path for every report present."""
+    """study_id, subject_id, report_path, linked for every report present (at least one)."""
     if lay.reports_zip is not None:
         idx = L.zip_report_index(lay.reports_zip)
-        data = [(sid, subj, name) for sid, (name, subj) in idx.items()]
+        data = [(sid, subj, name, False) for sid, (name, subj) in idx.items()]
     else:
         assert lay.files_dir is not None
-        data = [(sid, subj, rel) for subj, sid, rel in L.iter_report_files(lay.files_dir)]
+        data = [(sid, subj, rel, ln) for subj, sid, rel, ln in L.iter_report_files(lay.files_dir)]
+    if not data:
+        raise L.no_reports_error(lay.root, lay.reports_zip)
     df = pl.DataFrame(
         data,
-        schema={"study_id": pl.Int64, "subject_id": pl.Int64, "report_path": pl.String},
+        schema={
+            "study_id": pl.Int64,
+            "subject_id": pl.Int64,
+            "report_path": pl.String,
+            "linked": pl.Boolean,
+        },
         orient="row",
     )
     return df.unique("study_id", keep="first").sort("study_id")
