@@ -5,7 +5,8 @@
     python benchmarks/build_priors.py --reference /tmp/old     # + byte-identity vs old code
 
 `--reference DIR` runs the `cxrctx` package found in DIR (e.g. `git archive REV cxrctx |
-tar -x -C DIR`) on the same root and compares the sha256 of every output file with ours.
+tar -x -C DIR`) on the same root and compares the sha256 of every output file (but the
+manifest) with ours.
 `--baseline-path DIR` adds DIR to the baseline's import path (where pandas lives).
 
 The synthetic root (reports only, no DICOM) is generated once into the cache directory.
@@ -202,13 +203,14 @@ def measure(cmd: list[str], path: Path | None = None) -> dict:
 
 
 def _digests(out: Path) -> dict[str, str]:
-    """sha256 of every file under an output directory, by relative path."""
+    """sha256 of every output file but the manifest (whose config may gain keys between
+    versions), by relative path."""
     import hashlib
 
     return {
         str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(out.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name != "manifest.json"
     }
 
 

@@ -447,3 +447,34 @@ def test_relative_reports_zip_is_resolved_against_the_root(tmp_path, monkeypatch
     (root / "reports-v2.zip").rename(tmp_path / "cwd.zip")
     res = runner.invoke(app, ["build-priors", str(root), "--out", "o2", "--reports-zip", "cwd.zip"])
     assert res.exit_code == 0, res.output
+
+
+def test_out_that_is_a_file_fails_before_any_work(tmp_path):
+    root = _good(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    _cli_fails(
+        ["build-priors", str(root), "--out", str(tmp_path / "afile")], "afile", "not a directory"
+    )
+    _cli_fails(
+        ["build-priors", str(root), "--out", str(tmp_path / "afile" / "sub")], "not a directory"
+    )
+
+
+def test_write_failure_is_one_line_and_stale_temp_files_go(tmp_path, monkeypatch):
+    import errno
+
+    from cxrctx.mimic import build as B
+
+    root = _good(tmp_path)
+    out = tmp_path / "out"
+    (out / "records").mkdir(parents=True)
+    stale = out / "records" / ".part-00000.parquet.abc123.tmp"
+    stale.write_bytes(b"half a shard")
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(B, "write_parquet", full)
+    _cli_fails(["build-priors", str(root), "--out", str(out)], str(out), "No space left on device")
+    assert not stale.exists()
+    assert not (out / "manifest.json").exists()

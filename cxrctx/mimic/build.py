@@ -28,6 +28,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from cxrctx import __version__
+from cxrctx.errors import CxrctxError
 from cxrctx.io import atomic_path, input_file, write_manifest, write_parquet, write_shards
 from cxrctx.mimic import layout as L
 from cxrctx.mimic.images import load_images, prepare_images, study_table
@@ -153,6 +154,7 @@ def build_priors(
     `records.jsonl` with `jsonl=True`). Raises `CxrctxError` on fatal input problems,
     before anything is written.
     """
+    _check_out(Path(out))
     lay = L.discover(root, reports_zip, need_metadata=not scan_dicom)
     cfg = BuildPriorsConfig(
         max_priors=max_priors,
@@ -214,6 +216,19 @@ def _build(
         split_counts=summary["splits"],
         warnings={"unknown_view_position": inp.unknown_views} if inp.unknown_views else {},
     )
+
+
+def _check_out(out: Path) -> None:
+    """Fail before any work when `out` cannot be a writable folder (nothing is created)."""
+    if out.exists() and not out.is_dir():
+        raise CxrctxError(f"{out}: --out exists and is not a directory")
+    p = out
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        raise CxrctxError(f"{out}: cannot create the output folder: {p} is not a directory")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise CxrctxError(f"{out}: cannot write the output folder ({p} is not writable)")
 
 
 def _rel_name(p: Path, root: Path) -> str:
@@ -548,9 +563,28 @@ def _write(
     summary: dict,
 ) -> Manifest:
     """Shards, rejects, optional JSONL; the manifest goes last, so a directory without one
-    is visibly incomplete."""
+    is visibly incomplete. A full or read-only disk is a one-line error."""
+    try:
+        return _write_outputs(out, rec, rej, cfg, lay, files, counts, summary)
+    except OSError as e:
+        raise CxrctxError(f"{out}: cannot write the output: {e.strerror or e}") from None
+
+
+def _write_outputs(
+    out: Path,
+    rec: pl.DataFrame,
+    rej: pl.DataFrame,
+    cfg: BuildPriorsConfig,
+    lay: L.MimicLayout,
+    files: list[Path],
+    counts: dict[str, int],
+    summary: dict,
+) -> Manifest:
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)
+    for folder in (out, out / "records"):  # temp files left by a killed run
+        for stale in folder.glob(".*.tmp"):
+            stale.unlink()
     shards = write_shards(rec, out / "records", cfg.rows_per_shard, relative_to=out)
     tables = [
         write_parquet(rej, out / "rejects.parquet").model_copy(update={"path": "rejects.parquet"})
