@@ -219,11 +219,13 @@ def _record_lines(path: Path, data: bytes, width: int) -> list[int]:
     return starts[1:]  # the header is line 1
 
 
-def _first_ragged_line(data: bytes, width: int) -> tuple[int, int] | None:
-    """(line, fields) of the first non-blank line whose field count is not `width`.
+def _scan_lines(data: bytes, width: int) -> tuple[bool, tuple[int, int] | None]:
+    """(a line has an odd number of quotes, (line, fields) of the first ragged line).
 
-    Vectorised: each line is one string (read with a separator that never occurs),
-    quoted parts are removed, and commas are counted.
+    Vectorised: each line is one string (read with a separator that never occurs: control
+    characters were refused before), quoted parts are removed, and commas are counted.
+    An odd quote count means a quoted field spans lines (or a quote is unbalanced): the
+    caller then reads quote-aware instead, and the ragged answer is not computed.
     """
     lines = pl.read_csv(
         io.BytesIO(data),
@@ -233,14 +235,16 @@ def _first_ragged_line(data: bytes, width: int) -> tuple[int, int] | None:
         infer_schema=False,
         new_columns=["l"],
     )["l"]
+    if (lines.str.count_matches('"', literal=True) % 2 == 1).any():
+        return True, None
     stripped = lines.str.strip_chars_end("\r")
     fields = stripped.str.replace_all(r'"[^"]*"', "").str.count_matches(",") + 1
     bad = (fields != width) & (stripped.str.len_chars() > 0)
     bad = bad.fill_null(False)
     if not bad.any():
-        return None
+        return False, None
     i = int(bad.arg_true()[0])
-    return i + 1, int(fields[i])
+    return False, (i + 1, int(fields[i]))
 
 
 def read_csv(path: Path, required: Sequence[str]) -> pl.DataFrame:
@@ -256,9 +260,9 @@ def read_csv(path: Path, required: Sequence[str]) -> pl.DataFrame:
             f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(header)})"
         )
     _check_bytes(path, data)
-    # Quotes need a quote-aware (slower) reading; most MIMIC CSVs have none.
-    starts = _record_lines(path, data, len(header)) if b'"' in data else None
-    ragged = _first_ragged_line(data, len(header)) if starts is None else None
+    # A quoted field over several lines needs a quote-aware (slower) reading; MIMIC has none.
+    multiline, ragged = _scan_lines(data, len(header))
+    starts = _record_lines(path, data, len(header)) if multiline else None
     if ragged is not None:
         line, n = ragged
         raise CxrctxError(
@@ -267,7 +271,7 @@ def read_csv(path: Path, required: Sequence[str]) -> pl.DataFrame:
     try:
         df = pl.read_csv(io.BytesIO(data), infer_schema=False)
     except pl.exceptions.PolarsError as e:
-        where = _first_ragged_line(data, len(header))
+        where = None if multiline else _scan_lines(data, len(header))[1]
         detail = (
             f"line {where[0]}: expected {len(header)} fields, found {where[1]}"
             if where
