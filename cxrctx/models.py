@@ -91,6 +91,12 @@ class Record(_Strict):
     addendum: str | None = Field(
         None, description="Addendum text (kept apart from the body sections)"
     )
+    last_paragraph: str | None = Field(
+        None,
+        description="Only when the report has neither findings nor impression: the free text "
+        "at the end of the body (the paragraphs after the first paragraph of its last section, "
+        "or the whole body when it has no header); the fallback target of the MIT-LCP sectioner",
+    )
     priors: list[PriorStudy] = Field(
         description="The K most recent earlier studies, most recent first"
     )

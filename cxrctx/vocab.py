@@ -77,6 +77,7 @@ FLAGS: tuple[str, ...] = (
     "no_impression",
     "no_images",
     "temporal_reference_without_prior",
+    "only_last_paragraph",
 )
 
 
