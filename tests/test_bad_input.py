@@ -467,14 +467,16 @@ def test_write_failure_is_one_line_and_stale_temp_files_go(tmp_path, monkeypatch
 
     root = _good(tmp_path)
     out = tmp_path / "out"
-    (out / "records").mkdir(parents=True)
-    stale = out / "records" / ".part-00000.parquet.abc123.tmp"
-    stale.write_bytes(b"half a shard")
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(B, "write_parquet", full)
+    _cli_fails(["build-priors", str(root), "--out", str(out)], str(out), "No space left on device")
+    # a killed writer of this run left a temp part behind; the re-run removes it
+    (out / "records").mkdir(parents=True, exist_ok=True)
+    stale = out / "records" / ".part-00000.parquet.abc123.tmp"
+    stale.write_bytes(b"half a shard")
     _cli_fails(["build-priors", str(root), "--out", str(out)], str(out), "No space left on device")
     assert not stale.exists()
     assert not (out / "manifest.json").exists()

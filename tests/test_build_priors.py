@@ -10,6 +10,7 @@ from mimic_tiny import REPORT, study, write_root
 from typer.testing import CliRunner
 
 from cxrctx.cli import app
+from cxrctx.errors import CxrctxError
 from cxrctx.io import read_manifest, read_shards, sha256_file
 from cxrctx.mimic import build_priors
 from cxrctx.mimic.schema import RECORD_SCHEMA, REJECT_SCHEMA
@@ -112,8 +113,19 @@ def test_two_runs_identical_bytes(tmp_path):
 def test_rerun_with_fewer_shards_removes_stale(tmp_path):
     root = _tiny(tmp_path)
     build_priors(root, tmp_path / "o", rows_per_shard=1, workers=1)
-    build_priors(root, tmp_path / "o", rows_per_shard=100, workers=1)
+    build_priors(root, tmp_path / "o", rows_per_shard=100, workers=1, overwrite=True)
     assert [p.name for p in (tmp_path / "o" / "records").iterdir()] == ["part-00000.parquet"]
+
+
+def test_other_run_in_out_is_refused_without_overwrite(tmp_path):
+    """One output policy: a different configuration never silently replaces a finished run."""
+    root = _tiny(tmp_path)
+    build_priors(root, tmp_path / "o", rows_per_shard=1, workers=1)
+    before = sorted(p.name for p in (tmp_path / "o" / "records").iterdir())
+    with pytest.raises(CxrctxError, match="--overwrite"):
+        build_priors(root, tmp_path / "o", rows_per_shard=100, workers=1)
+    assert sorted(p.name for p in (tmp_path / "o" / "records").iterdir()) == before
+    build_priors(root, tmp_path / "o", rows_per_shard=1, workers=1)  # same run: re-runs
 
 
 def test_zip_reports_match_files(tmp_path):

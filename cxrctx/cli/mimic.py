@@ -56,6 +56,9 @@ def build_priors_cmd(
         min=1,
         help="Reject a report file or zip entry larger than this (report_too_large).",
     ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace a non-empty --out written by another cxrctx run."
+    ),
 ) -> None:
     """Join each study with its views, report sections and prior studies (C-SRRG style records).
 
@@ -80,6 +83,7 @@ def build_priors_cmd(
                 image_ext=image_ext,
                 workers=workers,
                 max_report_bytes=max_report_bytes,
+                overwrite=overwrite,
                 progress=progress,
             )
         except CxrctxError as e:

@@ -15,6 +15,7 @@ callback; the library never draws anything.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -29,7 +30,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cxrctx import __version__
 from cxrctx.errors import CxrctxError
-from cxrctx.io import atomic_path, input_file, write_manifest, write_parquet, write_shards
+from cxrctx.io import (
+    atomic_path,
+    config_hash,
+    input_file,
+    prepare_output,
+    write_manifest,
+    write_parquet,
+    write_shards,
+)
 from cxrctx.mimic import layout as L
 from cxrctx.mimic.images import load_images, prepare_images, study_table
 from cxrctx.mimic.priors import join_priors
@@ -40,6 +49,9 @@ from cxrctx.models import RECORD_SCHEMA_VERSION, Manifest, ShardInfo
 from cxrctx.vocab import FLAGS
 
 log = logging.getLogger(__name__)
+
+#: The stage name written into manifests and the output-folder marker.
+STAGE = "build-priors"
 
 #: Per-study reject reasons (image-level ones are listed apart).
 STUDY_REJECT_REASONS = (
@@ -146,13 +158,15 @@ def build_priors(
     image_ext: str = "dcm",
     workers: int | None = None,
     max_report_bytes: int = MAX_REPORT_BYTES,
+    overwrite: bool = False,
     progress: ProgressFn | None = None,
 ) -> BuildResult:
     """Build C-SRRG-style records from a MIMIC-CXR root into `out`.
 
     Writes `records/part-NNNNN.parquet`, `rejects.parquet`, `manifest.json` (and
     `records.jsonl` with `jsonl=True`). Raises `CxrctxError` on fatal input problems,
-    before anything is written.
+    before anything is written. A non-empty `out` of another run is refused unless
+    `overwrite` (the output policy every stage shares); the same configuration re-runs.
     """
     _check_out(Path(out))
     lay = L.discover(root, reports_zip, need_metadata=not scan_dicom)
@@ -167,11 +181,17 @@ def build_priors(
         workers=workers or default_workers(),
         max_report_bytes=max_report_bytes,
     )
+    run_key = {**cfg.model_dump(mode="json", exclude={"workers"}), "root": str(lay.root.resolve())}
+    claim = functools.partial(
+        prepare_output, out, stage=STAGE, config_hash=config_hash(run_key), overwrite=overwrite
+    )
+    if Path(out).is_dir() and any(Path(out).iterdir()):
+        claim()  # refuse another run's folder (or resume ours) before any work
     # Start reading every report in worker processes; the columnar work overlaps.
     reports = report_index(lay)
     reader = ReportReader(lay.root, lay.reports_zip, reports, cfg.workers, cfg.max_report_bytes)
     try:
-        return _build(lay, cfg, Path(out), reports, reader, progress)
+        return _build(lay, cfg, Path(out), reports, reader, progress, claim)
     finally:
         reader.close()
 
@@ -183,8 +203,10 @@ def _build(
     reports: pl.DataFrame,
     reader: ReportReader,
     progress: ProgressFn | None,
+    claim: Callable[[], object],
 ) -> BuildResult:
-    """The phases of a run, in order; each names what it adds to `rejects`."""
+    """The phases of a run, in order; each names what it adds to `rejects`. `claim` takes
+    the output folder (output policy) once the inputs proved readable, before writing."""
     t0 = time.perf_counter()
 
     def done(name: str) -> None:
@@ -205,6 +227,7 @@ def _build(
     done("records assembled")
     counts = _reconcile(rec, rej, inp, studies_in)
     summary = _summaries(rec, rej, cfg.max_priors)
+    claim()
     manifest = _write(out, rec, rej, cfg, lay, inp.files, counts, summary)
     done("written")
     return BuildResult(
@@ -593,7 +616,7 @@ def _write_outputs(
         tables.append(_write_jsonl(rec, out / "records.jsonl"))
     manifest = Manifest(
         tool_version=__version__,
-        stage="build-priors",
+        stage=STAGE,
         schema_version=RECORD_SCHEMA_VERSION,
         config=cfg.model_dump(mode="json"),
         inputs=[input_file(p, _rel_name(p, lay.root)) for p in files],
