@@ -59,18 +59,29 @@ COUNTS = (
 )  # fmt: skip
 
 
-@dataclass
 class LabelResult:
     """Outputs of one labeling pass. `labels` has 14 rows per labeled document.
 
     The tables are in memory for `label_documents`; for `label_lesions` they were
     streamed to OUT and are read back from there on first access."""
 
-    counts: dict[str, int]
-    provenance: dict[str, Any]
-    stats: TaskStats | None = None
-    frames: dict[str, pl.DataFrame] = field(default_factory=dict)
-    out: Path | None = None
+    def __init__(
+        self,
+        counts: dict[str, int],
+        provenance: dict[str, Any],
+        stats: TaskStats | None = None,
+        *,
+        labels: pl.DataFrame | None = None,
+        documents: pl.DataFrame | None = None,
+        failures: pl.DataFrame | None = None,
+        out: Path | None = None,
+    ):
+        self.counts = counts
+        self.provenance = provenance
+        self.stats = stats
+        self.out = out
+        given = {"labels": labels, "documents": documents, "failures": failures}
+        self.frames = {k: v for k, v in given.items() if v is not None}
 
     def table(self, name: str) -> pl.DataFrame:
         if name not in self.frames:
@@ -246,7 +257,7 @@ def label_documents(
               "engine_requests": stats.requests, "repair_requests": stats.repairs,
               "prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens}  # fmt: skip
     frames = {} if sinks else {name: s.frame() for name, s in memory.items()}
-    return LabelResult(counts=counts, provenance=stats.provenance, stats=stats, frames=frames)
+    return LabelResult(counts, stats.provenance, stats, **frames)
 
 
 def _provenance(task: LesionTask, engine: Engine, sampling: Sampling) -> dict[str, Any]:
