@@ -91,7 +91,11 @@ def test_wrong_enum_and_missing_lesion_fail_with_reason():
         scripted(bad_enum, "{}"),
     )
     r = res.failures["reason"][0]
-    assert "missing candidate lesion(s): cardiomegaly" in r and "(got 'maybe')" in r and "after repair" in r
+    assert (
+        "missing candidate lesion(s): cardiomegaly" in r
+        and "(got 'maybe')" in r
+        and "after repair" in r
+    )
 
 
 def test_engine_error_is_a_transient_failure_row_not_cached(tmp_path):
