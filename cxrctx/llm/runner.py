@@ -398,8 +398,9 @@ def _permanent_error(outcomes: list[Outcome], engine: Any) -> CxrctxError | None
         return None
     ident = engine_identity(engine)
     where = ident["base_url"] or ident["backend"]
+    why = " ".join(str(bad.entry["error"]).split())[:400]
     return CxrctxError(
-        f"{where} refused the request for model {ident['model']!r}: {bad.entry['error']}; "
+        f"{where} refused the request for model {ident['model']!r}: {why}; "
         "stopped after the first such answer (check --model, --base-url and the key in --api-key-env)"
     )
 
