@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cxrctx.errors import CxrctxError
 from cxrctx.io import atomic_write_text, read_shards, shard_paths, write_parquet
+from cxrctx.llm.base import Engine, Sampling
 from cxrctx.reportgen.tasks import CRITERIA
 from cxrctx.vocab import LESIONS
 
@@ -197,7 +198,10 @@ def keyword_labels(docs: pl.DataFrame) -> pl.DataFrame:
 
 
 def run_judge(
-    engine: Any, pairs: list[tuple[str, str, str]], sampling: Any = None, cache_dir: Any = None
+    engine: Engine,
+    pairs: list[tuple[str, str, str]],
+    sampling: Sampling | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> tuple[JudgeScores, list[dict]]:
     from cxrctx.reportgen.tasks import judge_reports
 
