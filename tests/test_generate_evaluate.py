@@ -13,9 +13,10 @@ import polars as pl
 import pytest
 
 from cxrctx.errors import CxrctxError
-from cxrctx.reportgen.evaluate import keyword_labels, parse_judgement
-from cxrctx.reportgen.generate import parse_report
+from cxrctx.llm.task import AnswerError
+from cxrctx.reportgen.evaluate import keyword_labels
 from cxrctx.reportgen.merge import merge_sentences
+from cxrctx.reportgen.tasks import AggregatorTask, JudgeTask
 
 
 def test_merge_prefers_positive_and_dedupes():
@@ -59,13 +60,19 @@ def test_keyword_labeler_negation_and_location():
 
 
 def test_parse_llm_answers():
-    assert parse_report('```json\n{"report": "No acute   process."}\n```') == "No acute process."
-    with pytest.raises(ValueError):
-        parse_report('{"text": "x"}')
+    agg, judge = AggregatorTask(), JudgeTask()
+    got = agg.parse(None, '```json\n{"report": "No acute   process."}\n```')
+    assert got.report == "No acute process."
+    with pytest.raises(AnswerError, match="report: missing"):
+        agg.parse(None, '{"text": "x"}')
+    with pytest.raises(AnswerError, match="report"):
+        agg.parse(None, '{"report": "   "}')
     ok = '{"clinical_accuracy": 3, "findings_completeness": 2, "linguistic_quality": 5, "report_structure": 4, "rationale": "ok"}'
-    assert parse_judgement(ok)["linguistic_quality"] == 5
-    with pytest.raises(ValueError, match="1-5"):
-        parse_judgement(ok.replace(": 3", ": 7"))
+    assert judge.parse(None, ok).linguistic_quality == 5
+    with pytest.raises(AnswerError, match="less than or equal to 5"):
+        judge.parse(None, ok.replace(": 3", ": 7"))
+    with pytest.raises(AnswerError, match="clinical_accuracy"):
+        judge.parse(None, ok.replace(": 3", ": true"))
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -169,9 +176,11 @@ def test_llm_aggregator_and_judge_with_fake_engine(run, tmp_path):
     df = pl.read_parquet(tmp_path / "gen" / "generated" / "part-00000.parquet")
     n_llm = res.counts["generated"]  # empty reports never reach the aggregator
     assert n_llm >= 2, "the fixture's model should write some reports"
-    assert calls["n"] == n_llm and res.counts["aggregator_failures"] == 1
-    assert df.filter(pl.col("aggregator") == "llm:fake/agg").height == n_llm - 1
-    assert df.filter(pl.col("aggregator_error").is_not_null()).height == 1
+    # the unusable first answer is repaired once (one more request); identical requests are
+    # asked once, so there are at most n_llm + 1 calls and no failure
+    assert 2 <= calls["n"] <= n_llm + 1 and res.counts["aggregator_failures"] == 0
+    assert df.filter(pl.col("aggregator") == "llm:fake/agg").height == n_llm
+    assert df.filter(pl.col("aggregator_error").is_not_null()).height == 0
 
     def judge(req):
         assert "REFERENCE REPORT" in req.messages[1]["content"]

@@ -43,14 +43,14 @@ from cxrctx.reportgen.metrics import (
     rouge_l_scores,
     temporal_hallucination,
 )
+from cxrctx.reportgen.tasks import CRITERIA
 from cxrctx.vocab import LESIONS
 
 if TYPE_CHECKING:
-    from cxrctx.llm.base import Engine
+    from cxrctx.llm.base import Engine, Sampling
 
 log = logging.getLogger(__name__)
 
-CRITERIA = ("clinical_accuracy", "findings_completeness", "linguistic_quality", "report_structure")
 REFERENCE_SECTIONS = ("findings", "impression")
 
 
@@ -173,72 +173,33 @@ def keyword_labels(docs: pl.DataFrame) -> pl.DataFrame:
 # ----------------------------------------------------------------------------- judge
 
 
-def judge_requests(pairs: list[tuple[str, str, str]], prompt: dict[str, Any]):
-    from cxrctx.llm.base import ChatRequest
-
-    return [
-        ChatRequest(
-            messages=[
-                {"role": "system", "content": prompt["system"]},
-                {
-                    "role": "user",
-                    "content": prompt["user_template"].format(reference=ref, generated=gen),
-                },
-            ],
-            json_schema=prompt["schema"],
-            key=key,
-        )
-        for key, gen, ref in pairs
-    ]
-
-
-def parse_judgement(text: str) -> dict[str, int]:
-    from cxrctx.llm.jsonutil import extract_json
-
-    data = extract_json(text)
-    if not isinstance(data, dict):
-        raise ValueError("answer is not a JSON object")
-    out = {}
-    for c in CRITERIA:
-        v = data.get(c)
-        if isinstance(v, bool) or not isinstance(v, int | float) or int(v) != v or not 1 <= v <= 5:
-            raise ValueError(f"{c} must be an integer 1-5 (got {v!r})")
-        out[c] = int(v)
-    return out
-
-
 def run_judge(
-    engine: Any, pairs: list[tuple[str, str, str]], sampling: Any = None
+    engine: Engine,
+    pairs: list[tuple[str, str, str]],
+    sampling: Sampling | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> tuple[JudgeScores, list[dict]]:
-    from cxrctx.llm.base import Sampling
-    from cxrctx.reportgen.generate import load_report_prompt
+    """The consistency judge (a task on the shared LLM layer) over (key, generated, reference)."""
+    from cxrctx.reportgen.tasks import judge_reports
 
-    prompt = load_report_prompt("consistency_judge")
-    comps = engine.complete(
-        judge_requests(pairs, prompt), sampling or Sampling(temperature=0.0, max_tokens=256)
-    )
-    per: list[dict] = []
-    failures = 0
-    for (key, _, _), c in zip(pairs, comps, strict=True):
-        try:
-            if c.error:
-                raise ValueError(c.error)
-            per.append({"id": key, **parse_judgement(c.text)})
-        except ValueError as e:
-            failures += 1
-            log.debug("judge failed for %s: %s", key, e)
+    per, failed, prompt_sha = judge_reports(engine, pairs, sampling=sampling, cache_dir=cache_dir)
+    for key, reason in failed:
+        log.debug("judge failed for %s: %s", key, reason)
     means = {c: (sum(p[c] for p in per) / len(per) if per else None) for c in CRITERIA}
-    total = sum(means.values()) if per else None  # type: ignore[arg-type]
+    total = sum(v for v in means.values() if v is not None) if per else None
     return (
         JudgeScores(
             n=len(per),
-            failures=failures,
+            failures=len(failed),
             backend=str(getattr(engine, "backend", "?")),
             model=str(getattr(engine, "model", "?")),
-            prompt_sha256=prompt["sha256"],
+            prompt_sha256=prompt_sha,
             total=total,
             mean=total / 4 if total is not None else None,
-            **means,
+            clinical_accuracy=means["clinical_accuracy"],
+            findings_completeness=means["findings_completeness"],
+            linguistic_quality=means["linguistic_quality"],
+            report_structure=means["report_structure"],
         ),
         per,
     )
@@ -392,10 +353,12 @@ def _classifier_auc(gen: pl.DataFrame, pairs: list[Pair], gold: pl.DataFrame) ->
 # ----------------------------------------------------------------------------- judge + temporal
 
 
-def _judge(engine: Engine, pairs: list[Pair], notes: list[str]) -> tuple[JudgeScores, list[dict]]:
+def _judge(
+    engine: Engine, pairs: list[Pair], notes: list[str], cache_dir: str | os.PathLike | None
+) -> tuple[JudgeScores, list[dict]]:
     """The consistency judge on the non-empty reports; empty ones are counted, not judged."""
     nonempty = [p for p in pairs if p[1].strip()]
-    judge, per = run_judge(engine, nonempty)
+    judge, per = run_judge(engine, nonempty, cache_dir=cache_dir)
     judge = judge.model_copy(update={"empty": len(pairs) - len(nonempty)})
     if judge.failures:
         notes.append(f"the judge's answer was unusable for {judge.failures} stud(ies)")
@@ -455,7 +418,7 @@ def evaluate(
     per_judge: list[dict] = []
     if judge_engine is not None:
         step("judge")
-        judge, per_judge = _judge(judge_engine, pairs, notes)
+        judge, per_judge = _judge(judge_engine, pairs, notes, cache_dir)
     report = EvaluationReport(
         n_generated=gen.height,
         n_pairs=len(pairs),

@@ -23,7 +23,6 @@ which is not reimplemented here.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import Counter
@@ -37,10 +36,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cxrctx import __version__
 from cxrctx.errors import CxrctxError
-from cxrctx.io import sha256_bytes, write_manifest, write_parquet, write_shards
+from cxrctx.io import write_manifest, write_parquet, write_shards
 from cxrctx.models import Manifest
 from cxrctx.reportgen.merge import merge_sentences
-from cxrctx.resources import read_bytes
 from cxrctx.vocab import LESIONS, ROIS
 
 if TYPE_CHECKING:
@@ -94,55 +92,6 @@ class GenerateResult:
 
 #: progress(phase, done, total): phase "decode" counts studies, "aggregate" LLM-merged ones.
 Progress = Callable[[str, int, int], None]
-
-
-def load_report_prompt(name: str, version: int = 1) -> dict[str, Any]:
-    """A report-side prompt (aggregator, judge) as a dict with its file's sha256."""
-    raw = read_bytes("prompts", name, f"v{version}.json")
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise CxrctxError(f"prompts/{name}/v{version}.json: invalid JSON ({e})") from e
-    data["sha256"] = sha256_bytes(raw)
-    return data
-
-
-def aggregate_requests(rows: list[dict], prompt: dict[str, Any]):
-    from cxrctx.llm.base import ChatRequest
-
-    reqs = []
-    for r in rows:
-        regions = (
-            "\n".join(f"- {x['roi']}: {x['text']}" for x in r["roi_sentences"] if x["text"])
-            or "- (no region produced a statement)"
-        )
-        user = prompt["user_template"].format(
-            regions=regions, lesions=", ".join(r["predicted_lesions"]) or "none"
-        )
-        reqs.append(
-            ChatRequest(
-                messages=[
-                    {"role": "system", "content": prompt["system"]},
-                    {"role": "user", "content": user},
-                ],
-                json_schema=prompt["schema"],
-                key=str(r["study_id"]),
-            )
-        )
-    return reqs
-
-
-def parse_report(text: str) -> str:
-    from cxrctx.llm.jsonutil import extract_json
-
-    data = extract_json(text)
-    if (
-        not isinstance(data, dict)
-        or not isinstance(data.get("report"), str)
-        or not data["report"].strip()
-    ):
-        raise ValueError("answer has no non-empty 'report' string")
-    return " ".join(data["report"].split())
 
 
 GEN_SCHEMA: dict[str, Any] = {
@@ -210,7 +159,9 @@ def generate(
     if engine is not None:
         prompt = aggregator_prompt(aggregator_lesions)
         todo = [r for r in rows if r["report"]]
-        counts["aggregator_failures"] = _aggregate(todo, engine, prompt, sampling, progress)
+        counts["aggregator_failures"] = _aggregate(
+            todo, engine, prompt, sampling, Path(out) / "cache", progress
+        )
     config = {
         "run_dir": str(run_dir),
         "split": split,
@@ -327,6 +278,8 @@ def _row(item: Any, texts: list[str], probs: Any, cfg: Any) -> dict:
 
 def aggregator_prompt(lesions: bool) -> dict[str, Any]:
     """The aggregator prompt; with `lesions` its user message also lists the predicted lesions."""
+    from cxrctx.reportgen.tasks import load_report_prompt
+
     prompt = load_report_prompt("aggregate_report", version=2)
     if lesions:
         prompt["user_template"] = prompt["user_template_with_lesions"]
@@ -342,26 +295,18 @@ def _aggregate(
     engine: Engine,
     prompt: dict[str, Any],
     sampling: Sampling | None,
+    cache_dir: Path,
     progress: Progress | None,
 ) -> int:
-    """LLM-merge `rows` in place; an unusable answer keeps the merge. Returns the failures."""
-    from cxrctx.llm.base import Sampling
+    """LLM-merge `rows` in place through the aggregator task (shared cache, one repair); a
+    study whose answer stays unusable keeps the merge. Returns the failures."""
+    from cxrctx.reportgen.tasks import aggregate_reports
 
     if not rows:
         return 0
-    comps = engine.complete(
-        aggregate_requests(rows, prompt), sampling or Sampling(temperature=0.0, max_tokens=512)
+    failures, _, _ = aggregate_reports(
+        rows, engine, sampling=sampling, cache_dir=cache_dir, prompt=prompt
     )
-    name, failures = _aggregator_name(engine), 0
-    for r, c in zip(rows, comps, strict=True):
-        try:
-            if c.error:
-                raise ValueError(c.error)
-            r["report"] = parse_report(c.text)
-            r["aggregator"] = name
-        except ValueError as e:
-            r["aggregator_error"] = str(e)[:200]
-            failures += 1
     if progress:
         progress("aggregate", len(rows), len(rows))
     return failures
