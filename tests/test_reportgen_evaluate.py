@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from cxrctx.io import write_shards
+from cxrctx.io import write_shards, write_stage_manifest
 from cxrctx.reportgen.evaluate import evaluate
 from cxrctx.reportgen.metrics import classifier_auc, rouge_l, temporal_hallucination
 from cxrctx.vocab import LESIONS
@@ -82,13 +82,21 @@ def test_temporal_hallucination_counts_only_studies_without_prior():
     assert temporal_hallucination([], [], []).rate is None
 
 
-def _folders(tmp: Path, reports: list[str], priors: list[int]) -> tuple[Path, Path, Path]:
+def _stage(df: pl.DataFrame, out: Path, table: str, stage: str) -> None:
+    """A stage folder as its producer writes it: shards + manifest (consumers check both)."""
+    shards = write_shards(df, out / table, 100, relative_to=out)
+    write_stage_manifest(out, stage=stage, schema_version=1, config={}, shards=shards)
+
+
+def _folders(
+    tmp: Path, reports: list[str], priors: list[int], with_priors: bool = True
+) -> tuple[Path, Path, Path]:
     """generated/ + records/ + a label file for studies 1..n (reference: a left effusion)."""
     n = len(reports)
     sids = list(range(1, n + 1))
     probs = [[0.8 if les == "pleural effusion" else 0.1 for les in LESIONS] for _ in sids]
     gen = pl.DataFrame({"study_id": sids, "report": reports, "lesion_probs": probs})
-    write_shards(gen, tmp / "gen" / "generated", 100)
+    _stage(gen, tmp / "gen", "generated", "generate")
     refs = pl.DataFrame(
         {
             "study_id": sids,
@@ -97,7 +105,12 @@ def _folders(tmp: Path, reports: list[str], priors: list[int]) -> tuple[Path, Pa
             "n_prior_studies": priors,
         }
     )
-    write_shards(refs, tmp / "rec" / "records", 100)
+    _stage(
+        refs if with_priors else refs.drop("n_prior_studies"),
+        tmp / "rec",
+        "records",
+        "build-priors",
+    )
     lab = pl.DataFrame(
         {
             "id": [str(s) for s in sids for _ in LESIONS],
@@ -204,9 +217,7 @@ def test_meteor_is_null_with_a_reason_exactly_when_nltk_wordnet_is_missing(tmp_p
 
 
 def test_records_without_n_prior_studies_give_no_temporal_rate(tmp_path):
-    gen, rec, labels = _folders(tmp_path, ["Unchanged."], [0])
-    df = pl.read_parquet(rec / "records" / "part-00000.parquet").drop("n_prior_studies")
-    df.write_parquet(rec / "records" / "part-00000.parquet")
+    gen, rec, labels = _folders(tmp_path, ["Unchanged."], [0], with_priors=False)
     rep = evaluate(gen, reference=rec, reference_labels=labels)
     assert rep.temporal_hallucination is None
     assert any("n_prior_studies" in n for n in rep.notes)
@@ -220,3 +231,21 @@ def test_bad_sections_and_missing_reference(tmp_path):
         evaluate(gen, reference=rec, sections=("history",))
     with pytest.raises(CxrctxError, match="has a reference text"):
         evaluate(gen, reference=rec, sections=("impression",))
+
+
+def test_inputs_are_checked_and_the_output_is_a_stage(tmp_path):
+    """A generate folder without its manifest (an interrupted run) is refused; --out gets a
+    manifest that the stage reader accepts, and another run's folder is not overwritten."""
+    from cxrctx.errors import CxrctxError
+    from cxrctx.io import open_stage
+
+    gen, rec, labels = _folders(tmp_path, ["Small left pleural effusion."], [0])
+    evaluate(gen, reference=rec, reference_labels=labels, out=tmp_path / "ev")
+    st = open_stage(tmp_path / "ev", "evaluate")
+    assert st.manifest.counts["studies"] == 1
+    assert {f.path for f in st.manifest.files} == {"evaluation.json"}
+    with pytest.raises(CxrctxError, match="--overwrite"):
+        evaluate(gen, reference=rec, out=tmp_path / "ev")  # other labels: another run
+    (gen / "manifest.json").unlink()
+    with pytest.raises(CxrctxError, match="manifest"):
+        evaluate(gen, reference=rec, reference_labels=labels)

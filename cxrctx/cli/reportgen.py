@@ -135,6 +135,9 @@ def generate_cmd(
     threads: ThreadsOpt = None,
     allow_failures: AllowFailuresOpt = False,
     allow_public_api: AllowPublicApiOpt = False,
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace a non-empty --out written by another cxrctx run."
+    ),
 ) -> None:
     """ROI sentences from the trained model, merged into one report per study.
 
@@ -169,6 +172,7 @@ def generate_cmd(
                 engine=engine,
                 aggregator_lesions=aggregator_lesions,
                 limit=limit,
+                overwrite=overwrite,
                 progress=progress,
             )
     except CxrctxError as e:
@@ -223,6 +227,9 @@ def evaluate_cmd(
     threads: ThreadsOpt = None,
     allow_failures: AllowFailuresOpt = False,
     allow_public_api: AllowPublicApiOpt = False,
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace a non-empty --out written by another cxrctx run."
+    ),
 ) -> None:
     """Lesion P/R/F1, classifier AUC, ROUGE-L, temporal hallucination, METEOR (when available
     offline) and the LLM consistency judge.
@@ -253,6 +260,7 @@ def evaluate_cmd(
             judge_engine=judge,
             sections=tuple(sections.value.split(",")),
             out=out,
+            overwrite=overwrite,
             progress=lambda phase: err_console.print(f"evaluate: {phase}", highlight=False),
         )
     except CxrctxError as e:

@@ -35,7 +35,17 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from cxrctx.errors import CxrctxError
-from cxrctx.io import atomic_write_text, read_shards, shard_paths, write_parquet
+from cxrctx.io import (
+    Stage,
+    atomic_write_text,
+    config_hash,
+    file_entry,
+    open_stage,
+    prepare_output,
+    stage_inputs,
+    write_parquet,
+    write_stage_manifest,
+)
 from cxrctx.reportgen.metrics import (
     TemporalHallucination,
     classifier_auc,
@@ -50,6 +60,9 @@ if TYPE_CHECKING:
     from cxrctx.llm.base import Engine, Sampling
 
 log = logging.getLogger(__name__)
+
+#: The stage name written into the manifest and the output-folder marker.
+STAGE = "evaluate"
 
 REFERENCE_SECTIONS = ("findings", "impression")
 
@@ -208,26 +221,18 @@ def run_judge(
 # ----------------------------------------------------------------------------- inputs
 
 
-def _read_generated(path: str | os.PathLike) -> pl.DataFrame:
-    p = Path(path)
-    if (p / "generated").is_dir():
-        p = p / "generated"
-    if not shard_paths(p):
-        raise CxrctxError(f"{path}: no generated reports (generated/part-*.parquet) found")
-    df = read_shards(p)
+def _read_generated(st: Stage) -> pl.DataFrame:
+    """The generated reports of a checked `generate` output."""
+    df = st.read()
     if not {"study_id", "report"} <= set(df.columns):
-        raise CxrctxError(f"{p}: generated shards lack study_id/report columns")
+        raise CxrctxError(f"{st.dir}: generated shards lack study_id/report columns")
     return df
 
 
-def _read_reference(path: str | os.PathLike, sections: list[str]) -> pl.DataFrame:
+def _read_reference(st: Stage, sections: list[str]) -> pl.DataFrame:
     """study_id, reference text (the sections joined) and n_prior_studies when recorded."""
-    p = Path(path)
-    if (p / "records").is_dir():
-        p = p / "records"
-    if not shard_paths(p):
-        raise CxrctxError(f"{path}: no records shards (part-*.parquet) found")
-    df = read_shards(p)
+    df = st.read()
+    p = st.dir
     bad = [s for s in sections if s not in df.columns]
     if bad:
         raise CxrctxError(f"{p}: records lack section column(s) {bad}")
@@ -391,9 +396,14 @@ def evaluate(
     sections: tuple[str, ...] = REFERENCE_SECTIONS,
     out: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> EvaluationReport:
     """Score generated reports against reference records; writes OUT/evaluation.json (+ per-study table).
+
+    Both inputs are checked against their manifests first. With `out`, the folder follows the
+    shared output policy (another run's folder is refused unless `overwrite`) and gets a
+    manifest listing the inputs' checksums, like every stage.
 
     `progress(phase)` is called as each phase starts: "text", "labels", "judge".
     """
@@ -402,10 +412,18 @@ def evaluate(
         if s not in REFERENCE_SECTIONS:
             raise CxrctxError(f"reference section must be findings or impression (got {s!r})")
     step = progress or (lambda _phase: None)
-    gen = _read_generated(generated)
-    joined, pairs, notes = _pair(
-        gen, _read_reference(reference, list(sections)), reference, sections
-    )
+    gen_st, ref_st = open_stage(generated, "generate"), open_stage(reference, "build-priors")
+    options = {
+        "sections": list(sections),
+        "reference_labels": str(reference_labels) if reference_labels else None,
+        "labeler": _engine_name(labeler_engine) if labeler_engine is not None else "keyword",
+        "judge": _engine_name(judge_engine) if judge_engine is not None else None,
+        "inputs": [f.sha256 for f in stage_inputs(gen_st) + stage_inputs(ref_st)],
+    }
+    if out is not None:  # the shared output policy, before any work
+        prepare_output(out, stage=STAGE, config_hash=config_hash(options), overwrite=overwrite)
+    gen = _read_generated(gen_st)
+    joined, pairs, notes = _pair(gen, _read_reference(ref_st, list(sections)), reference, sections)
     step("text")
     rl = rouge_l_scores([(g, r) for _, g, r in pairs])
     met, why = meteor_scores([(g, r) for _, g, r in pairs])
@@ -436,14 +454,21 @@ def evaluate(
         notes=notes,
     )
     if out is not None:
-        _write(Path(out), report, pairs, rl, per_judge)
+        _write(Path(out), report, pairs, rl, per_judge, options, gen_st, ref_st)
     return report
 
 
 def _write(
-    out: Path, report: EvaluationReport, pairs: list[Pair], rl: list[float], per_judge: list[dict]
+    out: Path,
+    report: EvaluationReport,
+    pairs: list[Pair],
+    rl: list[float],
+    per_judge: list[dict],
+    options: dict[str, Any],
+    gen_st: Stage,
+    ref_st: Stage,
 ) -> None:
-    """evaluation.json and per_study.parquet (study_id, rouge_l[, judge criteria])."""
+    """evaluation.json, per_study.parquet (study_id, rouge_l[, judge criteria]), manifest.json."""
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "evaluation.json", report.model_dump_json(indent=2) + "\n")
     per = pl.DataFrame(
@@ -457,4 +482,10 @@ def _write(
             .drop("id")
         )
         per = per.join(jd, on="study_id", how="left")
-    write_parquet(per.sort("study_id"), out / "per_study.parquet")
+    info = write_parquet(per.sort("study_id"), out / "per_study.parquet")
+    write_stage_manifest(
+        out, stage=STAGE, schema_version=1, config=options,
+        inputs=stage_inputs(gen_st) + stage_inputs(ref_st),
+        tables=[info.model_copy(update={"path": "per_study.parquet"})],
+        files=[file_entry(out / "evaluation.json", out)], counts={"studies": len(pairs)},
+    )  # fmt: skip

@@ -36,7 +36,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cxrctx import __version__
 from cxrctx.errors import CxrctxError
-from cxrctx.io import write_manifest, write_parquet, write_shards
+from cxrctx.io import (
+    config_hash,
+    prepare_output,
+    sha256_file,
+    write_manifest,
+    write_parquet,
+    write_shards,
+)
 from cxrctx.models import Manifest
 from cxrctx.reportgen.merge import merge_sentences
 from cxrctx.vocab import LESIONS, ROIS
@@ -137,6 +144,7 @@ def generate(
     limit: int | None = None,
     rows_per_shard: int = 50_000,
     device: str | None = None,
+    overwrite: bool = False,
     progress: Progress | None = None,
 ) -> GenerateResult:
     """Generate one report per study of `split` with the run's final model; see module doc.
@@ -145,6 +153,14 @@ def generate(
     a `cxrctx.llm` Engine for the LLM aggregator (None = deterministic merge);
     `aggregator_lesions` also gives it the classifier's lesion list (off: the paper's setup).
     """
+    options = {
+        "run_dir": str(Path(run_dir).resolve()), "split": split, "limit": limit,
+        "records": str(records) if records else None, "rois": str(rois) if rois else None,
+        "aggregator": _aggregator_name(engine) if engine is not None else "merge",
+        "aggregator_lesions": aggregator_lesions, "checkpoint": _checkpoint_sha(run_dir),
+    }  # fmt: skip
+    # the shared output policy, before the model is loaded (another run's folder is refused)
+    prepare_output(out, stage="generate", config_hash=config_hash(options), overwrite=overwrite)
     inp = _load_inputs(run_dir, split, records, rois, images, limit, device)
     rows = _decode(inp, batch_size, progress)
     empty = sum(1 for r in rows if not r["report"])
@@ -177,6 +193,12 @@ def generate(
     return GenerateResult(
         out_dir=Path(out), rows=n, counts=counts, skips=dict(sorted(reasons.items()))
     )
+
+
+def _checkpoint_sha(run_dir: str | os.PathLike) -> str | None:
+    """sha256 of the run's final checkpoint (part of the run's identity), if present."""
+    ckpt = Path(run_dir) / "checkpoints" / "final.pt"
+    return sha256_file(ckpt) if ckpt.is_file() else None
 
 
 def _load_inputs(
