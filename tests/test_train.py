@@ -259,3 +259,89 @@ def test_join_counts_studies_without_labels(small, tmp_path):
     # LLCL keys: a positive lesion marks exactly the ROIs it concerns
     it = next(i for i in full.items if i.targets[2] == 1.0)  # pleural effusion
     assert any(k & (1 << 2) for k in it.roi_keys)
+
+
+def test_traversal_in_dicom_id_or_path_is_a_counted_skip_and_writes_nothing_outside(
+    small, tmp_path
+):
+    rois = pl.read_parquet(small["rois"] / "rois" / "part-00000.parquet").sort("dicom_id")
+    train_rows = rois.filter(pl.col("split") == "train")
+    evil_id, evil_path = train_rows["dicom_id"][0], train_rows["dicom_id"][1]
+    rois = rois.with_columns(
+        pl.when(pl.col("dicom_id") == evil_id)
+        .then(pl.lit("../../../escaped"))
+        .otherwise(pl.col("dicom_id"))
+        .alias("dicom_id"),
+        pl.when(pl.col("dicom_id") == evil_path)
+        .then(pl.lit("../../outside.jpg"))
+        .otherwise(pl.col("path"))
+        .alias("path"),
+    )
+    bad = tmp_path / "in" / "rois"
+    bad.mkdir(parents=True)
+    rois.write_parquet(bad / "part-00000.parquet")
+    out = tmp_path / "deep" / "er" / "run"
+    res = train(
+        _cfg(max_steps=1),
+        records=small["records"],
+        labels=small["labels"],
+        rois=bad.parent,
+        images=small["root"],
+        out=out,
+        stage="1",
+    )
+    assert res.skips.get("invalid dicom_id") == 1, res.skips
+    assert res.skips.get("invalid image path") == 1, res.skips
+    assert not list(tmp_path.rglob("escaped*"))
+    cached = [p for p in (out / "cache").rglob("*.npz")]
+    assert cached and all(out in p.parents for p in cached)
+    sk = pl.read_parquet(out / "skips.parquet")
+    assert "../../../escaped" in sk["dicom_id"].to_list()
+
+
+def test_paper_preset_refuses_random_weights(small, tmp_path):
+    kw = dict(
+        records=small["records"], labels=small["labels"], rois=small["rois"], images=small["root"]
+    )
+    with pytest.raises(CxrctxError, match=r"vit_weights=FILE.*allow_random_init"):
+        train(make_config("paper"), out=tmp_path / "r", **kw)
+    assert not (tmp_path / "r").exists()  # refused before anything is written
+
+
+def test_cli_help_lists_choices_and_examples():
+    r = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0
+    assert "tiny" in r.output and "paper" in r.output and "both" in r.output
+    assert "Example:" in r.output and "cxrctx train --records" in r.output
+    r = CliRunner().invoke(
+        app,
+        ["train", "--records", "x", "--labels", "x", "--rois", "x", "--images", "x", "--out", "x",
+         "--preset", "huge"],
+    )  # fmt: skip
+    assert r.exit_code == 2 and "huge" in r.output
+
+
+def test_cli_prints_plain_progress_lines_when_not_a_terminal(small, tmp_path):
+    args = ["train", "--records", str(small["records"]), "--labels", str(small["labels"]),
+            "--rois", str(small["rois"]), "--images", str(small["root"]), "--out", str(tmp_path / "r"),
+            "--stage", "1", "--set", "max_steps=2", "--set", "batch_size=8"]  # fmt: skip
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.startswith("train: stage 1")]
+    assert any("stage_start" in ln for ln in lines) and any("step 2/2" in ln for ln in lines)
+
+
+def test_importing_the_trainer_api_is_typed_and_torch_free():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['timm'] = None\n"
+        "from cxrctx.train import train, make_config, TrainResult\n"
+        "from cxrctx.errors import CxrctxError\n"
+        "try:\n    train(make_config('tiny'), records='r', labels='l', rois='x', images='i', out='o')\n"
+        "except CxrctxError as e:\n    print(e)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "pip install 'cxrctx[train]'" in r.stdout

@@ -258,7 +258,9 @@ def test_local_bert_checkpoint_and_wordpiece_vocabulary(tmp_path, monkeypatch):
     m = build_model(cfg, tok)
     ref = BertModel.from_pretrained(str(d), local_files_only=True, add_pooling_layer=False)
     got = m.text.bert.state_dict()
-    assert all(torch.equal(got[k], v) for k, v in ref.state_dict().items())  # pretrained, not random
+    assert all(
+        torch.equal(got[k], v) for k, v in ref.state_dict().items()
+    )  # pretrained, not random
     b = _batch(2, cfg.image_size_stage1, cfg, tok)
     out = m(b)
     assert out["text_emb"].shape == (2, 11, cfg.embed_dim)
@@ -269,8 +271,8 @@ def test_bad_bert_folder_is_a_one_line_error(tmp_path):
     from cxrctx.errors import CxrctxError
     from cxrctx.train.bert import WordPieceTokenizer
 
-    with pytest.raises(CxrctxError, match="no config.json"):
+    with pytest.raises(CxrctxError, match=r"no config\.json"):
         WordPieceTokenizer.from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(CxrctxError, match="vocab.txt"):
+    with pytest.raises(CxrctxError, match=r"vocab\.txt"):
         WordPieceTokenizer.from_pretrained(tmp_path)
