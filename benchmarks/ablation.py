@@ -1,7 +1,11 @@
 """CLALA-Net ablations on synthetic data: full / without LCA / without LLCL / base, × seeds.
 
 Usage:
-    python benchmarks/ablation.py --patients 240 --seeds 0 1 2 --epochs1 8 --epochs2 2 --threads 2
+    python benchmarks/ablation.py --patients 210 --seeds 0 1 2 --epochs1 4 --epochs2 1 --threads 1
+
+(two processes, one thread each, may split the configs: `--configs full "without LCA"
+--json a.json` and `--configs "without LLCL" base --json b.json`, then
+`--merge a.json b.json` prints the combined table.)
 
 1. Builds one synthetic root (`cxrctx synth --images --imagenome`), its records and ROIs,
    and a patient-level split: of the patients in sorted order, 2 of every 9 are `test`,
@@ -161,16 +165,27 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--patients", type=int, default=240)
+    ap.add_argument("--patients", type=int, default=210)
     ap.add_argument("--size", type=int, default=96, help="synthetic image size (px)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--epochs1", type=int, default=8)
-    ap.add_argument("--epochs2", type=int, default=2)
+    ap.add_argument("--epochs1", type=int, default=4)
+    ap.add_argument("--epochs2", type=int, default=1)
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "_work" / "ablation")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    ap.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="only print the table of these --json files (runs split over processes)",
+    )
     args = ap.parse_args()
+    if args.merge:
+        rows = [r for f in args.merge for r in json.loads(f.read_text())["rows"]]
+        print(table(rows))
+        return
     import torch
 
     torch.set_num_threads(args.threads)
