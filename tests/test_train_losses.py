@@ -276,3 +276,20 @@ def test_bad_bert_folder_is_a_one_line_error(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(CxrctxError, match=r"vocab\.txt"):
         WordPieceTokenizer.from_pretrained(tmp_path)
+
+
+def test_findings_first_puts_affirmative_sentences_first():
+    from cxrctx.train.data import findings_first
+
+    s = [
+        "No pneumothorax.",
+        "There is a small left pleural effusion.",
+        "Lungs are clear.",
+        "Mild cardiomegaly.",
+    ]
+    assert findings_first(s) == [
+        "There is a small left pleural effusion.",
+        "Mild cardiomegaly.",
+        "No pneumothorax.",
+        "Lungs are clear.",
+    ]

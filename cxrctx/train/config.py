@@ -134,6 +134,10 @@ class TrainConfig(BaseModel):
         True,
         description="[chosen] the decoder also attends to the 14 status-weighted lesion tokens (with LCA)",
     )
+    findings_first: bool = Field(
+        True,
+        description="[chosen] order each ROI's sentences affirmative first, negated after (what greedy decoding writes first)",
+    )
     ce_per_sequence: bool = Field(
         True, description="[chosen] average the decoder loss per ROI text, then over texts"
     )

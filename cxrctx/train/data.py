@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +101,17 @@ def roi_keys(positives: dict[str, str]) -> list[int]:
     return keys
 
 
+_NEGATED = re.compile(
+    r"\b(no|not|without|negative|normal|clear|unremarkable|resolved|free of|absent)\b", re.I
+)
+
+
+def findings_first(sentences: list[str]) -> list[str]:
+    """Affirmative sentences before negated ones (stable): greedy decoding writes the start
+    of a text most reliably, so an abnormal region's text should start with its finding."""
+    return sorted(sentences, key=lambda t: bool(_NEGATED.search(t)))
+
+
 def unsafe_reason(dicom_id: object, path: object) -> str | None:
     """Why a ROI row cannot be used safely: an id that is not MIMIC's (it names cache files)
     or an image path that could leave the image root; None when both are fine."""
@@ -117,6 +129,7 @@ def join(
     labels: str | os.PathLike | None,
     rois: str | os.PathLike,
     require_labels: bool = True,
+    order_findings_first: bool = False,
 ) -> Joined:
     """Join the three inputs. Raises when they do not overlap at all (e.g. labels for other ids)."""
     rec_path = Path(records)
@@ -182,7 +195,14 @@ def join(
                 rows=r["rows"],
                 columns=r["columns"],
                 boxes=[(x["x1"], x["y1"], x["x2"], x["y2"]) for x in rois_sorted],
-                texts=[" ".join(x["sentences"] or []) for x in rois_sorted],
+                texts=[
+                    " ".join(
+                        findings_first(list(x["sentences"] or []))
+                        if order_findings_first
+                        else x["sentences"] or []
+                    )
+                    for x in rois_sorted
+                ],
                 targets=[1.0 if les in pos else 0.0 for les in LESIONS],
                 roi_keys=roi_keys(pos),
                 labeled=key in table,

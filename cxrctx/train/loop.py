@@ -168,7 +168,9 @@ def _load_items(
     cfg: TrainConfig, records: Any, labels: Any, rois: Any, run: Path, main: bool
 ) -> tuple[list[Item], list[Item], list[dict], Tokenizer]:
     """Join the inputs, split them, and build (or check) the run's tokenizer."""
-    joined = join(records=records, labels=labels, rois=rois)
+    joined = join(
+        records=records, labels=labels, rois=rois, order_findings_first=cfg.findings_first
+    )
     train_items = [it for it in joined.items if it.split == "train"]
     val_items = [it for it in joined.items if it.split == "validate"]
     if not train_items:
