@@ -16,6 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from cxrctx.errors import CxrctxError
 
 
+def _both_sections() -> list[Literal["findings", "impression"]]:
+    return ["findings", "impression"]
+
+
 class Preset(str, Enum):
     """Named starting configurations (`--preset`)."""
 
@@ -188,7 +192,7 @@ class TrainConfig(BaseModel):
     log_every: int = Field(10, ge=1)
     amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
     reference_sections: list[Literal["findings", "impression"]] = Field(
-        default_factory=lambda: ["findings", "impression"],
+        default_factory=_both_sections,
         description="Unused by the model; recorded for evaluation",
     )
 

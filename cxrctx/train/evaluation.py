@@ -7,7 +7,7 @@ gate over all ROIs. They are stored in the model (and so in every later checkpoi
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from cxrctx.vocab import LESIONS
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
     """ROC-AUC (scikit-learn); None when one class is absent (AUC undefined)."""
-    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import roc_auc_score  # type: ignore[import-untyped]
 
     labels = np.asarray(labels) > 0.5
     if labels.all() or not labels.any():
@@ -33,8 +33,12 @@ def collect(model: ClalaNet, ds: RoiDataset, device: torch.device, batch_size: i
     """Run the inference path over `ds`: classifier probabilities, targets, decoder CE."""
     model.eval()
     probs, targets, ces, finding, abnormal = [], [], [], [], []
-    loader = DataLoader(
-        ds, batch_size=batch_size, shuffle=False, collate_fn=collate, generator=torch.Generator()
+    loader: DataLoader[Any] = DataLoader(
+        cast(Any, ds),
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=collate,
+        generator=torch.Generator(),
     )
     for batch in loader:
         if "rois" not in batch:

@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import polars as pl
 import torch
@@ -460,12 +460,12 @@ def _step(ctx: RunContext, s: StageState, fwd: torch.nn.Module, batch: dict, opt
     return total, losses, extra
 
 
-def _epoch_loader(ctx: RunContext, s: StageState, ds: RoiDataset, sampler) -> DataLoader:
+def _epoch_loader(ctx: RunContext, s: StageState, ds: RoiDataset, sampler) -> DataLoader[Any]:
     sampler.set_epoch(s.epoch)
     order = list(sampler)
     batches = [order[i : i + s.per_rank] for i in range(0, len(order), s.per_rank)]
     return DataLoader(
-        ds,
+        cast(Any, ds),
         batch_sampler=ListSampler(batches[s.pos :]),
         num_workers=ctx.cfg.num_workers,
         collate_fn=collate,
@@ -478,8 +478,12 @@ def _epoch_loader(ctx: RunContext, s: StageState, ds: RoiDataset, sampler) -> Da
 def _train_epochs(ctx: RunContext, s: StageState, ds: RoiDataset, opt, sched, params, fwd) -> None:
     """Epochs → batches → steps, with logging, progress events and rolling checkpoints."""
     cfg, main = ctx.cfg, ctx.dist.main
-    sampler = DistributedSampler(
-        ds, num_replicas=ctx.dist.world, rank=ctx.dist.rank, shuffle=True, seed=cfg.seed + s.st
+    sampler: DistributedSampler[Any] = DistributedSampler(
+        cast(Any, ds),
+        num_replicas=ctx.dist.world,
+        rank=ctx.dist.rank,
+        shuffle=True,
+        seed=cfg.seed + s.st,
     )
     last = ctx.ckdir / "last.pt"
     ctx.model.train()

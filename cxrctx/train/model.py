@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -97,10 +98,10 @@ class RoiDecoder(nn.Module):
         return self.out(self.norm(h))
 
 
-def _load_vit(cfg: TrainConfig) -> nn.Module:
+def _load_vit(cfg: TrainConfig) -> Any:
     import timm
 
-    vit = timm.create_model(
+    vit: Any = timm.create_model(
         cfg.vit_name,
         pretrained=False,
         num_classes=0,
@@ -130,11 +131,14 @@ def _load_vit(cfg: TrainConfig) -> nn.Module:
 
 
 class ClalaNet(nn.Module):
+    lesion_thresholds: torch.Tensor
+    finding_threshold: torch.Tensor
+
     def __init__(self, cfg: TrainConfig, vocab_size: int, lesion_tokens: torch.Tensor):
         super().__init__()
         self.cfg = cfg
         self.n_rois, self.n_lesions = len(ROIS), len(LESIONS)
-        self.vit = _load_vit(cfg)
+        self.vit: Any = _load_vit(cfg)
         feat, d, dd = self.vit.num_features, cfg.embed_dim, cfg.decoder_dim
         self.roi_proj = nn.Linear(feat, d)
         self.roi_pos = nn.Parameter(torch.zeros(self.n_rois, d))

@@ -80,7 +80,7 @@ def seed_everything(seed: int) -> None:
 
 def rng_state() -> dict[str, Any]:
     """Every RNG state as tensors/plain types (weights_only-loadable)."""
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()
     py = random.getstate()
     return {
         "python": [py[0], list(py[1]), py[2]],
