@@ -66,6 +66,8 @@ def main() -> None:
         "val_accuracy": round(res.eval["accuracy"], 4),
         "majority_accuracy": round(res.eval["majority_accuracy"], 4),
         "report_lesion_macro_f1": les.get("macro_f1"),
+        "report_lesion_macro_over": les.get("macro_lesions"),
+        "report_lesion_fp_without_support": les.get("fp_without_support"),
         "report_lesion_f1": {
             s["lesion"]: s["f1"] for s in les.get("lesions", []) if s.get("support")
         },

@@ -7,8 +7,18 @@ import json
 import pytest
 
 from cxrctx.labeling.models import answer_schema
-from cxrctx.labeling.parse import parse_answer
+from cxrctx.labeling.parse import parse_lesion_answer
 from cxrctx.llm.jsonutil import extract_json, schema_errors, strip_code_fences
+from cxrctx.llm.task import AnswerError
+
+
+def parse_answer(text, candidates, finish_reason="stop"):
+    """(answers by lesion, None) or (None, reason)."""
+    try:
+        return parse_lesion_answer(text, candidates, finish_reason).root, None
+    except AnswerError as e:
+        return None, e.reason
+
 
 E = {"reasoning": "r", "status": "positive", "location": "left"}
 
@@ -46,8 +56,12 @@ def test_wrapped_answer_is_unwrapped():
         ("{not json", "stop", "invalid JSON"),
         ("[1, 2]", "stop", "no JSON object"),
         ('{"a": 1} ', "stop", "unknown lesion"),
-        (json.dumps({"edema": {**E, "status": "uncertain"}}), "stop", "status 'uncertain'"),
-        (json.dumps({"edema": {**E, "location": "upper"}}), "stop", "location 'upper'"),
+        (
+            json.dumps({"edema": {**E, "status": "uncertain"}}),
+            "stop",
+            "edema.status: Input should be",
+        ),
+        (json.dumps({"edema": {**E, "location": "upper"}}), "stop", "(got 'upper')"),
         (json.dumps({"edema": E, "lung cancer": E}), "stop", "unknown lesion"),
         (json.dumps({"edema": E}), "stop", "missing candidate lesion(s): mass"),
         (
@@ -55,8 +69,8 @@ def test_wrapped_answer_is_unwrapped():
             "stop",
             "duplicate",
         ),
-        (json.dumps({"edema": {**E, "severity": "mild"}}), "stop", "unknown field"),
-        (json.dumps({"edema": "positive"}), "stop", "not an object"),
+        (json.dumps({"edema": {**E, "severity": "mild"}}), "stop", "edema.severity: not asked"),
+        (json.dumps({"edema": "positive"}), "stop", "edema: Input should be"),
     ],
 )
 def test_bad_answers_give_a_reason(text, finish, expect):
@@ -65,16 +79,25 @@ def test_bad_answers_give_a_reason(text, finish, expect):
     assert reason is not None and expect in reason
 
 
-def test_non_candidate_lesion_entries_are_kept():
-    got, reason = parse_answer(
-        json.dumps({"edema": E, "mass": {**E, "status": "negative"}}), ["edema"]
-    )
-    assert reason is None and got is not None and set(got) == {"edema", "mass"}
+def test_answers_for_lesions_not_asked_are_rejected_not_taken_as_positives():
+    got, reason = parse_answer(json.dumps({"edema": E, "mass": E}), ["edema"])
+    assert got is None and reason is not None
+    assert "not asked: mass" in reason and "(asked: edema)" in reason
 
 
 def test_overlong_reasoning_is_cut_not_failed():
     got, reason = parse_answer(json.dumps({"edema": {**E, "reasoning": "x" * 500}}), ["edema"])
     assert reason is None and got is not None and len(got["edema"].reasoning) == 120
+
+
+def test_published_schema_is_generated_from_the_answer_model():
+    from cxrctx.labeling.models import LesionAnswer
+
+    entry = answer_schema(["edema"])["properties"]["edema"]
+    fields = LesionAnswer.model_fields
+    assert list(entry["properties"]) == list(fields)
+    assert entry["properties"]["reasoning"]["maxLength"] == 120
+    assert entry["additionalProperties"] is False and "$ref" not in json.dumps(entry)
 
 
 def test_schema_errors_subset_validator():

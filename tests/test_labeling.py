@@ -91,13 +91,30 @@ def test_wrong_enum_and_missing_lesion_fail_with_reason():
         scripted(bad_enum, "{}"),
     )
     r = res.failures["reason"][0]
-    assert "missing candidate" in r and "status 'maybe'" in r
+    assert (
+        "missing candidate lesion(s): cardiomegaly" in r
+        and "(got 'maybe')" in r
+        and "after repair" in r
+    )
 
 
-def test_engine_error_is_a_failure_row():
-    err = Completion(text="", finish_reason="error", error="boom")
-    res = label_documents(docs_frame({"a": "Edema."}), scripted(err, err))
-    assert res.counts["failed"] == 1 and "engine error: boom" in res.failures["reason"][0]
+def test_engine_error_is_a_transient_failure_row_not_cached(tmp_path):
+    err = Completion(text="", finish_reason="error", error="boom", error_kind="transient")
+    res = label_documents(docs_frame({"a": "Edema."}), scripted(err), cache_dir=tmp_path / "c")
+    assert res.counts["failed"] == 1 and res.counts["transient_failed"] == 1
+    f = res.failures.row(0, named=True)
+    assert "engine error: boom" in f["reason"] and f["transient"] and f["attempts"] == 1
+    eng = scripted()  # a re-run asks again and succeeds
+    res = label_documents(docs_frame({"a": "Edema."}), eng, cache_dir=tmp_path / "c")
+    assert eng.calls == 1 and res.counts["labeled"] == 1 and res.counts["failed"] == 0
+
+
+def test_rejected_request_is_a_final_failure_and_cached(tmp_path):
+    err = Completion(text="", finish_reason="error", error="400 too long", error_kind="rejected")
+    label_documents(docs_frame({"a": "Edema."}), scripted(err), cache_dir=tmp_path / "c")
+    eng = scripted()
+    res = label_documents(docs_frame({"a": "Edema."}), eng, cache_dir=tmp_path / "c")
+    assert eng.calls == 0 and res.counts["failed"] == 1 and res.counts["cached"] == 1
 
 
 def test_duplicate_ids_are_reported():
@@ -133,8 +150,6 @@ def test_label_lesions_outputs_are_deterministic_and_manifested(tmp_path):
         run = label_lesions(
             src,
             tmp_path / name,
-            backend="fake",
-            model="scripted",
             engine=scripted(),
             id_column="rid",
             text_column="report",
@@ -149,6 +164,7 @@ def test_label_lesions_outputs_are_deterministic_and_manifested(tmp_path):
     assert m.stage == "label-lesions" and m.counts["labeled"] == 5
     assert m.config["schema_sha256"] == schema_sha256() and m.config["prompt_sha256"]
     assert m.config["sampling"]["max_tokens"] == 512 and m.shards[0].rows == 70
+    assert m.counts["engine_requests"] == 3 and m.config["engine_options"]["base_url"] is None
     assert {t.path for t in m.tables} == {
         "documents/part-00000.parquet",
         "failures/part-00000.parquet",
@@ -160,8 +176,6 @@ def test_shards_partition_and_merge(tmp_path):
     full = label_lesions(
         src,
         tmp_path / "full",
-        backend="fake",
-        model="m",
         engine=scripted(),
         id_column="rid",
         text_column="report",
@@ -170,8 +184,6 @@ def test_shards_partition_and_merge(tmp_path):
         label_lesions(
             src,
             tmp_path / "sh",
-            backend="fake",
-            model="m",
             engine=scripted(),
             id_column="rid",
             text_column="report",
@@ -184,8 +196,6 @@ def test_shards_partition_and_merge(tmp_path):
         label_lesions(
             src,
             tmp_path / "x",
-            backend="fake",
-            model="m",
             engine=scripted(),
             shard="3/3",
             id_column="rid",
@@ -211,8 +221,6 @@ def test_records_dir_input_uses_sections(tmp_path):
     run = label_lesions(
         tmp_path / "priors",
         tmp_path / "out",
-        backend="fake",
-        model="m",
         engine=scripted(),
         sections=["indication"],
     )
@@ -283,30 +291,16 @@ def test_cli_user_errors_exit_cleanly(tmp_path):
     assert r.exit_code == 2 and "error:" in r.output
 
 
-def test_cli_runs_fake_backend_end_to_end(tmp_path):
+def test_cli_does_not_offer_the_fake_backend(tmp_path):
+    """The fake engine writes normal-looking labels: tests and the Python API only."""
     src = _write_inputs(tmp_path)
     r = runner.invoke(
         app,
-        [
-            "label-lesions",
-            str(src),
-            "--out",
-            str(tmp_path / "o"),
-            "--backend",
-            "fake",
-            "--model",
-            "m",
-            "--id-column",
-            "rid",
-            "--text-column",
-            "report",
-            "--limit",
-            "3",
-        ],
-    )
-    assert r.exit_code == 0, r.output
-    assert "3 documents" in r.output
-    assert read_shards(tmp_path / "o" / "labels")["id"].n_unique() == 3
+        ["label-lesions", str(src), "--out", str(tmp_path / "o"), "--backend", "fake",
+         "--model", "m", "--id-column", "rid", "--text-column", "report"],
+    )  # fmt: skip
+    assert r.exit_code == 2 and "fake" in r.output and "llamacpp" in r.output
+    assert not (tmp_path / "o").exists()
 
 
 KILL_SCRIPT = """
@@ -320,7 +314,7 @@ def slow(req):
     time.sleep(0.15)
     return good_answer(req)
 
-label_lesions({src!r}, {out!r}, backend="fake", model="m", engine=FakeEngine("m", responder=slow), batch_size=2)
+label_lesions({src!r}, {out!r}, engine=FakeEngine("m", responder=slow), batch_size=2)
 """
 
 
@@ -356,7 +350,7 @@ def test_resume_after_sigkill_loses_at_most_the_batch_in_flight(tmp_path):
     cached = sum(f.read_bytes().count(b"\n") for f in (out / "cache").glob("*.jsonl"))
     assert 6 <= cached < n
     eng = FakeEngine("m", responder=good_answer)
-    run = label_lesions(src, out, backend="fake", model="m", engine=eng, batch_size=2)
+    run = label_lesions(src, out, engine=eng, batch_size=2)
     assert eng.calls == n - cached  # nothing finished was recomputed
     assert run.result.counts["cached"] == cached and run.result.counts["labeled"] == n
     assert read_shards(out / "labels").height == 14 * n
@@ -402,3 +396,29 @@ def test_eval_against_synthetic_truth_with_locations(synth_root_small, tmp_path)
     r = runner.invoke(app, [*args, "--json", str(js)])
     assert r.exit_code == 0, r.output
     assert json.loads(js.read_text())["location_accuracy"] == 1.0
+
+
+def test_out_that_cannot_hold_outputs_fails_first_with_one_line(tmp_path, monkeypatch):
+    src = _write_inputs(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    eng = scripted()
+    with pytest.raises(CxrctxError, match="exists and is not a directory"):
+        label_lesions(src, tmp_path / "afile", engine=eng, id_column="rid", text_column="report")
+    assert eng.calls == 0
+
+    def full(self, rows):  # a disk that fills up during the run
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("cxrctx.llm.sink.ShardSink.add", full)
+    with pytest.raises(CxrctxError, match=r"cannot write the outputs \(No space left on device"):
+        label_lesions(src, tmp_path / "o", engine=scripted(), id_column="rid", text_column="report")
+    assert not list((tmp_path / "o").rglob("*.tmp"))
+
+
+def test_stale_temporary_parts_of_a_killed_run_are_removed(tmp_path):
+    src = _write_inputs(tmp_path)
+    stale = tmp_path / "o" / "labels" / ".part-00000.parquet.999.tmp"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half a parquet file")
+    label_lesions(src, tmp_path / "o", engine=scripted(), id_column="rid", text_column="report")
+    assert not stale.exists() and (tmp_path / "o" / "labels" / "part-00000.parquet").exists()

@@ -49,7 +49,7 @@ def engine(gguf):
 def test_llamacpp_labels_are_schema_valid_and_cached(engine, tmp_path):
     src = tmp_path / "docs.jsonl"
     src.write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in DOCS.items()))
-    run = label_lesions(src, tmp_path / "out", backend="llamacpp", model=engine.model, engine=engine,
+    run = label_lesions(src, tmp_path / "out", engine=engine,
                         sampling=Sampling(max_tokens=160))  # fmt: skip
     c = run.result.counts
     assert c["documents"] == 3 and c["no_candidate"] == 1 and c["labeled"] + c["failed"] == 3
@@ -77,7 +77,7 @@ def test_llamacpp_labels_are_schema_valid_and_cached(engine, tmp_path):
 
     engine.complete = counting
     try:
-        run2 = label_lesions(src, tmp_path / "out", backend="llamacpp", model=engine.model, engine=engine,
+        run2 = label_lesions(src, tmp_path / "out", engine=engine,
                              sampling=Sampling(max_tokens=160))  # fmt: skip
     finally:
         del engine.complete

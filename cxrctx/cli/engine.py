@@ -1,29 +1,169 @@
-"""Engine options shared by the commands that call a model."""
+"""The engine options every model-calling command shares, defined once, and the plain
+progress lines printed when stderr is not a terminal.
+
+A command declares the options with these Annotated aliases (same names, help and
+choices everywhere) and turns them into an EngineSpec with `engine_spec(...)`.
+"""
 
 from __future__ import annotations
 
+import enum
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+
+from cxrctx.cli.app import err_console
 from cxrctx.errors import CxrctxError
+from cxrctx.llm.spec import EngineSpec, parse_engine_opts
 
 
-def trainer_engine(backend: str | None, model: str | None, options: list[str] | None, what: str):
-    """An LLM engine from --*-backend/--*-model/--*-opt KEY=VALUE, or None."""
-    if not backend:
+class Backend(str, enum.Enum):
+    """Real backends only (the fake engine is for tests and the Python API)."""
+
+    llamacpp = "llamacpp"
+    openai = "openai"
+    vllm = "vllm"
+
+
+BackendOpt = Annotated[
+    Backend | None,
+    typer.Option("--backend", help="llamacpp (CPU, a .gguf path), openai (an OpenAI-compatible "
+                 "server at --base-url) or vllm (GPU, in process)."),
+]  # fmt: skip
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="GGUF path (llamacpp), served model name (openai), model name or dir (vllm).",
+    ),
+]
+BaseUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--base-url", help="openai: the server URL, e.g. http://127.0.0.1:8000/v1 (required)."
+    ),
+]
+ApiKeyEnvOpt = Annotated[
+    str, typer.Option("--api-key-env", help="openai: name of the env var holding the API key.")
+]
+EngineOptOpt = Annotated[
+    list[str] | None,
+    typer.Option("--engine-opt", help="Backend option KEY=JSON, repeatable (n_ctx=4096, "
+                 "enable_prefix_caching=false, concurrency=16, dtype=bfloat16)."),
+]  # fmt: skip
+TimeoutOpt = Annotated[
+    float | None, typer.Option("--timeout", min=0.001, help="openai: seconds per request.")
+]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        min=1,
+        help="llamacpp: CPU threads (default: the free CPUs; 1 on a loaded machine).",
+    ),
+]
+AllowFailuresOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-failures", help="Exit 0 even when some documents failed (they stay in failures/)."
+    ),
+]
+AllowPublicApiOpt = Annotated[
+    bool,
+    typer.Option("--allow-public-api", help="Send MIMIC-derived text to a public API host anyway: only "
+                 "when your data use agreement covers that route (e.g. Azure OpenAI with human review "
+                 "opted out, AWS Bedrock, Google Vertex AI)."),
+]  # fmt: skip
+
+
+def engine_spec(
+    backend: Backend | None,
+    model: str | None,
+    *,
+    base_url: str | None = None,
+    api_key_env: str = "OPENAI_API_KEY",
+    engine_opt: list[str] | None = None,
+    timeout: float | None = None,
+    threads: int | None = None,
+    allow_public_api: bool = False,
+) -> EngineSpec | None:
+    """The EngineSpec of the shared options, or None when no backend was chosen."""
+    if backend is None:
         return None
-    from cxrctx.llm import get_engine
-
-    pre = f"--{what}-" if what else "--"
     if not model:
-        raise CxrctxError(f"{pre}backend {backend} needs {pre}model")
-    opts: dict[str, object] = {}
-    for o in options or []:
-        key, sep, val = o.partition("=")
-        if not sep:
-            raise CxrctxError(f"{pre}opt {o!r}: expected KEY=VALUE")
-        opts[key] = (
-            int(val)
-            if val.lstrip("-").isdigit()
-            else float(val)
-            if val.replace(".", "", 1).isdigit()
-            else val
-        )
-    return get_engine(backend, model, **opts)
+        raise CxrctxError(f"--backend {backend.value} needs --model")
+    return EngineSpec(
+        backend=backend.value, model=model, base_url=base_url, api_key_env=api_key_env,
+        timeout_s=timeout, threads=threads, allow_public_api=allow_public_api,
+        options=parse_engine_opts(engine_opt),
+    )  # fmt: skip
+
+
+def exit_if_failed(failed: int, allow_failures: bool, where: str) -> None:
+    """Exit 1 when work failed, unless the user allowed it."""
+    if failed and not allow_failures:
+        err_console.print(
+            f"{failed} document(s) failed; see {where} (--allow-failures to exit 0 anyway)",
+            markup=False, highlight=False,
+        )  # fmt: skip
+        raise typer.Exit(code=1)
+
+
+class PlainProgress:
+    """`label: done/total (pct), rate, elapsed` on stderr every `every_s` seconds: progress
+    for runs under nohup, cron or a batch scheduler, where a bar would print nothing."""
+
+    def __init__(self, label: str, every_s: float = 30.0, stream: Any = None):
+        self.label = label
+        self.every_s = every_s
+        self.stream = stream or sys.stderr
+        self.t0 = time.monotonic()
+        self.last = float("-inf")  # the first call always prints
+
+    def __call__(self, done: int, total: int | None, extra: str = "", final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and now - self.last < self.every_s and done != total:
+            return
+        self.last = now
+        dt = max(1e-9, now - self.t0)
+        of = f"/{total} ({100 * done / total:.0f}%)" if total else ""
+        tail = f", {extra}" if extra else ""
+        print(f"{self.label}: {done}{of}, {done / dt:.2f}/s{tail}, {dt:.0f}s elapsed",
+              file=self.stream, flush=True)  # fmt: skip
+
+
+@contextmanager
+def progress_reporter(
+    label: str, unit: str, disable: bool = False
+) -> Iterator[Callable[..., None]]:
+    """A `(done, total, extra="")` callback: a rich bar on a terminal, plain lines otherwise."""
+    if disable:
+        yield lambda *a, **k: None
+        return
+    if not err_console.is_terminal:
+        plain = PlainProgress(label)
+        yield plain
+        return
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(
+        TextColumn(label), BarColumn(), TextColumn("{task.completed}/{task.total} " + unit),
+        TextColumn("{task.fields[extra]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=err_console, transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task(label, total=None, extra="")
+
+        def update(done: int, total: int | None, extra: str = "", final: bool = False) -> None:
+            bar.update(task, total=total, completed=done, extra=extra)
+
+        yield update

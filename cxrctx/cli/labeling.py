@@ -2,174 +2,118 @@
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import typer
 
-from cxrctx.cli.app import app, console, err_console, fail
+from cxrctx.cli.app import app, console, fail
+from cxrctx.cli.engine import (
+    AllowFailuresOpt,
+    AllowPublicApiOpt,
+    ApiKeyEnvOpt,
+    Backend,
+    BaseUrlOpt,
+    EngineOptOpt,
+    ThreadsOpt,
+    TimeoutOpt,
+    engine_spec,
+    exit_if_failed,
+    progress_reporter,
+)
 from cxrctx.errors import CxrctxError
-
-
-def _engine_options(backend: str, **kw: object) -> dict[str, object]:
-    """Only the options that apply to `backend` and were given."""
-    per = {
-        "llamacpp": ("n_ctx", "n_threads", "seed", "grammar"),
-        "openai": ("base_url", "api_key_env", "concurrency", "timeout_s", "max_retries"),
-        "vllm": (
-            "tensor_parallel_size",
-            "dtype",
-            "max_model_len",
-            "gpu_memory_utilization",
-            "seed",
-        ),
-        "fake": (),
-    }
-    return {k: v for k, v in kw.items() if v is not None and k in per.get(backend, ())}
 
 
 @app.command("label-lesions")
 def label_lesions_cmd(
-    input_path: Path = typer.Argument(
-        ..., help="build-priors output dir, or a .parquet/.csv/.jsonl file"
-    ),
-    out: Path = typer.Option(
-        ...,
-        "--out",
-        help="Output directory (labels/, documents/, failures/, cache/, manifest.json).",
-    ),
-    backend: str = typer.Option(
-        "llamacpp",
-        "--backend",
-        help="llamacpp (CPU, GGUF path), openai (any OpenAI-compatible server) or vllm (GPU).",
-    ),
-    model: str = typer.Option(
-        ...,
-        "--model",
-        help="GGUF path (llamacpp), served model name (openai), model name or dir (vllm).",
-    ),
-    sections: str = typer.Option(
-        "findings,impression",
-        "--sections",
-        help="Record sections to label, comma-separated (build-priors input).",
-    ),
+    input_path: Path = typer.Argument(..., help="build-priors output dir, or a .parquet/.csv/.jsonl file"),
+    out: Path = typer.Option(..., "--out", help="Output directory (labels/, documents/, failures/, cache/, manifest.json)."),
+    backend: Backend = typer.Option(Backend.llamacpp, "--backend", help="llamacpp (CPU, a .gguf path), openai (an OpenAI-compatible server at --base-url) or vllm (GPU, in process)."),
+    model: str = typer.Option(..., "--model", help="GGUF path (llamacpp), served model name (openai), model name or dir (vllm)."),
+    base_url: BaseUrlOpt = None,
+    api_key_env: ApiKeyEnvOpt = "OPENAI_API_KEY",
+    engine_opt: EngineOptOpt = None,
+    timeout: TimeoutOpt = None,
+    threads: ThreadsOpt = None,
+    allow_failures: AllowFailuresOpt = False,
+    allow_public_api: AllowPublicApiOpt = False,
+    sections: str = typer.Option("findings,impression", "--sections", help="Record sections to label, comma-separated (build-priors input)."),
     id_column: str = typer.Option("id", "--id-column", help="Id column of a table input."),
     text_column: str = typer.Option("text", "--text-column", help="Text column of a table input."),
-    shard: str = typer.Option(
-        None,
-        "--shard",
-        help="Label slice i of n (e.g. 0/4); slices write part i and merge in one OUT.",
-    ),
+    shard: str = typer.Option(None, "--shard", help="Label slice i of n (e.g. 0/4); slices write part i and merge in one OUT."),
     limit: int = typer.Option(None, "--limit", min=1, help="Only the first N documents."),
-    dry_run: bool = typer.Option(
-        False, "--dry-run", help="Print the first prompt and the schema; call no model."
-    ),
-    max_tokens: int = typer.Option(
-        384, "--max-tokens", min=1, help="Output token limit per answer."
-    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the first prompt and the schema; call no model."),
+    max_tokens: int = typer.Option(384, "--max-tokens", min=1, help="Output token limit per answer."),
     temperature: float = typer.Option(0.0, "--temperature"),
     seed: int = typer.Option(0, "--seed"),
-    batch_size: int = typer.Option(
-        None, "--batch-size", min=1, help="Documents per engine call / cache flush."
-    ),
-    no_prepass: bool = typer.Option(
-        False, "--no-prepass", help="Ask the model about all 14 lesions for every report."
-    ),
-    prompt: str = typer.Option(
-        None, "--prompt", help="Prompt version (e.g. 1) or a prompt JSON file."
-    ),
-    base_url: str = typer.Option(
-        None, "--base-url", help="openai: server URL, e.g. http://127.0.0.1:8000/v1."
-    ),
-    api_key_env: str = typer.Option(
-        "OPENAI_API_KEY", "--api-key-env", help="openai: env var holding the API key."
-    ),
-    concurrency: int = typer.Option(
-        None, "--concurrency", min=1, help="openai: concurrent requests."
-    ),
-    timeout_s: float = typer.Option(None, "--timeout", help="openai: seconds per request."),
-    n_ctx: int = typer.Option(None, "--n-ctx", help="llamacpp: context length."),
-    n_threads: int = typer.Option(None, "--threads", help="llamacpp: CPU threads."),
-    grammar: str = typer.Option(
-        None, "--grammar", help="llamacpp: fallback (default), always or never."
-    ),
-    tensor_parallel_size: int = typer.Option(
-        None, "--tensor-parallel-size", help="vllm: GPUs per model."
-    ),
-    dtype: str = typer.Option(None, "--dtype", help="vllm: auto, bfloat16, float16."),
-    max_model_len: int = typer.Option(None, "--max-model-len", help="vllm: context length."),
-    gpu_memory_utilization: float = typer.Option(
-        None, "--gpu-memory-utilization", help="vllm: GPU memory fraction."
-    ),
-) -> None:
-    """Label the 14 lesions (status, location, rationale) of each report with an LLM."""
-    import json as _json
+    batch_size: int = typer.Option(None, "--batch-size", min=1, help="Documents per engine call / output batch (default per backend; openai: 32 x concurrency)."),
+    no_prepass: bool = typer.Option(False, "--no-prepass", help="Ask the model about all 14 lesions for every report."),
+    prompt: str = typer.Option(None, "--prompt", help="Prompt version (e.g. 1) or a prompt JSON file."),
+) -> None:  # fmt: skip
+    """Label the 14 lesions (status, location, rationale) of each report with an LLM.
 
-    from rich.progress import (
-        BarColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    Exits 1 when any document failed (see OUT/failures/) unless --allow-failures.
 
+    \b
+    Example:
+      cxrctx label-lesions out/priors --out out/labels --model qwen2.5-1.5b-instruct-q4_k_m.gguf
+      cxrctx label-lesions reports.csv --id-column uid --text-column report --out out/labels \\
+          --backend openai --base-url http://127.0.0.1:8000/v1 --model local
+    """
     from cxrctx.labeling import label_lesions
     from cxrctx.llm import Sampling
 
-    opts = _engine_options(
-        backend, n_ctx=n_ctx, n_threads=n_threads, seed=seed, grammar=grammar, base_url=base_url,
-        api_key_env=api_key_env, concurrency=concurrency, timeout_s=timeout_s,
-        tensor_parallel_size=tensor_parallel_size, dtype=dtype, max_model_len=max_model_len,
-        gpu_memory_utilization=gpu_memory_utilization,
-    )  # fmt: skip
     secs = [s.strip() for s in sections.split(",") if s.strip()]
-    with Progress(
-        TextColumn("labeling"), BarColumn(), TextColumn("{task.completed}/{task.total} docs"),
-        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=err_console, transient=True, disable=dry_run,
-    ) as bar:  # fmt: skip
-        task = bar.add_task("label", total=None, rate="")
-        t0 = [0.0]
+    try:
+        spec = engine_spec(
+            backend, model, base_url=base_url, api_key_env=api_key_env, engine_opt=engine_opt,
+            timeout=timeout, threads=threads, allow_public_api=allow_public_api,
+        )  # fmt: skip
+        assert spec is not None
+        with progress_reporter("labeling", "docs", disable=dry_run) as report:
+            t0 = time.perf_counter()
 
-        def on_progress(done: int, total: int, tokens: int) -> None:
-            import time as _t
+            def on_progress(p) -> None:
+                dt = max(1e-9, time.perf_counter() - t0)
+                report(
+                    p.done,
+                    p.total,
+                    f"{p.tokens / dt:.0f} tok/s, {p.failed} failed" if p.done else "",
+                )
 
-            if t0[0] == 0.0:
-                t0[0] = _t.perf_counter()
-            dt = max(1e-9, _t.perf_counter() - t0[0])
-            rate = f"{done / dt:.2f} docs/s, {tokens / dt:.0f} tok/s" if done else ""
-            bar.update(task, total=total, completed=done, rate=rate)
-
-        try:
             run = label_lesions(
-                input_path, out, backend=backend, model=model, engine_options=opts, sections=secs,
-                id_column=id_column, text_column=text_column, shard=shard, limit=limit, dry_run=dry_run,
+                input_path, out, engine=spec, sections=secs, id_column=id_column,
+                text_column=text_column, shard=shard, limit=limit, dry_run=dry_run,
                 sampling=Sampling(temperature=temperature, max_tokens=max_tokens, seed=seed),
                 batch_size=batch_size, prepass=not no_prepass, prompt=prompt, progress=on_progress,
             )  # fmt: skip
-        except CxrctxError as e:
-            raise fail(e) from None
+    except CxrctxError as e:
+        raise fail(e) from None
     if run.dry_run is not None:
-        info = run.dry_run
-        console.print(f"[bold]dry run[/]: {info['documents']} documents; nothing was called")
-        for m in info.get("messages", []):
-            console.rule(m["role"])
-            console.print(m["content"], highlight=False, markup=False)
-        if "candidates" in info:
-            console.print(
-                f"candidates of the first document: {', '.join(info['candidates']) or '(none: LLM skipped)'}"
-            )
-        console.rule("answer schema (schemas/lesion_answer.schema.json)")
-        console.print_json(_json.dumps(info["schema"]))
+        _print_dry_run(run.dry_run)
         return
     c = run.result.counts if run.result else {}
     console.print(
         f"[bold]label-lesions[/] → {run.out_dir}: {c.get('documents', 0)} documents, {c.get('labeled', 0)} labeled "
         f"({c.get('llm_called', 0)} by the LLM, {c.get('cached', 0)} from cache, {c.get('no_candidate', 0)} with no "
-        f"lesion mentioned), {c.get('failed', 0)} failed, {c.get('empty', 0)} empty, {c.get('duplicate_id', 0)} duplicate ids; "
+        f"lesion mentioned), {c.get('failed', 0)} failed ({c.get('transient_failed', 0)} transient: a re-run retries them), "
+        f"{c.get('empty', 0)} empty, {c.get('duplicate_id', 0) + c.get('missing_id', 0)} missing/duplicate ids; "
         f"{c.get('engine_requests', 0)} engine requests in {run.seconds:.1f}s",
         highlight=False,
     )
-    if c.get("failed"):
-        err_console.print(
-            f"[yellow]{c['failed']} document(s) failed; see {run.out_dir}/failures/[/]"
+    exit_if_failed(c.get("failed", 0), allow_failures, f"{run.out_dir}/failures/")
+
+
+def _print_dry_run(info: dict) -> None:
+    console.print(f"[bold]dry run[/]: {info['documents']} documents; nothing was called")
+    for m in info.get("messages", []):
+        console.rule(m["role"])
+        console.print(m["content"], highlight=False, markup=False)
+    if "candidates" in info:
+        console.print(
+            f"candidates of the first document: {', '.join(info['candidates']) or '(none: LLM skipped)'}",
+            markup=False,
         )
+    console.rule("answer schema (schemas/lesion_answer.schema.json)")
+    console.print_json(json.dumps(info["schema"]))

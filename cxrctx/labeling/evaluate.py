@@ -1,27 +1,45 @@
 """eval-labels: per-lesion precision / recall / F1 / kappa of a label run against a gold.
 
 Gold forms: another label run (dir or Parquet, e.g. synthetic truth or a second model),
-the MIMIC-CXR CheXpert/NegBio CSV (the 7 overlapping lesions; -1.0 by an explicit
-option; blank = negative), or an IU/NegBio gold CSV like `openi_gld_std14.csv`
-(`filename` = `CXR<uid>`, 14 columns). Only documents present in both are scored; the
-counts of the others are reported, never silently folded into negatives.
+the MIMIC-CXR CheXpert/NegBio CSV, plain or gzipped as MIMIC ships it (the 7 overlapping
+lesions; -1.0 by an explicit option; blank = negative), or an IU/NegBio gold CSV like
+`openi_gld_std14.csv` (`filename` = `CXR<uid>`, 14 columns). Only documents present in
+both are scored; the counts of the others are reported, never silently folded into
+negatives.
+
+One set of scoring rules (`prf`) serves the point estimates and the bootstrap: false
+positives on a lesion without gold support score precision 0 and F1 0 and stay in the
+macro average (listed in `fp_without_support`); undefined values (and an undefined kappa)
+are None, never a flattering 1.0. Bootstrap intervals resample documents.
 """
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import os
+import warnings
+from enum import Enum
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
+import numpy as np
 import polars as pl
 
 from cxrctx.errors import CxrctxError
 from cxrctx.io import atomic_write_text, read_shards, shard_paths
-from cxrctx.labeling.models import EvalReport, LesionScore
+from cxrctx.labeling.models import BootstrapCI, EvalReport, Interval, LesionScore
 from cxrctx.vocab import LESIONS
 
-Uncertain = Literal["positive", "negative", "ignore"]
+
+class Uncertain(str, Enum):
+    """How a CheXpert/NegBio -1.0 (uncertain) gold value is scored."""
+
+    positive = "positive"
+    negative = "negative"
+    ignore = "ignore"
+
 
 #: MIMIC-CXR CheXpert/NegBio column → lesion (the overlap with the 14 lesions).
 CHEXPERT_MAP: dict[str, str] = {
@@ -85,8 +103,21 @@ def load_labels(path: str | os.PathLike) -> pl.DataFrame:
     return df.select(cols).with_columns(pl.col("id").cast(pl.String))
 
 
+def _read_csv(p: Path) -> pl.DataFrame:
+    """A CSV, or a gzipped one (MIMIC ships `mimic-cxr-2.0.0-chexpert.csv.gz`), all strings."""
+    try:
+        if p.name.lower().endswith(".gz"):
+            with gzip.open(p, "rb") as f:
+                return pl.read_csv(io.BytesIO(f.read()), infer_schema=False)
+        return pl.read_csv(p, infer_schema=False)
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise CxrctxError(f"{p}: cannot read ({type(e).__name__}: {str(e)[:200]})") from e
+    except Exception as e:
+        raise CxrctxError(f"{p}: cannot read CSV ({type(e).__name__}: {str(e)[:200]})") from e
+
+
 def load_gold(
-    path: str | os.PathLike, *, uncertain: Uncertain = "positive"
+    path: str | os.PathLike, *, uncertain: Uncertain | str = Uncertain.positive
 ) -> tuple[pl.DataFrame, str]:
     """Gold as a long frame (id, lesion, status[, location]) plus its kind.
 
@@ -97,12 +128,11 @@ def load_gold(
         raise CxrctxError(f"{p}: gold not found")
     if p.is_dir() or p.suffix.lower() == ".parquet":
         return load_labels(p), "labels"
-    if p.suffix.lower() != ".csv":
-        raise CxrctxError(f"{p}: gold must be a label run, a Parquet label file, or a CSV")
-    try:
-        df = pl.read_csv(p, infer_schema=False)
-    except Exception as e:
-        raise CxrctxError(f"{p}: cannot read CSV ({type(e).__name__}: {str(e)[:200]})") from e
+    if not p.name.lower().endswith((".csv", ".csv.gz")):
+        raise CxrctxError(
+            f"{p}: gold must be a label run, a Parquet label file, or a CSV (.csv or .csv.gz)"
+        )
+    df = _read_csv(p)
     cols = set(df.columns)
     if "filename" in cols and {"Effusion", "Pleural_Thickening"} <= cols:
         ids = pl.col("filename").str.strip_chars().str.replace(r"^CXR", "").alias("id")
@@ -113,11 +143,13 @@ def load_gold(
         ]  # fmt: skip
         return pl.concat(frames).sort("id", "lesion"), "iu_negbio"
     if "study_id" in cols and any(c in cols for c in CHEXPERT_MAP):
-        if uncertain not in ("positive", "negative", "ignore"):
+        try:
+            uncertain = Uncertain(uncertain)
+        except ValueError:
             raise CxrctxError(
                 f"--uncertain must be positive, negative or ignore (got {uncertain!r})"
-            )
-        unc = None if uncertain == "ignore" else uncertain
+            ) from None
+        unc = None if uncertain is Uncertain.ignore else uncertain.value
         frames = []
         for col, lesion in CHEXPERT_MAP.items():
             if col not in cols:
@@ -142,7 +174,7 @@ def load_gold(
                     status.alias("status"),
                 )
             )
-        return pl.concat(frames).sort("id", "lesion"), f"chexpert(uncertain={uncertain})"
+        return pl.concat(frames).sort("id", "lesion"), f"chexpert(uncertain={uncertain.value})"
     raise CxrctxError(
         f"{p}: unrecognised gold CSV (expected MIMIC CheXpert/NegBio columns with study_id, "
         "or an IU gold with filename + Effusion ... Pleural_Thickening)"
@@ -154,14 +186,75 @@ def _div(a: float, b: float) -> float | None:
 
 
 def _kappa(tp: int, fp: int, fn: int, tn: int) -> float | None:
+    """Cohen's kappa of status; None when undefined (chance agreement 1: both sides use a
+    single class, e.g. no positive anywhere), never a made-up 1.0."""
     n = tp + fp + fn + tn
     if n == 0:
         return None
     po = (tp + tn) / n
     pe = ((tp + fp) * (tp + fn) + (fn + tn) * (fp + tn)) / (n * n)
-    if pe == 1.0:
-        return 1.0 if po == 1.0 else None
+    if pe >= 1.0:
+        return None
     return (po - pe) / (1 - pe)
+
+
+def prf(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Precision, recall, F1 (NaN = undefined), elementwise, with one set of rules:
+    nothing predicted but gold positives → P = 0; no gold positive → R undefined; false
+    positives without gold support → P = 0 and F1 = 0 (they count, they do not vanish)."""
+    tp, fp, fn = (np.asarray(x, dtype=float) for x in (tp, fp, fn))
+    pp, sup = tp + fp, tp + fn
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = np.where(pp > 0, tp / pp, np.where(sup > 0, 0.0, np.nan))
+        r = np.where(sup > 0, tp / sup, np.nan)
+        f = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
+    f = np.where(np.isnan(p), np.nan, np.where(np.isnan(r), np.where(fp > 0, 0.0, np.nan), f))
+    return p, r, f
+
+
+def _macro(p: np.ndarray, r: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Means over the last axis, over lesions whose F1 is defined (support or predictions)."""
+    inc = ~np.isnan(f)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return (
+            np.nanmean(np.where(inc, p, np.nan), axis=-1),
+            np.nanmean(np.where(inc, r, np.nan), axis=-1),
+            np.nanmean(f, axis=-1),
+        )
+
+
+def _opt(x: Any) -> float | None:
+    x = float(x)
+    return None if np.isnan(x) else x
+
+
+def _joined(pred: pl.DataFrame, gold: pl.DataFrame, both: set[str], has_loc: bool) -> pl.DataFrame:
+    p = pred.filter(pl.col("id").is_in(list(both))).select(
+        "id", "lesion", pl.col("status").alias("p_status"),
+        *([pl.col("location").alias("p_loc")] if has_loc else []),
+    )  # fmt: skip
+    g = gold.filter(pl.col("id").is_in(list(both)) & pl.col("status").is_not_null()).select(
+        "id", "lesion", pl.col("status").alias("g_status"),
+        *([pl.col("location").alias("g_loc")] if has_loc else []),
+    )  # fmt: skip
+    j = g.join(p, on=["id", "lesion"], how="left").with_columns(
+        pl.col("p_status").fill_null("negative")
+    )
+    gp, pp = pl.col("g_status") == "positive", pl.col("p_status") == "positive"
+    j = j.with_columns(
+        (gp & pp).cast(pl.Int64).alias("tp"), (~gp & pp).cast(pl.Int64).alias("fp"),
+        (gp & ~pp).cast(pl.Int64).alias("fn"), (~gp & ~pp).cast(pl.Int64).alias("tn"),
+    )  # fmt: skip
+    if has_loc:
+        loc = (gp & pp & pl.col("g_loc").is_not_null()).fill_null(False)
+        j = j.with_columns(
+            loc.cast(pl.Int64).alias("loc_n"),
+            (loc & (pl.col("g_loc") == pl.col("p_loc"))).fill_null(False).cast(pl.Int64).alias("loc_ok"),
+        )  # fmt: skip
+    else:
+        j = j.with_columns(pl.lit(0).alias("loc_n"), pl.lit(0).alias("loc_ok"))
+    return j
 
 
 def evaluate_labels(
@@ -171,8 +264,14 @@ def evaluate_labels(
     lesions: list[str] | tuple[str, ...] | None = None,
     gold_kind: str = "labels",
     options: dict | None = None,
+    n_boot: int = 0,
+    seed: int = 0,
 ) -> EvalReport:
-    """Score long-form `pred` against long-form `gold` (both: id, lesion, status[, location])."""
+    """Score long-form `pred` against long-form `gold` (both: id, lesion, status[, location]).
+
+    `n_boot` > 0 adds percentile bootstrap 95 % intervals (documents resampled with
+    replacement, `seed` fixed so the same inputs give the same intervals).
+    """
     for name, df in (("pred", pred), ("gold", gold)):
         missing = [c for c in ("id", "lesion", "status") if c not in df.columns]
         if missing:
@@ -186,97 +285,136 @@ def evaluate_labels(
     gold_ids = set(gold["id"].unique().to_list())
     both = pred_ids & gold_ids
     has_loc = "location" in gold.columns and "location" in pred.columns
-    p = pred.filter(pl.col("id").is_in(list(both))).select(
-        "id",
-        "lesion",
-        pl.col("status").alias("p_status"),
-        *([pl.col("location").alias("p_loc")] if has_loc else []),
+    j = _joined(pred, gold, both, has_loc)
+    agg = (
+        j.group_by("lesion")
+        .agg(pl.col("tp", "fp", "fn", "tn", "loc_n", "loc_ok").sum())
+        .rows_by_key("lesion", named=True, unique=True)
     )
-    g = gold.filter(pl.col("id").is_in(list(both)) & pl.col("status").is_not_null()).select(
-        "id",
-        "lesion",
-        pl.col("status").alias("g_status"),
-        *([pl.col("location").alias("g_loc")] if has_loc else []),
-    )
-    j = g.join(p, on=["id", "lesion"], how="left").with_columns(
-        pl.col("p_status").fill_null("negative")
-    )
-    scores: list[LesionScore] = []
-    T = F = N = 0
-    loc_ok = loc_n = 0
-    for lesion in lesions:
-        s = j.filter(pl.col("lesion") == lesion)
-        gp, pp = s["g_status"] == "positive", s["p_status"] == "positive"
-        tp, fp = int((gp & pp).sum()), int((~gp & pp).sum())
-        fn, tn = int((gp & ~pp).sum()), int((~gp & ~pp).sum())
-        T, F, N = T + tp, F + fp, N + fn
-        support = tp + fn
-        prec = _div(tp, tp + fp)
-        if prec is None and support:
-            prec = 0.0
-        rec = _div(tp, support)
-        f1 = (
-            None
-            if prec is None or rec is None
-            else (0.0 if prec + rec == 0 else 2 * prec * rec / (prec + rec))
+    zero = dict.fromkeys(("tp", "fp", "fn", "tn", "loc_n", "loc_ok"), 0)
+    c = {les: agg.get(les, zero) for les in lesions}
+    tp, fp, fn = (np.array([c[les][k] for les in lesions]) for k in ("tp", "fp", "fn"))
+    p, r, f = prf(tp, fp, fn)
+    scores = [
+        LesionScore(
+            lesion=les, tp=x["tp"], fp=x["fp"], fn=x["fn"], tn=x["tn"], support=x["tp"] + x["fn"],
+            precision=_opt(p[i]), recall=_opt(r[i]), f1=_opt(f[i]),
+            agreement=(x["tp"] + x["tn"]) / n if (n := x["tp"] + x["fp"] + x["fn"] + x["tn"]) else 0.0,
+            kappa=_kappa(x["tp"], x["fp"], x["fn"], x["tn"]), location_n=x["loc_n"],
+            location_accuracy=_div(x["loc_ok"], x["loc_n"]),
         )
-        ln = la = 0
-        if has_loc:
-            t = s.filter(
-                (pl.col("g_status") == "positive")
-                & (pl.col("p_status") == "positive")
-                & pl.col("g_loc").is_not_null()
-            )
-            ln, la = t.height, int((t["g_loc"] == t["p_loc"]).sum())
-            loc_n, loc_ok = loc_n + ln, loc_ok + la
-        scores.append(
-            LesionScore(
-                lesion=lesion, tp=tp, fp=fp, fn=fn, tn=tn, support=support, precision=prec, recall=rec, f1=f1,
-                agreement=(tp + tn) / s.height if s.height else 0.0, kappa=_kappa(tp, fp, fn, tn),
-                location_n=ln, location_accuracy=_div(la, ln),
-            )
-        )  # fmt: skip
-    mp, mr = _div(T, T + F), _div(T, T + N)
-    if mp is None and T + N:  # nothing predicted positive but gold has positives: P = F1 = 0
-        mp = 0.0
-    mf = None if mp is None or mr is None else (0.0 if mp + mr == 0 else 2 * mp * mr / (mp + mr))
-    sup = [s for s in scores if s.support > 0]
-
-    def _mean(vals: list[float | None]) -> float | None:
-        v = [x for x in vals if x is not None]
-        return sum(v) / len(v) if v else None
-
+        for i, (les, x) in enumerate(c.items())
+    ]  # fmt: skip
+    mp, mr, mf = prf(tp.sum(), fp.sum(), fn.sum())
+    Mp, Mr, Mf = _macro(p, r, f)
+    loc_n, loc_ok = sum(x["loc_n"] for x in c.values()), sum(x["loc_ok"] for x in c.values())
     return EvalReport(
         gold_kind=gold_kind,
         n_docs=len(both),
         n_pred_only=len(pred_ids - gold_ids),
         n_gold_only=len(gold_ids - pred_ids),
         lesions=scores,
-        micro_precision=mp,
-        micro_recall=mr,
-        micro_f1=mf,
-        macro_precision=_mean([s.precision for s in sup]),
-        macro_recall=_mean([s.recall for s in sup]),
-        macro_f1=_mean([s.f1 for s in sup]),
+        micro_precision=_opt(mp), micro_recall=_opt(mr), micro_f1=_opt(mf),
+        macro_precision=_opt(Mp), macro_recall=_opt(Mr), macro_f1=_opt(Mf),
+        macro_lesions=[s.lesion for s in scores if s.f1 is not None],
+        fp_without_support={s.lesion: s.fp for s in scores if s.support == 0 and s.fp > 0},
         location_accuracy=_div(loc_ok, loc_n),
+        location_confusion=_confusion(j) if has_loc else {},
+        ci=bootstrap_ci(j, list(lesions), n_boot, seed) if n_boot > 0 and both else None,
         options=options or {},
-    )
+    )  # fmt: skip
+
+
+def _confusion(j: pl.DataFrame) -> dict[str, dict[str, int]]:
+    t = j.filter(pl.col("loc_n") == 1).group_by("g_loc", "p_loc").len()
+    out: dict[str, dict[str, int]] = {}
+    for g, p_, n in t.sort("g_loc", "p_loc").iter_rows():
+        out.setdefault(str(g), {})[str(p_)] = int(n)
+    return out
+
+
+def bootstrap_ci(j: pl.DataFrame, lesions: list[str], n_boot: int, seed: int) -> BootstrapCI:
+    """Percentile 95 % intervals of micro/macro P/R/F1, per-lesion P/R/F1 and location
+    accuracy, resampling documents (`j`: one row per scored document × lesion)."""
+    ids = j["id"].unique().sort().to_list()
+    di = {d: i for i, d in enumerate(ids)}
+    li = {les: k for k, les in enumerate(lesions)}
+    sub = j.filter(pl.col("lesion").is_in(lesions))
+    rows = np.array([di[d] for d in sub["id"].to_list()], dtype=np.int64)
+    cols = np.array([li[x] for x in sub["lesion"].to_list()], dtype=np.int64)
+    n, L = len(ids), len(lesions)
+    mats = {}
+    for k in ("tp", "fp", "fn"):
+        m = np.zeros((n, L))
+        np.add.at(m, (rows, cols), sub[k].to_numpy())
+        mats[k] = m
+    loc_n = np.bincount(rows, weights=sub["loc_n"].to_numpy(), minlength=n)
+    loc_ok = np.bincount(rows, weights=sub["loc_ok"].to_numpy(), minlength=n)
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[np.ndarray]] = {}
+    block = max(1, 20_000_000 // max(1, n))
+    for start in range(0, n_boot, block):
+        w = rng.multinomial(n, np.full(n, 1.0 / n), size=min(block, n_boot - start)).astype(float)
+        tp, fp, fn = (w @ mats[k] for k in ("tp", "fp", "fn"))
+        p, r, f = prf(tp, fp, fn)
+        stats = dict(
+            zip(
+                ("micro_precision", "micro_recall", "micro_f1"),
+                prf(tp.sum(1), fp.sum(1), fn.sum(1)),
+                strict=True,
+            )
+        )
+        stats.update(
+            zip(("macro_precision", "macro_recall", "macro_f1"), _macro(p, r, f), strict=True)
+        )
+        with np.errstate(divide="ignore", invalid="ignore"):
+            stats["location_accuracy"] = (w @ loc_ok) / (w @ loc_n)
+        for col, les in enumerate(lesions):
+            stats.update(
+                {f"{les}|precision": p[:, col], f"{les}|recall": r[:, col], f"{les}|f1": f[:, col]}
+            )
+        for key, v in stats.items():
+            draws.setdefault(key, []).append(v)
+    iv = {key: _interval(np.concatenate(v)) for key, v in draws.items()}
+    return BootstrapCI(
+        n_boot=n_boot, seed=seed,
+        overall={k: v for k, v in iv.items() if "|" not in k},
+        lesions={les: {m: iv[f"{les}|{m}"] for m in ("precision", "recall", "f1")} for les in lesions},
+    )  # fmt: skip
+
+
+def _interval(x: np.ndarray) -> Interval:
+    x = x[~np.isnan(x)]
+    if x.size == 0:
+        return Interval(low=None, high=None)
+    lo, hi = np.percentile(x, [2.5, 97.5])
+    return Interval(low=float(lo), high=float(hi))
 
 
 def eval_labels(
     labels: str | os.PathLike,
     against: str | os.PathLike,
     *,
-    uncertain: Uncertain = "positive",
+    uncertain: Uncertain | str = Uncertain.positive,
     json_path: str | os.PathLike | None = None,
     png_path: str | os.PathLike | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> EvalReport:
-    """Load both sides, score, and write the optional JSON report and PNG chart."""
+    """Load both sides, score (with bootstrap CIs unless `n_boot` is 0), and write the
+    optional JSON report and PNG chart."""
     if png_path is not None:
         _need_matplotlib()
+    if n_boot < 0:
+        raise CxrctxError(f"--bootstrap must be >= 0 (got {n_boot})")
+    unc = (
+        Uncertain(uncertain).value if uncertain in set(Uncertain._value2member_map_) else uncertain
+    )
     pred = load_labels(labels)
     gold, kind = load_gold(against, uncertain=uncertain)
-    report = evaluate_labels(pred, gold, gold_kind=kind, options={"uncertain": uncertain})
+    report = evaluate_labels(
+        pred, gold, gold_kind=kind, options={"uncertain": unc}, n_boot=n_boot, seed=seed
+    )
     if report.n_docs == 0:
         raise CxrctxError(f"{against}: no document id in common with {labels}")
     if json_path is not None:
@@ -326,64 +464,3 @@ def plot_report(report: EvalReport, path: str | os.PathLike) -> None:
     fig.savefig(tmp, metadata={"Software": None})
     plt.close(fig)
     os.replace(tmp, path)
-
-
-def report_table(report: EvalReport, title: str | None = None):  # -> rich.table.Table
-    """A rich table of the report (per lesion, then micro / macro rows)."""
-    from rich.table import Table
-
-    def f(x: float | None) -> str:
-        return "—" if x is None else f"{x:.3f}"
-
-    has_loc = any(s.location_n for s in report.lesions)
-    t = Table(title=title or f"labels vs {report.gold_kind} ({report.n_docs} documents)")
-    for c in ("lesion", "support", "tp", "fp", "fn", "precision", "recall", "F1", "kappa", "agree"):
-        t.add_column(c, justify="left" if c == "lesion" else "right")
-    if has_loc:
-        t.add_column("loc acc", justify="right")
-    for s in report.lesions:
-        row = [
-            s.lesion,
-            str(s.support),
-            str(s.tp),
-            str(s.fp),
-            str(s.fn),
-            f(s.precision),
-            f(s.recall),
-            f(s.f1),
-            f(s.kappa),
-            f(s.agreement),
-        ]
-        if has_loc:
-            row.append(f(s.location_accuracy) + (f" (n={s.location_n})" if s.location_n else ""))
-        t.add_row(*row)
-    sup = sum(s.support for s in report.lesions)
-    tp, fp, fn = (sum(getattr(s, a) for s in report.lesions) for a in ("tp", "fp", "fn"))
-    t.add_section()
-    t.add_row(
-        "micro",
-        str(sup),
-        str(tp),
-        str(fp),
-        str(fn),
-        f(report.micro_precision),
-        f(report.micro_recall),
-        f(report.micro_f1),
-        "",
-        "",
-        *([f(report.location_accuracy)] if has_loc else []),
-    )
-    t.add_row(
-        "macro",
-        "",
-        "",
-        "",
-        "",
-        f(report.macro_precision),
-        f(report.macro_recall),
-        f(report.macro_f1),
-        "",
-        "",
-        *([""] if has_loc else []),
-    )
-    return t

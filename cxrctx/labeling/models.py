@@ -8,9 +8,10 @@ which is the chain-of-thought order the grammar enforces.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import BaseModel, ConfigDict, Field, RootModel, create_model, field_validator
 
 from cxrctx.models import Lesion, Location, Status
 from cxrctx.vocab import LESIONS
@@ -22,8 +23,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _norm(v: object) -> str:
+    return " ".join(str(v).strip().lower().replace("_", " ").split())
+
+
 class LesionAnswer(_Strict):
-    """The model's judgement of one candidate lesion: reasoning first, then the answer."""
+    """One candidate lesion: reasoning first, then the answer."""
+
+    # lenient where the meaning is unambiguous: case and underscores in the enums, an
+    # over-long reasoning (cut to REASONING_MAX_CHARS)
 
     reasoning: str = Field(
         max_length=REASONING_MAX_CHARS,
@@ -32,35 +40,60 @@ class LesionAnswer(_Strict):
     status: Status
     location: Location
 
+    @field_validator("status", "location", mode="before")
+    @classmethod
+    def _enum_spelling(cls, v: object) -> object:
+        return _norm(v) if isinstance(v, str) else v
+
+    @field_validator("reasoning", mode="before")
+    @classmethod
+    def _cut_reasoning(cls, v: object) -> object:
+        return v.strip()[:REASONING_MAX_CHARS] if isinstance(v, str) else v
+
+
+@lru_cache(maxsize=1)
+def _answer_model() -> type[BaseModel]:
+    """The answer model with all 14 lesions (aliased by name, in the fixed lesion order)."""
+    fields: dict[str, Any] = {n.replace(" ", "_"): (LesionAnswer, Field(alias=n)) for n in LESIONS}
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        "LabelAnswer",
+        __config__=ConfigDict(extra="forbid", title="LabelAnswer"),
+        __doc__=ANSWER_DESCRIPTION,
+        **fields,
+    )
+
+
+@lru_cache(maxsize=1)
+def _full_schema() -> dict[str, Any]:
+    from cxrctx.llm.task import json_schema
+
+    return json_schema(_answer_model())
+
+
+ANSWER_DESCRIPTION = (
+    "One entry per candidate lesion of the report; lesions not present are negative. "
+    "Entry fields are generated in the order reasoning, status, location (reasoning first)."
+)
+
 
 def answer_schema(
     candidates: tuple[str, ...] | list[str] = LESIONS, *, required: bool = True
 ) -> dict[str, Any]:
-    """JSON Schema of the answer for `candidates` (object keyed by lesion, entries inlined).
+    """JSON Schema of the answer for `candidates`: the schema generated from the answer
+    model, narrowed to the candidates (one model, not one per candidate set: pydantic
+    models cost memory, and a corpus has thousands of candidate sets).
 
     The published schema (`schemas/lesion_answer.schema.json`) is the generic one: all 14
     lesions optional. Each request narrows it to the report's candidates, all required,
     so the constrained decoder writes exactly those entries in the fixed lesion order.
     """
-    entry = {
-        "type": "object",
-        "properties": {
-            "reasoning": {"type": "string", "maxLength": REASONING_MAX_CHARS},
-            "status": {"type": "string", "enum": ["positive", "negative"]},
-            "location": {"type": "string", "enum": ["left", "right", "bilateral", "not mentioned"]},
-        },
-        "required": ["reasoning", "status", "location"],
-        "additionalProperties": False,
-    }
+    full = _full_schema()
     names = [n for n in LESIONS if n in set(candidates)]
+    props = full["properties"]
     return {
-        "title": "LabelAnswer",
-        "description": "One entry per candidate lesion of the report; lesions not present are negative. "
-        "Entry fields are generated in the order reasoning, status, location (reasoning first).",
-        "type": "object",
-        "properties": {n: entry for n in names},
+        **full,
+        "properties": {n: props[n] for n in names},
         "required": names if required else [],
-        "additionalProperties": False,
     }
 
 
@@ -72,6 +105,22 @@ class LabelAnswer(RootModel[dict[Lesion, LesionAnswer]]):
         return answer_schema(LESIONS, required=False)
 
 
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Evidence(_Frozen):
+    """Where a label's evidence is: character offsets [start, end) into the labeled text
+    (the document text with surrounding whitespace stripped; its sha256 is text_sha256)."""
+
+    start: int = Field(ge=0)
+    end: int = Field(ge=0)
+    text: str | None = Field(None, description="The evidence sentence (credentialed outputs only)")
+
+
+Clarity = Literal["clear", "ambiguous"]
+
+
 class LabelRow(_Strict):
     """One output row of `labels/part-*.parquet`: the LesionLabel columns plus provenance."""
 
@@ -80,18 +129,60 @@ class LabelRow(_Strict):
     status: Status
     location: Location
     rationale: str
-    source: Literal["llm", "not_candidate", "no_candidate"] = Field(
-        description="llm: decided by the model; not_candidate: the lexicon pre-pass found no "
-        "expression of this lesion (negative); no_candidate: the report mentions none of the 14 "
-        "(LLM not called, all negative)"
+    source: Literal["rules", "llm", "not_mentioned", "not_candidate", "no_candidate"] = Field(
+        description="rules: decided by the rule reading; llm: decided by the model; "
+        "not_mentioned: the lexicon finds no expression of this lesion (negative); "
+        "not_candidate / no_candidate: the same for LLM-only runs (no_candidate: the report "
+        "mentions none of the 14, LLM not called)"
     )
     llm_called: bool
     text_sha256: str
     backend: str
-    model: str
+    model: str | None = Field(description="Model name; null for the rules backend")
     prompt_sha256: str
     schema_sha256: str
     sampling: str = Field(description="Sampling parameters as canonical JSON")
+    evidence: list[Evidence] = Field(
+        default_factory=list, description="Evidence sentences (offsets into the labeled text)"
+    )
+    clarity: Clarity | None = Field(
+        None, description="Rule reading: clear, or ambiguous (see the rationale for why)"
+    )
+
+
+class LesionReading(_Frozen):
+    """The rule reading of one lesion in one report."""
+
+    lesion: str
+    status: Status = Field(description="positive when any mention is affirmed or hedged")
+    location: Location
+    mentioned: bool = Field(description="The lexicon found at least one expression of it")
+    clarity: Clarity
+    reasons: list[str] = Field(
+        default_factory=list,
+        description="Why ambiguous: hedged, borderline, conflicting_mentions, scope_unsettled, "
+        "sides_differ",
+    )
+    cues: list[str] = Field(default_factory=list, description="Cue words that decided the mentions")
+    evidence: list[Evidence] = Field(
+        default_factory=list, description="Sentences of the deciding mentions"
+    )
+    rationale: str
+
+
+class RulesReading(_Frozen):
+    """The rule reading of one report: 14 LesionReadings in LESIONS order."""
+
+    lexicon_version: int
+    lexicon_sha256: str
+    lesions: list[LesionReading]
+
+    def get(self, lesion: str) -> LesionReading:
+        return next(r for r in self.lesions if r.lesion == lesion)
+
+    def ambiguous(self) -> list[str]:
+        """Lesions whose reading is ambiguous (what a hybrid labeler asks a model about)."""
+        return [r.lesion for r in self.lesions if r.clarity == "ambiguous"]
 
 
 class DocumentRow(_Strict):
@@ -119,13 +210,18 @@ class FailureRow(_Strict):
     reason: str
     raw_text: str | None
     attempts: int
+    transient: bool = Field(
+        False,
+        description="A transient engine error (5xx, 429, timeout, connection refused, "
+        "malformed body): not cached, so re-running the command asks again",
+    )
 
 
 class LabelRunConfig(_Strict):
     """What a label-lesions run was asked to do (stored in the manifest)."""
 
     backend: str
-    model: str
+    model: str | None
     prompt_version: int
     prompt_sha256: str
     schema_sha256: str
@@ -139,6 +235,8 @@ class LabelRunConfig(_Strict):
     batch_size: int
     prepass: bool
     engine_options: dict[str, Any] = Field(default_factory=dict)
+    lexicon_version: int | None = None
+    lexicon_sha256: str | None = None
 
 
 class LesionScore(_Strict):
@@ -152,9 +250,29 @@ class LesionScore(_Strict):
     recall: float | None
     f1: float | None
     agreement: float = Field(description="Fraction of documents where pred and gold status agree")
-    kappa: float | None = Field(description="Cohen's kappa of status")
+    kappa: float | None = Field(
+        description="Cohen's kappa of status; null when undefined (both sides use one class only)"
+    )
     location_n: int = Field(0, description="True positives whose gold has a location")
     location_accuracy: float | None = None
+
+
+class Interval(_Strict):
+    low: float | None
+    high: float | None
+
+
+class BootstrapCI(_Strict):
+    """Percentile bootstrap intervals, resampling documents with replacement."""
+
+    n_boot: int
+    seed: int
+    level: float = 0.95
+    unit: str = "document"
+    overall: dict[str, Interval] = Field(
+        description="micro_/macro_ precision, recall, f1 and location_accuracy"
+    )
+    lesions: dict[str, dict[str, Interval]] = Field(description="lesion -> precision / recall / f1")
 
 
 class EvalReport(_Strict):
@@ -172,6 +290,23 @@ class EvalReport(_Strict):
     micro_f1: float | None
     macro_precision: float | None
     macro_recall: float | None
-    macro_f1: float | None = Field(description="Mean F1 over lesions with gold support > 0")
+    macro_f1: float | None = Field(
+        description="Mean F1 over the lesions with gold support or predicted positives (a lesion "
+        "with false positives but no gold support scores precision 0 and F1 0; its recall is "
+        "undefined and left out of the macro recall)"
+    )
+    macro_lesions: list[str] = Field(
+        default_factory=list, description="The lesions the macro averages are taken over"
+    )
+    fp_without_support: dict[str, int] = Field(
+        default_factory=dict,
+        description="Lesions predicted positive although the gold has no positive: their FP count",
+    )
     location_accuracy: float | None
+    location_confusion: dict[str, dict[str, int]] = Field(
+        default_factory=dict,
+        description="gold location -> predicted location -> count, over true positives whose "
+        "gold has a location",
+    )
+    ci: BootstrapCI | None = Field(None, description="Bootstrap confidence intervals")
     options: dict[str, Any] = Field(default_factory=dict)

@@ -1,82 +1,74 @@
-"""Validate one model answer against the candidates; say precisely what is wrong.
+"""Turn one model answer into validated lesion judgements, or say precisely what is wrong.
 
 Lenient where the meaning is unambiguous (code fences, text around the JSON, case and
-underscores in names/enums, over-long reasoning), strict where guessing would invent
-labels (unknown lesions, wrong enum values, missing candidates, duplicates): those
-return a reason, which the runner turns into one repair retry and then a failure row.
+underscores in names and enums, one wrapping object, over-long reasoning), strict where
+guessing would invent labels: unknown lesions, lesions that were not asked (never taken
+as positives), wrong enum values, missing candidates, duplicates. Those raise
+AnswerError, which the runner turns into one repair request and then a failure row.
+Entries are validated by the pydantic answer model (`LabelAnswer`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
-from cxrctx.labeling.models import REASONING_MAX_CHARS
-from cxrctx.llm.jsonutil import extract_json
-from cxrctx.vocab import LESIONS, LOCATIONS
+from pydantic import ValidationError
 
-_STATUSES = ("positive", "negative")
-
-
-@dataclass(frozen=True)
-class Judgement:
-    lesion: str
-    reasoning: str
-    status: str
-    location: str
+from cxrctx.labeling.models import LabelAnswer
+from cxrctx.llm.task import AnswerError, parse_json_object, validation_reason
+from cxrctx.vocab import LESIONS
 
 
 def _norm(s: object) -> str:
     return " ".join(str(s).strip().lower().replace("_", " ").split())
 
 
-def parse_answer(
-    text: str, candidates: list[str], finish_reason: str = "stop"
-) -> tuple[dict[str, Judgement] | None, str | None]:
-    """Return (judgements by lesion, None) or (None, reason)."""
-    if not text or not text.strip():
-        return (
-            None,
-            "truncated (finish_reason=length) with no answer"
-            if finish_reason == "length"
-            else "empty answer",
-        )
-    try:
-        obj = extract_json(text)
-    except ValueError as e:
-        if finish_reason == "length":
-            return None, "truncated (finish_reason=length): answer JSON incomplete"
-        return None, f"invalid JSON: {e}"
-    if not isinstance(obj, dict):
-        return None, "answer is not a JSON object"
-    if len(obj) == 1 and isinstance(next(iter(obj.values())), dict):
-        # tolerate one wrapping level such as {"lesions": {...}} / {"answer": {...}}
+def _canonical_keys(obj: dict[str, Any]) -> dict[str, Any]:
+    """Lesion names in canonical spelling; one wrapping level ({"lesions": {...}}) removed."""
+    if len(obj) == 1:
         ((k, inner),) = obj.items()
-        if _norm(k) not in LESIONS and inner and all(isinstance(v, dict) for v in inner.values()):
+        if (
+            _norm(k) not in LESIONS
+            and isinstance(inner, dict)
+            and inner
+            and all(isinstance(v, dict) for v in inner.values())
+        ):
             obj = inner
-    out: dict[str, Judgement] = {}
+    out: dict[str, Any] = {}
     for key, entry in obj.items():
         name = _norm(key)
-        if name not in LESIONS:
-            return None, f"unknown lesion {key!r}"
         if name in out:
-            return None, f"duplicate lesion {name!r}"
-        if not isinstance(entry, dict):
-            return None, f"lesion {name!r}: entry is not an object"
-        status = _norm(entry.get("status", ""))
-        location = _norm(entry.get("location", ""))
-        if status not in _STATUSES:
-            return None, f"lesion {name!r}: status {entry.get('status')!r} is not positive/negative"
-        if location not in LOCATIONS:
-            return (
-                None,
-                f"lesion {name!r}: location {entry.get('location')!r} is not one of {', '.join(LOCATIONS)}",
-            )
-        extra = set(entry) - {"reasoning", "status", "location"}
-        if extra:
-            return None, f"lesion {name!r}: unknown field(s) {', '.join(sorted(extra))}"
-        reasoning = str(entry.get("reasoning", "")).strip()[:REASONING_MAX_CHARS]
-        out[name] = Judgement(name, reasoning, status, location)
-    missing = [c for c in candidates if c not in out]
+            raise AnswerError(f"duplicate lesion {name!r}")
+        out[name] = entry
+    unknown = [k for k in out if k not in LESIONS]
+    if unknown:
+        raise AnswerError(f"unknown lesion(s): {', '.join(map(repr, unknown))}")
+    return out
+
+
+def validate_lesion_answer(obj: Any, candidates: tuple[str, ...] | list[str]) -> LabelAnswer:
+    """Validate a decoded answer against the candidates' model (exactly those lesions)."""
+    if not isinstance(obj, dict):
+        raise AnswerError("answer is not a JSON object")
+    data = _canonical_keys(obj)
+    not_asked = [k for k in data if k not in candidates]
+    if not_asked:
+        raise AnswerError(
+            f"answered lesion(s) that were not asked: {', '.join(not_asked)} "
+            f"(asked: {', '.join(candidates) or 'none'})"
+        )
+    try:
+        answer = LabelAnswer.model_validate(data)
+    except ValidationError as e:
+        raise AnswerError(validation_reason(e)) from e
+    missing = [c for c in candidates if c not in answer.root]
     if missing:
-        return None, f"missing candidate lesion(s): {', '.join(missing)}"
-    return out, None
+        raise AnswerError(f"missing candidate lesion(s): {', '.join(missing)}")
+    return answer
+
+
+def parse_lesion_answer(
+    text: str, candidates: tuple[str, ...] | list[str], finish_reason: str = "stop"
+) -> LabelAnswer:
+    """The validated answer in `text`, or AnswerError(reason)."""
+    return validate_lesion_answer(parse_json_object(text, finish_reason), candidates)

@@ -19,6 +19,7 @@ from typing import Any
 
 from cxrctx.errors import CxrctxError
 from cxrctx.labeling.models import answer_schema
+from cxrctx.llm.task import REPAIR_ECHO_CHARS, schema_sha256_of
 from cxrctx.resources import read_bytes
 from cxrctx.vocab import LESIONS
 
@@ -28,8 +29,7 @@ DEFAULT_VERSION = 1
 def schema_sha256() -> str:
     """sha256 of `schemas/lesion_answer.schema.json` as `cxrctx schemas` writes it (verifiable
     with sha256sum); recorded in every label row."""
-    text = json.dumps(answer_schema(LESIONS, required=False), indent=2, sort_keys=True) + "\n"
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return schema_sha256_of(answer_schema(LESIONS, required=False))
 
 
 def _canonical(obj: Any) -> str:
@@ -97,7 +97,7 @@ class LabelPrompt:
         note = self.data["repair_template"].format(reason=reason, candidates=", ".join(candidates))
         return [
             *messages,
-            {"role": "assistant", "content": raw[:2000]},
+            {"role": "assistant", "content": raw[:REPAIR_ECHO_CHARS]},
             {"role": "user", "content": note},
         ]
 

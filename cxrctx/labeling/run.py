@@ -1,18 +1,18 @@
-"""The label-lesions run: documents → candidates → engine → validated labels (+ cache).
+"""The label-lesions run: documents → candidates → the lesion task → label rows (+ cache).
 
-`label_documents` is the library core (a frame of id/text in, a LabelResult out);
-`label_lesions` adds input loading, sharding, output files and the manifest.
+Phases, each a small function: `iter_items` (ids, empty texts, pre-pass candidates),
+`run_task` (the shared LLM runner: de-duplication, cache, repair, failure rows),
+`LabelRows` (one batch of task results → label / document / failure rows, counted) and,
+for `label_lesions`, input loading, sharding, streaming Parquet output and the manifest.
+`label_documents` is the library core (a frame of id/text in, a LabelResult out).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import json
-import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,164 +21,204 @@ import polars as pl
 
 from cxrctx import __version__
 from cxrctx.errors import CxrctxError
-from cxrctx.io import (
-    SHARD_PATTERN,
-    input_file,
-    read_shards,
-    shard_paths,
-    write_manifest,
-    write_parquet,
-    write_shards,
-)
-from cxrctx.labeling.cache import ResultCache, cache_key
+from cxrctx.io import input_file, read_shards, shard_paths, write_manifest
 from cxrctx.labeling.models import FailureRow, LabelRow, LabelRunConfig, answer_schema
-from cxrctx.labeling.parse import parse_answer
 from cxrctx.labeling.prompt import LabelPrompt, load_prompt, schema_sha256
-from cxrctx.llm.base import ChatRequest, Completion, Engine, Sampling
+from cxrctx.labeling.task import LabelItem, LesionTask
+from cxrctx.llm.base import Engine, Sampling
+from cxrctx.llm.cache import ResultCache
+from cxrctx.llm.runner import Executor, TaskProgress, TaskResult, TaskStats, run_task
+from cxrctx.llm.sink import MemorySink, ShardSink, Sink, remove_stale_tmp
+from cxrctx.llm.spec import EngineSpec, make_engine
 from cxrctx.models import LABEL_SCHEMA_VERSION, Manifest
-from cxrctx.vocab import LESIONS
-
-log = logging.getLogger(__name__)
+from cxrctx.vocab import LESIONS, SECTIONS
 
 DEFAULT_SECTIONS: tuple[str, ...] = ("findings", "impression")
-DEFAULT_BATCH = {"llamacpp": 8, "openai": 64, "vllm": 2048, "fake": 64}
 NOT_CANDIDATE = "not mentioned: no expression of this lesion in the report (lexicon pre-pass)"
 NO_CANDIDATE = (
     "not mentioned: the report mentions none of the 14 lesions (lexicon pre-pass; LLM not called)"
 )
+EMPTY, MISSING_ID, DUPLICATE_ID = "empty text", "missing id", "duplicate id (first occurrence kept)"
+LABEL_ROWS_PER_SHARD = 14 * 20_000
 
-LABEL_COLUMNS = [f for f in LabelRow.model_fields]
+LABEL_COLUMNS = list(LabelRow.model_fields)
 DOC_SCHEMA = {
     "id": pl.String, "text_sha256": pl.String, "status": pl.String, "candidates": pl.List(pl.String),
     "llm_called": pl.Boolean, "cached": pl.Boolean, "attempts": pl.Int64, "finish_reason": pl.String,
     "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64, "latency_s": pl.Float64,
     "raw_text": pl.String, "error": pl.String,
 }  # fmt: skip
-FAIL_SCHEMA = {"id": pl.String, "reason": pl.String, "raw_text": pl.String, "attempts": pl.Int64}
+FAIL_SCHEMA = {"id": pl.String, "reason": pl.String, "raw_text": pl.String, "attempts": pl.Int64,
+               "transient": pl.Boolean}  # fmt: skip
 LABEL_SCHEMA = {c: (pl.Boolean if c == "llm_called" else pl.String) for c in LABEL_COLUMNS}
+TABLES: dict[str, dict[str, Any]] = {
+    "labels": LABEL_SCHEMA,
+    "documents": DOC_SCHEMA,
+    "failures": FAIL_SCHEMA,
+}
+COUNTS = (
+    "documents", "labeled", "llm_called", "no_candidate", "cached", "failed", "transient_failed",
+    "empty", "missing_id", "duplicate_id", "unique_texts", "engine_requests", "repair_requests",
+    "prompt_tokens", "completion_tokens",
+)  # fmt: skip
 
 
-@dataclass
 class LabelResult:
-    """Outputs of one labeling pass. `labels` has 14 rows per labeled document."""
+    """Outputs of one labeling pass. `labels` has 14 rows per labeled document.
 
-    labels: pl.DataFrame
-    documents: pl.DataFrame
-    failures: pl.DataFrame
-    counts: dict[str, int]
-    provenance: dict[str, Any]
+    The tables are in memory for `label_documents`; for `label_lesions` they were
+    streamed to OUT and are read back from there on first access."""
 
+    def __init__(
+        self,
+        counts: dict[str, int],
+        provenance: dict[str, Any],
+        stats: TaskStats | None = None,
+        *,
+        labels: pl.DataFrame | None = None,
+        documents: pl.DataFrame | None = None,
+        failures: pl.DataFrame | None = None,
+        out: Path | None = None,
+    ):
+        self.counts = counts
+        self.provenance = provenance
+        self.stats = stats
+        self.out = out
+        given = {"labels": labels, "documents": documents, "failures": failures}
+        self.frames = {k: v for k, v in given.items() if v is not None}
 
-@dataclass
-class _Unique:
-    text: str
-    sha: str
-    candidates: list[str]
-    key: str
-    result: dict[str, Any] | None = None
-    cached: bool = False
+    def table(self, name: str) -> pl.DataFrame:
+        if name not in self.frames:
+            if self.out is None:
+                return pl.DataFrame(schema=TABLES[name])
+            self.frames[name] = read_shards(self.out / name)
+        return self.frames[name]
 
+    @property
+    def labels(self) -> pl.DataFrame:
+        return self.table("labels")
 
-@dataclass
-class ProgressHook:
-    """Called after each batch with (docs_done, docs_total, tokens_done)."""
+    @property
+    def documents(self) -> pl.DataFrame:
+        return self.table("documents")
 
-    fn: Callable[[int, int, int], None] | None = None
-
-    def __call__(self, done: int, total: int, tokens: int) -> None:
-        if self.fn is not None:
-            self.fn(done, total, tokens)
+    @property
+    def failures(self) -> pl.DataFrame:
+        return self.table("failures")
 
 
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _sampling_json(sampling: Sampling) -> str:
-    return json.dumps(sampling.as_dict(), sort_keys=True, separators=(",", ":"))
+def iter_items(
+    docs: pl.DataFrame, prompt: LabelPrompt, prepass: bool = True, chunk: int = 10_000
+) -> Iterator[LabelItem]:
+    """One LabelItem per input row, in order; read in slices so memory stays flat.
+
+    An empty text, a missing or a repeated id becomes an item with a `problem` (a
+    failure row, never a model call); without the pre-pass every lesion is a candidate."""
+    seen: set[str] = set()
+    for start in range(0, docs.height, chunk):
+        part = docs.slice(start, chunk)
+        for doc_id, text in zip(part["id"].to_list(), part["text"].to_list(), strict=True):
+            t = (text or "").strip()
+            if doc_id is None or doc_id in seen:
+                problem = MISSING_ID if doc_id is None else DUPLICATE_ID
+                yield LabelItem("" if doc_id is None else doc_id, "", "", (), problem)
+                continue
+            seen.add(doc_id)
+            if not t:
+                yield LabelItem(doc_id, "", "", (), EMPTY)
+                continue
+            cands = tuple(prompt.candidates(t)) if prepass else LESIONS
+            yield LabelItem(doc_id, t, _sha(t), cands)
 
 
-def _attempt(
-    engine: Engine,
-    prompt: LabelPrompt,
-    items: list[_Unique],
-    sampling: Sampling,
-) -> list[dict[str, Any]]:
-    """Run one batch with one repair retry; return a cache entry per item."""
-    reqs = []
-    msgs = []
-    for u in items:
-        m = prompt.messages(u.text, u.candidates)
-        msgs.append(m)
-        reqs.append(ChatRequest(messages=m, json_schema=answer_schema(u.candidates), key=u.key))
-    first = engine.complete(reqs, sampling)
-    if len(first) != len(reqs):
-        raise RuntimeError(f"engine returned {len(first)} completions for {len(reqs)} requests")
-    entries: list[dict[str, Any]] = []
-    retry_idx: list[int] = []
-    reasons: list[str] = []
-    for i, (u, c) in enumerate(zip(items, first, strict=True)):
-        e = _entry(u, [c])
-        if c.finish_reason == "error":
-            reason = f"engine error: {c.error}"
-            parsed = None
-        else:
-            parsed, reason = parse_answer(c.text, u.candidates, c.finish_reason)
-        if parsed is not None:
-            e.update(status="labeled", answer={k: dataclasses.asdict(v) for k, v in parsed.items()})
-        else:
-            e.update(status="failed", error=reason)
-            retry_idx.append(i)
-            reasons.append(reason or "")
-        entries.append(e)
-    if retry_idx:
-        repair = []
-        for i, reason in zip(retry_idx, reasons, strict=True):
-            u, c = items[i], first[i]
-            m = (
-                msgs[i]
-                if c.finish_reason == "error"
-                else prompt.repair_messages(msgs[i], c.text, reason, u.candidates)
-            )
-            repair.append(ChatRequest(messages=m, json_schema=reqs[i].json_schema, key=u.key))
-        # a truncated answer gets room to finish on its repair attempt
-        s2 = dataclasses.replace(sampling, max_tokens=sampling.max_tokens * 2)
-        second = engine.complete(repair, s2)
-        for i, c in zip(retry_idx, second, strict=True):
-            u = items[i]
-            e = _entry(u, [first[i], c])
-            if c.finish_reason == "error":
-                parsed, reason = None, f"engine error: {c.error}"
-            else:
-                parsed, reason = parse_answer(c.text, u.candidates, c.finish_reason)
-            if parsed is not None:
-                e.update(
-                    status="labeled", answer={k: dataclasses.asdict(v) for k, v in parsed.items()}
-                )
-            else:
-                e.update(
-                    status="failed", error=f"{reason} (after repair; first: {entries[i]['error']})"
-                )
-            entries[i] = e
-    return entries
-
-
-def _entry(u: _Unique, comps: list[Completion]) -> dict[str, Any]:
-    last = comps[-1]
+def _label(item: LabelItem, lesion: str, ans: dict[str, str], source: str,
+           called: bool, prov: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     return {
-        "key": u.key,
-        "text_sha256": u.sha,
-        "candidates": u.candidates,
-        "status": "failed",
-        "answer": None,
-        "raw_text": last.text,
-        "finish_reason": last.finish_reason,
-        "prompt_tokens": sum(c.prompt_tokens for c in comps),
-        "completion_tokens": sum(c.completion_tokens for c in comps),
-        "latency_s": round(sum(c.latency_s for c in comps), 6),
-        "attempts": len(comps),
-        "error": None,
-    }
+        "id": item.id, "lesion": lesion, "status": ans["status"], "location": ans["location"],
+        "rationale": ans["reasoning"], "source": source, "llm_called": called,
+        "text_sha256": item.text_sha256, **prov,
+    }  # fmt: skip
+
+
+def _doc_row(item: LabelItem, status: str, r: TaskResult | None) -> dict[str, Any]:
+    return {
+        "id": item.id, "text_sha256": item.text_sha256, "status": status,
+        "candidates": list(item.candidates), "llm_called": bool(r and r.called),
+        "cached": bool(r and r.cached), "attempts": r.attempts if r else 0,
+        "finish_reason": r.finish_reason if r else None,
+        "prompt_tokens": r.prompt_tokens if r else 0, "completion_tokens": r.completion_tokens if r else 0,
+        "latency_s": r.latency_s if r else 0.0, "raw_text": r.raw_text if r else None,
+        "error": r.error if r else None,
+    }  # fmt: skip
+
+
+class LabelRows:
+    """Turns each batch of task results into label, document and failure rows for the sinks,
+    counting every document exactly once (`counts`)."""
+
+    def __init__(self, sinks: dict[str, Sink], provenance: dict[str, Any]):
+        self.sinks = sinks
+        self.prov = {k: provenance[k] for k in ("backend", "model", "prompt_sha256",
+                                                 "schema_sha256", "sampling")}  # fmt: skip
+        self.counts = dict.fromkeys(COUNTS, 0)
+        self._not_candidate = {"status": "negative", "location": "not mentioned",
+                               "reasoning": NOT_CANDIDATE}  # fmt: skip
+
+    def __call__(self, results: list[TaskResult[LabelItem, Any]]) -> None:
+        labels: list[dict[str, Any]] = []
+        docs: list[dict[str, Any]] = []
+        fails: list[dict[str, Any]] = []
+        for r in results:
+            self.counts["documents"] += 1
+            self._one(r, labels, docs, fails)
+        self.sinks["labels"].add(labels)
+        self.sinks["documents"].add(docs)
+        self.sinks["failures"].add(fails)
+
+    def _fail(self, fails: list[dict[str, Any]], item: LabelItem, r: TaskResult) -> None:
+        fails.append(FailureRow(id=item.id, reason=r.error or "failed", raw_text=r.raw_text,
+                                attempts=r.attempts, transient=r.transient).model_dump())  # fmt: skip
+
+    def _one(self, r: TaskResult, labels: list, docs: list, fails: list) -> None:
+        item: LabelItem = r.item
+        c = self.counts
+        if item.problem is not None:
+            c[{EMPTY: "empty", MISSING_ID: "missing_id"}.get(item.problem, "duplicate_id")] += 1
+            self._fail(fails, item, r)
+            if item.problem == EMPTY:
+                docs.append(_doc_row(item, "empty", None))
+            return
+        if not item.candidates:
+            c["no_candidate"] += 1
+            c["labeled"] += 1
+            docs.append(_doc_row(item, "skipped", None))
+            skip = {**self._not_candidate, "reasoning": NO_CANDIDATE}
+            labels.extend(
+                _label(item, les, skip, "no_candidate", False, self.prov) for les in LESIONS
+            )
+            return
+        c["llm_called"] += 1
+        c["cached"] += r.cached
+        if r.answer is None:
+            c["failed"] += 1
+            c["transient_failed"] += r.transient
+            self._fail(fails, item, r)
+            docs.append(_doc_row(item, "failed", r))
+            return
+        c["labeled"] += 1
+        docs.append(_doc_row(item, "labeled", r))
+        ans = r.answer.model_dump(mode="json")
+        for les in LESIONS:
+            if les in ans:
+                labels.append(_label(item, les, ans[les], "llm", True, self.prov))
+            else:
+                labels.append(
+                    _label(item, les, self._not_candidate, "not_candidate", True, self.prov)
+                )
 
 
 def label_documents(
@@ -190,241 +230,48 @@ def label_documents(
     prompt: LabelPrompt | int | str | None = None,
     batch_size: int | None = None,
     prepass: bool = True,
-    progress: Callable[[int, int, int], None] | None = None,
+    progress: Callable[[TaskProgress], None] | None = None,
     cache_writer: str = "main",
+    executor: Executor | None = None,
+    sinks: dict[str, Sink] | None = None,
 ) -> LabelResult:
     """Label every document of `docs` (columns `id`, `text`) with `engine`.
 
     Identical texts are sent once; finished results are appended to the cache under
     `cache_dir` after every batch, so a re-run (or a run after a crash) only asks the
     engine for what is missing. Documents whose answer stays invalid after one repair
-    retry become failure rows, not negatives.
+    request become failure rows, not negatives. With `sinks` (name → Sink for labels,
+    documents, failures) rows are streamed there per batch instead of kept in memory.
     """
     if "id" not in docs.columns or "text" not in docs.columns:
         raise CxrctxError(f"documents need columns id and text (got {', '.join(docs.columns)})")
+    lp = prompt if isinstance(prompt, LabelPrompt) else load_prompt(prompt)
+    docs = docs.select(pl.col("id").cast(pl.String), pl.col("text").cast(pl.String))
+    memory = {name: MemorySink(schema) for name, schema in TABLES.items()}
+    task = LesionTask(lp)
     sampling = sampling or Sampling()
-    prompt = prompt if isinstance(prompt, LabelPrompt) else load_prompt(prompt)
-    batch_size = batch_size or DEFAULT_BATCH.get(getattr(engine, "backend", ""), 16)
-    schema_sha = schema_sha256()
-    samp = _sampling_json(sampling)
-    prov = {
-        "backend": str(getattr(engine, "backend", "?")),
-        "model": str(getattr(engine, "model", "?")),
-        "prompt_sha256": prompt.sha256,
-        "schema_sha256": schema_sha,
-        "sampling": samp,
-    }
-    ids = docs["id"].cast(pl.String).to_list()
-    texts = docs["text"].cast(pl.String).to_list()
-
-    uniq: dict[str, _Unique] = {}
-    doc_sha: list[str | None] = []
-    failures: list[FailureRow] = []
-    seen_ids: set[str] = set()
-    dup_id: set[int] = set()
-    for i, (doc_id, text) in enumerate(zip(ids, texts, strict=True)):
-        t = (text or "").strip()
-        if doc_id is None or doc_id in seen_ids:
-            dup_id.add(i)
-            doc_sha.append(None)
-            continue
-        seen_ids.add(doc_id)
-        if not t:
-            doc_sha.append(None)
-            continue
-        sha = _sha(t)
-        doc_sha.append(sha)
-        if sha not in uniq:
-            cands = prompt.candidates(t) if prepass else list(LESIONS)
-            key = cache_key(text_sha256=sha, prepass=prepass, **prov)
-            uniq[sha] = _Unique(t, sha, cands, key)
-
-    cache = ResultCache(cache_dir, writer=cache_writer)
-    todo: list[_Unique] = []
-    for u in uniq.values():
-        if not u.candidates:
-            continue
-        hit = cache.get(u.key)
-        if hit is not None:
-            u.result, u.cached = hit, True
-        else:
-            todo.append(u)
-    total = len(todo)
-    done = tokens = 0
-    if progress:
-        progress(0, total, 0)
-    try:
-        for start in range(0, total, batch_size):
-            batch = todo[start : start + batch_size]
-            entries = _attempt(engine, prompt, batch, sampling)
-            cache.put_many(entries)
-            for u, e in zip(batch, entries, strict=True):
-                u.result = e
-                tokens += e["prompt_tokens"] + e["completion_tokens"]
-            done += len(batch)
-            if progress:
-                progress(done, total, tokens)
-    finally:
-        cache.close()
-
-    label_rows: list[dict[str, Any]] = []
-    doc_rows: list[dict[str, Any]] = []
-    counts = dict.fromkeys(
-        (
-            "documents",
-            "labeled",
-            "llm_called",
-            "no_candidate",
-            "cached",
-            "failed",
-            "empty",
-            "duplicate_id",
-            "unique_texts",
-            "engine_requests",
-        ),
-        0,
-    )
-    counts["documents"] = len(ids)
-    counts["unique_texts"] = len(uniq)
-    counts["engine_requests"] = sum(u.result["attempts"] for u in todo if u.result)
-    for i, (doc_id, sha) in enumerate(zip(ids, doc_sha, strict=True)):
-        doc_id = "" if doc_id is None else doc_id
-        if i in dup_id:
-            counts["duplicate_id"] += 1
-            failures.append(
-                FailureRow(
-                    id=doc_id,
-                    reason="duplicate id (first occurrence kept)",
-                    raw_text=None,
-                    attempts=0,
-                )
-            )
-            continue
-        if sha is None:
-            counts["empty"] += 1
-            failures.append(FailureRow(id=doc_id, reason="empty text", raw_text=None, attempts=0))
-            doc_rows.append(_doc_row(doc_id, "", "empty", [], False, False, None))
-            continue
-        u = uniq[sha]
-        if not u.candidates:
-            counts["no_candidate"] += 1
-            counts["labeled"] += 1
-            doc_rows.append(_doc_row(doc_id, sha, "skipped", [], False, False, None))
-            for lesion in LESIONS:
-                label_rows.append(
-                    _label(
-                        doc_id,
-                        lesion,
-                        "negative",
-                        "not mentioned",
-                        NO_CANDIDATE,
-                        "no_candidate",
-                        False,
-                        sha,
-                        prov,
-                    )
-                )
-            continue
-        e = u.result
-        assert e is not None
-        counts["llm_called"] += 1
-        counts["cached"] += int(u.cached)
-        if e["status"] != "labeled":
-            counts["failed"] += 1
-            failures.append(
-                FailureRow(
-                    id=doc_id,
-                    reason=e["error"] or "failed",
-                    raw_text=e["raw_text"],
-                    attempts=e["attempts"],
-                )
-            )
-            doc_rows.append(_doc_row(doc_id, sha, "failed", u.candidates, True, u.cached, e))
-            continue
-        counts["labeled"] += 1
-        doc_rows.append(_doc_row(doc_id, sha, "labeled", u.candidates, True, u.cached, e))
-        ans = e["answer"]
-        for lesion in LESIONS:
-            j = ans.get(lesion)
-            if j is None:
-                label_rows.append(
-                    _label(
-                        doc_id,
-                        lesion,
-                        "negative",
-                        "not mentioned",
-                        NOT_CANDIDATE,
-                        "not_candidate",
-                        True,
-                        sha,
-                        prov,
-                    )
-                )
-            else:
-                label_rows.append(
-                    _label(
-                        doc_id,
-                        lesion,
-                        j["status"],
-                        j["location"],
-                        j["reasoning"],
-                        "llm",
-                        True,
-                        sha,
-                        prov,
-                    )
-                )
-    labels = (
-        pl.DataFrame(label_rows, schema=LABEL_SCHEMA, orient="row")
-        if label_rows
-        else pl.DataFrame(schema=LABEL_SCHEMA)
-    )
-    documents = (
-        pl.DataFrame(doc_rows, schema=DOC_SCHEMA) if doc_rows else pl.DataFrame(schema=DOC_SCHEMA)
-    )
-    fails = (
-        pl.DataFrame([f.model_dump() for f in failures], schema=FAIL_SCHEMA)
-        if failures
-        else pl.DataFrame(schema=FAIL_SCHEMA)
-    )
-    return LabelResult(
-        labels=labels, documents=documents, failures=fails, counts=counts, provenance=prov
-    )
+    rows = LabelRows(dict(sinks or memory), _provenance(task, engine, sampling))
+    with ResultCache(cache_dir, writer=cache_writer) as cache:
+        stats = run_task(
+            task, iter_items(docs, lp, prepass), engine, cache=cache, sampling=sampling,
+            executor=executor, batch_size=batch_size, on_batch=rows, progress=progress,
+            total=docs.height,
+        )  # fmt: skip
+    counts = {**rows.counts, "unique_texts": stats.unique_requests,
+              "engine_requests": stats.requests, "repair_requests": stats.repairs,
+              "prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens}  # fmt: skip
+    if sinks:
+        return LabelResult(counts, stats.provenance, stats)
+    f = {name: s.frame() for name, s in memory.items()}
+    return LabelResult(counts, stats.provenance, stats, labels=f["labels"],
+                       documents=f["documents"], failures=f["failures"])  # fmt: skip
 
 
-def _label(
-    doc_id: str,
-    lesion: str,
-    status: str,
-    location: str,
-    rationale: str,
-    source: str,
-    called: bool,
-    sha: str,
-    prov: dict[str, Any],
-) -> dict[str, Any]:
-    return {
-        "id": doc_id, "lesion": lesion, "status": status, "location": location, "rationale": rationale,
-        "source": source, "llm_called": called, "text_sha256": sha, **prov,
-    }  # fmt: skip
+def _provenance(task: LesionTask, engine: Engine, sampling: Sampling) -> dict[str, Any]:
+    from cxrctx.llm.runner import engine_identity, sampling_json
 
-
-def _doc_row(
-    doc_id: str,
-    sha: str,
-    status: str,
-    cands: list[str],
-    called: bool,
-    cached: bool,
-    e: dict[str, Any] | None,
-) -> dict[str, Any]:
-    e = e or {}
-    return {
-        "id": doc_id, "text_sha256": sha, "status": status, "candidates": cands, "llm_called": called,
-        "cached": cached, "attempts": e.get("attempts", 0), "finish_reason": e.get("finish_reason"),
-        "prompt_tokens": e.get("prompt_tokens", 0), "completion_tokens": e.get("completion_tokens", 0),
-        "latency_s": e.get("latency_s", 0.0), "raw_text": e.get("raw_text"), "error": e.get("error"),
-    }  # fmt: skip
+    return {**engine_identity(engine), "prompt_sha256": task.prompt_sha256,
+            "schema_sha256": task.schema_sha256, "sampling": sampling_json(sampling)}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -532,13 +379,61 @@ class LabelRun:
     seconds: float = 0.0
 
 
+def _select_documents(
+    input_path: str | os.PathLike, sections: list[str], id_column: str, text_column: str,
+    limit: int | None, shard: tuple[int, int] | None,
+) -> LoadedInput:  # fmt: skip
+    bad = [s for s in sections if s not in SECTIONS]
+    if bad:
+        raise CxrctxError(f"unknown section(s) {', '.join(bad)}; choose from {', '.join(SECTIONS)}")
+    loaded = load_documents(
+        input_path, sections=sections, id_column=id_column, text_column=text_column
+    )
+    docs = loaded.docs.head(limit) if limit is not None else loaded.docs
+    loaded.docs = shard_slice(docs, shard)
+    return loaded
+
+
+def _dry_run(docs: pl.DataFrame, lp: LabelPrompt, prepass: bool) -> dict[str, Any]:
+    first = next((t for t in docs["text"].to_list() if t and t.strip()), None)
+    info: dict[str, Any] = {
+        "documents": docs.height,
+        "schema": answer_schema(LESIONS, required=False),
+    }
+    if first is not None:
+        cands = lp.candidates(first.strip()) if prepass else list(LESIONS)
+        info["candidates"] = cands
+        info["messages"] = lp.messages(first.strip(), cands)
+        info["request_schema"] = answer_schema(cands)
+    return info
+
+
+def check_writable(out: Path) -> None:
+    """Fail before any work when `out` cannot hold the outputs (a file, a read-only place)."""
+    if out.exists() and not out.is_dir():
+        raise CxrctxError(f"--out {out}: exists and is not a directory")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise CxrctxError(f"--out {out}: {probe} is not a writable directory")
+
+
+def _open_sinks(out: Path, shard: tuple[int, int] | None) -> dict[str, ShardSink]:
+    sinks = {}
+    for name, schema in TABLES.items():
+        remove_stale_tmp(out / name)
+        rows = LABEL_ROWS_PER_SHARD if name == "labels" else LABEL_ROWS_PER_SHARD // 14
+        sinks[name] = ShardSink(out / name, schema, rows_per_shard=rows,
+                                part=shard[0] if shard else None, relative_to=out)  # fmt: skip
+    return sinks
+
+
 def label_lesions(
     input_path: str | os.PathLike,
-    out_dir: str | os.PathLike,
+    out: str | os.PathLike,
     *,
-    backend: str,
-    model: str,
-    engine_options: dict[str, Any] | None = None,
+    engine: Engine | EngineSpec,
     sections: tuple[str, ...] | list[str] = DEFAULT_SECTIONS,
     id_column: str = "id",
     text_column: str = "text",
@@ -549,121 +444,97 @@ def label_lesions(
     batch_size: int | None = None,
     prepass: bool = True,
     prompt: int | str | None = None,
-    progress: Callable[[int, int, int], None] | None = None,
-    engine: Engine | None = None,
+    progress: Callable[[TaskProgress], None] | None = None,
+    executor: Executor | None = None,
 ) -> LabelRun:
-    """Label an input (build-priors dir or table file) into OUT_DIR; resumable via OUT_DIR/cache."""
+    """Label an input (build-priors dir or table file) into `out`; resumable via out/cache.
+
+    `engine` is a built Engine or an EngineSpec (built here, after the input checks, and
+    closed at the end). Rows stream to out/labels, documents, failures per batch."""
     t0 = time.perf_counter()
     sampling = sampling or Sampling()
-    bad = [
-        s
-        for s in sections
-        if s
-        not in (
-            "examination",
-            "indication",
-            "history",
-            "technique",
-            "comparison",
-            "findings",
-            "impression",
-        )
-    ]
-    if bad:
-        raise CxrctxError(f"unknown section(s) {', '.join(bad)}")
     lp = load_prompt(prompt)
-    loaded = load_documents(
-        input_path, sections=sections, id_column=id_column, text_column=text_column
-    )
-    docs = loaded.docs
-    if limit is not None:
-        docs = docs.head(limit)
     sh = parse_shard(shard)
-    docs = shard_slice(docs, sh)
-    out = Path(out_dir)
+    loaded = _select_documents(input_path, list(sections), id_column, text_column, limit, sh)
+    out_dir = Path(out)
     if dry_run:
-        first = next((t for t in docs["text"].to_list() if t and t.strip()), None)
-        info: dict[str, Any] = {
-            "documents": docs.height,
-            "schema": answer_schema(LESIONS, required=False),
-        }
-        if first is not None:
-            cands = lp.candidates(first.strip()) if prepass else list(LESIONS)
-            info["candidates"] = cands
-            info["messages"] = lp.messages(first.strip(), cands)
-            info["request_schema"] = answer_schema(cands)
-        return LabelRun(out, None, None, dry_run=info, seconds=time.perf_counter() - t0)
+        info = _dry_run(loaded.docs, lp, prepass)
+        return LabelRun(out_dir, None, None, dry_run=info, seconds=time.perf_counter() - t0)
+    check_writable(out_dir)
+    spec = engine if isinstance(engine, EngineSpec) else None
+    eng = make_engine(spec) if spec is not None else engine
+    assert not isinstance(eng, EngineSpec)
+    try:
+        return _label_into(input_path, out_dir, eng, spec, loaded, lp, sh, sampling, t0,
+                           batch_size=batch_size, prepass=prepass, progress=progress,
+                           executor=executor, sections=sections, id_column=id_column,
+                           text_column=text_column, shard=shard, limit=limit)  # fmt: skip
+    except OSError as e:
+        raise CxrctxError(f"{out_dir}: cannot write the outputs ({e.strerror or e})") from e
+    finally:
+        if spec is not None:
+            eng.close()
 
-    opts = dict(engine_options or {})
-    if engine is None:
-        from cxrctx.llm import get_engine
 
-        engine = get_engine(backend, model, **opts)
-        own = True
-    else:
-        own = False
+def _label_into(
+    input_path: Any, out_dir: Path, eng: Engine, spec: EngineSpec | None, loaded: LoadedInput,
+    lp: LabelPrompt, sh: tuple[int, int] | None, sampling: Sampling, t0: float, *,
+    batch_size: int | None, prepass: bool, progress: Callable[[TaskProgress], None] | None,
+    executor: Executor | None, sections: Any, id_column: str, text_column: str,
+    shard: str | None, limit: int | None,
+) -> LabelRun:  # fmt: skip
+    """Stream the labels into out_dir's tables, then write the manifest (last)."""
+    sinks = _open_sinks(out_dir, sh)
     try:
         writer = f"shard-{sh[0]:05d}-of-{sh[1]:05d}" if sh else "main"
         result = label_documents(
-            docs, engine, sampling=sampling, cache_dir=out / "cache", prompt=lp, batch_size=batch_size,
-            prepass=prepass, progress=progress, cache_writer=writer,
+            loaded.docs, eng, sampling=sampling, cache_dir=out_dir / "cache", prompt=lp,
+            batch_size=batch_size, prepass=prepass, progress=progress, cache_writer=writer,
+            executor=executor, sinks=dict(sinks),
         )  # fmt: skip
-    finally:
-        if own:
-            engine.close()
-    cfg = LabelRunConfig(
-        backend=backend, model=model, prompt_version=lp.version, prompt_sha256=lp.sha256,
-        schema_sha256=schema_sha256(), sampling=sampling.as_dict(), input=str(input_path),
-        sections=list(sections) if loaded.kind == "records" else None,
+    except BaseException:
+        for s in sinks.values():
+            s.abort()
+        raise
+    tables = {name: s.close() for name, s in sinks.items()}
+    result.out = out_dir
+    cfg = _run_config(input_path, loaded, lp, sampling, result, spec, sections, id_column,
+                      text_column, shard, limit, prepass)  # fmt: skip
+    manifest = write_manifest_for(out_dir, result, cfg, loaded.inputs, tables, sh)
+    return LabelRun(out_dir, result, manifest, seconds=time.perf_counter() - t0)
+
+
+def _run_config(input_path: Any, loaded: LoadedInput, lp: LabelPrompt, sampling: Sampling,
+                result: LabelResult, spec: EngineSpec | None, sections: Any, id_column: str,
+                text_column: str, shard: str | None, limit: int | None, prepass: bool) -> LabelRunConfig:  # fmt: skip
+    prov = result.provenance
+    return LabelRunConfig(
+        backend=prov["backend"], model=prov["model"], prompt_version=lp.version,
+        prompt_sha256=lp.sha256, schema_sha256=schema_sha256(), sampling=sampling.as_dict(),
+        input=str(input_path), sections=list(sections) if loaded.kind == "records" else None,
         id_column=id_column if loaded.kind == "file" else None,
         text_column=text_column if loaded.kind == "file" else None, shard=shard, limit=limit,
-        batch_size=batch_size or DEFAULT_BATCH.get(backend, 16), prepass=prepass,
-        engine_options={k: v for k, v in opts.items() if k not in ("responder",) and _jsonable(v)},
+        batch_size=result.stats.batch_size if result.stats else 0, prepass=prepass,
+        engine_options=spec.public() if spec is not None else {"base_url": prov.get("base_url")},
     )  # fmt: skip
-    manifest = write_outputs(out, result, cfg, loaded.inputs, sh)
-    return LabelRun(out, result, manifest, seconds=time.perf_counter() - t0)
 
 
-def _jsonable(v: Any) -> bool:
-    try:
-        json.dumps(v)
-        return True
-    except TypeError:
-        return False
-
-
-def write_outputs(
+def write_manifest_for(
     out: Path,
     result: LabelResult,
     cfg: LabelRunConfig,
     inputs: list[Any],
+    tables: dict[str, list[Any]],
     shard: tuple[int, int] | None,
 ) -> Manifest:
-    """labels/, documents/, failures/ (one part per shard when sharded) and the manifest."""
-    out.mkdir(parents=True, exist_ok=True)
-    shards, tables = [], []
-    for name, df, target in (
-        ("labels", result.labels, shards),
-        ("documents", result.documents, tables),
-        ("failures", result.failures, tables),
-    ):
-        if shard is None:
-            target.extend(write_shards(df, out / name, rows_per_shard=14 * 20000, relative_to=out))
-        else:
-            path = out / name / SHARD_PATTERN.format(shard[0])
-            info = write_parquet(df, path)
-            target.append(info.model_copy(update={"path": os.path.relpath(path, out)}))
+    """The run's manifest (one per shard when sharded), written last: its presence says
+    the labels, documents and failures tables are complete."""
     manifest = Manifest(
-        tool_version=__version__,
-        stage="label-lesions",
-        schema_version=LABEL_SCHEMA_VERSION,
-        config=cfg.model_dump(mode="json"),
-        inputs=inputs,
-        shards=shards,
-        tables=tables,
-        counts=result.counts,
+        tool_version=__version__, stage="label-lesions", schema_version=LABEL_SCHEMA_VERSION,
+        config=cfg.model_dump(mode="json"), inputs=inputs, shards=tables["labels"],
+        tables=[*tables["documents"], *tables["failures"]], counts=result.counts,
         extra={"provenance": result.provenance},
-    )
+    )  # fmt: skip
     name = (
         "manifest.json"
         if shard is None

@@ -1,8 +1,12 @@
-"""LLM engines behind one interface (`Engine.complete(requests, sampling)`).
+"""LLM engines behind one interface, and the task layer on top of them.
 
-`get_engine("llamacpp" | "openai" | "vllm" | "fake", model, **options)` builds one; the
-heavy library of each backend is imported only when that backend is chosen, and a
-missing library or GPU raises `CxrctxError` at once with the install hint.
+- `get_engine("llamacpp" | "openai" | "vllm" | "fake", model, **options)` builds an
+  engine (`Engine.complete(requests, sampling)`); the heavy library of each backend is
+  imported only when that backend is chosen, and a missing library or GPU raises
+  `CxrctxError` at once with the install hint. `fake` is for tests and the Python API.
+- `EngineSpec` + `make_engine` (`cxrctx.llm.spec`): what the shared CLI options describe.
+- `Task` (`cxrctx.llm.task`) + `run_task` (`cxrctx.llm.runner`): one kind of question and
+  the one runner (batching, de-duplication, cache, repair, failure rows, progress).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 
 @dataclass(frozen=True)
@@ -34,18 +34,30 @@ class ChatRequest:
     key: str = ""  # caller's id for the request (cache key / document id)
 
 
+ErrorKind = Literal["transient", "rejected", "permanent"]
+
+
 @dataclass
 class Completion:
+    """One engine answer. On failure `finish_reason == "error"` and `error_kind` says what
+    the runner does with it: `transient` (5xx, 429, timeout, connection refused, a
+    malformed body: a failure for this run, never cached, retried by a re-run),
+    `rejected` (the server refused this one request, e.g. 400: a final failure row) or
+    `permanent` (401/403/404: the whole run stops after the first one)."""
+
     text: str
     finish_reason: str = "stop"  # stop | length | error
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_s: float = 0.0
     error: str | None = None
+    error_kind: ErrorKind | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Engine(Protocol):
+    """`backend`, `model` (and `base_url` where there is one) enter every cache key."""
+
     backend: str
     model: str
 

@@ -45,6 +45,7 @@ def _schema_answer(req: ChatRequest) -> str:
 class FakeEngine:
     OPTIONS: tuple[str, ...] = ("responder", "latency_s")
     backend = "fake"
+    default_batch_size = 64
 
     def __init__(
         self, model: str = "fake", responder: Responder | None = None, latency_s: float = 0.0

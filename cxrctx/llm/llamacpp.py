@@ -13,6 +13,7 @@ prompt is evaluated once, not once per document.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -22,6 +23,25 @@ from typing import Any
 from cxrctx.errors import CxrctxError
 from cxrctx.llm.base import ChatRequest, Completion, Sampling
 from cxrctx.llm.jsonutil import extract_json, schema_errors, strip_code_fences
+
+log = logging.getLogger(__name__)
+
+
+def free_threads() -> tuple[int, str]:
+    """Threads to use when the user gave none: the CPUs this process may run on minus the
+    current load (1-minute average), at least 1. llama.cpp's threads spin-wait for each
+    other, so oversubscribing a busy CPU is far slower than using fewer threads."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    n = max(1, min(cpus, int(cpus - load)))
+    why = f"{cpus} CPU(s) available, 1-min load {load:.1f}"
+    return n, why + ("; the machine is loaded: 1 thread" if n == 1 and cpus > 1 else "")
 
 
 class LlamaCppEngine:
@@ -36,6 +56,7 @@ class LlamaCppEngine:
         "grammar",
     )
     backend = "llamacpp"
+    default_batch_size = 8
 
     def __init__(
         self,
@@ -65,11 +86,17 @@ class LlamaCppEngine:
             )
         self.model = str(path)
         self._llama_cpp = llama_cpp
+        if n_threads is None:
+            n_threads, why = free_threads()
+            log.info("llamacpp: %d thread(s) (%s; --threads overrides)", n_threads, why)
+        else:
+            log.info("llamacpp: %d thread(s) (--threads)", n_threads)
+        self.n_threads = n_threads
         try:
             self.llm = llama_cpp.Llama(
                 model_path=str(path),
                 n_ctx=n_ctx,
-                n_threads=n_threads or max(1, (os.cpu_count() or 2)),
+                n_threads=n_threads,
                 n_batch=n_batch,
                 seed=seed,
                 n_gpu_layers=n_gpu_layers,
@@ -102,7 +129,7 @@ class LlamaCppEngine:
             kwargs["grammar"] = self._grammar(req.json_schema)
         elif req.json_schema is not None:
             kwargs["stop"] = ["\n```"]  # end of a fenced answer: do not pay for chatter after it
-        return self.llm.create_chat_completion(**kwargs)
+        return dict(self.llm.create_chat_completion(**kwargs))  # type: ignore[arg-type]
 
     def complete(self, requests: Sequence[ChatRequest], sampling: Sampling) -> list[Completion]:
         out: list[Completion] = []
@@ -143,6 +170,7 @@ class LlamaCppEngine:
                         finish_reason="error",
                         latency_s=time.perf_counter() - t0,
                         error=f"{type(e).__name__}: {e}",
+                        error_kind="rejected",  # e.g. a prompt longer than the context
                     )
                 )
         return out
@@ -154,7 +182,7 @@ class LlamaCppEngine:
                 llm.close()
             except Exception:
                 pass
-            self.llm = None
+            self.llm = None  # type: ignore[assignment]
 
 
 def _conforms(text: str, schema: dict[str, Any]) -> bool:

@@ -30,6 +30,7 @@ class VllmEngine:
         "trust_remote_code",
     )
     backend = "vllm"
+    default_batch_size = 2048
 
     def __init__(
         self,
@@ -91,7 +92,10 @@ class VllmEngine:
             )
         except Exception as e:
             err = f"{type(e).__name__}: {str(e)[:300]}"
-            return [Completion(text="", finish_reason="error", error=err) for _ in requests]
+            return [
+                Completion(text="", finish_reason="error", error=err, error_kind="transient")
+                for _ in requests
+            ]
         per_req = (time.perf_counter() - t0) / len(requests)
         result = []
         for o in outs:

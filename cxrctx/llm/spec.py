@@ -1,0 +1,133 @@
+"""One engine specification for every command that calls a model.
+
+`EngineSpec` is what the shared CLI options (`--backend`, `--model`, `--base-url`,
+`--api-key-env`, `--engine-opt KEY=JSON`, `--timeout`, `--threads`,
+`--allow-public-api`) describe; `make_engine(spec)` builds the engine. `--engine-opt`
+values are JSON (`enable_prefix_caching=false` is the boolean false, `n_ctx=4096` an
+integer); a value that is not valid JSON is taken as a string (`dtype=bfloat16`).
+
+Privacy: MIMIC-CXR's data-use agreement forbids sending the data to third-party
+services. The openai backend therefore needs an explicit `--base-url`, and a known
+public API host is refused unless the user states an approved route
+(`allow_public_api`). Azure OpenAI (with human review opted out), AWS Bedrock and Google
+Vertex AI are the routes PhysioNet names as acceptable and are not on the list.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cxrctx.errors import CxrctxError
+from cxrctx.llm.base import Engine
+
+#: hosts of public LLM APIs (a subdomain matches too)
+PUBLIC_API_HOSTS: tuple[str, ...] = (
+    "api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com",
+    "api.together.xyz", "api.together.ai", "api.groq.com", "openrouter.ai", "api.mistral.ai",
+    "api.deepseek.com", "api.fireworks.ai", "api.perplexity.ai", "api.cohere.ai",
+    "api.cohere.com", "api.x.ai", "api.deepinfra.com", "api-inference.huggingface.co",
+    "router.huggingface.co", "api.replicate.com", "dashscope.aliyuncs.com",
+    "dashscope-intl.aliyuncs.com", "api.moonshot.cn", "api.moonshot.ai", "open.bigmodel.cn",
+    "api.cerebras.ai", "api.sambanova.ai", "api.novita.ai", "api.hyperbolic.xyz",
+    "api.lambdalabs.com", "api.lambda.ai", "api.ai21.com", "api.voyageai.com",
+)  # fmt: skip
+
+DUA_RULE = (
+    "PhysioNet's credentialed data use agreement forbids sending MIMIC-derived text to "
+    "third-party services such as this public API; acceptable routes are Azure OpenAI with "
+    "human review opted out, AWS Bedrock or Google Vertex AI, or a server you run yourself"
+)
+
+Backend = Literal["llamacpp", "openai", "vllm", "fake"]
+
+
+def public_api_host(base_url: str | None) -> str | None:
+    """The known public API host `base_url` points at, or None."""
+    if not base_url:
+        return None
+    host = (urlparse(base_url if "://" in base_url else f"//{base_url}").hostname or "").lower()
+    for h in PUBLIC_API_HOSTS:
+        if host == h or host.endswith("." + h):
+            return h
+    return None
+
+
+def check_route(base_url: str | None, allow_public_api: bool) -> None:
+    """Refuse a public API host unless the user acknowledged an approved route."""
+    host = public_api_host(base_url)
+    if host is not None and not allow_public_api:
+        raise CxrctxError(
+            f"--base-url {base_url} is a public API ({host}): refused for MIMIC-derived data. "
+            f"{DUA_RULE}. If your use of this host is covered by such an approved route, pass "
+            "--allow-public-api"
+        )
+
+
+def parse_engine_opts(pairs: list[str] | None) -> dict[str, Any]:
+    """`KEY=JSON` strings into a dict (a value that is not valid JSON stays a string)."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise CxrctxError(f"--engine-opt {pair!r}: expected KEY=VALUE (VALUE is JSON)")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+class EngineSpec(BaseModel):
+    """Which engine to build; recorded (without secrets) in every manifest."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Backend
+    model: str
+    base_url: str | None = None
+    api_key_env: str = Field("OPENAI_API_KEY", description="Name of the env var with the key")
+    timeout_s: float | None = Field(None, description="openai: seconds per request")
+    threads: int | None = Field(None, description="llamacpp: CPU threads (default: free CPUs)")
+    allow_public_api: bool = False
+    options: dict[str, Any] = Field(default_factory=dict, description="--engine-opt KEY=JSON")
+
+    def engine_options(self) -> dict[str, Any]:
+        """The keyword options of `get_engine` for this backend."""
+        opts = dict(self.options)
+        if self.backend == "openai":
+            opts.update(base_url=self.base_url, api_key_env=self.api_key_env,
+                        allow_public_api=self.allow_public_api)  # fmt: skip
+            if self.timeout_s is not None:
+                opts["timeout_s"] = self.timeout_s
+        else:
+            for flag, value in (("--base-url", self.base_url), ("--timeout", self.timeout_s)):
+                if value is not None:
+                    raise CxrctxError(f"{flag} applies to the openai backend only")
+        if self.threads is not None:
+            if self.backend != "llamacpp":
+                raise CxrctxError("--threads applies to the llamacpp backend only")
+            opts["n_threads"] = self.threads
+        return opts
+
+    def public(self) -> dict[str, Any]:
+        """JSON-safe description for manifests (the key's env var name, never the key)."""
+        return json.loads(self.model_dump_json())
+
+
+def make_engine(spec: EngineSpec) -> Engine:
+    """Build the engine `spec` describes (privacy route checked first)."""
+    from cxrctx.llm import get_engine
+
+    if spec.backend == "openai":
+        if not spec.base_url:
+            raise CxrctxError(
+                "the openai backend needs an explicit --base-url (e.g. http://127.0.0.1:8000/v1 "
+                "for a local vLLM or llama.cpp server); it never defaults to a public API"
+            )
+        check_route(spec.base_url, spec.allow_public_api)
+    return get_engine(spec.backend, spec.model, **spec.engine_options())
