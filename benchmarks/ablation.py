@@ -47,9 +47,9 @@ def build_data(work: Path, patients: int, size: int) -> dict[str, Path]:
     import polars as pl
 
     from cxrctx.imagenome import build_rois
-    from cxrctx.io import read_shards, write_shards
+    from cxrctx.io import read_manifest, read_shards, write_manifest, write_shards
     from cxrctx.mimic.build import build_priors
-    from cxrctx.synth import generate
+    from cxrctx.synth import synthesize
 
     d = {
         "root": work / "root",
@@ -60,7 +60,7 @@ def build_data(work: Path, patients: int, size: int) -> dict[str, Path]:
     if (d["rois"] / "manifest.json").exists():
         return d
     shutil.rmtree(work, ignore_errors=True)
-    generate(d["root"], patients=patients, seed=0, images=True, imagenome=True,
+    synthesize(d["root"], patients=patients, seed=0, images=True, imagenome=True,
              image_size=size, image_format="jpg")  # fmt: skip
     build_priors(d["root"], d["records"], image_ext="jpg", workers=1)
     recs = read_shards(d["records"] / "records")
@@ -70,7 +70,10 @@ def build_data(work: Path, patients: int, size: int) -> dict[str, Path]:
         "test" if rank[s] < 2 else "validate" if rank[s] == 2 else "train"
         for s in recs["subject_id"].to_list()
     ]
-    write_shards(recs.with_columns(pl.Series("split", split)), d["records"] / "records", 10**6)
+    recs = recs.with_columns(pl.Series("split", split))
+    infos = write_shards(recs, d["records"] / "records", 10**6, relative_to=d["records"])
+    m = read_manifest(d["records"] / "manifest.json")  # consumers check shard hashes
+    write_manifest(m.model_copy(update={"shards": infos}), d["records"] / "manifest.json")
     build_rois(d["root"] / "imagenome", records=d["records"], out=d["rois"])
     return d
 

@@ -315,15 +315,17 @@ def test_traversal_in_dicom_id_or_path_is_a_counted_skip_and_writes_nothing_outs
         .otherwise(pl.col("path"))
         .alias("path"),
     )
-    bad = tmp_path / "in" / "rois"
-    bad.mkdir(parents=True)
-    rois.write_parquet(bad / "part-00000.parquet")
+    from trainer_fixtures import rewrite_shard
+
+    bad = tmp_path / "in"
+    shutil.copytree(small["rois"], bad)
+    rewrite_shard(bad, bad / "rois" / "part-00000.parquet", rois)
     out = tmp_path / "deep" / "er" / "run"
     res = train(
         _cfg(max_steps=1),
         records=small["records"],
         labels=small["labels"],
-        rois=bad.parent,
+        rois=bad,
         images=small["root"],
         out=out,
         stage="1",
