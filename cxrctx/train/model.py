@@ -279,7 +279,7 @@ class ClalaNet(nn.Module):
             probs = torch.sigmoid(out["cls_logits"].float())
             hard = (probs > self.lesion_thresholds).float()
         else:
-            probs = torch.full((B, self.n_lesions), float("nan"), device=dev)
+            probs = torch.zeros(B, self.n_lesions, device=dev)  # no classifier: nothing predicted
             hard = torch.zeros(B, self.n_lesions, device=dev)
         status = self.statuses({}, out, 0.0)
         refined = self.refine(out["raw"], status)
