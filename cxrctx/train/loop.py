@@ -38,8 +38,8 @@ from cxrctx.io import atomic_write_text, write_parquet
 from cxrctx.train.config import TrainConfig, validate_config
 from cxrctx.train.data import CropStore, Item, RoiDataset, collate, join
 from cxrctx.train.evaluation import calibrate
-from cxrctx.train.losses import cls_loss, itcl_loss, llcl_loss
-from cxrctx.train.model import ClalaNet, ce_loss, finding_loss
+from cxrctx.train.losses import active_losses, label_mix, stage_losses, weighted_total
+from cxrctx.train.model import ClalaNet
 from cxrctx.train.run import ProgressFn, TrainEvent, TrainResult, items_for, train
 from cxrctx.train.runtime import (
     CKPT_FORMAT,
@@ -58,6 +58,7 @@ from cxrctx.vocab import LESIONS as LESIONS_
 __all__ = [
     "TrainResult",
     "TrainingInterrupted",
+    "active_losses",
     "build_model",
     "items_for",
     "load_checkpoint",
@@ -373,82 +374,15 @@ def _resume_stage(ctx: RunContext, s: StageState, opt: Any, sched: Any) -> None:
     log.info("resuming stage %d at epoch %d, batch %d (step %d)", s.st, s.epoch, s.pos, s.step)
 
 
-def _label_mix(cfg: TrainConfig, s: StageState) -> float:
-    """Share of the labels in LCA's statuses: 0 in stage 2 (the test-time input)."""
-    if s.st == 2 or cfg.lca_train_source == "predictions":
-        return 0.0
-    if cfg.lca_train_source == "labels":
-        return 1.0
-    return max(0.0, 1.0 - s.stage_step / max(1.0, cfg.lca_schedule_fraction * s.total))
-
-
-def active_losses(cfg: TrainConfig, st: int) -> list[str]:
-    """The losses that can change a trainable weight in this stage (the rest are not computed).
-
-    In stage 2 only LCA, the finding head and the decoder train: without LCA the contrastive
-    losses see frozen embeddings only, and the classifier is frozen."""
-    names = ["ce"]
-    if cfg.use_finding_head and cfg.weight_finding > 0:
-        names.append("finding")
-    if cfg.use_llcl and cfg.weight_llcl > 0 and (st == 1 or cfg.use_lca):
-        names.append("llcl")
-    if cfg.use_itcl and cfg.weight_itcl > 0 and (st == 1 or cfg.use_lca):
-        names.append("itcl")
-    if cfg.use_classifier and cfg.weight_cls > 0 and st == 1:
-        names.append("cls")
-    return names
-
-
-def _losses(ctx: RunContext, st: int, outp: dict, batch: dict) -> tuple[dict, dict]:
-    cfg = ctx.cfg
-    names = active_losses(cfg, st)
-    losses: dict[str, torch.Tensor] = {
-        "ce": ce_loss(outp["dec_logits"], batch["tokens"], per_sequence=cfg.ce_per_sequence)
-    }
-    extra: dict[str, Any] = {}
-    if "finding" in names:
-        losses["finding"] = finding_loss(outp["finding_logits"], batch["abnormal"])
-    if "llcl" in names:
-        losses["llcl"], extra["llcl_anchors"] = llcl_loss(
-            outp["refined"],
-            outp["raw"],
-            batch["roi_keys"],
-            tau=cfg.temperature_llcl,
-            pair_normals=cfg.llcl_pair_normals,
-        )
-    if "itcl" in names:
-        losses["itcl"], extra["itcl_pairs"] = itcl_loss(
-            outp["refined"],
-            outp["text_emb"],
-            batch["has_text"],
-            batch["text_ids"],
-            tau=cfg.temperature_itcl,
-        )
-    if "cls" in names:
-        losses["cls"] = cls_loss(outp["cls_logits"], batch["targets"])
-    return losses, extra
-
-
-def _weighted(cfg: TrainConfig, losses: dict[str, torch.Tensor]) -> torch.Tensor:
-    w = {
-        "ce": cfg.weight_ce,
-        "llcl": cfg.weight_llcl,
-        "itcl": cfg.weight_itcl,
-        "cls": cfg.weight_cls,
-        "finding": cfg.weight_finding,
-    }
-    return sum((w[k] * v for k, v in losses.items()), torch.zeros((), device=losses["ce"].device))
-
-
 def _step(ctx: RunContext, s: StageState, fwd: torch.nn.Module, batch: dict, opt, params) -> tuple:
     """Forward, losses, backward, optimiser step; returns (total loss, losses, extra)."""
     cfg, dev = ctx.cfg, ctx.dist.device
     batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
     amp = cfg.amp and dev.type == "cuda"
     with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
-        outp = fwd(batch, label_mix=_label_mix(cfg, s))
-    losses, extra = _losses(ctx, s.st, outp, batch)
-    total = _weighted(cfg, losses)
+        outp = fwd(batch, label_mix=label_mix(cfg, s.st, s.stage_step, s.total))
+    losses, extra = stage_losses(cfg, s.st, outp, batch)
+    total = weighted_total(cfg, losses)
     if not torch.isfinite(total):
         shown = {k: float(v) for k, v in losses.items()}
         raise CxrctxError(f"non-finite loss at stage {s.st} step {s.step}: {shown}")
