@@ -102,10 +102,20 @@ def test_lca_weights_and_switch():
     assert torch.equal(m2.refine(raw, torch.ones(2, 14)), raw)
 
 
-@pytest.mark.parametrize("switch", ["use_lca", "use_llcl", "use_itcl", "use_classifier"])
-def test_every_module_can_be_switched_off(switch):
+@pytest.mark.parametrize(
+    "switches",
+    [
+        {"use_lca": False},
+        {"use_llcl": False},
+        {"use_itcl": False},
+        {"use_finding_head": False},
+        {"use_classifier": False, "use_lca": False},
+        {"decoder_lesion_memory": False, "lca_status": "calibrated"},
+    ],
+)
+def test_every_module_can_be_switched_off(switches):
     tok = _tok()
-    cfg = make_config("tiny", **{switch: False})
+    cfg = make_config("tiny", **switches)
     m = build_model(cfg, tok)
     b = _batch(2, cfg.image_size_stage1, cfg, tok)
     out = m(b)
@@ -115,6 +125,11 @@ def test_every_module_can_be_switched_off(switch):
     assert torch.isfinite(loss)
     gen = m.eval().generate(b["rois"], b["glob"], bos=tok.bos_id, eos=tok.eos_id, max_len=6)
     assert gen["tokens"].shape[:2] == (2, 11) and gen["probs"].shape == (2, 14)
+    assert gen["status"].shape == (2, 14)
+    assert ("gate" in gen) == cfg.use_finding_head
+    if "gate" in gen:  # an open gate never ends the text at once
+        first = gen["tokens"][..., 1]
+        assert not bool((first[gen["gate"]] == tok.eos_id).any())
     # stage-2 resolution works through the same ViT (dynamic image size)
     assert m.encode_rois(torch.rand(1, 11, cfg.image_size_stage2, cfg.image_size_stage2)).shape == (
         1,
@@ -151,3 +166,130 @@ def test_local_vit_weights_are_loaded_and_bad_files_refused(tmp_path):
         build_model(make_config("tiny", vit_weights=str(tmp_path / "other.pt")), tok)
     with pytest.raises(CxrctxError, match="not found"):
         build_model(make_config("tiny", vit_weights=str(tmp_path / "none.pt")), tok)
+
+
+def test_inconsistent_switches_raise_instead_of_falling_back():
+    from cxrctx.errors import CxrctxError
+
+    with pytest.raises(CxrctxError, match="use_lca=true needs use_classifier"):
+        make_config("tiny", use_classifier=False)
+    with pytest.raises(CxrctxError, match="text_model and text_weights"):
+        make_config("tiny", text_model="/x", text_weights="/y")
+
+
+def test_inert_losses_are_not_computed():
+    from cxrctx.train.loop import active_losses
+
+    full = make_config("tiny")
+    assert active_losses(full, 1) == ["ce", "finding", "llcl", "itcl", "cls"]
+    assert active_losses(full, 2) == ["ce", "finding", "llcl", "itcl"]  # classifier frozen
+    base = make_config("tiny", use_lca=False)
+    assert active_losses(base, 2) == ["ce", "finding"]  # frozen embeddings only: inert
+    assert "llcl" not in active_losses(make_config("tiny", weight_llcl=0.0), 1)
+
+
+def test_per_sequence_ce_weighs_short_texts_like_long_ones():
+    V = 6
+    tokens = torch.tensor([[2, 4, 3, 0, 0, 0], [2, 5, 5, 5, 5, 3]])  # 2 and 5 targets
+    logits = torch.zeros(2, 5, V)
+    logits[1, :, 5] = 10.0  # the long text is predicted well except its end
+    logits[1, 4, 3] = 20.0
+    per_seq = ce_loss(logits, tokens, per_sequence=True)
+    per_tok = ce_loss(logits, tokens, per_sequence=False)
+    short = float(torch.log(torch.tensor(float(V))))  # uniform: log V per token
+    assert float(per_seq) == pytest.approx(short / 2, rel=1e-3)  # (short + ~0) / 2
+    assert float(per_tok) == pytest.approx(2 * short / 7, rel=1e-3)  # 2 of 7 tokens
+
+
+def test_auc_is_scikit_learns_and_thresholds_maximise_f1():
+    import numpy as np
+
+    from cxrctx.train.evaluation import auc, best_threshold, micro_macro_f1
+
+    s = np.array([0.1, 0.4, 0.35, 0.8])
+    y = np.array([0, 0, 1, 1])
+    assert auc(s, y) == pytest.approx(0.75)
+    assert auc(s, np.zeros(4)) is None
+    p = np.array([0.05, 0.1, 0.2, 0.3, 0.32, 0.9])
+    t = np.array([0, 0, 0, 1, 1, 1])
+    thr = best_threshold(p, t, 0.5)
+    assert 0.2 <= thr < 0.3  # 0.5 would miss two positives
+    assert best_threshold(p, np.zeros(6), 0.5) == 0.5
+    micro, macro = micro_macro_f1(p[:, None], t[:, None], np.array([thr]))
+    assert micro == macro == 1.0
+
+
+def _tiny_bert(tmp_path):
+    """A 1-layer BERT + WordPiece vocabulary written to a local folder (no download)."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("tokenizers")
+    words = "there is a left right pleural effusion the heart enlarged cardiomegaly no".split()
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", *words, "##s", "##ed"]
+    d = tmp_path / "bert"
+    cfg = transformers.BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    transformers.BertModel(cfg, add_pooling_layer=False).save_pretrained(d)
+    (d / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    return d
+
+
+def test_local_bert_checkpoint_and_wordpiece_vocabulary(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    d = _tiny_bert(tmp_path)
+    from transformers import BertModel
+
+    from cxrctx.train.bert import WordPieceTokenizer
+    from cxrctx.train.tokenizer import load_tokenizer
+
+    tok = WordPieceTokenizer.from_pretrained(d)
+    ids = tok.encode("There is a left pleural effusion.", 16)
+    assert ids[0] == tok.bos_id and tok.eos_id in ids and len(ids) == 16 and ids[-1] == 0
+    assert tok.decode(ids) == "There is a left pleural effusion."
+    assert tok.encode("zebra", 5) == [tok.bos_id, tok.unk_id, tok.eos_id, 0, 0]
+    tok.save(tmp_path / "tok.json")
+    assert load_tokenizer(tmp_path / "tok.json").vocab == tok.vocab
+    cfg = make_config("tiny", text_model=str(d), max_tokens=16)
+    m = build_model(cfg, tok)
+    ref = BertModel.from_pretrained(str(d), local_files_only=True, add_pooling_layer=False)
+    got = m.text.bert.state_dict()
+    assert all(
+        torch.equal(got[k], v) for k, v in ref.state_dict().items()
+    )  # pretrained, not random
+    b = _batch(2, cfg.image_size_stage1, cfg, tok)
+    out = m(b)
+    assert out["text_emb"].shape == (2, 11, cfg.embed_dim)
+    assert torch.isfinite(ce_loss(out["dec_logits"], b["tokens"]))
+
+
+def test_bad_bert_folder_is_a_one_line_error(tmp_path):
+    from cxrctx.errors import CxrctxError
+    from cxrctx.train.bert import WordPieceTokenizer
+
+    with pytest.raises(CxrctxError, match=r"no config\.json"):
+        WordPieceTokenizer.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(CxrctxError, match=r"vocab\.txt"):
+        WordPieceTokenizer.from_pretrained(tmp_path)
+
+
+def test_findings_first_puts_affirmative_sentences_first():
+    from cxrctx.train.data import findings_first
+
+    s = [
+        "No pneumothorax.",
+        "There is a small left pleural effusion.",
+        "Lungs are clear.",
+        "Mild cardiomegaly.",
+    ]
+    assert findings_first(s) == [
+        "There is a small left pleural effusion.",
+        "Mild cardiomegaly.",
+        "No pneumothorax.",
+        "Lungs are clear.",
+    ]

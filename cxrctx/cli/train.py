@@ -1,13 +1,113 @@
-"""`cxrctx train`: the reference CLALA-Net trainer."""
+"""`cxrctx train`: the reference CLALA-Net trainer (presentation: options, progress, summary)."""
 
 from __future__ import annotations
 
+import json
+import sys
+import time
 from pathlib import Path
 
 import typer
 
-from cxrctx.cli.app import app, console, fail
+from cxrctx.cli.app import app, console, err_console, fail
 from cxrctx.errors import CxrctxError
+from cxrctx.train.config import Preset, Stage, TrainConfig, make_config, validate_config
+from cxrctx.train.run import ProgressFn, TrainEvent, TrainResult
+
+
+def _overrides(pairs: list[str]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for s in pairs:
+        key, sep, val = s.partition("=")
+        if not sep:
+            raise CxrctxError(f"--set {s!r}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(val)
+        except ValueError:
+            out[key] = val
+    return out
+
+
+def _config(preset: Preset, config_file: Path | None, pairs: list[str]) -> TrainConfig:
+    overrides = _overrides(pairs)
+    if config_file is None:
+        return make_config(preset, **overrides)
+    try:
+        data = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CxrctxError(f"{config_file}: cannot read config ({e})") from e
+    return validate_config({**data, **overrides}, source=str(config_file))
+
+
+class _RichBar:
+    """A rich progress bar per stage (interactive terminals)."""
+
+    def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self.bar = Progress(
+            TextColumn("stage {task.fields[stage]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[loss]}"),
+            TimeRemainingColumn(),
+            console=err_console,
+        )
+        self.task: object = None
+
+    def __call__(self, ev: TrainEvent) -> None:
+        if ev.kind == "stage_start":
+            self.bar.start()
+            self.task = self.bar.add_task(
+                "train", total=ev.total, completed=ev.step, stage=ev.stage, loss=""
+            )
+        elif ev.kind == "step" and self.task is not None:
+            self.bar.update(self.task, completed=ev.step, loss=f"loss {ev.loss:.3f}")  # type: ignore[arg-type]
+        elif ev.kind == "stage_end":
+            self.bar.stop()
+
+    def close(self) -> None:
+        self.bar.stop()
+
+
+class _PlainLines:
+    """Plain progress lines to stderr every `every` seconds (logs, nohup, CI)."""
+
+    def __init__(self, every: float = 30.0) -> None:
+        self.every, self.last = every, 0.0
+
+    def __call__(self, ev: TrainEvent) -> None:
+        now = time.monotonic()
+        if ev.kind == "step" and now - self.last < self.every and ev.step != ev.total:
+            return
+        self.last = now
+        loss = f" loss {ev.loss:.4f}" if ev.loss is not None else ""
+        msg = f"train: stage {ev.stage} {ev.kind} step {ev.step}/{ev.total} epoch {ev.epoch}{loss}"
+        print(msg, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+def _summary(res: TrainResult, out: Path) -> None:
+    console.print(f"train: stages {res.stages} done, {res.global_step} steps → {out}")
+    console.print(f"  items: {res.counts}")
+    for reason, n in res.skips.items():
+        console.print(f"  skipped: {reason}: {n}")
+    for w in res.warnings:
+        console.print(f"  warning: {w}", markup=False)
+    ev = res.eval
+    if ev.get("macro_auc") is not None:
+        console.print(
+            f"  validation: classifier macro-AUC {ev['macro_auc']:.3f}, accuracy {ev['accuracy']:.3f} "
+            f"(majority {ev['majority_accuracy']:.3f}), decoder CE {ev['ce']:.3f}"
+        )
 
 
 @app.command("train")
@@ -25,10 +125,12 @@ def train_cmd(
         "--out",
         help="Run directory (checkpoints, metrics.jsonl, config.json, tokenizer.json).",
     ),
-    preset: str = typer.Option(
-        "tiny", "--preset", help="tiny (CPU, seconds) or paper (ViT-B/16, batch 24, 15 epochs)."
+    preset: Preset = typer.Option(
+        Preset.TINY,
+        "--preset",
+        help="tiny (CPU, seconds) or paper (ViT-B/16, batch 24, 15 epochs; needs local weights).",
     ),
-    stage: str = typer.Option("both", "--stage", help="1, 2 or both."),
+    stage: Stage = typer.Option(Stage.BOTH, "--stage", help="Stage 1, stage 2, or both."),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN/checkpoints/last.pt."),
     set_: list[str] = typer.Option(
         None,
@@ -38,33 +140,30 @@ def train_cmd(
     config_file: Path = typer.Option(
         None, "--config", help="A JSON TrainConfig file (overrides the preset)."
     ),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = typer.Option(
+        True,
+        "--progress/--no-progress",
+        help="A progress bar on a terminal; plain lines every 30 s otherwise.",
+    ),
 ) -> None:
-    """Train the reference CLALA-Net (single process, or under torchrun for DDP)."""
-    import json as _json
+    """Train the reference CLALA-Net (single process, or under torchrun for DDP).
 
+    \b
+    Example:
+      cxrctx train --records out/priors --labels out/syn/truth --rois out/rois \\
+        --images out/syn --out out/run --preset tiny
+      cxrctx train ... --out out/run-nolca --set use_lca=false
+      torchrun --nproc-per-node 8 -m cxrctx.cli train ... --preset paper \\
+        --set vit_weights=vit_b16_in1k.safetensors --set text_model=bert-base-uncased/
+    """
+    from cxrctx.train import train
+
+    show: _RichBar | _PlainLines | None = None
+    if progress:
+        show = _RichBar() if err_console.is_terminal else _PlainLines()
+    callback: ProgressFn | None = show
     try:
-        from cxrctx.train.config import make_config, validate_config
-
-        overrides: dict[str, object] = {}
-        for s in set_ or []:
-            key, sep, val = s.partition("=")
-            if not sep:
-                raise CxrctxError(f"--set {s!r}: expected KEY=VALUE")
-            try:
-                overrides[key] = _json.loads(val)
-            except ValueError:
-                overrides[key] = val
-        if config_file is not None:
-            try:
-                data = _json.loads(config_file.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as e:
-                raise CxrctxError(f"{config_file}: cannot read config ({e})") from e
-            cfg = validate_config({**data, **overrides}, source=str(config_file))
-        else:
-            cfg = make_config(preset, **overrides)
-        from cxrctx.train.loop import train
-
+        cfg = _config(preset, config_file, set_ or [])
         res = train(
             cfg,
             records=records,
@@ -74,16 +173,11 @@ def train_cmd(
             out=out,
             stage=stage,
             resume=resume,
-            progress=progress,
+            progress=callback,
         )
     except CxrctxError as e:
         raise fail(e) from None
-    console.print(f"train: stages {res.stages} done, {res.global_step} steps → {out}")
-    console.print(f"  items: {res.counts}")
-    for reason, n in res.skips.items():
-        console.print(f"  skipped: {reason}: {n}")
-    if res.eval.get("macro_auc") is not None:
-        console.print(
-            f"  validation: classifier macro-AUC {res.eval['macro_auc']:.3f}, accuracy {res.eval['accuracy']:.3f} "
-            f"(majority {res.eval['majority_accuracy']:.3f}), decoder CE {res.eval['ce']:.3f}"
-        )
+    finally:
+        if show is not None:
+            show.close()
+    _summary(res, out)

@@ -8,11 +8,31 @@ from __future__ import annotations
 
 import hashlib
 import json
+from enum import Enum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cxrctx.errors import CxrctxError
+
+
+def _both_sections() -> list[Literal["findings", "impression"]]:
+    return ["findings", "impression"]
+
+
+class Preset(str, Enum):
+    """Named starting configurations (`--preset`)."""
+
+    TINY = "tiny"
+    PAPER = "paper"
+
+
+class Stage(str, Enum):
+    """Which training stage(s) to run (`--stage`)."""
+
+    ONE = "1"
+    TWO = "2"
+    BOTH = "both"
 
 
 class TrainConfig(BaseModel):
@@ -42,11 +62,15 @@ class TrainConfig(BaseModel):
     image_size_stage2: int = Field(
         384, ge=16, le=1024, description="[paper] 384 in stage 2 and at generation"
     )
-    global_image_size: int | None = Field(
-        None,
+    global_image_size: int = Field(
+        224,
         ge=16,
         le=1024,
-        description="[chosen] full-image size for the lesion classifier; None = the stage's ROI size",
+        description="[chosen] full-image size of the lesion classifier, the same in both stages and at generation",
+    )
+    allow_random_init: bool = Field(
+        False,
+        description="Let the paper preset run without vit_weights/text_model (random weights; not the paper's model)",
     )
 
     # --- text side ------------------------------------------------------------------------
@@ -54,7 +78,11 @@ class TrainConfig(BaseModel):
     text_layers: int = Field(12, ge=1, le=48)
     text_heads: int = Field(12, ge=1, le=64)
     text_weights: str | None = Field(
-        None, description="Local TextEncoder state dict; random init when absent"
+        None, description="Local state dict of the built-in text encoder; random init when absent"
+    )
+    text_model: str | None = Field(
+        None,
+        description="[paper: BERT] local Hugging Face BERT folder (config, weights, vocab.txt); its WordPiece vocabulary replaces the word-level one; never downloaded",
     )
     decoder_layers: int = Field(3, ge=1, le=24, description="[chosen] paper gives no decoder size")
     decoder_heads: int = Field(8, ge=1, le=64)
@@ -78,17 +106,45 @@ class TrainConfig(BaseModel):
     lca_neg_weight: float = Field(
         0.1, ge=0.0, le=1.0, description="[paper] weight of a negative lesion"
     )
-    lca_train_source: Literal["labels", "predictions"] = Field(
-        "labels",
-        description="[chosen] LCA weights from the labels in training, from the classifier at inference (Fig. 1)",
+    lca_train_source: Literal["labels", "predictions", "scheduled"] = Field(
+        "scheduled",
+        description="[chosen] LCA statuses in stage 1: the labels, the classifier's predictions, or labels blended into predictions on a schedule; stage 2 and inference always use predictions",
+    )
+    lca_schedule_fraction: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="[chosen] 'scheduled': the label share falls linearly from 1 to 0 over this fraction of stage 1",
+    )
+    lca_status: Literal["soft", "calibrated"] = Field(
+        "soft",
+        description="[chosen] classifier → LCA status: soft (weight 0.1 + 0.8·p) or hard at per-lesion thresholds calibrated on the validation split",
     )
     classifier_threshold: float = Field(
-        0.5, gt=0.0, lt=1.0, description="[chosen] predicted positive above this"
+        0.5,
+        gt=0.0,
+        lt=1.0,
+        description="[chosen] threshold before calibration (and when there is no validation split)",
     )
     use_lca: bool = True
     use_llcl: bool = True
     use_itcl: bool = True
     use_classifier: bool = True
+    use_finding_head: bool = Field(
+        True,
+        description="[chosen] per-ROI 'has finding' head (ROI abnormal flags) that gates decoding",
+    )
+    decoder_lesion_memory: bool = Field(
+        True,
+        description="[chosen] the decoder also attends to the 14 status-weighted lesion tokens (with LCA)",
+    )
+    findings_first: bool = Field(
+        True,
+        description="[chosen] order each ROI's sentences affirmative first, negated after (what greedy decoding writes first)",
+    )
+    ce_per_sequence: bool = Field(
+        True, description="[chosen] average the decoder loss per ROI text, then over texts"
+    )
     temperature_llcl: float = Field(
         0.07, gt=0.0, le=10.0, description="[chosen] τ not given in the paper"
     )
@@ -105,6 +161,7 @@ class TrainConfig(BaseModel):
     )
     weight_itcl: float = Field(1.0, ge=0.0)
     weight_cls: float = Field(1.0, ge=0.0)
+    weight_finding: float = Field(1.0, ge=0.0)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
 
     # --- optimisation -----------------------------------------------------------------------
@@ -135,7 +192,7 @@ class TrainConfig(BaseModel):
     log_every: int = Field(10, ge=1)
     amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
     reference_sections: list[Literal["findings", "impression"]] = Field(
-        default_factory=lambda: ["findings", "impression"],
+        default_factory=_both_sections,
         description="Unused by the model; recorded for evaluation",
     )
 
@@ -155,7 +212,19 @@ class TrainConfig(BaseModel):
             )
         if self.lca_pos_weight < self.lca_neg_weight:
             raise ValueError("lca_pos_weight must be >= lca_neg_weight")
+        if self.use_lca and not self.use_classifier:
+            raise ValueError(
+                "use_lca=true needs use_classifier=true: LCA's lesion statuses come from the classifier "
+                "(no ground-truth or all-negative fallback); set use_lca=false too"
+            )
+        if self.text_model and self.text_weights:
+            raise ValueError("text_model and text_weights both set: choose one text encoder")
         return self
+
+    def random_init_parts(self) -> list[str]:
+        """What the paper pretrains but this config leaves random (empty when all loaded)."""
+        parts = [] if self.vit_weights else ["ViT (vit_weights)"]
+        return parts + ([] if self.text_model or self.text_weights else ["BERT (text_model)"])
 
     def fingerprint(self) -> str:
         """Hash of the fields that change the model or the optimisation (not runtime knobs)."""
@@ -205,8 +274,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def make_config(preset: str = "tiny", **overrides: Any) -> TrainConfig:
+def make_config(preset: Preset | str = Preset.TINY, **overrides: Any) -> TrainConfig:
     """A preset with overrides; out-of-range values raise CxrctxError naming the field."""
+    preset = preset.value if isinstance(preset, Preset) else preset
     if preset not in PRESETS:
         raise CxrctxError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
     data = {**PRESETS[preset], **overrides}

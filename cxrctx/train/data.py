@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ import polars as pl
 from cxrctx.errors import CxrctxError
 from cxrctx.imagenome import read_rois
 from cxrctx.io import read_shards, shard_paths
-from cxrctx.vocab import LESIONS, ROIS, lesion_rois
+from cxrctx.vocab import DICOM_ID_RE, LESIONS, ROIS, lesion_rois
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class Item:
     roi_keys: list[int]  # 11 LLCL bit masks
     labeled: bool = True
     view_position: str | None = None
+    abnormal: list[bool] = field(default_factory=lambda: [False] * len(ROIS))  # per ROI
 
 
 @dataclass
@@ -99,12 +101,35 @@ def roi_keys(positives: dict[str, str]) -> list[int]:
     return keys
 
 
+_NEGATED = re.compile(
+    r"\b(no|not|without|negative|normal|clear|unremarkable|resolved|free of|absent)\b", re.I
+)
+
+
+def findings_first(sentences: list[str]) -> list[str]:
+    """Affirmative sentences before negated ones (stable): greedy decoding writes the start
+    of a text most reliably, so an abnormal region's text should start with its finding."""
+    return sorted(sentences, key=lambda t: bool(_NEGATED.search(t)))
+
+
+def unsafe_reason(dicom_id: object, path: object) -> str | None:
+    """Why a ROI row cannot be used safely: an id that is not MIMIC's (it names cache files)
+    or an image path that could leave the image root; None when both are fine."""
+    if not isinstance(dicom_id, str) or not DICOM_ID_RE.match(dicom_id):
+        return "invalid dicom_id: not five dash-joined groups of 8 hex digits"
+    p = Path(str(path or ""))
+    if not str(path or "") or p.is_absolute() or ".." in p.parts or "\\" in str(path):
+        return "invalid image path: must stay inside the image root"
+    return None
+
+
 def join(
     *,
     records: str | os.PathLike,
     labels: str | os.PathLike | None,
     rois: str | os.PathLike,
     require_labels: bool = True,
+    order_findings_first: bool = False,
 ) -> Joined:
     """Join the three inputs. Raises when they do not overlap at all (e.g. labels for other ids)."""
     rec_path = Path(records)
@@ -126,6 +151,10 @@ def join(
     items: list[Item] = []
     skips: list[dict] = []
     for r in roi_df.iter_rows(named=True):
+        bad = unsafe_reason(r["dicom_id"], r["path"])
+        if bad:
+            skips.append({"dicom_id": str(r["dicom_id"]), "study_id": r["study_id"], "reason": bad})
+            continue
         if r["study_id"] not in split_of:
             skips.append(
                 {
@@ -166,11 +195,19 @@ def join(
                 rows=r["rows"],
                 columns=r["columns"],
                 boxes=[(x["x1"], x["y1"], x["x2"], x["y2"]) for x in rois_sorted],
-                texts=[" ".join(x["sentences"] or []) for x in rois_sorted],
+                texts=[
+                    " ".join(
+                        findings_first(list(x["sentences"] or []))
+                        if order_findings_first
+                        else x["sentences"] or []
+                    )
+                    for x in rois_sorted
+                ],
                 targets=[1.0 if les in pos else 0.0 for les in LESIONS],
                 roi_keys=roi_keys(pos),
                 labeled=key in table,
                 view_position=r["view_position"],
+                abnormal=[bool(x.get("abnormal")) for x in rois_sorted],
             )
         )
     return Joined(items=items, skips=skips)
@@ -231,7 +268,10 @@ def crop_item(
     item: Item, images_root: Path, size: int, global_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(11 × size × size ROI crops, global_size × global_size full image), uint8."""
-    img = load_image(images_root / item.path)
+    p = Path(item.path)
+    if p.is_absolute() or ".." in p.parts:
+        raise ImageError("invalid image path: must stay inside the image root")
+    img = load_image(images_root / p)
     h, w = img.shape
     sx = w / item.columns if item.columns else 1.0
     sy = h / item.rows if item.rows else 1.0
@@ -266,6 +306,8 @@ class CropStore:
     def _cache_path(self, item: Item) -> Path | None:
         if self.cache_dir is None:
             return None
+        if not DICOM_ID_RE.match(item.dicom_id):  # the id names the file: never outside the cache
+            raise ImageError("invalid dicom_id: not five dash-joined groups of 8 hex digits")
         return self.cache_dir / item.dicom_id[:2] / f"{item.dicom_id}.npz"
 
     def get(self, item: Item) -> tuple[np.ndarray, np.ndarray]:
@@ -352,6 +394,7 @@ class RoiDataset:
             "text_ids": torch.from_numpy(self.text_ids[i]),
             "targets": torch.tensor(it.targets, dtype=torch.float32),
             "roi_keys": torch.tensor(it.roi_keys, dtype=torch.int64),
+            "abnormal": torch.tensor(it.abnormal, dtype=torch.float32),
         }
 
 

@@ -18,8 +18,12 @@ count as the same caption (not as false negatives): their probabilities are pool
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+
+from cxrctx.train.config import TrainConfig
 
 
 def _zero(*ts: torch.Tensor) -> torch.Tensor:
@@ -103,3 +107,75 @@ def itcl_loss(
 
 def cls_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits.float(), targets.float())
+
+
+# ----------------------------------------------------------------------------- per stage
+
+
+def label_mix(cfg: TrainConfig, st: int, stage_step: int, total: int) -> float:
+    """Share of the labels in LCA's statuses: 0 in stage 2 (the test-time input)."""
+    if st == 2 or cfg.lca_train_source == "predictions":
+        return 0.0
+    if cfg.lca_train_source == "labels":
+        return 1.0
+    return max(0.0, 1.0 - stage_step / max(1.0, cfg.lca_schedule_fraction * total))
+
+
+def active_losses(cfg: TrainConfig, st: int) -> list[str]:
+    """The losses that can change a trainable weight in this stage (the rest are not computed).
+
+    In stage 2 only LCA, the finding head and the decoder train: without LCA the contrastive
+    losses see frozen embeddings only, and the classifier is frozen."""
+    names = ["ce"]
+    if cfg.use_finding_head and cfg.weight_finding > 0:
+        names.append("finding")
+    if cfg.use_llcl and cfg.weight_llcl > 0 and (st == 1 or cfg.use_lca):
+        names.append("llcl")
+    if cfg.use_itcl and cfg.weight_itcl > 0 and (st == 1 or cfg.use_lca):
+        names.append("itcl")
+    if cfg.use_classifier and cfg.weight_cls > 0 and st == 1:
+        names.append("cls")
+    return names
+
+
+def stage_losses(cfg: TrainConfig, st: int, outp: dict, batch: dict) -> tuple[dict, dict]:
+    """The active losses of this stage (name → tensor) and their pair/anchor counts."""
+    names = active_losses(cfg, st)
+    from cxrctx.train.model import ce_loss, finding_loss
+
+    losses: dict[str, torch.Tensor] = {
+        "ce": ce_loss(outp["dec_logits"], batch["tokens"], per_sequence=cfg.ce_per_sequence)
+    }
+    extra: dict[str, Any] = {}
+    if "finding" in names:
+        losses["finding"] = finding_loss(outp["finding_logits"], batch["abnormal"])
+    if "llcl" in names:
+        losses["llcl"], extra["llcl_anchors"] = llcl_loss(
+            outp["refined"],
+            outp["raw"],
+            batch["roi_keys"],
+            tau=cfg.temperature_llcl,
+            pair_normals=cfg.llcl_pair_normals,
+        )
+    if "itcl" in names:
+        losses["itcl"], extra["itcl_pairs"] = itcl_loss(
+            outp["refined"],
+            outp["text_emb"],
+            batch["has_text"],
+            batch["text_ids"],
+            tau=cfg.temperature_itcl,
+        )
+    if "cls" in names:
+        losses["cls"] = cls_loss(outp["cls_logits"], batch["targets"])
+    return losses, extra
+
+
+def weighted_total(cfg: TrainConfig, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+    w = {
+        "ce": cfg.weight_ce,
+        "llcl": cfg.weight_llcl,
+        "itcl": cfg.weight_itcl,
+        "cls": cfg.weight_cls,
+        "finding": cfg.weight_finding,
+    }
+    return sum((w[k] * v for k, v in losses.items()), torch.zeros((), device=losses["ce"].device))

@@ -10,6 +10,12 @@ Faithful to the paper:
   inference (training uses the labels: solid vs dashed lines of Fig. 1);
 - a transformer text decoder generates each ROI's sentences from its LCA-refined embedding.
 
+What the model sees at inference, it sees in training: LCA statuses come from the
+classifier (soft weights 0.1 + 0.8·p, or hard statuses at per-lesion thresholds
+calibrated on the validation split and stored in the checkpoint); in stage 1 the labels
+are blended into the predictions on a schedule that ends at pure predictions, and stage 2
+(classifier frozen) trains LCA and the decoder on exactly the test-time statuses.
+
 Where the paper is silent, chosen here (and said in the README):
 - the global classifier is a linear head on the *same* ViT applied to the full image, not
   a separate BioViL-T (not redistributable/offline); its loss is BCE on the 14 statuses;
@@ -18,19 +24,25 @@ Where the paper is silent, chosen here (and said in the README):
   decoder knows which region it describes;
 - text encoder: post-LN transformer encoder with GELU (BERT layout), [CLS]-token pooling,
   sizes of BERT-base in the paper preset, random init unless `text_weights` is given;
-- decoder memory = the refined ROI embedding projected to the decoder width (one token).
+- decoder memory = the refined ROI embedding, a "has finding" gate token and the 14
+  status-weighted lesion tokens (the same E_L ⊙ W that LCA attends to), each projected to
+  the decoder width. A per-ROI head predicts whether the region has a finding (the ROI
+  rows' `abnormal` flag); its decision (teacher-forced in training) is the gate token, and
+  an open gate forbids ending the text before it starts.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cxrctx.errors import CxrctxError
+from cxrctx.train.bert import make_text_encoder
 from cxrctx.train.config import TrainConfig
 from cxrctx.vocab import LESIONS, ROIS
 
@@ -60,8 +72,8 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-class TextEncoder(nn.Module):
-    """BERT-style encoder: token + position embeddings, post-LN GELU transformer, [CLS] pooling."""
+class RoiDecoder(nn.Module):
+    """Autoregressive transformer decoder over a few memory tokens (shared by all 11 ROIs)."""
 
     def __init__(
         self, vocab_size: int, dim: int, layers: int, heads: int, max_len: int, dropout: float
@@ -69,37 +81,6 @@ class TextEncoder(nn.Module):
         super().__init__()
         self.tok = nn.Embedding(vocab_size, dim, padding_idx=0)
         self.pos = nn.Embedding(max_len, dim)
-        self.norm = nn.LayerNorm(dim)
-        self.drop = nn.Dropout(dropout)
-        layer = nn.TransformerEncoderLayer(
-            dim, heads, 4 * dim, dropout, activation="gelu", batch_first=True
-        )
-        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        pos = torch.arange(ids.shape[1], device=ids.device)
-        x = self.drop(self.norm(self.tok(ids) + self.pos(pos)))
-        x = self.encoder(x, src_key_padding_mask=ids.eq(0))
-        return x[:, 0]
-
-
-class RoiDecoder(nn.Module):
-    """Autoregressive transformer decoder over one ROI embedding (shared by all 11 ROIs)."""
-
-    def __init__(
-        self,
-        vocab_size: int,
-        dim: int,
-        layers: int,
-        heads: int,
-        max_len: int,
-        embed_dim: int,
-        dropout: float,
-    ):
-        super().__init__()
-        self.tok = nn.Embedding(vocab_size, dim, padding_idx=0)
-        self.pos = nn.Embedding(max_len, dim)
-        self.mem = nn.Linear(embed_dim, dim)
         layer = nn.TransformerDecoderLayer(
             dim, heads, 4 * dim, dropout, activation="gelu", batch_first=True
         )
@@ -108,93 +89,93 @@ class RoiDecoder(nn.Module):
         self.out = nn.Linear(dim, vocab_size)
 
     def forward(self, ids: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        """ids (N, T) → logits (N, T, V); memory (N, embed_dim)."""
+        """ids (N, T) → logits (N, T, V); memory (N, M, dim)."""
         T = ids.shape[1]
         pos = torch.arange(T, device=ids.device)
         x = self.tok(ids) + self.pos(pos)
         causal = torch.triu(torch.ones(T, T, dtype=torch.bool, device=ids.device), diagonal=1)
-        h = self.decoder(
-            x, self.mem(memory).unsqueeze(1), tgt_mask=causal, tgt_key_padding_mask=ids.eq(0)
-        )
+        h = self.decoder(x, memory, tgt_mask=causal, tgt_key_padding_mask=ids.eq(0))
         return self.out(self.norm(h))
 
 
+def _load_vit(cfg: TrainConfig) -> Any:
+    import timm
+
+    vit: Any = timm.create_model(
+        cfg.vit_name,
+        pretrained=False,
+        num_classes=0,
+        img_size=cfg.image_size_stage1,
+        in_chans=cfg.in_chans,
+        dynamic_img_size=True,
+        **cfg.vit_kwargs,
+    )
+    if not cfg.vit_weights:
+        return vit
+    sd = load_state(cfg.vit_weights)
+    sd = {k: v for k, v in sd.items() if not k.startswith("head")}
+    if "pos_embed" in sd and sd["pos_embed"].shape != vit.pos_embed.shape:
+        from timm.layers import resample_abs_pos_embed
+
+        n_prefix = 0 if getattr(vit, "no_embed_class", False) else vit.num_prefix_tokens
+        sd["pos_embed"] = resample_abs_pos_embed(
+            sd["pos_embed"], vit.patch_embed.grid_size, num_prefix_tokens=n_prefix
+        )
+    missing, unexpected = vit.load_state_dict(sd, strict=False)
+    if missing:
+        raise CxrctxError(
+            f"{cfg.vit_weights}: weights do not fit {cfg.vit_name} (missing {missing[:3]}…)"
+        )
+    log.info("loaded ViT weights from %s (%d unexpected keys)", cfg.vit_weights, len(unexpected))
+    return vit
+
+
 class ClalaNet(nn.Module):
+    lesion_thresholds: torch.Tensor
+    finding_threshold: torch.Tensor
+
     def __init__(self, cfg: TrainConfig, vocab_size: int, lesion_tokens: torch.Tensor):
         super().__init__()
-        import timm
-
         self.cfg = cfg
         self.n_rois, self.n_lesions = len(ROIS), len(LESIONS)
-        self.vit = timm.create_model(
-            cfg.vit_name,
-            pretrained=False,
-            num_classes=0,
-            img_size=cfg.image_size_stage1,
-            in_chans=cfg.in_chans,
-            dynamic_img_size=True,
-            **cfg.vit_kwargs,
-        )
-        if cfg.vit_weights:
-            sd = load_state(cfg.vit_weights)
-            sd = {k: v for k, v in sd.items() if not k.startswith("head")}
-            if "pos_embed" in sd and sd["pos_embed"].shape != self.vit.pos_embed.shape:
-                from timm.layers import resample_abs_pos_embed
-
-                n_prefix = (
-                    0 if getattr(self.vit, "no_embed_class", False) else self.vit.num_prefix_tokens
-                )
-                sd["pos_embed"] = resample_abs_pos_embed(
-                    sd["pos_embed"], self.vit.patch_embed.grid_size, num_prefix_tokens=n_prefix
-                )
-            missing, unexpected = self.vit.load_state_dict(sd, strict=False)
-            if missing:
-                raise CxrctxError(
-                    f"{cfg.vit_weights}: weights do not fit {cfg.vit_name} (missing {missing[:3]}…)"
-                )
-            log.info(
-                "loaded ViT weights from %s (%d unexpected keys)", cfg.vit_weights, len(unexpected)
-            )
-        feat = self.vit.num_features
-        d = cfg.embed_dim
+        self.vit: Any = _load_vit(cfg)
+        feat, d, dd = self.vit.num_features, cfg.embed_dim, cfg.decoder_dim
         self.roi_proj = nn.Linear(feat, d)
         self.roi_pos = nn.Parameter(torch.zeros(self.n_rois, d))
         nn.init.normal_(self.roi_pos, std=0.02)
-        self.text = TextEncoder(
-            vocab_size, cfg.text_dim, cfg.text_layers, cfg.text_heads, cfg.max_tokens, cfg.dropout
-        )
+        self.text = make_text_encoder(cfg, vocab_size)
         if cfg.text_weights:
             missing, _ = self.text.load_state_dict(load_state(cfg.text_weights), strict=False)
             if missing:
                 raise CxrctxError(
                     f"{cfg.text_weights}: weights do not fit the text encoder (missing {missing[:3]}…)"
                 )
-        self.text_proj = nn.Linear(cfg.text_dim, d)
-        self.lesion_proj = nn.Linear(cfg.text_dim, d)
+        self.text_proj = nn.Linear(self.text.width, d)
+        self.lesion_proj = nn.Linear(self.text.width, d)
         self.register_buffer("lesion_tokens", lesion_tokens.clone(), persistent=False)
         self.lca = nn.MultiheadAttention(d, cfg.lca_heads, dropout=cfg.dropout, batch_first=True)
         self.lca_norm = nn.LayerNorm(d)
         self.cls_head = nn.Linear(feat, self.n_lesions)
+        self.finding_head = nn.Linear(d, 1)
+        self.mem_roi = nn.Linear(d, dd)
+        self.mem_lesion = nn.Linear(d, dd)
+        self.mem_gate = nn.Embedding(2, dd)
         self.decoder = RoiDecoder(
-            vocab_size,
-            cfg.decoder_dim,
-            cfg.decoder_layers,
-            cfg.decoder_heads,
-            cfg.max_tokens,
-            d,
-            cfg.dropout,
+            vocab_size, dd, cfg.decoder_layers, cfg.decoder_heads, cfg.max_tokens, cfg.dropout
         )
+        # calibrated on the validation split at the end of each stage; saved with the weights
+        self.register_buffer("lesion_thresholds", torch.full((14,), cfg.classifier_threshold))
+        self.register_buffer("finding_threshold", torch.tensor(0.5))
 
     # modules trainable in stage 2 (paper: "updates were restricted to the LCA and text decoder")
     def stage2_parameters(self) -> list[nn.Parameter]:
-        mods = [self.lca, self.lca_norm, self.lesion_proj, self.decoder]
+        mods = [self.lca, self.lca_norm, self.lesion_proj, self.finding_head]
+        mods += [self.mem_roi, self.mem_lesion, self.mem_gate, self.decoder]
         return [p for m in mods for p in m.parameters()]
 
     def _grey_to_input(self, x: torch.Tensor) -> torch.Tensor:
-        x = (
-            (x - 0.5) / 0.25
-        )  # [0,1] → roughly zero-mean; ImageNet-style per-channel stats are not meaningful for grey
-        return x.unsqueeze(1).expand(-1, self.cfg.in_chans, -1, -1)
+        # [0,1] → roughly zero-mean; ImageNet per-channel statistics mean nothing for grey
+        return ((x - 0.5) / 0.25).unsqueeze(1).expand(-1, self.cfg.in_chans, -1, -1)
 
     def encode_rois(self, rois: torch.Tensor) -> torch.Tensor:
         """rois (B, 11, S, S) in [0,1] → raw ROI embeddings (B, 11, d)."""
@@ -210,74 +191,152 @@ class ClalaNet(nn.Module):
         return self.lesion_proj(self.text(self.lesion_tokens))  # (14, d)
 
     def lca_weights(self, status: torch.Tensor) -> torch.Tensor:
-        """status (B, 14) in {0,1} → weights (B, 14, 1): 0.9 positive, 0.1 negative."""
+        """status (B, 14) in [0,1] → weights (B, 14, 1): 0.9 positive, 0.1 negative, linear between."""
         c = self.cfg
         return (c.lca_neg_weight + (c.lca_pos_weight - c.lca_neg_weight) * status).unsqueeze(-1)
+
+    def weighted_lesions(self, status: torch.Tensor) -> torch.Tensor:
+        """E_L ⊙ W (B, 14, d): the lesion tokens LCA attends to."""
+        E = self.lesion_embeddings().unsqueeze(0).expand(status.shape[0], -1, -1)
+        return E * self.lca_weights(status)
 
     def refine(self, raw: torch.Tensor, status: torch.Tensor) -> torch.Tensor:
         """LCA: ROI queries attend to the status-weighted lesion embeddings."""
         if not self.cfg.use_lca:
             return raw
-        E = self.lesion_embeddings().unsqueeze(0).expand(raw.shape[0], -1, -1)
-        kv = E * self.lca_weights(status)  # Hadamard product E_L ⊙ W
+        kv = self.weighted_lesions(status)
         att, _ = self.lca(raw, kv, kv, need_weights=False)
         return self.lca_norm(raw + att)
+
+    def inference_status(self, cls_logits: torch.Tensor) -> torch.Tensor:
+        """What LCA gets from the classifier: p (soft) or p > calibrated threshold (hard)."""
+        p = torch.sigmoid(cls_logits.float()).detach()
+        if self.cfg.lca_status == "calibrated":
+            return (p > self.lesion_thresholds).float()
+        return p
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.text_proj(self.text(tokens))
 
-    def forward(self, batch: dict, *, status_source: str = "labels") -> dict[str, torch.Tensor]:
+    def memory(self, refined: torch.Tensor, status: torch.Tensor, gate: torch.Tensor | None):
+        """Decoder memory per ROI (B·R, M, dim): refined ROI [+ gate token] [+ 14 lesion tokens]."""
+        B, R, _ = refined.shape
+        parts = [self.mem_roi(refined).reshape(B * R, 1, -1)]
+        if gate is not None:
+            parts.append(self.mem_gate(gate.long()).reshape(B * R, 1, -1))
+        if self.cfg.use_lca and self.cfg.decoder_lesion_memory:
+            les = self.mem_lesion(self.weighted_lesions(status))  # (B, 14, dim)
+            parts.append(les.unsqueeze(1).expand(-1, R, -1, -1).reshape(B * R, self.n_lesions, -1))
+        return torch.cat(parts, 1)
+
+    def statuses(self, batch: dict, out: dict, label_mix: float) -> torch.Tensor:
+        """LCA statuses: the classifier's (blended with the labels by `label_mix` in training)."""
+        if "cls_logits" not in out:
+            if self.cfg.use_lca:
+                raise CxrctxError("LCA needs the lesion classifier (use_classifier=true)")
+            return torch.zeros(out["raw"].shape[0], self.n_lesions, device=out["raw"].device)
+        q = self.inference_status(out["cls_logits"])
+        if label_mix <= 0.0:
+            return q
+        return label_mix * batch["targets"].float() + (1.0 - label_mix) * q
+
+    def forward(self, batch: dict, *, label_mix: float = 0.0) -> dict[str, torch.Tensor]:
+        """Training/validation pass; `label_mix` 0 = exactly the inference statuses."""
         rois, tokens = batch["rois"], batch["tokens"]
         B, R = rois.shape[:2]
-        out: dict[str, torch.Tensor] = {}
-        raw = self.encode_rois(rois)
-        out["raw"] = raw
+        out: dict[str, torch.Tensor] = {"raw": self.encode_rois(rois)}
         if self.cfg.use_classifier:
             out["cls_logits"] = self.classify(batch["glob"])
-        if status_source == "predictions" and "cls_logits" in out:
-            status = (
-                (torch.sigmoid(out["cls_logits"]) > self.cfg.classifier_threshold).float().detach()
-            )
-        else:
-            status = batch["targets"]
-        refined = self.refine(raw, status)
+        status = self.statuses(batch, out, label_mix)
+        refined = self.refine(out["raw"], status)
         out["refined"] = refined
+        gate = None
+        if self.cfg.use_finding_head:
+            out["finding_logits"] = self.finding_head(refined).squeeze(-1)
+            gate = batch.get("abnormal")
+            if gate is None:  # no ROI flags (e.g. a bare batch): the head decides
+                gate = out["finding_logits"] > 0
         if self.cfg.use_itcl:
             out["text_emb"] = self.encode_text(tokens.reshape(B * R, -1)).reshape(B, R, -1)
         inp = tokens[..., :-1].reshape(B * R, -1)
-        out["dec_logits"] = self.decoder(inp, refined.reshape(B * R, -1))
+        out["dec_logits"] = self.decoder(inp, self.memory(refined, status, gate))
         return out
 
     @torch.no_grad()
     def generate(
         self, rois: torch.Tensor, glob: torch.Tensor, *, bos: int, eos: int, max_len: int
     ) -> dict[str, torch.Tensor]:
-        """Greedy decoding of every ROI; LCA driven by the classifier's predictions (inference path)."""
+        """Greedy decoding of every ROI on the inference path (classifier → LCA → gate → decoder).
+
+        Returns tokens (B, R, T), probs (B, 14), status (B, 14; hard, calibrated thresholds),
+        finding (B, R; has-finding probability) and gate (B, R; open = must write).
+        """
         B, R = rois.shape[:2]
-        raw = self.encode_rois(rois)
+        out: dict[str, torch.Tensor] = {"raw": self.encode_rois(rois)}
+        dev = rois.device
         if self.cfg.use_classifier:
-            probs = torch.sigmoid(self.classify(glob))
-            status = (probs > self.cfg.classifier_threshold).float()
+            out["cls_logits"] = self.classify(glob)
+            probs = torch.sigmoid(out["cls_logits"].float())
+            hard = (probs > self.lesion_thresholds).float()
         else:
-            probs = torch.zeros(B, self.n_lesions, device=rois.device)
-            status = probs
-        mem = self.refine(raw, status).reshape(B * R, -1)
-        ids = torch.full((B * R, 1), bos, dtype=torch.long, device=rois.device)
-        done = torch.zeros(B * R, dtype=torch.bool, device=rois.device)
-        for _ in range(max_len - 1):
-            nxt = self.decoder(ids, mem)[:, -1].argmax(-1)
+            probs = torch.zeros(B, self.n_lesions, device=dev)  # no classifier: nothing predicted
+            hard = torch.zeros(B, self.n_lesions, device=dev)
+        status = self.statuses({}, out, 0.0)
+        refined = self.refine(out["raw"], status)
+        gate = finding = None
+        if self.cfg.use_finding_head:
+            finding = torch.sigmoid(self.finding_head(refined).squeeze(-1).float())
+            gate = finding > self.finding_threshold
+        mem = self.memory(refined, status, gate)
+        ids = self._greedy(mem, gate, bos=bos, eos=eos, max_len=max_len)
+        res = {"tokens": ids.reshape(B, R, -1), "probs": probs, "status": hard}
+        if finding is not None and gate is not None:
+            res.update(finding=finding, gate=gate)
+        return res
+
+    def _greedy(self, mem, gate, *, bos: int, eos: int, max_len: int) -> torch.Tensor:
+        N = mem.shape[0]
+        ids = torch.full((N, 1), bos, dtype=torch.long, device=mem.device)
+        done = torch.zeros(N, dtype=torch.bool, device=mem.device)
+        must = gate.reshape(-1) if gate is not None else None
+        for t in range(max_len - 1):
+            logits = self.decoder(ids, mem)[:, -1]
+            if t == 0 and must is not None:  # an open gate: the region has something to say
+                logits[must, eos] = float("-inf")
+            nxt = logits.argmax(-1)
             nxt = torch.where(done, torch.zeros_like(nxt), nxt)
             ids = torch.cat([ids, nxt[:, None]], 1)
             done |= nxt.eq(eos)
             if bool(done.all()):
                 break
-        return {"tokens": ids.reshape(B, R, -1), "probs": probs}
+        return ids
 
 
 def decoder_targets(tokens: torch.Tensor) -> torch.Tensor:
     return tokens[..., 1:]
 
 
-def ce_loss(dec_logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    tgt = decoder_targets(tokens).reshape(-1)
-    return F.cross_entropy(dec_logits.reshape(-1, dec_logits.shape[-1]), tgt, ignore_index=0)
+def ce_loss(
+    dec_logits: torch.Tensor, tokens: torch.Tensor, per_sequence: bool = True
+) -> torch.Tensor:
+    """Decoder cross-entropy. `per_sequence`: each ROI text's mean token loss, averaged over
+    texts, so a short sentence weighs as much as a long one (else the mean over all tokens)."""
+    tgt = decoder_targets(tokens).reshape(dec_logits.shape[0], -1)
+    flat = F.cross_entropy(
+        dec_logits.reshape(-1, dec_logits.shape[-1]).float(),
+        tgt.reshape(-1),
+        ignore_index=0,
+        reduction="none",
+    ).reshape(tgt.shape)
+    mask = tgt.ne(0)
+    if not per_sequence:
+        return flat.sum() / mask.sum().clamp(min=1)
+    n = mask.sum(1)
+    per = flat.sum(1) / n.clamp(min=1)
+    keep = n > 0
+    return per[keep].mean() if bool(keep.any()) else flat.sum() * 0.0
+
+
+def finding_loss(logits: torch.Tensor, abnormal: torch.Tensor) -> torch.Tensor:
+    """BCE of the per-ROI "has finding" head against the ROI rows' abnormal flags."""
+    return F.binary_cross_entropy_with_logits(logits.float(), abnormal.float())

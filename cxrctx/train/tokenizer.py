@@ -13,6 +13,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Protocol
 
 from cxrctx.errors import CxrctxError
 
@@ -23,6 +24,20 @@ _TOKEN_RE = re.compile(r"[a-z]+(?:'[a-z]+)?|\d+(?:\.\d+)?|[^\sa-z\d]")
 
 def words(text: str) -> list[str]:
     return _TOKEN_RE.findall(text.lower())
+
+
+class Tokenizer(Protocol):
+    """What the model, the dataset and generation need from a tokenizer."""
+
+    vocab: list[str]
+    pad_id: int
+    bos_id: int
+    eos_id: int
+
+    def __len__(self) -> int: ...
+    def encode(self, text: str, max_len: int) -> list[int]: ...
+    def decode(self, ids: Iterable[int]) -> str: ...
+    def save(self, path: str | Path) -> None: ...
 
 
 class WordTokenizer:
@@ -89,3 +104,16 @@ class WordTokenizer:
             return cls(list(data["vocab"]))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise CxrctxError(f"{path}: unreadable tokenizer ({e})") from e
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """The run's tokenizer from `tokenizer.json` (word-level, or WordPiece from a local BERT)."""
+    try:
+        kind = json.loads(Path(path).read_text(encoding="utf-8")).get("type", "word")
+    except (OSError, ValueError, AttributeError) as e:
+        raise CxrctxError(f"{path}: unreadable tokenizer ({e})") from e
+    if kind == "wordpiece":
+        from cxrctx.train.bert import WordPieceTokenizer
+
+        return WordPieceTokenizer.load(path)
+    return WordTokenizer.load(path)
