@@ -27,10 +27,22 @@ def _rows() -> list[dict]:
         for s in (3, 1, 2)
     ]
     return [
-        G._row(items[0], _texts(left_lung="Small left pleural effusion."), probs, CFG),
-        G._row(items[1], _texts(cardiac_silhouette="The heart size is normal."), probs, CFG),
-        G._row(items[2], _texts(), probs, CFG),
+        G._row(items[0], _texts(left_lung="Small left pleural effusion."), probs, None, CFG),
+        G._row(items[1], _texts(cardiac_silhouette="The heart size is normal."), probs, None, CFG),
+        G._row(items[2], _texts(), probs, None, CFG),
     ]
+
+
+def test_row_takes_the_models_own_lesion_decisions_over_the_fixed_threshold():
+    """With calibrated statuses from the model, a lesion at p = 0.3 that the model calls
+    positive is predicted, and one at p = 0.9 it calls negative is not."""
+    probs = [
+        0.9 if les == "pleural effusion" else 0.3 if les == "edema" else 0.1 for les in LESIONS
+    ]
+    hard = [les == "edema" for les in LESIONS]
+    item = SimpleNamespace(study_id=1, subject_id=10, dicom_id="d1", split="test")
+    row = G._row(item, _texts(), probs, hard, CFG)
+    assert row["predicted_lesions"] == ["edema"]
 
 
 @pytest.fixture

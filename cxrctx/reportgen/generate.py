@@ -267,23 +267,28 @@ def _decode(inp: _Inputs, batch_size: int, progress: Progress | None) -> list[di
             )
             probs = res["probs"].float().cpu().numpy()
             toks = res["tokens"].cpu().numpy()
+            status = res["status"].cpu().numpy() if "status" in res else None
             for b, idx in enumerate(batch["index"].tolist()):
                 texts = [tok.decode(toks[b, r]) for r in range(len(ROIS))]
-                rows.append(_row(ds.items[idx], texts, probs[b], cfg))
+                hard = status[b] if status is not None else None
+                rows.append(_row(ds.items[idx], texts, probs[b], hard, cfg))
         if progress:
             progress("decode", len(rows), total)
     return rows
 
 
-def _row(item: Any, texts: list[str], probs: Any, cfg: Any) -> dict:
-    """One generated row (GEN_SCHEMA) with the deterministic merge as its report."""
+def _row(item: Any, texts: list[str], probs: Any, hard: Any, cfg: Any) -> dict:
+    """One generated row (GEN_SCHEMA) with the deterministic merge as its report. The
+    predicted lesions are the model's own decisions (its validation-calibrated thresholds,
+    stored in the checkpoint), the same statuses that drove LCA while decoding."""
     roi_sents = [{"roi": roi, "text": t} for roi, t in zip(ROIS, texts, strict=True)]
     p = [float(round(x, 6)) for x in probs]
-    predicted = (
-        [les for les, x in zip(LESIONS, p, strict=True) if x > cfg.classifier_threshold]
-        if cfg.use_classifier
-        else []
-    )
+    if not cfg.use_classifier:
+        predicted: list[str] = []
+    elif hard is not None:
+        predicted = [les for les, h in zip(LESIONS, hard, strict=True) if bool(h)]
+    else:
+        predicted = [les for les, x in zip(LESIONS, p, strict=True) if x > cfg.classifier_threshold]
     return {
         "study_id": item.study_id,
         "subject_id": item.subject_id,
