@@ -264,6 +264,7 @@ SCHEMA_VERSIONS: dict[str, int] = {
     "build-priors": 1,
     "label-lesions": 1,
     "build-rois": 1,
+    "train": 1,
     "generate": 1,
     "evaluate": 1,
     "release-public": 1,

@@ -26,7 +26,7 @@ import polars as pl
 
 from cxrctx.errors import CxrctxError
 from cxrctx.imagenome import read_rois
-from cxrctx.io import read_shards, shard_paths
+from cxrctx.io import open_stage, read_shards, shard_paths
 from cxrctx.vocab import DICOM_ID_RE, LESIONS, ROIS, lesion_rois
 
 log = logging.getLogger(__name__)
@@ -72,11 +72,17 @@ def _labels_path(labels: str | os.PathLike) -> Path:
 
 
 def read_labels(labels: str | os.PathLike) -> pl.DataFrame:
-    p = _labels_path(labels)
-    try:
-        df = read_shards(p)
-    except Exception as e:
-        raise CxrctxError(f"{labels}: cannot read label shards ({e})") from e
+    """Label rows of a label-lesions output (checked against its manifest), or of a folder
+    of ground-truth label shards without one (the synthetic generator's `truth/`)."""
+    if any((Path(labels) / name).is_file() for name in ("manifest.json", "../manifest.json")):
+        df = open_stage(labels, "label-lesions").read()
+        p = Path(labels)
+    else:
+        p = _labels_path(labels)
+        try:
+            df = read_shards(p)
+        except Exception as e:
+            raise CxrctxError(f"{labels}: cannot read label shards ({e})") from e
     need = {"id", "lesion", "status", "location"}
     if not need <= set(df.columns):
         raise CxrctxError(f"{p}: label shards lack column(s) {sorted(need - set(df.columns))}")
@@ -132,12 +138,10 @@ def join(
     order_findings_first: bool = False,
 ) -> Joined:
     """Join the three inputs. Raises when they do not overlap at all (e.g. labels for other ids)."""
-    rec_path = Path(records)
-    if (rec_path / "records").is_dir():
-        rec_path = rec_path / "records"
-    if not shard_paths(rec_path):
-        raise CxrctxError(f"{records}: no records shards (part-*.parquet) found")
-    recs = read_shards(rec_path).select("study_id", "split")
+    try:
+        recs = open_stage(records, "build-priors").read().select("study_id", "split")
+    except CxrctxError as e:
+        raise CxrctxError(f"--records: {e}") from None
     split_of = dict(recs.iter_rows())
     roi_df = read_rois(rois)
     table = label_table(read_labels(labels)) if labels is not None else {}

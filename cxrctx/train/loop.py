@@ -34,7 +34,14 @@ from torch.utils.data.distributed import DistributedSampler
 
 from cxrctx import __version__
 from cxrctx.errors import CxrctxError
-from cxrctx.io import atomic_write_text, write_parquet
+from cxrctx.io import (
+    atomic_write_text,
+    file_entry,
+    sha256_file,
+    write_parquet,
+    write_stage_manifest,
+)
+from cxrctx.models import ShardInfo
 from cxrctx.train.config import TrainConfig, validate_config
 from cxrctx.train.data import CropStore, Item, RoiDataset, collate, join
 from cxrctx.train.evaluation import calibrate
@@ -515,6 +522,25 @@ def _write_skips(run_dir: Path, skips: list[dict]) -> None:
     )
 
 
+def _write_run_manifest(ctx: RunContext, res: TrainResult) -> None:
+    """manifest.json like every stage: config, the final weights, tokenizer and skips with
+    their sha256, so `generate` (and `cxrctx validate`) can check the run before use."""
+    run = ctx.run
+    files = [file_entry(run / "checkpoints" / "final.pt", run)]
+    files += [
+        file_entry(run / n, run) for n in ("tokenizer.json", "run.json") if (run / n).is_file()
+    ]
+    skips = ShardInfo(
+        path="skips.parquet",
+        rows=pl.scan_parquet(run / "skips.parquet").select(pl.len()).collect().item(),
+        sha256=sha256_file(run / "skips.parquet"),
+    )
+    write_stage_manifest(
+        run, stage="train", schema_version=1, config=ctx.cfg, tables=[skips], files=files,
+        counts={**res.counts, "global_step": res.global_step},
+    )  # fmt: skip
+
+
 def finish_run(ctx: RunContext) -> TrainResult:
     """`final.pt` = the last stage's weights; `skips.parquet`; counts for the caller."""
     if ctx.dist.main:
@@ -527,6 +553,8 @@ def finish_run(ctx: RunContext) -> TrainResult:
         "val_items": len(ctx.val_items),
         "joined_skips": ctx.joined_skips,
     }
+    if ctx.dist.main:
+        _write_run_manifest(ctx, res)
     unique = {s["dicom_id"]: s for s in reversed(ctx.skips)}  # skipped in both stages: once
     res.skips = dict(sorted(Counter(s["reason"].split(":")[0] for s in unique.values()).items()))
     return res
