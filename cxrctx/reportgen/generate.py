@@ -38,6 +38,7 @@ from cxrctx import __version__
 from cxrctx.errors import CxrctxError
 from cxrctx.io import (
     config_hash,
+    open_stage,
     prepare_output,
     sha256_file,
     write_manifest,
@@ -153,6 +154,12 @@ def generate(
     a `cxrctx.llm` Engine for the LLM aggregator (None = deterministic merge);
     `aggregator_lesions` also gives it the classifier's lesion list (off: the paper's setup).
     """
+    try:  # a finished run: weights and tokenizer match its manifest
+        open_stage(run_dir, "train")
+    except CxrctxError as e:
+        raise CxrctxError(
+            f"{e} (generate needs a finished train run: its final checkpoint)"
+        ) from None
     options = {
         "run_dir": str(Path(run_dir).resolve()), "split": split, "limit": limit,
         "records": str(records) if records else None, "rois": str(rois) if rois else None,
