@@ -229,6 +229,10 @@ class LabelRunConfig(_Strict):
     engine_options: dict[str, Any] = Field(default_factory=dict)
     lexicon_version: int | None = None
     lexicon_sha256: str | None = None
+    mode: str | None = Field(
+        None, description="cot / short: hybrid (rules, the model for ambiguous lesions); null: "
+        "LLM for every candidate, or the rules backend"
+    )
 
 
 class LesionScore(_Strict):

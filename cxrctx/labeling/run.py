@@ -50,7 +50,12 @@ DOC_SCHEMA = {
 }  # fmt: skip
 FAIL_SCHEMA = {"id": pl.String, "reason": pl.String, "raw_text": pl.String, "attempts": pl.Int64,
                "transient": pl.Boolean}  # fmt: skip
-LABEL_SCHEMA = {c: (pl.Boolean if c == "llm_called" else pl.String) for c in LABEL_COLUMNS}
+EVIDENCE_DTYPE = pl.List(pl.Struct({"start": pl.Int64, "end": pl.Int64, "text": pl.String}))
+#: Column types of `labels/part-*.parquet` (every backend and mode; LabelRow's fields).
+LABEL_FRAME_SCHEMA: dict[str, Any] = {
+    **{c: pl.String for c in LABEL_COLUMNS}, "llm_called": pl.Boolean, "evidence": EVIDENCE_DTYPE,
+}  # fmt: skip
+LABEL_SCHEMA = LABEL_FRAME_SCHEMA
 TABLES = {"labels": LABEL_SCHEMA, "documents": DOC_SCHEMA, "failures": FAIL_SCHEMA}
 COUNTS = (
     "documents", "labeled", "llm_called", "no_candidate", "cached", "failed", "transient_failed",
@@ -59,18 +64,29 @@ COUNTS = (
 )  # fmt: skip
 
 
-@dataclass
 class LabelResult:
     """Outputs of one labeling pass. `labels` has 14 rows per labeled document.
 
     The tables are in memory for `label_documents`; for `label_lesions` they were
     streamed to OUT and are read back from there on first access."""
 
-    counts: dict[str, int]
-    provenance: dict[str, Any]
-    stats: TaskStats | None = None
-    frames: dict[str, pl.DataFrame] = field(default_factory=dict)
-    out: Path | None = None
+    def __init__(
+        self,
+        counts: dict[str, int],
+        provenance: dict[str, Any],
+        stats: TaskStats | None = None,
+        *,
+        labels: pl.DataFrame | None = None,
+        documents: pl.DataFrame | None = None,
+        failures: pl.DataFrame | None = None,
+        out: Path | None = None,
+    ):
+        self.counts = counts
+        self.provenance = provenance
+        self.stats = stats
+        self.out = out
+        given = {"labels": labels, "documents": documents, "failures": failures}
+        self.frames = {k: v for k, v in given.items() if v is not None}
 
     def table(self, name: str) -> pl.DataFrame:
         if name not in self.frames:
@@ -125,7 +141,7 @@ def _label(item: LabelItem, lesion: str, ans: dict[str, str], source: str,
     return {
         "id": item.id, "lesion": lesion, "status": ans["status"], "location": ans["location"],
         "rationale": ans["reasoning"], "source": source, "llm_called": called,
-        "text_sha256": item.text_sha256, **prov,
+        "text_sha256": item.text_sha256, **prov, "evidence": [], "clarity": None,
     }  # fmt: skip
 
 
@@ -246,7 +262,7 @@ def label_documents(
               "engine_requests": stats.requests, "repair_requests": stats.repairs,
               "prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens}  # fmt: skip
     frames = {} if sinks else {name: s.frame() for name, s in memory.items()}
-    return LabelResult(counts=counts, provenance=stats.provenance, stats=stats, frames=frames)
+    return LabelResult(counts, stats.provenance, stats, **frames)
 
 
 def _provenance(task: LesionTask, engine: Engine, sampling: Sampling) -> dict[str, Any]:
@@ -417,19 +433,30 @@ def label_lesions(
     prompt: int | str | None = None,
     progress: Callable[[TaskProgress], None] | None = None,
     executor: Executor | None = None,
+    mode: str = "llm",
 ) -> LabelRun:
     """Label an input (build-priors dir or table file) into `out`; resumable via out/cache.
 
     `engine` is a built Engine or an EngineSpec (built here, after the input checks, and
-    closed at the end). Rows stream to out/labels, documents, failures per batch."""
+    closed at the end). Rows stream to out/labels, documents, failures per batch.
+    `mode`: "llm" asks the model about every candidate lesion; "cot" / "short" run the
+    hybrid labeler (`cxrctx.labeling.hybrid`: rules first, the model only for ambiguous
+    lesions; `prompt` is then a hybrid prompt version or file)."""
+    from cxrctx.labeling import hybrid
+
     t0 = time.perf_counter()
     sampling = sampling or Sampling()
-    lp = load_prompt(prompt)
+    hmode = hybrid.LabelMode(mode)
+    lp: Any = load_prompt(prompt) if hmode is hybrid.LabelMode.llm else hybrid.load_hybrid_prompt(prompt)
     sh = parse_shard(shard)
     loaded = _select_documents(input_path, list(sections), id_column, text_column, limit, sh)
     out_dir = Path(out)
     if dry_run:
-        info = _dry_run(loaded.docs, lp, prepass)
+        info = (
+            _dry_run(loaded.docs, lp, prepass)
+            if hmode is hybrid.LabelMode.llm
+            else hybrid.hybrid_dry_run(loaded.docs, lp, hmode)
+        )
         return LabelRun(out_dir, None, None, dry_run=info, seconds=time.perf_counter() - t0)
     spec = engine if isinstance(engine, EngineSpec) else None
     eng = make_engine(spec) if spec is not None else engine
@@ -437,10 +464,12 @@ def label_lesions(
     sinks = _open_sinks(out_dir, sh)
     try:
         writer = f"shard-{sh[0]:05d}-of-{sh[1]:05d}" if sh else "main"
-        result = label_documents(
+        label = label_documents if hmode is hybrid.LabelMode.llm else hybrid.label_documents_hybrid
+        extra = {"prepass": prepass} if hmode is hybrid.LabelMode.llm else {"mode": hmode}
+        result = label(
             loaded.docs, eng, sampling=sampling, cache_dir=out_dir / "cache", prompt=lp,
-            batch_size=batch_size, prepass=prepass, progress=progress, cache_writer=writer,
-            executor=executor, sinks=dict(sinks),
+            batch_size=batch_size, progress=progress, cache_writer=writer,
+            executor=executor, sinks=dict(sinks), **extra,
         )  # fmt: skip
     except BaseException:
         for s in sinks.values():
@@ -453,11 +482,13 @@ def label_lesions(
     result.out = out_dir
     cfg = _run_config(input_path, loaded, lp, sampling, result, spec, sections, id_column,
                       text_column, shard, limit, prepass)  # fmt: skip
+    if hmode is not hybrid.LabelMode.llm:
+        cfg = hybrid.hybrid_config(cfg, hmode, result)
     manifest = write_manifest_for(out_dir, result, cfg, loaded.inputs, tables, sh)
     return LabelRun(out_dir, result, manifest, seconds=time.perf_counter() - t0)
 
 
-def _run_config(input_path: Any, loaded: LoadedInput, lp: LabelPrompt, sampling: Sampling,
+def _run_config(input_path: Any, loaded: LoadedInput, lp: Any, sampling: Sampling,
                 result: LabelResult, spec: EngineSpec | None, sections: Any, id_column: str,
                 text_column: str, shard: str | None, limit: int | None, prepass: bool) -> LabelRunConfig:  # fmt: skip
     prov = result.provenance
