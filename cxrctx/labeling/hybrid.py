@@ -194,7 +194,9 @@ class HybridTask(Task[HybridItem, LabelAnswer]):
 
     def _validate(self, obj: Any, asked: tuple[str, ...]) -> LabelAnswer:
         if self.mode is LabelMode.short and isinstance(obj, dict):
-            obj = {k: ({"reasoning": "", **v} if isinstance(v, dict) else v) for k, v in obj.items()}
+            obj = {
+                k: ({"reasoning": "", **v} if isinstance(v, dict) else v) for k, v in obj.items()
+            }
         return validate_lesion_answer(obj, asked)
 
     def repair(

@@ -230,8 +230,9 @@ class LabelRunConfig(_Strict):
     lexicon_version: int | None = None
     lexicon_sha256: str | None = None
     mode: str | None = Field(
-        None, description="cot / short: hybrid (rules, the model for ambiguous lesions); null: "
-        "LLM for every candidate, or the rules backend"
+        None,
+        description="cot / short: hybrid (rules, the model for ambiguous lesions); null: "
+        "LLM for every candidate, or the rules backend",
     )
 
 

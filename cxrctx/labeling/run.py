@@ -447,7 +447,9 @@ def label_lesions(
     t0 = time.perf_counter()
     sampling = sampling or Sampling()
     hmode = hybrid.LabelMode(mode)
-    lp: Any = load_prompt(prompt) if hmode is hybrid.LabelMode.llm else hybrid.load_hybrid_prompt(prompt)
+    lp: Any = (
+        load_prompt(prompt) if hmode is hybrid.LabelMode.llm else hybrid.load_hybrid_prompt(prompt)
+    )
     sh = parse_shard(shard)
     loaded = _select_documents(input_path, list(sections), id_column, text_column, limit, sh)
     out_dir = Path(out)
