@@ -62,6 +62,7 @@ __all__ = [
 ]
 
 DEFAULT_HYBRID_VERSION = 1
+SHORT_DESCRIPTION = "One entry per lesion asked: its status and location only."
 HYBRID_COUNTS = ("rules", "llm", "not_mentioned", "ambiguous", "llm_changed", "llm_failed_lesions")
 
 
@@ -151,11 +152,11 @@ def short_schema(lesions: tuple[str, ...]) -> dict[str, Any]:
     schema = answer_schema(lesions)
     props = {}
     for name, entry in schema["properties"].items():
-        e = dict(entry)
+        e = {k: v for k, v in entry.items() if k != "description"}
         e["properties"] = {k: v for k, v in e["properties"].items() if k != "reasoning"}
         e["required"] = [k for k in e.get("required", []) if k != "reasoning"]
         props[name] = e
-    return {**schema, "properties": props}
+    return {**schema, "description": SHORT_DESCRIPTION, "properties": props}
 
 
 class HybridTask(Task[HybridItem, LabelAnswer]):

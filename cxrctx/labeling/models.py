@@ -231,8 +231,8 @@ class LabelRunConfig(_Strict):
     lexicon_sha256: str | None = None
     mode: str | None = Field(
         None,
-        description="cot / short: hybrid (rules, the model for ambiguous lesions); null: "
-        "LLM for every candidate, or the rules backend",
+        description="cot / short: hybrid (rules, the model for ambiguous lesions); llm: the "
+        "model for every candidate; null: the rules backend",
     )
 
 

@@ -484,8 +484,11 @@ def label_lesions(
     result.out = out_dir
     cfg = _run_config(input_path, loaded, lp, sampling, result, spec, sections, id_column,
                       text_column, shard, limit, prepass)  # fmt: skip
-    if hmode is not hybrid.LabelMode.llm:
-        cfg = hybrid.hybrid_config(cfg, hmode, result)
+    cfg = (
+        cfg.model_copy(update={"mode": hmode.value})
+        if hmode is hybrid.LabelMode.llm
+        else hybrid.hybrid_config(cfg, hmode, result)
+    )
     manifest = write_manifest_for(out_dir, result, cfg, loaded.inputs, tables, sh)
     return LabelRun(out_dir, result, manifest, seconds=time.perf_counter() - t0)
 
