@@ -36,12 +36,7 @@ from cxrctx.errors import CxrctxError
 from cxrctx.labeling.models import LabelAnswer, LabelRunConfig, RulesReading, answer_schema
 from cxrctx.labeling.parse import validate_lesion_answer
 from cxrctx.labeling.rules import read_report, reading_rows, rules_provenance
-from cxrctx.labeling.run import (
-    TABLES,
-    LabelResult,
-    LabelRows,
-    iter_items,
-)
+from cxrctx.labeling.run import TABLES, LabelResult, LabelRows, _doc_row, _provenance, iter_items
 from cxrctx.labeling.task import LabelItem
 from cxrctx.llm.base import ChatRequest, Engine, Sampling
 from cxrctx.llm.cache import ResultCache
@@ -261,11 +256,11 @@ class HybridRows(LabelRows):
             c["transient_failed"] += r.transient
             c["llm_failed_lesions"] += len(item.asked)
             self._fail(fails, item, r)
-            docs.append(_doc(item, "failed", r))
+            docs.append(_doc_row(item, "failed", r))
             return
         c["labeled"] += 1
         c["no_candidate"] += int(not item.candidates)
-        docs.append(_doc(item, "labeled", r if item.asked else None))
+        docs.append(_doc_row(item, "labeled", r if item.asked else None))
         answers = r.answer.model_dump(mode="json")
         for row in reading_rows(item.id, item.reading, item.text_sha256, self.rules_prov):
             if row["clarity"] == "ambiguous":
@@ -281,12 +276,6 @@ class HybridRows(LabelRows):
         why = ans.get("reasoning") or f"llm ({self.mode.value} mode, no reasoning asked)"
         return {**row, **self.prov, "status": ans["status"], "location": ans["location"],
                 "rationale": why, "source": "llm", "llm_called": True}  # fmt: skip
-
-
-def _doc(item: HybridItem, status: str, r: TaskResult | None) -> dict[str, Any]:
-    from cxrctx.labeling.run import _doc_row
-
-    return _doc_row(item, status, r)
 
 
 # ---------------------------------------------------------------------------- library
@@ -317,8 +306,6 @@ def label_documents_hybrid(
     memory = {name: MemorySink(schema) for name, schema in TABLES.items()}
     task = HybridTask(hp, hm)
     sampling = sampling or Sampling()
-    from cxrctx.labeling.run import _provenance
-
     rows = HybridRows(dict(sinks or memory), _provenance(task, engine, sampling), hm)  # type: ignore[arg-type]
     with ResultCache(cache_dir, writer=cache_writer) as cache:
         stats = run_task(
