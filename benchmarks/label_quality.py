@@ -299,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             "output_tokens_per_report": info["completion_tokens"] / n, **info,
         }  # fmt: skip
         con.print(f"{name}: {json.dumps(llm_info[name])}")
+        save_json(args, docs, reps, llm_info)
         if args.errors and args.split == "dev":
             show_errors(con, ll.filter(pl.col("source") == "llm"), gold, docs, args.errors, None)
     con.print(
@@ -313,15 +314,21 @@ def main(argv: list[str] | None = None) -> int:
         show_errors(
             con, label_documents_rules(docs).labels, gold, docs, args.errors, args.errors_lesion
         )
+    save_json(args, docs, reps, llm_info)
+    return 0
+
+
+def save_json(args, docs: pl.DataFrame, reps: dict, llm_info: dict) -> None:
+    """Write the figures so far (called after each model mode, so a long run keeps them)."""
+    if not args.json:
+        return
     out = {
         "split": args.split, "n": docs.height, "seed": args.seed, "skip": args.skip,
         "lexicon_sha256": lexicon().sha256, "llm": llm_info, "model": args.model,
         "threads": args.threads, "load_avg": os.getloadavg(),
         "labelers": {k: {"s_per_report": s / n, "report": r.model_dump(mode="json")} for k, (r, s, n) in reps.items()},
     }  # fmt: skip
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
-    return 0
+    args.json.write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":
