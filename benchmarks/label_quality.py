@@ -144,8 +144,9 @@ def llm_labels(args, docs: pl.DataFrame, mode: str = "llm") -> tuple[pl.DataFram
             res = label_documents(docs, engine, sampling=Sampling(max_tokens=384), cache_dir=cache)
         else:
             res = label_documents_hybrid(
-                docs, engine, mode=mode, sampling=Sampling(max_tokens=384), cache_dir=cache
-            )
+                docs, engine, mode=mode, sampling=Sampling(max_tokens=384), cache_dir=cache,
+                prompt=args.hybrid_prompt,
+            )  # fmt: skip
     finally:
         engine.close()
     wall = time.perf_counter() - t0
@@ -253,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--modes", default="cot", help="with --model: comma list of cot, short (hybrid), llm"
     )
+    ap.add_argument("--hybrid-prompt", default=None, help="hybrid prompt version or file")
     ap.add_argument("--llm-n", type=int, default=40, help="--mode llm on the first N reports only")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache-dir", type=Path, default=None)
@@ -325,7 +327,7 @@ def save_json(args, docs: pl.DataFrame, reps: dict, llm_info: dict) -> None:
     out = {
         "split": args.split, "n": docs.height, "seed": args.seed, "skip": args.skip,
         "lexicon_sha256": lexicon().sha256, "llm": llm_info, "model": args.model,
-        "threads": args.threads, "load_avg": os.getloadavg(),
+        "threads": args.threads, "load_avg": os.getloadavg(), "hybrid_prompt": args.hybrid_prompt,
         "labelers": {k: {"s_per_report": s / n, "report": r.model_dump(mode="json")} for k, (r, s, n) in reps.items()},
     }  # fmt: skip
     args.json.write_text(json.dumps(out, indent=2) + "\n")
