@@ -68,7 +68,7 @@ def label_lesions_cmd(
     seed: int = typer.Option(0, "--seed"),
     batch_size: int = typer.Option(None, "--batch-size", min=1, help="Documents per engine call / output batch (default per backend; openai: 32 x concurrency)."),
     no_prepass: bool = typer.Option(False, "--no-prepass", help="Ask the model about all 14 lesions for every report."),
-    prompt: str = typer.Option(None, "--prompt", help="Prompt version (e.g. 1) or a prompt JSON file."),
+    prompt: str = typer.Option(None, "--prompt", help="Prompt version (e.g. 1) or a prompt JSON file (hybrid modes: prompts/label_lesions/hybrid_vN.json)."),
 ) -> None:  # fmt: skip
     """Label the 14 lesions (status, location, rationale) of each report.
 
