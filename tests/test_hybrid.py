@@ -122,6 +122,8 @@ def test_prompt_is_versioned_data():
     hp = load_hybrid_prompt(1)
     raw = read_bytes("prompts", "label_lesions", "hybrid_v1.json")
     assert hp.version == 1 and len(hp.sha256) == 64 and json.loads(raw)["modes"]["short"]
+    assert [load_hybrid_prompt(v).version for v in (2, 3)] == [2, 3]
+    assert load_hybrid_prompt(2).sha256 != hp.sha256
 
 
 # ---------------------------------------------------------------------------- CLI
