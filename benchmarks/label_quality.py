@@ -1,12 +1,14 @@
-"""Label quality on real IU chest X-ray reports: rules vs the regex baseline (vs the LLM path).
+"""Label quality on real IU chest X-ray reports: rules vs the regex baseline vs hybrid / LLM.
 
 Same reports, same run, same scoring (`evaluate_labels` with bootstrap 95 % CIs by report):
 
 - rules: `cxrctx.labeling.rules` (the shared lexicon, NegEx-style scope, laterality);
 - regex baseline: `keyword_labels` of `cxrctx.reportgen.evaluate` (sentence regex + a
   "no/without" cue before the mention);
-- optionally the LLM path (`--model MODEL.gguf`, llamacpp, prompt v1) on the first
-  `--llm-n` of the same reports.
+- with `--model MODEL.gguf` (llamacpp): the hybrid labeler (`--modes cot,short`: rules
+  first, the model only for ambiguous lesions) on the same reports, and `--modes llm` (the
+  LLM for every candidate, prompt v1) on the first `--llm-n` of them; per mode the LLM
+  calls and output tokens per report and the seconds per report of the whole call.
 
 Presence gold: NegBio's `openi_gld_std14.csv`. Location gold: derived here from IU's MeSH
 annotations that carry a side (e.g. `Pleural Effusion/left`), for gold-positive lesions
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import random
 import sys
 import time
@@ -127,20 +130,30 @@ def timed(fn, docs: pl.DataFrame, repeat: int) -> tuple[pl.DataFrame, float]:
     return out, best
 
 
-def llm_labels(args, docs: pl.DataFrame) -> tuple[pl.DataFrame, float, int]:
-    from cxrctx.labeling import label_documents
+def llm_labels(args, docs: pl.DataFrame, mode: str = "llm") -> tuple[pl.DataFrame, float, dict]:
+    """Labels of the LLM path (`mode` llm) or the hybrid (cot / short), wall seconds of the
+    whole call (rules included) and the per-path counts (LLM calls, output tokens, ...)."""
+    from cxrctx.labeling import label_documents, label_documents_hybrid
     from cxrctx.llm import Sampling, get_engine
 
     engine = get_engine("llamacpp", args.model, n_threads=args.threads, n_ctx=4096)
+    cache = args.cache_dir / mode if args.cache_dir else None
     t0 = time.perf_counter()
     try:
-        res = label_documents(
-            docs, engine, sampling=Sampling(max_tokens=384), cache_dir=args.cache_dir
-        )
+        if mode == "llm":
+            res = label_documents(docs, engine, sampling=Sampling(max_tokens=384), cache_dir=cache)
+        else:
+            res = label_documents_hybrid(
+                docs, engine, mode=mode, sampling=Sampling(max_tokens=384), cache_dir=cache,
+                prompt=args.hybrid_prompt,
+            )  # fmt: skip
     finally:
         engine.close()
     wall = time.perf_counter() - t0
-    return res.labels, wall, int(res.documents["completion_tokens"].sum())
+    keys = ("llm_called", "engine_requests", "completion_tokens", "failed", "cached", "rules",
+            "llm", "not_mentioned", "llm_changed")  # fmt: skip
+    info = {k: int(res.counts.get(k, 0)) for k in keys}
+    return res.labels, wall, info
 
 
 def ci(rep: EvalReport, key: str) -> str:
@@ -237,8 +250,12 @@ def main(argv: list[str] | None = None) -> int:
         "--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95 %% CIs"
     )
     ap.add_argument("--repeat", type=int, default=3, help="timing: best of this many runs")
-    ap.add_argument("--model", default=None, help="GGUF path: also run the LLM path (llamacpp)")
-    ap.add_argument("--llm-n", type=int, default=40, help="LLM path on the first N reports only")
+    ap.add_argument("--model", default=None, help="GGUF path: also run the model (llamacpp)")
+    ap.add_argument(
+        "--modes", default="cot", help="with --model: comma list of cot, short (hybrid), llm"
+    )
+    ap.add_argument("--hybrid-prompt", default=None, help="hybrid prompt version or file")
+    ap.add_argument("--llm-n", type=int, default=40, help="--mode llm on the first N reports only")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache-dir", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
@@ -263,23 +280,30 @@ def main(argv: list[str] | None = None) -> int:
         "rules (cxrctx)": (score(rules, gold), rules_s, docs.height),
         "regex baseline (keyword_labels)": (score(kw, gold), kw_s, docs.height),
     }
-    llm_info = None
-    if args.model:
-        sub = docs.head(args.llm_n)
+    llm_info: dict[str, dict] = {}
+    for mode in [m for m in args.modes.split(",") if m] if args.model else []:
+        sub = docs.head(args.llm_n) if mode == "llm" else docs
         ids = sub["id"].to_list()
         g_sub = gold.filter(pl.col("id").is_in(ids))
-        ll, ll_s, toks = llm_labels(args, sub)
-        reps[f"llm ({Path(args.model).name}), first {sub.height}"] = (
-            score(ll, g_sub),
-            ll_s,
-            sub.height,
-        )
-        reps[f"rules, same {sub.height}"] = (
-            score(rules.filter(pl.col("id").is_in(ids)), g_sub),
-            rules_s * sub.height / docs.height,
-            sub.height,
-        )
-        llm_info = {"n": sub.height, "output_tokens_per_report": toks / max(1, sub.height)}
+        ll, ll_s, info = llm_labels(args, sub, mode)
+        name = f"{'hybrid ' + mode if mode != 'llm' else 'llm (all candidates)'}, {sub.height}"
+        reps[name] = (score(ll, g_sub), ll_s, sub.height)
+        if sub.height < docs.height:
+            reps[f"rules, same {sub.height}"] = (
+                score(rules.filter(pl.col("id").is_in(ids)), g_sub),
+                rules_s * sub.height / docs.height,
+                sub.height,
+            )
+        n = max(1, sub.height)
+        llm_info[name] = {
+            "n": sub.height, "seconds": ll_s, "s_per_report": ll_s / n,
+            "llm_calls_per_report": info["engine_requests"] / n,
+            "output_tokens_per_report": info["completion_tokens"] / n, **info,
+        }  # fmt: skip
+        con.print(f"{name}: {json.dumps(llm_info[name])}")
+        save_json(args, docs, reps, llm_info)
+        if args.errors and args.split == "dev":
+            show_errors(con, ll.filter(pl.col("source") == "llm"), gold, docs, args.errors, None)
     con.print(
         summary_table(
             reps,
@@ -292,14 +316,21 @@ def main(argv: list[str] | None = None) -> int:
         show_errors(
             con, label_documents_rules(docs).labels, gold, docs, args.errors, args.errors_lesion
         )
+    save_json(args, docs, reps, llm_info)
+    return 0
+
+
+def save_json(args, docs: pl.DataFrame, reps: dict, llm_info: dict) -> None:
+    """Write the figures so far (called after each model mode, so a long run keeps them)."""
+    if not args.json:
+        return
     out = {
         "split": args.split, "n": docs.height, "seed": args.seed, "skip": args.skip,
-        "lexicon_sha256": lexicon().sha256, "llm": llm_info,
+        "lexicon_sha256": lexicon().sha256, "llm": llm_info, "model": args.model,
+        "threads": args.threads, "load_avg": os.getloadavg(), "hybrid_prompt": args.hybrid_prompt,
         "labelers": {k: {"s_per_report": s / n, "report": r.model_dump(mode="json")} for k, (r, s, n) in reps.items()},
     }  # fmt: skip
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
-    return 0
+    args.json.write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ REGISTRY: dict[str, str] = {
     "label_failure": "cxrctx.labeling.models:FailureRow",
     "label_run_config": "cxrctx.labeling.models:LabelRunConfig",
     "label_eval_report": "cxrctx.labeling.models:EvalReport",
+    "rules_reading": "cxrctx.labeling.models:RulesReading",
     "roi_row": "cxrctx.imagenome.build:RoiRow",
     "roi_reject": "cxrctx.imagenome.build:RoiReject",
     "train_config": "cxrctx.train.config:TrainConfig",

@@ -116,7 +116,10 @@ def _src(tmp_path: Path, docs: dict[str, str] = DOCS) -> Path:
 
 
 def _cli(server: Hostile, src: Path, out: Path, *extra: str) -> Any:
+    """label-lesions against the hostile server; `--mode llm` so every document reaches it
+    (the hybrid default asks only about lesions the rules find ambiguous)."""
     args = ["label-lesions", str(src), "--out", str(out), "--backend", "openai", "--model", "m",
+            "--mode", "llm",
             "--base-url", server.url, "--api-key-env", "HOSTILE_KEY",  # type: ignore[attr-defined]
             "--engine-opt", "max_retries=1", "--engine-opt", "backoff_s=0.01", *extra]  # fmt: skip
     return runner.invoke(app, args)

@@ -255,7 +255,7 @@ def test_get_engine_errors():
 def test_cli_dry_run_calls_nothing(tmp_path):
     src = _write_inputs(tmp_path)
     r = runner.invoke(
-        app, ["label-lesions", str(src), "--out", str(tmp_path / "o"), "--backend", "llamacpp", "--model", "/nope.gguf",
+        app, ["label-lesions", str(src), "--out", str(tmp_path / "o"), "--backend", "llamacpp", "--model", "/nope.gguf", "--mode", "llm",
               "--id-column", "rid", "--text-column", "report", "--dry-run"],
     )  # fmt: skip
     assert r.exit_code == 0, r.output

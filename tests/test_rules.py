@@ -205,3 +205,28 @@ def test_label_rules_shard_limit_dry_run_and_errors(tmp_path):
         label_rules(src, out=tmp_path / "x", sections=["nonsense"])
     with pytest.raises(CxrctxError, match="not found"):
         label_rules(tmp_path / "missing.csv", out=tmp_path / "x")
+
+
+def test_cli_rules_backend_is_the_default_without_a_model(tmp_path):
+    from typer.testing import CliRunner
+
+    from cxrctx.cli import app
+
+    src = tmp_path / "docs.csv"
+    pl.DataFrame({"sid": ["1", "2"], "report": [REPORT, "No edema."]}).write_csv(src)
+    runner = CliRunner()
+    base = ["label-lesions", str(src), "--id-column", "sid", "--text-column", "report"]
+    for out, extra in ((tmp_path / "a", []), (tmp_path / "b", ["--backend", "rules"])):
+        r = runner.invoke(app, [*base, "--out", str(out), *extra])
+        assert r.exit_code == 0, r.output
+        m = json.loads((out / "manifest.json").read_text())
+        assert m["config"]["backend"] == "rules" and m["counts"]["labeled"] == 2
+        assert "(rules)" in r.output and "ambiguous" in r.output
+    labels = read_shards(tmp_path / "a" / "labels")
+    assert dict(labels.schema) == LABEL_FRAME_SCHEMA and labels.height == 28
+    r = runner.invoke(
+        app, [*base, "--out", str(tmp_path / "c"), "--backend", "rules", "--model", "m"]
+    )
+    assert r.exit_code == 2 and "takes no --model" in r.output
+    r = runner.invoke(app, [*base, "--out", str(tmp_path / "d"), "--dry-run"])
+    assert r.exit_code == 0 and '"lexicon_sha256"' in r.output and not (tmp_path / "d").exists()

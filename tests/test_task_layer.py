@@ -212,6 +212,8 @@ def test_model_commands_share_one_engine_vocabulary():
                     "--timeout", "--threads", "--allow-failures", "--allow-public-api"):  # fmt: skip
             assert opt in out, (cmd, opt)
         assert "llamacpp|openai|vllm" in out and "fake" not in out.split("--backend")[1][:80]
+        # label-lesions alone adds the model-free rules backend
+        assert ("rules|llamacpp" in out) is (cmd == "label-lesions")
     r = runner.invoke(app, ["generate", "run", "--out", "o", "--backend", "fake", "--model", "m"])
     assert r.exit_code == 2
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import time
 from pathlib import Path
@@ -25,12 +26,30 @@ from cxrctx.cli.engine import (
 from cxrctx.errors import CxrctxError
 
 
+class LabelBackend(str, enum.Enum):
+    """rules (no model) or one of the shared LLM backends."""
+
+    rules = "rules"
+    llamacpp = "llamacpp"
+    openai = "openai"
+    vllm = "vllm"
+
+
+class Mode(str, enum.Enum):
+    """cot / short: hybrid (rules first, the model for ambiguous lesions); llm: all candidates."""
+
+    cot = "cot"
+    short = "short"
+    llm = "llm"
+
+
 @app.command("label-lesions")
 def label_lesions_cmd(
     input_path: Path = typer.Argument(..., help="build-priors output dir, or a .parquet/.csv/.jsonl file"),
     out: Path = typer.Option(..., "--out", help="Output directory (labels/, documents/, failures/, cache/, manifest.json)."),
-    backend: Backend = typer.Option(Backend.llamacpp, "--backend", help="llamacpp (CPU, a .gguf path), openai (an OpenAI-compatible server at --base-url) or vllm (GPU, in process)."),
-    model: str = typer.Option(..., "--model", help="GGUF path (llamacpp), served model name (openai), model name or dir (vllm)."),
+    backend: LabelBackend = typer.Option(None, "--backend", show_default=False, help="rules (no model; the default without --model), llamacpp (CPU, a .gguf path; the default with --model), openai (an OpenAI-compatible server at --base-url) or vllm (GPU, in process)."),
+    model: str = typer.Option(None, "--model", help="GGUF path (llamacpp), served model name (openai), model name or dir (vllm). Without it the rules label everything."),
+    mode: Mode = typer.Option(Mode.cot, "--mode", help="With a model: cot (hybrid, short reasoning), short (hybrid, status/location only) or llm (the model labels every candidate)."),
     base_url: BaseUrlOpt = None,
     api_key_env: ApiKeyEnvOpt = "OPENAI_API_KEY",
     engine_opt: EngineOptOpt = None,
@@ -49,14 +68,19 @@ def label_lesions_cmd(
     seed: int = typer.Option(0, "--seed"),
     batch_size: int = typer.Option(None, "--batch-size", min=1, help="Documents per engine call / output batch (default per backend; openai: 32 x concurrency)."),
     no_prepass: bool = typer.Option(False, "--no-prepass", help="Ask the model about all 14 lesions for every report."),
-    prompt: str = typer.Option(None, "--prompt", help="Prompt version (e.g. 1) or a prompt JSON file."),
+    prompt: str = typer.Option(None, "--prompt", help="Prompt version (e.g. 1) or a prompt JSON file (hybrid modes: prompts/label_lesions/hybrid_vN.json)."),
 ) -> None:  # fmt: skip
-    """Label the 14 lesions (status, location, rationale) of each report with an LLM.
+    """Label the 14 lesions (status, location, rationale) of each report.
 
-    Exits 1 when any document failed (see OUT/failures/) unless --allow-failures.
+    Without --model the deterministic rules label everything (milliseconds per report).
+    With a model the default is hybrid: the rules first, the model only for the lesions
+    the rules mark ambiguous, shown their evidence sentences (--mode cot / short);
+    --mode llm asks the model about every candidate lesion. Exits 1 when any document
+    failed (see OUT/failures/) unless --allow-failures.
 
     \b
     Example:
+      cxrctx label-lesions out/priors --out out/labels-rules
       cxrctx label-lesions out/priors --out out/labels --model qwen2.5-1.5b-instruct-q4_k_m.gguf
       cxrctx label-lesions reports.csv --id-column uid --text-column report --out out/labels \\
           --backend openai --base-url http://127.0.0.1:8000/v1 --model local
@@ -65,9 +89,14 @@ def label_lesions_cmd(
     from cxrctx.llm import Sampling
 
     secs = [s.strip() for s in sections.split(",") if s.strip()]
+    if backend is LabelBackend.rules or (backend is None and not model):
+        if model:
+            raise fail(CxrctxError("--backend rules takes no --model"))
+        _run_rules(input_path, out, secs, id_column, text_column, shard, limit, dry_run)
+        return
     try:
         spec = engine_spec(
-            backend, model, base_url=base_url, api_key_env=api_key_env, engine_opt=engine_opt,
+            Backend((backend or LabelBackend.llamacpp).value), model, base_url=base_url, api_key_env=api_key_env, engine_opt=engine_opt,
             timeout=timeout, threads=threads, allow_public_api=allow_public_api,
         )  # fmt: skip
         assert spec is not None
@@ -87,6 +116,7 @@ def label_lesions_cmd(
                 text_column=text_column, shard=shard, limit=limit, dry_run=dry_run,
                 sampling=Sampling(temperature=temperature, max_tokens=max_tokens, seed=seed),
                 batch_size=batch_size, prepass=not no_prepass, prompt=prompt, progress=on_progress,
+                mode=mode.value,
             )  # fmt: skip
     except CxrctxError as e:
         raise fail(e) from None
@@ -94,6 +124,17 @@ def label_lesions_cmd(
         _print_dry_run(run.dry_run)
         return
     c = run.result.counts if run.result else {}
+    if mode is not Mode.llm:
+        console.print(
+            f"[bold]label-lesions[/] (hybrid, {mode.value}) → {run.out_dir}: {c.get('documents', 0)} documents, "
+            f"{c.get('labeled', 0)} labeled; label rows by rules {c.get('rules', 0)}, by the LLM {c.get('llm', 0)} "
+            f"({c.get('llm_changed', 0)} changed from the rule reading), not mentioned {c.get('not_mentioned', 0)}; "
+            f"{c.get('llm_called', 0)} documents asked ({c.get('cached', 0)} from cache), {c.get('failed', 0)} failed, "
+            f"{c.get('empty', 0)} empty; {c.get('engine_requests', 0)} engine requests in {run.seconds:.1f}s",
+            highlight=False,
+        )
+        exit_if_failed(c.get("failed", 0), allow_failures, f"{run.out_dir}/failures/")
+        return
     console.print(
         f"[bold]label-lesions[/] → {run.out_dir}: {c.get('documents', 0)} documents, {c.get('labeled', 0)} labeled "
         f"({c.get('llm_called', 0)} by the LLM, {c.get('cached', 0)} from cache, {c.get('no_candidate', 0)} with no "
@@ -117,3 +158,33 @@ def _print_dry_run(info: dict) -> None:
         )
     console.rule("answer schema (schemas/lesion_answer.schema.json)")
     console.print_json(json.dumps(info["schema"]))
+
+
+def _run_rules(
+    input_path: Path, out: Path, secs: list[str], id_column: str, text_column: str,
+    shard: str | None, limit: int | None, dry_run: bool,
+) -> None:  # fmt: skip
+    """`--backend rules`: label with the rules (no model), same output layout."""
+    from cxrctx.labeling import label_rules
+
+    try:
+        with progress_reporter("labeling (rules)", "docs", disable=dry_run) as report:
+            run = label_rules(
+                input_path, out=out, sections=secs, id_column=id_column, text_column=text_column,
+                shard=shard, limit=limit, dry_run=dry_run, progress=lambda i, n, _f: report(i, n, ""),
+            )  # fmt: skip
+    except CxrctxError as e:
+        raise fail(e) from None
+    if run.dry_run is not None:
+        console.print(f"[bold]dry run[/]: {run.dry_run['documents']} documents; nothing written")
+        if "reading" in run.dry_run:
+            console.print_json(json.dumps(run.dry_run["reading"]))
+        return
+    c = run.result.counts if run.result else {}
+    console.print(
+        f"[bold]label-lesions[/] (rules) → {run.out_dir}: {c.get('documents', 0)} documents, "
+        f"{c.get('labeled', 0)} labeled; label rows by rules {c.get('rules', 0)} ({c.get('ambiguous', 0)} "
+        f"ambiguous), not mentioned {c.get('not_mentioned', 0)}; {c.get('empty', 0)} empty, "
+        f"{c.get('duplicate_id', 0)} missing/duplicate ids in {run.seconds:.1f}s",
+        highlight=False,
+    )

@@ -1,7 +1,9 @@
-"""Lesion labeling: the versioned prompt, the label-lesions run, and eval-labels.
+"""Lesion labeling: the rules labeler, the hybrid and LLM paths, and eval-labels.
 
 Public API (stable): `label_documents`, `LabelResult`, `label_lesions`, `load_documents`,
-`load_prompt`, `evaluate_labels`, `EvalReport`, `load_gold`, `eval_labels`.
+`load_prompt`, `evaluate_labels`, `EvalReport`, `load_gold`, `eval_labels`; the rules
+(`read_report`, `label_documents_rules`, `label_rules`, `rules_labels`, `RulesReading`) and
+the hybrid labeler (`label_documents_hybrid`, `LabelMode`, `load_hybrid_prompt`).
 """
 
 from __future__ import annotations
@@ -13,9 +15,23 @@ from cxrctx.labeling.evaluate import (
     load_gold,
     load_labels,
 )
-from cxrctx.labeling.models import LabelAnswer, LesionAnswer, answer_schema
+from cxrctx.labeling.hybrid import (
+    HybridTask,
+    LabelMode,
+    label_documents_hybrid,
+    load_hybrid_prompt,
+)
+from cxrctx.labeling.models import (
+    LabelAnswer,
+    LesionAnswer,
+    LesionReading,
+    RulesReading,
+    answer_schema,
+)
 from cxrctx.labeling.prompt import LabelPrompt, load_prompt, schema_sha256
+from cxrctx.labeling.rules import label_documents_rules, label_rules, read_report, rules_labels
 from cxrctx.labeling.run import (
+    LABEL_FRAME_SCHEMA,
     LabelResult,
     LabelRun,
     label_documents,
@@ -24,20 +40,31 @@ from cxrctx.labeling.run import (
 )
 
 __all__ = [
+    "LABEL_FRAME_SCHEMA",
     "EvalReport",
+    "HybridTask",
     "LabelAnswer",
+    "LabelMode",
     "LabelPrompt",
     "LabelResult",
     "LabelRun",
     "LesionAnswer",
+    "LesionReading",
+    "RulesReading",
     "answer_schema",
     "eval_labels",
     "evaluate_labels",
     "label_documents",
+    "label_documents_hybrid",
+    "label_documents_rules",
     "label_lesions",
+    "label_rules",
     "load_documents",
     "load_gold",
+    "load_hybrid_prompt",
     "load_labels",
     "load_prompt",
+    "read_report",
+    "rules_labels",
     "schema_sha256",
 ]

@@ -237,6 +237,11 @@ class LabelRunConfig(_Strict):
     engine_options: dict[str, Any] = Field(default_factory=dict)
     lexicon_version: int | None = None
     lexicon_sha256: str | None = None
+    mode: str | None = Field(
+        None,
+        description="cot / short: hybrid (rules, the model for ambiguous lesions); llm: the "
+        "model for every candidate; null: the rules backend",
+    )
 
 
 class LesionScore(_Strict):

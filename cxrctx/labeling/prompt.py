@@ -1,18 +1,19 @@
 """The versioned lesion-labeling prompt (`prompts/label_lesions/vN.json`) and its pre-pass.
 
 The prompt file is data: instructions, the 14 lesions with typical positive / negative
-expressions, worked examples, and per-lesion lexicon patterns. The lexicon pre-pass is
-deliberately simple and transparent: a lesion is a *candidate* when one of its patterns
-occurs in the report; the model then decides status and location of every candidate.
-Reports with no candidate are all-negative without a model call.
+expressions and worked examples. The candidate pre-pass is the shared clinical lexicon
+(`cxrctx.vocab.mentioned_lesions`, the same vocabulary as the rules labeler): a lesion is
+a *candidate* when the report expresses it at all (affirmed, hedged or negated); the model
+then decides status and location of every candidate. Reports with no candidate are
+all-negative without a model call. (The per-lesion `patterns` of prompt v1 are kept in
+the file, whose sha256 the v1 rows record, but no longer read.)
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from cxrctx.errors import CxrctxError
 from cxrctx.labeling.models import answer_schema
 from cxrctx.llm.task import REPAIR_ECHO_CHARS, schema_sha256_of
 from cxrctx.resources import read_bytes
-from cxrctx.vocab import LESIONS
+from cxrctx.vocab import LESIONS, mentioned_lesions
 
 DEFAULT_VERSION = 1
 
@@ -43,7 +44,6 @@ class LabelPrompt:
     data: dict[str, Any]
     sha256: str
     path: str
-    _patterns: dict[str, list[re.Pattern[str]]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         lesions = self.data.get("lesions", {})
@@ -53,23 +53,14 @@ class LabelPrompt:
             raise CxrctxError(
                 f"{self.path}: lesions must be exactly the 14 CLALA-Net lesions (missing {missing}, unknown {extra})"
             )
-        for name in LESIONS:
-            try:
-                self._patterns[name] = [
-                    re.compile(p, re.IGNORECASE) for p in lesions[name]["patterns"]
-                ]
-            except (KeyError, re.error) as e:
-                raise CxrctxError(
-                    f"{self.path}: lesion {name!r}: bad or missing patterns ({e})"
-                ) from e
 
     @property
     def version(self) -> int:
         return int(self.data.get("version", 0))
 
     def candidates(self, text: str) -> list[str]:
-        """Lesions with at least one lexicon match in `text`, in the fixed lesion order."""
-        return [n for n in LESIONS if any(p.search(text) for p in self._patterns[n])]
+        """Lesions the shared lexicon finds expressed in `text`, in the fixed lesion order."""
+        return mentioned_lesions(text)
 
     @cached_property
     def system(self) -> str:

@@ -45,12 +45,14 @@ from cxrctx.labeling.run import (
     DEFAULT_SECTIONS,
     DOC_SCHEMA,
     FAIL_SCHEMA,
+    LABEL_FRAME_SCHEMA,
     LabelResult,
     LabelRun,
+    _open_sinks,
     load_documents,
     parse_shard,
     shard_slice,
-    write_outputs,
+    write_manifest_for,
 )
 from cxrctx.vocab import LESIONS, SECTIONS, MentionReading, lexicon, read_mentions
 
@@ -63,17 +65,9 @@ __all__ = [
     "rules_labels",
 ]
 
-EVIDENCE_DTYPE = pl.List(pl.Struct({"start": pl.Int64, "end": pl.Int64, "text": pl.String}))
-#: Column types of `labels/part-*.parquet` for rule and hybrid runs.
-LABEL_FRAME_SCHEMA: dict[str, Any] = {
-    "id": pl.String, "lesion": pl.String, "status": pl.String, "location": pl.String,
-    "rationale": pl.String, "source": pl.String, "llm_called": pl.Boolean,
-    "text_sha256": pl.String, "backend": pl.String, "model": pl.String,
-    "prompt_sha256": pl.String, "schema_sha256": pl.String, "sampling": pl.String,
-    "evidence": EVIDENCE_DTYPE, "clarity": pl.String,
-}  # fmt: skip
 NOT_MENTIONED = "not mentioned: the lexicon finds no expression of this lesion"
 PROGRESS_EVERY = 1000
+RULES_CHUNK = 20_000
 
 
 # ---------------------------------------------------------------------------- reading
@@ -198,10 +192,17 @@ def _doc_row(doc_id: str, sha: str, status: str, cands: list[str]) -> dict[str, 
 
 
 def label_documents_rules(
-    docs: pl.DataFrame, *, progress: Callable[[int, int, int], None] | None = None
+    docs: pl.DataFrame,
+    *,
+    progress: Callable[[int, int, int], None] | None = None,
+    seen_ids: set[str] | None = None,
+    seen_texts: set[str] | None = None,
 ) -> LabelResult:
     """Label every document of `docs` (columns id, text) with the rules; a LabelResult with
-    the same tables as `label_documents` (14 label rows per non-empty document)."""
+    the same tables as `label_documents` (14 label rows per non-empty document).
+
+    `seen_ids` / `seen_texts` carry the ids and text hashes of earlier slices of one run
+    (repeated ids across slices are failures; unique texts are counted once)."""
     if "id" not in docs.columns or "text" not in docs.columns:
         raise CxrctxError(f"documents need columns id and text (got {', '.join(docs.columns)})")
     prov = rules_provenance()
@@ -214,7 +215,7 @@ def label_documents_rules(
     cols: dict[str, list[Any]] = {c: [] for c in _VARYING}
     doc_rows: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
-    seen: set[str] = set()
+    seen: set[str] = set() if seen_ids is None else seen_ids
     memo: dict[str, tuple[list[tuple], list[str], int]] = {}
     total = len(ids)
     for i, (doc_id, raw) in enumerate(zip(ids, texts, strict=True)):
@@ -223,13 +224,15 @@ def label_documents_rules(
         if doc_id is None or doc_id in seen:
             counts["duplicate_id"] += 1
             reason = "duplicate id (first occurrence kept)"
-            failures.append({"id": doc_id or "", "reason": reason, "raw_text": None, "attempts": 0})
+            failures.append({"id": doc_id or "", "reason": reason, "raw_text": None, "attempts": 0,
+                             "transient": False})  # fmt: skip
             continue
         seen.add(doc_id)
         text = (raw or "").strip()
         if not text:
             counts["empty"] += 1
-            failures.append({"id": doc_id, "reason": "empty text", "raw_text": None, "attempts": 0})
+            failures.append({"id": doc_id, "reason": "empty text", "raw_text": None, "attempts": 0,
+                             "transient": False})  # fmt: skip
             doc_rows.append(_doc_row(doc_id, "", "empty", []))
             continue
         sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -248,14 +251,16 @@ def label_documents_rules(
         counts["ambiguous"] += n_amb
         doc_rows.append(_doc_row(doc_id, sha, "labeled", cands))
     counts["unique_texts"] = len(memo)
+    if seen_texts is not None:
+        seen_texts.update(memo)
     if progress:
         progress(total, total, 0)
     return LabelResult(
+        counts,
+        prov,
         labels=_label_frame(cols, prov),
         documents=pl.DataFrame(doc_rows, schema=cast(Any, DOC_SCHEMA)),
         failures=pl.DataFrame(failures, schema=FAIL_SCHEMA),
-        counts=counts,
-        provenance=prov,
     )
 
 
@@ -338,7 +343,6 @@ def label_rules(
         if first is not None:
             info["reading"] = read_report(first).model_dump(mode="json")
         return LabelRun(out_dir, None, None, dry_run=info, seconds=time.perf_counter() - t0)
-    result = label_documents_rules(docs, progress=progress)
     lex = lexicon()
     cfg = LabelRunConfig(
         backend="rules", model=None, prompt_version=lex.version, prompt_sha256=lex.sha256,
@@ -349,5 +353,36 @@ def label_rules(
         batch_size=PROGRESS_EVERY, prepass=False, lexicon_version=lex.version,
         lexicon_sha256=lex.sha256,
     )  # fmt: skip
-    manifest = write_outputs(out_dir, result, cfg, loaded.inputs, sh)
+    result, tables = _write_rules(docs, out_dir, sh, progress)
+    manifest = write_manifest_for(out_dir, result, cfg, loaded.inputs, tables, sh)
     return LabelRun(out_dir, result, manifest, seconds=time.perf_counter() - t0)
+
+
+def _write_rules(
+    docs: pl.DataFrame,
+    out: Path,
+    shard: tuple[int, int] | None,
+    progress: Callable[[int, int, int], None] | None,
+) -> tuple[LabelResult, dict[str, list[Any]]]:
+    """Label `docs` slice by slice into label-lesions' sinks (memory stays flat)."""
+    sinks = _open_sinks(out, shard)
+    counts: dict[str, int] = {}
+    ids: set[str] = set()
+    shas: set[str] = set()
+    try:
+        for start in range(0, docs.height, RULES_CHUNK):
+            step = (lambda i, n, f, s=start: progress(s + i, docs.height, f)) if progress else None
+            part = label_documents_rules(
+                docs.slice(start, RULES_CHUNK), progress=step, seen_ids=ids, seen_texts=shas
+            )
+            for name, sink in sinks.items():
+                sink.add(part.table(name).to_dicts())
+            for k, v in part.counts.items():
+                counts[k] = counts.get(k, 0) + v
+    except BaseException:
+        for s in sinks.values():
+            s.abort()
+        raise
+    tables = {name: s.close() for name, s in sinks.items()}
+    counts["unique_texts"] = len(shas)
+    return LabelResult(counts, rules_provenance(), out=out), tables

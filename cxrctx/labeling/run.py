@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -32,6 +32,9 @@ from cxrctx.llm.sink import MemorySink, ShardSink, Sink, remove_stale_tmp
 from cxrctx.llm.spec import EngineSpec, make_engine
 from cxrctx.models import LABEL_SCHEMA_VERSION, Manifest
 from cxrctx.vocab import LESIONS, SECTIONS
+
+if TYPE_CHECKING:
+    from cxrctx.labeling.hybrid import LabelMode
 
 DEFAULT_SECTIONS: tuple[str, ...] = ("findings", "impression")
 NOT_CANDIDATE = "not mentioned: no expression of this lesion in the report (lexicon pre-pass)"
@@ -50,7 +53,12 @@ DOC_SCHEMA = {
 }  # fmt: skip
 FAIL_SCHEMA = {"id": pl.String, "reason": pl.String, "raw_text": pl.String, "attempts": pl.Int64,
                "transient": pl.Boolean}  # fmt: skip
-LABEL_SCHEMA = {c: (pl.Boolean if c == "llm_called" else pl.String) for c in LABEL_COLUMNS}
+EVIDENCE_DTYPE = pl.List(pl.Struct({"start": pl.Int64, "end": pl.Int64, "text": pl.String}))
+#: Column types of `labels/part-*.parquet` (every backend and mode; LabelRow's fields).
+LABEL_FRAME_SCHEMA: dict[str, Any] = {
+    **{c: pl.String for c in LABEL_COLUMNS}, "llm_called": pl.Boolean, "evidence": EVIDENCE_DTYPE,
+}  # fmt: skip
+LABEL_SCHEMA = LABEL_FRAME_SCHEMA
 TABLES: dict[str, dict[str, Any]] = {
     "labels": LABEL_SCHEMA,
     "documents": DOC_SCHEMA,
@@ -140,7 +148,7 @@ def _label(item: LabelItem, lesion: str, ans: dict[str, str], source: str,
     return {
         "id": item.id, "lesion": lesion, "status": ans["status"], "location": ans["location"],
         "rationale": ans["reasoning"], "source": source, "llm_called": called,
-        "text_sha256": item.text_sha256, **prov,
+        "text_sha256": item.text_sha256, **prov, "evidence": [], "clarity": None,
     }  # fmt: skip
 
 
@@ -260,11 +268,8 @@ def label_documents(
     counts = {**rows.counts, "unique_texts": stats.unique_requests,
               "engine_requests": stats.requests, "repair_requests": stats.repairs,
               "prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens}  # fmt: skip
-    if sinks:
-        return LabelResult(counts, stats.provenance, stats)
-    f = {name: s.frame() for name, s in memory.items()}
-    return LabelResult(counts, stats.provenance, stats, labels=f["labels"],
-                       documents=f["documents"], failures=f["failures"])  # fmt: skip
+    frames = {} if sinks else {name: s.frame() for name, s in memory.items()}
+    return LabelResult(counts, stats.provenance, stats, **frames)
 
 
 def _provenance(task: LesionTask, engine: Engine, sampling: Sampling) -> dict[str, Any]:
@@ -446,19 +451,32 @@ def label_lesions(
     prompt: int | str | None = None,
     progress: Callable[[TaskProgress], None] | None = None,
     executor: Executor | None = None,
+    mode: str = "llm",
 ) -> LabelRun:
     """Label an input (build-priors dir or table file) into `out`; resumable via out/cache.
 
     `engine` is a built Engine or an EngineSpec (built here, after the input checks, and
-    closed at the end). Rows stream to out/labels, documents, failures per batch."""
+    closed at the end). Rows stream to out/labels, documents, failures per batch.
+    `mode`: "llm" asks the model about every candidate lesion; "cot" / "short" run the
+    hybrid labeler (`cxrctx.labeling.hybrid`: rules first, the model only for ambiguous
+    lesions; `prompt` is then a hybrid prompt version or file)."""
+    from cxrctx.labeling import hybrid
+
     t0 = time.perf_counter()
     sampling = sampling or Sampling()
-    lp = load_prompt(prompt)
+    hmode = hybrid.LabelMode(mode)
+    lp: Any = (
+        load_prompt(prompt) if hmode is hybrid.LabelMode.llm else hybrid.load_hybrid_prompt(prompt)
+    )
     sh = parse_shard(shard)
     loaded = _select_documents(input_path, list(sections), id_column, text_column, limit, sh)
     out_dir = Path(out)
     if dry_run:
-        info = _dry_run(loaded.docs, lp, prepass)
+        info = (
+            _dry_run(loaded.docs, lp, prepass)
+            if hmode is hybrid.LabelMode.llm
+            else hybrid.hybrid_dry_run(loaded.docs, lp, hmode)
+        )
         return LabelRun(out_dir, None, None, dry_run=info, seconds=time.perf_counter() - t0)
     check_writable(out_dir)
     spec = engine if isinstance(engine, EngineSpec) else None
@@ -468,7 +486,8 @@ def label_lesions(
         return _label_into(input_path, out_dir, eng, spec, loaded, lp, sh, sampling, t0,
                            batch_size=batch_size, prepass=prepass, progress=progress,
                            executor=executor, sections=sections, id_column=id_column,
-                           text_column=text_column, shard=shard, limit=limit)  # fmt: skip
+                           text_column=text_column, shard=shard, limit=limit,
+                           hmode=hmode)  # fmt: skip
     except OSError as e:
         raise CxrctxError(f"{out_dir}: cannot write the outputs ({e.strerror or e})") from e
     finally:
@@ -481,16 +500,20 @@ def _label_into(
     lp: LabelPrompt, sh: tuple[int, int] | None, sampling: Sampling, t0: float, *,
     batch_size: int | None, prepass: bool, progress: Callable[[TaskProgress], None] | None,
     executor: Executor | None, sections: Any, id_column: str, text_column: str,
-    shard: str | None, limit: int | None,
+    shard: str | None, limit: int | None, hmode: LabelMode,
 ) -> LabelRun:  # fmt: skip
     """Stream the labels into out_dir's tables, then write the manifest (last)."""
+    from cxrctx.labeling import hybrid
+
     sinks = _open_sinks(out_dir, sh)
     try:
         writer = f"shard-{sh[0]:05d}-of-{sh[1]:05d}" if sh else "main"
-        result = label_documents(
+        label = label_documents if hmode is hybrid.LabelMode.llm else hybrid.label_documents_hybrid
+        extra = {"prepass": prepass} if hmode is hybrid.LabelMode.llm else {"mode": hmode}
+        result = label(
             loaded.docs, eng, sampling=sampling, cache_dir=out_dir / "cache", prompt=lp,
-            batch_size=batch_size, prepass=prepass, progress=progress, cache_writer=writer,
-            executor=executor, sinks=dict(sinks),
+            batch_size=batch_size, progress=progress, cache_writer=writer,
+            executor=executor, sinks=dict(sinks), **extra,
         )  # fmt: skip
     except BaseException:
         for s in sinks.values():
@@ -500,11 +523,16 @@ def _label_into(
     result.out = out_dir
     cfg = _run_config(input_path, loaded, lp, sampling, result, spec, sections, id_column,
                       text_column, shard, limit, prepass)  # fmt: skip
+    cfg = (
+        cfg.model_copy(update={"mode": hmode.value})
+        if hmode is hybrid.LabelMode.llm
+        else hybrid.hybrid_config(cfg, hmode, result)
+    )
     manifest = write_manifest_for(out_dir, result, cfg, loaded.inputs, tables, sh)
     return LabelRun(out_dir, result, manifest, seconds=time.perf_counter() - t0)
 
 
-def _run_config(input_path: Any, loaded: LoadedInput, lp: LabelPrompt, sampling: Sampling,
+def _run_config(input_path: Any, loaded: LoadedInput, lp: Any, sampling: Sampling,
                 result: LabelResult, spec: EngineSpec | None, sections: Any, id_column: str,
                 text_column: str, shard: str | None, limit: int | None, prepass: bool) -> LabelRunConfig:  # fmt: skip
     prov = result.provenance
