@@ -270,7 +270,7 @@ class RayExecutor:
             ds = ray.data.from_items(rows, override_num_blocks=len(rows))
             ds = ds.map_batches(
                 _Solver, batch_size=None, batch_format="pyarrow",
-                concurrency=min(self.workers, len(rows)),
+                compute=ray.data.ActorPoolStrategy(size=min(self.workers, len(rows))),
                 fn_constructor_kwargs={"task_blob": cloudpickle.dumps(task),
                                        "factory_blob": cloudpickle.dumps(factory),
                                        "sampling": sampling, "expected": engine_identity(engine)},
