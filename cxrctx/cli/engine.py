@@ -122,7 +122,7 @@ class PlainProgress:
         self.every_s = every_s
         self.stream = stream or sys.stderr
         self.t0 = time.monotonic()
-        self.last = 0.0
+        self.last = float("-inf")  # the first call always prints
 
     def __call__(self, done: int, total: int | None, extra: str = "", final: bool = False) -> None:
         now = time.monotonic()

@@ -33,11 +33,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cxrctx.errors import CxrctxError
 from cxrctx.io import atomic_write_text, read_shards, shard_paths, write_parquet
+from cxrctx.reportgen.tasks import CRITERIA
 from cxrctx.vocab import LESIONS
 
 log = logging.getLogger(__name__)
 
-CRITERIA = ("clinical_accuracy", "findings_completeness", "linguistic_quality", "report_structure")
 _TOK = re.compile(r"[a-z0-9]+")
 
 
@@ -196,60 +196,15 @@ def keyword_labels(docs: pl.DataFrame) -> pl.DataFrame:
 # ----------------------------------------------------------------------------- judge
 
 
-def judge_requests(pairs: list[tuple[str, str, str]], prompt: dict[str, Any]):
-    from cxrctx.llm.base import ChatRequest
-
-    return [
-        ChatRequest(
-            messages=[
-                {"role": "system", "content": prompt["system"]},
-                {
-                    "role": "user",
-                    "content": prompt["user_template"].format(reference=ref, generated=gen),
-                },
-            ],
-            json_schema=prompt["schema"],
-            key=key,
-        )
-        for key, gen, ref in pairs
-    ]
-
-
-def parse_judgement(text: str) -> dict[str, int]:
-    from cxrctx.llm.jsonutil import extract_json
-
-    data = extract_json(text)
-    if not isinstance(data, dict):
-        raise ValueError("answer is not a JSON object")
-    out = {}
-    for c in CRITERIA:
-        v = data.get(c)
-        if isinstance(v, bool) or not isinstance(v, int | float) or int(v) != v or not 1 <= v <= 5:
-            raise ValueError(f"{c} must be an integer 1-5 (got {v!r})")
-        out[c] = int(v)
-    return out
-
-
 def run_judge(
-    engine: Any, pairs: list[tuple[str, str, str]], sampling: Any = None
+    engine: Any, pairs: list[tuple[str, str, str]], sampling: Any = None, cache_dir: Any = None
 ) -> tuple[JudgeScores, list[dict]]:
-    from cxrctx.llm.base import Sampling
-    from cxrctx.reportgen.generate import load_report_prompt
+    from cxrctx.reportgen.tasks import judge_reports
 
-    prompt = load_report_prompt("consistency_judge")
-    comps = engine.complete(
-        judge_requests(pairs, prompt), sampling or Sampling(temperature=0.0, max_tokens=256)
-    )
-    per: list[dict] = []
-    failures = 0
-    for (key, _, _), c in zip(pairs, comps, strict=True):
-        try:
-            if c.error:
-                raise ValueError(c.error)
-            per.append({"id": key, **parse_judgement(c.text)})
-        except ValueError as e:
-            failures += 1
-            log.debug("judge failed for %s: %s", key, e)
+    per, failed, prompt_sha = judge_reports(engine, pairs, sampling=sampling, cache_dir=cache_dir)
+    failures = len(failed)
+    for key, reason in failed:
+        log.debug("judge failed for %s: %s", key, reason)
     means = {c: (sum(p[c] for p in per) / len(per) if per else None) for c in CRITERIA}
     total = sum(means.values()) if per else None  # type: ignore[arg-type]
     return (
@@ -258,7 +213,7 @@ def run_judge(
             failures=failures,
             backend=str(getattr(engine, "backend", "?")),
             model=str(getattr(engine, "model", "?")),
-            prompt_sha256=prompt["sha256"],
+            prompt_sha256=prompt_sha,
             total=total,
             mean=total / 4 if total is not None else None,
             **means,
@@ -389,7 +344,7 @@ def evaluate(
     judge = None
     per_judge: list[dict] = []
     if judge_engine is not None:
-        judge, per_judge = run_judge(judge_engine, pairs)
+        judge, per_judge = run_judge(judge_engine, pairs, cache_dir=cache_dir)
         if judge.failures:
             notes.append(f"the judge's answer was unusable for {judge.failures} stud(ies)")
     report = EvaluationReport(

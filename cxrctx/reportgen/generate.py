@@ -20,7 +20,6 @@ paper localises ROIs at test time with YOLOv10, which is not reimplemented here.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -33,9 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cxrctx import __version__
 from cxrctx.errors import CxrctxError
-from cxrctx.io import sha256_bytes, write_manifest, write_parquet, write_shards
+from cxrctx.io import write_manifest, write_parquet, write_shards
 from cxrctx.models import Manifest
-from cxrctx.resources import read_bytes
 from cxrctx.vocab import LESIONS, ROIS
 
 log = logging.getLogger(__name__)
@@ -144,55 +142,6 @@ def merge_sentences(roi_texts: list[tuple[str, str]]) -> str:
         covered |= les
         keep.add(i)
     return " ".join(pos + [s for i, s in enumerate(neg) if i in keep])
-
-
-def load_report_prompt(name: str, version: int = 1) -> dict[str, Any]:
-    """A report-side prompt (aggregator, judge) as a dict with its file's sha256."""
-    raw = read_bytes("prompts", name, f"v{version}.json")
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise CxrctxError(f"prompts/{name}/v{version}.json: invalid JSON ({e})") from e
-    data["sha256"] = sha256_bytes(raw)
-    return data
-
-
-def aggregate_requests(rows: list[dict], prompt: dict[str, Any]):
-    from cxrctx.llm.base import ChatRequest
-
-    reqs = []
-    for r in rows:
-        regions = (
-            "\n".join(f"- {x['roi']}: {x['text']}" for x in r["roi_sentences"] if x["text"])
-            or "- (no region produced a statement)"
-        )
-        user = prompt["user_template"].format(
-            regions=regions, lesions=", ".join(r["predicted_lesions"]) or "none"
-        )
-        reqs.append(
-            ChatRequest(
-                messages=[
-                    {"role": "system", "content": prompt["system"]},
-                    {"role": "user", "content": user},
-                ],
-                json_schema=prompt["schema"],
-                key=str(r["study_id"]),
-            )
-        )
-    return reqs
-
-
-def parse_report(text: str) -> str:
-    from cxrctx.llm.jsonutil import extract_json
-
-    data = extract_json(text)
-    if (
-        not isinstance(data, dict)
-        or not isinstance(data.get("report"), str)
-        or not data["report"].strip()
-    ):
-        raise ValueError("answer has no non-empty 'report' string")
-    return " ".join(data["report"].split())
 
 
 GEN_SCHEMA = {
@@ -313,23 +262,12 @@ def generate(
     }
     prompt_sha = None
     if engine is not None and rows:
-        from cxrctx.llm.base import Sampling
+        from cxrctx.reportgen.tasks import aggregate_reports
 
-        prompt = load_report_prompt("aggregate_report")
-        prompt_sha = prompt["sha256"]
-        comps = engine.complete(
-            aggregate_requests(rows, prompt), sampling or Sampling(temperature=0.0, max_tokens=512)
+        failures, prompt_sha, _ = aggregate_reports(
+            rows, engine, sampling=sampling, cache_dir=Path(out) / "cache"
         )
-        name = f"llm:{getattr(engine, 'backend', '?')}/{getattr(engine, 'model', '?')}"
-        for r, c in zip(rows, comps, strict=True):
-            try:
-                if c.error:
-                    raise ValueError(c.error)
-                r["report"] = parse_report(c.text)
-                r["aggregator"] = name
-            except ValueError as e:
-                r["aggregator_error"] = str(e)[:200]
-                counts["aggregator_failures"] += 1
+        counts["aggregator_failures"] = failures
     out_dir = Path(out)
     df = pl.DataFrame(rows, schema=GEN_SCHEMA).sort("study_id")
     shards = write_shards(df, out_dir / "generated", rows_per_shard, relative_to=out_dir)
