@@ -92,9 +92,10 @@ def label_lesions_cmd(
         assert spec is not None
         if plan and (shard or dry_run):
             raise CxrctxError("--plan projects the whole input: drop --shard and --dry-run")
-        with executor_scope(executor, ray_address, workers) as ex, progress_reporter(
-            "labeling", "docs", disable=dry_run
-        ) as report:
+        with (
+            executor_scope(executor, ray_address, workers) as ex,
+            progress_reporter("labeling", "docs", disable=dry_run) as report,
+        ):
             t0 = time.perf_counter()
 
             def on_progress(p) -> None:

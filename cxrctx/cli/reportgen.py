@@ -15,10 +15,15 @@ from cxrctx.cli.engine import (
     BackendOpt,
     BaseUrlOpt,
     EngineOptOpt,
+    ExecutorKind,
+    ExecutorOpt,
     ModelOpt,
+    RayAddressOpt,
     ThreadsOpt,
     TimeoutOpt,
+    WorkersOpt,
     engine_spec,
+    executor_scope,
     exit_if_failed,
 )
 from cxrctx.errors import CxrctxError
@@ -54,6 +59,9 @@ def generate_cmd(
     threads: ThreadsOpt = None,
     allow_failures: AllowFailuresOpt = False,
     allow_public_api: AllowPublicApiOpt = False,
+    executor: ExecutorOpt = ExecutorKind.local,
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = 1,
 ) -> None:
     """ROI sentences from the trained model, merged into one report per study.
 
@@ -61,7 +69,7 @@ def generate_cmd(
     falls back to the deterministic merge and counts as a failure); without, the
     deterministic merge does.
     """
-    from cxrctx.llm.spec import make_engine
+    from cxrctx.llm.runner import driver_engine
     from cxrctx.reportgen.generate import generate
 
     try:
@@ -69,17 +77,19 @@ def generate_cmd(
             backend, model, base_url=base_url, api_key_env=api_key_env, engine_opt=engine_opt,
             timeout=timeout, threads=threads, allow_public_api=allow_public_api,
         )  # fmt: skip
-        engine = make_engine(spec) if spec is not None else None
-        res = generate(
-            run_dir,
-            out=out,
-            split=None if split == "all" else split,
-            records=records,
-            rois=rois,
-            images=images,
-            engine=engine,
-            limit=limit,
-        )
+        with executor_scope(executor, ray_address, workers) as ex:
+            engine = driver_engine(ex, spec) if spec is not None else None
+            res = generate(
+                run_dir,
+                out=out,
+                split=None if split == "all" else split,
+                records=records,
+                rois=rois,
+                images=images,
+                engine=engine,
+                limit=limit,
+                executor=ex,
+            )
     except CxrctxError as e:
         raise fail(e) from None
     c = res.counts
@@ -125,13 +135,16 @@ def evaluate_cmd(
     threads: ThreadsOpt = None,
     allow_failures: AllowFailuresOpt = False,
     allow_public_api: AllowPublicApiOpt = False,
+    executor: ExecutorOpt = ExecutorKind.local,
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = 1,
 ) -> None:
     """Lesion P/R/F1, ROUGE-L (METEOR when available offline) and the LLM consistency judge.
 
     Without --backend the lesion labels come from the keyword labeler and the judge is
     skipped; with it, the model labels both sides and/or judges (--llm-for).
     """
-    from cxrctx.llm.spec import make_engine
+    from cxrctx.llm.runner import driver_engine
     from cxrctx.reportgen.evaluate import evaluate, report_table
 
     try:
@@ -139,18 +152,20 @@ def evaluate_cmd(
             backend, model, base_url=base_url, api_key_env=api_key_env, engine_opt=engine_opt,
             timeout=timeout, threads=threads, allow_public_api=allow_public_api,
         )  # fmt: skip
-        engine = make_engine(spec) if spec is not None else None
-        lab = engine if llm_for in (LlmUse.both, LlmUse.labels) else None
-        judge = engine if llm_for in (LlmUse.both, LlmUse.judge) else None
-        rep = evaluate(
-            generated,
-            reference=reference,
-            reference_labels=reference_labels,
-            labeler_engine=lab,
-            judge_engine=judge,
-            sections=tuple(s.strip() for s in sections.split(",") if s.strip()),
-            out=out,
-        )
+        with executor_scope(executor, ray_address, workers) as ex:
+            engine = driver_engine(ex, spec) if spec is not None else None
+            lab = engine if llm_for in (LlmUse.both, LlmUse.labels) else None
+            judge = engine if llm_for in (LlmUse.both, LlmUse.judge) else None
+            rep = evaluate(
+                generated,
+                reference=reference,
+                reference_labels=reference_labels,
+                labeler_engine=lab,
+                judge_engine=judge,
+                sections=tuple(s.strip() for s in sections.split(",") if s.strip()),
+                out=out,
+                executor=ex,
+            )
     except CxrctxError as e:
         raise fail(e) from None
     console.print(report_table(rep))

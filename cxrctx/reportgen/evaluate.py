@@ -197,11 +197,17 @@ def keyword_labels(docs: pl.DataFrame) -> pl.DataFrame:
 
 
 def run_judge(
-    engine: Any, pairs: list[tuple[str, str, str]], sampling: Any = None, cache_dir: Any = None
+    engine: Any,
+    pairs: list[tuple[str, str, str]],
+    sampling: Any = None,
+    cache_dir: Any = None,
+    executor: Any = None,
 ) -> tuple[JudgeScores, list[dict]]:
     from cxrctx.reportgen.tasks import judge_reports
 
-    per, failed, prompt_sha = judge_reports(engine, pairs, sampling=sampling, cache_dir=cache_dir)
+    per, failed, prompt_sha = judge_reports(
+        engine, pairs, sampling=sampling, cache_dir=cache_dir, executor=executor
+    )
     failures = len(failed)
     for key, reason in failed:
         log.debug("judge failed for %s: %s", key, reason)
@@ -263,6 +269,7 @@ def evaluate(
     sections: tuple[str, ...] = ("findings", "impression"),
     out: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
+    executor: Any = None,
 ) -> EvaluationReport:
     """Score generated reports against reference records; writes OUT/evaluation.json (+ per-study table)."""
     from cxrctx.labeling import evaluate_labels, label_documents, load_labels
@@ -306,7 +313,9 @@ def evaluate(
         # an empty generated report asserts no lesion: all 14 negative, no LLM call
         pred = keyword_labels(empty)
         if nonempty.height:
-            gen_res = label_documents(nonempty, labeler_engine, cache_dir=cache_dir)
+            gen_res = label_documents(
+                nonempty, labeler_engine, cache_dir=cache_dir, executor=executor
+            )
             pred = pl.concat([gen_res.labels.select(pred.columns), pred])
             if gen_res.failures.height:
                 notes.append(
@@ -330,7 +339,7 @@ def evaluate(
             )
         ref_label_src = str(reference_labels)
     elif labeler_engine is not None:
-        ref_res = label_documents(ref_docs, labeler_engine, cache_dir=cache_dir)
+        ref_res = label_documents(ref_docs, labeler_engine, cache_dir=cache_dir, executor=executor)
         gold, ref_label_src = ref_res.labels, labeler
     else:
         gold, ref_label_src = keyword_labels(ref_docs), "keyword"
@@ -344,7 +353,7 @@ def evaluate(
     judge = None
     per_judge: list[dict] = []
     if judge_engine is not None:
-        judge, per_judge = run_judge(judge_engine, pairs, cache_dir=cache_dir)
+        judge, per_judge = run_judge(judge_engine, pairs, cache_dir=cache_dir, executor=executor)
         if judge.failures:
             notes.append(f"the judge's answer was unusable for {judge.failures} stud(ies)")
     report = EvaluationReport(

@@ -172,11 +172,13 @@ def generate(
     limit: int | None = None,
     rows_per_shard: int = 50_000,
     device: str | None = None,
+    executor: Any = None,
 ) -> GenerateResult:
     """Generate one report per study of `split` with the run's final model; see module doc.
 
     `records` / `rois` / `images` default to the paths the run was trained on.
-    `engine` is a `cxrctx.llm` Engine for the LLM aggregator (None = deterministic merge).
+    `engine` is a `cxrctx.llm` Engine for the LLM aggregator (None = deterministic merge);
+    `executor` runs its batches (None = in this process; a RayExecutor = on Ray actors).
     """
     import torch
 
@@ -265,7 +267,7 @@ def generate(
         from cxrctx.reportgen.tasks import aggregate_reports
 
         failures, prompt_sha, _ = aggregate_reports(
-            rows, engine, sampling=sampling, cache_dir=Path(out) / "cache"
+            rows, engine, sampling=sampling, cache_dir=Path(out) / "cache", executor=executor
         )
         counts["aggregator_failures"] = failures
     out_dir = Path(out)
