@@ -241,3 +241,14 @@ def test_work_round_trips_through_cloudpickle():
     w = Work("k", {"id": "x"}, ChatRequest([{"role": "user", "content": "x"}]))
     assert cloudpickle.loads(cloudpickle.dumps([w]))[0] == w
     assert json.loads(json.dumps(ChatRequest([]).messages)) == []
+
+
+@pytest.mark.slow
+def test_a_worker_engine_with_another_identity_fails_with_one_line(local_ray):
+    from cxrctx.errors import CxrctxError
+
+    docs = pl.DataFrame({"id": ["a"], "text": [TEXTS["s1"]]})
+    ex = RayExecutor(1, engine_factory=functools.partial(FakeEngine, "other-model"))
+    with pytest.raises(CxrctxError, match="the driver expected") as e:
+        label_documents(docs, engine(), executor=ex)
+    assert "\n" not in str(e.value)

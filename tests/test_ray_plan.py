@@ -101,3 +101,10 @@ def test_executor_options(tmp_path):
     assert r.exit_code != 0 and "--executor ray only" in r.output
     r = runner.invoke(app, ["label-lesions", "--help"])
     assert "local" in r.output and "ray" in r.output and "--ray-address" in r.output
+
+
+@pytest.mark.parametrize("command", ["generate", "evaluate"])
+def test_generate_and_evaluate_take_the_executor_options(command):
+    r = runner.invoke(app, [command, "--help"], terminal_width=200)
+    assert r.exit_code == 0
+    assert "--executor" in r.output and "--ray-address" in r.output and "--workers" in r.output

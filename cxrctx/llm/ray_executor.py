@@ -72,7 +72,7 @@ class SpecEngine:
                 raise CxrctxError("the openai backend needs an explicit --base-url")
             check_route(spec.base_url, spec.allow_public_api)
         self.spec = spec
-        self.backend = spec.backend
+        self.backend: str = spec.backend
         self.model = str(Path(spec.model)) if spec.backend == "llamacpp" else spec.model
         if spec.backend == "openai":
             self.base_url = spec.base_url
@@ -265,7 +265,10 @@ class RayExecutor:
         todo = [i for i, works in enumerate(window) if works]
         done: dict[int, list[Outcome]] = {i: [] for i, w in enumerate(window) if not w}
         if todo:
-            factory = self.engine_factory or functools.partial(_spec_factory, spec)
+            factory = self.engine_factory
+            if factory is None:
+                assert spec is not None
+                factory = functools.partial(_spec_factory, spec)
             rows = [{"b": i, "works": cloudpickle.dumps(window[i])} for i in todo]
             ds = ray.data.from_items(rows, override_num_blocks=len(rows))
             ds = ds.map_batches(
