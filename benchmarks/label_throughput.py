@@ -146,7 +146,9 @@ def cached_rerun(n: int) -> dict:
         }
 
 
-def ray_overhead(n: int, latency: float, batch_size: int, workers: tuple[int, ...] = (1, 2)) -> dict:
+def ray_overhead(
+    n: int, latency: float, batch_size: int, workers: tuple[int, ...] = (1, 2)
+) -> dict:
     """Local vs Ray executor, same engine (fixed latency per call) and documents, same run."""
     import functools
     import os
@@ -207,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ray-batch-size", type=int, default=4)
     args = ap.parse_args(argv)
     if args.ray:
-        print(json.dumps(ray_overhead(args.ray_docs, args.ray_latency, args.ray_batch_size), indent=2))
+        print(
+            json.dumps(ray_overhead(args.ray_docs, args.ray_latency, args.ray_batch_size), indent=2)
+        )
         return 0
     out = {}
     if not args.skip_overhead:

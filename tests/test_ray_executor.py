@@ -54,7 +54,9 @@ def answer(req: ChatRequest, kill_marker: str | None = None) -> Completion:
         time.sleep(60)  # dies here, mid-batch
     asked = " ".join(m["content"] for m in req.messages)
     text = "not json" if "enlarged" in asked else good_answer(req)
-    return Completion(text, "stop", prompt_tokens=len(user.split()), completion_tokens=len(text.split()))
+    return Completion(
+        text, "stop", prompt_tokens=len(user.split()), completion_tokens=len(text.split())
+    )
 
 
 def engine(kill_marker: str | None = None, latency_s: float = 0.0) -> FakeEngine:
@@ -163,7 +165,10 @@ def test_a_sigkilled_driver_resumes_from_the_cache(local_ray, tmp_path):
     src = corpus(tmp_path / "docs.parquet", copies=6)
     out = tmp_path / "ray"
     code = DRIVER.format(tests=str(ROOT / "tests"), src=str(src), out=str(out))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:

@@ -48,7 +48,9 @@ def test_plan_counts_each_unique_text_once_and_is_stable_when_cached(tmp_path):
 
     src = corpus(tmp_path / "docs.parquet")
     eng = FakeEngine("scripted", responder=fixed_tokens)
-    p = plan_label_lesions(src, tmp_path / "out", engine=eng, sample=12, throughput_tokens_per_s=1000)
+    p = plan_label_lesions(
+        src, tmp_path / "out", engine=eng, sample=12, throughput_tokens_per_s=1000
+    )
     # first 12 docs = TEXTS twice: s1/s3/s6 (s4 repeats s1) need the model, once per text
     assert p.sample_documents == 12 and p.total_documents == 24
     assert p.llm_documents == 3 and p.llm_calls == 3 and p.output_tokens == 3 * 40
