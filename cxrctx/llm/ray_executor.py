@@ -31,6 +31,7 @@ a Ray started here inherit this process's environment; on an existing cluster
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -66,7 +67,7 @@ class SpecEngine:
     secrets, without loading a model on the driver. It never completes anything."""
 
     def __init__(self, spec: EngineSpec):
-        spec.engine_options()  # option errors before any worker starts
+        _check_options(spec)  # option errors before any worker starts
         if spec.backend == "openai":
             if not spec.base_url:
                 raise CxrctxError("the openai backend needs an explicit --base-url")
@@ -91,6 +92,20 @@ class SpecEngine:
 
     def close(self) -> None:
         pass
+
+
+def _check_options(spec: EngineSpec) -> None:
+    """The option names `get_engine` would refuse, refused here (no backend library loaded)."""
+    from cxrctx.llm import _check
+
+    classes = {"llamacpp": ("cxrctx.llm.llamacpp", "LlamaCppEngine"),
+               "openai": ("cxrctx.llm.openai_compat", "OpenAIEngine"),
+               "vllm": ("cxrctx.llm.vllm_engine", "VllmEngine"),
+               "fake": ("cxrctx.llm.fake", "FakeEngine")}  # fmt: skip
+    module, name = classes[spec.backend]
+    allowed = getattr(importlib.import_module(module), name).OPTIONS
+    opts = {k: v for k, v in spec.engine_options().items() if v is not None}
+    _check(spec.backend, opts, allowed)
 
 
 def _spec_factory(spec: EngineSpec) -> Engine:
@@ -188,7 +203,8 @@ class RayExecutor:
         ray = _ray()
         if ray.is_initialized():
             return
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                                  "logging_level": logging.WARNING}  # fmt: skip
         if self.address:
             ray.init(address=self.address, **kwargs)
         else:
@@ -196,6 +212,7 @@ class RayExecutor:
             self._started = True
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # our progress is the runner's
 
     def close(self) -> None:
         """Shut down the Ray this executor started (a connected cluster stays up)."""
