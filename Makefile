@@ -26,8 +26,20 @@ $(VENV)/.test: $(VENV)/.core
 setup: $(VENV)/.core
 setup-test: $(VENV)/.test
 
+# The main job end to end on a synthetic MIMIC-CXR root, no model needed: records with
+# priors, lesion labels, a release (public + credentialed bundles), its validation and
+# its per-split table. DEMO_LABELS picks the labeller (the embedded default needs no model).
+DEMO ?= out/demo
+DEMO_LABELS ?= --backend fake --model fake
+CX ?= $(BIN)/cxrctx
 demo: setup
-	$(BIN)/cxrctx build-priors examples/mimic-mini --out out/demo --max-priors 3
+	$(CX) synth $(DEMO)/mimic --patients 60 --seed 0
+	$(CX) build-priors $(DEMO)/mimic --out $(DEMO)/records --max-priors 3 --workers 1
+	$(CX) label-lesions $(DEMO)/records --out $(DEMO)/labels $(DEMO_LABELS)
+	$(CX) release --records $(DEMO)/records --labels $(DEMO)/labels --out $(DEMO)/release \
+		--name cxrctx/demo --version 0.1.0 --format srrg --format maira2 --format jsonl --overwrite
+	$(CX) validate $(DEMO)/release
+	$(CX) info $(DEMO)/release
 
 test: setup-test
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -2,6 +2,12 @@
 
     nice python benchmarks/build_priors.py                     # 65,379 patients (~228k studies)
     python benchmarks/build_priors.py --patients 2000          # quick look
+    python benchmarks/build_priors.py --reference /tmp/old     # + byte-identity vs old code
+
+`--reference DIR` runs the `cxrctx` package found in DIR (e.g. `git archive REV cxrctx |
+tar -x -C DIR`) on the same root and compares the sha256 of every output file (but the
+manifest) with ours.
+`--baseline-path DIR` adds DIR to the baseline's import path (where pandas lives).
 
 The synthetic root (reports only, no DICOM) is generated once into the cache directory.
 Both pipelines run in fresh subprocesses, one after the other, in the same invocation;
@@ -123,7 +129,11 @@ def baseline(root: Path, out: Path, k: int = 3) -> int:
 
 
 def ours(root: Path, out: Path, workers: int) -> int:
+    import shutil
+
     from cxrctx.mimic import build_priors
+
+    shutil.rmtree(out, ignore_errors=True)
 
     return build_priors(root, out, workers=workers).counts["records"]
 
@@ -154,12 +164,15 @@ def _tree_rss(pid: int) -> int:
     return total
 
 
-def measure(cmd: list[str]) -> dict:
+def measure(cmd: list[str], path: Path | None = None) -> dict:
     import resource
 
+    env = dict(os.environ)
+    if path is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(path), env.get("PYTHONPATH")]))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     peak = 0
     stop = threading.Event()
 
@@ -189,6 +202,18 @@ def measure(cmd: list[str]) -> dict:
     }
 
 
+def _digests(out: Path) -> dict[str, str]:
+    """sha256 of every output file but the manifest (whose config may gain keys between
+    versions), by relative path."""
+    import hashlib
+
+    return {
+        str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.name != "manifest.json"
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--patients", type=int, default=65_379)
@@ -196,6 +221,8 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=HERE / "_work")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--reference", type=Path, help="directory holding a reference cxrctx package")
+    ap.add_argument("--baseline-path", type=Path, help="extra import path for the baseline")
     ap.add_argument("--child", choices=["ours", "baseline"], help=argparse.SUPPRESS)
     ap.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -209,10 +236,10 @@ def main() -> None:
 
     root = a.cache / f"synth-{a.patients}-s{a.seed}"
     if not (root / ".complete").exists():
-        from cxrctx.synth import generate
+        from cxrctx.synth import synthesize
 
         t0 = time.perf_counter()
-        generate(root, patients=a.patients, seed=a.seed, dicom=False)
+        synthesize(root, patients=a.patients, seed=a.seed, dicom=False)
         (root / ".complete").write_text("")
         print(f"generated {root} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     n_reports = sum(1 for _ in (root / "files").glob("p*/p*/s*.txt"))
@@ -224,9 +251,13 @@ def main() -> None:
         "cpus": os.cpu_count(),
     }
     res["ours"] = measure([*me, "--child", "ours", "--out", str(a.cache / "out-ours")])
+    if a.reference is not None:
+        ref_out = a.cache / "out-reference"
+        res["reference"] = measure([*me, "--child", "ours", "--out", str(ref_out)], a.reference)
+        res["identical_to_reference"] = _digests(a.cache / "out-ours") == _digests(ref_out)
     if not a.skip_baseline:
         res["baseline"] = measure(
-            [*me, "--child", "baseline", "--out", str(a.cache / "out-baseline")]
+            [*me, "--child", "baseline", "--out", str(a.cache / "out-baseline")], a.baseline_path
         )
         res["speedup"] = round(res["baseline"]["wall_s"] / res["ours"]["wall_s"], 2)
     print(json.dumps(res, indent=2))

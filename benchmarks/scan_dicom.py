@@ -29,9 +29,9 @@ def main() -> None:
     a = ap.parse_args()
     root = a.cache / f"synth-dicom-{a.patients}-s{a.seed}"
     if not (root / ".complete").exists():
-        from cxrctx.synth import generate
+        from cxrctx.synth import synthesize
 
-        generate(root, patients=a.patients, seed=a.seed, dicom=True)
+        synthesize(root, patients=a.patients, seed=a.seed, dicom=True)
         (root / ".complete").write_text("")
     t0 = time.perf_counter()
     rels = find_dicoms(root / "files")

@@ -1,4 +1,4 @@
-"""Time `cxrctx.synth.generate` at full MIMIC-CXR size, one worker process vs several.
+"""Time `cxrctx.synth.synthesize` at full MIMIC-CXR size, one worker process vs several.
 
     python benchmarks/synth_scale.py --patients 65379 --processes 1,2
 
@@ -20,9 +20,9 @@ from pathlib import Path
 
 CHILD = """
 import json, resource, sys, time
-from cxrctx.synth import generate
+from cxrctx.synth import synthesize
 t = time.perf_counter()
-s = generate(sys.argv[1], patients=int(sys.argv[2]), seed=int(sys.argv[3]), processes=int(sys.argv[4]))
+s = synthesize(sys.argv[1], patients=int(sys.argv[2]), seed=int(sys.argv[3]), processes=int(sys.argv[4]))
 rss = max(resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
 print(json.dumps({"seconds": time.perf_counter() - t, "studies": s.studies, "images": s.images,
                   "files": s.files_written, "rss_kib": rss}))

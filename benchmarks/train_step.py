@@ -3,7 +3,7 @@
 Usage (CPU; see BENCHMARKS.md for numbers):
     python benchmarks/train_step.py --patients 120 --steps 30 --paper-batch 1 --threads 2
 
-1. Builds a synthetic root (`cxrctx.synth.generate --images --imagenome`), records and ROIs.
+1. Builds a synthetic root (`cxrctx.synth.synthesize(images=True, imagenome=True)`), records and ROIs.
 2. Loader: items/s of the ROI dataset decoding + cropping every image (no cache, the
    baseline) vs reading the `.npz` crop cache, at the tiny preset's sizes and at 224 px.
 3. Tiny preset: optimizer steps/s over real batches (forward, all four losses, backward).
@@ -31,11 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 def build_data(work: Path, patients: int, size: int) -> dict[str, Path]:
     from cxrctx.imagenome import build_rois
     from cxrctx.mimic.build import build_priors
-    from cxrctx.synth import generate
+    from cxrctx.synth import synthesize
 
     if not (work / "rois" / "manifest.json").exists():
         shutil.rmtree(work, ignore_errors=True)
-        generate(
+        synthesize(
             work / "root",
             patients=patients,
             seed=0,

@@ -91,6 +91,12 @@ class Record(_Strict):
     addendum: str | None = Field(
         None, description="Addendum text (kept apart from the body sections)"
     )
+    last_paragraph: str | None = Field(
+        None,
+        description="Only when the report has neither findings nor impression: the free text "
+        "at the end of the body (the paragraphs after the first paragraph of its last section, "
+        "or the whole body when it has no header); the fallback target of the MIT-LCP sectioner",
+    )
     priors: list[PriorStudy] = Field(
         description="The K most recent earlier studies, most recent first"
     )
@@ -150,6 +156,10 @@ class Manifest(_Strict):
     shards: list[ShardInfo] = Field(default_factory=list)
     tables: list[ShardInfo] = Field(
         default_factory=list, description="Side tables such as rejects or failures"
+    )
+    files: list[InputFile] = Field(
+        default_factory=list,
+        description="Outputs that are not tables (checkpoints, report JSON), relative paths",
     )
     counts: dict[str, int] = Field(default_factory=dict)
     extra: dict[str, Any] = Field(default_factory=dict)

@@ -20,13 +20,13 @@ from cxrctx.imagenome import build_rois
 from cxrctx.mimic import build_priors
 from cxrctx.reportgen.evaluate import evaluate
 from cxrctx.reportgen.generate import generate
-from cxrctx.synth import generate as synth
+from cxrctx.synth import synthesize
 from cxrctx.train import make_config, train
 
 
 def main(out: Path, patients: int, epochs: int | None = None) -> dict:
     root = out / "mimic"
-    synth(
+    synthesize(
         root,
         patients=patients,
         seed=0,

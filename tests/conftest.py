@@ -10,18 +10,18 @@ import pytest
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """~40 patients (seed 7) with reports, CSVs, truth, tiny DICOMs and mimic-cxr-reports.zip."""
-    from cxrctx.synth import generate
+    from cxrctx.synth import synthesize
 
     root = tmp_path_factory.mktemp("synth") / "mimic"
-    generate(root, patients=40, seed=7, dicom=True, zip_reports=True)
+    synthesize(root, patients=40, seed=7, dicom=True, zip_reports=True)
     return root
 
 
 @pytest.fixture(scope="session")
 def synth_root_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """~8 patients (seed 11), reports + CSVs + truth only."""
-    from cxrctx.synth import generate
+    from cxrctx.synth import synthesize
 
     root = tmp_path_factory.mktemp("synth_small") / "mimic"
-    generate(root, patients=8, seed=11)
+    synthesize(root, patients=8, seed=11)
     return root

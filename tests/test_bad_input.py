@@ -252,3 +252,231 @@ def test_failed_rerun_leaves_previous_output_intact(tmp_path):
     after = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert before == after
     assert not [p for p in out.rglob("*.tmp")]
+
+
+# --- hardening: hostile or broken inputs --------------------------------------------------
+
+
+def test_bad_dicom_id_is_a_reject_and_never_a_path(tmp_path):
+    root = _good(tmp_path, gz=False)
+    _rewrite_meta(
+        root, lambda ls: [ls[0], "../../../etc/passwd" + ls[1][ls[1].index(",") :], *ls[2:]]
+    )
+    res = build_priors(root, tmp_path / "out", workers=1)
+    rej = _rejects(tmp_path / "out")
+    assert rej.rows() == [
+        (50000001, f"{META} line 2: dicom_id '../../../etc/passwd'", "bad_dicom_id")
+    ]
+    assert res.counts["images_rejected"] == 1 and res.counts["records"] == 2
+    rec = read_shards(tmp_path / "out" / "records")
+    paths = [i["path"] for imgs in rec["images"].to_list() for i in imgs]
+    assert len(paths) == 3 and not any(".." in p for p in paths)
+
+
+def _zip_with_patched_entry(tmp_path, patch):
+    """A reports zip whose second entry's central-directory record is edited by `patch`."""
+    root = write_root(
+        tmp_path / "root",
+        [study(10000001, 50000001), study(10000001, 50000002, date="21500105")],
+        zip_reports=True,
+    )
+    p = root / "mimic-cxr-reports.zip"
+    data = bytearray(p.read_bytes())
+    name = b"files/p10/p10000001/s50000002.txt"
+    i = data.index(b"PK\x01\x02")
+    while data[i + 46 : i + 46 + len(name)] != name:
+        i = data.index(b"PK\x01\x02", i + 4)
+    patch(data, i)
+    p.write_bytes(bytes(data))
+    return root
+
+
+def _set_u16(data, at, value):
+    data[at : at + 2] = value.to_bytes(2, "little")
+
+
+@pytest.mark.parametrize(
+    ("patch", "detail"),
+    [
+        (lambda d, i: _set_u16(d, i + 8, 0x1), "encrypted"),
+        (lambda d, i: _set_u16(d, i + 10, 9), "compression method 9"),
+        (lambda d, i: d.__setitem__(slice(i + 16, i + 20), b"\0\0\0\0"), "corrupt"),
+    ],
+    ids=["encrypted", "deflate64", "bad-crc"],
+)
+def test_zip_entry_problems_are_rejects(tmp_path, patch, detail):
+    root = _zip_with_patched_entry(tmp_path, patch)
+    res = build_priors(root, tmp_path / "out", workers=1)
+    rej = _rejects(tmp_path / "out")
+    assert rej["reason"].to_list() == ["unreadable_report"]
+    assert rej["study_id"].to_list() == [50000002]
+    assert detail in rej["source"][0], rej["source"][0]
+    assert res.counts["records"] == 1
+
+
+@pytest.mark.parametrize(
+    ("bad", "needle"),
+    [(b"\xff", "not UTF-8"), (b"\x01", "control character 0x01")],
+    ids=["non-utf8", "control"],
+)
+def test_csv_bad_bytes_name_the_line(tmp_path, bad, needle):
+    root = _good(tmp_path, gz=False)
+    p = root / META
+    lines = p.read_bytes().split(b"\n")
+    lines[2] = lines[2].replace(b"Erect", b"Er" + bad + b"ect")
+    p.write_bytes(b"\n".join(lines))
+    _cli_fails(["build-priors", str(root), "--out", str(tmp_path / "out")], META, "line 3", needle)
+
+
+def test_unicode_digits_in_study_time_are_a_reject(tmp_path):
+    root = write_root(
+        tmp_path / "root", [study(10000001, 50000001, time="\u0660\u0668\u0660\u0665")]
+    )
+    build_priors(root, tmp_path / "out", workers=1)
+    assert _rejects(tmp_path / "out").rows() == [(50000001, f"{META}.gz line 2", "bad_study_time")]
+
+
+def test_quoted_newline_in_csv_is_accepted(tmp_path):
+    root = _good(tmp_path, gz=False)
+    _rewrite_meta(root, lambda ls: [ls[0], ls[1].replace(",Erect", ',"Erect\nstanding"'), *ls[2:]])
+    _rewrite_meta(root, lambda ls: [*ls[:4], ls[4].replace("21500105", "21501399")])
+    res = build_priors(root, tmp_path / "out", workers=1)
+    assert res.counts["records"] == 1
+    # line numbers stay physical lines: the bad date is on line 5 (line 2 spans two lines)
+    assert _rejects(tmp_path / "out").rows() == [(50000002, f"{META} line 5", "bad_study_date")]
+
+
+def test_unbalanced_quote_names_the_line(tmp_path):
+    root = _good(tmp_path, gz=False)
+    _rewrite_meta(root, lambda ls: [ls[0], ls[1], ls[2].replace(",Erect", ',"Erect'), *ls[3:]])
+    _cli_fails(["build-priors", str(root), "--out", str(tmp_path / "out")], META, "line 3", "quote")
+
+
+@pytest.mark.parametrize("zip_reports", [False, True], ids=["file", "zip-entry"])
+def test_report_over_the_size_cap_is_a_reject(tmp_path, zip_reports):
+    big = REPORT + " more text\n" * 50
+    root = write_root(
+        tmp_path / "root",
+        [study(10000001, 50000001), study(10000001, 50000002, date="21500105", report=big)],
+        zip_reports=zip_reports,
+    )
+    build_priors(root, tmp_path / "out", workers=1, max_report_bytes=len(REPORT) + 10)
+    rej = _rejects(tmp_path / "out")
+    assert rej["reason"].to_list() == ["report_too_large"]
+    assert f"larger than {len(REPORT) + 10:,} bytes" in rej["source"][0]
+    res = runner.invoke(
+        app, ["build-priors", str(root), "--out", str(tmp_path / "o2"), "--max-report-bytes", "100"]
+    )
+    assert res.exit_code == 0 and "report_too_large" in res.output
+
+
+def _alarm(seconds):
+    import signal
+
+    def boom(*_):
+        raise TimeoutError("build-priors hung")
+
+    signal.signal(signal.SIGALRM, boom)
+    signal.alarm(seconds)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "outside-root", "inside-root"])
+def test_reports_must_be_regular_files_inside_the_root(tmp_path, kind):
+    import os
+    import signal
+
+    root = write_root(
+        tmp_path / "root",
+        [study(10000001, 50000001), study(10000001, 50000002, date="21500105")],
+    )
+    p = root / "files/p10/p10000001/s50000002.txt"
+    p.unlink()
+    if kind == "fifo":
+        os.mkfifo(p)
+    elif kind == "dev-zero":
+        p.symlink_to("/dev/zero")
+    elif kind == "outside-root":
+        (tmp_path / "elsewhere.txt").write_text(REPORT)
+        p.symlink_to(tmp_path / "elsewhere.txt")
+    else:
+        (root / "files" / "kept.txt").write_text(REPORT)
+        p.symlink_to(root / "files" / "kept.txt")
+    _alarm(60)
+    try:
+        res = build_priors(root, tmp_path / "out", workers=1)
+    finally:
+        signal.alarm(0)
+    rej = _rejects(tmp_path / "out")
+    if kind == "inside-root":
+        assert rej.height == 0 and res.counts["records"] == 2
+        return
+    reason = {"fifo": "not a regular file", "dev-zero": "outside the root"}.get(kind, "outside")
+    assert rej["reason"].to_list() == ["unreadable_report"]
+    assert reason in rej["source"][0], rej["source"][0]
+
+
+def test_files_without_reports_and_no_zip_is_fatal(tmp_path):
+    root = write_root(tmp_path / "root", [study(10000001, 50000001, report=None)])
+    (root / "files/p10/p10000001/s50000001").mkdir(parents=True)  # images only, like -JPG
+    out = tmp_path / "out"
+    _cli_fails(
+        ["build-priors", str(root), "--out", str(out)],
+        "no reports found",
+        str(root / "files"),
+        "mimic-cxr-reports.zip",
+        "MIMIC-CXR",
+        "PhysioNet",
+        "MIMIC-CXR-JPG",
+    )
+    assert not out.exists()
+
+
+def test_relative_reports_zip_is_resolved_against_the_root(tmp_path, monkeypatch):
+    root = write_root(tmp_path / "root", [study(10000001, 50000001)], zip_reports=True)
+    (root / "mimic-cxr-reports.zip").rename(root / "reports-v2.zip")
+    (root / "files").mkdir()
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(
+        app, ["build-priors", str(root), "--out", "out", "--reports-zip", "reports-v2.zip"]
+    )
+    assert res.exit_code == 0, res.output
+    assert (
+        read_manifest(tmp_path / "out" / "manifest.json").config["reports_zip"] == "reports-v2.zip"
+    )
+    # not under the root: the working directory is the next place looked in
+    (root / "reports-v2.zip").rename(tmp_path / "cwd.zip")
+    res = runner.invoke(app, ["build-priors", str(root), "--out", "o2", "--reports-zip", "cwd.zip"])
+    assert res.exit_code == 0, res.output
+
+
+def test_out_that_is_a_file_fails_before_any_work(tmp_path):
+    root = _good(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    _cli_fails(
+        ["build-priors", str(root), "--out", str(tmp_path / "afile")], "afile", "not a directory"
+    )
+    _cli_fails(
+        ["build-priors", str(root), "--out", str(tmp_path / "afile" / "sub")], "not a directory"
+    )
+
+
+def test_write_failure_is_one_line_and_stale_temp_files_go(tmp_path, monkeypatch):
+    import errno
+
+    from cxrctx.mimic import build as B
+
+    root = _good(tmp_path)
+    out = tmp_path / "out"
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(B, "write_parquet", full)
+    _cli_fails(["build-priors", str(root), "--out", str(out)], str(out), "No space left on device")
+    # a killed writer of this run left a temp part behind; the re-run removes it
+    (out / "records").mkdir(parents=True, exist_ok=True)
+    stale = out / "records" / ".part-00000.parquet.abc123.tmp"
+    stale.write_bytes(b"half a shard")
+    _cli_fails(["build-priors", str(root), "--out", str(out)], str(out), "No space left on device")
+    assert not stale.exists()
+    assert not (out / "manifest.json").exists()

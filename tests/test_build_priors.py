@@ -10,6 +10,7 @@ from mimic_tiny import REPORT, study, write_root
 from typer.testing import CliRunner
 
 from cxrctx.cli import app
+from cxrctx.errors import CxrctxError
 from cxrctx.io import read_manifest, read_shards, sha256_file
 from cxrctx.mimic import build_priors
 from cxrctx.mimic.schema import RECORD_SCHEMA, REJECT_SCHEMA
@@ -112,8 +113,19 @@ def test_two_runs_identical_bytes(tmp_path):
 def test_rerun_with_fewer_shards_removes_stale(tmp_path):
     root = _tiny(tmp_path)
     build_priors(root, tmp_path / "o", rows_per_shard=1, workers=1)
-    build_priors(root, tmp_path / "o", rows_per_shard=100, workers=1)
+    build_priors(root, tmp_path / "o", rows_per_shard=100, workers=1, overwrite=True)
     assert [p.name for p in (tmp_path / "o" / "records").iterdir()] == ["part-00000.parquet"]
+
+
+def test_other_run_in_out_is_refused_without_overwrite(tmp_path):
+    """One output policy: a different configuration never silently replaces a finished run."""
+    root = _tiny(tmp_path)
+    build_priors(root, tmp_path / "o", rows_per_shard=1, workers=1)
+    before = sorted(p.name for p in (tmp_path / "o" / "records").iterdir())
+    with pytest.raises(CxrctxError, match="--overwrite"):
+        build_priors(root, tmp_path / "o", rows_per_shard=100, workers=1)
+    assert sorted(p.name for p in (tmp_path / "o" / "records").iterdir()) == before
+    build_priors(root, tmp_path / "o", rows_per_shard=1, workers=1)  # same run: re-runs
 
 
 def test_zip_reports_match_files(tmp_path):
@@ -141,7 +153,7 @@ def test_reports_zip_option_wins_over_files(tmp_path):
 
 
 def test_parallel_matches_serial(tmp_path, monkeypatch):
-    from cxrctx.mimic import build as B
+    from cxrctx.mimic import reader as B
 
     root = _tiny(tmp_path)
     a = build_priors(root, tmp_path / "a", workers=1)
@@ -190,9 +202,28 @@ def test_cli_build_priors_summary(tmp_path):
     assert bad.exit_code != 0 and "--format" in bad.output
 
 
+def test_progress_callback_and_plain_progress_lines(tmp_path):
+    """The library reports progress through the callback; off a terminal the CLI prints
+    plain lines (the bar lives in the CLI only)."""
+    root = _tiny(tmp_path)
+    events: list[tuple[str, int, int]] = []
+    build_priors(root, tmp_path / "a", workers=1, progress=lambda *e: events.append(e))
+    reports = [e for e in events if e[0] == "reports"]
+    assert reports[0] == ("reports", 0, 5) and reports[-1] == ("reports", 5, 5)
+    res = runner.invoke(app, ["build-priors", str(root), "--out", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    assert "build-priors: reports 5/5 (100%)" in res.output
+
+
+def test_cli_help_lists_formats_and_example():
+    res = runner.invoke(app, ["build-priors", "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0
+    assert "parquet|jsonl" in res.output and "Example:" in res.output
+
+
 def test_empty_output_has_schema(tmp_path):
-    root = write_root(tmp_path / "root", [study(10000001, 50000001, report=None)])
-    (root / "files").mkdir()
+    # every report rejected (a root without any report is a fatal error instead)
+    root = write_root(tmp_path / "root", [study(10000001, 50000001, report="  \n")])
     res = build_priors(root, tmp_path / "o", workers=1)
     assert res.counts["records"] == 0
     df = pl.read_parquet(tmp_path / "o" / "records" / "part-00000.parquet")
@@ -219,10 +250,10 @@ def synth(request, tmp_path_factory):
     try:
         return request.getfixturevalue("synth_root")
     except pytest.FixtureLookupError:  # pragma: no cover - conftest not there yet
-        from cxrctx.synth import generate
+        from cxrctx.synth import synthesize
 
         root = tmp_path_factory.mktemp("synth") / "root"
-        generate(root, patients=40, seed=7, dicom=True, zip_reports=True)
+        synthesize(root, patients=40, seed=7, dicom=True, zip_reports=True)
         return root
 
 
@@ -291,3 +322,18 @@ def test_synth_scan_dicom_equals_csv(synth, synth_build, tmp_path):
     res = build_priors(synth, tmp_path / "scan", scan_dicom=True, workers=2)
     assert res.counts["images_rejected"] == 0
     assert read_shards(tmp_path / "scan" / "records").equals(rec)
+
+
+def test_last_paragraph_column_and_flag(tmp_path):
+    text = " FINAL REPORT\n INDICATION:  cough\n \n Lungs are clear.  No effusion.\n"
+    root = write_root(
+        tmp_path / "root",
+        [study(10000001, 50000001), study(10000002, 50000002, report=text)],
+    )
+    build_priors(root, tmp_path / "o", workers=1)
+    df = read_shards(tmp_path / "o" / "records").sort("study_id")
+    assert df["last_paragraph"].to_list() == [None, "Lungs are clear. No effusion."]
+    assert ["only_last_paragraph" in f for f in df["flags"].to_list()] == [False, True]
+    assert (
+        read_manifest(tmp_path / "o" / "manifest.json").extra["flags"]["only_last_paragraph"] == 1
+    )

@@ -1,4 +1,8 @@
-"""generate (ROI sentences → merge / LLM aggregator) and evaluate (lesion P/R/F1, ROUGE-L, judge)."""
+"""generate (ROI sentences → merge / LLM aggregator) and evaluate (lesion P/R/F1, ROUGE-L, judge).
+
+The pure tests run everywhere; the end-to-end ones train a tiny model and need torch + timm
+(marker `train`; the `run` fixture skips them, with the reason, where torch is missing).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,8 @@ import pytest
 
 from cxrctx.errors import CxrctxError
 from cxrctx.llm.task import AnswerError
-from cxrctx.reportgen.evaluate import keyword_labels, rouge_l
-from cxrctx.reportgen.generate import merge_sentences
+from cxrctx.reportgen.evaluate import keyword_labels
+from cxrctx.reportgen.merge import merge_sentences
 from cxrctx.reportgen.tasks import AggregatorTask, JudgeTask
 
 
@@ -34,14 +38,6 @@ def test_merge_prefers_positive_and_dedupes():
         ("c", "No edema."),
     ]
     assert merge_sentences(redundant) == "No evidence of effusion or pneumothorax. No edema."
-
-
-def test_rouge_l():
-    assert rouge_l("the heart is normal", "The heart is normal.") == pytest.approx(1.0)
-    assert rouge_l("effusion", "no pneumothorax") == 0.0
-    # LCS 3 of 4 vs 5 tokens: P=.75 R=.6, beta 1.2
-    p, r, b = 0.75, 0.6, 1.2
-    assert rouge_l("a b c d", "a x b c y") == pytest.approx((1 + b * b) * p * r / (r + b * b * p))
 
 
 def test_keyword_labeler_negation_and_location():
@@ -81,12 +77,12 @@ def test_parse_llm_answers():
 
 # ----------------------------------------------------------------------------- end to end
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("timm")
-
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> dict[str, Path]:
+    """A tiny model trained on 24 synthetic patients (needs torch + timm)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("timm")
     from trainer_fixtures import make_root
 
     from cxrctx.train.config import make_config
@@ -95,7 +91,7 @@ def run(tmp_path_factory) -> dict[str, Path]:
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("gen")
     d = make_root(tmp, patients=24, size=64, seed=7)
-    cfg = make_config("tiny", epochs_stage1=3, epochs_stage2=1, batch_size=8)
+    cfg = make_config("tiny", epochs_stage1=10, epochs_stage2=2, batch_size=8)
     train(
         cfg,
         records=d["records"],
@@ -114,7 +110,8 @@ def test_generate_and_evaluate_end_to_end(run, tmp_path):
     from cxrctx.reportgen.generate import generate
 
     res = generate(run["run"], out=tmp_path / "gen", split="validate")
-    assert res.rows > 0 and res.counts["generated"] == res.rows
+    assert res.rows > 0
+    assert res.counts["generated"] + res.counts["empty_reports"] == res.rows
     df = pl.read_parquet(tmp_path / "gen" / "generated" / "part-00000.parquet")
     assert df["aggregator"].unique().to_list() == ["merge"]
     assert all(len(x) == 11 for x in df["roi_sentences"].to_list())
@@ -133,11 +130,24 @@ def test_generate_and_evaluate_end_to_end(run, tmp_path):
     )
     assert rep.n_pairs + rep.n_missing_reference == res.rows
     assert rep.labeler == "keyword" and rep.lesion is not None
-    assert 0.0 <= rep.rouge_l <= 1.0
-    assert any("METEOR" in n for n in rep.notes) or rep.meteor is not None
+    # ROUGE-L is the mean of rouge-score's F1 over the pairs, recomputed here from the files
+    from cxrctx.io import read_shards
+    from cxrctx.reportgen.metrics import rouge_l
+
+    recs = read_shards(run["records"] / "records").select("study_id", "findings", "impression")
+    per = pl.read_parquet(tmp_path / "ev" / "per_study.parquet")
+    assert per.height == rep.n_pairs
+    scored = df.join(per, on="study_id")
+    assert rep.n_empty_generated == scored.filter(pl.col("report") == "").height
+    check = per.join(df.select("study_id", "report"), on="study_id").join(recs, on="study_id")
+    for r in check.iter_rows(named=True):
+        ref = " ".join(x for x in (r["findings"] or "", r["impression"] or "") if x).strip()
+        assert r["rouge_l"] == pytest.approx(rouge_l(r["report"], ref)), r["study_id"]
+    assert rep.rouge_l == pytest.approx(per["rouge_l"].mean())
+    assert rep.classifier_auc is not None and rep.classifier_auc["n"] == rep.n_pairs
+    assert rep.temporal_hallucination is not None
     data = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
     assert data["reference_sections"] == ["findings", "impression"] and data["judge"] is None
-    assert pl.read_parquet(tmp_path / "ev" / "per_study.parquet").height == rep.n_pairs
 
 
 @pytest.mark.train
@@ -151,7 +161,11 @@ def test_llm_aggregator_and_judge_with_fake_engine(run, tmp_path):
     def agg(req):
         calls["n"] += 1
         assert "Regional statements" in req.messages[1]["content"]
-        return "not json" if calls["n"] == 1 else json.dumps({"report": "Left pleural effusion."})
+        return (
+            "not json"
+            if calls["n"] == 1
+            else json.dumps({"report": "There is a left pleural effusion."})
+        )
 
     res = generate(
         run["run"],
@@ -160,18 +174,13 @@ def test_llm_aggregator_and_judge_with_fake_engine(run, tmp_path):
         engine=get_engine("fake", "agg", responder=agg),
     )
     df = pl.read_parquet(tmp_path / "gen" / "generated" / "part-00000.parquet")
-    silent = df.filter(
-        pl.col("roi_sentences").list.eval(pl.element().struct.field("text") != "").list.any().not_()
-    )
-    assert res.counts["aggregator_failures"] == silent.height  # nothing to aggregate: not asked
-    assert df.filter(pl.col("aggregator") == "llm:fake/agg").height == res.rows - silent.height
-    assert calls["n"] == 0 or calls["n"] >= 2  # a bad first answer gets its repair request
-    # half the studies say something, half are empty: an empty report is not judged
-    shard = tmp_path / "gen" / "generated" / "part-00000.parquet"
-    said = pl.col("i") % 2 == 0
-    pl.read_parquet(shard).with_row_index("i").with_columns(
-        pl.when(said).then(pl.lit("Left pleural effusion.")).otherwise(pl.lit("")).alias("report")
-    ).drop("i").write_parquet(shard)
+    n_llm = res.counts["generated"]  # empty reports never reach the aggregator
+    assert n_llm >= 2, "the fixture's model should write some reports"
+    # the unusable first answer is repaired once (one more request); identical requests are
+    # asked once, so there are at most n_llm + 1 calls and no failure
+    assert 2 <= calls["n"] <= n_llm + 1 and res.counts["aggregator_failures"] == 0
+    assert df.filter(pl.col("aggregator") == "llm:fake/agg").height == n_llm
+    assert df.filter(pl.col("aggregator_error").is_not_null()).height == 0
 
     def judge(req):
         assert "REFERENCE REPORT" in req.messages[1]["content"]
@@ -190,8 +199,8 @@ def test_llm_aggregator_and_judge_with_fake_engine(run, tmp_path):
         reference=run["records"],
         judge_engine=get_engine("fake", "judge", responder=judge),
     )
-    assert rep.judge is not None and rep.judge.n + rep.judge.failures == rep.n_pairs
-    assert abs(rep.judge.n - rep.judge.failures) <= 1 and rep.judge.failures >= 1
+    assert rep.judge is not None and rep.judge.failures == 0
+    assert rep.judge.n + rep.judge.empty == rep.n_pairs
     assert rep.judge.total == pytest.approx(14.0) and rep.judge.mean == pytest.approx(3.5)
     assert rep.reference_labels == "keyword"
 
@@ -203,7 +212,8 @@ def test_cli_generate_evaluate_and_bad_input(run, tmp_path):
     from cxrctx.cli import app
 
     r = CliRunner().invoke(
-        app, ["generate", str(run["run"]), "--out", str(tmp_path / "g"), "--split", "validate"]
+        app,
+        ["generate", str(run["run"]), "--out", str(tmp_path / "g"), "--allow-failures"],
     )
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(
@@ -221,18 +231,6 @@ def test_cli_generate_evaluate_and_bad_input(run, tmp_path):
     assert "ROUGE-L" in r.output and (tmp_path / "e" / "evaluation.json").exists()
     r = CliRunner().invoke(app, ["generate", str(tmp_path / "nope"), "--out", str(tmp_path / "g2")])
     assert r.exit_code == 2 and "final checkpoint" in r.output
-    r = CliRunner().invoke(
-        app,
-        [
-            "evaluate",
-            str(tmp_path / "g"),
-            "--reference",
-            str(run["records"]),
-            "--sections",
-            "history",
-        ],
-    )
-    assert r.exit_code == 2 and "findings or impression" in r.output
     with pytest.raises(CxrctxError, match="no images with ROIs"):
         from cxrctx.reportgen.generate import generate
 
@@ -278,7 +276,8 @@ def test_evaluate_with_an_llm_labeler(run, tmp_path):
     )
     assert rep.labeler == "llm:fake/lab" and rep.reference_labels == "llm:fake/lab"
     assert rep.lesion is not None and rep.lesion["n_docs"] == rep.n_pairs
-    assert any("empty and count as all-negative" in n for n in rep.notes)
+    assert rep.n_empty_generated > 0 and abs(rep.n_empty_generated - rep.n_pairs / 2) <= 1
+    assert any("empty: counted as failures" in n for n in rep.notes)
     eff = next(x for x in rep.lesion["lesions"] if x["lesion"] == "pleural effusion")
     n_said = eff["tp"] + eff["fp"]  # every non-empty report names an effusion
     assert abs(n_said - rep.n_pairs / 2) <= 1

@@ -63,7 +63,7 @@ def test_wrapped_answer_is_unwrapped():
         ),
         (json.dumps({"edema": {**E, "location": "upper"}}), "stop", "(got 'upper')"),
         (json.dumps({"edema": E, "lung cancer": E}), "stop", "unknown lesion"),
-        (json.dumps({"edema": E}), "stop", "mass: missing"),
+        (json.dumps({"edema": E}), "stop", "missing candidate lesion(s): mass"),
         (
             '{"edema": {"reasoning": "x", "status": "positive", "location": "left"}, "edema": {}}',
             "stop",

@@ -91,7 +91,11 @@ def test_wrong_enum_and_missing_lesion_fail_with_reason():
         scripted(bad_enum, "{}"),
     )
     r = res.failures["reason"][0]
-    assert "cardiomegaly: missing" in r and "(got 'maybe')" in r and "after repair" in r
+    assert (
+        "missing candidate lesion(s): cardiomegaly" in r
+        and "(got 'maybe')" in r
+        and "after repair" in r
+    )
 
 
 def test_engine_error_is_a_transient_failure_row_not_cached(tmp_path):
@@ -392,3 +396,29 @@ def test_eval_against_synthetic_truth_with_locations(synth_root_small, tmp_path)
     r = runner.invoke(app, [*args, "--json", str(js)])
     assert r.exit_code == 0, r.output
     assert json.loads(js.read_text())["location_accuracy"] == 1.0
+
+
+def test_out_that_cannot_hold_outputs_fails_first_with_one_line(tmp_path, monkeypatch):
+    src = _write_inputs(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    eng = scripted()
+    with pytest.raises(CxrctxError, match="exists and is not a directory"):
+        label_lesions(src, tmp_path / "afile", engine=eng, id_column="rid", text_column="report")
+    assert eng.calls == 0
+
+    def full(self, rows):  # a disk that fills up during the run
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("cxrctx.llm.sink.ShardSink.add", full)
+    with pytest.raises(CxrctxError, match=r"cannot write the outputs \(No space left on device"):
+        label_lesions(src, tmp_path / "o", engine=scripted(), id_column="rid", text_column="report")
+    assert not list((tmp_path / "o").rglob("*.tmp"))
+
+
+def test_stale_temporary_parts_of_a_killed_run_are_removed(tmp_path):
+    src = _write_inputs(tmp_path)
+    stale = tmp_path / "o" / "labels" / ".part-00000.parquet.999.tmp"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half a parquet file")
+    label_lesions(src, tmp_path / "o", engine=scripted(), id_column="rid", text_column="report")
+    assert not stale.exists() and (tmp_path / "o" / "labels" / "part-00000.parquet").exists()

@@ -221,3 +221,14 @@ def test_openai_needs_an_explicit_base_url(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-would-be-sent")
     with pytest.raises(CxrctxError, match="explicit base_url"):
         get_engine("openai", "gpt")
+
+
+def test_engine_opt_reaches_vllm_as_json(monkeypatch):
+    """`--engine-opt enable_prefix_caching=false` is the boolean false, not the string."""
+    from cxrctx.llm.spec import EngineSpec, make_engine, parse_engine_opts
+
+    seen = _fake_vllm(monkeypatch)
+    opts = parse_engine_opts(["enable_prefix_caching=false", "max_model_len=2048"])
+    make_engine(EngineSpec(backend="vllm", model="m", options=opts))
+    assert seen["engine_args"]["enable_prefix_caching"] is False
+    assert seen["engine_args"]["max_model_len"] == 2048

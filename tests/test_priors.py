@@ -9,7 +9,9 @@ import pytest
 from mimic_tiny import study, write_root
 
 from cxrctx.io import read_shards
-from cxrctx.mimic.build import _parse_datetimes, build_priors, join_priors
+from cxrctx.mimic.build import build_priors
+from cxrctx.mimic.images import _parse_datetimes
+from cxrctx.mimic.priors import join_priors
 
 
 def _timeline(rows):

@@ -104,10 +104,10 @@ def test_lesion_rois_map():
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> dict[str, Path]:
     from cxrctx.mimic.build import build_priors
-    from cxrctx.synth import generate
+    from cxrctx.synth import synthesize
 
     tmp = tmp_path_factory.mktemp("rois")
-    generate(
+    synthesize(
         tmp / "root",
         patients=12,
         seed=9,

@@ -206,3 +206,44 @@ def test_one_paragraph_sections_end_at_blank_line():
     assert s.technique is None  # header directly followed by a blank line: empty
     assert s.comparison == "___"  # content may start on the next line
     assert s.findings is None and s.impression is None
+
+
+LAST_PARAGRAPH = """                                 FINAL REPORT
+ EXAMINATION:  CHEST (PORTABLE AP)
+
+ INDICATION:  ___ year old man with cough  // ?pneumonia
+
+ COMPARISON:  ___
+
+ Portable AP chest radiograph demonstrates no focal consolidation.
+ No pneumothorax.
+
+ Heart size is normal.
+"""
+
+
+def test_last_paragraph_when_neither_findings_nor_impression():
+    s = parse_report(LAST_PARAGRAPH)
+    assert s.findings is None and s.impression is None
+    assert s.comparison == "___"  # the section's first paragraph stays with its header
+    assert s.last_paragraph == (
+        "Portable AP chest radiograph demonstrates no focal consolidation. No pneumothorax. "
+        "Heart size is normal."
+    )
+
+
+def test_last_paragraph_whole_body_without_headers():
+    s = parse_report("            FINAL REPORT\n Lungs are clear.\n No effusion.\n")
+    assert s.last_paragraph == "Lungs are clear. No effusion."
+    assert s.examination is None and s.indication is None
+
+
+def test_last_paragraph_none_when_findings_or_impression_exist():
+    assert parse_report(BASIC).last_paragraph is None
+    s = parse_report(LAST_PARAGRAPH.replace(" COMPARISON:  ___", " IMPRESSION:  ___"))
+    assert s.impression is not None and s.last_paragraph is None
+
+
+def test_last_paragraph_none_when_last_section_has_one_paragraph():
+    s = parse_report(" FINAL REPORT\n INDICATION:  cough\n\n COMPARISON:  none\n")
+    assert s.comparison == "none" and s.last_paragraph is None

@@ -29,8 +29,8 @@ from cxrctx.synth import (
     REPORTS_ZIP,
     SPLIT_CSV,
     TruthStudy,
-    generate,
     study_time_text,
+    synthesize,
     write_dicom,
 )
 from cxrctx.synth.dicom import dicom_dataset
@@ -147,7 +147,7 @@ def test_split_is_patient_disjoint(synth_root: Path, meta):
 
 
 @pytest.mark.parametrize("name", [CHEXPERT_CSV, NEGBIO_CSV])
-def test_label_csvs(synth_root: Path, truth, name):
+def test_label_csvs_consistent_with_truth(synth_root: Path, truth, name):
     header, rows = read_csv_gz(synth_root / name)
     assert header == ["subject_id", "study_id", *CHEXPERT_LABELS]
     assert len(rows) == truth.height
@@ -171,7 +171,7 @@ def test_negbio_differs_from_chexpert(synth_root: Path):
     assert a != b
 
 
-def test_report_layout(synth_root: Path):
+def test_report_layout_consistent_with_header_vocabulary(synth_root: Path):
     reports = sorted((synth_root / "files").rglob("*.txt"))
     headers: set[str] = set()
     for path in reports:
@@ -255,7 +255,7 @@ def test_truth_relations_follow_design_rules(truth, meta):
         assert row["same_time_ambiguous"] == (same > 0)
 
 
-def test_temporal_reference_truth_is_exact(truth):
+def test_temporal_flag_consistent_with_generator_regex(truth):
     for row in truth.iter_rows(named=True):
         said = " ".join(x for x in (row["findings"], row["impression"]) if x)
         assert bool(TEMPORAL_RE.search(said)) == row["has_temporal_reference"], row["report_path"]
@@ -273,7 +273,7 @@ def test_truth_studies_columns(truth):
     TruthStudy.model_validate(truth.row(0, named=True))
 
 
-def test_truth_labels(synth_root: Path, truth):
+def test_truth_labels_consistent_with_reports(synth_root: Path, truth):
     labels = pl.read_parquet(synth_root / "truth" / "labels")
     assert labels.columns == ["id", "lesion", "status", "location", "rationale"]
     assert labels.height == 14 * truth.height
@@ -440,9 +440,9 @@ def test_small_fixture_has_all_splits(synth_root_small: Path):
 
 
 def test_deterministic_and_seed_sensitive(tmp_path: Path):
-    a = generate(tmp_path / "a", patients=6, seed=5, dicom=True, zip_reports=True)
-    generate(tmp_path / "b", patients=6, seed=5, dicom=True, zip_reports=True)
-    generate(tmp_path / "c", patients=6, seed=6, dicom=True, zip_reports=True)
+    a = synthesize(tmp_path / "a", patients=6, seed=5, dicom=True, zip_reports=True)
+    synthesize(tmp_path / "b", patients=6, seed=5, dicom=True, zip_reports=True)
+    synthesize(tmp_path / "c", patients=6, seed=6, dicom=True, zip_reports=True)
     ta, tb, tc = tree_bytes(tmp_path / "a"), tree_bytes(tmp_path / "b"), tree_bytes(tmp_path / "c")
     assert ta == tb
     assert ta[METADATA_CSV] != tc[METADATA_CSV]
@@ -453,15 +453,15 @@ def test_parallel_chunks_give_same_bytes(tmp_path: Path, monkeypatch):
     import cxrctx.synth as synth
 
     monkeypatch.setattr(synth, "CHUNK_PATIENTS", 4)
-    generate(tmp_path / "one", patients=12, seed=2, processes=1, zip_reports=True)
-    generate(tmp_path / "two", patients=12, seed=2, processes=2, zip_reports=True)
+    synthesize(tmp_path / "one", patients=12, seed=2, processes=1, zip_reports=True)
+    synthesize(tmp_path / "two", patients=12, seed=2, processes=2, zip_reports=True)
     assert tree_bytes(tmp_path / "one") == tree_bytes(tmp_path / "two")
 
 
 @pytest.mark.skipif(not EXAMPLE.is_dir(), reason="examples/mimic-mini not generated")
 def test_example_is_current(tmp_path: Path):
     """examples/mimic-mini is exactly `cxrctx synth examples/mimic-mini --patients 25 --seed 1`."""
-    generate(tmp_path / "mini", patients=25, seed=1)
+    synthesize(tmp_path / "mini", patients=25, seed=1)
     fresh, committed = tree_bytes(tmp_path / "mini"), tree_bytes(EXAMPLE)
     assert sorted(fresh) == sorted(committed)
     for name, data in fresh.items():
@@ -479,8 +479,8 @@ def test_example_is_current(tmp_path: Path):
 
 def test_rerun_replaces_previous_output(tmp_path: Path):
     out = tmp_path / "root"
-    generate(out, patients=10, seed=1, zip_reports=True)
-    generate(out, patients=3, seed=1)
+    synthesize(out, patients=10, seed=1, zip_reports=True)
+    synthesize(out, patients=3, seed=1)
     t = pl.read_parquet(out / "truth" / "studies.parquet")
     assert len(list((out / "files").rglob("*.txt"))) == t.height
     assert not (out / REPORTS_ZIP).exists()
@@ -488,21 +488,21 @@ def test_rerun_replaces_previous_output(tmp_path: Path):
 
 def test_bad_arguments(tmp_path: Path):
     with pytest.raises(CxrctxError, match="patients"):
-        generate(tmp_path / "x", patients=0)
+        synthesize(tmp_path / "x", patients=0)
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "mine.txt").write_text("keep me")
     with pytest.raises(CxrctxError, match="not empty"):
-        generate(tmp_path / "busy", patients=2)
+        synthesize(tmp_path / "busy", patients=2)
     assert (tmp_path / "busy" / "mine.txt").read_text() == "keep me"
     with pytest.raises(CxrctxError, match="image_format"):
-        generate(tmp_path / "y", patients=2, image_format="png")
+        synthesize(tmp_path / "y", patients=2, image_format="png")
 
 
 def test_images_flag_without_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     # an install without the image renderer: importing it fails
     monkeypatch.setitem(sys.modules, "cxrctx.synth.images", None)
     with pytest.raises(CxrctxError, match="not available"):
-        generate(tmp_path / "z", patients=2, images=True)
+        synthesize(tmp_path / "z", patients=2, images=True)
 
 
 def test_cli(tmp_path: Path):
@@ -527,3 +527,47 @@ def test_csv_readable_by_polars_as_strings(synth_root: Path):
     df = pl.read_csv(io.StringIO(raw), infer_schema=False)
     assert df.columns == list(METADATA_COLUMNS)
     assert df["StudyTime"].null_count() > 0
+
+
+def test_cli_out_option_help_and_bad_format(tmp_path: Path):
+    runner = CliRunner()
+    ok = runner.invoke(app, ["synth", "--out", str(tmp_path / "o"), "--patients", "2"])
+    assert ok.exit_code == 0, ok.output
+    assert (tmp_path / "o" / METADATA_CSV).is_file()
+    both = runner.invoke(app, ["synth", str(tmp_path / "p"), "--out", str(tmp_path / "q")])
+    assert both.exit_code != 0 and "OUT_DIR or --out" in both.output
+    neither = runner.invoke(app, ["synth"])
+    assert neither.exit_code != 0 and "OUT_DIR or --out" in neither.output
+    bad = runner.invoke(app, ["synth", str(tmp_path / "r"), "--image-format", "png"])
+    assert bad.exit_code != 0 and not (tmp_path / "r").exists()
+    helptext = runner.invoke(app, ["synth", "--help"], terminal_width=200).output
+    assert "dicom" in helptext and "jpg" in helptext and "both" in helptext
+    assert "Example:" in helptext and "cxrctx synth out/mimic" in helptext
+
+
+def test_progress_reports_every_chunk(tmp_path: Path, monkeypatch):
+    import cxrctx.synth as synth
+
+    monkeypatch.setattr(synth, "CHUNK_PATIENTS", 2)
+    calls: list[tuple[str, int, int]] = []
+    s = synthesize(
+        tmp_path / "p", patients=5, seed=1, images=True, image_size=16, image_format="jpg",
+        progress=lambda *a: calls.append(a),
+    )  # fmt: skip
+    assert [c for c in calls if c[0] == "reports"] == [("reports", i, 3) for i in (1, 2, 3)]
+    images = [c for c in calls if c[0] == "images"]
+    assert images == [("images", i, s.images) for i in range(1, s.images + 1)]
+    assert calls[-1] == ("done", 1, 1)
+
+
+def test_synth_imports_no_other_stage():
+    """The generator takes its vocabulary from cxrctx.vocab, never from another stage."""
+    import subprocess
+
+    code = (
+        "import sys, cxrctx.synth, cxrctx.synth.images\n"
+        "stages = ('mimic', 'labeling', 'imagenome', 'train', 'reportgen', 'llm')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[:2] in [['cxrctx', s] for s in stages]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -8,7 +8,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from cxrctx.synth.images import _rng, render, sentence_rois
+from cxrctx.synth.images import EXTRA_REGIONS, _rng, render, sentence_rois
+from cxrctx.vocab import ROIS
 
 
 def _mean(img: np.ndarray, box) -> float:
@@ -74,9 +75,9 @@ def test_generator_writes_images_and_scene_graphs(tmp_path):
     pydicom = pytest.importorskip("pydicom")
     from PIL import Image
 
-    from cxrctx.synth import generate
+    from cxrctx.synth import synthesize
 
-    s = generate(
+    s = synthesize(
         tmp_path / "r",
         patients=10,
         seed=2,
@@ -109,10 +110,26 @@ def test_generator_writes_images_and_scene_graphs(tmp_path):
             / f"{row['dicom_id']}_SceneGraph.json"
         ).read_text()
     )
-    names = {o["bbox_name"] for o in sg["objects"]}
-    assert {"cardiac silhouette", "left costophrenic angle", "trachea"} <= names or c[
-        "scene_graph_defects"
+    assert {o["bbox_name"] for o in sg["objects"]} <= {*ROIS, *EXTRA_REGIONS}
+    # every 40th frontal image from the 7th (in dicom_id order) gets one defect, cycling
+    # missing ROI, zero-area box, box outside the image, box to clip; the others are complete
+    graphs = sorted(
+        (tmp_path / "r" / "imagenome" / "silver_dataset" / "scene_graph").glob("*.json")
+    )
+    n = len(graphs)
+    assert n == c["scene_graphs"] >= 7
+    defective = [k for k in range(1, n + 1) if k % 40 == 7]
+    assert c["scene_graph_defects"] == len(defective)
+    missing = [k for k in defective if (k // 40) % 4 == 0]
+    incomplete = [
+        k
+        for k, g in enumerate(graphs, 1)
+        if {o["bbox_name"] for o in json.loads(g.read_text())["objects"]} != {*ROIS, *EXTRA_REGIONS}
     ]
+    assert incomplete == missing
+    report = " ".join((tmp_path / "r" / f"{rel.rsplit('/', 1)[0]}.txt").read_text().split())
+    phrases = [ph for a in sg["attributes"] for ph in a["phrases"]]
+    assert all(ph in report for ph in phrases)
     for o in sg["objects"]:
         assert {"original_x1", "original_y1", "original_x2", "original_y2"} <= o.keys()
     assert all(
@@ -122,10 +139,10 @@ def test_generator_writes_images_and_scene_graphs(tmp_path):
 
 
 def test_images_are_deterministic(tmp_path):
-    from cxrctx.synth import generate
+    from cxrctx.synth import synthesize
 
     for name in ("a", "b"):
-        generate(
+        synthesize(
             tmp_path / name,
             patients=3,
             seed=4,
@@ -150,10 +167,12 @@ def test_rendered_dicom_headers_equal_the_metadata_csv(tmp_path):
 
     import pydicom
 
-    from cxrctx.synth import generate
+    from cxrctx.synth import synthesize
 
     root = tmp_path / "root"
-    generate(root, patients=5, seed=3, dicom=True, images=True, image_size=64, image_format="both")
+    synthesize(
+        root, patients=5, seed=3, dicom=True, images=True, image_size=64, image_format="both"
+    )
     with gzip.open(root / "mimic-cxr-2.0.0-metadata.csv.gz", "rt") as f:
         rows = list(csv.DictReader(f))
     assert rows
@@ -165,3 +184,23 @@ def test_rendered_dicom_headers_equal_the_metadata_csv(tmp_path):
         assert (int(ds.Rows), int(ds.Columns)) == want
         assert ds.pixel_array.shape == want
         assert max(want) == 64
+
+
+def test_imagenome_without_images_writes_scene_graphs_only(tmp_path):
+    """Scene graphs alone: no pictures, and the boxes equal those of a run with pictures."""
+    from cxrctx.synth import synthesize
+
+    only = synthesize(tmp_path / "g", patients=4, seed=6, imagenome=True, image_size=32)
+    both = synthesize(
+        tmp_path / "p", patients=4, seed=6, images=True, imagenome=True, image_size=32,
+        image_format="jpg",
+    )  # fmt: skip
+    assert only.image_files["images_dicom"] == only.image_files["images_jpg"] == 0
+    assert not list((tmp_path / "g" / "files").rglob("*.dcm"))
+    assert not list((tmp_path / "g" / "files").rglob("*.jpg"))
+    graphs = sorted((tmp_path / "g" / "imagenome").rglob("*.json"))
+    assert graphs and len(graphs) == only.image_files["scene_graphs"]
+    for g in graphs:
+        twin = tmp_path / "p" / g.relative_to(tmp_path / "g")
+        assert g.read_bytes() == twin.read_bytes()
+    assert both.image_files["images_jpg"] == both.images

@@ -9,7 +9,7 @@ import polars as pl
 
 def resplit(records: Path, heldout_every: int = 4) -> None:
     """Move every `heldout_every`-th patient to 'validate' and the next one to 'test' (MIMIC's split is ~98% train)."""
-    from cxrctx.io import read_shards, write_shards
+    from cxrctx.io import read_manifest, read_shards, write_manifest, write_shards
 
     recs = read_shards(records / "records")
     subjects = sorted(recs["subject_id"].unique().to_list())
@@ -23,7 +23,9 @@ def resplit(records: Path, heldout_every: int = 4) -> None:
         .otherwise(pl.lit("train"))
         .alias("split")
     )
-    write_shards(recs, records / "records", 1_000_000)
+    infos = write_shards(recs, records / "records", 1_000_000, relative_to=records)
+    m = read_manifest(records / "manifest.json")  # keep the stage folder consistent
+    write_manifest(m.model_copy(update={"shards": infos}), records / "manifest.json")
 
 
 def make_root(
@@ -38,10 +40,10 @@ def make_root(
     """The project's generator (`cxrctx synth --images --imagenome`) → records → ROIs."""
     from cxrctx.imagenome import build_rois
     from cxrctx.mimic.build import build_priors
-    from cxrctx.synth import generate
+    from cxrctx.synth import synthesize
 
     root = tmp / "root"
-    generate(
+    synthesize(
         root,
         patients=patients,
         seed=seed,

@@ -8,6 +8,8 @@ registers its commands on the shared Typer `app`.
 # isort: off
 from cxrctx.cli import synth, mimic, labeling, evallabels, imagenome, train, reportgen, schemas  # noqa: F401
 
+from cxrctx.cli import release  # noqa: F401
+
 # isort: on
 from cxrctx.cli.app import app, console, err_console, fail
 

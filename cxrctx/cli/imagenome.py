@@ -24,12 +24,24 @@ def build_rois_cmd(
     all_views: bool = typer.Option(
         False, "--all-views", help="Also count non-frontal images without a scene graph as rejects."
     ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace an earlier build-rois output of another configuration in OUT.",
+    ),
 ) -> None:
-    """Keep the 11 CLALA-Net ROIs of each image's scene graph: cleaned boxes, sentences, abnormal flag."""
+    """Keep the 11 CLALA-Net ROIs of each image's scene graph: cleaned boxes, sentences, abnormal flag.
+
+    \b
+    Example:
+      cxrctx build-rois /data/chest-imagenome --records out/records --out out/rois
+    """
     from cxrctx.imagenome import build_rois
 
     try:
-        res = build_rois(imagenome_dir, records=records, out=out, frontal_only=not all_views)
+        res = build_rois(
+            imagenome_dir, records=records, out=out, frontal_only=not all_views, overwrite=overwrite
+        )
     except CxrctxError as e:
         raise fail(e) from None
     c = res.counts

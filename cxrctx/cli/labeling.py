@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from cxrctx.cli.app import app, console, err_console, fail
+from cxrctx.cli.app import app, console, fail
 from cxrctx.cli.engine import (
     AllowFailuresOpt,
     AllowPublicApiOpt,
@@ -152,4 +152,3 @@ def _print_dry_run(info: dict) -> None:
         )
     console.rule("answer schema (schemas/lesion_answer.schema.json)")
     console.print_json(json.dumps(info["schema"]))
-    _ = err_console

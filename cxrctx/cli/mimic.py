@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import sys
+import time
+from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from cxrctx.cli.app import app, console, fail
+from cxrctx.cli.app import app, console, err_console, fail
 from cxrctx.errors import CxrctxError
+
+
+class OutputFormat(str, Enum):
+    """parquet shards only, or also records.jsonl."""
+
+    parquet = "parquet"
+    jsonl = "jsonl"
 
 
 @app.command("build-priors")
@@ -22,8 +33,8 @@ def build_priors_cmd(
     shard_size: int = typer.Option(
         20_000, "--shard-size", min=1, help="Records per Parquet shard."
     ),
-    fmt: str = typer.Option(
-        "parquet", "--format", help="parquet, or jsonl to also write records.jsonl."
+    fmt: OutputFormat = typer.Option(
+        OutputFormat.parquet, "--format", help="parquet, or jsonl to also write records.jsonl."
     ),
     reports_zip: Path = typer.Option(
         None,
@@ -39,31 +50,108 @@ def build_priors_cmd(
     workers: int = typer.Option(
         None, "--workers", "-j", min=1, help="Worker processes (default: CPU count, at most 8)."
     ),
+    max_report_bytes: int = typer.Option(
+        1 << 20,
+        "--max-report-bytes",
+        min=1,
+        help="Reject a report file or zip entry larger than this (report_too_large).",
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace a non-empty --out written by another cxrctx run."
+    ),
 ) -> None:
-    """Join each study with its views, report sections and prior studies (C-SRRG style records)."""
+    """Join each study with its views, report sections and prior studies (C-SRRG style records).
+
+    \b
+    Example:
+      cxrctx build-priors /data/mimic-cxr --out work/priors
+      cxrctx build-priors /data/mimic-cxr --out work/priors -k 5 --format jsonl \\
+          --reports-zip mimic-cxr-reports.zip
+    """
     from cxrctx.mimic.build import build_priors
 
-    if fmt not in ("parquet", "jsonl"):
-        raise fail(CxrctxError(f"--format {fmt!r}: expected parquet or jsonl"))
-    try:
-        res = build_priors(
-            root,
-            out,
-            max_priors=max_priors,
-            rows_per_shard=shard_size,
-            jsonl=fmt == "jsonl",
-            reports_zip=reports_zip,
-            scan_dicom=scan_dicom,
-            image_ext=image_ext,
-            workers=workers,
-            progress=True,
-        )
-    except CxrctxError as e:
-        raise fail(e) from None
+    with _progress_display() as progress:
+        try:
+            res = build_priors(
+                root,
+                out,
+                max_priors=max_priors,
+                rows_per_shard=shard_size,
+                jsonl=fmt is OutputFormat.jsonl,
+                reports_zip=reports_zip,
+                scan_dicom=scan_dicom,
+                image_ext=image_ext,
+                workers=workers,
+                max_report_bytes=max_report_bytes,
+                overwrite=overwrite,
+                progress=progress,
+            )
+        except CxrctxError as e:
+            raise fail(e) from None
     _print_build_summary(res)
 
 
+class _PlainProgress:
+    """Periodic one-line progress on stderr when it is not a terminal (logs, nohup)."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self.every_s, self.last = every_s, 0.0
+
+    def __call__(self, task: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done in (0, total) or now - self.last >= self.every_s:
+            self.last = now
+            pct = f" ({100 * done / total:.0f}%)" if total else ""
+            print(f"build-priors: {task} {done:,}/{total:,}{pct}", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> _PlainProgress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+class _RichProgress:
+    """A rich bar per task on a terminal; removed when the run ends."""
+
+    def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, task: str, done: int, total: int) -> None:
+        if task not in self.tasks:
+            self.tasks[task] = self.bar.add_task(task, total=total)
+        self.bar.update(self.tasks[task], completed=done, total=total)
+
+    def __enter__(self) -> _RichProgress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.__exit__(*exc)
+
+
+def _progress_display() -> _RichProgress | _PlainProgress:
+    return _RichProgress() if sys.stderr.isatty() else _PlainProgress()
+
+
 def _print_build_summary(res) -> None:
+    from rich.columns import Columns
     from rich.table import Table
 
     c = res.counts
@@ -78,8 +166,6 @@ def _print_build_summary(res) -> None:
     if c.get("unknown_view_position"):
         t.add_row("[yellow]unknown ViewPosition → other[/]", f"{c['unknown_view_position']:,}")
     console.print(t)
-    from rich.columns import Columns
-
     tables = [
         ("rejects by reason", res.rejects_by_reason),
         ("flags", res.flag_counts),

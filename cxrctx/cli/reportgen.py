@@ -1,13 +1,15 @@
-"""`cxrctx generate` and `cxrctx evaluate`."""
+"""`cxrctx generate` and `cxrctx evaluate`: options in, one library call, results out."""
 
 from __future__ import annotations
 
-import enum
+import time
+from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from cxrctx.cli.app import app, console, fail
+from cxrctx.cli.app import app, console, err_console, fail
 from cxrctx.cli.engine import (
     AllowFailuresOpt,
     AllowPublicApiOpt,
@@ -28,8 +30,82 @@ from cxrctx.cli.engine import (
 )
 from cxrctx.errors import CxrctxError
 
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+    from rich.table import Table
 
-class LlmUse(str, enum.Enum):
+    from cxrctx.reportgen.evaluate import EvaluationReport
+    from cxrctx.reportgen.generate import GenerateResult
+
+
+class SplitChoice(str, Enum):
+    """Which records split to generate for."""
+
+    train = "train"
+    validate = "validate"
+    test = "test"
+    all = "all"
+
+
+class SectionsChoice(str, Enum):
+    """Which record sections form the reference text."""
+
+    both = "findings,impression"
+    findings = "findings"
+    impression = "impression"
+
+
+class PhaseProgress:
+    """Progress of a long library call: a rich bar on a terminal, else a plain line on stderr
+    at the first update, every `every` seconds and when a phase completes (logs under nohup)."""
+
+    def __init__(self, command: str, every: float = 30.0) -> None:
+        self.command, self.every = command, every
+        self.tty = err_console.is_terminal
+        self.bar: Progress | None = None
+        self.tasks: dict[str, TaskID] = {}
+        self.last: dict[str, float] = {}
+        self.t0 = time.monotonic()
+
+    def __enter__(self) -> PhaseProgress:
+        if self.tty:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn(f"{self.command} {{task.description}}"), BarColumn(),
+                MofNCompleteColumn(), TimeElapsedColumn(), console=err_console, transient=True,
+            )  # fmt: skip
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if self.bar is not None:
+            if phase not in self.tasks:
+                self.tasks[phase] = self.bar.add_task(phase, total=total)
+            self.bar.update(self.tasks[phase], completed=done, total=total)
+            return
+        now = time.monotonic()
+        first = phase not in self.last
+        if first or done >= total or now - self.last[phase] >= self.every:
+            self.last[phase] = now
+            pct = f" ({100 * done / total:.0f}%)" if total else ""
+            err_console.print(
+                f"{self.command}: {phase} {done}/{total}{pct}, {now - self.t0:.0f} s",
+                highlight=False, markup=False,
+            )  # fmt: skip
+
+
+class LlmUse(str, Enum):
     """What `evaluate` asks the model (with --backend)."""
 
     both = "both"
@@ -45,10 +121,15 @@ def generate_cmd(
         "--out",
         help="Output directory (generated/part-*.parquet, skips.parquet, manifest.json).",
     ),
-    split: str = typer.Option("test", "--split", help="train / validate / test, or 'all'."),
+    split: SplitChoice = typer.Option(SplitChoice.test, "--split", help="Records split, or all."),
     records: Path = typer.Option(None, "--records", help="Default: the run's."),
     rois: Path = typer.Option(None, "--rois", help="Default: the run's."),
     images: Path = typer.Option(None, "--images", help="Default: the run's."),
+    aggregator_lesions: bool = typer.Option(
+        False,
+        "--aggregator-lesions",
+        help="Also give the LLM aggregator the classifier's lesion list (off: regional statements only, as in the paper).",
+    ),
     limit: int = typer.Option(None, "--limit", help="Only the first N studies."),
     backend: BackendOpt = None,
     model: ModelOpt = None,
@@ -59,6 +140,9 @@ def generate_cmd(
     threads: ThreadsOpt = None,
     allow_failures: AllowFailuresOpt = False,
     allow_public_api: AllowPublicApiOpt = False,
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace a non-empty --out written by another cxrctx run."
+    ),
     executor: ExecutorOpt = ExecutorKind.local,
     ray_address: RayAddressOpt = None,
     workers: WorkersOpt = 1,
@@ -67,7 +151,16 @@ def generate_cmd(
 
     With --backend the LLM aggregator merges them (a study whose answer stays unusable
     falls back to the deterministic merge and counts as a failure); without, the
-    deterministic merge does.
+    deterministic merge does. A study whose regions all produced nothing keeps an empty
+    report and is counted; empty reports and aggregator failures make the command exit 1
+    (unless --allow-failures).
+
+    \b
+    Example:
+        cxrctx generate out/run --split test --out out/gen
+        cxrctx generate out/run --out out/gen-llm --backend llamacpp --model model.gguf
+        cxrctx generate out/run --out out/gen-llm --backend vllm --model Qwen/Qwen2.5-7B-Instruct \\
+            --executor ray --ray-address auto --workers 4
     """
     from cxrctx.llm.runner import driver_engine
     from cxrctx.reportgen.generate import generate
@@ -77,31 +170,46 @@ def generate_cmd(
             backend, model, base_url=base_url, api_key_env=api_key_env, engine_opt=engine_opt,
             timeout=timeout, threads=threads, allow_public_api=allow_public_api,
         )  # fmt: skip
-        with executor_scope(executor, ray_address, workers) as ex:
+        with (
+            executor_scope(executor, ray_address, workers) as ex,
+            PhaseProgress("generate") as progress,
+        ):
             engine = driver_engine(ex, spec) if spec is not None else None
             res = generate(
                 run_dir,
                 out=out,
-                split=None if split == "all" else split,
+                split=None if split is SplitChoice.all else split.value,
                 records=records,
                 rois=rois,
                 images=images,
                 engine=engine,
+                aggregator_lesions=aggregator_lesions,
                 limit=limit,
+                overwrite=overwrite,
+                progress=progress,
                 executor=ex,
             )
     except CxrctxError as e:
         raise fail(e) from None
+    _print_generate(res, out)
+    c = res.counts
+    exit_if_failed(
+        c.get("empty_reports", 0) + c.get("aggregator_failures", 0),
+        allow_failures,
+        f"{out}/generated (empty reports, aggregator_error)",
+    )
+
+
+def _print_generate(res: GenerateResult, out: Path) -> None:
     c = res.counts
     console.print(
-        f"generate: {c['generated']} reports for {c['studies']} studies, {c['skipped']} skipped, "
-        f"{c['aggregator_failures']} aggregator fallbacks → {out}"
+        f"generate: {c['generated']} reports for {c['studies']} studies, "
+        f"{c['empty_reports']} empty (failed), {c['skipped']} skipped, "
+        f"{c['aggregator_failures']} aggregator fallbacks → {out}",
+        highlight=False,
     )
     for reason, n in res.skips.items():
-        console.print(f"  skipped: {reason}: {n}")
-    exit_if_failed(
-        c.get("aggregator_failures", 0), allow_failures, f"{out}/generated (aggregator_error)"
-    )
+        console.print(f"  skipped: {reason}: {n}", highlight=False, markup=False)
 
 
 @app.command("evaluate")
@@ -116,10 +224,8 @@ def evaluate_cmd(
     out: Path = typer.Option(
         None, "--out", help="Write evaluation.json and per_study.parquet here."
     ),
-    sections: str = typer.Option(
-        "findings,impression",
-        "--sections",
-        help="Reference sections: findings, impression or both.",
+    sections: SectionsChoice = typer.Option(
+        SectionsChoice.both, "--sections", help="Record sections that form the reference text."
     ),
     llm_for: LlmUse = typer.Option(
         LlmUse.both,
@@ -135,17 +241,25 @@ def evaluate_cmd(
     threads: ThreadsOpt = None,
     allow_failures: AllowFailuresOpt = False,
     allow_public_api: AllowPublicApiOpt = False,
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace a non-empty --out written by another cxrctx run."
+    ),
     executor: ExecutorOpt = ExecutorKind.local,
     ray_address: RayAddressOpt = None,
     workers: WorkersOpt = 1,
 ) -> None:
-    """Lesion P/R/F1, ROUGE-L (METEOR when available offline) and the LLM consistency judge.
+    """Lesion P/R/F1, classifier AUC, ROUGE-L, temporal hallucination, METEOR (when available
+    offline) and the LLM consistency judge.
 
     Without --backend the lesion labels come from the keyword labeler and the judge is
     skipped; with it, the model labels both sides and/or judges (--llm-for).
+
+    \b
+    Example:
+        cxrctx evaluate out/gen --reference out/priors --reference-labels out/syn/truth --out out/eval
     """
     from cxrctx.llm.runner import driver_engine
-    from cxrctx.reportgen.evaluate import evaluate, report_table
+    from cxrctx.reportgen.evaluate import evaluate
 
     try:
         spec = engine_spec(
@@ -162,13 +276,57 @@ def evaluate_cmd(
                 reference_labels=reference_labels,
                 labeler_engine=lab,
                 judge_engine=judge,
-                sections=tuple(s.strip() for s in sections.split(",") if s.strip()),
+                sections=tuple(sections.value.split(",")),
                 out=out,
+                overwrite=overwrite,
+                progress=lambda phase: err_console.print(f"evaluate: {phase}", highlight=False),
                 executor=ex,
             )
     except CxrctxError as e:
         raise fail(e) from None
-    console.print(report_table(rep))
+    console.print(evaluation_table(rep))
     for n in rep.notes:
-        console.print(f"  note: {n}")
+        console.print(f"  note: {n}", highlight=False, markup=False)
     exit_if_failed(rep.judge.failures if rep.judge else 0, allow_failures, "the judge notes above")
+
+
+def _f(v: float | None) -> str:
+    return "—" if v is None else f"{v:.3f}"
+
+
+def evaluation_table(rep: EvaluationReport) -> Table:
+    """A rich table of `evaluate`'s headline numbers and per-lesion F1."""
+    from rich.table import Table
+
+    from cxrctx.reportgen.evaluate import CRITERIA
+
+    t = Table(
+        title=f"evaluate: {rep.n_pairs} studies ({'+'.join(rep.reference_sections)}), labeler {rep.labeler}"
+    )
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    les = rep.lesion or {}
+    t.add_row(
+        "lesion macro P / R / F1",
+        f"{_f(les.get('macro_precision'))} / {_f(les.get('macro_recall'))} / {_f(les.get('macro_f1'))}",
+    )
+    t.add_row("lesion micro F1", _f(les.get("micro_f1")))
+    for s in les.get("lesions", []):
+        if s.get("support"):
+            t.add_row(f"  {s['lesion']} F1 (n={s['support']})", _f(s.get("f1")))
+    if rep.classifier_auc is not None:
+        t.add_row("classifier macro-AUC", _f(rep.classifier_auc.get("macro")))
+    t.add_row("ROUGE-L (F1)", _f(rep.rouge_l))
+    t.add_row("METEOR", _f(rep.meteor))
+    th = rep.temporal_hallucination
+    if th is not None:
+        t.add_row(
+            f"temporal hallucination (n={th.n_without_prior} without prior)",
+            f"{_f(th.rate)} (reference {_f(th.reference_rate)})",
+        )
+    t.add_row("empty generated reports", str(rep.n_empty_generated))
+    if rep.judge is not None:
+        for c in CRITERIA:
+            t.add_row(f"judge {c}", _f(getattr(rep.judge, c)))
+        t.add_row("judge total (/20)", _f(rep.judge.total))
+    return t

@@ -30,8 +30,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from cxrctx import __version__
 from cxrctx.errors import CxrctxError
 from cxrctx.io import (
+    Stage,
+    config_hash,
     input_file,
-    read_shards,
+    open_stage,
+    prepare_output,
     shard_paths,
     write_manifest,
     write_parquet,
@@ -251,6 +254,17 @@ def _reason_key(reason: str) -> str:
     return reason.split(":")[0]
 
 
+def _open_records(records: str | os.PathLike) -> Stage:
+    """The checked build-priors output; a folder without shards says so plainly."""
+    p = Path(records)
+    empty = not shard_paths(p / "records") and not shard_paths(p)
+    if p.is_dir() and empty and not (p / "manifest.json").exists():
+        raise CxrctxError(
+            f"{records}: no records shards (part-*.parquet) found; expected a build-priors output"
+        )
+    return open_stage(p, "build-priors")
+
+
 def build_rois(
     imagenome_dir: str | os.PathLike,
     *,
@@ -258,23 +272,24 @@ def build_rois(
     out: str | os.PathLike,
     rows_per_shard: int = 50_000,
     frontal_only: bool = True,
+    overwrite: bool = False,
 ) -> RoiResult:
     """Read scene graphs for every image of `records` and write `OUT/rois/part-*.parquet`.
 
-    `records` is a build-priors output (its `records/` folder or the shards themselves).
-    Writes `OUT/rejects.parquet` and `OUT/manifest.json`. Deterministic: rows sorted by
-    dicom_id, same inputs ⇒ same bytes.
+    `records` is a build-priors output folder (or its `records/` folder), checked against
+    its manifest before use. Writes `OUT/rejects.parquet` and `OUT/manifest.json`.
+    Deterministic: rows sorted by dicom_id, same inputs ⇒ same bytes. OUT follows the
+    shared output policy: a non-empty OUT of another run is refused unless `overwrite`.
     """
     sg_dir = scene_graph_dir(imagenome_dir)
-    rec_path = Path(records)
-    if (rec_path / "records").is_dir():
-        rec_path = rec_path / "records"
-    if not shard_paths(rec_path):
-        raise CxrctxError(f"{records}: no records shards (part-*.parquet) found")
+    rst = _open_records(records)
     try:
-        recs = read_shards(rec_path).select("subject_id", "study_id", "split", "images")
+        recs = rst.read().select("subject_id", "study_id", "split", "images")
     except Exception as e:
         raise CxrctxError(f"{records}: cannot read records shards ({e})") from e
+    config = {"rois": list(ROIS), "frontal_only": frontal_only, "rows_per_shard": rows_per_shard}
+    run_key = config_hash({**config, "records": [s.sha256 for s in rst.manifest.shards]})
+    prepare_output(out, stage="build-rois", config_hash=run_key, overwrite=overwrite)
     out_dir = Path(out)
     rows: list[dict] = []
     rejects: list[dict] = []
@@ -344,8 +359,8 @@ def build_rois(
         tool_version=__version__,
         stage="build-rois",
         schema_version=ROI_SCHEMA_VERSION,
-        config={"rois": list(ROIS), "frontal_only": frontal_only, "rows_per_shard": rows_per_shard},
-        inputs=[input_file(p, os.path.relpath(p, rec_path.parent)) for p in shard_paths(rec_path)],
+        config=config,
+        inputs=[input_file(p, os.path.relpath(p, rst.dir)) for p in rst.shard_files()],
         shards=shards,
         tables=[rej_info.model_copy(update={"path": "rejects.parquet"})],
         counts=counts,
@@ -359,10 +374,13 @@ def build_rois(
 
 
 def read_rois(path: str | os.PathLike) -> pl.DataFrame:
-    """Read a build-rois output (its folder, `rois/`, or shard files)."""
+    """Read a build-rois output (its folder or `rois/`), checked against its manifest."""
     p = Path(path)
-    if (p / "rois").is_dir():
-        p = p / "rois"
-    if not shard_paths(p):
+    if (
+        p.is_dir()
+        and not (p / "manifest.json").exists()
+        and not shard_paths(p / "rois")
+        and not shard_paths(p)
+    ):
         raise CxrctxError(f"{path}: no ROI shards (rois/part-*.parquet) found")
-    return read_shards(p)
+    return open_stage(p, "build-rois").read()

@@ -51,18 +51,23 @@ class LesionAnswer(_Strict):
         return v.strip()[:REASONING_MAX_CHARS] if isinstance(v, str) else v
 
 
-@lru_cache(maxsize=4096)
-def candidate_model(candidates: tuple[str, ...]) -> type[BaseModel]:
-    """The answer model for one set of candidates: one required LesionAnswer per candidate
-    (aliased by lesion name, in the fixed lesion order), nothing else allowed."""
-    names = [n for n in LESIONS if n in set(candidates)]
-    fields: dict[str, Any] = {n.replace(" ", "_"): (LesionAnswer, Field(alias=n)) for n in names}
+@lru_cache(maxsize=1)
+def _answer_model() -> type[BaseModel]:
+    """The answer model with all 14 lesions (aliased by name, in the fixed lesion order)."""
+    fields: dict[str, Any] = {n.replace(" ", "_"): (LesionAnswer, Field(alias=n)) for n in LESIONS}
     return create_model(  # type: ignore[call-overload,no-any-return]
         "LabelAnswer",
         __config__=ConfigDict(extra="forbid", title="LabelAnswer"),
         __doc__=ANSWER_DESCRIPTION,
         **fields,
     )
+
+
+@lru_cache(maxsize=1)
+def _full_schema() -> dict[str, Any]:
+    from cxrctx.llm.task import json_schema
+
+    return json_schema(_answer_model())
 
 
 ANSWER_DESCRIPTION = (
@@ -74,19 +79,22 @@ ANSWER_DESCRIPTION = (
 def answer_schema(
     candidates: tuple[str, ...] | list[str] = LESIONS, *, required: bool = True
 ) -> dict[str, Any]:
-    """JSON Schema of the answer for `candidates`, generated from `candidate_model`.
+    """JSON Schema of the answer for `candidates`: the schema generated from the answer
+    model, narrowed to the candidates (one model, not one per candidate set: pydantic
+    models cost memory, and a corpus has thousands of candidate sets).
 
     The published schema (`schemas/lesion_answer.schema.json`) is the generic one: all 14
     lesions optional. Each request narrows it to the report's candidates, all required,
     so the constrained decoder writes exactly those entries in the fixed lesion order.
     """
-    from cxrctx.llm.task import json_schema
-
-    schema = json_schema(candidate_model(tuple(candidates)))
-    schema.setdefault("required", [])
-    if not required:
-        schema["required"] = []
-    return schema
+    full = _full_schema()
+    names = [n for n in LESIONS if n in set(candidates)]
+    props = full["properties"]
+    return {
+        **full,
+        "properties": {n: props[n] for n in names},
+        "required": names if required else [],
+    }
 
 
 class LabelAnswer(RootModel[dict[Lesion, LesionAnswer]]):

@@ -5,7 +5,7 @@ underscores in names and enums, one wrapping object, over-long reasoning), stric
 guessing would invent labels: unknown lesions, lesions that were not asked (never taken
 as positives), wrong enum values, missing candidates, duplicates. Those raise
 AnswerError, which the runner turns into one repair request and then a failure row.
-Validation itself is the pydantic answer model (`candidate_model`).
+Entries are validated by the pydantic answer model (`LabelAnswer`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from cxrctx.labeling.models import LabelAnswer, candidate_model
+from cxrctx.labeling.models import LabelAnswer
 from cxrctx.llm.task import AnswerError, parse_json_object, validation_reason
 from cxrctx.vocab import LESIONS
 
@@ -58,10 +58,13 @@ def validate_lesion_answer(obj: Any, candidates: tuple[str, ...] | list[str]) ->
             f"(asked: {', '.join(candidates) or 'none'})"
         )
     try:
-        model = candidate_model(tuple(candidates)).model_validate(data)
+        answer = LabelAnswer.model_validate(data)
     except ValidationError as e:
         raise AnswerError(validation_reason(e)) from e
-    return LabelAnswer.model_validate(model.model_dump(by_alias=True))
+    missing = [c for c in candidates if c not in answer.root]
+    if missing:
+        raise AnswerError(f"missing candidate lesion(s): {', '.join(missing)}")
+    return answer
 
 
 def parse_lesion_answer(

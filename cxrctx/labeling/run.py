@@ -58,7 +58,11 @@ DOC_SCHEMA = {
 FAIL_SCHEMA = {"id": pl.String, "reason": pl.String, "raw_text": pl.String, "attempts": pl.Int64,
                "transient": pl.Boolean}  # fmt: skip
 LABEL_SCHEMA = {c: (pl.Boolean if c == "llm_called" else pl.String) for c in LABEL_COLUMNS}
-TABLES = {"labels": LABEL_SCHEMA, "documents": DOC_SCHEMA, "failures": FAIL_SCHEMA}
+TABLES: dict[str, dict[str, Any]] = {
+    "labels": LABEL_SCHEMA,
+    "documents": DOC_SCHEMA,
+    "failures": FAIL_SCHEMA,
+}
 COUNTS = (
     "documents", "labeled", "llm_called", "no_candidate", "cached", "failed", "transient_failed",
     "empty", "missing_id", "duplicate_id", "unique_texts", "engine_requests", "repair_requests",
@@ -66,18 +70,29 @@ COUNTS = (
 )  # fmt: skip
 
 
-@dataclass
 class LabelResult:
     """Outputs of one labeling pass. `labels` has 14 rows per labeled document.
 
     The tables are in memory for `label_documents`; for `label_lesions` they were
     streamed to OUT and are read back from there on first access."""
 
-    counts: dict[str, int]
-    provenance: dict[str, Any]
-    stats: TaskStats | None = None
-    frames: dict[str, pl.DataFrame] = field(default_factory=dict)
-    out: Path | None = None
+    def __init__(
+        self,
+        counts: dict[str, int],
+        provenance: dict[str, Any],
+        stats: TaskStats | None = None,
+        *,
+        labels: pl.DataFrame | None = None,
+        documents: pl.DataFrame | None = None,
+        failures: pl.DataFrame | None = None,
+        out: Path | None = None,
+    ):
+        self.counts = counts
+        self.provenance = provenance
+        self.stats = stats
+        self.out = out
+        given = {"labels": labels, "documents": documents, "failures": failures}
+        self.frames = {k: v for k, v in given.items() if v is not None}
 
     def table(self, name: str) -> pl.DataFrame:
         if name not in self.frames:
@@ -252,8 +267,11 @@ def label_documents(
     counts = {**rows.counts, "unique_texts": stats.unique_requests,
               "engine_requests": stats.requests, "repair_requests": stats.repairs,
               "prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens}  # fmt: skip
-    frames = {} if sinks else {name: s.frame() for name, s in memory.items()}
-    return LabelResult(counts=counts, provenance=stats.provenance, stats=stats, frames=frames)
+    if sinks:
+        return LabelResult(counts, stats.provenance, stats)
+    f = {name: s.frame() for name, s in memory.items()}
+    return LabelResult(counts, stats.provenance, stats, labels=f["labels"],
+                       documents=f["documents"], failures=f["failures"])  # fmt: skip
 
 
 def _provenance(task: LesionTask, engine: Engine, sampling: Sampling) -> dict[str, Any]:
@@ -397,6 +415,17 @@ def _dry_run(docs: pl.DataFrame, lp: LabelPrompt, prepass: bool) -> dict[str, An
     return info
 
 
+def check_writable(out: Path) -> None:
+    """Fail before any work when `out` cannot hold the outputs (a file, a read-only place)."""
+    if out.exists() and not out.is_dir():
+        raise CxrctxError(f"--out {out}: exists and is not a directory")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise CxrctxError(f"--out {out}: {probe} is not a writable directory")
+
+
 def _open_sinks(out: Path, shard: tuple[int, int] | None) -> dict[str, ShardSink]:
     sinks = {}
     for name, schema in TABLES.items():
@@ -438,9 +467,30 @@ def label_lesions(
     if dry_run:
         info = _dry_run(loaded.docs, lp, prepass)
         return LabelRun(out_dir, None, None, dry_run=info, seconds=time.perf_counter() - t0)
+    check_writable(out_dir)
     spec = engine if isinstance(engine, EngineSpec) else None
     eng = driver_engine(executor, spec) if spec is not None else engine
     assert not isinstance(eng, EngineSpec)
+    try:
+        return _label_into(input_path, out_dir, eng, spec, loaded, lp, sh, sampling, t0,
+                           batch_size=batch_size, prepass=prepass, progress=progress,
+                           executor=executor, sections=sections, id_column=id_column,
+                           text_column=text_column, shard=shard, limit=limit)  # fmt: skip
+    except OSError as e:
+        raise CxrctxError(f"{out_dir}: cannot write the outputs ({e.strerror or e})") from e
+    finally:
+        if spec is not None:
+            eng.close()
+
+
+def _label_into(
+    input_path: Any, out_dir: Path, eng: Engine, spec: EngineSpec | None, loaded: LoadedInput,
+    lp: LabelPrompt, sh: tuple[int, int] | None, sampling: Sampling, t0: float, *,
+    batch_size: int | None, prepass: bool, progress: Callable[[TaskProgress], None] | None,
+    executor: Executor | None, sections: Any, id_column: str, text_column: str,
+    shard: str | None, limit: int | None,
+) -> LabelRun:  # fmt: skip
+    """Stream the labels into out_dir's tables, then write the manifest (last)."""
     sinks = _open_sinks(out_dir, sh)
     try:
         writer = f"shard-{sh[0]:05d}-of-{sh[1]:05d}" if sh else "main"
@@ -453,9 +503,6 @@ def label_lesions(
         for s in sinks.values():
             s.abort()
         raise
-    finally:
-        if spec is not None:
-            eng.close()
     tables = {name: s.close() for name, s in sinks.items()}
     result.out = out_dir
     cfg = _run_config(input_path, loaded, lp, sampling, result, spec, sections, id_column,

@@ -129,7 +129,7 @@ class LlamaCppEngine:
             kwargs["grammar"] = self._grammar(req.json_schema)
         elif req.json_schema is not None:
             kwargs["stop"] = ["\n```"]  # end of a fenced answer: do not pay for chatter after it
-        return self.llm.create_chat_completion(**kwargs)
+        return dict(self.llm.create_chat_completion(**kwargs))  # type: ignore[arg-type]
 
     def complete(self, requests: Sequence[ChatRequest], sampling: Sampling) -> list[Completion]:
         out: list[Completion] = []
@@ -182,7 +182,7 @@ class LlamaCppEngine:
                 llm.close()
             except Exception:
                 pass
-            self.llm = None
+            self.llm = None  # type: ignore[assignment]
 
 
 def _conforms(text: str, schema: dict[str, Any]) -> bool:

@@ -60,8 +60,11 @@ def _retry_after(e: Exception) -> float | None:
     try:
         return float(ra)
     except ValueError:
-        when = email.utils.parsedate_to_datetime(ra) if ra else None
-        return max(0.0, when.timestamp() - time.time()) if when else None
+        pass
+    try:  # an HTTP date
+        return max(0.0, email.utils.parsedate_to_datetime(ra).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
 
 
 def completion_from(resp: Any, t0: float, extra: dict[str, Any]) -> Completion:

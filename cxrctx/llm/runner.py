@@ -22,6 +22,7 @@ only has to implement `map_batches` with `solve_batch` on its workers.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -76,6 +77,18 @@ def engine_identity(engine: Any) -> dict[str, Any]:
 
 def sampling_json(sampling: Sampling) -> str:
     return json.dumps(sampling.as_dict(), sort_keys=True, separators=(",", ":"))
+
+
+def request_fingerprint(req: ChatRequest) -> str:
+    """sha256 of a request's messages and schema (hashing the long system prompt directly
+    is far cheaper than serialising it into the cache key's JSON)."""
+    h = hashlib.sha256()
+    for m in req.messages:
+        for part in (m.get("role", ""), m.get("content", "")):
+            data = str(part).encode("utf-8")
+            h.update(len(data).to_bytes(8, "little") + data)
+    h.update(json.dumps(req.json_schema, sort_keys=True, separators=(",", ":")).encode())
+    return h.hexdigest()
 
 
 def default_batch_size(engine: Any) -> int:
@@ -361,7 +374,7 @@ def _plan(ctx: _Ctx, items: list[Any]) -> _Plan:
             plan.results[i] = TaskResult(item, local)
             continue
         req = ctx.task.request(item)
-        key = cache_key(messages=req.messages, json_schema=req.json_schema, **ctx.key_parts)
+        key = cache_key(request=request_fingerprint(req), **ctx.key_parts)
         if key in plan.slots:
             plan.slots[key].append(i)
             continue
@@ -439,8 +452,9 @@ def _permanent_error(outcomes: list[Outcome], engine: Any) -> CxrctxError | None
         return None
     ident = engine_identity(engine)
     where = ident["base_url"] or ident["backend"]
+    why = " ".join(str(bad.entry["error"]).split())[:400]
     return CxrctxError(
-        f"{where} refused the request for model {ident['model']!r}: {bad.entry['error']}; "
+        f"{where} refused the request for model {ident['model']!r}: {why}; "
         "stopped after the first such answer (check --model, --base-url and the key in --api-key-env)"
     )
 

@@ -6,7 +6,10 @@ not pay for polars. `build_priors` is resolved lazily.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # typed for checkers, still imported lazily at run time
+    from cxrctx.mimic.build import BuildPriorsConfig, BuildResult, build_priors
 
 __all__ = ["BuildPriorsConfig", "BuildResult", "build_priors"]
 

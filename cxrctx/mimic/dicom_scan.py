@@ -15,6 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from cxrctx.mimic.layout import METADATA_COLUMNS
+from cxrctx.vocab import DICOM_ID_RE
 
 _PAT = re.compile(r"^p(\d+)$")
 _STU = re.compile(r"^s(\d+)$")
@@ -62,6 +63,8 @@ def read_header(root: str, rel: str) -> tuple[str | None, ...]:
     study = studies[-1] if studies else _str(ds.get("StudyID"))
     if not subject or not subject.isdigit() or not study or not study.isdigit():
         raise ValueError("cannot tell subject_id/study_id from the path or header")
+    if not DICOM_ID_RE.fullmatch(Path(rel).stem):
+        raise ValueError("file name is not a MIMIC dicom_id (five dash-joined hex groups)")
     if "StudyDate" not in ds and "ViewPosition" not in ds and "SOPClassUID" not in ds:
         raise ValueError("no image header fields")
     orientation = _code_meaning(ds, "PatientOrientationCodeSequence")

@@ -11,6 +11,7 @@ import csv
 import gzip
 import io
 import os
+import re
 import zipfile
 import zlib
 from collections.abc import Iterator, Sequence
@@ -97,15 +98,13 @@ def discover(
     files_dir = r / "files" if (r / "files").is_dir() else None
     zip_path: Path | None = None
     if reports_zip is not None:
-        zip_path = Path(reports_zip)
-        if not zip_path.is_file():
-            raise CxrctxError(f"{zip_path}: reports zip not found")
+        zip_path = _resolve_zip(r, Path(reports_zip))
     elif (files_dir is None or not _has_report(files_dir)) and (
         r / "mimic-cxr-reports.zip"
     ).is_file():
         zip_path = r / "mimic-cxr-reports.zip"
     if zip_path is None and files_dir is None:
-        raise CxrctxError(f"{r}: no reports: neither files/ nor mimic-cxr-reports.zip exists")
+        raise no_reports_error(r, None)
     return MimicLayout(
         root=r,
         metadata=metadata,
@@ -114,6 +113,30 @@ def discover(
         negbio=_find(r, "negbio"),
         files_dir=files_dir,
         reports_zip=zip_path,
+    )
+
+
+def _resolve_zip(root: Path, given: Path) -> Path:
+    """A relative zip path is looked up under the root first, then in the working directory."""
+    places = [given] if given.is_absolute() else [root / given, given]
+    for p in places:
+        if p.is_file():
+            return p
+    where = " or ".join(str(p if p.is_absolute() else Path.cwd() / p) for p in places)
+    raise CxrctxError(f"{given}: reports zip not found (looked for {where})")
+
+
+def no_reports_error(root: Path, zip_path: Path | None) -> CxrctxError:
+    """The one message for a root without any report, naming where we looked."""
+    where = (
+        f"{zip_path} has no files/pNN/pNNNNNNNN/sNNNNNNNN.txt entries"
+        if zip_path is not None
+        else f"{root / 'files'} holds no sNNNNNNNN.txt report and {root / 'mimic-cxr-reports.zip'} does not exist"
+    )
+    return CxrctxError(
+        f"{root}: no reports found: {where}. Reports come from the MIMIC-CXR project on "
+        "PhysioNet (files/ with reports, or mimic-cxr-reports.zip), not from MIMIC-CXR-JPG, "
+        "whose files/ holds images only"
     )
 
 
@@ -155,11 +178,54 @@ def read_bytes(path: Path) -> bytes:
     return raw
 
 
-def _first_ragged_line(data: bytes, width: int) -> tuple[int, int] | None:
-    """(line, fields) of the first non-blank line whose field count is not `width`.
+_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
-    Vectorised: each line is one string (read with a separator that never occurs),
-    quoted parts are removed, and commas are counted.
+
+def _check_bytes(path: Path, data: bytes) -> None:
+    """UTF-8 without control characters (tab, CR and LF aside), else name the line."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise CxrctxError(
+            f"{path}: line {line}: not UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})"
+        ) from None
+    m = _CONTROL.search(data)
+    if m:
+        line = data.count(b"\n", 0, m.start()) + 1
+        raise CxrctxError(f"{path}: line {line}: control character 0x{data[m.start()]:02x}")
+
+
+def _record_lines(path: Path, data: bytes, width: int) -> list[int]:
+    """Physical first line of each data record, read quote-aware (a quoted field may hold a
+    newline); a record with the wrong field count or an unbalanced quote names its line."""
+    reader = csv.reader(io.StringIO(data.decode("utf-8"), newline=""), strict=True)
+    starts: list[int] = []
+    end = 0
+    try:
+        for row in reader:
+            start, end = end + 1, reader.line_num
+            if not row:
+                continue
+            if len(row) != width:
+                raise CxrctxError(
+                    f"{path}: line {start}: malformed row: expected {width} fields, found {len(row)}"
+                )
+            starts.append(start)
+    except csv.Error as e:
+        raise CxrctxError(
+            f"{path}: line {end + 1}: malformed CSV: {e} (an unbalanced quote?)"
+        ) from None
+    return starts[1:]  # the header is line 1
+
+
+def _scan_lines(data: bytes, width: int) -> tuple[bool, tuple[int, int] | None]:
+    """(a line has an odd number of quotes, (line, fields) of the first ragged line).
+
+    Vectorised: each line is one string (read with a separator that never occurs: control
+    characters were refused before), quoted parts are removed, and commas are counted.
+    An odd quote count means a quoted field spans lines (or a quote is unbalanced): the
+    caller then reads quote-aware instead, and the ragged answer is not computed.
     """
     lines = pl.read_csv(
         io.BytesIO(data),
@@ -169,14 +235,16 @@ def _first_ragged_line(data: bytes, width: int) -> tuple[int, int] | None:
         infer_schema=False,
         new_columns=["l"],
     )["l"]
+    if (lines.str.count_matches('"', literal=True) % 2 == 1).any():
+        return True, None
     stripped = lines.str.strip_chars_end("\r")
     fields = stripped.str.replace_all(r'"[^"]*"', "").str.count_matches(",") + 1
     bad = (fields != width) & (stripped.str.len_chars() > 0)
     bad = bad.fill_null(False)
     if not bad.any():
-        return None
+        return False, None
     i = int(bad.arg_true()[0])
-    return i + 1, int(fields[i])
+    return False, (i + 1, int(fields[i]))
 
 
 def read_csv(path: Path, required: Sequence[str]) -> pl.DataFrame:
@@ -191,22 +259,29 @@ def read_csv(path: Path, required: Sequence[str]) -> pl.DataFrame:
         raise CxrctxError(
             f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(header)})"
         )
-    ragged = _first_ragged_line(data, len(header))
+    _check_bytes(path, data)
+    # A quoted field over several lines needs a quote-aware (slower) reading; MIMIC has none.
+    multiline, ragged = _scan_lines(data, len(header))
+    starts = _record_lines(path, data, len(header)) if multiline else None
     if ragged is not None:
         line, n = ragged
         raise CxrctxError(
             f"{path}: line {line}: malformed row: expected {len(header)} fields, found {n}"
         )
     try:
-        df = pl.read_csv(io.BytesIO(data), infer_schema=False, encoding="utf8-lossy")
+        df = pl.read_csv(io.BytesIO(data), infer_schema=False)
     except pl.exceptions.PolarsError as e:
-        where = _first_ragged_line(data, len(header))
+        where = None if multiline else _scan_lines(data, len(header))[1]
         detail = (
             f"line {where[0]}: expected {len(header)} fields, found {where[1]}"
             if where
             else str(e).splitlines()[0]
         )
         raise CxrctxError(f"{path}: malformed CSV: {detail}") from None
+    if starts is not None and len(starts) == df.height:
+        return df.with_columns(pl.Series("_line", starts, dtype=pl.UInt32)).select(
+            "_line", *df.columns
+        )
     return df.with_row_index("_line", offset=2)
 
 
@@ -317,22 +392,27 @@ def zip_report_index(path: Path) -> dict[int, tuple[str, int]]:
     return index
 
 
-def iter_report_files(files_dir: Path) -> Iterator[tuple[int, int, str]]:
-    """(subject_id, study_id, path relative to the root) for each report under files/.
+def iter_report_files(files_dir: Path) -> Iterator[tuple[int, int, str, bool]]:
+    """(subject_id, study_id, path relative to the root, via a linked folder) per report.
 
-    Plain `os.listdir` (no stat per entry): the walk covers ~65k patient folders at
-    full scale. Image folders (sNNNNNNNN/) are skipped by name, never entered.
+    `os.scandir` on the two folder levels (its entry types cost no extra system call)
+    and plain `os.listdir` in the ~65k patient folders. Image folders (sNNNNNNNN/) are
+    skipped by name, never entered. The flag marks reports under a symlinked folder:
+    the reader then checks that they really lie inside the root.
     """
     base = str(files_dir)
-    for g in sorted(os.listdir(base)):
+    with os.scandir(base) as it:
+        groups = sorted((e.name, e.is_symlink()) for e in it)
+    for g, g_link in groups:
         if len(g) != 3 or g[0] != "p" or not g[1:].isdigit():
             continue
         group = f"{base}/{g}"
         try:
-            patients = os.listdir(group)
+            with os.scandir(group) as it:
+                patients = sorted((e.name, e.is_symlink()) for e in it)
         except NotADirectoryError:
             continue
-        for p in sorted(patients):
+        for p, p_link in patients:
             if p[0] != "p" or not p[1:].isdigit():
                 continue
             try:
@@ -342,4 +422,4 @@ def iter_report_files(files_dir: Path) -> Iterator[tuple[int, int, str]]:
             subject = int(p[1:])
             for name in sorted(names):
                 if name[0] == "s" and name.endswith(".txt") and name[1:-4].isdigit():
-                    yield subject, int(name[1:-4]), f"files/{g}/{p}/{name}"
+                    yield subject, int(name[1:-4]), f"files/{g}/{p}/{name}", g_link or p_link

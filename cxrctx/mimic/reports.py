@@ -9,16 +9,19 @@ boundary. The zip is opened once per worker and entries are read into memory by 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import stat
 import warnings
 import zipfile
+import zlib
 from collections.abc import Iterator
 
 from cxrctx.mimic.sections import FIELDS, has_temporal_reference, parse_report
 
 #: Columns returned per chunk, beside the section FIELDS.
-META_FIELDS = ("report_sha256", "report_error", "report_error_detail", "temporal_language")
+META_FIELDS = ("report_sha256", "report_error", "report_error_detail")
 
 _ZIPS: dict[tuple, zipfile.ZipFile] = {}
 
@@ -41,38 +44,112 @@ def _zip(path: str) -> zipfile.ZipFile:
     return zf
 
 
-def read_one(
-    root: str, zip_path: str | None, rel: str
-) -> tuple[bytes | None, str | None, str | None]:
-    """(bytes, error reason, detail) for one report."""
+#: Zip compression methods Python's zipfile can read (stored, deflate, bzip2, lzma).
+_ZIP_METHODS = {0: "stored", 8: "deflate", 12: "bzip2", 14: "lzma"}
+_ZIP_NAMES = {9: "Deflate64", 6: "implode", 93: "zstd", 98: "PPMd"}
+Read = tuple[bytes | None, str | None, str | None]
+
+
+def _too_large(size: int, max_bytes: int) -> Read:
+    return None, "report_too_large", f"larger than {max_bytes:,} bytes ({size:,})"
+
+
+def read_entry(zip_path: str, rel: str, max_bytes: int) -> Read:
+    """(bytes, error reason, detail) for one zip entry; a bad entry is a reason, not a crash."""
+    zf = _zip(zip_path)
     try:
-        if zip_path is not None:
-            return _zip(zip_path).read(rel), None, None
-        # os.open/os.read: no buffered file object per report (228k of them at full scale).
-        fd = os.open(os.path.join(root, rel), os.O_RDONLY)
+        info = zf.getinfo(rel)
+    except KeyError:
+        return None, "missing_report", "file not found"
+    if info.flag_bits & 0x1:
+        return None, "unreadable_report", "encrypted zip entry"
+    if info.compress_type not in _ZIP_METHODS:
+        name = _ZIP_NAMES.get(info.compress_type, "unknown")
+        return (
+            None,
+            "unreadable_report",
+            f"unsupported compression method {info.compress_type} ({name})",
+        )
+    if info.file_size > max_bytes:
+        return _too_large(info.file_size, max_bytes)
+    try:
+        with zf.open(info) as f:
+            data = f.read(max_bytes + 1)  # never more than the cap, whatever the header says
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, RuntimeError) as e:
+        return None, "unreadable_report", f"corrupt zip entry ({type(e).__name__}: {e})"
+    if len(data) > max_bytes:
+        return _too_large(len(data), max_bytes)
+    return data, None, None
+
+
+def read_file(root: str, rel: str, max_bytes: int, linked: bool = False) -> Read:
+    """(bytes, error reason, detail) for one report file: a regular file inside the root.
+
+    Opened without following a final symlink and without blocking (a FIFO would hang a
+    blocking open); a symlink is followed only when it resolves inside the root.
+    os.open/os.read: no buffered file object per report (228k of them at full scale).
+    """
+    path = os.path.join(root, rel)
+    try:
+        if linked and not _inside(root, path):
+            return None, "unreadable_report", "symlinked folder leads outside the root"
         try:
-            parts = []
-            while block := os.read(fd, 1 << 16):
-                parts.append(block)
+            fd = os.open(path, _OPEN_FLAGS | _NOFOLLOW)
+        except OSError as e:
+            if e.errno != errno.ELOOP or not _NOFOLLOW:
+                raise
+            if not _inside(root, path):
+                return None, "unreadable_report", "symlink leads outside the root"
+            fd = os.open(path, _OPEN_FLAGS)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return None, "unreadable_report", "not a regular file"
+            if st.st_size > max_bytes:
+                return _too_large(st.st_size, max_bytes)
+            # A short read of a regular file is its end: one read for a whole report.
+            data = os.read(fd, st.st_size + 1)
+            while st.st_size < len(data) <= max_bytes:  # it grew since fstat: read on
+                block = os.read(fd, 1 << 16)
+                if not block:
+                    break
+                data += block
         finally:
             os.close(fd)
-        return b"".join(parts), None, None
-    except (FileNotFoundError, NotADirectoryError, KeyError):
+    except (FileNotFoundError, NotADirectoryError):
         return None, "missing_report", "file not found"
-    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as e:
-        return None, "unreadable_report", type(e).__name__
+    except OSError as e:
+        return None, "unreadable_report", f"{type(e).__name__}: {e.strerror or e}"
+    if len(data) > max_bytes:
+        return _too_large(len(data), max_bytes)
+    return data, None, None
 
 
-def process_chunk(args: tuple[str, str | None, list[str]]) -> dict[str, list]:
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _inside(root: str, path: str) -> bool:
+    real_root = os.path.realpath(root)
+    return os.path.realpath(path).startswith(real_root + os.sep)
+
+
+Chunk = tuple[str, str | None, list[str], int, frozenset[str]]
+"""(root, zip path or None, report paths, size cap in bytes, paths under a linked folder)."""
+
+
+def process_chunk(args: Chunk) -> dict[str, list]:
     """Read and section each report of the chunk; returns column lists in chunk order."""
-    root, zip_path, rels = args
+    root, zip_path, rels, max_bytes, linked = args
     cols: dict[str, list] = {k: [] for k in (*META_FIELDS, *FIELDS)}
     empty = (None,) * len(FIELDS)
     for rel in rels:
-        data, err, detail = read_one(root, zip_path, rel)
+        if zip_path is not None:
+            data, err, detail = read_entry(zip_path, rel, max_bytes)
+        else:
+            data, err, detail = read_file(root, rel, max_bytes, rel in linked)
         sha = None
         sections: tuple = empty
-        temporal = False
         if data is not None:
             sha = hashlib.sha256(data).hexdigest()
             try:
@@ -84,14 +161,17 @@ def process_chunk(args: tuple[str, str | None, list[str]]) -> dict[str, list]:
                     err, detail = "empty_report", "no text"
                 else:
                     sections = parse_report(text)
-                    temporal = has_temporal_reference(sections[6], sections[7])
         cols["report_sha256"].append(sha)
         cols["report_error"].append(err)
         cols["report_error_detail"].append(detail)
-        cols["temporal_language"].append(temporal)
         for k, v in zip(FIELDS, sections, strict=True):
             cols[k].append(v)
     return cols
+
+
+def temporal_chunk(pairs: list[tuple[str | None, str | None]]) -> list[bool]:
+    """`has_temporal_reference(findings, impression)` for each pair."""
+    return [has_temporal_reference(f, i) for f, i in pairs]
 
 
 def mp_context():

@@ -51,6 +51,7 @@ RECORD_SCHEMA: dict[str, pl.DataType] = {
     "findings": pl.String,
     "impression": pl.String,
     "addendum": pl.String,
+    "last_paragraph": pl.String,
     "priors": pl.List(PRIOR_STRUCT),
     "n_prior_studies": pl.Int64,
     "report_path": pl.String,

@@ -20,8 +20,13 @@ Choices (documented in the README):
 - Whitespace is normalised: the 79-column lines are unwrapped into single spaces.
 - Examination, indication, history, technique and comparison end at the first blank
   line; findings and impression may span paragraphs. Free text with no header at all
-  (about 10k MIMIC reports have neither findings nor impression) is not guessed into a
-  section: those records carry `no_findings` / `no_impression`.
+  (about 10k MIMIC reports have neither findings nor impression) is not guessed into
+  findings or impression: those records carry `no_findings` / `no_impression`, and the
+  free text at the end of the body goes to `last_paragraph` (the fallback target of the
+  MIT-LCP sectioner and of cxrmate-ed): the paragraphs after the first paragraph of the
+  body's last section (that paragraph belongs to the section's header), or the whole
+  body, title lines removed, when it has no header at all. It is null whenever findings
+  or impression exist.
 
 This module is imported by worker processes: keep it free of heavy imports.
 """
@@ -31,6 +36,8 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from typing import NamedTuple
+
+from cxrctx.vocab import has_temporal_reference  # noqa: F401  (the cue list lives in vocab)
 
 #: Fields produced per report, in this order.
 FIELDS: tuple[str, ...] = (
@@ -43,6 +50,7 @@ FIELDS: tuple[str, ...] = (
     "findings",
     "impression",
     "addendum",
+    "last_paragraph",
 )
 
 
@@ -56,6 +64,7 @@ class Sections(NamedTuple):
     findings: str | None = None
     impression: str | None = None
     addendum: str | None = None
+    last_paragraph: str | None = None
 
 
 _CANONICAL = (
@@ -235,52 +244,74 @@ def _is_body(block: str) -> bool:
     return "FINAL REPORT" in block
 
 
+def _body_index(blocks: list[str]) -> int:
+    """The body is the block titled FINAL REPORT; failing that, the last non-empty one
+    (MIMIC puts addenda first)."""
+    if len(blocks) == 1:
+        return 0
+    body_idx = next((i for i, b in enumerate(blocks) if _is_body(b)), None)
+    if body_idx is None:
+        nonempty = [i for i, b in enumerate(blocks) if b.strip()]
+        body_idx = max(nonempty) if nonempty else 0
+    return body_idx
+
+
+def _content(name: str | None, raw: str) -> str:
+    if name in _ONE_PARAGRAPH:
+        # A blank line ends these sections: what follows without a header is
+        # unlabelled free text, not more indication/comparison/...
+        # (a header followed directly by a blank line is an empty section).
+        m = _PARA_BREAK.search(raw)
+        if m:
+            raw = raw[: m.start()]
+    return _norm_ws(raw)
+
+
+def _last_paragraph(name: str | None, raw: str) -> str | None:
+    """Free text at the end of a body whose last section is `name` with text `raw`."""
+    if name is None:
+        return _norm_ws(_TITLE_LINE.sub("", raw)) or None
+    m = _PARA_BREAK.search(raw)
+    return (_norm_ws(raw[m.end() :]) or None) if m else None
+
+
 def parse_report(text: str) -> Sections:
     """Parse one report's text into `Sections` (None for an absent or empty section)."""
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     blocks = _SEP_LINE.split(text) if "________" in text else [text]
-    if len(blocks) > 1:
-        # The body is the block titled FINAL REPORT; failing that, the last non-empty one
-        # (MIMIC puts addenda first).
-        body_idx = next((i for i, b in enumerate(blocks) if _is_body(b)), None)
-        if body_idx is None:
-            body_idx = (
-                max(i for i, b in enumerate(blocks) if b.strip())
-                if any(b.strip() for b in blocks)
-                else 0
-            )
-    else:
-        body_idx = 0
+    body_idx = _body_index(blocks)
     found: dict[str, list[str]] = {}
     both: list[str] = []
     addenda: list[str] = []
+    last: tuple[str | None, str] = (None, "")
     for i, block in enumerate(blocks):
         if i != body_idx:  # in the body, a title line is preamble and is dropped anyway
             block = _TITLE_LINE.sub("", block)
         for name, raw in _split_block(block):
-            if name in _ONE_PARAGRAPH:
-                # A blank line ends these sections: what follows without a header is
-                # unlabelled free text, not more indication/comparison/...
-                # (a header followed directly by a blank line is an empty section).
-                m = _PARA_BREAK.search(raw)
-                if m:
-                    raw = raw[: m.start()]
-            content = _norm_ws(raw)
+            if i == body_idx:
+                last = (name, raw)
+            content = _content(name, raw)
             if not content:
                 continue
             if i != body_idx:
                 if name in (None, "addendum"):
                     addenda.append(content)
-                continue
-            if name is None or name == _IGNORED:
-                continue
-            if name == "addendum":
+            elif name == "addendum":
                 addenda.append(content)
             elif name == _BOTH:
                 both.append(content)
-            else:
+            elif name is not None and name != _IGNORED:
                 found.setdefault(name, []).append(content)
+    return _assemble(found, both, addenda, last)
+
+
+def _assemble(
+    found: dict[str, list[str]],
+    both: list[str],
+    addenda: list[str],
+    last: tuple[str | None, str],
+) -> Sections:
     out = {k: " ".join(v) for k, v in found.items()}
     if both:
         joined = " ".join(both)
@@ -290,6 +321,7 @@ def parse_report(text: str) -> Sections:
     reason = None
     if indication and "//" in indication:
         reason = _norm_ws(indication.split("//", 1)[1]) or None
+    has_target = out.get("findings") or out.get("impression")
     return Sections(
         examination=out.get("examination"),
         indication=indication,
@@ -300,45 +332,5 @@ def parse_report(text: str) -> Sections:
         findings=out.get("findings"),
         impression=out.get("impression"),
         addendum=" ".join(addenda) or None,
+        last_paragraph=None if has_target else _last_paragraph(*last),
     )
-
-
-# --- comparison language ----------------------------------------------------------------
-
-# Phrases that deny a prior ("no prior studies for comparison") are removed before the
-# positive search so they do not count as temporal references.
-_PRIOR_WORD = r"(?:prior|previous|old|older|earlier|outside|comparison)"
-_STUDY_WORD = (
-    r"(?:stud(?:y|ies)|exams?|examinations?|films?|radiographs?|images?|imaging|cts?|comparisons?)"
-)
-_NEGATED = re.compile(
-    # "no prior studies", "without previous imaging for comparison", "none available"
-    rf"\b(?:no|without|not|none)\s+(?:\w+\s+){{0,2}}?{_PRIOR_WORD}s?\b(?:\s+{_STUDY_WORD})?"
-    rf"(?:\s+(?:is|are)?\s*(?:available|on file))?(?:\s+(?:for|to)\s+(?:comparison|compare))?"
-    # "prior studies are not available", "comparison: none"
-    rf"|\b{_PRIOR_WORD}s?(?:\s+{_STUDY_WORD})?\s+(?:is|are|were|was)\s+not\s+available"
-    r"|\bcomparison\s*(?::|is|was)?\s*none\b"
-    r"|\bhemodynamically stable\b|\bstable condition\b|\bclinically stable\b",
-)
-_TEMPORAL = re.compile(
-    r"\b(?:unchanged|no (?:significant |substantial |interval |appreciable )?change"
-    r"|stable|stably|interval(?:ly)?|new|newly|since|no longer"
-    r"|compared|in comparison|as before|similar to|prior|previous|previously"
-    r"|again (?:seen|noted|demonstrated|visualized|identified|present)"
-    r"|redemonstrat\w*|persist(?:ent|s|ing|ed)?|improv(?:ed|ing|ement)|worse|worsen(?:ed|ing)?|progress(?:ed|ion)"
-    r"|resolv(?:ed|ing)|resolution|remain(?:s|ed|ing)?"
-    r"|(?:increase|decrease)d? (?:in|since|from)|(?:increasing|decreasing)"
-    r"|(?:has|have|had) (?:increased|decreased|enlarged|diminished|developed))\b",
-)
-
-
-def has_temporal_reference(*texts: str | None) -> bool:
-    """Whether any text speaks as if an earlier study existed (C-SRRG's temporal-hallucination cue)."""
-    for text in texts:
-        if not text:
-            continue
-        text = text.lower()  # the patterns are lower case (faster than re.I)
-        # Only text with a candidate goes through the (slower) removal of denials.
-        if _TEMPORAL.search(text) and _TEMPORAL.search(_NEGATED.sub(" ", text)):
-            return True
-    return False

@@ -5,19 +5,21 @@
   side comes from an existing label directory (e.g. label-lesions output, or a synthetic
   root's `truth/`). Without any backend a negation-aware *keyword* labeler stands in; the
   output says so, because it is not the paper's method. Scores come from
-  `cxrctx.labeling.evaluate_labels` (positive class, per lesion, micro and macro). An
-  empty generated report asserts nothing: all 14 negative, without an LLM call.
-- ROUGE-L: LCS-based F-measure with β = 1.2 (as in pycocoevalcap, which most report-
-  generation papers use), lower-cased word tokens, averaged over studies.
-- METEOR: computed only when NLTK and its WordNet data are installed locally (nothing is
-  downloaded); otherwise null with the reason in `notes`.
+  `cxrctx.labeling.evaluate_labels` (positive class, per lesion, micro and macro).
+- Classifier ROC-AUC of the generated rows' lesion probabilities against the same
+  reference labels (scikit-learn), so one evaluation shows what the classifier saw and
+  what the reports say.
+- ROUGE-L, METEOR and the temporal-hallucination rate: see `cxrctx.reportgen.metrics`.
 - GREEN and F1-RadGraph need their own models and are not computed (said in `notes`).
 - LLM consistency judge: four criteria scored 1–5 (`prompts/consistency_judge/`); the
   report gives each criterion's mean and the total (sum of the four means, out of 20, as
   in the paper's Table 2).
 
-The reference text is the record's findings and impression (configurable) — which
-sections were used is part of the output.
+An empty generated report is a counted failure (`n_empty_generated`): it asserts no
+lesion (all 14 negative, no labeler call), scores ROUGE-L 0 and is never sent to the
+judge, which would otherwise grade an empty text mid-scale. The reference text is the
+record's findings and impression (configurable); which sections were used is part of the
+output.
 """
 
 from __future__ import annotations
@@ -25,26 +27,53 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from cxrctx.errors import CxrctxError
-from cxrctx.io import atomic_write_text, read_shards, shard_paths, write_parquet
+from cxrctx.io import (
+    Stage,
+    atomic_write_text,
+    config_hash,
+    file_entry,
+    open_stage,
+    prepare_output,
+    stage_inputs,
+    write_parquet,
+    write_stage_manifest,
+)
+from cxrctx.reportgen.metrics import (
+    TemporalHallucination,
+    classifier_auc,
+    meteor_scores,
+    rouge_l_scores,
+    temporal_hallucination,
+)
 from cxrctx.reportgen.tasks import CRITERIA
 from cxrctx.vocab import LESIONS
 
+if TYPE_CHECKING:
+    from cxrctx.llm.base import Engine, Sampling
+
 log = logging.getLogger(__name__)
 
-_TOK = re.compile(r"[a-z0-9]+")
+#: The stage name written into the manifest and the output-folder marker.
+STAGE = "evaluate"
+
+REFERENCE_SECTIONS = ("findings", "impression")
 
 
 class JudgeScores(BaseModel):
     model_config = ConfigDict(extra="forbid")
     n: int = Field(description="Studies judged successfully")
-    failures: int
+    failures: int = Field(description="Studies whose judge answer was unusable")
+    empty: int = Field(
+        0, description="Empty generated reports: never sent to the judge, not in n (a failure)"
+    )
     backend: str
     model: str
     prompt_sha256: str
@@ -66,6 +95,9 @@ class EvaluationReport(BaseModel):
     n_generated: int
     n_pairs: int = Field(description="Generated reports with a non-empty reference text")
     n_missing_reference: int
+    n_empty_generated: int = Field(
+        description="Pairs whose generated report is empty (a failure: all-negative, ROUGE-L 0, not judged)"
+    )
     reference_sections: list[str]
     labeler: str = Field(
         description="'llm:<backend>/<model>' or 'keyword' (not the paper's LLM labeler)"
@@ -76,60 +108,18 @@ class EvaluationReport(BaseModel):
     lesion: dict[str, Any] | None = Field(
         description="cxrctx.labeling EvalReport: per-lesion and averaged P/R/F1"
     )
-    rouge_l: float | None
+    classifier_auc: dict[str, Any] | None = Field(
+        description="ROC-AUC of the generated rows' lesion_probs against the reference labels (n, per_lesion, macro); null without lesion_probs"
+    )
+    rouge_l: float | None = Field(
+        description="Mean ROUGE-L F1 over pairs (rouge-score rougeL, no stemming)"
+    )
     meteor: float | None
+    temporal_hallucination: TemporalHallucination | None = Field(
+        description="Comparison language in generated reports of studies without a prior study; null when the records lack n_prior_studies"
+    )
     judge: JudgeScores | None
     notes: list[str]
-
-
-# ----------------------------------------------------------------------------- text metrics
-
-
-def tokens(text: str) -> list[str]:
-    return _TOK.findall(text.lower())
-
-
-def _lcs(a: list[str], b: list[str]) -> int:
-    if not a or not b:
-        return 0
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0] * (len(b) + 1)
-        for j, y in enumerate(b, 1):
-            cur[j] = prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1])
-        prev = cur
-    return prev[-1]
-
-
-def rouge_l(candidate: str, reference: str, beta: float = 1.2) -> float:
-    """ROUGE-L F-measure (Lin 2004) with recall weighted by beta (pycocoevalcap uses 1.2)."""
-    c, r = tokens(candidate), tokens(reference)
-    lcs = _lcs(c, r)
-    if lcs == 0:
-        return 0.0
-    p, rec = lcs / len(c), lcs / len(r)
-    return (1 + beta**2) * p * rec / (rec + beta**2 * p)
-
-
-def meteor_scores(pairs: list[tuple[str, str]]) -> tuple[float | None, str | None]:
-    """Mean METEOR via NLTK when its WordNet data is present locally; else (None, why)."""
-    try:
-        import nltk
-        from nltk.translate.meteor_score import meteor_score
-
-        nltk.data.find("corpora/wordnet")
-    except ImportError:
-        return (
-            None,
-            "METEOR not computed: NLTK is not installed (pip install nltk and its WordNet data to enable it)",
-        )
-    except LookupError:
-        return (
-            None,
-            "METEOR not computed: NLTK's WordNet data is not installed and is never downloaded at run time",
-        )
-    vals = [meteor_score([tokens(r)], tokens(c)) for c, r in pairs]
-    return (sum(vals) / len(vals) if vals else None), None
 
 
 # ----------------------------------------------------------------------------- keyword labeler
@@ -197,96 +187,79 @@ def keyword_labels(docs: pl.DataFrame) -> pl.DataFrame:
 
 
 def run_judge(
-    engine: Any,
+    engine: Engine,
     pairs: list[tuple[str, str, str]],
-    sampling: Any = None,
-    cache_dir: Any = None,
+    sampling: Sampling | None = None,
+    cache_dir: str | os.PathLike | None = None,
     executor: Any = None,
 ) -> tuple[JudgeScores, list[dict]]:
+    """The consistency judge (a task on the shared LLM layer) over (key, generated, reference)."""
     from cxrctx.reportgen.tasks import judge_reports
 
     per, failed, prompt_sha = judge_reports(
         engine, pairs, sampling=sampling, cache_dir=cache_dir, executor=executor
     )
-    failures = len(failed)
     for key, reason in failed:
         log.debug("judge failed for %s: %s", key, reason)
     means = {c: (sum(p[c] for p in per) / len(per) if per else None) for c in CRITERIA}
-    total = sum(means.values()) if per else None  # type: ignore[arg-type]
+    total = sum(v for v in means.values() if v is not None) if per else None
     return (
         JudgeScores(
             n=len(per),
-            failures=failures,
+            failures=len(failed),
             backend=str(getattr(engine, "backend", "?")),
             model=str(getattr(engine, "model", "?")),
             prompt_sha256=prompt_sha,
             total=total,
             mean=total / 4 if total is not None else None,
-            **means,
+            clinical_accuracy=means["clinical_accuracy"],
+            findings_completeness=means["findings_completeness"],
+            linguistic_quality=means["linguistic_quality"],
+            report_structure=means["report_structure"],
         ),
         per,
     )
 
 
-# ----------------------------------------------------------------------------- main
+# ----------------------------------------------------------------------------- inputs
 
 
-def _read_generated(path: str | os.PathLike) -> pl.DataFrame:
-    p = Path(path)
-    if (p / "generated").is_dir():
-        p = p / "generated"
-    if not shard_paths(p):
-        raise CxrctxError(f"{path}: no generated reports (generated/part-*.parquet) found")
-    df = read_shards(p)
+def _read_generated(st: Stage) -> pl.DataFrame:
+    """The generated reports of a checked `generate` output."""
+    df = st.read()
     if not {"study_id", "report"} <= set(df.columns):
-        raise CxrctxError(f"{p}: generated shards lack study_id/report columns")
+        raise CxrctxError(f"{st.dir}: generated shards lack study_id/report columns")
     return df
 
 
-def _read_reference(path: str | os.PathLike, sections: list[str]) -> pl.DataFrame:
-    p = Path(path)
-    if (p / "records").is_dir():
-        p = p / "records"
-    if not shard_paths(p):
-        raise CxrctxError(f"{path}: no records shards (part-*.parquet) found")
-    df = read_shards(p)
+def _read_reference(st: Stage, sections: list[str]) -> pl.DataFrame:
+    """study_id, reference text (the sections joined) and n_prior_studies when recorded."""
+    df = st.read()
+    p = st.dir
     bad = [s for s in sections if s not in df.columns]
     if bad:
         raise CxrctxError(f"{p}: records lack section column(s) {bad}")
     text = pl.concat_str(
         [pl.col(s).fill_null("") for s in sections], separator=" "
     ).str.strip_chars()
-    return df.select("study_id", text.alias("reference"))
+    prior = ["n_prior_studies"] if "n_prior_studies" in df.columns else []
+    return df.select("study_id", text.alias("reference"), *prior)
 
 
-def evaluate(
-    generated: str | os.PathLike,
-    *,
-    reference: str | os.PathLike,
-    reference_labels: str | os.PathLike | None = None,
-    labeler_engine: Any = None,
-    judge_engine: Any = None,
-    sections: tuple[str, ...] = ("findings", "impression"),
-    out: str | os.PathLike | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    executor: Any = None,
-) -> EvaluationReport:
-    """Score generated reports against reference records; writes OUT/evaluation.json (+ per-study table)."""
-    from cxrctx.labeling import evaluate_labels, label_documents, load_labels
+Pair = tuple[str, str, str]  # (study_id, generated report, reference text)
 
-    sections = tuple(sections)
-    for s in sections:
-        if s not in ("findings", "impression"):
-            raise CxrctxError(f"reference section must be findings or impression (got {s!r})")
-    gen = _read_generated(generated)
-    ref = _read_reference(reference, list(sections))
+
+def _pair(
+    gen: pl.DataFrame, ref: pl.DataFrame, reference: str | os.PathLike, sections: tuple[str, ...]
+) -> tuple[pl.DataFrame, list[Pair], list[str]]:
+    """Generated rows joined with their records; the scorable pairs; notes on what is not."""
     joined = gen.select("study_id", "report").join(ref, on="study_id", how="left")
     have = joined.filter(pl.col("reference").is_not_null() & (pl.col("reference") != ""))
     notes: list[str] = ["GREEN and F1-RadGraph are not computed (they need their own models)."]
-    missing_ref = joined.height - have.height
-    if missing_ref:
+    missing = joined.height - have.height
+    if missing:
         notes.append(
-            f"{missing_ref} generated report(s) have no reference {'+'.join(sections)} text and are not scored."
+            f"{missing} generated report(s) have no reference {'+'.join(sections)} text and are not scored."
         )
     if have.height == 0:
         raise CxrctxError(
@@ -296,121 +269,233 @@ def evaluate(
         (str(s), g or "", r)
         for s, g, r in have.select("study_id", "report", "reference").iter_rows()
     ]
-    rl = [rouge_l(g, r) for _, g, r in pairs]
-    met, why = meteor_scores([(g, r) for _, g, r in pairs])
-    if why:
-        notes.append(why)
-
-    # lesion P/R/F1
-    gen_docs = pl.DataFrame({"id": [p[0] for p in pairs], "text": [p[1] for p in pairs]})
-    ref_docs = pl.DataFrame({"id": [p[0] for p in pairs], "text": [p[2] for p in pairs]})
-    if labeler_engine is not None:
-        labeler = (
-            f"llm:{getattr(labeler_engine, 'backend', '?')}/{getattr(labeler_engine, 'model', '?')}"
+    empty = sum(1 for _, g, _ in pairs if not g.strip())
+    if empty:
+        notes.append(
+            f"{empty} generated report(s) are empty: counted as failures (all lesions negative, "
+            "ROUGE-L 0, not sent to the judge)."
         )
-        nonempty = gen_docs.filter(pl.col("text").str.strip_chars() != "")
-        empty = gen_docs.filter(pl.col("text").str.strip_chars() == "")
-        # an empty generated report asserts no lesion: all 14 negative, no LLM call
-        pred = keyword_labels(empty)
-        if nonempty.height:
-            gen_res = label_documents(
-                nonempty, labeler_engine, cache_dir=cache_dir, executor=executor
-            )
-            pred = pl.concat([gen_res.labels.select(pred.columns), pred])
-            if gen_res.failures.height:
-                notes.append(
-                    f"labeler failed on {gen_res.failures.height} generated report(s); they are not scored"
-                )
-        if empty.height:
-            notes.append(f"{empty.height} generated report(s) are empty and count as all-negative")
-    else:
-        labeler = "keyword"
+    return joined, pairs, notes
+
+
+# ----------------------------------------------------------------------------- lesion labels
+
+
+def _engine_name(engine: Engine) -> str:
+    return f"llm:{getattr(engine, 'backend', '?')}/{getattr(engine, 'model', '?')}"
+
+
+def _docs(pairs: list[Pair], side: int) -> pl.DataFrame:
+    return pl.DataFrame({"id": [p[0] for p in pairs], "text": [p[side] for p in pairs]})
+
+
+def _label_generated(
+    pairs: list[Pair], engine: Engine | None, cache_dir: Any, notes: list[str], executor: Any = None
+) -> tuple[pl.DataFrame, str]:
+    """Labels of the generated side and the labeler's name; an empty report is all-negative."""
+    from cxrctx.labeling import label_documents
+
+    docs = _docs(pairs, 1)
+    if engine is None:
         notes.append(
             "lesion labels of generated reports come from the keyword labeler (no LLM backend given); not the paper's LLM labeler."
         )
-        pred = keyword_labels(gen_docs)
+        return keyword_labels(docs), "keyword"
+    nonempty = docs.filter(pl.col("text").str.strip_chars() != "")
+    pred = keyword_labels(docs.filter(pl.col("text").str.strip_chars() == ""))
+    if nonempty.height:
+        res = label_documents(nonempty, engine, cache_dir=cache_dir, executor=executor)
+        pred = pl.concat([res.labels.select(pred.columns), pred])
+        if res.failures.height:
+            notes.append(
+                f"labeler failed on {res.failures.height} generated report(s); they are not scored"
+            )
+    return pred, _engine_name(engine)
+
+
+def _label_reference(
+    pairs: list[Pair],
+    reference_labels: str | os.PathLike | None,
+    engine: Engine | None,
+    cache_dir: Any,
+    executor: Any = None,
+) -> tuple[pl.DataFrame, str]:
+    """Labels of the reference side: a label directory, the LLM labeler or the keyword one."""
+    from cxrctx.labeling import label_documents, load_labels
+
+    docs = _docs(pairs, 2)
     if reference_labels is not None:
-        gold = load_labels(reference_labels)
-        ids = set(ref_docs["id"].to_list())
-        gold = gold.filter(pl.col("id").is_in(list(ids)))
+        ids = docs["id"].to_list()
+        gold = load_labels(reference_labels).filter(pl.col("id").is_in(ids))
         if gold.height == 0:
             raise CxrctxError(
                 f"{reference_labels}: the reference labels cover none of the {len(ids)} evaluated studies"
             )
-        ref_label_src = str(reference_labels)
-    elif labeler_engine is not None:
-        ref_res = label_documents(ref_docs, labeler_engine, cache_dir=cache_dir, executor=executor)
-        gold, ref_label_src = ref_res.labels, labeler
-    else:
-        gold, ref_label_src = keyword_labels(ref_docs), "keyword"
+        return gold, str(reference_labels)
+    if engine is not None:
+        res = label_documents(docs, engine, cache_dir=cache_dir, executor=executor)
+        return res.labels, _engine_name(engine)
+    return keyword_labels(docs), "keyword"
+
+
+def _lesion_scores(pred: pl.DataFrame, gold: pl.DataFrame, gold_kind: str) -> dict[str, Any]:
+    from cxrctx.labeling import evaluate_labels
+
     cols = ["id", "lesion", "status"] + (
         ["location"] if "location" in pred.columns and "location" in gold.columns else []
     )
-    lesion = evaluate_labels(
-        pred.select(cols), gold.select(cols), lesions=list(LESIONS), gold_kind=ref_label_src
+    rep = evaluate_labels(
+        pred.select(cols), gold.select(cols), lesions=list(LESIONS), gold_kind=gold_kind
+    )
+    return rep.model_dump(mode="json")
+
+
+def _classifier_auc(gen: pl.DataFrame, pairs: list[Pair], gold: pl.DataFrame) -> dict | None:
+    if "lesion_probs" not in gen.columns:
+        return None
+    ids = [p[0] for p in pairs]
+    probs = gen.select(pl.col("study_id").cast(pl.String).alias("id"), "lesion_probs").filter(
+        pl.col("id").is_in(ids)
+    )
+    return classifier_auc(probs, gold)
+
+
+# ----------------------------------------------------------------------------- judge + temporal
+
+
+def _judge(
+    engine: Engine,
+    pairs: list[Pair],
+    notes: list[str],
+    cache_dir: str | os.PathLike | None,
+    executor: Any = None,
+) -> tuple[JudgeScores, list[dict]]:
+    """The consistency judge on the non-empty reports; empty ones are counted, not judged."""
+    nonempty = [p for p in pairs if p[1].strip()]
+    judge, per = run_judge(engine, nonempty, cache_dir=cache_dir, executor=executor)
+    judge = judge.model_copy(update={"empty": len(pairs) - len(nonempty)})
+    if judge.failures:
+        notes.append(f"the judge's answer was unusable for {judge.failures} stud(ies)")
+    return judge, per
+
+
+def _temporal(joined: pl.DataFrame, notes: list[str]) -> TemporalHallucination | None:
+    """Comparison language in generated reports whose record has no prior study."""
+    if "n_prior_studies" not in joined.columns:
+        notes.append("the records lack n_prior_studies: no temporal-hallucination rate.")
+        return None
+    rows = joined.filter(pl.col("n_prior_studies").is_not_null())
+    return temporal_hallucination(
+        [g or "" for g in rows["report"].to_list()],
+        rows["reference"].to_list(),
+        rows["n_prior_studies"].to_list(),
     )
 
-    judge = None
+
+# ----------------------------------------------------------------------------- main
+
+
+def evaluate(
+    generated: str | os.PathLike,
+    *,
+    reference: str | os.PathLike,
+    reference_labels: str | os.PathLike | None = None,
+    labeler_engine: Engine | None = None,
+    judge_engine: Engine | None = None,
+    sections: tuple[str, ...] = REFERENCE_SECTIONS,
+    out: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    progress: Callable[[str], None] | None = None,
+    executor: Any = None,
+) -> EvaluationReport:
+    """Score generated reports against reference records; writes OUT/evaluation.json (+ per-study table).
+
+    Both inputs are checked against their manifests first. With `out`, the folder follows the
+    shared output policy (another run's folder is refused unless `overwrite`) and gets a
+    manifest listing the inputs' checksums, like every stage.
+
+    `progress(phase)` is called as each phase starts: "text", "labels", "judge".
+    """
+    sections = tuple(sections)
+    for s in sections:
+        if s not in REFERENCE_SECTIONS:
+            raise CxrctxError(f"reference section must be findings or impression (got {s!r})")
+    step = progress or (lambda _phase: None)
+    gen_st, ref_st = open_stage(generated, "generate"), open_stage(reference, "build-priors")
+    options = {
+        "sections": list(sections),
+        "reference_labels": str(reference_labels) if reference_labels else None,
+        "labeler": _engine_name(labeler_engine) if labeler_engine is not None else "keyword",
+        "judge": _engine_name(judge_engine) if judge_engine is not None else None,
+        "inputs": [f.sha256 for f in stage_inputs(gen_st) + stage_inputs(ref_st)],
+    }
+    if out is not None:  # the shared output policy, before any work
+        prepare_output(out, stage=STAGE, config_hash=config_hash(options), overwrite=overwrite)
+    gen = _read_generated(gen_st)
+    joined, pairs, notes = _pair(gen, _read_reference(ref_st, list(sections)), reference, sections)
+    step("text")
+    rl = rouge_l_scores([(g, r) for _, g, r in pairs])
+    met, why = meteor_scores([(g, r) for _, g, r in pairs])
+    notes += [why] if why else []
+    temporal = _temporal(joined, notes)
+    step("labels")
+    pred, labeler = _label_generated(pairs, labeler_engine, cache_dir, notes, executor)
+    gold, gold_src = _label_reference(pairs, reference_labels, labeler_engine, cache_dir, executor)
+    judge: JudgeScores | None = None
     per_judge: list[dict] = []
     if judge_engine is not None:
-        judge, per_judge = run_judge(judge_engine, pairs, cache_dir=cache_dir, executor=executor)
-        if judge.failures:
-            notes.append(f"the judge's answer was unusable for {judge.failures} stud(ies)")
+        step("judge")
+        judge, per_judge = _judge(judge_engine, pairs, notes, cache_dir, executor)
     report = EvaluationReport(
         n_generated=gen.height,
         n_pairs=len(pairs),
-        n_missing_reference=missing_ref,
+        n_missing_reference=joined.height - len(pairs),
+        n_empty_generated=sum(1 for _, g, _ in pairs if not g.strip()),
         reference_sections=list(sections),
         labeler=labeler,
-        reference_labels=ref_label_src,
-        lesion=lesion.model_dump(mode="json"),
+        reference_labels=gold_src,
+        lesion=_lesion_scores(pred, gold, gold_src),
+        classifier_auc=_classifier_auc(gen, pairs, gold),
         rouge_l=sum(rl) / len(rl),
         meteor=met,
+        temporal_hallucination=temporal,
         judge=judge,
         notes=notes,
     )
     if out is not None:
-        o = Path(out)
-        o.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(o / "evaluation.json", report.model_dump_json(indent=2) + "\n")
-        per = pl.DataFrame({"study_id": [int(p[0]) for p in pairs], "rouge_l": rl})
-        if per_judge:
-            jd = (
-                pl.DataFrame(per_judge)
-                .with_columns(pl.col("id").cast(pl.Int64).alias("study_id"))
-                .drop("id")
-            )
-            per = per.join(jd, on="study_id", how="left")
-        write_parquet(per.sort("study_id"), o / "per_study.parquet")
+        _write(Path(out), report, pairs, rl, per_judge, options, gen_st, ref_st)
     return report
 
 
-def report_table(rep: EvaluationReport):
-    """A rich table of the headline numbers and per-lesion F1."""
-    from rich.table import Table
-
-    t = Table(
-        title=f"evaluate: {rep.n_pairs} studies ({'+'.join(rep.reference_sections)}), labeler {rep.labeler}"
+def _write(
+    out: Path,
+    report: EvaluationReport,
+    pairs: list[Pair],
+    rl: list[float],
+    per_judge: list[dict],
+    options: dict[str, Any],
+    gen_st: Stage,
+    ref_st: Stage,
+) -> None:
+    """evaluation.json, per_study.parquet (study_id, rouge_l[, judge criteria]), manifest.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "evaluation.json", report.model_dump_json(indent=2) + "\n")
+    per = pl.DataFrame(
+        {"study_id": [int(p[0]) for p in pairs], "rouge_l": rl},
+        schema={"study_id": pl.Int64, "rouge_l": pl.Float64},
     )
-    t.add_column("metric")
-    t.add_column("value", justify="right")
-
-    def f(v: float | None) -> str:
-        return "—" if v is None else f"{v:.3f}"
-
-    les = rep.lesion or {}
-    t.add_row(
-        "lesion macro P / R / F1",
-        f"{f(les.get('macro_precision'))} / {f(les.get('macro_recall'))} / {f(les.get('macro_f1'))}",
-    )
-    t.add_row("lesion micro F1", f(les.get("micro_f1")))
-    for s in les.get("lesions", []):
-        if s.get("support"):
-            t.add_row(f"  {s['lesion']} F1 (n={s['support']})", f(s.get("f1")))
-    t.add_row("ROUGE-L", f(rep.rouge_l))
-    t.add_row("METEOR", f(rep.meteor))
-    if rep.judge is not None:
-        for c in CRITERIA:
-            t.add_row(f"judge {c}", f(getattr(rep.judge, c)))
-        t.add_row("judge total (/20)", f(rep.judge.total))
-    return t
+    if per_judge:
+        jd = (
+            pl.DataFrame(per_judge)
+            .with_columns(pl.col("id").cast(pl.Int64).alias("study_id"))
+            .drop("id")
+        )
+        per = per.join(jd, on="study_id", how="left")
+    info = write_parquet(per.sort("study_id"), out / "per_study.parquet")
+    write_stage_manifest(
+        out, stage=STAGE, schema_version=1, config=options,
+        inputs=stage_inputs(gen_st) + stage_inputs(ref_st),
+        tables=[info.model_copy(update={"path": "per_study.parquet"})],
+        files=[file_entry(out / "evaluation.json", out)], counts={"studies": len(pairs)},
+    )  # fmt: skip

@@ -1,68 +1,57 @@
 """`generate`: ROI sentences from a trained run, merged into one report per study.
 
-Inference path of the CLALA-Net paper (Fig. 1, dashed lines): the image-level classifier predicts the
-14 lesion statuses, which drive LCA; each ROI's refined embedding is decoded greedily
-(the paper does not name the decoding method; greedy is our choice) at the stage-2
-resolution. The ROI statements are then merged by
+Inference path of the CLALA-Net paper (Fig. 1, dashed lines): the image-level classifier
+predicts the 14 lesion statuses, which drive LCA; each ROI's refined embedding is decoded
+greedily (the paper does not name the decoding method; greedy is our choice) at the last
+stage's resolution. The ROI statements are then merged by
 
 - the LLM aggregator (`prompts/aggregate_report/`, through any `cxrctx.llm` backend),
-  which prefers positive findings and removes redundancy as the paper describes; or
-- a deterministic merge when no backend is configured: positive sentences first (ROI
-  order), then negative ones, duplicates removed, a negative sentence dropped when a
-  positive one names the same lesion (the paper's "prefer positive findings" rule) or when
-  a broader negative sentence already rules out all its lesions.
+  which prefers positive findings and removes redundancy as the paper describes. It sees
+  the regional statements only; the classifier's lesion list is added to its prompt only
+  when asked (`aggregator_lesions=True`), because the paper aggregates observation-level
+  ROI reports rather than discrete disease labels; or
+- the deterministic merge of `cxrctx.reportgen.merge` when no backend is configured.
 
 An LLM answer that cannot be parsed falls back to the deterministic merge for that study
-and is counted (`aggregator_failures`). One study = its first frontal image with ROIs
-(PA before AP, then dicom_id). ROI boxes come from Chest ImaGenome (ground truth); the
-paper localises ROIs at test time with YOLOv10, which is not reimplemented here.
+and is counted (`aggregator_failures`). A study whose regions all produced nothing keeps
+its row with an empty `report`, is counted as `empty_reports` (not as generated) and is
+never sent to the aggregator, which would otherwise write a report from nothing. One
+study = its first frontal image with ROIs (PA before AP, then dicom_id). ROI boxes come
+from Chest ImaGenome (ground truth); the paper localises ROIs at test time with YOLOv10,
+which is not reimplemented here.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from cxrctx import __version__
 from cxrctx.errors import CxrctxError
-from cxrctx.io import write_manifest, write_parquet, write_shards
+from cxrctx.io import (
+    config_hash,
+    prepare_output,
+    sha256_file,
+    write_manifest,
+    write_parquet,
+    write_shards,
+)
 from cxrctx.models import Manifest
+from cxrctx.reportgen.merge import merge_sentences
 from cxrctx.vocab import LESIONS, ROIS
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from cxrctx.llm.base import Engine, Sampling
 
-_NEG_RE = re.compile(
-    r"\b(no|not|without|negative|normal|clear|unremarkable|resolved|free of)\b", re.I
-)
-_LESION_WORDS = {
-    "cardiomegaly": (
-        "cardiomegaly",
-        "heart is enlarged",
-        "enlarged heart",
-        "heart size is enlarged",
-        "cardiac silhouette is enlarged",
-    ),
-    "emphysema": ("emphysema",),
-    "pleural effusion": ("effusion",),
-    "hernia": ("hernia",),
-    "nodule": ("nodule",),
-    "pneumothorax": ("pneumothora",),
-    "atelectasis": ("atelecta",),
-    "pleural thickening": ("pleural thickening",),
-    "mass": ("mass",),
-    "edema": ("edema",),
-    "consolidation": ("consolidat",),
-    "infiltration": ("infiltrat",),
-    "fibrosis": ("fibros", "fibrotic"),
-    "pneumonia": ("pneumonia",),
-}
+log = logging.getLogger(__name__)
 
 
 class RoiSentence(BaseModel):
@@ -89,7 +78,9 @@ class GeneratedReport(BaseModel):
     predicted_lesions: list[str] = Field(
         description="Lesions above the classifier threshold (these drove LCA)"
     )
-    report: str
+    report: str = Field(
+        description="The merged report; empty when no region produced a statement (counted as empty_reports)"
+    )
     aggregator: str = Field(description="'merge' or 'llm:<backend>/<model>'")
     aggregator_error: str | None = Field(
         None, description="Why the LLM answer was not used (fell back to merge)"
@@ -98,53 +89,19 @@ class GeneratedReport(BaseModel):
 
 @dataclass
 class GenerateResult:
+    """What `generate` wrote: rows = generated + empty reports; skips by reason."""
+
     out_dir: Path
     rows: int
     counts: dict[str, int] = field(default_factory=dict)
     skips: dict[str, int] = field(default_factory=dict)
 
 
-def split_sentences(text: str) -> list[str]:
-    flat = " ".join(text.split())
-    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", flat) if s.strip()]
+#: progress(phase, done, total): phase "decode" counts studies, "aggregate" LLM-merged ones.
+Progress = Callable[[str, int, int], None]
 
 
-def mentioned_lesions(sentence: str) -> set[str]:
-    s = sentence.lower()
-    return {les for les, words in _LESION_WORDS.items() if any(w in s for w in words)}
-
-
-def is_negative(sentence: str) -> bool:
-    return bool(_NEG_RE.search(sentence))
-
-
-def merge_sentences(roi_texts: list[tuple[str, str]]) -> str:
-    """Deterministic aggregator: positives first, dedupe, positive wins over negative per lesion."""
-    seen: set[str] = set()
-    pos: list[str] = []
-    neg: list[str] = []
-    for _, text in roi_texts:
-        for s in split_sentences(text):
-            key = re.sub(r"[^a-z0-9 ]", "", s.lower()).strip()
-            if not key or key in seen:
-                continue
-            seen.add(key)
-            (neg if is_negative(s) else pos).append(s)
-    positive_lesions = set().union(*(mentioned_lesions(s) for s in pos)) if pos else set()
-    neg = [s for s in neg if not (mentioned_lesions(s) & positive_lesions)]
-    # a negative sentence whose lesions an earlier-kept, broader negative already rules out is redundant
-    covered: set[str] = set()
-    keep: set[int] = set()
-    for i in sorted(range(len(neg)), key=lambda i: -len(mentioned_lesions(neg[i]))):
-        les = mentioned_lesions(neg[i])
-        if les and les <= covered:
-            continue
-        covered |= les
-        keep.add(i)
-    return " ".join(pos + [s for i, s in enumerate(neg) if i in keep])
-
-
-GEN_SCHEMA = {
+GEN_SCHEMA: dict[str, Any] = {
     "study_id": pl.Int64,
     "subject_id": pl.Int64,
     "dicom_id": pl.String,
@@ -158,6 +115,20 @@ GEN_SCHEMA = {
 }
 
 
+@dataclass
+class _Inputs:
+    """A loaded run and the studies to generate for (one image each)."""
+
+    cfg: Any
+    model: Any
+    tok: Any
+    device: Any
+    size: int
+    dataset: Any
+    studies: int
+    skips: list[dict]
+
+
 def generate(
     run_dir: str | os.PathLike,
     *,
@@ -166,23 +137,84 @@ def generate(
     records: str | os.PathLike | None = None,
     rois: str | os.PathLike | None = None,
     images: str | os.PathLike | None = None,
-    engine: Any = None,
-    sampling: Any = None,
+    engine: Engine | None = None,
+    sampling: Sampling | None = None,
+    aggregator_lesions: bool = False,
     batch_size: int = 32,
     limit: int | None = None,
     rows_per_shard: int = 50_000,
     device: str | None = None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
     executor: Any = None,
 ) -> GenerateResult:
     """Generate one report per study of `split` with the run's final model; see module doc.
 
-    `records` / `rois` / `images` default to the paths the run was trained on.
-    `engine` is a `cxrctx.llm` Engine for the LLM aggregator (None = deterministic merge);
-    `executor` runs its batches (None = in this process; a RayExecutor = on Ray actors).
+    `records` / `rois` / `images` default to the paths the run was trained on. `engine` is
+    a `cxrctx.llm` Engine for the LLM aggregator (None = deterministic merge);
+    `aggregator_lesions` also gives it the classifier's lesion list (off: the paper's setup).
     """
+    options = {
+        "run_dir": str(Path(run_dir).resolve()), "split": split, "limit": limit,
+        "records": str(records) if records else None, "rois": str(rois) if rois else None,
+        "aggregator": _aggregator_name(engine) if engine is not None else "merge",
+        "aggregator_lesions": aggregator_lesions, "checkpoint": _checkpoint_sha(run_dir),
+    }  # fmt: skip
+    # the shared output policy, before the model is loaded (another run's folder is refused)
+    prepare_output(out, stage="generate", config_hash=config_hash(options), overwrite=overwrite)
+    inp = _load_inputs(run_dir, split, records, rois, images, limit, device)
+    rows = _decode(inp, batch_size, progress)
+    empty = sum(1 for r in rows if not r["report"])
+    counts = {
+        "studies": inp.studies,
+        "generated": len(rows) - empty,
+        "empty_reports": empty,
+        "skipped": len(inp.skips),
+        "aggregator_failures": 0,
+    }
+    prompt = None
+    if engine is not None:
+        prompt = aggregator_prompt(aggregator_lesions)
+        todo = [r for r in rows if r["report"]]
+        counts["aggregator_failures"] = _aggregate(
+            todo, engine, prompt, sampling, Path(out) / "cache", progress, executor
+        )
+    config = {
+        "run_dir": str(run_dir),
+        "split": split,
+        "image_size": inp.size,
+        "decoding": "greedy",
+        "aggregator": _aggregator_name(engine) if engine is not None else "merge",
+        "aggregate_prompt_sha256": prompt["sha256"] if prompt else None,
+        "aggregator_lesions": aggregator_lesions if engine is not None else None,
+        "limit": limit,
+    }
+    n = _write(Path(out), rows, inp.skips, config, counts, rows_per_shard)
+    reasons = Counter(s["reason"].split(":")[0] for s in inp.skips)
+    return GenerateResult(
+        out_dir=Path(out), rows=n, counts=counts, skips=dict(sorted(reasons.items()))
+    )
+
+
+def _checkpoint_sha(run_dir: str | os.PathLike) -> str | None:
+    """sha256 of the run's final checkpoint (part of the run's identity), if present."""
+    ckpt = Path(run_dir) / "checkpoints" / "final.pt"
+    return sha256_file(ckpt) if ckpt.is_file() else None
+
+
+def _load_inputs(
+    run_dir: str | os.PathLike,
+    split: str | None,
+    records: str | os.PathLike | None,
+    rois: str | os.PathLike | None,
+    images: str | os.PathLike | None,
+    limit: int | None,
+    device: str | None,
+) -> _Inputs:
+    """The run's final model and one prepared image per study (PA before AP, then dicom_id)."""
     import torch
 
-    from cxrctx.train.data import CropStore, RoiDataset, collate
+    from cxrctx.train.data import CropStore, RoiDataset
     from cxrctx.train.loop import items_for, load_run
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -197,7 +229,6 @@ def generate(
     items, skips = items_for(cfg, records=records, labels=None, rois=rois, split=split)
     if not items:
         raise CxrctxError(f"{rois}: no images with ROIs in split {split!r}")
-    # one image per study: PA before AP, then dicom_id
     items.sort(key=lambda it: (it.study_id, it.view_position != "PA", it.dicom_id))
     chosen, seen = [], set()
     for it in items:
@@ -207,70 +238,113 @@ def generate(
     if limit:
         chosen = chosen[:limit]
     size = cfg.image_size_stage2 if info.get("stage") == 2 else cfg.image_size_stage1
-    store = CropStore(
-        images,
-        Path(run_dir) / "cache" if cfg.crop_cache else None,
-        size,
-        cfg.global_image_size or size,
-    )
+    cache = Path(run_dir) / "cache" if cfg.crop_cache else None
+    store = CropStore(images, cache, size, cfg.global_image_size or size)
     good, img_skips = store.prepare(chosen)
-    skips = skips + img_skips
     ds = RoiDataset(good, store, tok, cfg.max_tokens)
-    rows: list[dict] = []
+    return _Inputs(cfg, model, tok, dev, size, ds, len(chosen), skips + img_skips)
+
+
+def _decode(inp: _Inputs, batch_size: int, progress: Progress | None) -> list[dict]:
+    """Greedy ROI sentences + classifier probabilities per study, merged deterministically."""
+    import torch
+
+    from cxrctx.train.data import collate
+
+    cfg, ds, tok = inp.cfg, inp.dataset, inp.tok
     loader = torch.utils.data.DataLoader(
         ds, batch_size=batch_size, shuffle=False, collate_fn=collate
     )
+    rows: list[dict] = []
+    total = len(ds)
     for batch in loader:
-        if "rois" not in batch:
-            continue
-        res = model.generate(
-            batch["rois"].to(dev),
-            batch["glob"].to(dev),
-            bos=tok.bos_id,
-            eos=tok.eos_id,
-            max_len=cfg.max_tokens,
-        )
-        probs = res["probs"].float().cpu().numpy()
-        toks = res["tokens"].cpu().numpy()
-        for b, idx in enumerate(batch["index"].tolist()):
-            it = ds.items[idx]
-            roi_sents = [{"roi": ROIS[r], "text": tok.decode(toks[b, r])} for r in range(len(ROIS))]
-            p = [float(round(x, 6)) for x in probs[b]]
-            rows.append(
-                {
-                    "study_id": it.study_id,
-                    "subject_id": it.subject_id,
-                    "dicom_id": it.dicom_id,
-                    "split": it.split,
-                    "roi_sentences": roi_sents,
-                    "lesion_probs": p,
-                    "predicted_lesions": [
-                        les
-                        for les, x in zip(LESIONS, p, strict=True)
-                        if x > cfg.classifier_threshold
-                    ]
-                    if cfg.use_classifier
-                    else [],
-                    "report": merge_sentences([(s["roi"], s["text"]) for s in roi_sents]),
-                    "aggregator": "merge",
-                    "aggregator_error": None,
-                }
+        if "rois" in batch:
+            res = inp.model.generate(
+                batch["rois"].to(inp.device),
+                batch["glob"].to(inp.device),
+                bos=tok.bos_id,
+                eos=tok.eos_id,
+                max_len=cfg.max_tokens,
             )
-    counts = {
-        "studies": len(chosen),
-        "generated": len(rows),
-        "skipped": len(skips),
-        "aggregator_failures": 0,
-    }
-    prompt_sha = None
-    if engine is not None and rows:
-        from cxrctx.reportgen.tasks import aggregate_reports
+            probs = res["probs"].float().cpu().numpy()
+            toks = res["tokens"].cpu().numpy()
+            for b, idx in enumerate(batch["index"].tolist()):
+                texts = [tok.decode(toks[b, r]) for r in range(len(ROIS))]
+                rows.append(_row(ds.items[idx], texts, probs[b], cfg))
+        if progress:
+            progress("decode", len(rows), total)
+    return rows
 
-        failures, prompt_sha, _ = aggregate_reports(
-            rows, engine, sampling=sampling, cache_dir=Path(out) / "cache", executor=executor
-        )
-        counts["aggregator_failures"] = failures
-    out_dir = Path(out)
+
+def _row(item: Any, texts: list[str], probs: Any, cfg: Any) -> dict:
+    """One generated row (GEN_SCHEMA) with the deterministic merge as its report."""
+    roi_sents = [{"roi": roi, "text": t} for roi, t in zip(ROIS, texts, strict=True)]
+    p = [float(round(x, 6)) for x in probs]
+    predicted = (
+        [les for les, x in zip(LESIONS, p, strict=True) if x > cfg.classifier_threshold]
+        if cfg.use_classifier
+        else []
+    )
+    return {
+        "study_id": item.study_id,
+        "subject_id": item.subject_id,
+        "dicom_id": item.dicom_id,
+        "split": item.split,
+        "roi_sentences": roi_sents,
+        "lesion_probs": p,
+        "predicted_lesions": predicted,
+        "report": merge_sentences([(s["roi"], s["text"]) for s in roi_sents]),
+        "aggregator": "merge",
+        "aggregator_error": None,
+    }
+
+
+def aggregator_prompt(lesions: bool) -> dict[str, Any]:
+    """The aggregator prompt; with `lesions` its user message also lists the predicted lesions."""
+    from cxrctx.reportgen.tasks import load_report_prompt
+
+    prompt = load_report_prompt("aggregate_report", version=2)
+    if lesions:
+        prompt["user_template"] = prompt["user_template_with_lesions"]
+    return prompt
+
+
+def _aggregator_name(engine: Engine) -> str:
+    return f"llm:{getattr(engine, 'backend', '?')}/{getattr(engine, 'model', '?')}"
+
+
+def _aggregate(
+    rows: list[dict],
+    engine: Engine,
+    prompt: dict[str, Any],
+    sampling: Sampling | None,
+    cache_dir: Path,
+    progress: Progress | None,
+    executor: Any = None,
+) -> int:
+    """LLM-merge `rows` in place through the aggregator task (shared cache, one repair); a
+    study whose answer stays unusable keeps the merge. Returns the failures."""
+    from cxrctx.reportgen.tasks import aggregate_reports
+
+    if not rows:
+        return 0
+    failures, _, _ = aggregate_reports(
+        rows, engine, sampling=sampling, cache_dir=cache_dir, prompt=prompt, executor=executor
+    )
+    if progress:
+        progress("aggregate", len(rows), len(rows))
+    return failures
+
+
+def _write(
+    out_dir: Path,
+    rows: list[dict],
+    skips: list[dict],
+    config: dict[str, Any],
+    counts: dict[str, int],
+    rows_per_shard: int,
+) -> int:
+    """generated/part-*.parquet (by study_id), skips.parquet and manifest.json; returns rows."""
     df = pl.DataFrame(rows, schema=GEN_SCHEMA).sort("study_id")
     shards = write_shards(df, out_dir / "generated", rows_per_shard, relative_to=out_dir)
     sk = pl.DataFrame(
@@ -281,25 +355,10 @@ def generate(
         tool_version=__version__,
         stage="generate",
         schema_version=1,
-        config={
-            "run_dir": str(run_dir),
-            "split": split,
-            "image_size": size,
-            "decoding": "greedy",
-            "aggregator": rows[0]["aggregator"] if rows else "merge",
-            "aggregate_prompt_sha256": prompt_sha,
-            "limit": limit,
-        },
+        config=config,
         shards=shards,
         tables=[sk_info.model_copy(update={"path": "skips.parquet"})],
         counts=counts,
     )
     write_manifest(manifest, out_dir / "manifest.json")
-    from collections import Counter
-
-    return GenerateResult(
-        out_dir=out_dir,
-        rows=df.height,
-        counts=counts,
-        skips=dict(sorted(Counter(s["reason"].split(":")[0] for s in skips).items())),
-    )
+    return df.height

@@ -99,11 +99,12 @@ def aggregate_reports(
     *,
     sampling: Sampling | None = None,
     cache_dir: str | os.PathLike | None = None,
+    prompt: dict[str, Any] | None = None,
     executor: Executor | None = None,
 ) -> tuple[int, str, TaskStats]:
     """Replace each row's merged `report` by the LLM aggregate; a study whose answer stays
     unusable keeps the merge and gets `aggregator_error`. Returns (failures, prompt sha, stats)."""
-    task = AggregatorTask()
+    task = AggregatorTask(prompt)
     name = f"llm:{getattr(engine, 'backend', '?')}/{getattr(engine, 'model', '?')}"
     results: list[TaskResult[AggregateItem, AggregatedReport]] = []
     with ResultCache(cache_dir, writer="aggregate") as cache:

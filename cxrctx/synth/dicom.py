@@ -165,7 +165,9 @@ def dicom_dataset(**fields: Any) -> Dataset:
     """The reference pydicom Dataset for `write_dicom`'s arguments (minus the path)."""
     meta, data = _elements(**fields)
     ds = _to_dataset(data, Dataset())
-    ds.file_meta = _to_dataset(meta, FileMetaDataset())
+    file_meta = FileMetaDataset()
+    _to_dataset(meta, file_meta)
+    ds.file_meta = file_meta
     return ds
 
 

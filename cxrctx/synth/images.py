@@ -1,7 +1,7 @@
 """Synthetic chest-like radiographs and Chest ImaGenome scene graphs for a synthetic root.
 
-Called by `cxrctx.synth.generate(..., images=..., imagenome=...)` after the metadata,
-reports and ground-truth labels exist. Every image is rendered from a jittered anatomical
+Called by `cxrctx.synth.synthesize(..., images=..., imagenome=...)` with the metadata rows
+and each study's truth (positive lesions, report sections) it has just written. Every image is rendered from a jittered anatomical
 template (lungs dark, mediastinum and heart bright, ribs, diaphragm, noise) and the
 study's ground-truth positive lesions are drawn where the truth says they are, so a model
 trained on the pixels can learn what the reports say:
@@ -26,24 +26,20 @@ The renderer is deterministic per (seed, dicom_id).
 
 from __future__ import annotations
 
-import csv
-import gzip
 import hashlib
-import io
 import json
 import re
-import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from cxrctx.vocab import ROIS, lesion_rois
+from cxrctx.synth.dicom import write_dicom
+from cxrctx.vocab import ROIS, image_relpath, lesion_rois
 
 #: Scene-graph regions besides the 11 ROIs (real graphs have ~36; these make the cleaner skip extras).
 EXTRA_REGIONS = ("trachea", "right apical zone", "left apical zone", "svc")
-
-_REPORT_RE = re.compile(r"(?:^|/)p\d{2}/p(\d+)/s(\d+)\.txt$")
 
 #: Lesion words for assigning report sentences to regions (lower case substrings).
 LESION_WORDS: dict[str, tuple[str, ...]] = {
@@ -163,14 +159,14 @@ def _sides(location: str) -> tuple[str, ...]:
     return {"left": ("left",), "right": ("right",)}.get(location, ("left", "right"))
 
 
-def render(
-    rng: np.random.Generator, height: int, width: int, positives: dict[str, str]
-) -> tuple[np.ndarray, dict[str, tuple[float, float, float, float]]]:
-    """Render one image (float32 in [0, 1], H × W) and return it with its normalised boxes."""
-    boxes = anatomy(rng, positives)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    yy = (yy + 0.5) / height
-    xx = (xx + 0.5) / width
+Box = tuple[float, float, float, float]
+
+
+def _paint_anatomy(
+    rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, boxes: dict[str, Box], positives: dict[str, str]
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:  # fmt: skip
+    """Soft tissue, dark lungs with ribs and markings, mediastinum, heart, diaphragm, trachea."""
+    height, width = xx.shape
     img = np.full((height, width), 0.55, np.float32)  # soft tissue
     img -= 0.25 * np.clip(np.abs(xx - 0.5) - 0.42, 0, None) / 0.08  # air outside the body
     lung_masks = {}
@@ -193,7 +189,6 @@ def render(
             * np.exp(-np.hypot(xx - hx, yy - 0.45) / 0.18)
         )
         img += marks * lung_masks[side]
-    # mediastinum, heart, diaphragm
     mx1, my1, mx2, my2 = boxes["mediastinum"]
     img[(xx >= mx1 + 0.02) & (xx <= mx2 - 0.02) & (yy >= my1) & (yy <= my2)] = 0.78
     heart = _ellipse(xx, yy, boxes["cardiac silhouette"]) <= 1.0
@@ -205,59 +200,67 @@ def render(
     img[(yy > 0.02) & (yy < boxes["trachea"][3]) & (np.abs(xx - 0.5) < 0.018)] = (
         0.3  # trachea air column
     )
+    return img, lung_masks
 
-    # lesions
-    def lung_zone(side: str, y_from: float, y_to: float) -> np.ndarray:
-        lb = boxes[f"{side} lung"]
-        h = lb[3] - lb[1]
-        return lung_masks[side] & (yy >= lb[1] + y_from * h) & (yy <= lb[1] + y_to * h)
 
+def _paint_on_side(
+    img: np.ndarray, rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray,
+    lesion: str, side: str, lb: Box, lung: np.ndarray,
+) -> None:  # fmt: skip
+    """Draw one lateralised lesion into the lung `lung` (box `lb`) of `side`."""
+    height, width = xx.shape
+    lcx, lw, lh = (lb[0] + lb[2]) / 2, lb[2] - lb[0], lb[3] - lb[1]
+    outer = lb[0] if side == "right" else lb[2]
+
+    def zone(y_from: float, y_to: float) -> np.ndarray:
+        return lung & (yy >= lb[1] + y_from * lh) & (yy <= lb[1] + y_to * lh)
+
+    if lesion == "pleural effusion":
+        level = lb[1] + lh * rng.uniform(0.62, 0.72)
+        meniscus = level - 0.06 * np.abs(xx - outer) / lw * -1  # rises laterally
+        z = (yy >= meniscus) & (np.abs(xx - lcx) <= lw / 2 + 0.03) & (yy <= lb[3] + 0.05)
+        img[z] = np.maximum(img[z], 0.74)
+    elif lesion == "pneumothorax":
+        edge = (np.abs(xx - outer) < lw * 0.35) & (yy < lb[1] + lh * 0.6)
+        img[lung & edge] = 0.04
+    elif lesion in ("consolidation", "pneumonia"):
+        cy = lb[1] + lh * rng.uniform(0.62, 0.78)
+        cx = lcx + rng.uniform(-0.05, 0.05)
+        patch = _blob(xx, yy, cx, cy, 0.075 if lesion == "consolidation" else 0.06)
+        if lesion == "pneumonia":
+            patch *= 0.6 + 0.4 * (np.sin(xx * 90 + rng.uniform(0, 6)) * np.sin(yy * 90) > 0)
+        img += 0.5 * patch * lung
+    elif lesion == "atelectasis":
+        cy = lb[1] + lh * rng.uniform(0.70, 0.82)
+        band = (np.abs(yy - cy - 0.15 * (xx - lcx)) < 0.018) & lung
+        img[band] = np.maximum(img[band], 0.72)
+    elif lesion == "infiltration":
+        img += 0.22 * zone(0.35, 0.95) * (rng.random((height, width)) > 0.45)
+    elif lesion == "fibrosis":
+        net = (np.sin(xx * 160) > 0.85) | (np.sin(yy * 160 + xx * 40) > 0.85)
+        img[zone(0.45, 1.0) & net] += 0.3
+    elif lesion == "pleural thickening":
+        rim = lung & (np.abs(xx - outer) < 0.03)
+        img[rim] = np.maximum(img[rim], 0.7)
+    elif lesion in ("nodule", "mass"):
+        r = 0.018 if lesion == "nodule" else 0.05
+        cx = lcx + rng.uniform(-0.06, 0.06)
+        cy = lb[1] + lh * rng.uniform(0.25, 0.55)
+        img += (0.55 if lesion == "nodule" else 0.5) * (_blob(xx, yy, cx, cy, r) > 0.5) * lung
+
+
+def render(
+    rng: np.random.Generator, height: int, width: int, positives: dict[str, str]
+) -> tuple[np.ndarray, dict[str, Box]]:
+    """Render one image (float32 in [0, 1], H × W) and return it with its normalised boxes."""
+    boxes = anatomy(rng, positives)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    yy = (yy + 0.5) / height
+    xx = (xx + 0.5) / width
+    img, lung_masks = _paint_anatomy(rng, xx, yy, boxes, positives)
     for lesion, location in positives.items():
-        sides = _sides(location)
-        for side in sides:
-            lb = boxes[f"{side} lung"]
-            lcx, lw, lh = (lb[0] + lb[2]) / 2, lb[2] - lb[0], lb[3] - lb[1]
-            outer = lb[0] if side == "right" else lb[2]
-            if lesion == "pleural effusion":
-                level = lb[1] + lh * rng.uniform(0.62, 0.72)
-                meniscus = level - 0.06 * np.abs(xx - outer) / lw * -1  # rises laterally
-                zone = (yy >= meniscus) & (np.abs(xx - lcx) <= lw / 2 + 0.03) & (yy <= lb[3] + 0.05)
-                img[zone] = np.maximum(img[zone], 0.74)
-            elif lesion == "pneumothorax":
-                edge = (np.abs(xx - outer) < lw * 0.35) & (yy < lb[1] + lh * 0.6)
-                zone = lung_masks[side] & edge
-                img[zone] = 0.04
-            elif lesion in ("consolidation", "pneumonia"):
-                cy = lb[1] + lh * rng.uniform(0.62, 0.78)
-                cx = lcx + rng.uniform(-0.05, 0.05)
-                r = 0.075 if lesion == "consolidation" else 0.06
-                patch = _blob(xx, yy, cx, cy, r)
-                if lesion == "pneumonia":
-                    patch *= 0.6 + 0.4 * (np.sin(xx * 90 + rng.uniform(0, 6)) * np.sin(yy * 90) > 0)
-                img += 0.5 * patch * lung_masks[side]
-            elif lesion == "atelectasis":
-                cy = lb[1] + lh * rng.uniform(0.70, 0.82)
-                band = (np.abs(yy - cy - 0.15 * (xx - lcx)) < 0.018) & lung_masks[side]
-                img[band] = np.maximum(img[band], 0.72)
-            elif lesion == "infiltration":
-                zone = lung_zone(side, 0.35, 0.95)
-                img += 0.22 * zone * (rng.random((height, width)) > 0.45)
-            elif lesion == "fibrosis":
-                zone = lung_zone(side, 0.45, 1.0)
-                net = (np.sin(xx * 160) > 0.85) | (np.sin(yy * 160 + xx * 40) > 0.85)
-                img[zone & net] += 0.3
-            elif lesion == "pleural thickening":
-                rim = lung_masks[side] & (np.abs(xx - outer) < 0.03)
-                img[rim] = np.maximum(img[rim], 0.7)
-            elif lesion in ("nodule", "mass"):
-                r = 0.018 if lesion == "nodule" else 0.05
-                cx = lcx + rng.uniform(-0.06, 0.06)
-                cy = lb[1] + lh * rng.uniform(0.25, 0.55)
-                img += (
-                    (0.55 if lesion == "nodule" else 0.5)
-                    * (_blob(xx, yy, cx, cy, r) > 0.5)
-                    * lung_masks[side]
-                )
+        for side in _sides(location):
+            _paint_on_side(img, rng, xx, yy, lesion, side, boxes[f"{side} lung"], lung_masks[side])
         if lesion == "edema":
             for hx in (0.40, 0.60):
                 haze = _blob(xx, yy, hx, 0.47, 0.12)
@@ -417,147 +420,141 @@ def scene_graph(
 # ----------------------------------------------------------------------------- the root
 
 
-def _read_metadata(root: Path) -> list[dict[str, str]]:
-    for name in ("mimic-cxr-2.0.0-metadata.csv.gz", "mimic-cxr-2.0.0-metadata.csv"):
-        p = root / name
-        if p.exists():
-            raw = p.read_bytes()
-            text = gzip.decompress(raw).decode() if name.endswith(".gz") else raw.decode()
-            return list(csv.DictReader(io.StringIO(text)))
-    raise FileNotFoundError(f"{root}: no mimic-cxr-2.0.0-metadata.csv(.gz)")
+@dataclass(frozen=True)
+class ImageSpec:
+    """One metadata row, as the generator wrote it (strings exactly as in the CSV)."""
+
+    dicom_id: str
+    subject_id: int
+    study_id: int
+    view_position: str
+    rows: int
+    columns: int
+    study_date: str
+    study_time: str
 
 
-def _report_reader(root: Path) -> Callable[[str, str], str | None]:
-    """subject_id, study_id → report text, from files/ or mimic-cxr-reports.zip."""
-    zpath = root / "mimic-cxr-reports.zip"
-    index: dict[str, str] = {}
-    zf = None
-    if zpath.exists():
-        zf = zipfile.ZipFile(zpath)
-        for n in zf.namelist():
-            m = _REPORT_RE.search(n)
-            if m:
-                index[m.group(2)] = n
+@dataclass(frozen=True)
+class StudyTruth:
+    """What the generator knows about a study: positive lesions and the report's sections."""
 
-    def read(subject: str, study: str) -> str | None:
-        p = root / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study}.txt"
-        if p.exists():
-            return p.read_text(encoding="utf-8", errors="replace")
-        if zf is not None and study in index:
-            return zf.read(index[study]).decode("utf-8", errors="replace")
+    positives: dict[str, str]  # lesion -> location, in LESIONS order
+    findings: str | None
+    impression: str | None
+
+    def sentences(self) -> list[str]:
+        return split_sentences(self.findings) + split_sentences(self.impression)
+
+
+#: Every this-many-th frontal image gets one scene-graph defect (cycling through the kinds).
+DEFECT_EVERY = 40
+DEFECTS = ("missing", "zero_area", "outside", "clip")
+
+
+def _defect(frontal_seen: int) -> str | None:
+    if frontal_seen % DEFECT_EVERY != 7:
         return None
-
-    return read
-
-
-def _positives(root: Path) -> dict[str, dict[str, str]]:
-    import polars as pl
-
-    from cxrctx.io import read_shards
-
-    p = root / "truth" / "labels"
-    if not p.exists():
-        return {}
-    df = read_shards(p).filter(pl.col("status") == "positive")
-    out: dict[str, dict[str, str]] = {}
-    for r in df.select("id", "lesion", "location").iter_rows():
-        out.setdefault(str(r[0]), {})[r[1]] = r[2]
-    return out
+    return DEFECTS[(frontal_seen // DEFECT_EVERY) % len(DEFECTS)]
 
 
-def _report_sentences(text: str | None) -> list[str]:
-    if not text:
-        return []
-    from cxrctx.mimic.sections import parse_report
+def _pixel_size(im: ImageSpec, size: int) -> tuple[int, int]:
+    """`size` px on the longer side with the metadata's aspect ratio."""
+    rows0, cols0 = im.rows or size, im.columns or size
+    scale = size / max(rows0, cols0)
+    return max(8, round(rows0 * scale)), max(8, round(cols0 * scale))
 
-    sec = parse_report(text)
-    return split_sentences(sec.findings) + split_sentences(sec.impression)
+
+def _render_image(
+    im: ImageSpec, positives: dict[str, str], seed: int, size: int
+) -> tuple[np.ndarray, dict[str, Box]]:
+    """The picture and its boxes; laterals get no lesions and are mirrored."""
+    h, w = _pixel_size(im, size)
+    lateral = im.view_position.strip().upper() in ("LATERAL", "LL")
+    pix, boxes = render(_rng(seed, im.dicom_id), h, w, {} if lateral else positives)
+    if lateral:  # mirrored so they differ from frontals
+        pix = np.ascontiguousarray(pix[:, ::-1])
+    return pix, boxes
+
+
+def _write_pixels(root: Path, im: ImageSpec, pix: np.ndarray, formats: tuple[str, ...]) -> None:
+    if "dicom" in formats:
+        write_dicom(
+            root / image_relpath(im.subject_id, im.study_id, im.dicom_id, "dcm"),
+            dicom_id=im.dicom_id,
+            subject_id=im.subject_id,
+            study_id=im.study_id,
+            view_position=im.view_position,
+            study_date=im.study_date,
+            study_time=im.study_time,
+            rows=pix.shape[0],
+            columns=pix.shape[1],
+            pixels=(pix * 4095).astype(np.uint16),
+        )
+    if "jpg" in formats:
+        from PIL import Image
+
+        path = root / image_relpath(im.subject_id, im.study_id, im.dicom_id, "jpg")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((pix * 255).round().astype(np.uint8), mode="L").save(path, quality=95)
 
 
 def add_images(
-    root: Path, *, seed: int, size: int, formats: tuple[str, ...], imagenome: bool
+    root: Path,
+    images: Iterable[ImageSpec],
+    studies: Mapping[int, StudyTruth],
+    *,
+    seed: int,
+    size: int,
+    formats: tuple[str, ...],
+    imagenome: bool,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, int]:
-    """Render every metadata image into `root` (DICOM and/or JPG) and, if asked, its scene graph.
+    """Render every image into `root` (DICOM and/or JPG) and, if asked, its scene graph.
 
-    Images are `size` px on their longer side with the metadata's aspect ratio; scene-graph
-    coordinates are in the metadata's Rows × Columns (the "original" image) like the real
-    dataset. Frontal views (PA/AP) only get scene graphs. Returns counts.
+    With no `formats` only the scene graphs are written (their boxes are the same: the
+    anatomy is drawn before anything else from the image's own random stream).
+
+    `images` and `studies` are the generator's own metadata rows and truth, so nothing is
+    re-read or re-parsed from disk. Scene-graph coordinates are in the metadata's
+    Rows × Columns (the "original" image) like the real dataset; frontal views (PA/AP) only
+    get scene graphs. `progress(done, total)` is called after each image. Returns counts.
     """
     root = Path(root)
     bad = set(formats) - {"dicom", "jpg"}
     if bad:
         raise ValueError(f"unknown image format(s): {sorted(bad)}")
-    meta = _read_metadata(root)
-    positives = _positives(root)
-    read_report = _report_reader(root)
     counts = {"images_dicom": 0, "images_jpg": 0, "scene_graphs": 0, "scene_graph_defects": 0}
     sg_dir = root / "imagenome" / "silver_dataset" / "scene_graph"
     if imagenome:
         sg_dir.mkdir(parents=True, exist_ok=True)
-    sentences_cache: dict[str, list[str]] = {}
+    sentences: dict[int, list[str]] = {}
     frontal_seen = 0
-    for row in sorted(meta, key=lambda r: r["dicom_id"]):
-        dicom_id, subject, study = row["dicom_id"], row["subject_id"], row["study_id"]
-        view = (row.get("ViewPosition") or "").strip().upper()
-        pos = positives.get(study, {})
-        rng = _rng(seed, dicom_id)
-        rows0 = int(float(row.get("Rows") or 0) or 0) or size
-        cols0 = int(float(row.get("Columns") or 0) or 0) or size
-        scale = size / max(rows0, cols0)
-        h, w = max(8, round(rows0 * scale)), max(8, round(cols0 * scale))
-        lateral = view in ("LATERAL", "LL")
-        pix, boxes = render(rng, h, w, {} if lateral else pos)
-        if (
-            lateral
-        ):  # laterals get no lesions and no scene graph; mirrored so they differ from frontals
-            pix = np.ascontiguousarray(pix[:, ::-1])
-        rel = Path("files") / f"p{subject[:2]}" / f"p{subject}" / f"s{study}"
-        if "dicom" in formats:
-            from cxrctx.synth.dicom import write_dicom
-
-            write_dicom(
-                root / rel / f"{dicom_id}.dcm",
-                dicom_id=dicom_id,
-                subject_id=int(subject),
-                study_id=int(study),
-                view_position=row.get("ViewPosition") or "",
-                study_date=row.get("StudyDate") or "",
-                study_time=row.get("StudyTime") or "",
-                rows=h,
-                columns=w,
-                pixels=(pix * 4095).astype(np.uint16),
-            )
-            counts["images_dicom"] += 1
-        if "jpg" in formats:
-            from PIL import Image
-
-            (root / rel).mkdir(parents=True, exist_ok=True)
-            Image.fromarray((pix * 255).round().astype(np.uint8), mode="L").save(
-                root / rel / f"{dicom_id}.jpg", quality=95
-            )
-            counts["images_jpg"] += 1
-        if imagenome and view in ("PA", "AP"):
-            if study not in sentences_cache:
-                sentences_cache[study] = _report_sentences(read_report(subject, study))
-            frontal_seen += 1
-            # every 40th frontal image gets one defect, cycling through the four kinds
-            defect = None
-            if frontal_seen % 40 == 7:
-                defect = ("missing", "zero_area", "outside", "clip")[(frontal_seen // 40) % 4]
-                counts["scene_graph_defects"] += 1
-            sg = scene_graph(
-                dicom_id,
-                int(study),
-                boxes,
-                rows0,
-                cols0,
-                sentences_cache[study],
-                pos,
-                defect,
-                max(h, w),
-            )
-            (sg_dir / f"{dicom_id}_SceneGraph.json").write_text(
-                json.dumps(sg, indent=1), encoding="utf-8"
-            )
-            counts["scene_graphs"] += 1
+    ordered = sorted(images, key=lambda m: m.dicom_id)
+    for done, im in enumerate(ordered, 1):
+        truth = studies[im.study_id]
+        frontal = im.view_position.strip().upper() in ("PA", "AP")
+        if formats:
+            pix, boxes = _render_image(im, truth.positives, seed, size)
+            _write_pixels(root, im, pix, formats)
+            counts["images_dicom"] += "dicom" in formats
+            counts["images_jpg"] += "jpg" in formats
+        elif imagenome and frontal:  # scene graphs only: the boxes are drawn first
+            boxes = anatomy(_rng(seed, im.dicom_id), truth.positives)
+        if progress is not None:
+            progress(done, len(ordered))
+        if not imagenome or not frontal:
+            continue
+        if im.study_id not in sentences:
+            sentences[im.study_id] = truth.sentences()
+        frontal_seen += 1
+        defect = _defect(frontal_seen)
+        counts["scene_graph_defects"] += defect is not None
+        sg = scene_graph(
+            im.dicom_id, im.study_id, boxes, im.rows or size, im.columns or size,
+            sentences[im.study_id], truth.positives, defect, max(_pixel_size(im, size)),
+        )  # fmt: skip
+        (sg_dir / f"{im.dicom_id}_SceneGraph.json").write_text(
+            json.dumps(sg, indent=1), encoding="utf-8"
+        )
+        counts["scene_graphs"] += 1
     return counts

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from random import Random
 
+from cxrctx.synth import phrases as P
 from cxrctx.synth import text as T
+from cxrctx.vocab import SECTIONS
 
 # style codes (decided per study by the structure sampler)
 FULL, IMPRESSION_ONLY, FINDINGS_ONLY, NEITHER, COMBINED = range(5)
@@ -114,26 +116,26 @@ def _numbered(lines: list[str], items: list[str]) -> None:
 
 def _indication(r: Random, woman: bool) -> tuple[str, str | None]:
     who = "woman" if woman else "man"
-    hx = r.choice(T.INDICATION_HX)
+    hx = r.choice(P.INDICATION_HX)
     x = r.random()
     if x < 0.12:  # the reason repeats the question, as in many real indications
-        q = r.choice(T.INDICATION_QUESTION)
+        q = r.choice(P.INDICATION_QUESTION)
         return f"___ year old {who} with {q}  // {q}", q
     if x < 0.55:
-        reason = r.choice(T.INDICATION_REASON)
+        reason = r.choice(P.INDICATION_REASON)
         return f"___ year old {who} with {hx}  // {reason}", reason
     if x < 0.7:
-        reason = r.choice(T.INDICATION_REASON)
+        reason = r.choice(P.INDICATION_REASON)
         return f"___-year-old {who} with {hx}, {reason}.", None
     if x < 0.85:
         return f"{hx[:1].upper()}{hx[1:]}.", None
-    reason = r.choice(T.INDICATION_REASON)
+    reason = r.choice(P.INDICATION_REASON)
     return f"History: ___{'F' if woman else 'M'} with {hx}  // {reason}", reason
 
 
 def _history(r: Random, woman: bool) -> str:
     who = "female" if woman else "male"
-    hx = r.choice(T.INDICATION_HX)
+    hx = r.choice(P.INDICATION_HX)
     return r.choice(
         (
             f"___-year-old {who} with {hx}.",
@@ -159,45 +161,44 @@ def _comparison(r: Random, has_prior: bool, hallucinate: bool) -> str:
     return r.choice(("None.", "None", "No prior studies available.", "___", "None available."))
 
 
-def build(r: Random, spec: Spec, prev: T.State) -> Built:
-    temporal = spec.hallucinate or (spec.has_prior and r.random() < 0.75)
-    content = T.study_content(r, prev, temporal=temporal, force=spec.force)
-    sections: dict[str, str | None] = dict.fromkeys(
-        (
-            "examination",
-            "indication",
-            "history",
-            "technique",
-            "comparison",
-            "findings",
-            "impression",
-        )
-    )
-    lines: list[str] = []
+Sections = dict[str, str | None]
 
-    # optional addendum / wet read before the final report
+_ADDENDA = (
+    "Findings were discussed with Dr. ___ by Dr. ___ by telephone on ___ at ___.",
+    "The examination was performed at the bedside; the technique statement is corrected accordingly.",
+    "Please note the patient's name on the requisition was corrected.",
+    "Additional review of the images does not alter the conclusion.",
+)
+_RECOMMENDATIONS = (
+    "Chest CT is recommended for further evaluation.",
+    "Follow-up chest radiograph after treatment is recommended.",
+    "Consider CT of the chest for further characterization.",
+)
+_NOTIFICATIONS = (
+    "The findings were discussed with Dr. ___ by Dr. ___ on the telephone on ___ at ___, ___ minutes after discovery of the findings.",
+    "Findings were communicated to the referring clinician by phone on ___ at ___.",
+    "The above findings were telephoned to ___ at ___ on ___.",
+)
+
+
+def _preamble(r: Random, spec: Spec, content: T.Content, lines: list[str]) -> None:
+    """An addendum or a wet read before the final report, then the FINAL REPORT title."""
     if spec.addendum:
         lines.append(T.ADDENDUM_TITLE)
-        add = r.choice(
-            (
-                "Findings were discussed with Dr. ___ by Dr. ___ by telephone on ___ at ___.",
-                "The examination was performed at the bedside; the technique statement is corrected accordingly.",
-                "Please note the patient's name on the requisition was corrected.",
-                "Additional review of the images does not alter the conclusion.",
-            )
-        )
-        lines.extend(T.wrap(add, first=" ADDENDUM:  "))
+        lines.extend(T.wrap(r.choice(_ADDENDA), first=" ADDENDUM:  "))
         lines.append(" ")
         lines.append(T.UNDERSCORES)
     elif spec.wet_read:
         lines.append(
             f" WET READ: ___ ___ {r.randint(1, 12)}:{r.randint(0, 59):02d} {'AM' if r.random() < 0.5 else 'PM'}"
         )
-        wr = content.impression[0]
-        lines.extend(T.wrap(wr, first="   "))
+        lines.extend(T.wrap(content.impression[0], first="   "))
         lines.append(T.UNDERSCORES)
     lines.append(T.TITLE)
 
+
+def _context(r: Random, spec: Spec, lines: list[str], sections: Sections) -> str | None:
+    """Examination, history, indication, technique, comparison; returns the reason for exam."""
     if spec.h_exam:
         exam = (
             r.choice(EXAM_TEXT[spec.exam_kind])
@@ -223,7 +224,16 @@ def build(r: Random, spec: Spec, prev: T.State) -> Built:
         comp = "" if spec.empty_comp else _comparison(r, spec.has_prior, spec.hallucinate)
         _section(lines, spec.h_comp, comp, own_line=False)
         sections["comparison"] = _norm(comp) or None
+    return reason
 
+
+def _route(
+    r: Random, spec: Spec, content: T.Content, temporal: bool
+) -> tuple[list[list[str]], list[str]]:
+    """Findings paragraphs and impression items after the style's routing.
+
+    A temporal study is guaranteed to say something temporal (one global sentence added).
+    """
     findings_pars = [list(p) for p in content.findings]
     imp = list(content.impression)
     style = spec.style
@@ -233,91 +243,106 @@ def build(r: Random, spec: Spec, prev: T.State) -> Built:
         imp = flat + [
             s
             for s in imp
-            if s not in flat and (s in T.NORMAL_IMPRESSION or s in T.TEMPORAL_GLOBAL_IMPRESSION)
+            if s not in flat and (s in P.NORMAL_IMPRESSION or s in P.TEMPORAL_GLOBAL_IMPRESSION)
         ]
         findings_pars = []
-    if style == FINDINGS_ONLY:
+    if style in (FINDINGS_ONLY, NEITHER):
         imp = []
-    if style == NEITHER:
-        imp = []
-    # guarantee: a temporal study says something temporal, a non-temporal one never does
     said = " ".join(s for p in findings_pars for s in p) + " " + " ".join(imp)
     if style != NEITHER and temporal and not T.TEMPORAL_RE.search(said):
-        extra = r.choice(T.TEMPORAL_GLOBAL_IMPRESSION)
+        extra = r.choice(P.TEMPORAL_GLOBAL_IMPRESSION)
         if imp or not findings_pars:
             imp.append(extra)
         else:
             findings_pars[-1].append(extra)
+    return findings_pars, imp
 
-    own = r.random() < 0.7
-    if style == NEITHER:
-        # no FINDINGS/IMPRESSION header: free text without a header, or nothing at all
-        temporal = False
-        content.temporal = False
-        if r.random() < 0.7:
-            flat = [s for p in findings_pars for s in p if not T.TEMPORAL_RE.search(s)]
-            body = T.paragraph(flat) if flat else r.choice(T.NORMAL_FINDINGS)
-            lines.extend(T.wrap(body))
+
+def _headerless(
+    r: Random, lines: list[str], findings_pars: list[list[str]], content: T.Content
+) -> None:
+    """No FINDINGS/IMPRESSION header: non-temporal free text, or nothing; truth follows."""
+    content.temporal = False
+    if r.random() < 0.7:
+        flat = [s for p in findings_pars for s in p if not T.TEMPORAL_RE.search(s)]
+        body = T.paragraph(flat) if flat else r.choice(P.NORMAL_FINDINGS)
+        lines.extend(T.wrap(body))
+        lines.append(" ")
+        kept = set(flat)
+    else:
+        kept = set()
+    content.truth = {
+        les: (t if t[2] in kept else ("negative", "not mentioned", "not mentioned", "nm"))
+        for les, t in content.truth.items()
+    }
+
+
+def _findings(
+    spec: Spec, lines: list[str], sections: Sections, findings_pars: list[list[str]], own: bool
+) -> None:
+    if not spec.h_find or not (findings_pars or spec.empty_find):
+        return
+    if spec.empty_find:
+        _section(lines, spec.h_find, "", own_line=own)
+        return
+    if own:
+        lines.append(f" {spec.h_find}: ")
+        lines.append(" ")
+        for p in findings_pars:
+            lines.extend(T.wrap(T.paragraph(p)))
             lines.append(" ")
-            kept = set(flat)
-        else:
-            kept = set()
-        content.truth = {
-            les: (t if t[2] in kept else ("negative", "not mentioned", "not mentioned", "nm"))
-            for les, t in content.truth.items()
-        }
-    elif style == COMBINED:
+    else:
+        flat = T.paragraph([s for p in findings_pars for s in p])
+        _section(lines, spec.h_find, flat, own_line=False)
+    sections["findings"] = _norm(" ".join(T.paragraph(p) for p in findings_pars))
+
+
+def _impression(
+    r: Random, spec: Spec, lines: list[str], sections: Sections, imp: list[str], own: bool
+) -> None:
+    if not imp:
+        return
+    if len(imp) >= 2 and r.random() < 0.4:
+        lines.append(f" {spec.h_imp}: ")
+        lines.append(" ")
+        _numbered(lines, imp)
+        lines.append(" ")
+        sections["impression"] = _norm(" ".join(f"{i}. {s}" for i, s in enumerate(imp, 1)))
+    else:
+        body = T.paragraph(imp)
+        _section(lines, spec.h_imp, body, own_line=own)
+        sections["impression"] = _norm(body)
+
+
+def _closing(r: Random, spec: Spec, lines: list[str]) -> None:
+    """Recommendation and notification sections, then no trailing blank lines."""
+    if spec.recommendation:
+        _section(lines, spec.h_rec, r.choice(_RECOMMENDATIONS), own_line=False)
+    if spec.notification:
+        _section(lines, "NOTIFICATION", r.choice(_NOTIFICATIONS), own_line=False)
+    while lines and lines[-1] == " ":
+        lines.pop()
+
+
+def build(r: Random, spec: Spec, prev: T.State) -> Built:
+    """One report page and the truth it encodes (expected sections, reason, temporal flag)."""
+    temporal = spec.hallucinate or (spec.has_prior and r.random() < 0.75)
+    content = T.study_content(r, prev, temporal=temporal, force=spec.force)
+    sections: Sections = dict.fromkeys(SECTIONS)
+    lines: list[str] = []
+    _preamble(r, spec, content, lines)
+    reason = _context(r, spec, lines, sections)
+    findings_pars, imp = _route(r, spec, content, temporal)
+    own = r.random() < 0.7
+    if spec.style == NEITHER:
+        temporal = False
+        _headerless(r, lines, findings_pars, content)
+    elif spec.style == COMBINED:
         body = T.paragraph(imp)
         _section(lines, spec.h_find, body, own_line=own)
         sections["findings"] = sections["impression"] = _norm(body)
     else:
-        if spec.h_find and (findings_pars or spec.empty_find):
-            if spec.empty_find:
-                _section(lines, spec.h_find, "", own_line=own)
-            else:
-                if own:
-                    lines.append(f" {spec.h_find}: ")
-                    lines.append(" ")
-                    for p in findings_pars:
-                        lines.extend(T.wrap(T.paragraph(p)))
-                        lines.append(" ")
-                else:
-                    _section(
-                        lines,
-                        spec.h_find,
-                        T.paragraph([s for p in findings_pars for s in p]),
-                        own_line=False,
-                    )
-                sections["findings"] = _norm(" ".join(T.paragraph(p) for p in findings_pars))
-        if imp:
-            if len(imp) >= 2 and r.random() < 0.4:
-                lines.append(f" {spec.h_imp}: ")
-                lines.append(" ")
-                _numbered(lines, imp)
-                lines.append(" ")
-                sections["impression"] = _norm(" ".join(f"{i}. {s}" for i, s in enumerate(imp, 1)))
-            else:
-                body = T.paragraph(imp)
-                _section(lines, spec.h_imp, body, own_line=own)
-                sections["impression"] = _norm(body)
-    if spec.recommendation:
-        rec = r.choice(
-            (
-                "Chest CT is recommended for further evaluation.",
-                "Follow-up chest radiograph after treatment is recommended.",
-                "Consider CT of the chest for further characterization.",
-            )
-        )
-        _section(lines, spec.h_rec, rec, own_line=False)
-    if spec.notification:
-        note = r.choice(
-            (
-                "The findings were discussed with Dr. ___ by Dr. ___ on the telephone on ___ at ___, ___ minutes after discovery of the findings.",
-                "Findings were communicated to the referring clinician by phone on ___ at ___.",
-                "The above findings were telephoned to ___ at ___ on ___.",
-            )
-        )
-        _section(lines, "NOTIFICATION", note, own_line=False)
-    while lines and lines[-1] == " ":
-        lines.pop()
+        _findings(spec, lines, sections, findings_pars, own)
+        _impression(r, spec, lines, sections, imp, own)
+    _closing(r, spec, lines)
     return Built("\n".join(lines) + "\n", content, sections, reason, temporal)

@@ -203,28 +203,31 @@ class Structure:
     varieties: dict[str, int]
 
 
-def _structure(patients: int, seed: int, dicom: bool, image_size: int | None = None) -> Structure:
-    rng = np.random.default_rng(seed)
-    P = patients
+def _patients(rng: np.random.Generator, P: int) -> tuple[np.ndarray, ...]:
+    """subject_ids, woman, studies per patient (geometric, ≤ 12) and the study_ids."""
     subject_ids = np.sort(_unique_ids(rng, P, 10_000_000, 20_000_000))
     woman = rng.random(P) < 0.48
     n_st = np.minimum(rng.geometric(0.2815, P), 12).astype(np.int64)
-    S = int(n_st.sum())
-    pat_start = np.concatenate([[0], np.cumsum(n_st)[:-1]])
-    st_pat = np.repeat(np.arange(P), n_st)
-    order = np.arange(S) - pat_start[st_pat]
-    non_first = order > 0
-    study_ids = _unique_ids(rng, S, 50_000_000, 60_000_000)
-    var: dict[str, int] = {}
+    study_ids = _unique_ids(rng, int(n_st.sum()), 50_000_000, 60_000_000)
+    return subject_ids, woman, n_st, study_ids
 
-    # split (patient level)
+
+def _split(rng: np.random.Generator, P: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Patient-level split: exact test and validate quotas, the rest train."""
     split = np.full(P, "train", dtype=object)
     test = _quota(rng, np.full(P, P >= 2), "split_test")
     split[test] = "test"
     val = _quota(rng, (~test) & (P >= 3), "split_validate")
     split[val] = "validate"
+    return split, test, val
 
-    # dates: gaps between consecutive studies of a patient
+
+def _dates(
+    rng: np.random.Generator, n_st: np.ndarray, pat_start: np.ndarray, st_pat: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Study dates from gaps between a patient's consecutive studies; same-day/-datetime quotas."""
+    S, P = st_pat.size, n_st.size
+    non_first = np.arange(S) - pat_start[st_pat] > 0
     same_dt = _quota(rng, non_first, "same_datetime")
     same_day = _quota(rng, non_first & ~same_dt, "same_day")
     u = rng.random(S)
@@ -239,8 +242,14 @@ def _structure(patients: int, seed: int, dicom: bool, image_size: int | None = N
     rel = cum - cum[pat_start[st_pat]]
     span = rel[pat_start + n_st - 1]
     first_day = np.floor(rng.random(P) * (36500 - span)).astype(np.int64)
-    date = first_day[st_pat] + rel
+    return first_day[st_pat] + rel, same_dt, same_day
 
+
+def _times(
+    rng: np.random.Generator, same_dt: np.ndarray, same_day: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Earliest-image time per study (ms of day, -1 when missing) and the missing mask."""
+    S = same_dt.size
     ms = np.where(rng.random(S) < 0.3, 0, rng.integers(0, 1000, S))
     time_ms = rng.integers(0, 86400, S) * 1000 + ms
     missing = _quota(rng, ~(same_dt | np.roll(same_dt, -1)), "missing_time")
@@ -257,8 +266,18 @@ def _structure(patients: int, seed: int, dicom: bool, image_size: int | None = N
             missing[i] = True
         time_ms[i] = t
     time_ms[missing] = -1
+    return time_ms, missing
 
-    # relations under the record contract's prior rules (pairs within each patient)
+
+def _relations(
+    n_st: np.ndarray,
+    pat_start: np.ndarray,
+    st_pat: np.ndarray,
+    date: np.ndarray,
+    time_ms: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Strict priors, same-datetime ties and same-day-unordered pairs under the prior rules."""
+    S = st_pat.size
     pair_i = np.repeat(np.arange(S), n_st[st_pat])
     pair_start = np.concatenate([[0], np.cumsum(n_st[st_pat])[:-1]])
     pair_j = pat_start[st_pat[pair_i]] + (np.arange(pair_i.size) - pair_start[pair_i])
@@ -270,14 +289,14 @@ def _structure(patients: int, seed: int, dicom: bool, image_size: int | None = N
     n_prior = np.bincount(pair_i[earlier], minlength=S)
     same_time = np.bincount(pair_i[other & both_t & (di == dj) & (ti == tj)], minlength=S) > 0
     unordered = np.bincount(pair_i[other & ~both_t & (di == dj)], minlength=S) > 0
+    return n_prior, same_time, unordered
 
-    # images
-    kind = rng.choice(len(KIND_WEIGHTS), size=S, p=np.array(KIND_WEIGHTS) / sum(KIND_WEIGHTS))
-    n_img = np.array(KIND_IMAGES)[kind]
-    NI = int(n_img.sum())
-    im_study = np.repeat(np.arange(S), n_img)
-    im_pos = np.arange(NI) - np.concatenate([[0], np.cumsum(n_img)[:-1]])[im_study]
-    im_kind = kind[im_study]
+
+def _views(
+    rng: np.random.Generator, im_kind: np.ndarray, im_pos: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """ViewPosition, view code meaning, blank-view mask and patient orientation per image."""
+    NI = im_kind.size
     lat = np.where(rng.random(NI) < 0.72, "LATERAL", "LL").astype(object)
     third = _weighted(rng, THIRD_VIEWS, NI)
     rare = np.array(RARE_VIEWS, dtype=object)[rng.integers(0, len(RARE_VIEWS), NI)]
@@ -299,6 +318,13 @@ def _structure(patients: int, seed: int, dicom: bool, image_size: int | None = N
         np.where(((im_kind == 1) | (im_kind == 6)) & (rng.random(NI) < 0.45), "Recumbent", "Erect"),
         "",
     ).astype(object)
+    return view, meaning, blank, orient
+
+
+def _dims(
+    rng: np.random.Generator, NI: int, dicom: bool, image_size: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows/Columns: nominal, or the rendered size, or 1/DICOM_SCALE for tiny DICOMs."""
     dims = np.array(DIMS)[
         rng.choice(len(DIMS), size=NI, p=np.array(DIM_WEIGHTS) / sum(DIM_WEIGHTS))
     ]
@@ -316,8 +342,12 @@ def _structure(patients: int, seed: int, dicom: bool, image_size: int | None = N
             np.maximum(4, np.rint(rows / DICOM_SCALE)).astype(np.int64),
             np.maximum(4, np.rint(cols / DICOM_SCALE)).astype(np.int64),
         )
-    raw = rng.bytes(20 * NI)
-    hexs = raw.hex()
+    return rows, cols
+
+
+def _dicom_ids(rng: np.random.Generator, NI: int) -> np.ndarray:
+    """MIMIC-shaped dicom_ids: five dash-joined groups of 8 hex digits, 160 random bits."""
+    hexs = rng.bytes(20 * NI).hex()
     im_dicom = np.array(
         [
             f"{hexs[k : k + 8]}-{hexs[k + 8 : k + 16]}-{hexs[k + 16 : k + 24]}-{hexs[k + 24 : k + 32]}-{hexs[k + 32 : k + 40]}"
@@ -327,32 +357,50 @@ def _structure(patients: int, seed: int, dicom: bool, image_size: int | None = N
     )
     if np.unique(im_dicom).size != NI:  # pragma: no cover - 160 random bits
         raise RuntimeError("dicom_id collision")
+    return im_dicom
+
+
+def _image_times(
+    rng: np.random.Generator, time_ms: np.ndarray, im_study: np.ndarray, im_pos: np.ndarray,
+    n_img: np.ndarray, tied: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Per-image StudyTime; a quota of multi-image studies get later images seconds later."""
     im_time = time_ms[im_study].copy()
     multi = _quota(
         rng,
-        (n_img >= 2) & (time_ms >= 0) & (time_ms < 86_000_000) & ~same_time & ~unordered,
+        (n_img >= 2) & (time_ms >= 0) & (time_ms < 86_000_000) & ~tied,
         "multi_time_images",
     )
     bump = (im_pos >= 1) & multi[im_study]
     im_time[bump] += rng.integers(1, 300, int(bump.sum())) * 1000 + rng.integers(
         0, 1000, int(bump.sum())
     )
+    return im_time, multi
 
-    procedure = np.empty(S, dtype=object)
+
+def _procedures(rng: np.random.Generator, kind: np.ndarray) -> np.ndarray:
+    procedure = np.empty(kind.size, dtype=object)
     for k, opts in enumerate(KIND_PROCEDURES):
         sel = np.flatnonzero(kind == k)
         if sel.size:
             procedure[sel] = _weighted(rng, opts, sel.size)
-    procedure[_quota(rng, np.ones(S, dtype=bool), "blank_procedure")] = ""
+    procedure[_quota(rng, np.ones(kind.size, dtype=bool), "blank_procedure")] = ""
+    return procedure
 
-    # report structure
+
+_STYLE_QUOTAS = (
+    ("neither", R.NEITHER),
+    ("combined", R.COMBINED),
+    ("impression_only", R.IMPRESSION_ONLY),
+    ("findings_only", R.FINDINGS_ONLY),
+)
+
+
+def _report_specs(rng: np.random.Generator, n_prior: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-study report layout: style, context, header spellings, empty sections, rare parts."""
+    S = n_prior.size
     style = np.full(S, R.FULL, dtype=np.int64)
-    for key, code in (
-        ("neither", R.NEITHER),
-        ("combined", R.COMBINED),
-        ("impression_only", R.IMPRESSION_ONLY),
-        ("findings_only", R.FINDINGS_ONLY),
-    ):
+    for key, code in _STYLE_QUOTAS:
         style[_quota(rng, style == R.FULL, key)] = code
     ctx = rng.choice(4, size=S, p=[0.68, 0.24, 0.02, 0.06])
     has_exam = rng.random(S) < 0.41
@@ -380,7 +428,13 @@ def _structure(patients: int, seed: int, dicom: bool, image_size: int | None = N
     rec = _quota(rng, style != R.NEITHER, "recommendation")
     specs["recommendation"] = rec
     specs["h_rec"] = _spellings(rng, "recommendation", rec)
-    # every lesion is positive somewhere: one forced study per lesion (distinct when possible)
+    specs["force"] = _forced_lesions(rng, style)
+    return specs
+
+
+def _forced_lesions(rng: np.random.Generator, style: np.ndarray) -> np.ndarray:
+    """Every lesion is positive somewhere: one forced study per lesion (distinct when possible)."""
+    S = style.size
     force = np.empty(S, dtype=object)
     force[:] = [() for _ in range(S)]
     pool = np.flatnonzero(style != R.NEITHER)
@@ -389,57 +443,74 @@ def _structure(patients: int, seed: int, dicom: bool, image_size: int | None = N
         for k, les in enumerate(LESIONS):
             i = picks[k % picks.size]
             force[i] = (*force[i], les)
-    specs["force"] = force
+    return force
 
-    var.update(
-        patients=P,
-        studies=S,
-        images=NI,
-        same_day=int(same_day.sum()),
-        same_datetime_pairs=int(same_dt.sum()),
-        missing_time=int(missing.sum()),
-        multi_time_images=int(multi.sum()),
-        blank_view=int(blank.sum()),
-        blank_procedure=int((procedure == "").sum()),
-        first_studies=int((n_prior == 0).sum()),
-        same_time_ambiguous=int(same_time.sum()),
-        same_day_unordered=int(unordered.sum()),
-        split_test_patients=int(test.sum()),
-        split_validate_patients=int(val.sum()),
-    )
-    for key, code in (
-        ("neither", R.NEITHER),
-        ("combined", R.COMBINED),
-        ("impression_only", R.IMPRESSION_ONLY),
-        ("findings_only", R.FINDINGS_ONLY),
-    ):
-        var[key] = int((style == code).sum())
-    for key in (
-        "empty_comp",
-        "empty_tech",
-        "empty_find",
-        "addendum",
-        "wet_read",
-        "notification",
-        "recommendation",
-        "hallucinate",
-    ):
+
+_COUNTED_SPECS = (
+    "empty_comp",
+    "empty_tech",
+    "empty_find",
+    "addendum",
+    "wet_read",
+    "notification",
+    "recommendation",
+    "hallucinate",
+)
+_HEADER_COLUMNS = ("h_exam", "h_ind", "h_hist", "h_comp", "h_find", "h_imp", "h_rec")
+
+
+def _spec_varieties(specs: dict[str, np.ndarray], view: np.ndarray) -> dict[str, int]:
+    """Counts of styles, rare report parts, header spellings and views."""
+    var: dict[str, int] = {}
+    for key, code in _STYLE_QUOTAS:
+        var[key] = int((specs["style"] == code).sum())
+    for key in _COUNTED_SPECS:
         var[key] = int(specs[key].sum())
-    for _slot, col in (
-        ("examination", "h_exam"),
-        ("indication", "h_ind"),
-        ("history", "h_hist"),
-        ("comparison", "h_comp"),
-        ("findings", "h_find"),
-        ("impression", "h_imp"),
-        ("recommendation", "h_rec"),
-    ):
+    for col in _HEADER_COLUMNS:
         names, counts = np.unique(specs[col][specs[col] != ""].astype(str), return_counts=True)
         for nm, c in zip(names.tolist(), counts.tolist(), strict=True):
             var[f"header:{nm}"] = int(c)
     for name in sorted(set(view.tolist())):
         var[f"view:{name or '(blank)'}"] = int((view == name).sum())
+    return var
 
+
+def draw_structure(
+    patients: int, seed: int, dicom: bool, image_size: int | None = None
+) -> Structure:
+    """Draw everything random about the root, phase by phase from one seeded Generator."""
+    rng = np.random.default_rng(seed)
+    P = patients
+    subject_ids, woman, n_st, study_ids = _patients(rng, P)
+    S = int(n_st.sum())
+    pat_start = np.concatenate([[0], np.cumsum(n_st)[:-1]])
+    st_pat = np.repeat(np.arange(P), n_st)
+    split, test, val = _split(rng, P)
+    date, same_dt, same_day = _dates(rng, n_st, pat_start, st_pat)
+    time_ms, missing = _times(rng, same_dt, same_day)
+    n_prior, same_time, unordered = _relations(n_st, pat_start, st_pat, date, time_ms)
+
+    kind = rng.choice(len(KIND_WEIGHTS), size=S, p=np.array(KIND_WEIGHTS) / sum(KIND_WEIGHTS))
+    n_img = np.array(KIND_IMAGES)[kind]
+    NI = int(n_img.sum())
+    im_study = np.repeat(np.arange(S), n_img)
+    im_pos = np.arange(NI) - np.concatenate([[0], np.cumsum(n_img)[:-1]])[im_study]
+    view, meaning, blank, orient = _views(rng, kind[im_study], im_pos)
+    rows, cols = _dims(rng, NI, dicom, image_size)
+    im_dicom = _dicom_ids(rng, NI)
+    im_time, multi = _image_times(rng, time_ms, im_study, im_pos, n_img, same_time | unordered)
+    procedure = _procedures(rng, kind)
+    specs = _report_specs(rng, n_prior)
+
+    var: dict[str, int] = dict(
+        patients=P, studies=S, images=NI, same_day=int(same_day.sum()),
+        same_datetime_pairs=int(same_dt.sum()), missing_time=int(missing.sum()),
+        multi_time_images=int(multi.sum()), blank_view=int(blank.sum()),
+        blank_procedure=int((procedure == "").sum()), first_studies=int((n_prior == 0).sum()),
+        same_time_ambiguous=int(same_time.sum()), same_day_unordered=int(unordered.sum()),
+        split_test_patients=int(test.sum()), split_validate_patients=int(val.sum()),
+    )  # fmt: skip
+    var.update(_spec_varieties(specs, view))
     return Structure(
         subject_ids=subject_ids, woman=woman, split=split, st_pat=st_pat, study_ids=study_ids, date=date,
         time_ms=time_ms, kind=kind, procedure=procedure, n_prior=n_prior, same_time=same_time,

@@ -1,0 +1,234 @@
+"""`cxrctx release`, `validate`, `rebuild`, `info`: dataset releases and stage folder checks."""
+
+from __future__ import annotations
+
+import enum
+import json
+from pathlib import Path
+
+import typer
+
+from cxrctx.cli.app import app, console, err_console, fail
+from cxrctx.errors import CxrctxError
+
+
+class ExportFormat(str, enum.Enum):
+    srrg = "srrg"
+    maira2 = "maira2"
+    jsonl = "jsonl"
+
+
+class TargetSection(str, enum.Enum):
+    findings = "findings"
+    impression = "impression"
+    both = "findings+impression"
+
+
+def _split_table(summary: dict[str, dict[str, int]], title: str):
+    from rich.table import Table
+
+    from cxrctx.release.info import COUNT_KEYS
+
+    t = Table(title=title, title_justify="left")
+    t.add_column("count")
+    splits = list(summary)
+    for s in splits:
+        t.add_column(s, justify="right")
+    keys = [*COUNT_KEYS, *sorted({k for s in splits for k in summary[s] if k not in COUNT_KEYS})]
+    for k in keys:
+        if k.startswith("flag:") and not any(summary[s].get(k) for s in splits):
+            continue
+        t.add_row(k, *[f"{summary[s].get(k, 0):,}" for s in splits])
+    return t
+
+
+@app.command("release")
+def release_cmd(
+    records: Path = typer.Option(..., "--records", help="build-priors output folder."),
+    out: Path = typer.Option(..., "--out", help="Release folder (public/ and credentialed/)."),
+    name: str = typer.Option(..., "--name", help="Dataset name, e.g. my-org/mimic-cxr-context."),
+    version: str = typer.Option(..., "--version", help="Release version, e.g. 1.0.0."),
+    labels: Path = typer.Option(None, "--labels", help="label-lesions output of these records."),
+    rois: Path = typer.Option(None, "--rois", help="build-rois output of these records."),
+    structured: Path = typer.Option(
+        None, "--structured", help="structure-reports output (fills srrg's structured_report)."
+    ),
+    formats: list[ExportFormat] = typer.Option(
+        [], "--format", help="Extra export table (repeatable): srrg, maira2, jsonl."
+    ),
+    target: TargetSection = typer.Option(
+        TargetSection.findings, "--target", help="Target section(s) of the exports."
+    ),
+    license: str = typer.Option("other", "--license", help="Hub licence id of the release."),
+    rows_per_file: int = typer.Option(
+        20_000, "--rows-per-file", min=1, help="Rows per Parquet file."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier release in OUT."),
+) -> None:
+    """Package stage outputs as a public (IDs only) and a credentialed bundle, with dataset
+    cards and croissant.json.
+
+    \b
+    Example:
+      cxrctx release --records out/records --labels out/labels --out out/release \\
+          --name my-org/mimic-cxr-context --version 1.0.0 --format srrg
+    """
+    from cxrctx.release import make_release
+
+    try:
+        res = make_release(
+            records, out=out, name=name, version=version, labels=labels, rois=rois,
+            structured=structured, formats=[f.value for f in formats], target=target.value,
+            license=license, rows_per_file=rows_per_file, overwrite=overwrite,
+        )  # fmt: skip
+    except CxrctxError as e:
+        raise fail(e) from None
+    console.print(_split_table(res.summary, f"release {res.config.name} {res.config.version}"))
+    for b in (res.public, res.credentialed):
+        n = sum(len(v) for v in b.tables.values())
+        console.print(f"{b.kind}: {len(b.tables)} table(s), {n} file(s) → {b.dir}")
+
+
+@app.command("validate")
+def validate_cmd(
+    path: Path = typer.Argument(..., help="A stage output folder, a release bundle or a release."),
+    records: Path = typer.Option(
+        None, "--records", help="For a label-lesions folder: the records its ids must be in."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Recompute every shard's sha256 and row count, check schemas, counts and invariants;
+    exit non-zero with the list of problems.
+
+    \b
+    Example:
+      cxrctx validate out/release
+    """
+    from dataclasses import asdict
+
+    from rich.markup import escape
+
+    from cxrctx.release import validate
+
+    try:
+        rep = validate(path, records=records)
+    except CxrctxError as e:
+        raise fail(e) from None
+    if as_json:
+        console.print_json(json.dumps({**asdict(rep), "ok": rep.ok}))
+    elif rep.ok:
+        checked = ", ".join(dict.fromkeys(rep.checked))
+        console.print(
+            f"valid: {escape(str(path))} ({rep.stage}; checked {checked})", highlight=False
+        )
+    else:
+        for p in rep.problems:
+            err_console.print(f"[red]✗[/] {escape(p)}", highlight=False, soft_wrap=True)
+        err_console.print(f"{len(rep.problems)} problem(s) in {escape(str(path))}", highlight=False)
+    if not rep.ok:
+        raise typer.Exit(1)
+
+
+@app.command("info")
+def info_cmd(
+    path: Path = typer.Argument(..., help="A stage output folder, a release bundle or a release."),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """What a stage folder or release is: stage, version, config, inputs, counts, per-split table.
+
+    \b
+    Example:
+      cxrctx info out/release --json
+    """
+    from rich.table import Table
+
+    from cxrctx.release import info
+
+    try:
+        res = info(path)
+    except CxrctxError as e:
+        raise fail(e) from None
+    if as_json:
+        console.print_json(json.dumps(res.to_dict(), default=str))
+        return
+    t = Table(
+        title=f"{res.stage} (schema v{res.schema_version}, cxrctx {res.tool_version})",
+        show_header=False,
+        title_justify="left",
+    )
+    t.add_row("folder", res.path)
+    for k, v in res.config.items():
+        t.add_row(f"config.{k}", json.dumps(v, default=str)[:100])
+    for i in res.inputs[:10]:
+        t.add_row("input", f"{i['path']}  sha256 {i['sha256'][:16]}…")
+    if len(res.inputs) > 10:
+        t.add_row("input", f"… {len(res.inputs) - 10} more")
+    rows = {f"rows:{n}": r for n, r in res.tables.items() if f"{n}_rows" not in res.counts}
+    for k, v in {**res.counts, **rows}.items():
+        t.add_row(k, f"{v:,}")
+    console.print(t)
+    if res.splits:
+        console.print(_split_table(res.splits, "per split"))
+    for n in res.notes:
+        console.print(f"[dim]{n}[/]")
+
+
+@app.command("rebuild")
+def rebuild_cmd(
+    public_dir: Path = typer.Argument(..., help="The release's public/ bundle (or the release)."),
+    mimic_root: Path = typer.Argument(..., help="Your MIMIC-CXR root (reports + CSVs)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the rebuilt stages and release."),
+    model: str = typer.Option(
+        None, "--model", help="Your copy of the labelling model (checked by sha256)."
+    ),
+    labels: Path = typer.Option(
+        None, "--labels", help="Use this label-lesions output instead of re-labelling."
+    ),
+    label_cache: Path = typer.Option(
+        None, "--label-cache", help="A label-lesions cache/ to reuse."
+    ),
+    rois: Path = typer.Option(None, "--rois", help="build-rois output, when the release has ROIs."),
+    structured: Path = typer.Option(
+        None, "--structured", help="structure-reports output, when used."
+    ),
+    workers: int = typer.Option(
+        None, "--workers", "-j", min=1, help="build-priors worker processes."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier rebuild in OUT."),
+) -> None:
+    """Re-run a release's recorded stages on your MIMIC-CXR copy and check every sha256.
+
+    \b
+    Example:
+      cxrctx rebuild release/public /data/mimic-cxr --out rebuilt
+    """
+    from rich.markup import escape
+
+    from cxrctx.release import rebuild
+
+    try:
+        rep = rebuild(
+            public_dir, mimic_root, out=out, model=model, labels=labels, label_cache=label_cache,
+            rois=rois, structured=structured, workers=workers, overwrite=overwrite,
+        )  # fmt: skip
+    except CxrctxError as e:
+        raise fail(e) from None
+    for n in rep.input_notes:
+        err_console.print(f"[yellow]input:[/] {escape(n)}", highlight=False)
+    for d in rep.differences:
+        err_console.print(
+            f"[red]differs:[/] {escape(d.path)}: {escape(d.reason)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    for n in rep.study_notes:
+        err_console.print(f"  {escape(n)}", highlight=False)
+    for s in rep.skipped:
+        err_console.print(f"[yellow]not rebuilt:[/] {escape(s)}", highlight=False)
+    if rep.identical:
+        console.print(
+            f"identical: {rep.compared} files match the release byte for byte → {rep.out_dir / 'release'}"
+        )
+        return
+    err_console.print(f"{len(rep.differences)} of {rep.compared} file(s) differ")
+    raise typer.Exit(1)

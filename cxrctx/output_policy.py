@@ -1,0 +1,178 @@
+"""The output policy every stage shares (`prepare_output`), and stale temp-file cleanup.
+
+One rule for every `--out`: a new or empty folder starts a fresh run; a folder of the same
+stage and configuration (config hash) resumes; anything else is refused unless
+`--overwrite`, which only ever empties a folder that a cxrctx run wrote. The folder is
+checked for writability before any work, and temp files a killed run left are removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cxrctx.errors import CxrctxError
+
+RUN_MARKER = ".cxrctx-run.json"
+_TMP_OWNER_RE = re.compile(r"~(?P<host>[^~]*)~(?P<pid>\d+)~[^~]*\.tmp$")
+
+
+@dataclass
+class OutputDir:
+    """What `prepare_output` found: a fresh folder, or one to resume (same stage + config)."""
+
+    path: Path
+    resumed: bool = False
+    replaced: bool = False
+    stale_tmp_removed: int = 0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_tmp(root: str | os.PathLike, *, stale_after_s: float = 3600.0) -> int:
+    """Delete temp files a killed run left under `root`; return how many.
+
+    A temp file of this host whose writer process is gone is removed at once; one of another
+    host (shared file system) or of unknown origin only once older than `stale_after_s`, so
+    a slice still running elsewhere keeps its files."""
+    from cxrctx import io as _io
+
+    now, host, n = time.time(), _io._host(), 0
+    for f in sorted(Path(root).rglob(f".*{_io.TMP_SUFFIX}")):
+        if not f.is_file() or f.is_symlink():
+            continue
+        m = _TMP_OWNER_RE.search(f.name)
+        try:
+            if m and m["host"] == host:
+                stale = not _pid_alive(int(m["pid"]))
+            else:
+                stale = now - f.stat().st_mtime > stale_after_s
+            if stale:
+                f.unlink()
+                n += 1
+        except OSError:
+            continue
+    return n
+
+
+def _probe_writable(p: Path) -> None:
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".cxrctx-write-probe.", dir=p)
+        try:
+            os.write(fd, b"x")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        raise CxrctxError(f"{p}: output folder is not writable ({e.strerror or e})") from e
+
+
+def _owner(p: Path) -> tuple[str | None, str | None]:
+    """(stage, config hash) of the run that wrote `p`, from its marker or manifest."""
+    from cxrctx import io as _io
+
+    marker = p / RUN_MARKER
+    if marker.is_file():
+        try:
+            data = json.loads(marker.read_text(encoding="utf-8"))
+            return data.get("stage"), data.get("config_hash")
+        except (OSError, ValueError):
+            return "?", None
+    if _io._has_manifest(p):
+        try:
+            st = _io.load_stage(p)
+            return st.name, _io.config_hash(st.manifest.config)
+        except CxrctxError:
+            return "?", None
+    return None, None
+
+
+def prepare_output(
+    out: str | os.PathLike,
+    *,
+    stage: str,
+    config_hash: str,
+    overwrite: bool = False,
+    stale_after_s: float = 3600.0,
+) -> OutputDir:
+    """Apply the one output policy every stage shares, before any work is done.
+
+    - `out` must be a folder we can write (checked now, not after hours of work);
+    - an empty or new folder starts a fresh run;
+    - a folder of the same stage and config hash resumes (its killed run's temp files are
+      removed);
+    - any other non-empty folder is refused unless `overwrite`, which empties it only when
+      it is a cxrctx output (never an arbitrary folder).
+    A marker records stage + config hash, so even a run killed before its manifest is
+    recognised next time."""
+    from cxrctx import io as _io
+
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise CxrctxError(f"{p}: exists and is not a directory; --out needs a folder")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CxrctxError(f"{p}: cannot create the output folder ({e.strerror or e})") from e
+    _probe_writable(p)
+    res = OutputDir(p)
+    entries = [x for x in p.iterdir() if not x.name.startswith(".cxrctx-write-probe.")]
+    if entries:
+        owner_stage, owner_hash = _owner(p)
+        same = owner_stage == stage and owner_hash == config_hash
+        if same:
+            res.resumed = True
+        elif not overwrite:
+            what = (
+                f"the output of another {owner_stage} run (different configuration)"
+                if owner_stage == stage
+                else f"a {owner_stage} output"
+                if owner_stage not in (None, "?")
+                else "files that are not a cxrctx output"
+            )
+            raise CxrctxError(
+                f"{p}: not empty: holds {what}; pass --overwrite to replace it, or choose a new folder"
+            )
+        elif owner_stage is None:
+            raise CxrctxError(
+                f"{p}: not empty and not a cxrctx output (no {_io.MANIFEST_NAME} or {RUN_MARKER}); "
+                "--overwrite only replaces cxrctx outputs: choose a new or empty folder"
+            )
+        else:
+            _empty_folder(p)
+            res.replaced = True
+    res.stale_tmp_removed = remove_stale_tmp(p, stale_after_s=stale_after_s)
+    from cxrctx import __version__
+
+    marker = {"stage": stage, "config_hash": config_hash, "tool_version": __version__}
+    try:
+        _io.atomic_write_text(p / RUN_MARKER, json.dumps(marker, sort_keys=True) + "\n")
+    except OSError as e:
+        raise CxrctxError(f"{p}: output folder is not writable ({e.strerror or e})") from e
+    return res
+
+
+def _empty_folder(p: Path) -> None:
+    try:
+        for x in p.iterdir():
+            if x.is_dir() and not x.is_symlink():
+                shutil.rmtree(x)
+            else:
+                x.unlink()
+    except OSError as e:
+        raise CxrctxError(f"{p}: cannot clear the old output ({e.strerror or e})") from e

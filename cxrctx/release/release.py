@@ -1,0 +1,349 @@
+"""`make_release`: stage outputs → a `public/` and a `credentialed/` bundle.
+
+Both bundles are written into a staging folder inside OUT and renamed into place only when
+complete, so a failed run leaves nothing half-written. Every input stage folder is opened
+with `open_stage` (stage name, schema version, sha256 of every shard). The output is a
+pure function of the inputs' bytes and the release config: no timestamps, no local paths,
+so `rebuild` can reproduce it byte for byte.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
+
+from cxrctx import __version__
+from cxrctx.errors import CxrctxError
+from cxrctx.io import (
+    Stage,
+    atomic_write_text,
+    config_hash,
+    file_entry,
+    input_file,
+    open_stage,
+    prepare_output,
+    stage_inputs,
+    write_stage_manifest,
+)
+from cxrctx.models import InputFile, Manifest, ShardInfo
+from cxrctx.release import tables as T
+
+RELEASE_SCHEMA_VERSION = 1
+Format = Literal["srrg", "maira2", "jsonl"]
+Target = Literal["findings", "impression", "findings+impression"]
+
+
+class ReleaseConfig(BaseModel):
+    """What a release was asked to be (stored in both bundles' manifests)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Dataset name, e.g. my-org/mimic-cxr-context")
+    version: str = Field(description="Release version, e.g. 1.0.0")
+    license: str = Field("other", description="Hub licence id of the release")
+    target: Target = Field("findings", description="Report section(s) the exports use as target")
+    formats: list[Format] = Field(default_factory=list, description="Extra export tables")
+    rows_per_file: int = Field(20_000, ge=1)
+    stages: list[str] = Field(default_factory=list, description="Input stages, in order")
+
+
+@dataclass
+class Bundle:
+    """One written bundle: its folder, tables (name → files) and manifest."""
+
+    kind: str
+    dir: Path
+    tables: dict[str, list[ShardInfo]] = field(default_factory=dict)
+    manifest: Manifest | None = None
+
+
+@dataclass
+class ReleaseResult:
+    out_dir: Path
+    public: Bundle
+    credentialed: Bundle
+    summary: dict[str, dict[str, int]]
+    config: ReleaseConfig
+
+
+@dataclass
+class Inputs:
+    """The checked input stages and their main tables."""
+
+    records: Stage
+    rec: pl.DataFrame
+    labels: Stage | None = None
+    lab: pl.DataFrame | None = None
+    rois: Stage | None = None
+    roi: pl.DataFrame | None = None
+    structured: pl.DataFrame | None = None
+
+
+# ------------------------------------------------------------------- inputs
+
+
+def _same_source(st: Stage, records: Stage, what: str) -> None:
+    """A labels/ROI stage must have read exactly these records shards."""
+    have = {s.sha256 for s in records.manifest.shards}
+    used = {i.sha256 for i in st.manifest.inputs}
+    if used and not used <= have:
+        raise CxrctxError(
+            f"{st.manifest_paths[0]}: these {what} were made from another build-priors output "
+            f"(input checksums differ from {records.dir})"
+        )
+
+
+def load_inputs(
+    records: str | os.PathLike,
+    labels: str | os.PathLike | None = None,
+    rois: str | os.PathLike | None = None,
+    structured: str | os.PathLike | None = None,
+) -> Inputs:
+    """Open and check every input stage folder (one-line errors name the bad file)."""
+    rst = open_stage(records, "build-priors")
+    inp = Inputs(rst, rst.read())
+    if labels is not None:
+        inp.labels = open_stage(labels, "label-lesions")
+        _same_source(inp.labels, rst, "labels")
+        inp.lab = inp.labels.read()
+    if rois is not None:
+        inp.rois = open_stage(rois, "build-rois")
+        _same_source(inp.rois, rst, "ROIs")
+        inp.roi = inp.rois.read()
+    if structured is not None:
+        sst = open_stage(structured, "structure-reports")
+        df = sst.read()
+        need = ("id", "structured_findings", "structured_impression")
+        missing = [c for c in need if c not in df.columns]
+        if missing:
+            raise CxrctxError(f"{sst.dir}: structured reports lack column(s) {', '.join(missing)}")
+        inp.structured = df.select(pl.col("id").cast(pl.String), *need[1:])
+    return inp
+
+
+# ------------------------------------------------------------------- provenance
+
+
+def _scrub(v: Any) -> Any:
+    """Drop local absolute paths from provenance (keep the file name)."""
+    if isinstance(v, dict):
+        return {k: _scrub(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_scrub(x) for x in v]
+    if isinstance(v, str) and (os.path.isabs(v) or v.startswith("~")):
+        return Path(v).name
+    return v
+
+
+def stage_provenance(st: Stage) -> dict[str, Any]:
+    """A stage manifest as recorded in a release: no local paths, model by name + sha256."""
+    m = st.manifest.model_dump(mode="json")
+    cfg = dict(m["config"])
+    if "model" in cfg:
+        model = str(cfg["model"])
+        cfg["model"] = T.model_name(model)
+        p = Path(model)
+        cfg["model_sha256"] = input_file(p).sha256 if p.is_file() else None
+    cfg.pop("input", None)
+    m["config"] = cfg
+    m["extra"] = {k: v for k, v in m["extra"].items() if k != "provenance"}
+    return _scrub(m)
+
+
+def _input_files(inp: Inputs) -> list[InputFile]:
+    return [
+        f for st in (inp.records, inp.labels, inp.rois) if st is not None for f in stage_inputs(st)
+    ]
+
+
+def schema_hashes() -> dict[str, str]:
+    """sha256 of each published JSON Schema this cxrctx writes data against."""
+    from cxrctx.io import sha256_bytes
+    from cxrctx.resources import read_bytes
+
+    names = ("record", "label_row", "lesion_answer", "roi_row", "manifest")
+    out = {}
+    for n in names:
+        try:
+            out[f"{n}.schema.json"] = sha256_bytes(read_bytes("schemas", f"{n}.schema.json"))
+        except CxrctxError:
+            continue
+    return out
+
+
+# ------------------------------------------------------------------- bundles
+
+
+def _credentialed_tables(inp: Inputs, cfg: ReleaseConfig) -> dict[str, pl.DataFrame]:
+    from cxrctx.release.exports import export_table
+
+    out: dict[str, pl.DataFrame] = {"records": inp.rec}
+    if inp.lab is not None:
+        src = str(inp.labels.dir) if inp.labels else "labels"
+        long = T.labels_long(inp.lab, inp.rec, source=src, public=False)
+        out["labels_long"] = long
+        out["labels_wide"] = T.labels_wide(long)
+    if inp.roi is not None:
+        out["rois"] = T.rois_table(inp.roi, public=False)
+    for fmt in cfg.formats:
+        out[fmt] = export_table(fmt, inp.rec, target=cfg.target, structured=inp.structured)
+    return out
+
+
+def _public_tables(inp: Inputs) -> dict[str, pl.DataFrame]:
+    out = {"studies": T.public_studies(inp.rec), "images": T.public_images(inp.rec)}
+    if inp.lab is not None:
+        src = str(inp.labels.dir) if inp.labels else "labels"
+        long = T.labels_long(inp.lab, inp.rec, source=src, public=True)
+        out["labels_long"] = long
+        out["labels_wide"] = T.labels_wide(long)
+    if inp.roi is not None:
+        out["rois"] = T.rois_table(inp.roi, public=True)
+    return out
+
+
+def _write_tables(b: Bundle, frames: dict[str, pl.DataFrame], cfg: ReleaseConfig) -> None:
+    from cxrctx.release.exports import write_jsonl_split_files
+
+    for name, df in frames.items():
+        if name == "jsonl":
+            # Not a card config: the hub infers one builder per repository (Parquet here).
+            b.tables[name] = write_jsonl_split_files(df, b.dir / "exports" / name, b.dir)
+        else:
+            b.tables[name] = T.write_split_files(
+                df, b.dir / "data" / name, b.dir, cfg.rows_per_file
+            )
+
+
+def _finish_bundle(
+    b: Bundle,
+    inp: Inputs,
+    cfg: ReleaseConfig,
+    summary: dict[str, dict[str, int]],
+    extra: dict[str, Any],
+) -> None:
+    """Card, croissant.json, then the manifest (last: a bundle without one is unfinished)."""
+    from cxrctx.release.card import render_card
+    from cxrctx.release.croissant import build_croissant
+
+    shards = [s for infos in b.tables.values() for s in infos if s.path.startswith("data/")]
+    side = [s for infos in b.tables.values() for s in infos if not s.path.startswith("data/")]
+    counts = {f"{t}_rows": sum(s.rows for s in infos) for t, infos in b.tables.items()}
+    atomic_write_text(b.dir / "README.md", render_card(b.kind, b.tables, cfg, summary, extra))
+    atomic_write_text(b.dir / "croissant.json", build_croissant(b.kind, b.dir, b.tables, cfg))
+    b.manifest = write_stage_manifest(
+        b.dir,
+        stage=f"release-{b.kind}",
+        schema_version=RELEASE_SCHEMA_VERSION,
+        config=cfg,
+        inputs=_input_files(inp),
+        shards=shards,
+        tables=side,
+        files=[file_entry(b.dir / n, b.dir) for n in ("README.md", "croissant.json")],
+        counts=counts,
+        extra=extra,
+    )
+
+
+def release_config(
+    inp: Inputs,
+    *,
+    name: str,
+    version: str,
+    license: str = "other",
+    target: str = "findings",
+    formats: Sequence[str] = (),
+    rows_per_file: int = 20_000,
+) -> ReleaseConfig:
+    stages = [st.name for st in (inp.records, inp.labels, inp.rois) if st is not None]
+    if inp.structured is not None:
+        stages.append("structure-reports")
+    try:
+        return ReleaseConfig(
+            name=name, version=version, license=license, target=target,  # type: ignore[arg-type]
+            formats=sorted(set(formats)), rows_per_file=rows_per_file, stages=stages,  # type: ignore[arg-type]
+        )  # fmt: skip
+    except ValueError as e:
+        raise CxrctxError(f"release options: {str(e).splitlines()[-1].strip()}") from e
+
+
+def build_bundles(inp: Inputs, cfg: ReleaseConfig, stage_dir: Path) -> tuple[Bundle, Bundle, dict]:
+    """Write credentialed/ then public/ (which records the credentialed checksums)."""
+    from cxrctx.release.info import split_summary
+
+    pub_frames = _public_tables(inp)
+    summary = split_summary(pub_frames["studies"], pub_frames.get("labels_long"))
+    provenance = {
+        "tool_version": __version__,
+        "hub_splits": T.HUB_SPLITS,
+        "stages": {
+            st.name: stage_provenance(st) for st in (inp.records, inp.labels, inp.rois) if st
+        },
+        "schemas": schema_hashes(),
+        "config_sha256": config_hash(cfg),
+        "summary": summary,
+    }
+    cred = Bundle("credentialed", stage_dir / "credentialed")
+    _write_tables(cred, _credentialed_tables(inp, cfg), cfg)
+    _finish_bundle(cred, inp, cfg, summary, provenance)
+    assert cred.manifest is not None
+    pub = Bundle("public", stage_dir / "public")
+    _write_tables(pub, pub_frames, cfg)
+    m = cred.manifest
+    cred_files = [x.model_dump() for x in [*m.shards, *m.tables, *m.files]]
+    _finish_bundle(pub, inp, cfg, summary, {**provenance, "credentialed_files": cred_files})
+    return pub, cred, summary
+
+
+def make_release(
+    records: str | os.PathLike,
+    *,
+    out: str | os.PathLike,
+    name: str,
+    version: str,
+    labels: str | os.PathLike | None = None,
+    rois: str | os.PathLike | None = None,
+    structured: str | os.PathLike | None = None,
+    formats: Sequence[str] = (),
+    target: str = "findings",
+    license: str = "other",
+    rows_per_file: int = 20_000,
+    overwrite: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> ReleaseResult:
+    """Package stage outputs into OUT/public (IDs + enums) and OUT/credentialed (full data).
+
+    Refuses a non-empty OUT of another release unless `overwrite`; writes into a staging
+    folder inside OUT and renames the finished bundles into place."""
+    say = progress or (lambda _msg: None)
+    inp = load_inputs(records, labels, rois, structured)
+    say("inputs checked")
+    cfg = release_config(
+        inp, name=name, version=version, license=license, target=target, formats=formats,
+        rows_per_file=rows_per_file,
+    )  # fmt: skip
+    key = config_hash({"config": cfg.model_dump(mode="json"), "inputs": _input_files(inp)})
+    res = prepare_output(out, stage="release", config_hash=key, overwrite=overwrite)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=res.path))
+    try:
+        pub, cred, summary = build_bundles(inp, cfg, staging)
+        say("bundles written")
+        for b in (cred, pub):
+            final = res.path / b.kind
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(b.dir, final)
+            b.dir = final
+    except OSError as e:
+        raise CxrctxError(f"{res.path}: cannot write the release ({e.strerror or e})") from e
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ReleaseResult(res.path, pub, cred, summary, cfg)
