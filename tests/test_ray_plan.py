@@ -110,3 +110,38 @@ def test_generate_and_evaluate_take_the_executor_options(command):
     r = runner.invoke(app, [command, "--help"], terminal_width=200)
     assert r.exit_code == 0
     assert "--executor" in r.output and "--ray-address" in r.output and "--workers" in r.output
+
+
+class Lookahead:
+    """An executor that plans every batch before the first is committed (as Ray does)."""
+
+    def map_batches(self, task, engine, sampling, batches, secrets):
+        from cxrctx.llm.runner import solve_batch
+
+        todo = list(batches)
+        for works in todo:
+            yield solve_batch(task, engine, sampling, works, secrets)
+
+
+def flaky(req: ChatRequest) -> Completion:
+    """Fixed tokens; the cardiomegaly report meets a transient server error."""
+    if "enlarged" in req.messages[-1]["content"]:
+        return Completion("", "error", error="503 busy", error_kind="transient")
+    return fixed_tokens(req)
+
+
+@pytest.mark.parametrize("responder", [fixed_tokens, flaky])
+def test_planning_ahead_gives_the_local_executors_rows(responder):
+    from cxrctx.labeling import label_documents
+
+    ids = [f"{k}-{c}" for c in range(3) for k in TEXTS]
+    docs = pl.DataFrame({"id": ids, "text": [t for _ in range(3) for t in TEXTS.values()]})
+    a = label_documents(docs, FakeEngine("s", responder=responder), batch_size=2)
+    b = label_documents(
+        docs, FakeEngine("s", responder=responder), batch_size=2, executor=Lookahead()
+    )
+    assert a.labels.equals(b.labels) and a.failures.equals(b.failures)
+    assert a.documents.drop("latency_s").equals(b.documents.drop("latency_s"))
+    assert a.counts["cached"] == b.counts["cached"] > 0
+    if responder is flaky:
+        assert b.counts["transient_failed"] == a.counts["transient_failed"] == 3
