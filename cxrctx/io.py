@@ -34,6 +34,9 @@ import pyarrow.parquet as pq
 from cxrctx.errors import CxrctxError
 from cxrctx.models import InputFile, Manifest, ShardInfo
 
+#: A polars dtype as schemas here spell it: a class (pl.Int64) or an instance (pl.List(...)).
+PolarsType = Any
+
 SHARD_PATTERN = "part-{:05d}.parquet"
 #: Name of part i of a run split into n slices (`--shard i/n`): slices of different
 #: shardings never collide, and a reader can tell them apart.

@@ -10,6 +10,8 @@ import importlib
 import json
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from cxrctx.io import atomic_write_text
 from cxrctx.resources import data_root, source_dir
 
@@ -44,9 +46,10 @@ def schemas_dir() -> Path:
     return Path(str(data_root("schemas")))
 
 
-def _load(spec: str) -> type:
+def _load(spec: str) -> type[BaseModel]:
     module, _, name = spec.partition(":")
-    return getattr(importlib.import_module(module), name)
+    model: type[BaseModel] = getattr(importlib.import_module(module), name)
+    return model
 
 
 def render_schema(spec: str) -> str:

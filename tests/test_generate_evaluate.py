@@ -240,6 +240,8 @@ def test_cli_generate_evaluate_and_bad_input(run, tmp_path):
 @pytest.mark.train
 def test_evaluate_with_an_llm_labeler(run, tmp_path):
     """Both sides labeled through cxrctx.labeling with an engine (a scripted fake here)."""
+    from trainer_fixtures import rewrite_shard
+
     from cxrctx.llm import get_engine
     from cxrctx.reportgen.evaluate import evaluate
     from cxrctx.reportgen.generate import generate
@@ -267,7 +269,7 @@ def test_evaluate_with_an_llm_labeler(run, tmp_path):
         .otherwise(pl.lit(""))
         .alias("report")
     ).drop("i")
-    df.write_parquet(shard)
+    rewrite_shard(tmp_path / "gen", shard, df)
     rep = evaluate(
         tmp_path / "gen",
         reference=run["records"],

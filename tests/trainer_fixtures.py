@@ -28,6 +28,17 @@ def resplit(records: Path, heldout_every: int = 4) -> None:
     write_manifest(m.model_copy(update={"shards": infos}), records / "manifest.json")
 
 
+def rewrite_shard(stage_dir: Path, shard: Path, df: pl.DataFrame) -> None:
+    """Replace one shard of a stage folder and its manifest entry, as a producer would (a
+    consumer refuses a shard whose sha256 differs from its manifest)."""
+    from cxrctx.io import read_manifest, write_manifest, write_parquet
+
+    info = write_parquet(df, shard).model_copy(update={"path": str(shard.relative_to(stage_dir))})
+    m = read_manifest(stage_dir / "manifest.json")
+    shards = [info if s.path == info.path else s for s in m.shards]
+    write_manifest(m.model_copy(update={"shards": shards}), stage_dir / "manifest.json")
+
+
 def make_root(
     tmp: Path,
     *,

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 from typer.core import TyperGroup
+
+if TYPE_CHECKING:
+    from typer._click.core import Context
 
 from cxrctx import __version__
 from cxrctx.errors import CxrctxError
@@ -19,7 +23,7 @@ _VERBOSE = {"-v", "-vv", "-vvv", "--verbose"}
 class _Group(TyperGroup):
     """Accept the global `-v`/`--verbose` anywhere on the line (`cxrctx train ... -v`)."""
 
-    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
         cut = args.index("--") if "--" in args else len(args)
         verbose = [a for a in args[:cut] if a in _VERBOSE]
         rest = [a for a in args[:cut] if a not in _VERBOSE] + args[cut:]

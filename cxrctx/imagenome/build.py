@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cxrctx import __version__
 from cxrctx.errors import CxrctxError
 from cxrctx.io import (
+    PolarsType,
     Stage,
     config_hash,
     input_file,
@@ -173,7 +174,8 @@ def parse_scene_graph(
         if any(c is None for c in coords):
             boxes[name] = (None, False, "box without original_x1..y2")
             continue
-        boxes[name] = clean_box(*coords, width, height)  # type: ignore[arg-type]
+        x1, y1, x2, y2 = (float(c) for c in coords if c is not None)
+        boxes[name] = clean_box(x1, y1, x2, y2, width, height)
     phrases: dict[str, list[str]] = {r: [] for r in ROIS}
     abnormal: dict[str, bool] = dict.fromkeys(ROIS, False)
     for att in data.get("attributes") or []:
@@ -227,7 +229,7 @@ _ROI_STRUCT = pl.Struct(
         "abnormal": pl.Boolean,
     }
 )
-ROI_FRAME_SCHEMA = {
+ROI_FRAME_SCHEMA: dict[str, PolarsType] = {
     "dicom_id": pl.String,
     "subject_id": pl.Int64,
     "study_id": pl.Int64,

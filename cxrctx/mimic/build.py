@@ -80,7 +80,7 @@ class BuildPriorsConfig(BaseModel):
 
     max_priors: int = Field(3, ge=0, description="K: how many most recent priors to embed")
     rows_per_shard: int = Field(20_000, ge=1)
-    formats: list[Literal["parquet", "jsonl"]] = Field(default_factory=lambda: ["parquet"])
+    formats: list[Literal["parquet", "jsonl"]] = Field(default_factory=lambda: ["parquet"])  # type: ignore[arg-type]
     reports_source: Literal["files", "zip"] = "files"
     reports_zip: str | None = Field(None, description="Zip name relative to the root, or as given")
     scan_dicom: bool = False

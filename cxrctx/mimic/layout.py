@@ -17,6 +17,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import polars as pl
 
@@ -62,7 +63,7 @@ class MimicLayout:
     reports_zip: Path | None
 
     @property
-    def reports_source(self) -> str:
+    def reports_source(self) -> Literal["files", "zip"]:
         return "zip" if self.reports_zip is not None else "files"
 
 

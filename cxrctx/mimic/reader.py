@@ -7,7 +7,7 @@ process does its columnar work while the workers read files.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
@@ -83,6 +83,7 @@ class ReportReader:
         concern), after the prior join: most records never pay for the regexes."""
         size = 4000
         chunks = [pairs[i : i + size] for i in range(0, len(pairs), size)]
+        results: Iterable[list[bool]]
         if self.serial or len(pairs) < SERIAL_BELOW:
             results = map(temporal_chunk, chunks)
         else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from cxrctx.io import PolarsType
 from cxrctx.mimic.layout import LABEL_KEYS
 
 DT = pl.Datetime("us")
@@ -36,7 +37,7 @@ PRIOR_STRUCT = pl.Struct(
 )
 LABELS_STRUCT = pl.Struct({k: pl.Float64 for k in LABEL_KEYS})
 
-RECORD_SCHEMA: dict[str, pl.DataType] = {
+RECORD_SCHEMA: dict[str, PolarsType] = {
     "subject_id": pl.Int64,
     "study_id": pl.Int64,
     "split": pl.String,
@@ -61,7 +62,7 @@ RECORD_SCHEMA: dict[str, pl.DataType] = {
     "flags": pl.List(pl.String),
 }
 
-REJECT_SCHEMA: dict[str, pl.DataType] = {
+REJECT_SCHEMA: dict[str, PolarsType] = {
     "study_id": pl.Int64,
     "source": pl.String,
     "reason": pl.String,

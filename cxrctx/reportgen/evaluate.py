@@ -212,6 +212,7 @@ def run_judge(
             prompt_sha256=prompt_sha,
             total=total,
             mean=total / 4 if total is not None else None,
+            empty=0,
             clinical_accuracy=means["clinical_accuracy"],
             findings_completeness=means["findings_completeness"],
             linguistic_quality=means["linguistic_quality"],
