@@ -16,8 +16,13 @@ per document and the openai batch size, against a fast fake OpenAI-compatible se
    memory. Each measurement runs in its own process.
 4. Batch size (`--n-batch 4000`): documents/s through the same server with the old fixed
    openai batch of 64 and with the default (32 x concurrency).
+5. Ray executor (`--ray`): the same documents and the same engine of fixed per-call
+   latency through the local executor and through `RayExecutor` with 1 and 2 workers, in
+   one run: overhead = Ray wall / (local wall / workers) - 1, scaling = 1-worker wall /
+   2-worker wall; the Ray walls include starting the actors (reported apart).
 
     python benchmarks/label_throughput.py [--model GGUF] [--n-overhead 24] [--n-cached 10000]
+    python benchmarks/label_throughput.py --ray --ray-docs 600 --ray-latency 0.5
     python benchmarks/label_throughput.py --skip-overhead --n-cached 0 --n-memory 20000 --n-batch 4000
 """
 
@@ -150,6 +155,46 @@ def cached_rerun(n: int) -> dict:
             "label_rows": second.result.labels.height,
             "same_labels": first.result.labels.equals(second.result.labels),
         }
+
+
+def ray_overhead(
+    n: int, latency: float, batch_size: int, workers: tuple[int, ...] = (1, 2)
+) -> dict:
+    """Local vs Ray executor, same engine (fixed latency per call) and documents, same run."""
+    import functools
+    import os
+
+    import ray
+
+    from cxrctx.llm.ray_executor import RayExecutor
+
+    docs = synth_reports(n, seed=3)
+    factory = functools.partial(FakeEngine, "fake", latency_s=latency)
+    t = time.perf_counter()
+    ray.init(num_cpus=max(2, *workers), include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    out: dict = {"n_docs": n, "latency_s_per_call": latency, "batch_size": batch_size,
+                 "ray_init_s": round(time.perf_counter() - t, 2), "load_avg_start": os.getloadavg()[0]}  # fmt: skip
+    t = time.perf_counter()
+    local = label_documents(docs, factory(), batch_size=batch_size)
+    out["local_s"] = local_s = round(time.perf_counter() - t, 2)
+    out["llm_docs"] = local.counts["llm_called"]
+    for w in workers:
+        first: list[float] = []
+        t = time.perf_counter()
+        res = label_documents(docs, factory(), batch_size=batch_size,
+                              executor=RayExecutor(w, engine_factory=factory),
+                              progress=lambda p, f=first: f.append(time.perf_counter()))  # fmt: skip
+        wall = time.perf_counter() - t
+        ideal = local_s / w
+        out[f"ray_{w}w_s"] = round(wall, 2)
+        out[f"ray_{w}w_first_batch_s"] = round(first[1] - t, 2) if len(first) > 1 else None
+        out[f"ray_{w}w_overhead_pct"] = round(100 * (wall / ideal - 1), 1)
+        out[f"ray_{w}w_same_labels"] = res.labels.equals(local.labels)
+    out["scaling_1_to_2"] = round(out["ray_1w_s"] / out["ray_2w_s"], 3)
+    out["load_avg_end"] = os.getloadavg()[0]
+    ray.shutdown()
+    return out
 
 
 FAKE_SERVER = r"""
@@ -296,6 +341,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--n-batch", type=int, default=0, help="documents for the batch-size run")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    ap.add_argument("--ray", action="store_true", help="only the Ray executor comparison")
+    ap.add_argument("--ray-docs", type=int, default=300)
+    ap.add_argument("--ray-latency", type=float, default=0.2, help="s per engine call")
+    ap.add_argument("--ray-batch-size", type=int, default=4)
     args = ap.parse_args(argv)
     if args.child:
         kind, *rest = args.child
@@ -309,6 +358,11 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
             )
+        return 0
+    if args.ray:
+        print(
+            json.dumps(ray_overhead(args.ray_docs, args.ray_latency, args.ray_batch_size), indent=2)
+        )
         return 0
     out = {}
     if not args.skip_overhead:

@@ -167,3 +167,90 @@ def progress_reporter(
             bar.update(task, total=total, completed=done, extra=extra)
 
         yield update
+
+
+# ---------------------------------------------------------------------------- executors
+
+
+class ExecutorKind(str, enum.Enum):
+    """Where the model calls run: this process, or Ray Data actors (one engine each)."""
+
+    local = "local"
+    ray = "ray"
+
+
+ExecutorOpt = Annotated[
+    ExecutorKind,
+    typer.Option("--executor", help="local (this process) or ray (Ray Data actors, one engine per "
+                 "worker: GPUs with vllm, CPUs with llamacpp/openai); needs pip install 'cxrctx[ray]'."),
+]  # fmt: skip
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option("--ray-address", help="ray: address of a running cluster (e.g. auto or "
+                 "ray://head:10001); default: start a local Ray with --workers workers."),
+]  # fmt: skip
+WorkersOpt = Annotated[
+    int,
+    typer.Option("--workers", min=1, help="ray: engine workers (vllm: one GPU each)."),
+]
+PlanOpt = Annotated[
+    bool,
+    typer.Option("--plan", help="Label a sample (--plan-sample) into OUT/plan-sample and print "
+                 "output tokens and LLM calls per document and the projected GPU-hours."),
+]  # fmt: skip
+PlanSampleOpt = Annotated[
+    int, typer.Option("--plan-sample", min=1, help="--plan: documents to label as the sample.")
+]
+PlanThroughputOpt = Annotated[
+    float,
+    typer.Option("--plan-throughput", min=1e-6, help="--plan: output tokens/s of one GPU "
+                 "(default: ~6,300, an 8B model on one H100 with vLLM, datatrove's benchmark)."),
+]  # fmt: skip
+PlanGpuOpt = Annotated[
+    str, typer.Option("--plan-gpu", help="--plan: name of the GPU the throughput is for.")
+]
+
+
+def make_executor(kind: ExecutorKind, ray_address: str | None, workers: int) -> Any:
+    """None for the local executor, else a RayExecutor (Ray starts on first use)."""
+    if kind == ExecutorKind.local:
+        if ray_address is not None or workers != 1:
+            raise CxrctxError("--ray-address and --workers apply to --executor ray only")
+        return None
+    from cxrctx.llm.ray_executor import RayExecutor
+
+    return RayExecutor(workers, address=ray_address)
+
+
+@contextmanager
+def executor_scope(kind: ExecutorKind, ray_address: str | None, workers: int) -> Iterator[Any]:
+    """The executor of the options, closed (a Ray started here shut down) at the end."""
+    ex = make_executor(kind, ray_address, workers)
+    try:
+        yield ex
+    finally:
+        if ex is not None:
+            ex.close()
+
+
+def print_plan(plan: Any) -> None:
+    """The token budget of a `--plan` run (a cxrctx.llm.plan.Plan)."""
+    from rich.table import Table
+
+    from cxrctx.cli.app import console
+
+    t = Table(title="token plan", show_header=False)
+    rows = [
+        ("sample", f"{plan.sample_documents} documents ({plan.llm_documents} needed the model)"),
+        ("LLM calls per document", f"{plan.llm_calls_per_document:.3f}"),
+        ("output tokens per document", f"{plan.output_tokens_per_document:.1f}"),
+        ("full input", f"{plan.total_documents} documents, ~{plan.projected_output_tokens:,} output tokens"),
+        ("projected GPU-hours", f"{plan.projected_gpu_hours:.3f} on {plan.gpu} at {plan.throughput_tokens_per_s:,.0f} output tok/s"),
+        ("budget", f"all of MIMIC-CXR ({plan.budget_reports:,} reports) in <= {plan.budget_gpu_hours:g} GPU-hours "
+                   f"needs <= {plan.budget_tokens_per_report:.0f} output tokens/report"),
+        ("this sample on all of MIMIC", f"{plan.budget_projected_gpu_hours:.2f} GPU-hours ("
+                                        f"{'within' if plan.within_budget else 'OVER'} budget)"),
+    ]  # fmt: skip
+    for k, v in rows:
+        t.add_row(k, v)
+    console.print(t)

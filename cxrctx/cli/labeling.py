@@ -17,10 +17,20 @@ from cxrctx.cli.engine import (
     Backend,
     BaseUrlOpt,
     EngineOptOpt,
+    ExecutorKind,
+    ExecutorOpt,
+    PlanGpuOpt,
+    PlanOpt,
+    PlanSampleOpt,
+    PlanThroughputOpt,
+    RayAddressOpt,
     ThreadsOpt,
     TimeoutOpt,
+    WorkersOpt,
     engine_spec,
+    executor_scope,
     exit_if_failed,
+    print_plan,
     progress_reporter,
 )
 from cxrctx.errors import CxrctxError
@@ -69,6 +79,13 @@ def label_lesions_cmd(
     batch_size: int = typer.Option(None, "--batch-size", min=1, help="Documents per engine call / output batch (default per backend; openai: 32 x concurrency)."),
     no_prepass: bool = typer.Option(False, "--no-prepass", help="Ask the model about all 14 lesions for every report."),
     prompt: str = typer.Option(None, "--prompt", help="Prompt version (e.g. 1) or a prompt JSON file (hybrid modes: prompts/label_lesions/hybrid_vN.json)."),
+    executor: ExecutorOpt = ExecutorKind.local,
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = 1,
+    plan: PlanOpt = False,
+    plan_sample: PlanSampleOpt = 200,
+    plan_throughput: PlanThroughputOpt = 6300.0,
+    plan_gpu: PlanGpuOpt = "H100 (8B model, vLLM)",
 ) -> None:  # fmt: skip
     """Label the 14 lesions (status, location, rationale) of each report.
 
@@ -84,6 +101,8 @@ def label_lesions_cmd(
       cxrctx label-lesions out/priors --out out/labels --model qwen2.5-1.5b-instruct-q4_k_m.gguf
       cxrctx label-lesions reports.csv --id-column uid --text-column report --out out/labels \\
           --backend openai --base-url http://127.0.0.1:8000/v1 --model local
+      cxrctx label-lesions out/priors --out out/labels --backend vllm --model Qwen/Qwen2.5-7B-Instruct \\
+          --executor ray --ray-address auto --workers 8 --plan --plan-throughput 6300
     """
     from cxrctx.labeling import label_lesions
     from cxrctx.llm import Sampling
@@ -100,7 +119,12 @@ def label_lesions_cmd(
             timeout=timeout, threads=threads, allow_public_api=allow_public_api,
         )  # fmt: skip
         assert spec is not None
-        with progress_reporter("labeling", "docs", disable=dry_run) as report:
+        if plan and (shard or dry_run):
+            raise CxrctxError("--plan projects the whole input: drop --shard and --dry-run")
+        with (
+            executor_scope(executor, ray_address, workers) as ex,
+            progress_reporter("labeling", "docs", disable=dry_run) as report,
+        ):
             t0 = time.perf_counter()
 
             def on_progress(p) -> None:
@@ -111,15 +135,26 @@ def label_lesions_cmd(
                     f"{p.tokens / dt:.0f} tok/s, {p.failed} failed" if p.done else "",
                 )
 
-            run = label_lesions(
-                input_path, out, engine=spec, sections=secs, id_column=id_column,
-                text_column=text_column, shard=shard, limit=limit, dry_run=dry_run,
-                sampling=Sampling(temperature=temperature, max_tokens=max_tokens, seed=seed),
+            common = dict(
+                engine=spec, sections=secs, id_column=id_column, text_column=text_column,
+                limit=limit, sampling=Sampling(temperature=temperature, max_tokens=max_tokens, seed=seed),
                 batch_size=batch_size, prepass=not no_prepass, prompt=prompt, progress=on_progress,
                 mode=mode.value,
+                executor=ex,
             )  # fmt: skip
+            if plan:
+                from cxrctx.labeling.plan import plan_label_lesions
+
+                budget = plan_label_lesions(input_path, out, sample=plan_sample,
+                                            throughput_tokens_per_s=plan_throughput, gpu=plan_gpu,
+                                            **common)  # fmt: skip
+            else:
+                run = label_lesions(input_path, out, shard=shard, dry_run=dry_run, **common)
     except CxrctxError as e:
         raise fail(e) from None
+    if plan:
+        print_plan(budget)
+        return
     if run.dry_run is not None:
         _print_dry_run(run.dry_run)
         return

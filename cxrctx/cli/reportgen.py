@@ -17,10 +17,15 @@ from cxrctx.cli.engine import (
     BackendOpt,
     BaseUrlOpt,
     EngineOptOpt,
+    ExecutorKind,
+    ExecutorOpt,
     ModelOpt,
+    RayAddressOpt,
     ThreadsOpt,
     TimeoutOpt,
+    WorkersOpt,
     engine_spec,
+    executor_scope,
     exit_if_failed,
 )
 from cxrctx.errors import CxrctxError
@@ -138,6 +143,9 @@ def generate_cmd(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace a non-empty --out written by another cxrctx run."
     ),
+    executor: ExecutorOpt = ExecutorKind.local,
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = 1,
 ) -> None:
     """ROI sentences from the trained model, merged into one report per study.
 
@@ -151,8 +159,10 @@ def generate_cmd(
     Example:
         cxrctx generate out/run --split test --out out/gen
         cxrctx generate out/run --out out/gen-llm --backend llamacpp --model model.gguf
+        cxrctx generate out/run --out out/gen-llm --backend vllm --model Qwen/Qwen2.5-7B-Instruct \\
+            --executor ray --ray-address auto --workers 4
     """
-    from cxrctx.llm.spec import make_engine
+    from cxrctx.llm.runner import driver_engine
     from cxrctx.reportgen.generate import generate
 
     try:
@@ -160,8 +170,11 @@ def generate_cmd(
             backend, model, base_url=base_url, api_key_env=api_key_env, engine_opt=engine_opt,
             timeout=timeout, threads=threads, allow_public_api=allow_public_api,
         )  # fmt: skip
-        engine = make_engine(spec) if spec is not None else None
-        with PhaseProgress("generate") as progress:
+        with (
+            executor_scope(executor, ray_address, workers) as ex,
+            PhaseProgress("generate") as progress,
+        ):
+            engine = driver_engine(ex, spec) if spec is not None else None
             res = generate(
                 run_dir,
                 out=out,
@@ -174,6 +187,7 @@ def generate_cmd(
                 limit=limit,
                 overwrite=overwrite,
                 progress=progress,
+                executor=ex,
             )
     except CxrctxError as e:
         raise fail(e) from None
@@ -230,6 +244,9 @@ def evaluate_cmd(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace a non-empty --out written by another cxrctx run."
     ),
+    executor: ExecutorOpt = ExecutorKind.local,
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = 1,
 ) -> None:
     """Lesion P/R/F1, classifier AUC, ROUGE-L, temporal hallucination, METEOR (when available
     offline) and the LLM consistency judge.
@@ -241,7 +258,7 @@ def evaluate_cmd(
     Example:
         cxrctx evaluate out/gen --reference out/priors --reference-labels out/syn/truth --out out/eval
     """
-    from cxrctx.llm.spec import make_engine
+    from cxrctx.llm.runner import driver_engine
     from cxrctx.reportgen.evaluate import evaluate
 
     try:
@@ -249,20 +266,22 @@ def evaluate_cmd(
             backend, model, base_url=base_url, api_key_env=api_key_env, engine_opt=engine_opt,
             timeout=timeout, threads=threads, allow_public_api=allow_public_api,
         )  # fmt: skip
-        engine = make_engine(spec) if spec is not None else None
-        lab = engine if llm_for in (LlmUse.both, LlmUse.labels) else None
-        judge = engine if llm_for in (LlmUse.both, LlmUse.judge) else None
-        rep = evaluate(
-            generated,
-            reference=reference,
-            reference_labels=reference_labels,
-            labeler_engine=lab,
-            judge_engine=judge,
-            sections=tuple(sections.value.split(",")),
-            out=out,
-            overwrite=overwrite,
-            progress=lambda phase: err_console.print(f"evaluate: {phase}", highlight=False),
-        )
+        with executor_scope(executor, ray_address, workers) as ex:
+            engine = driver_engine(ex, spec) if spec is not None else None
+            lab = engine if llm_for in (LlmUse.both, LlmUse.labels) else None
+            judge = engine if llm_for in (LlmUse.both, LlmUse.judge) else None
+            rep = evaluate(
+                generated,
+                reference=reference,
+                reference_labels=reference_labels,
+                labeler_engine=lab,
+                judge_engine=judge,
+                sections=tuple(sections.value.split(",")),
+                out=out,
+                overwrite=overwrite,
+                progress=lambda phase: err_console.print(f"evaluate: {phase}", highlight=False),
+                executor=ex,
+            )
     except CxrctxError as e:
         raise fail(e) from None
     console.print(evaluation_table(rep))

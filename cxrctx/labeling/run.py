@@ -27,9 +27,16 @@ from cxrctx.labeling.prompt import LabelPrompt, load_prompt, schema_sha256
 from cxrctx.labeling.task import LabelItem, LesionTask
 from cxrctx.llm.base import Engine, Sampling
 from cxrctx.llm.cache import ResultCache
-from cxrctx.llm.runner import Executor, TaskProgress, TaskResult, TaskStats, run_task
+from cxrctx.llm.runner import (
+    Executor,
+    TaskProgress,
+    TaskResult,
+    TaskStats,
+    driver_engine,
+    run_task,
+)
 from cxrctx.llm.sink import MemorySink, ShardSink, Sink, remove_stale_tmp
-from cxrctx.llm.spec import EngineSpec, make_engine
+from cxrctx.llm.spec import EngineSpec
 from cxrctx.models import LABEL_SCHEMA_VERSION, Manifest
 from cxrctx.vocab import LESIONS, SECTIONS
 
@@ -480,7 +487,7 @@ def label_lesions(
         return LabelRun(out_dir, None, None, dry_run=info, seconds=time.perf_counter() - t0)
     check_writable(out_dir)
     spec = engine if isinstance(engine, EngineSpec) else None
-    eng = make_engine(spec) if spec is not None else engine
+    eng = driver_engine(executor, spec) if spec is not None else engine
     assert not isinstance(eng, EngineSpec)
     try:
         return _label_into(input_path, out_dir, eng, spec, loaded, lp, sh, sampling, t0,

@@ -301,6 +301,18 @@ class LocalExecutor:
             yield solve_batch(task, engine, sampling, works, secrets)
 
 
+def driver_engine(executor: Executor | None, spec: Any) -> Engine:
+    """The engine `run_task` gets for an EngineSpec: built here for the local executor;
+    for an executor whose workers build their own (Ray), its stand-in with the same
+    identity and no model loaded (`executor.driver_engine(spec)`)."""
+    fn = getattr(executor, "driver_engine", None)
+    if callable(fn):
+        return fn(spec)
+    from cxrctx.llm.spec import make_engine
+
+    return make_engine(spec)
+
+
 # ---------------------------------------------------------------------------- the run
 
 
@@ -312,6 +324,9 @@ class _Plan:
     results: list[TaskResult[Any, Any] | None]
     slots: dict[str, list[int]]
     works: list[Work[Any]]
+    # slots whose request an earlier, not yet committed batch sends (executors that
+    # plan ahead): resolved from the cache at commit, as if planned after that batch
+    deferred: list[tuple[int, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -320,6 +335,10 @@ class _Ctx:
     cache: ResultCache
     sampling: Sampling
     key_parts: dict[str, Any]
+    # keys of Work planned but not committed -> how many later batches wait for them
+    inflight: dict[str, int] = field(default_factory=dict)
+    # uncached (transient/permanent) results that later batches wait for
+    settled: dict[str, tuple[TaskResult, int]] = field(default_factory=dict)
 
 
 def _result_from_entry(task: Task, item: Any, e: dict[str, Any], cached: bool) -> TaskResult:
@@ -365,6 +384,11 @@ def _plan(ctx: _Ctx, items: list[Any]) -> _Plan:
             plan.slots[key] = [i]
             continue
         plan.slots[key] = [i]
+        if key in ctx.inflight:
+            ctx.inflight[key] += 1
+            plan.deferred.append((i, key))
+            continue
+        ctx.inflight[key] = 0
         plan.works.append(Work(key, item, dataclasses.replace(req, key=key)))
     return plan
 
@@ -383,6 +407,11 @@ def _commit(ctx: _Ctx, plan: _Plan, outcomes: list[Outcome], stats: TaskStats) -
         r.answer = o.answer if o.answer is not None else r.answer
         r.transient = o.transient
         plan.results[plan.slots[w.key][0]] = r
+        waiting = ctx.inflight.pop(w.key, 0)
+        if waiting and (o.transient or o.permanent):
+            ctx.settled[w.key] = (r, waiting)
+    for i, key in plan.deferred:
+        plan.results[i] = _resolve_deferred(ctx, plan.items[i], key)
     for idxs in plan.slots.values():
         first = plan.results[idxs[0]]
         assert first is not None
@@ -392,6 +421,18 @@ def _commit(ctx: _Ctx, plan: _Plan, outcomes: list[Outcome], stats: TaskStats) -
     done = [r for r in plan.results if r is not None]
     assert len(done) == len(plan.items)
     return done
+
+
+def _resolve_deferred(ctx: _Ctx, item: Any, key: str) -> TaskResult:
+    """The result of a request an earlier batch sent: from the cache, like a later plan
+    would find it, or that batch's uncached failure (a re-run retries it)."""
+    hit = _cached(ctx, item, key)
+    if hit is not None:
+        return hit
+    r, waiting = ctx.settled.pop(key)
+    if waiting > 1:
+        ctx.settled[key] = (r, waiting - 1)
+    return dataclasses.replace(r, item=item, duplicate=True)
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

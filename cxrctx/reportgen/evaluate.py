@@ -191,11 +191,14 @@ def run_judge(
     pairs: list[tuple[str, str, str]],
     sampling: Sampling | None = None,
     cache_dir: str | os.PathLike | None = None,
+    executor: Any = None,
 ) -> tuple[JudgeScores, list[dict]]:
     """The consistency judge (a task on the shared LLM layer) over (key, generated, reference)."""
     from cxrctx.reportgen.tasks import judge_reports
 
-    per, failed, prompt_sha = judge_reports(engine, pairs, sampling=sampling, cache_dir=cache_dir)
+    per, failed, prompt_sha = judge_reports(
+        engine, pairs, sampling=sampling, cache_dir=cache_dir, executor=executor
+    )
     for key, reason in failed:
         log.debug("judge failed for %s: %s", key, reason)
     means = {c: (sum(p[c] for p in per) / len(per) if per else None) for c in CRITERIA}
@@ -288,7 +291,7 @@ def _docs(pairs: list[Pair], side: int) -> pl.DataFrame:
 
 
 def _label_generated(
-    pairs: list[Pair], engine: Engine | None, cache_dir: Any, notes: list[str]
+    pairs: list[Pair], engine: Engine | None, cache_dir: Any, notes: list[str], executor: Any = None
 ) -> tuple[pl.DataFrame, str]:
     """Labels of the generated side and the labeler's name; an empty report is all-negative."""
     from cxrctx.labeling import label_documents
@@ -302,7 +305,7 @@ def _label_generated(
     nonempty = docs.filter(pl.col("text").str.strip_chars() != "")
     pred = keyword_labels(docs.filter(pl.col("text").str.strip_chars() == ""))
     if nonempty.height:
-        res = label_documents(nonempty, engine, cache_dir=cache_dir)
+        res = label_documents(nonempty, engine, cache_dir=cache_dir, executor=executor)
         pred = pl.concat([res.labels.select(pred.columns), pred])
         if res.failures.height:
             notes.append(
@@ -316,6 +319,7 @@ def _label_reference(
     reference_labels: str | os.PathLike | None,
     engine: Engine | None,
     cache_dir: Any,
+    executor: Any = None,
 ) -> tuple[pl.DataFrame, str]:
     """Labels of the reference side: a label directory, the LLM labeler or the keyword one."""
     from cxrctx.labeling import label_documents, load_labels
@@ -330,7 +334,8 @@ def _label_reference(
             )
         return gold, str(reference_labels)
     if engine is not None:
-        return label_documents(docs, engine, cache_dir=cache_dir).labels, _engine_name(engine)
+        res = label_documents(docs, engine, cache_dir=cache_dir, executor=executor)
+        return res.labels, _engine_name(engine)
     return keyword_labels(docs), "keyword"
 
 
@@ -360,11 +365,15 @@ def _classifier_auc(gen: pl.DataFrame, pairs: list[Pair], gold: pl.DataFrame) ->
 
 
 def _judge(
-    engine: Engine, pairs: list[Pair], notes: list[str], cache_dir: str | os.PathLike | None
+    engine: Engine,
+    pairs: list[Pair],
+    notes: list[str],
+    cache_dir: str | os.PathLike | None,
+    executor: Any = None,
 ) -> tuple[JudgeScores, list[dict]]:
     """The consistency judge on the non-empty reports; empty ones are counted, not judged."""
     nonempty = [p for p in pairs if p[1].strip()]
-    judge, per = run_judge(engine, nonempty, cache_dir=cache_dir)
+    judge, per = run_judge(engine, nonempty, cache_dir=cache_dir, executor=executor)
     judge = judge.model_copy(update={"empty": len(pairs) - len(nonempty)})
     if judge.failures:
         notes.append(f"the judge's answer was unusable for {judge.failures} stud(ies)")
@@ -399,6 +408,7 @@ def evaluate(
     cache_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
     progress: Callable[[str], None] | None = None,
+    executor: Any = None,
 ) -> EvaluationReport:
     """Score generated reports against reference records; writes OUT/evaluation.json (+ per-study table).
 
@@ -431,13 +441,13 @@ def evaluate(
     notes += [why] if why else []
     temporal = _temporal(joined, notes)
     step("labels")
-    pred, labeler = _label_generated(pairs, labeler_engine, cache_dir, notes)
-    gold, gold_src = _label_reference(pairs, reference_labels, labeler_engine, cache_dir)
+    pred, labeler = _label_generated(pairs, labeler_engine, cache_dir, notes, executor)
+    gold, gold_src = _label_reference(pairs, reference_labels, labeler_engine, cache_dir, executor)
     judge: JudgeScores | None = None
     per_judge: list[dict] = []
     if judge_engine is not None:
         step("judge")
-        judge, per_judge = _judge(judge_engine, pairs, notes, cache_dir)
+        judge, per_judge = _judge(judge_engine, pairs, notes, cache_dir, executor)
     report = EvaluationReport(
         n_generated=gen.height,
         n_pairs=len(pairs),

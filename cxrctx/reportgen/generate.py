@@ -147,6 +147,7 @@ def generate(
     device: str | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
+    executor: Any = None,
 ) -> GenerateResult:
     """Generate one report per study of `split` with the run's final model; see module doc.
 
@@ -154,12 +155,6 @@ def generate(
     a `cxrctx.llm` Engine for the LLM aggregator (None = deterministic merge);
     `aggregator_lesions` also gives it the classifier's lesion list (off: the paper's setup).
     """
-    try:  # a finished run: weights and tokenizer match its manifest
-        open_stage(run_dir, "train")
-    except CxrctxError as e:
-        raise CxrctxError(
-            f"{e} (generate needs a finished train run: its final checkpoint)"
-        ) from None
     options = {
         "run_dir": str(Path(run_dir).resolve()), "split": split, "limit": limit,
         "records": str(records) if records else None, "rois": str(rois) if rois else None,
@@ -183,7 +178,7 @@ def generate(
         prompt = aggregator_prompt(aggregator_lesions)
         todo = [r for r in rows if r["report"]]
         counts["aggregator_failures"] = _aggregate(
-            todo, engine, prompt, sampling, Path(out) / "cache", progress
+            todo, engine, prompt, sampling, Path(out) / "cache", progress, executor
         )
     config = {
         "run_dir": str(run_dir),
@@ -219,6 +214,13 @@ def _load_inputs(
 ) -> _Inputs:
     """The run's final model and one prepared image per study (PA before AP, then dicom_id)."""
     import torch
+
+    try:  # a finished run: weights and tokenizer match its manifest
+        open_stage(run_dir, "train")
+    except CxrctxError as e:
+        raise CxrctxError(
+            f"{e} (generate needs a finished train run: its final checkpoint)"
+        ) from None
 
     from cxrctx.train.data import CropStore, RoiDataset
     from cxrctx.train.loop import items_for, load_run
@@ -331,6 +333,7 @@ def _aggregate(
     sampling: Sampling | None,
     cache_dir: Path,
     progress: Progress | None,
+    executor: Any = None,
 ) -> int:
     """LLM-merge `rows` in place through the aggregator task (shared cache, one repair); a
     study whose answer stays unusable keeps the merge. Returns the failures."""
@@ -339,7 +342,7 @@ def _aggregate(
     if not rows:
         return 0
     failures, _, _ = aggregate_reports(
-        rows, engine, sampling=sampling, cache_dir=cache_dir, prompt=prompt
+        rows, engine, sampling=sampling, cache_dir=cache_dir, prompt=prompt, executor=executor
     )
     if progress:
         progress("aggregate", len(rows), len(rows))

@@ -20,7 +20,7 @@ from cxrctx.errors import CxrctxError
 from cxrctx.io import sha256_bytes
 from cxrctx.llm.base import ChatRequest, Engine, Sampling
 from cxrctx.llm.cache import ResultCache
-from cxrctx.llm.runner import TaskResult, TaskStats, run_task
+from cxrctx.llm.runner import Executor, TaskResult, TaskStats, run_task
 from cxrctx.llm.task import AnswerError, Task
 from cxrctx.resources import read_bytes
 
@@ -100,6 +100,7 @@ def aggregate_reports(
     sampling: Sampling | None = None,
     cache_dir: str | os.PathLike | None = None,
     prompt: dict[str, Any] | None = None,
+    executor: Executor | None = None,
 ) -> tuple[int, str, TaskStats]:
     """Replace each row's merged `report` by the LLM aggregate; a study whose answer stays
     unusable keeps the merge and gets `aggregator_error`. Returns (failures, prompt sha, stats)."""
@@ -110,6 +111,7 @@ def aggregate_reports(
         stats = run_task(
             task, [aggregate_item(r) for r in rows], engine, cache=cache,
             sampling=sampling or Sampling(temperature=0.0, max_tokens=512), on_batch=results.extend,
+            executor=executor,
         )  # fmt: skip
     for row, res in zip(rows, results, strict=True):
         if res.answer is not None:
@@ -168,6 +170,7 @@ def judge_reports(
     *,
     sampling: Sampling | None = None,
     cache_dir: str | os.PathLike | None = None,
+    executor: Executor | None = None,
 ) -> tuple[list[dict[str, Any]], list[tuple[str, str]], str]:
     """Judge (key, generated, reference) pairs: (per-study scores, (key, reason) failures,
     prompt sha256)."""
@@ -185,6 +188,6 @@ def judge_reports(
     with ResultCache(cache_dir, writer="judge") as cache:
         run_task(
             task, [JudgeItem(*p) for p in pairs], engine, cache=cache, on_batch=collect,
-            sampling=sampling or Sampling(temperature=0.0, max_tokens=256),
+            sampling=sampling or Sampling(temperature=0.0, max_tokens=256), executor=executor,
         )  # fmt: skip
     return per, failed, task.prompt_sha256

@@ -1,0 +1,67 @@
+"""`label-lesions --plan`: label a sample, then project the full run's GPU-hours.
+
+The sample is the first `sample` documents of the input, labeled into OUT/plan-sample
+(a normal, resumable label-lesions output: a re-run of the plan reuses its cache). Its
+cost is read back from the documents table, once per unique text (duplicates share one
+request; cached answers keep the tokens they cost when they were asked), so the plan is
+the same whether or not the sample was already cached.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from cxrctx.io import atomic_write_text
+from cxrctx.labeling.run import DEFAULT_SECTIONS, _select_documents, label_lesions
+from cxrctx.llm.plan import PUBLISHED_GPU, PUBLISHED_TOKENS_PER_S, Plan, make_plan
+
+PLAN_DIR = "plan-sample"
+DEFAULT_SAMPLE = 200
+
+
+def sample_cost(documents: pl.DataFrame) -> dict[str, int]:
+    """LLM documents, calls and tokens of a documents table, once per unique text."""
+    called = documents.filter(pl.col("llm_called")).unique("text_sha256", keep="first")
+    return {
+        "llm_documents": called.height,
+        "llm_calls": int(called["attempts"].sum() or 0),
+        "prompt_tokens": int(called["prompt_tokens"].sum() or 0),
+        "output_tokens": int(called["completion_tokens"].sum() or 0),
+    }
+
+
+def plan_label_lesions(
+    input_path: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    sample: int = DEFAULT_SAMPLE,
+    throughput_tokens_per_s: float = PUBLISHED_TOKENS_PER_S,
+    gpu: str = PUBLISHED_GPU,
+    sections: tuple[str, ...] | list[str] = DEFAULT_SECTIONS,
+    id_column: str = "id",
+    text_column: str = "text",
+    limit: int | None = None,
+    **label_kwargs: Any,
+) -> Plan:
+    """Label the first `sample` documents into OUT/plan-sample and project the full input
+    (after `limit`) onto `gpu` at `throughput_tokens_per_s` output tokens/s."""
+    if sample < 1:
+        raise ValueError("sample must be >= 1")
+    full = _select_documents(input_path, list(sections), id_column, text_column, limit, None)
+    total = full.docs.height
+    n = min(sample, total)
+    sample_out = Path(out) / PLAN_DIR
+    run = label_lesions(
+        input_path, sample_out, sections=sections, id_column=id_column,
+        text_column=text_column, limit=n, **label_kwargs,
+    )  # fmt: skip
+    docs = run.result.documents if run.result is not None else pl.DataFrame()
+    plan = make_plan(sample_documents=docs.height, total_documents=total,
+                     throughput_tokens_per_s=throughput_tokens_per_s, gpu=gpu,
+                     **sample_cost(docs))  # fmt: skip
+    atomic_write_text(sample_out / "plan.json", plan.model_dump_json(indent=2) + "\n")
+    return plan

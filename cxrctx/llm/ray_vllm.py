@@ -1,0 +1,140 @@
+"""The vLLM backend on a Ray cluster through `ray.data.llm`'s vLLM processor.
+
+`ProcessorEngine.complete(requests, sampling)` sends one dataset of chat requests
+through `build_processor(vLLMEngineProcessorConfig(...))`: `concurrency` vLLM replicas
+(one GPU each, `tensor_parallel_size` GPUs with tensor parallelism), our messages as the
+chat input, our JSON schema as vLLM structured output (`structured_outputs={"json": ...}`)
+and our sampling per row. It returns Completions in request order, so the runner's
+parsing, repair, failure rows and cache are exactly those of every other engine; its
+identity (backend "vllm", the model) equals the in-process vLLM engine's, so cache
+entries are shared between the two.
+
+vLLM reports no finish reason through the processor; an answer that used all of
+`max_tokens` is marked `length` (the runner's repair then gets twice the room).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from cxrctx.errors import CxrctxError
+from cxrctx.llm.base import ChatRequest, Completion, Sampling
+from cxrctx.llm.spec import EngineSpec
+
+VLLM_RAY_HINT = (
+    "the vllm backend on Ray needs vLLM and ray.data.llm (ray[data,llm]): "
+    "pip install 'cxrctx[ray,vllm]' on the GPU nodes"
+)
+#: vLLM engine arguments our vllm backend accepts through --engine-opt
+ENGINE_KWARGS = (
+    "tensor_parallel_size", "dtype", "max_model_len", "gpu_memory_utilization", "seed",
+    "enable_prefix_caching", "trust_remote_code",
+)  # fmt: skip
+DEFAULT_ENGINE_KWARGS: dict[str, Any] = {"max_model_len": 8192, "enable_prefix_caching": True}
+
+
+def _llm_api() -> Any:
+    try:
+        import ray.data.llm as llm_api
+    except ImportError as e:
+        raise CxrctxError(VLLM_RAY_HINT) from e
+    return llm_api
+
+
+def processor_config(spec: EngineSpec, workers: int, batch_size: int = 64) -> Any:
+    """The `vLLMEngineProcessorConfig` of `spec`: `workers` replicas, our engine options."""
+    if spec.backend != "vllm":
+        raise CxrctxError(f"the vLLM processor runs the vllm backend, not {spec.backend}")
+    bad = sorted(set(spec.options) - set(ENGINE_KWARGS))
+    if bad:
+        raise CxrctxError(
+            f"backend 'vllm' does not take option(s) {', '.join(bad)}; it takes {', '.join(ENGINE_KWARGS)}"
+        )
+    api = _llm_api()
+    kwargs = {**DEFAULT_ENGINE_KWARGS, **spec.options}
+    return api.vLLMEngineProcessorConfig(
+        model_source=spec.model, engine_kwargs=kwargs, concurrency=workers, batch_size=batch_size
+    )
+
+
+def preprocess(row: dict[str, Any], sampling: dict[str, Any]) -> dict[str, Any]:
+    """One dataset row → the processor's input: chat messages + per-row sampling params."""
+    params: dict[str, Any] = {
+        "temperature": sampling["temperature"], "top_p": sampling["top_p"],
+        "max_tokens": sampling["max_tokens"],
+    }  # fmt: skip
+    if sampling.get("seed") is not None:
+        params["seed"] = sampling["seed"]
+    if row.get("schema"):
+        params["structured_outputs"] = {"json": json.loads(row["schema"])}
+    return {"i": row["i"], "messages": json.loads(row["messages"]), "sampling_params": params}
+
+
+def postprocess(row: dict[str, Any]) -> dict[str, Any]:
+    """The processor's output row → what a Completion needs (and the request index)."""
+    return {
+        "i": int(row["i"]), "text": str(row.get("generated_text") or ""),
+        "prompt_tokens": int(row.get("num_input_tokens") or 0),
+        "completion_tokens": int(row.get("num_generated_tokens") or 0),
+    }  # fmt: skip
+
+
+def request_rows(requests: Sequence[ChatRequest]) -> list[dict[str, Any]]:
+    """Requests as flat dataset rows (JSON strings keep the Arrow schema simple)."""
+    return [
+        {"i": i, "messages": json.dumps(r.messages),
+         "schema": json.dumps(r.json_schema) if r.json_schema is not None else ""}
+        for i, r in enumerate(requests)
+    ]  # fmt: skip
+
+
+def completions(
+    rows: list[dict[str, Any]], n: int, max_tokens: int, seconds: float
+) -> list[Completion]:
+    """Completions in request order; a request with no output row is a transient failure."""
+    by_i = {r["i"]: r for r in rows}
+    out = []
+    for i in range(n):
+        r = by_i.get(i)
+        if r is None:
+            out.append(Completion("", "error", error="no output from the vLLM processor",
+                                  error_kind="transient"))  # fmt: skip
+            continue
+        finish = "length" if r["completion_tokens"] >= max_tokens else "stop"
+        out.append(Completion(r["text"], finish, r["prompt_tokens"], r["completion_tokens"],
+                              latency_s=seconds / max(1, n)))  # fmt: skip
+    return out
+
+
+class ProcessorEngine:
+    """An Engine whose `complete` runs one `ray.data.llm` vLLM processor pass."""
+
+    def __init__(self, spec: EngineSpec, workers: int = 1, batch_size: int = 64):
+        self.spec = spec
+        self.backend = "vllm"
+        self.model = spec.model
+        self.default_batch_size = 2048
+        self.config = processor_config(spec, workers, batch_size)
+
+    def complete(self, requests: Sequence[ChatRequest], sampling: Sampling) -> list[Completion]:
+        import ray
+
+        if not requests:
+            return []
+        api = _llm_api()
+        t0 = time.perf_counter()
+        processor = api.build_processor(
+            self.config,
+            preprocess=functools.partial(preprocess, sampling=sampling.as_dict()),
+            postprocess=postprocess,
+        )
+        ds = processor(ray.data.from_items(request_rows(requests)))
+        rows = ds.select_columns(["i", "text", "prompt_tokens", "completion_tokens"]).take_all()
+        return completions(rows, len(requests), sampling.max_tokens, time.perf_counter() - t0)
+
+    def close(self) -> None:
+        pass
