@@ -181,7 +181,7 @@ def iter_items(
             yield StructureItem(rid, f, i, problem=None if f or i else EMPTY)
     if not priors or "priors" not in frame.columns:
         return
-    for plist in frame["priors"]:
+    for plist in frame["priors"].to_list():
         for p in plist or []:
             pid = None if p["study_id"] is None else str(p["study_id"])
             if pid is None or pid in seen:
