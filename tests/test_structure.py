@@ -340,9 +340,10 @@ def test_cli_help_lists_backends_and_example():
 @pytest.mark.slow
 def test_tiny_gguf_plumbing(tmp_path):
     """The real llama.cpp path end to end; the tiny model's answers may well fail the check."""
+    from _llm_helpers import smollm_gguf
+
     from cxrctx.llm.base import Sampling
     from cxrctx.llm.spec import EngineSpec
-    from tests._llm_helpers import smollm_gguf
 
     spec = EngineSpec(backend="llamacpp", model=smollm_gguf(), threads=1, options={"n_ctx": 4096})
     src = _records(tmp_path)
