@@ -75,30 +75,52 @@ def baseline(items: list[StructureItem]) -> dict:
     return {"reports": len(items), "passed": passed, "seconds_per_report": dt / max(1, len(items))}
 
 
-def run_model(items: list[StructureItem], args: argparse.Namespace) -> dict:
+def run_model(items: list[StructureItem], args: argparse.Namespace, baseline_fig: dict) -> dict:
+    """Structure the reports one at a time, rewriting summary.json after each, so a run
+    cut short still reports what it finished."""
     spec = EngineSpec(backend="llamacpp", model=args.model, threads=args.threads,
                       options={"n_ctx": args.n_ctx})  # fmt: skip
     engine = make_engine(spec)
+    counts: dict[str, int] = {}
+    reasons: dict[str, int] = {}
+    structured, failures = [], []
+    seconds = 0.0
+    summary: dict = {}
     try:
-        t0 = time.perf_counter()
-        res = structure_items(items, engine, sampling=Sampling(max_tokens=args.max_tokens),
-                              cache_dir=args.out / "cache", batch_size=1)  # fmt: skip
-        seconds = time.perf_counter() - t0
+        for k, item in enumerate(items, 1):
+            t0 = time.perf_counter()
+            res = structure_items([item], engine, sampling=Sampling(max_tokens=args.max_tokens),
+                                  cache_dir=args.out / "cache", batch_size=1)  # fmt: skip
+            seconds += time.perf_counter() - t0
+            for key, v in res.counts.items():
+                counts[key] = counts.get(key, 0) + v
+            for key, v in res.reasons.items():
+                reasons[key] = reasons.get(key, 0) + v
+            structured.append(res.frames["structured"])
+            failures.append(res.frames["failures"])
+            summary = _summary(
+                args, k, counts, reasons, seconds, pl.concat(structured), pl.concat(failures)
+            )
+            _write(args.out, {"baseline_keyword_router": baseline_fig, "model": summary})
+            print(
+                f"{k}/{len(items)} {seconds / k:.0f} s/report, {counts['structured']} passed",
+                flush=True,
+            )
     finally:
         engine.close()
-    st, fails = res.frames["structured"], res.frames["failures"]
-    c = res.counts
-    n = len(items)
+    return summary
+
+
+def _summary(args: argparse.Namespace, n: int, c: dict[str, int], reasons: dict[str, int],
+             seconds: float, st: pl.DataFrame, fails: pl.DataFrame) -> dict:  # fmt: skip
     return {
         "model": Path(args.model).name, "reports": n,
         "passed_first_time": c["passed_first_time"], "passed_after_repair": c["passed_after_repair"],
-        "failed": c["failed"], "failures_by_reason": res.reasons,
-        "first_reasons": _first_reasons(fails),
+        "failed": c["failed"], "failures_by_reason": reasons, "first_reasons": _first_reasons(fails),
         "engine_requests": c["engine_requests"], "repair_requests": c["repair_requests"],
         "seconds_per_report": seconds / max(1, n),
         "output_tokens_per_report": c["completion_tokens"] / max(1, n),
-        "prompt_tokens_per_report": c["prompt_tokens"] / max(1, n),
-        "cached": c["cached"],
+        "prompt_tokens_per_report": c["prompt_tokens"] / max(1, n), "cached": c["cached"],
         "examples": [
             {"uid": r["id"], "findings": r["structured_findings"], "impression": r["structured_impression"]}
             for r in st.head(args.examples).iter_rows(named=True)
@@ -107,6 +129,10 @@ def run_model(items: list[StructureItem], args: argparse.Namespace) -> dict:
             {"uid": r["id"], "reason": r["reason"][:300]} for r in fails.head(8).iter_rows(named=True)
         ],
     }  # fmt: skip
+
+
+def _write(out: Path, summary: dict) -> None:
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 def _first_reasons(fails: pl.DataFrame) -> dict[str, int]:
@@ -134,8 +160,8 @@ def main() -> None:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     items = dev_reports(args.iu, args.n)
-    summary = {"baseline_keyword_router": baseline(items), "model": run_model(items, args)}
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    base = baseline(items)
+    summary = {"baseline_keyword_router": base, "model": run_model(items, args, base)}
     print(json.dumps({k: v for k, v in summary["model"].items() if k != "examples"}, indent=2))
     print(json.dumps(summary["baseline_keyword_router"], indent=2))
 
