@@ -126,7 +126,7 @@ def _records(p: Path) -> LoadedReports:
 
 
 def _table(p: Path, id_column: str) -> LoadedReports:
-    readers = {".parquet": pl.read_parquet, ".jsonl": pl.read_ndjson, ".ndjson": pl.read_ndjson,
+    readers: dict[str, Callable[[Path], pl.DataFrame]] = {".parquet": pl.read_parquet, ".jsonl": pl.read_ndjson, ".ndjson": pl.read_ndjson,
                ".csv": lambda f: pl.read_csv(f, infer_schema=False)}  # fmt: skip
     reader = readers.get(p.suffix.lower())
     if reader is None:
@@ -239,7 +239,8 @@ class StructuredRows:
         if r.answer is None or check is None or not check.passed:
             c["failed"] += 1
             c["transient_failed"] += r.transient
-            self._fail(fails, r, r.error if r.answer is None or check is None else check.reason)
+            why = check.reason if check is not None else (r.error or "failed")
+            self._fail(fails, r, why)
             return
         c["structured"] += 1
         c["passed_after_repair" if r.attempts > 1 else "passed_first_time"] += 1
@@ -248,6 +249,7 @@ class StructuredRows:
     def _row(self, r: TaskResult, fig: dict[str, Any]) -> dict[str, Any]:
         item: StructureItem = r.item
         ans = r.answer
+        assert ans is not None
         organs = ans.organs()
         return {
             "id": item.id, "study_id": _study_id(item), "role": item.role,

@@ -58,7 +58,7 @@ class StructuredAnswer(BaseModel):
     abdominal: Bullets = _organ(6)
     other: Bullets = _organ(7)
     impression: Bullets = Field(
-        alias=IMPRESSION_KEY, description="The impression's sentences, in order"
+        alias="Impression", description="The impression's sentences, in order"
     )
 
     def organs(self) -> dict[str, list[str]]:
