@@ -352,3 +352,19 @@ def test_tiny_gguf_plumbing(tmp_path):
     c = run.result.counts
     assert c["reports"] == 1 and c["structured"] + c["failed"] == 1
     assert c["engine_requests"] in (1, 2) and c["completion_tokens"] > 0
+
+
+def test_list_markers_are_layout_not_numbers():
+    """A numbered source impression ("1. ... 2. ...") and numbered answer items pass; the
+    items are stored without their markers (the layout numbers them)."""
+    imp = "1. Small left pleural effusion. 2. No acute process."
+    ans = route(FINDINGS, IMPRESSION)
+    ans["Impression"] = ["1. Small left pleural effusion.", "2) No acute process."]
+    res = _check(ans, impression=imp)
+    assert res.passed, res.reason
+    assert StructuredAnswer.model_validate(ans).impression == [
+        "Small left pleural effusion.",
+        "No acute process.",
+    ]
+    ans["Impression"] = ["Small left pleural effusion measuring 3 cm.", "No acute process."]
+    assert "changed_numbers" in _check(ans, impression=imp).codes

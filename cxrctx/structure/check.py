@@ -59,6 +59,8 @@ STOPWORDS = frozenset(
 NEGATIONS = frozenset("no not without negative free absent none neither nor cannot never".split())
 _TOKEN = re.compile(r"\d+(?:\.\d+)?|[a-z]+")
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
+#: a list marker opening a sentence or bullet ("2. ", "(3) ", "- "): layout, not content
+LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022]\s+|\(?\d{1,2}[.)](?:\s+|$))")
 
 
 # ---------------------------------------------------------------------------- words
@@ -82,7 +84,7 @@ class Words:
 
 
 def words(text: str) -> Words:
-    low = text.lower()
+    low = LIST_MARKER.sub("", text.lower())
     side_re = lexicon().side_re
     sides = frozenset(m.lastgroup for m in side_re.finditer(low) if m.lastgroup)
     no_sides = side_re.sub(" ", low)
@@ -104,9 +106,11 @@ def _negated_words(text: str) -> frozenset[str]:
 
 
 def sentences(text: str | None) -> list[str]:
-    """Sentences of a source section (the shared splitter: "2.5 cm" does not break)."""
+    """Sentences of a source section (the shared splitter: "2.5 cm" does not break), list
+    markers ("1.", "2.") left out: a numbered impression splits as "1." / "Text." / "2."."""
     t = text or ""
-    return [t[a:b] for a, b in split_sentences(t)]
+    out = [t[a:b] for a, b in split_sentences(t)]
+    return [s for s in out if LIST_MARKER.sub("", s).strip()]
 
 
 def _quote(text: str) -> str:

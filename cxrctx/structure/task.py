@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
 
 from cxrctx.errors import CxrctxError
 from cxrctx.llm.base import ChatRequest
@@ -28,13 +35,23 @@ from cxrctx.llm.task import (
     validation_reason,
 )
 from cxrctx.resources import read_bytes
-from cxrctx.structure.check import CheckResult, check_structured
+from cxrctx.structure.check import LIST_MARKER, CheckResult, check_structured
 from cxrctx.vocab import SRRG_ORGAN_KEYS, SRRG_ORGANS
 
 DEFAULT_VERSION = 1
 IMPRESSION_KEY = "Impression"
 
-Bullet = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=400)]
+
+def _unmark(value: Any) -> Any:
+    """A bullet without its own list marker ("- ", "2. "): the layout adds those."""
+    return LIST_MARKER.sub("", value) if isinstance(value, str) else value
+
+
+Bullet = Annotated[
+    str,
+    BeforeValidator(_unmark),
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=400),
+]
 Bullets = Annotated[list[Bullet], Field(max_length=40)]
 
 
