@@ -191,6 +191,9 @@ def test_repair_then_pass_counts_after_repair():
     ]
     assert row["structured_impression"] == "1. Small left pleural effusion.\n2. No acute process."
     assert row["structured_findings"].startswith("Pleura:\n- There is a small left")
+    assert row["structured_report"] == (
+        f"FINDINGS:\n\n{row['structured_findings']}\n\nIMPRESSION:\n\n{row['structured_impression']}"
+    )
 
 
 def test_repair_then_fail_is_a_failure_row_not_a_report():

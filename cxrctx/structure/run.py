@@ -51,6 +51,7 @@ PROV = ("backend", "model", "prompt_sha256", "schema_sha256", "sampling")
 STRUCTURED_SCHEMA: dict[str, Any] = {
     "id": pl.String, "study_id": pl.Int64, "role": pl.String, "text_sha256": pl.String,
     "structured_findings": pl.String, "structured_impression": pl.String,
+    "structured_report": pl.String,
     **{SRRG_ORGAN_KEYS[o]: pl.List(pl.String) for o in SRRG_ORGANS},
     "impression_items": pl.List(pl.String),
     "n_bullets": pl.Int64, "n_source_sentences": pl.Int64, "min_support": pl.Float64,
@@ -82,6 +83,7 @@ class StructureRunConfig(BaseModel):
     schema_sha256: str
     sampling: dict[str, Any]
     input: str
+    sections: list[str]
     priors: bool
     limit: int | None
     batch_size: int
@@ -255,6 +257,7 @@ class StructuredRows:
             "id": item.id, "study_id": _study_id(item), "role": item.role,
             "text_sha256": item.text_sha256, "structured_findings": ans.render_findings(),
             "structured_impression": ans.render_impression(),
+            "structured_report": ans.render_report(),
             **{SRRG_ORGAN_KEYS[o]: organs[o] for o in SRRG_ORGANS},
             "impression_items": list(ans.impression),
             **{k: fig[k] for k in ("n_bullets", "n_source_sentences", "min_support", "coverage")},
@@ -395,7 +398,7 @@ def _config(input_path: Any, sp: StructurePrompt, sampling: Sampling, result: St
     return StructureRunConfig(
         backend=prov["backend"], model=prov["model"], prompt_version=sp.version,
         prompt_sha256=sp.sha256, schema_sha256=prov["schema_sha256"], sampling=sampling.as_dict(),
-        input=str(input_path), priors=priors, limit=limit,
+        input=str(input_path), sections=["findings", "impression"], priors=priors, limit=limit,
         batch_size=result.stats.batch_size if result.stats else 0,
         check={"version": CHECK_VERSION, "support_min": SUPPORT_MIN,
                "coverage_min": COVERAGE_MIN, "window": WINDOW},

@@ -95,6 +95,13 @@ class StructuredAnswer(BaseModel):
     def render_impression(self) -> str:
         return "\n".join(f"{i}. {t}" for i, t in enumerate(self.impression, 1))
 
+    def render_report(self) -> str:
+        """The whole structured report: `FINDINGS:` then the organ blocks, `IMPRESSION:`
+        then the numbered items (a section without content is left out)."""
+        parts = [(t, b) for t, b in (("FINDINGS", self.render_findings()),
+                                     ("IMPRESSION", self.render_impression())) if b]  # fmt: skip
+        return "\n\n".join(f"{t}:\n\n{b}" for t, b in parts)
+
 
 @dataclass(frozen=True)
 class StructureItem:
