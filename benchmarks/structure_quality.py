@@ -33,11 +33,11 @@ from cxrctx.structure.task import StructureItem, reason_code
 from cxrctx.vocab import SRRG_ORGANS
 
 ROUTES = (  # (organ, keywords) — the baseline's router, first match wins
-    ("Tubes, Catheters, and Support Devices", r"tube|catheter|line|pacemaker|wire|clip|port|stent|device"),
+    ("Tubes, Catheters, and Support Devices", r"\b(?:tube|catheter|line|pacemaker|wire|clip|port|stent|device|sternotomy)s?\b"),
     ("Pleura", r"pleura|effusion|pneumothorax|costophrenic"),
     ("Cardiovascular", r"heart|cardi|aort|vascular|pericard"),
     ("Hila and Mediastinum", r"hil|mediastin|trachea"),
-    ("Musculoskeletal and Chest Wall", r"bone|osseous|rib|spine|spondyl|degenerative|fracture|thoracic|sternotomy|soft tissue"),
+    ("Musculoskeletal and Chest Wall", r"bone|osseous|\bribs?\b|spine|spondyl|degenerative|fracture|soft tissue"),
     ("Abdominal", r"abdom|diaphragm|bowel|gas|subdiaphragmatic|hernia"),
     ("Lungs and Airways", r"lung|pulmonary|airspace|opacit|consolidation|atelectasis|nodule|pneumonia|edema|granuloma"),
 )  # fmt: skip
