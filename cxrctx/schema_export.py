@@ -36,6 +36,7 @@ REGISTRY: dict[str, str] = {
     "train_config": "cxrctx.train.config:TrainConfig",
     "generated_report": "cxrctx.reportgen.generate:GeneratedReport",
     "evaluation_report": "cxrctx.reportgen.evaluate:EvaluationReport",
+    "structured_answer": "cxrctx.structure.task:StructuredAnswer",
 }
 
 

@@ -663,3 +663,23 @@ def has_temporal_reference(*texts: str | None) -> bool:
         if _TEMPORAL.search(text) and _TEMPORAL.search(_NEGATED.sub(" ", text)):
             return True
     return False
+
+
+# --- structured reports (the SRRG layout) ------------------------------------------------
+
+#: Organ headers of a structured findings section, in the order they are written; each
+#: header is followed by "- " bullet sentences, the impression by a numbered list.
+SRRG_ORGANS = (
+    "Lungs and Airways",
+    "Pleura",
+    "Cardiovascular",
+    "Hila and Mediastinum",
+    "Tubes, Catheters, and Support Devices",
+    "Musculoskeletal and Chest Wall",
+    "Abdominal",
+    "Other",
+)
+#: Column / field name of each organ header (lower case, words joined by "_").
+SRRG_ORGAN_KEYS: dict[str, str] = {
+    o: re.sub(r"[^a-z]+", "_", o.lower()).strip("_") for o in SRRG_ORGANS
+}

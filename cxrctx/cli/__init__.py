@@ -7,6 +7,7 @@ registers its commands on the shared Typer `app`.
 # Registration order is the order `--help` lists the commands: the pipeline's order.
 # isort: off
 from cxrctx.cli import synth, mimic, labeling, evallabels, imagenome, train, reportgen, schemas  # noqa: F401
+from cxrctx.cli import structure  # noqa: F401
 
 from cxrctx.cli import release  # noqa: F401
 

@@ -1,0 +1,98 @@
+"""`cxrctx structure-reports`: SRRG-structured reports, checked for faithfulness."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from cxrctx.cli.app import app, console, fail
+from cxrctx.cli.engine import (
+    AllowFailuresOpt,
+    AllowPublicApiOpt,
+    ApiKeyEnvOpt,
+    Backend,
+    BaseUrlOpt,
+    EngineOptOpt,
+    ThreadsOpt,
+    TimeoutOpt,
+    engine_spec,
+    exit_if_failed,
+    progress_reporter,
+)
+from cxrctx.errors import CxrctxError
+
+
+@app.command("structure-reports")
+def structure_reports_cmd(
+    records: Path = typer.Argument(..., help="build-priors output dir, or a .parquet/.csv/.jsonl file with id, findings, impression"),
+    out: Path = typer.Option(..., "--out", help="Output directory (structured/, failures/, cache/, manifest.json)."),
+    backend: Backend = typer.Option(Backend.llamacpp, "--backend", help="llamacpp (CPU, a .gguf path), openai (an OpenAI-compatible server at --base-url) or vllm (GPU, in process)."),
+    model: str = typer.Option(..., "--model", help="GGUF path (llamacpp), served model name (openai), model name or dir (vllm)."),
+    base_url: BaseUrlOpt = None,
+    api_key_env: ApiKeyEnvOpt = "OPENAI_API_KEY",
+    engine_opt: EngineOptOpt = None,
+    timeout: TimeoutOpt = None,
+    threads: ThreadsOpt = None,
+    allow_failures: AllowFailuresOpt = False,
+    allow_public_api: AllowPublicApiOpt = False,
+    priors: bool = typer.Option(False, "--priors", help="Also structure the reports of each record's prior studies (each prior once)."),
+    id_column: str = typer.Option("id", "--id-column", help="Study id column of a table input."),
+    limit: int = typer.Option(None, "--limit", min=1, help="Only the first N records."),
+    max_tokens: int = typer.Option(768, "--max-tokens", min=1, help="Output token limit per answer."),
+    temperature: float = typer.Option(0.0, "--temperature"),
+    seed: int = typer.Option(0, "--seed"),
+    batch_size: int = typer.Option(None, "--batch-size", min=1, help="Reports per engine call / output batch (default per backend)."),
+    prompt: str = typer.Option(None, "--prompt", help="Prompt version (e.g. 1) or a prompt JSON file."),
+) -> None:  # fmt: skip
+    """Rewrite each report into the SRRG layout (organ headers with bullets, numbered
+    impression) with an LLM; keep only answers that pass the faithfulness check.
+
+    Every answer is checked against its source (bullets supported by source sentences,
+    no sentence dropped, sides and numbers kept, same rule-read lesion labels); a failing
+    answer is repaired once with the reason, then recorded in OUT/failures/, never
+    written as a structured report. Exits 1 when any report failed unless --allow-failures.
+
+    \b
+    Example:
+      cxrctx structure-reports out/priors --out out/structured --model qwen2.5-1.5b-instruct-q4_k_m.gguf
+      cxrctx structure-reports out/priors --priors --out out/structured \\
+          --backend openai --base-url http://127.0.0.1:8000/v1 --model local
+    """
+    from cxrctx.llm import Sampling
+    from cxrctx.structure.run import structure_reports
+
+    try:
+        spec = engine_spec(
+            backend, model, base_url=base_url, api_key_env=api_key_env, engine_opt=engine_opt,
+            timeout=timeout, threads=threads, allow_public_api=allow_public_api,
+        )  # fmt: skip
+        assert spec is not None
+        with progress_reporter("structuring", "reports") as report:
+            t0 = time.perf_counter()
+
+            def on_progress(p) -> None:
+                dt = max(1e-9, time.perf_counter() - t0)
+                extra = f"{p.tokens / dt:.0f} tok/s, {p.failed} failed" if p.done else ""
+                report(p.done, p.total, extra)
+
+            run = structure_reports(
+                records, out, engine=spec, priors=priors, id_column=id_column, limit=limit,
+                sampling=Sampling(temperature=temperature, max_tokens=max_tokens, seed=seed),
+                batch_size=batch_size, prompt=prompt, progress=on_progress,
+            )  # fmt: skip
+    except CxrctxError as e:
+        raise fail(e) from None
+    c = run.result.counts
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(run.result.reasons.items())) or "none"
+    console.print(
+        f"[bold]structure-reports[/] → {run.out_dir}: {c['reports']} reports ({c['records']} records, "
+        f"{c['priors']} priors), {c['structured']} structured ({c['passed_first_time']} first time, "
+        f"{c['passed_after_repair']} after repair, {c['cached']} from cache), {c['failed']} failed "
+        f"(by reason: {reasons}; {c['transient_failed']} transient: a re-run retries them), "
+        f"{c['empty']} empty, {c['duplicate_id'] + c['missing_id']} missing/duplicate ids; "
+        f"{c['engine_requests']} engine requests, {c['completion_tokens']} output tokens in {run.seconds:.1f}s",
+        highlight=False,
+    )
+    exit_if_failed(c["failed"], allow_failures, f"{run.out_dir}/failures/")
