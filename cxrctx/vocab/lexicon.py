@@ -1,202 +1,29 @@
-"""Shared domain facts: lesions, sections, flags, ROI names and the MIMIC-CXR path layout.
+"""The clinical lexicon: lesion mentions, negation / uncertainty cues and their scope
+(NegEx style), laterality, sentence and clause splitting with character offsets.
 
-Every stage takes its vocabulary from here (never from another stage), so that one fact has
-one definition. The lesion lexicon, negation and uncertainty cues join this module with the
-rules labeler.
-
-MIMIC-CXR facts used below: reports live at ``files/pNN/pSUBJECT/sSTUDY.txt`` and images
-at ``files/pNN/pSUBJECT/sSTUDY/DICOM_ID.dcm`` (``.jpg`` in MIMIC-CXR-JPG), where ``pNN``
-is "p" + the first two digits of the 8-digit subject_id; study_ids are 8 digits starting
-with 5; dicom_ids are five dash-joined groups of hex digits.
+The data is `prompts/label_lesions/lexicon_v1.json` (versioned, hashed); the code below
+compiles it once and offers small functions every stage can call (they are re-exported
+from `cxrctx.vocab`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+from bisect import bisect_right
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, NamedTuple
 
-#: The canonical report sections, in report order.
-SECTIONS: tuple[str, ...] = (
-    "examination",
-    "indication",
-    "history",
-    "technique",
-    "comparison",
-    "findings",
-    "impression",
-)
+from cxrctx.vocab.facts import LESIONS
 
-
-#: The 14 CLALA-Net lesions, lower case, in this fixed order.
-LESIONS: tuple[str, ...] = (
-    "cardiomegaly",
-    "emphysema",
-    "pleural effusion",
-    "hernia",
-    "nodule",
-    "pneumothorax",
-    "atelectasis",
-    "pleural thickening",
-    "mass",
-    "edema",
-    "consolidation",
-    "infiltration",
-    "fibrosis",
-    "pneumonia",
-)
-
-
-LOCATIONS: tuple[str, ...] = ("left", "right", "bilateral", "not mentioned")
-
-
-#: The 14 CheXpert/NegBio label columns of MIMIC-CXR, as they appear in the CSVs.
-CHEXPERT_LABELS: tuple[str, ...] = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Consolidation",
-    "Edema",
-    "Enlarged Cardiomediastinum",
-    "Fracture",
-    "Lung Lesion",
-    "Lung Opacity",
-    "No Finding",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Pneumonia",
-    "Pneumothorax",
-    "Support Devices",
-)
-
-
-#: Record flags (see README: record contract).
-FLAGS: tuple[str, ...] = (
-    "missing_study_time",
-    "missing_study_datetime",
-    "same_time_ambiguous",
-    "same_day_unordered",
-    "no_findings",
-    "no_impression",
-    "no_images",
-    "temporal_reference_without_prior",
-    "only_last_paragraph",
-)
-
-
-#: The 11 CLALA-Net ROIs, in this fixed order (the model's ROI axis).
-ROIS: tuple[str, ...] = (
-    "left lung",
-    "right lung",
-    "left lower lung zone",
-    "right lower lung zone",
-    "left hilar structures",
-    "right hilar structures",
-    "mediastinum",
-    "upper mediastinum",
-    "left costophrenic angle",
-    "right costophrenic angle",
-    "cardiac silhouette",
-)
-#: Patient side of each ROI ("center" for midline structures).
-ROI_SIDE: dict[str, str] = {
-    r: ("left" if r.startswith("left") else "right" if r.startswith("right") else "center")
-    for r in ROIS
-}
-
-#: Which ROIs a positive lesion concerns. The paper pairs ROIs "annotated with the same lesion
-#: type ... and located in the same anatomical region" but gives no lesion→region table; this
-#: one is our choice (radiological common sense), used by the synthetic renderer, by LLCL pair
-#: construction and nowhere else. Lateral ROIs apply on the label's side (both sides for
-#: bilateral / not mentioned); midline ROIs apply regardless of side.
-LESION_ROI_KINDS: dict[str, tuple[str, ...]] = {
-    "cardiomegaly": ("cardiac silhouette",),
-    "emphysema": ("lung",),
-    "pleural effusion": ("lung", "lower lung zone", "costophrenic angle"),
-    "hernia": ("mediastinum",),
-    "nodule": ("lung",),
-    "pneumothorax": ("lung",),
-    "atelectasis": ("lung", "lower lung zone"),
-    "pleural thickening": ("lung", "costophrenic angle"),
-    "mass": ("lung", "hilar structures"),
-    "edema": ("lung", "hilar structures"),
-    "consolidation": ("lung", "lower lung zone"),
-    "infiltration": ("lung", "lower lung zone"),
-    "fibrosis": ("lung", "lower lung zone"),
-    "pneumonia": ("lung", "lower lung zone"),
-}
-
-
-def lesion_rois(lesion: str, location: str) -> list[str]:
-    """ROIs (names, in ROIS order) that a positive `lesion` at `location` concerns."""
-    kinds = LESION_ROI_KINDS.get(lesion, ())
-    sides = {"left": ("left",), "right": ("right",)}.get(location, ("left", "right"))
-    out = []
-    for roi in ROIS:
-        side = ROI_SIDE[roi]
-        kind = roi if side == "center" else roi.split(" ", 1)[1]
-        if kind in kinds and (side == "center" or side in sides):
-            out.append(roi)
-    return out
-
-
-PREFIX = "mimic-cxr-2.0.0-"
-METADATA_COLUMNS: tuple[str, ...] = (
-    "dicom_id",
-    "subject_id",
-    "study_id",
-    "PerformedProcedureStepDescription",
-    "ViewPosition",
-    "Rows",
-    "Columns",
-    "StudyDate",
-    "StudyTime",
-    "ProcedureCodeSequence_CodeMeaning",
-    "ViewCodeSequence_CodeMeaning",
-    "PatientOrientationCodeSequence_CodeMeaning",
-)
-SPLIT_COLUMNS: tuple[str, ...] = ("dicom_id", "study_id", "subject_id", "split")
-LABEL_COLUMNS: tuple[str, ...] = ("subject_id", "study_id", *CHEXPERT_LABELS)
-SPLITS = ("train", "validate", "test")
-
-#: Report paths look like files/p10/p10000032/s50414267.txt (any prefix before files/).
-REPORT_RE = re.compile(r"(?:^|/)p\d{2}/p(\d+)/s(\d+)\.txt$")
-
-
-def label_key(name: str) -> str:
-    """'Enlarged Cardiomediastinum' → 'enlarged_cardiomediastinum' (struct field names)."""
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-
-
-LABEL_KEYS: tuple[str, ...] = tuple(label_key(n) for n in CHEXPERT_LABELS)
-
-
-def report_relpath(subject_id: int, study_id: int) -> str:
-    s = str(subject_id)
-    return f"files/p{s[:2]}/p{s}/s{study_id}.txt"
-
-
-def image_relpath(subject_id: int, study_id: int, dicom_id: str, ext: str = "dcm") -> str:
-    s = str(subject_id)
-    return f"files/p{s[:2]}/p{s}/s{study_id}/{dicom_id}.{ext}"
-
-
-#: A MIMIC-CXR dicom_id: five dash-joined groups of hex digits (8 each in MIMIC-CXR). Ids
-#: are used to build file paths, so anything else (a "../", a slash) is rejected.
-DICOM_ID_RE = re.compile(r"^[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{8}){4}$")
-
-
-# ---------------------------------------------------------------------------- lexicon
 #
 # The clinical vocabulary shared by every stage that reads report text: lesion mentions,
 # negation / uncertainty cues and their scope (NegEx style), laterality, sentence splitting.
 # The data is `prompts/label_lesions/lexicon_v1.json` (versioned, hashed); the code below
 # compiles it once and offers small functions other stages can call directly.
 
-import hashlib as _hashlib  # noqa: E402
-import json as _json  # noqa: E402
-from bisect import bisect_right as _bisect_right  # noqa: E402
-from dataclasses import dataclass as _dataclass  # noqa: E402
-from functools import lru_cache as _lru_cache  # noqa: E402
-from typing import Any as _Any  # noqa: E402
-from typing import NamedTuple as _NamedTuple  # noqa: E402
 
 LEXICON_VERSION = 1
 
@@ -223,7 +50,7 @@ CLARITY_REASONS = (
 )
 
 
-class Mention(_NamedTuple):
+class Mention(NamedTuple):
     """One lesion expression at [start, end) of the text; `borderline` is the rule's
     reading ('positive' / 'negative') for a borderline heart-size phrase, else None."""
 
@@ -233,13 +60,13 @@ class Mention(_NamedTuple):
     borderline: str | None = None
 
 
-class Cue(_NamedTuple):
+class Cue(NamedTuple):
     kind: str
     start: int
     end: int
 
 
-class MentionReading(_NamedTuple):
+class MentionReading(NamedTuple):
     """How one mention reads: status affirmed / negated / hedged, the deciding cue, the side."""
 
     lesion: str
@@ -284,13 +111,13 @@ def _lower(text: str) -> str:
     return "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
 
 
-@_dataclass(frozen=True)
+@dataclass(frozen=True)
 class Lexicon:
     """The compiled lexicon: one regex for all mentions, one for all cues, one for sides."""
 
     version: int
     sha256: str
-    data: dict[str, _Any]
+    data: dict[str, Any]
     mention_re: re.Pattern[str]
     group_lesion: dict[str, tuple[str, str | None]]
     cue_re: re.Pattern[str]
@@ -307,7 +134,7 @@ def compile_lexicon(raw: bytes, name: str = "lexicon") -> Lexicon:
     from cxrctx.errors import CxrctxError
 
     try:
-        data = _json.loads(raw)
+        data = json.loads(raw)
         lesions = data["lesions"]
         if set(lesions) != set(LESIONS):
             raise CxrctxError(f"{name}: lesions must be exactly the 14 lesions")
@@ -329,7 +156,7 @@ def compile_lexicon(raw: bytes, name: str = "lexicon") -> Lexicon:
         segment = {"seg": ["and", "or", "nor", "with", ",", *data["terminators"]]}
         return Lexicon(
             version=int(data["version"]),
-            sha256=_hashlib.sha256(raw).hexdigest(),
+            sha256=hashlib.sha256(raw).hexdigest(),
             data=data,
             mention_re=re.compile(_words(groups)),
             group_lesion=names,
@@ -347,7 +174,7 @@ def compile_lexicon(raw: bytes, name: str = "lexicon") -> Lexicon:
         raise CxrctxError(f"{name}: invalid lexicon ({type(e).__name__}: {e})") from e
 
 
-@_lru_cache(maxsize=4)
+@lru_cache(maxsize=4)
 def lexicon(version: int = LEXICON_VERSION) -> Lexicon:
     """The packaged lexicon `prompts/label_lesions/lexicon_v{version}.json`, compiled once."""
     from cxrctx.resources import read_bytes
@@ -469,7 +296,7 @@ def read_mentions(text: str) -> list[MentionReading]:
     starts = [s for s, _ in sents]
     by_sent: dict[int, list[Mention]] = {}
     for m in mentions:
-        by_sent.setdefault(max(0, _bisect_right(starts, m.start) - 1), []).append(m)
+        by_sent.setdefault(max(0, bisect_right(starts, m.start) - 1), []).append(m)
     out: list[MentionReading] = []
     for i, ms in by_sent.items():
         out.extend(_read_sentence(low, sents[i], ms, lex))
@@ -622,64 +449,3 @@ def is_negative(sentence: str) -> bool:
     if lexicon().normal_re.search(low):
         return True
     return any(c.kind.startswith("neg") for c in _cues(low))
-
-
-# --- comparison language (the temporal-hallucination cue) ---------------------------------
-
-# Phrases that deny a prior ("no prior studies for comparison") are removed before the
-# positive search so they do not count as temporal references.
-_PRIOR_WORD = r"(?:prior|previous|old|older|earlier|outside|comparison)"
-_STUDY_WORD = (
-    r"(?:stud(?:y|ies)|exams?|examinations?|films?|radiographs?|images?|imaging|cts?|comparisons?)"
-)
-_NEGATED = re.compile(
-    # "no prior studies", "without previous imaging for comparison", "none available"
-    rf"\b(?:no|without|not|none)\s+(?:\w+\s+){{0,2}}?{_PRIOR_WORD}s?\b(?:\s+{_STUDY_WORD})?"
-    rf"(?:\s+(?:is|are)?\s*(?:available|on file))?(?:\s+(?:for|to)\s+(?:comparison|compare))?"
-    # "prior studies are not available", "comparison: none"
-    rf"|\b{_PRIOR_WORD}s?(?:\s+{_STUDY_WORD})?\s+(?:is|are|were|was)\s+not\s+available"
-    r"|\bcomparison\s*(?::|is|was)?\s*none\b"
-    r"|\bhemodynamically stable\b|\bstable condition\b|\bclinically stable\b",
-)
-_TEMPORAL = re.compile(
-    r"\b(?:unchanged|no (?:significant |substantial |interval |appreciable )?change"
-    r"|stable|stably|interval(?:ly)?|new|newly|since|no longer"
-    r"|compared|in comparison|as before|similar to|prior|previous|previously"
-    r"|again (?:seen|noted|demonstrated|visualized|identified|present)"
-    r"|redemonstrat\w*|persist(?:ent|s|ing|ed)?|improv(?:ed|ing|ement)|worse|worsen(?:ed|ing)?|progress(?:ed|ion)"
-    r"|resolv(?:ed|ing)|resolution|remain(?:s|ed|ing)?"
-    r"|(?:increase|decrease)d? (?:in|since|from)|(?:increasing|decreasing)"
-    r"|(?:has|have|had) (?:increased|decreased|enlarged|diminished|developed))\b",
-)
-
-
-def has_temporal_reference(*texts: str | None) -> bool:
-    """Whether any text speaks as if an earlier study existed (C-SRRG's temporal-hallucination cue)."""
-    for text in texts:
-        if not text:
-            continue
-        text = text.lower()  # the patterns are lower case (faster than re.I)
-        # Only text with a candidate goes through the (slower) removal of denials.
-        if _TEMPORAL.search(text) and _TEMPORAL.search(_NEGATED.sub(" ", text)):
-            return True
-    return False
-
-
-# --- structured reports (the SRRG layout) ------------------------------------------------
-
-#: Organ headers of a structured findings section, in the order they are written; each
-#: header is followed by "- " bullet sentences, the impression by a numbered list.
-SRRG_ORGANS = (
-    "Lungs and Airways",
-    "Pleura",
-    "Cardiovascular",
-    "Hila and Mediastinum",
-    "Tubes, Catheters, and Support Devices",
-    "Musculoskeletal and Chest Wall",
-    "Abdominal",
-    "Other",
-)
-#: Column / field name of each organ header (lower case, words joined by "_").
-SRRG_ORGAN_KEYS: dict[str, str] = {
-    o: re.sub(r"[^a-z]+", "_", o.lower()).strip("_") for o in SRRG_ORGANS
-}
