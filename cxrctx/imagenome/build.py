@@ -267,6 +267,55 @@ def _open_records(records: str | os.PathLike) -> Stage:
     return open_stage(p, "build-priors")
 
 
+def _collect(
+    recs: pl.DataFrame, sg_dir: Path, frontal_only: bool
+) -> tuple[list[dict], list[dict], dict[str, int]]:
+    """One ROI row or one reject per image of the records (each dicom_id once)."""
+    rows: list[dict] = []
+    rejects: list[dict] = []
+    counts = {"images_in_records": 0, "images_considered": 0, "skipped_non_frontal": 0,
+              "boxes_clipped": 0}  # fmt: skip
+    seen: set[str] = set()
+    for rec in recs.iter_rows(named=True):
+        for img in rec["images"] or []:
+            counts["images_in_records"] += 1
+            if img["dicom_id"] in seen:
+                continue
+            seen.add(img["dicom_id"])
+            sg = sg_dir / f"{img['dicom_id']}_SceneGraph.json"
+            if not sg.exists() and frontal_only and img.get("view_group") != "frontal":
+                counts["skipped_non_frontal"] += 1
+                continue
+            counts["images_considered"] += 1
+            row, why = _image_row(rec, img, sg)
+            if row is None:
+                rejects.append({"dicom_id": img["dicom_id"], "study_id": rec["study_id"],
+                                "source": sg.name, "reason": why})  # fmt: skip
+            else:
+                counts["boxes_clipped"] += sum(r["clipped"] for r in row["rois"])
+                rows.append(row)
+    return rows, rejects, counts
+
+
+def _image_row(rec: dict, img: dict, sg: Path) -> tuple[dict | None, str]:
+    """The ROI row of one image, or (None, reject reason)."""
+    if not sg.exists():
+        return None, "no scene graph"
+    try:
+        data = json.loads(sg.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return None, f"unreadable scene graph: {type(e).__name__}"
+    rois, why, _ = parse_scene_graph(data, width=img.get("columns"), height=img.get("rows"))
+    if rois is None:
+        return None, why
+    row = {
+        "dicom_id": img["dicom_id"], "subject_id": rec["subject_id"], "study_id": rec["study_id"],
+        "split": rec["split"], "path": img["path"], "view_position": img.get("view_position"),
+        "rows": img.get("rows"), "columns": img.get("columns"), "rois": rois,
+    }  # fmt: skip
+    return row, ""
+
+
 def build_rois(
     imagenome_dir: str | os.PathLike,
     *,
@@ -293,60 +342,7 @@ def build_rois(
     run_key = config_hash({**config, "records": [s.sha256 for s in rst.manifest.shards]})
     prepare_output(out, stage="build-rois", config_hash=run_key, overwrite=overwrite)
     out_dir = Path(out)
-    rows: list[dict] = []
-    rejects: list[dict] = []
-    counts = {
-        "images_in_records": 0,
-        "images_considered": 0,
-        "skipped_non_frontal": 0,
-        "boxes_clipped": 0,
-    }
-    seen: set[str] = set()
-    for rec in recs.iter_rows(named=True):
-        for img in rec["images"] or []:
-            counts["images_in_records"] += 1
-            dicom_id = img["dicom_id"]
-            if dicom_id in seen:
-                continue
-            seen.add(dicom_id)
-            sg = sg_dir / f"{dicom_id}_SceneGraph.json"
-            if not sg.exists() and frontal_only and img.get("view_group") != "frontal":
-                counts["skipped_non_frontal"] += 1
-                continue
-            counts["images_considered"] += 1
-            src = f"{sg.name}"
-
-            def reject(
-                reason: str, _d: str = dicom_id, _s: int = rec["study_id"], _src: str = src
-            ) -> None:
-                rejects.append({"dicom_id": _d, "study_id": _s, "source": _src, "reason": reason})
-
-            if not sg.exists():
-                reject("no scene graph")
-                continue
-            try:
-                data = json.loads(sg.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-                reject(f"unreadable scene graph: {type(e).__name__}")
-                continue
-            rois, why, _ = parse_scene_graph(data, width=img.get("columns"), height=img.get("rows"))
-            if rois is None:
-                reject(why)
-                continue
-            counts["boxes_clipped"] += sum(r["clipped"] for r in rois)
-            rows.append(
-                {
-                    "dicom_id": dicom_id,
-                    "subject_id": rec["subject_id"],
-                    "study_id": rec["study_id"],
-                    "split": rec["split"],
-                    "path": img["path"],
-                    "view_position": img.get("view_position"),
-                    "rows": img.get("rows"),
-                    "columns": img.get("columns"),
-                    "rois": rois,
-                }
-            )
+    rows, rejects, counts = _collect(recs, sg_dir, frontal_only)
     df = pl.DataFrame(rows, schema=ROI_FRAME_SCHEMA).sort("dicom_id")
     rej = pl.DataFrame(rejects, schema=REJECT_SCHEMA).sort("dicom_id")
     shards = write_shards(df, out_dir / "rois", rows_per_shard, relative_to=out_dir)

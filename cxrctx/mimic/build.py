@@ -19,7 +19,6 @@ import functools
 import logging
 import os
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from cxrctx import __version__
 from cxrctx.errors import CxrctxError
 from cxrctx.io import (
-    atomic_path,
     config_hash,
     input_file,
     prepare_output,
@@ -43,9 +41,10 @@ from cxrctx.mimic import layout as L
 from cxrctx.mimic.images import load_images, prepare_images, study_table
 from cxrctx.mimic.priors import join_priors
 from cxrctx.mimic.reader import ReportReader, report_index, report_source
-from cxrctx.mimic.schema import RECORD_SCHEMA, REJECT_SCHEMA, conform
+from cxrctx.mimic.schema import RECORD_SCHEMA, conform
 from cxrctx.mimic.sections import FIELDS
-from cxrctx.models import RECORD_SCHEMA_VERSION, Manifest, ShardInfo
+from cxrctx.mimic.summary import reconcile, reject_table, summaries, write_jsonl
+from cxrctx.models import RECORD_SCHEMA_VERSION, Manifest
 from cxrctx.vocab import FLAGS
 
 log = logging.getLogger(__name__)
@@ -54,16 +53,6 @@ log = logging.getLogger(__name__)
 STAGE = "build-priors"
 
 #: Per-study reject reasons (image-level ones are listed apart).
-STUDY_REJECT_REASONS = (
-    "bad_study_date",
-    "bad_study_time",
-    "missing_report",
-    "unreadable_report",
-    "non_utf8_report",
-    "empty_report",
-    "report_too_large",
-)
-IMAGE_REJECT_REASONS = ("unreadable_dicom", "bad_dicom_id")
 #: Default size cap of one report: MIMIC-CXR reports are a few KB; this only stops
 #: a runaway file or a zip bomb from filling memory.
 MAX_REPORT_BYTES = 1 << 20
@@ -223,10 +212,10 @@ def _build(
     prior_lists, stats = _prior_lists(studies, good, cfg.max_priors)
     done("priors joined")
     rec = _assemble_records(studies, good, stats, prior_lists, inp, reader)
-    rej = _reject_table(inp.rejects)
+    rej = reject_table(inp.rejects)
     done("records assembled")
-    counts = _reconcile(rec, rej, inp, studies_in)
-    summary = _summaries(rec, rej, cfg.max_priors)
+    counts = reconcile(rec, rej, inp, studies_in)
+    summary = summaries(rec, rej, cfg.max_priors)
     claim()
     manifest = _write(out, rec, rej, cfg, lay, inp.files, counts, summary)
     done("written")
@@ -520,61 +509,6 @@ def _flag_conditions() -> dict[str, pl.Expr]:
     return conditions
 
 
-def _reject_table(rejects: list[dict]) -> pl.DataFrame:
-    rej = (
-        pl.DataFrame(rejects, schema=REJECT_SCHEMA)
-        if rejects
-        else pl.DataFrame(schema=REJECT_SCHEMA)
-    )
-    return conform(rej, REJECT_SCHEMA).sort(["study_id", "reason", "source"], nulls_last=True)
-
-
-def _reconcile(
-    rec: pl.DataFrame, rej: pl.DataFrame, inp: _Inputs, studies_in: int
-) -> dict[str, int]:
-    """Counts of the run; they must add up before anything is written."""
-    study_rejects = rej.filter(pl.col("reason").is_in(STUDY_REJECT_REASONS))
-    image_rejects = rej.filter(pl.col("reason").is_in(IMAGE_REJECT_REASONS))
-    rejected_studies = study_rejects["study_id"].n_unique()
-    if rec.height + rejected_studies != studies_in:
-        raise RuntimeError(
-            f"counts do not reconcile: {studies_in} studies in, {rec.height} records, {rejected_studies} rejected"
-        )
-    images_in_records = int(rec["images"].list.len().sum())
-    rejected_with_images = inp.img.join(
-        study_rejects.select("study_id").unique(), on="study_id", how="semi"
-    ).height
-    counts = {
-        "studies_in": studies_in,
-        "records": rec.height,
-        "rejected_studies": rejected_studies,
-        "images_in": inp.img.height + image_rejects.height,
-        "images_in_records": images_in_records,
-        "images_in_rejected_studies": rejected_with_images,
-        "images_rejected": image_rejects.height,
-        "reject_rows": rej.height,
-        "unknown_view_position": inp.unknown_views,
-    }
-    if counts["images_in"] != images_in_records + rejected_with_images + image_rejects.height:
-        raise RuntimeError(f"image counts do not reconcile: {counts}")
-    return counts
-
-
-def _summaries(rec: pl.DataFrame, rej: pl.DataFrame, max_priors: int) -> dict:
-    """Rejects by reason, flag counts, the n_prior_studies histogram and split sizes."""
-    flag_counts = Counter(rec["flags"].explode().drop_nulls().to_list())
-    hist = {k: 0 for k in [*(str(i) for i in range(max_priors + 1)), f">{max_priors}"]}
-    for v, n in Counter(min(int(x), max_priors + 1) for x in rec["n_prior_studies"]).items():
-        hist[str(v) if v <= max_priors else f">{max_priors}"] += n
-    splits = Counter(rec["split"].fill_null("(none)").to_list())
-    return {
-        "rejects_by_reason": dict(sorted(Counter(rej["reason"].to_list()).items())),
-        "flags": {f: int(flag_counts.get(f, 0)) for f in FLAGS},
-        "n_prior_studies_histogram": hist,
-        "splits": {str(k): int(v) for k, v in sorted(splits.items())},
-    }
-
-
 def _write(
     out: Path,
     rec: pl.DataFrame,
@@ -613,7 +547,7 @@ def _write_outputs(
         write_parquet(rej, out / "rejects.parquet").model_copy(update={"path": "rejects.parquet"})
     ]
     if "jsonl" in cfg.formats:
-        tables.append(_write_jsonl(rec, out / "records.jsonl"))
+        tables.append(write_jsonl(rec, out / "records.jsonl"))
     manifest = Manifest(
         tool_version=__version__,
         stage=STAGE,
@@ -631,19 +565,3 @@ def _write_outputs(
     )
     write_manifest(manifest, out / "manifest.json")
     return manifest
-
-
-def _write_jsonl(rec: pl.DataFrame, path: Path) -> ShardInfo:
-    """JSON Lines of the records (datetimes ISO 8601), written atomically."""
-    from cxrctx.io import sha256_file
-
-    iso = "%Y-%m-%dT%H:%M:%S%.f"
-    rec = rec.with_columns(
-        pl.col("study_datetime").dt.to_string(iso),
-        pl.col("priors").list.eval(
-            pl.element().struct.with_fields(pl.field("study_datetime").dt.to_string(iso))
-        ),
-    )
-    with atomic_path(path) as tmp:
-        rec.write_ndjson(tmp)
-    return ShardInfo(path=path.name, rows=rec.height, sha256=sha256_file(path))

@@ -1,0 +1,101 @@
+"""build-priors bookkeeping: the rejects table, the count reconciliation (nothing is lost:
+every input study is a record or a reject) and the summary tables the CLI prints."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import polars as pl
+
+from cxrctx.io import atomic_path
+from cxrctx.mimic.schema import REJECT_SCHEMA, conform
+from cxrctx.models import ShardInfo
+from cxrctx.vocab import FLAGS
+
+if TYPE_CHECKING:
+    from cxrctx.mimic.build import _Inputs
+
+#: Reject reasons that drop a whole study, and those that drop one image of a study.
+STUDY_REJECT_REASONS = (
+    "bad_study_date",
+    "bad_study_time",
+    "missing_report",
+    "unreadable_report",
+    "non_utf8_report",
+    "empty_report",
+    "report_too_large",
+)
+IMAGE_REJECT_REASONS = ("unreadable_dicom", "bad_dicom_id")
+
+
+def reject_table(rejects: list[dict]) -> pl.DataFrame:
+    rej = (
+        pl.DataFrame(rejects, schema=REJECT_SCHEMA)
+        if rejects
+        else pl.DataFrame(schema=REJECT_SCHEMA)
+    )
+    return conform(rej, REJECT_SCHEMA).sort(["study_id", "reason", "source"], nulls_last=True)
+
+
+def reconcile(
+    rec: pl.DataFrame, rej: pl.DataFrame, inp: _Inputs, studies_in: int
+) -> dict[str, int]:
+    """Counts of the run; they must add up before anything is written."""
+    study_rejects = rej.filter(pl.col("reason").is_in(STUDY_REJECT_REASONS))
+    image_rejects = rej.filter(pl.col("reason").is_in(IMAGE_REJECT_REASONS))
+    rejected_studies = study_rejects["study_id"].n_unique()
+    if rec.height + rejected_studies != studies_in:
+        raise RuntimeError(
+            f"counts do not reconcile: {studies_in} studies in, {rec.height} records, {rejected_studies} rejected"
+        )
+    images_in_records = int(rec["images"].list.len().sum())
+    rejected_with_images = inp.img.join(
+        study_rejects.select("study_id").unique(), on="study_id", how="semi"
+    ).height
+    counts = {
+        "studies_in": studies_in,
+        "records": rec.height,
+        "rejected_studies": rejected_studies,
+        "images_in": inp.img.height + image_rejects.height,
+        "images_in_records": images_in_records,
+        "images_in_rejected_studies": rejected_with_images,
+        "images_rejected": image_rejects.height,
+        "reject_rows": rej.height,
+        "unknown_view_position": inp.unknown_views,
+    }
+    if counts["images_in"] != images_in_records + rejected_with_images + image_rejects.height:
+        raise RuntimeError(f"image counts do not reconcile: {counts}")
+    return counts
+
+
+def summaries(rec: pl.DataFrame, rej: pl.DataFrame, max_priors: int) -> dict:
+    """Rejects by reason, flag counts, the n_prior_studies histogram and split sizes."""
+    flag_counts = Counter(rec["flags"].explode().drop_nulls().to_list())
+    hist = {k: 0 for k in [*(str(i) for i in range(max_priors + 1)), f">{max_priors}"]}
+    for v, n in Counter(min(int(x), max_priors + 1) for x in rec["n_prior_studies"]).items():
+        hist[str(v) if v <= max_priors else f">{max_priors}"] += n
+    splits = Counter(rec["split"].fill_null("(none)").to_list())
+    return {
+        "rejects_by_reason": dict(sorted(Counter(rej["reason"].to_list()).items())),
+        "flags": {f: int(flag_counts.get(f, 0)) for f in FLAGS},
+        "n_prior_studies_histogram": hist,
+        "splits": {str(k): int(v) for k, v in sorted(splits.items())},
+    }
+
+
+def write_jsonl(rec: pl.DataFrame, path: Path) -> ShardInfo:
+    """JSON Lines of the records (datetimes ISO 8601), written atomically."""
+    from cxrctx.io import sha256_file
+
+    iso = "%Y-%m-%dT%H:%M:%S%.f"
+    rec = rec.with_columns(
+        pl.col("study_datetime").dt.to_string(iso),
+        pl.col("priors").list.eval(
+            pl.element().struct.with_fields(pl.field("study_datetime").dt.to_string(iso))
+        ),
+    )
+    with atomic_path(path) as tmp:
+        rec.write_ndjson(tmp)
+    return ShardInfo(path=path.name, rows=rec.height, sha256=sha256_file(path))
