@@ -310,14 +310,17 @@ def label_documents_hybrid(
     with ResultCache(cache_dir, writer=cache_writer) as cache:
         stats = run_task(
             task, iter_hybrid_items(docs), engine, cache=cache, sampling=sampling,
-            executor=executor, batch_size=batch_size, on_batch=rows, progress=progress,
+            executor=executor, batch_size=batch_size, on_batch=cast(Any, rows), progress=progress,
             total=docs.height,
         )  # fmt: skip
     counts = {**rows.counts, "unique_texts": stats.unique_requests,
               "engine_requests": stats.requests, "repair_requests": stats.repairs,
               "prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens}  # fmt: skip
     frames = {} if sinks else {name: s.frame() for name, s in memory.items()}
-    return LabelResult(counts, stats.provenance, stats, **frames)
+    return LabelResult(
+        counts, stats.provenance, stats, labels=frames.get("labels"),
+        documents=frames.get("documents"), failures=frames.get("failures"),
+    )  # fmt: skip
 
 
 def hybrid_dry_run(docs: pl.DataFrame, hp: HybridPrompt, mode: LabelMode) -> dict[str, Any]:
