@@ -129,7 +129,7 @@ def test_generate_and_evaluate_end_to_end(run, tmp_path):
         out=tmp_path / "ev",
     )
     assert rep.n_pairs + rep.n_missing_reference == res.rows
-    assert rep.labeler == "keyword" and rep.lesion is not None
+    assert rep.labeler == "rules" and rep.lesion is not None
     # ROUGE-L is the mean of rouge-score's F1 over the pairs, recomputed here from the files
     from cxrctx.io import read_shards
     from cxrctx.reportgen.metrics import rouge_l
@@ -202,7 +202,7 @@ def test_llm_aggregator_and_judge_with_fake_engine(run, tmp_path):
     assert rep.judge is not None and rep.judge.failures == 0
     assert rep.judge.n + rep.judge.empty == rep.n_pairs
     assert rep.judge.total == pytest.approx(14.0) and rep.judge.mean == pytest.approx(3.5)
-    assert rep.reference_labels == "keyword"
+    assert rep.reference_labels == "rules"
 
 
 @pytest.mark.train

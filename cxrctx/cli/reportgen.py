@@ -251,7 +251,7 @@ def evaluate_cmd(
     """Lesion P/R/F1, classifier AUC, ROUGE-L, temporal hallucination, METEOR (when available
     offline) and the LLM consistency judge.
 
-    Without --backend the lesion labels come from the keyword labeler and the judge is
+    Without --backend the lesion labels come from the rules labeler and the judge is
     skipped; with it, the model labels both sides and/or judges (--llm-for).
 
     \b

@@ -3,7 +3,7 @@
 - Lesion P/R/F1 (the paper's lesion evaluation): both texts are labeled with the lesion
   labeler (`cxrctx.labeling.label_documents` through an LLM backend) — or the reference
   side comes from an existing label directory (e.g. label-lesions output, or a synthetic
-  root's `truth/`). Without any backend a negation-aware *keyword* labeler stands in; the
+  root's `truth/`). Without any backend the deterministic *rules* labeler (cxrctx.labeling.rules) stands in; the
   output says so, because it is not the paper's method. Scores come from
   `cxrctx.labeling.evaluate_labels` (positive class, per lesion, micro and macro).
 - Classifier ROC-AUC of the generated rows' lesion probabilities against the same
@@ -100,7 +100,7 @@ class EvaluationReport(BaseModel):
     )
     reference_sections: list[str]
     labeler: str = Field(
-        description="'llm:<backend>/<model>' or 'keyword' (not the paper's LLM labeler)"
+        description="'llm:<backend>/<model>' or 'rules' (not the paper's LLM labeler)"
     )
     reference_labels: str = Field(
         description="Label directory used for the reference side, or the labeler"
@@ -122,7 +122,7 @@ class EvaluationReport(BaseModel):
     notes: list[str]
 
 
-# ----------------------------------------------------------------------------- keyword labeler
+# ----------------------------------------------------------------------------- the regex baseline labeler
 
 _NEG_CUES = re.compile(r"\b(no|without|negative for|free of|resolved|clear of|not)\b", re.I)
 _KEYWORDS = {
@@ -148,7 +148,8 @@ _KEYWORDS = {
 
 
 def keyword_labels(docs: pl.DataFrame) -> pl.DataFrame:
-    """A negation-aware keyword labeler (fallback when no LLM backend is configured).
+    """The old sentence-regex labeler, kept as the cheap baseline the rules labeler is
+    measured against (benchmarks/label_quality.py); also labels empty reports all-negative.
 
     A lesion is positive when a sentence names it and no negation cue precedes the mention.
     Location: left/right/bilateral words in that sentence.
@@ -299,9 +300,9 @@ def _label_generated(
     docs = _docs(pairs, 1)
     if engine is None:
         notes.append(
-            "lesion labels of generated reports come from the keyword labeler (no LLM backend given); not the paper's LLM labeler."
+            "lesion labels come from the deterministic rules labeler (no LLM backend given); not the paper's LLM labeler."
         )
-        return keyword_labels(docs), "keyword"
+        return _rules_labels(docs), "rules"
     nonempty = docs.filter(pl.col("text").str.strip_chars() != "")
     pred = keyword_labels(docs.filter(pl.col("text").str.strip_chars() == ""))
     if nonempty.height:
@@ -321,7 +322,7 @@ def _label_reference(
     cache_dir: Any,
     executor: Any = None,
 ) -> tuple[pl.DataFrame, str]:
-    """Labels of the reference side: a label directory, the LLM labeler or the keyword one."""
+    """Labels of the reference side: a label directory, the LLM labeler or the rules."""
     from cxrctx.labeling import label_documents, load_labels
 
     docs = _docs(pairs, 2)
@@ -336,7 +337,21 @@ def _label_reference(
     if engine is not None:
         res = label_documents(docs, engine, cache_dir=cache_dir, executor=executor)
         return res.labels, _engine_name(engine)
-    return keyword_labels(docs), "keyword"
+    return _rules_labels(docs), "rules"
+
+
+def _rules_labels(docs: pl.DataFrame) -> pl.DataFrame:
+    """The rules labeler's 14 rows per report (id, lesion, status, location); an empty
+    report mentions nothing, so all 14 are negative."""
+    from cxrctx.labeling.rules import label_documents_rules
+
+    blank = pl.col("text").str.strip_chars() == ""
+    cols = ["id", "lesion", "status", "location"]
+    said = docs.filter(~blank)
+    parts = [keyword_labels(docs.filter(blank)).select(cols)]
+    if said.height:
+        parts.insert(0, label_documents_rules(said).labels.select(cols))
+    return pl.concat(parts)
 
 
 def _lesion_scores(pred: pl.DataFrame, gold: pl.DataFrame, gold_kind: str) -> dict[str, Any]:
@@ -427,7 +442,7 @@ def evaluate(
     options = {
         "sections": list(sections),
         "reference_labels": str(reference_labels) if reference_labels else None,
-        "labeler": _engine_name(labeler_engine) if labeler_engine is not None else "keyword",
+        "labeler": _engine_name(labeler_engine) if labeler_engine is not None else "rules",
         "judge": _engine_name(judge_engine) if judge_engine is not None else None,
         "inputs": [f.sha256 for f in stage_inputs(gen_st) + stage_inputs(ref_st)],
     }
