@@ -240,7 +240,7 @@ ROI_FRAME_SCHEMA: dict[str, PolarsType] = {
     "columns": pl.Int64,
     "rois": pl.List(_ROI_STRUCT),
 }
-REJECT_SCHEMA = {
+ROI_REJECT_SCHEMA = {
     "dicom_id": pl.String,
     "study_id": pl.Int64,
     "source": pl.String,
@@ -344,7 +344,7 @@ def build_rois(
     out_dir = Path(out)
     rows, rejects, counts = _collect(recs, sg_dir, frontal_only)
     df = pl.DataFrame(rows, schema=ROI_FRAME_SCHEMA).sort("dicom_id")
-    rej = pl.DataFrame(rejects, schema=REJECT_SCHEMA).sort("dicom_id")
+    rej = pl.DataFrame(rejects, schema=ROI_REJECT_SCHEMA).sort("dicom_id")
     shards = write_shards(df, out_dir / "rois", rows_per_shard, relative_to=out_dir)
     rej_info = write_parquet(rej, out_dir / "rejects.parquet")
     reasons: dict[str, int] = {}

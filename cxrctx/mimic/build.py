@@ -267,8 +267,8 @@ def _read_inputs(
         on_progress=tick.advance,
     )
     split = L.read_split(lay.split) if lay.split else None
-    chexpert = L.read_labels(lay.chexpert) if lay.chexpert else None
-    negbio = L.read_labels(lay.negbio) if lay.negbio else None
+    chexpert = L.read_label_csv(lay.chexpert) if lay.chexpert else None
+    negbio = L.read_label_csv(lay.negbio) if lay.negbio else None
     files += [p for p in (lay.split, lay.chexpert, lay.negbio, lay.reports_zip) if p is not None]
     img = prepare_images(img, cfg.image_ext)
     unknown_views = int(img["unknown_view"].sum())

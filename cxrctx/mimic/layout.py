@@ -346,7 +346,7 @@ def read_split(path: Path) -> pl.DataFrame:
     return df.sort("_line").group_by("study_id", maintain_order=True).agg(pl.col("split").first())
 
 
-def read_labels(path: Path) -> pl.DataFrame:
+def read_label_csv(path: Path) -> pl.DataFrame:
     """study_id → 14 Float64 label columns (snake_case), values 1.0 / 0.0 / -1.0 / null."""
     df = read_csv(path, LABEL_COLUMNS)
     df = _require_int(df, path, ("subject_id", "study_id"))

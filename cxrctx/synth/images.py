@@ -275,7 +275,7 @@ def render(
 # ----------------------------------------------------------------------------- phrases
 
 
-def split_sentences(text: str | None) -> list[str]:
+def sentence_list(text: str | None) -> list[str]:
     if not text:
         return []
     flat = " ".join(text.split())
@@ -443,7 +443,7 @@ class StudyTruth:
     impression: str | None
 
     def sentences(self) -> list[str]:
-        return split_sentences(self.findings) + split_sentences(self.impression)
+        return sentence_list(self.findings) + sentence_list(self.impression)
 
 
 #: Every this-many-th frontal image gets one scene-graph defect (cycling through the kinds).

@@ -71,7 +71,7 @@ def _labels_path(labels: str | os.PathLike) -> Path:
     return p
 
 
-def read_labels(labels: str | os.PathLike) -> pl.DataFrame:
+def read_label_shards(labels: str | os.PathLike) -> pl.DataFrame:
     """Label rows of a label-lesions output (checked against its manifest), or of a folder
     of ground-truth label shards without one (the synthetic generator's `truth/`)."""
     if any((Path(labels) / name).is_file() for name in ("manifest.json", "../manifest.json")):
@@ -144,7 +144,7 @@ def join(
         raise CxrctxError(f"--records: {e}") from None
     split_of = dict(recs.iter_rows())
     roi_df = read_rois(rois)
-    table = label_table(read_labels(labels)) if labels is not None else {}
+    table = label_table(read_label_shards(labels)) if labels is not None else {}
     if labels is not None and roi_df.height:
         overlap = sum(str(s) in table for s in roi_df["study_id"].unique().to_list())
         if overlap == 0:
