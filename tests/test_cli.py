@@ -40,3 +40,25 @@ def test_version():
 def test_schemas_check_passes():
     result = runner.invoke(app, ["schemas", "--check"])
     assert result.exit_code == 0, result.output
+
+
+def test_every_command_help_has_an_example_block():
+    """Each command's --help ends with a runnable `Example:` block."""
+    from typer.testing import CliRunner
+
+    from cxrctx.cli import app
+
+    names = [c.name for c in typer_main_commands(app)]
+    assert len(names) >= 14
+    missing = [
+        n
+        for n in names
+        if "Example" not in CliRunner().invoke(app, [n, "--help"], terminal_width=200).output
+    ]
+    assert not missing, missing
+
+
+def typer_main_commands(app):
+    import typer.main
+
+    return list(typer.main.get_command(app).commands.values())

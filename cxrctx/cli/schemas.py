@@ -18,7 +18,13 @@ def schemas_cmd(
         False, "--check", help="Only check; exit 1 when a schema file is stale."
     ),
 ) -> None:
-    """Regenerate the JSON Schemas in schemas/ from the pydantic models."""
+    """Regenerate the JSON Schemas in schemas/ from the pydantic models.
+
+    \b
+    Example:
+      cxrctx schemas            # rewrite schemas/ in a source checkout
+      cxrctx schemas --check    # exit 1 when a schema file is stale (CI)
+    """
     from cxrctx import schema_export
 
     target = out_dir or schema_export.schemas_dir()
