@@ -385,3 +385,18 @@ def test_importing_the_trainer_api_is_typed_and_torch_free():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "pip install 'cxrctx[train]'" in r.stdout
+
+
+def test_a_foreign_non_empty_out_is_refused_before_training(tmp_path):
+    """The shared output policy: train never writes into a folder that is not a train run."""
+    from cxrctx.train.config import make_config
+    from cxrctx.train.loop import _check_run_dir
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(CxrctxError, match="not a train run"):
+        _check_run_dir(out, make_config("tiny"), [1, 2], resume=False)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CxrctxError, match="not a directory"):
+        _check_run_dir(tmp_path / "file", make_config("tiny"), [1, 2], resume=False)

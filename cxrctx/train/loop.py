@@ -37,6 +37,7 @@ from cxrctx.errors import CxrctxError
 from cxrctx.io import (
     atomic_write_text,
     file_entry,
+    remove_stale_tmp,
     sha256_file,
     write_parquet,
     write_stage_manifest,
@@ -151,7 +152,15 @@ def build_model(cfg: TrainConfig, tok: Tokenizer) -> ClalaNet:
 
 
 def _check_run_dir(run: Path, cfg: TrainConfig, stages: list[int], resume: bool) -> None:
+    """The shared output policy, train's way: a run dir continues only the same run
+    (--resume, a compatible config); a non-empty folder that is not a train run is refused."""
     ckdir = run / "checkpoints"
+    if run.exists() and not run.is_dir():
+        raise CxrctxError(f"{run}: exists and is not a directory; --out needs a folder")
+    if run.is_dir() and any(run.iterdir()) and not (run / "config.json").exists():
+        raise CxrctxError(f"{run}: not empty and not a train run; choose a new or empty --out")
+    if run.is_dir():
+        remove_stale_tmp(run)
     if (run / "config.json").exists():
         check_config(json.loads((run / "config.json").read_text()), cfg, run / "config.json")
     if (ckdir / "last.pt").exists() and not resume and 1 in stages:
