@@ -418,3 +418,22 @@ def test_cli_lists_overwrite_and_executor_options(tmp_path, monkeypatch):
     assert r.exit_code != 0 and "apply to --executor ray only" in r.output
     r = _cli(tmp_path, src, scripted(), monkeypatch, "--executor", "local")
     assert r.exit_code == 0, r.output
+
+
+def test_plan_projects_from_a_sample_and_reads_the_same_from_cache(tmp_path, monkeypatch):
+    from cxrctx.structure.plan import plan_structure_reports
+
+    src = _records(tmp_path)
+    eng = scripted()
+    plan = plan_structure_reports(src, tmp_path / "out", engine=eng, sample=2)
+    assert (plan.sample_documents, plan.total_documents, plan.llm_documents) == (2, 3, 2)
+    assert plan.llm_calls == eng.calls == 2 and plan.output_tokens > 0
+    assert plan.projected_output_tokens == round(plan.output_tokens / 2 * 3)
+    assert (tmp_path / "out" / "plan-sample" / "plan.json").is_file()
+    again = plan_structure_reports(src, tmp_path / "out", engine=(eng2 := scripted()), sample=2)
+    assert eng2.calls == 0 and again == plan
+    run = structure_reports(src, tmp_path / "out", engine=scripted())  # the full run resumes
+    assert run.result.counts["structured"] == 2
+    r = _cli(tmp_path, src, scripted(), monkeypatch, "--plan", "--plan-sample", "1")
+    assert r.exit_code == 0, r.output
+    assert "projected GPU-hours" in r.output and not (tmp_path / "o" / "manifest.json").exists()

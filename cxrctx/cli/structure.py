@@ -17,6 +17,10 @@ from cxrctx.cli.engine import (
     EngineOptOpt,
     ExecutorKind,
     ExecutorOpt,
+    PlanGpuOpt,
+    PlanOpt,
+    PlanSampleOpt,
+    PlanThroughputOpt,
     RayAddressOpt,
     ThreadsOpt,
     TimeoutOpt,
@@ -24,6 +28,7 @@ from cxrctx.cli.engine import (
     engine_spec,
     executor_scope,
     exit_if_failed,
+    print_plan,
     progress_reporter,
 )
 from cxrctx.errors import CxrctxError
@@ -54,6 +59,10 @@ def structure_reports_cmd(
     executor: ExecutorOpt = ExecutorKind.local,
     ray_address: RayAddressOpt = None,
     workers: WorkersOpt = 1,
+    plan: PlanOpt = False,
+    plan_sample: PlanSampleOpt = 200,
+    plan_throughput: PlanThroughputOpt = 6300.0,
+    plan_gpu: PlanGpuOpt = "H100 (8B model, vLLM)",
 ) -> None:  # fmt: skip
     """Rewrite each report into the SRRG layout (organ headers with bullets, numbered
     impression) with an LLM; keep only answers that pass the faithfulness check.
@@ -65,6 +74,7 @@ def structure_reports_cmd(
     same rule-read lesion labels); a failing
     answer is repaired once with the reason, then recorded in OUT/failures/, never
     written as a structured report. Exits 1 when any report failed unless --allow-failures.
+    --plan structures a sample into OUT/plan-sample and prints the projected GPU-hours.
 
     \b
     Example:
@@ -72,7 +82,8 @@ def structure_reports_cmd(
       cxrctx structure-reports out/priors --priors --out out/structured \\
           --backend openai --base-url http://127.0.0.1:8000/v1 --model local
       cxrctx structure-reports out/priors --out out/structured --backend vllm \\
-          --model Qwen/Qwen2.5-7B-Instruct --executor ray --ray-address auto --workers 8
+          --model Qwen/Qwen2.5-7B-Instruct --executor ray --ray-address auto --workers 8 \\
+          --plan --plan-throughput 6300
     """
     from cxrctx.llm import Sampling
     from cxrctx.structure.run import structure_reports
@@ -94,14 +105,25 @@ def structure_reports_cmd(
                 extra = f"{p.tokens / dt:.0f} tok/s, {p.failed} failed" if p.done else ""
                 report(p.done, p.total, extra)
 
-            run = structure_reports(
-                records, out, engine=spec, priors=priors, id_column=id_column, limit=limit,
+            common = dict(
+                engine=spec, priors=priors, id_column=id_column, limit=limit,
                 sampling=Sampling(temperature=temperature, max_tokens=max_tokens, seed=seed),
                 batch_size=batch_size, prompt=prompt, progress=on_progress, executor=ex,
                 overwrite=overwrite,
             )  # fmt: skip
+            if plan:
+                from cxrctx.structure.plan import plan_structure_reports
+
+                budget = plan_structure_reports(records, out, sample=plan_sample,
+                                                throughput_tokens_per_s=plan_throughput,
+                                                gpu=plan_gpu, **common)  # fmt: skip
+            else:
+                run = structure_reports(records, out, **common)
     except CxrctxError as e:
         raise fail(e) from None
+    if plan:
+        print_plan(budget)
+        return
     c = run.result.counts
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(run.result.reasons.items())) or "none"
     console.print(

@@ -71,6 +71,7 @@ FAILURE_SCHEMA: dict[str, Any] = {
     "id": pl.String, "study_id": pl.Int64, "role": pl.String, "reason_code": pl.String,
     "reason": pl.String, "raw_text": pl.String, "attempts": pl.Int64, "transient": pl.Boolean,
 }  # fmt: skip
+COST = ("llm_documents", "llm_calls", "prompt_tokens", "output_tokens")
 TABLES = {"structured": STRUCTURED_SCHEMA, "failures": FAILURE_SCHEMA}
 COUNTS = (
     "reports", "records", "priors", "structured", "passed_first_time", "passed_after_repair",
@@ -216,14 +217,26 @@ class StructuredRows:
         self.prov = {k: provenance[k] for k in PROV}
         self.counts = dict.fromkeys(COUNTS, 0)
         self.reasons: dict[str, int] = {}
+        self.cost = dict.fromkeys(COST, 0)
 
     def __call__(self, results: list[TaskResult[StructureItem, Any]]) -> None:
         rows: list[dict[str, Any]] = []
         fails: list[dict[str, Any]] = []
         for r in results:
             self._one(r, rows, fails)
+            self._cost(r)
         self.sinks["structured"].add(rows)
         self.sinks["failures"].add(fails)
+
+    def _cost(self, r: TaskResult) -> None:
+        """What the model was asked, once per unique text; a cached answer keeps the
+        tokens it cost when asked, so a plan reads the same from a warm cache."""
+        if not r.called or r.duplicate:
+            return
+        self.cost["llm_documents"] += 1
+        self.cost["llm_calls"] += r.attempts
+        self.cost["prompt_tokens"] += r.prompt_tokens
+        self.cost["output_tokens"] += r.completion_tokens
 
     def _fail(self, fails: list, r: TaskResult, reason: str) -> None:
         item: StructureItem = r.item
@@ -287,6 +300,7 @@ class StructureResult:
     provenance: dict[str, Any]
     stats: TaskStats | None = None
     frames: dict[str, pl.DataFrame] = field(default_factory=dict)
+    cost: dict[str, int] = field(default_factory=dict)
 
 
 def _provenance(task: StructureTask, engine: Engine, sampling: Sampling) -> dict[str, Any]:
@@ -325,7 +339,9 @@ def structure_items(
               "completion_tokens": stats.completion_tokens}  # fmt: skip
     counts.update({f"failed_{k}": v for k, v in sorted(rows.reasons.items())})
     frames = {} if sinks else {name: s.frame() for name, s in memory.items()}
-    return StructureResult(counts, dict(rows.reasons), stats.provenance, stats, frames)
+    return StructureResult(
+        counts, dict(rows.reasons), stats.provenance, stats, frames, dict(rows.cost)
+    )
 
 
 # ---------------------------------------------------------------------------- the stage
