@@ -362,7 +362,7 @@ def run_key(
     """The config hash of a run: what decides its rows (model, prompt, sampling, input
     checksums, check thresholds), not how it is executed (batch size, executor)."""
     if isinstance(engine, EngineSpec):
-        who = {"backend": engine.backend, "model": engine.model}
+        who: dict[str, Any] = {"backend": engine.backend, "model": engine.model}
     else:
         from cxrctx.llm.runner import engine_identity
 
