@@ -269,6 +269,7 @@ SCHEMA_VERSIONS: dict[str, int] = {
     "evaluate": 1,
     "release-public": 1,
     "release-credentialed": 1,
+    "structure-reports": 1,
 }
 
 

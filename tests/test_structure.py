@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cxrctx.cli import app
-from cxrctx.io import read_manifest, read_shards, write_shards
+from cxrctx.io import read_manifest, read_shards, write_shards, write_stage_manifest
 from cxrctx.llm.base import ChatRequest
 from cxrctx.llm.fake import FakeEngine
 from cxrctx.structure.check import check_structured, sentences
@@ -259,7 +259,9 @@ def _records(tmp: Path) -> Path:
         schema_overrides={"priors": pl.List(pl.Struct({"study_id": pl.Int64, "findings": pl.String,
                                                        "impression": pl.String, "days_before": pl.Int64}))},
     )  # fmt: skip
-    write_shards(df, tmp / "priors" / "records", 100)
+    shards = write_shards(df, tmp / "priors" / "records", 100, relative_to=tmp / "priors")
+    write_stage_manifest(tmp / "priors", stage="build-priors", schema_version=1, config={},
+                         shards=shards)  # fmt: skip
     return tmp / "priors"
 
 
@@ -371,3 +373,67 @@ def test_list_markers_are_layout_not_numbers():
     ]
     ans["Impression"] = ["Small left pleural effusion measuring 3 cm.", "No acute process."]
     assert "changed_numbers" in _check(ans, impression=imp).codes
+
+
+def test_records_are_checked_against_their_manifest(tmp_path):
+    """A build-priors shard changed after its manifest was written is refused, naming it."""
+    from cxrctx.errors import CxrctxError
+
+    src = _records(tmp_path)
+    shard = src / "records" / "part-00000.parquet"
+    df = pl.read_parquet(shard)
+    df.with_columns(pl.lit("Changed.").alias("impression")).write_parquet(shard)
+    with pytest.raises(CxrctxError, match=r"part-00000\.parquet: sha256 differs"):
+        structure_reports(src, tmp_path / "out", engine=scripted())
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_output_policy_and_a_readable_stage(tmp_path):
+    """The output opens as a structure-reports stage (what `release --structured` reads);
+    another configuration into the same folder is refused unless overwrite."""
+    from cxrctx.errors import CxrctxError
+    from cxrctx.io import open_stage
+
+    src = _records(tmp_path)
+    structure_reports(src, tmp_path / "out", engine=scripted())
+    st = open_stage(tmp_path / "out", "structure-reports")
+    assert st.read()["study_id"].to_list() == [1, 2]
+    assert all(i.path.startswith("build-priors/records/") for i in st.manifest.inputs)
+    with pytest.raises(CxrctxError, match=r"another structure-reports run.*--overwrite"):
+        structure_reports(src, tmp_path / "out", engine=scripted(), priors=True)
+    run = structure_reports(src, tmp_path / "out", engine=scripted(), priors=True, overwrite=True)
+    assert run.result.counts["priors"] == 2 and run.result.counts["cached"] == 0
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(CxrctxError, match="not a cxrctx output"):
+        structure_reports(src, tmp_path / "other", engine=scripted(), overwrite=True)
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+def test_cli_lists_overwrite_and_executor_options(tmp_path, monkeypatch):
+    r = runner.invoke(app, ["structure-reports", "--help"])
+    assert "--overwrite" in r.output and "--executor" in r.output and "--workers" in r.output
+    src = _records(tmp_path)
+    r = _cli(tmp_path, src, scripted(), monkeypatch, "--workers", "2")
+    assert r.exit_code != 0 and "apply to --executor ray only" in r.output
+    r = _cli(tmp_path, src, scripted(), monkeypatch, "--executor", "local")
+    assert r.exit_code == 0, r.output
+
+
+def test_plan_projects_from_a_sample_and_reads_the_same_from_cache(tmp_path, monkeypatch):
+    from cxrctx.structure.plan import plan_structure_reports
+
+    src = _records(tmp_path)
+    eng = scripted()
+    plan = plan_structure_reports(src, tmp_path / "out", engine=eng, sample=2)
+    assert (plan.sample_documents, plan.total_documents, plan.llm_documents) == (2, 3, 2)
+    assert plan.llm_calls == eng.calls == 2 and plan.output_tokens > 0
+    assert plan.projected_output_tokens == round(plan.output_tokens / 2 * 3)
+    assert (tmp_path / "out" / "plan-sample" / "plan.json").is_file()
+    again = plan_structure_reports(src, tmp_path / "out", engine=(eng2 := scripted()), sample=2)
+    assert eng2.calls == 0 and again == plan
+    run = structure_reports(src, tmp_path / "out", engine=scripted())  # the full run resumes
+    assert run.result.counts["structured"] == 2
+    r = _cli(tmp_path, src, scripted(), monkeypatch, "--plan", "--plan-sample", "1")
+    assert r.exit_code == 0, r.output
+    assert "projected GPU-hours" in r.output and not (tmp_path / "o" / "manifest.json").exists()

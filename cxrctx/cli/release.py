@@ -42,6 +42,16 @@ def _split_table(summary: dict[str, dict[str, int]], title: str):
     return t
 
 
+def _temporal_line(th: dict[str, dict]) -> str:
+    """`temporal hallucination (...): all 3/40 (7.5%), train 2/30 (6.7%), ...`"""
+    parts = [
+        f"{split} {v['with_comparison']:,}/{v['without_prior']:,}"
+        + (f" ({100 * v['rate']:.1f}%)" if v["rate"] is not None else " (n/a)")
+        for split, v in sorted(th.items(), key=lambda kv: kv[0] != "all")
+    ]
+    return "temporal hallucination (comparison language, no prior study): " + ", ".join(parts)
+
+
 @app.command("release")
 def release_cmd(
     records: Path = typer.Option(..., "--records", help="build-priors output folder."),
@@ -169,6 +179,8 @@ def info_cmd(
     console.print(t)
     if res.splits:
         console.print(_split_table(res.splits, "per split"))
+    if res.temporal_hallucination:
+        console.print(_temporal_line(res.temporal_hallucination), highlight=False)
     for n in res.notes:
         console.print(f"[dim]{n}[/]")
 

@@ -15,10 +15,20 @@ from cxrctx.cli.engine import (
     Backend,
     BaseUrlOpt,
     EngineOptOpt,
+    ExecutorKind,
+    ExecutorOpt,
+    PlanGpuOpt,
+    PlanOpt,
+    PlanSampleOpt,
+    PlanThroughputOpt,
+    RayAddressOpt,
     ThreadsOpt,
     TimeoutOpt,
+    WorkersOpt,
     engine_spec,
+    executor_scope,
     exit_if_failed,
+    print_plan,
     progress_reporter,
 )
 from cxrctx.errors import CxrctxError
@@ -45,20 +55,35 @@ def structure_reports_cmd(
     seed: int = typer.Option(0, "--seed"),
     batch_size: int = typer.Option(None, "--batch-size", min=1, help="Reports per engine call / output batch (default per backend)."),
     prompt: str = typer.Option(None, "--prompt", help="Prompt version (e.g. 1) or a prompt JSON file."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out written by another cxrctx run (the same configuration resumes without it)."),
+    executor: ExecutorOpt = ExecutorKind.local,
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = 1,
+    plan: PlanOpt = False,
+    plan_sample: PlanSampleOpt = 200,
+    plan_throughput: PlanThroughputOpt = 6300.0,
+    plan_gpu: PlanGpuOpt = "H100 (8B model, vLLM)",
 ) -> None:  # fmt: skip
     """Rewrite each report into the SRRG layout (organ headers with bullets, numbered
     impression) with an LLM; keep only answers that pass the faithfulness check.
 
-    Every answer is checked against its source (bullets supported by source sentences,
-    no sentence dropped, sides and numbers kept, same rule-read lesion labels); a failing
+    A build-priors input is checked against its manifest (sha256 of every shard) first.
+    The same configuration into the same --out resumes from its cache; another run's
+    folder is refused unless --overwrite. Every answer is checked against its source
+    (bullets supported by source sentences, no sentence dropped, sides and numbers kept,
+    same rule-read lesion labels); a failing
     answer is repaired once with the reason, then recorded in OUT/failures/, never
     written as a structured report. Exits 1 when any report failed unless --allow-failures.
+    --plan structures a sample into OUT/plan-sample and prints the projected GPU-hours.
 
     \b
     Example:
       cxrctx structure-reports out/priors --out out/structured --model qwen2.5-1.5b-instruct-q4_k_m.gguf
       cxrctx structure-reports out/priors --priors --out out/structured \\
           --backend openai --base-url http://127.0.0.1:8000/v1 --model local
+      cxrctx structure-reports out/priors --out out/structured --backend vllm \\
+          --model Qwen/Qwen2.5-7B-Instruct --executor ray --ray-address auto --workers 8 \\
+          --plan --plan-throughput 6300
     """
     from cxrctx.llm import Sampling
     from cxrctx.structure.run import structure_reports
@@ -69,7 +94,10 @@ def structure_reports_cmd(
             timeout=timeout, threads=threads, allow_public_api=allow_public_api,
         )  # fmt: skip
         assert spec is not None
-        with progress_reporter("structuring", "reports") as report:
+        with (
+            executor_scope(executor, ray_address, workers) as ex,
+            progress_reporter("structuring", "reports") as report,
+        ):
             t0 = time.perf_counter()
 
             def on_progress(p) -> None:
@@ -77,13 +105,25 @@ def structure_reports_cmd(
                 extra = f"{p.tokens / dt:.0f} tok/s, {p.failed} failed" if p.done else ""
                 report(p.done, p.total, extra)
 
-            run = structure_reports(
-                records, out, engine=spec, priors=priors, id_column=id_column, limit=limit,
+            common = dict(
+                engine=spec, priors=priors, id_column=id_column, limit=limit,
                 sampling=Sampling(temperature=temperature, max_tokens=max_tokens, seed=seed),
-                batch_size=batch_size, prompt=prompt, progress=on_progress,
+                batch_size=batch_size, prompt=prompt, progress=on_progress, executor=ex,
+                overwrite=overwrite,
             )  # fmt: skip
+            if plan:
+                from cxrctx.structure.plan import plan_structure_reports
+
+                budget = plan_structure_reports(records, out, sample=plan_sample,
+                                                throughput_tokens_per_s=plan_throughput,
+                                                gpu=plan_gpu, **common)  # fmt: skip
+            else:
+                run = structure_reports(records, out, **common)
     except CxrctxError as e:
         raise fail(e) from None
+    if plan:
+        print_plan(budget)
+        return
     c = run.result.counts
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(run.result.reasons.items())) or "none"
     console.print(

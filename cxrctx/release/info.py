@@ -63,6 +63,33 @@ def split_summary(
     return out
 
 
+def temporal_summary(studies: pl.DataFrame) -> dict[str, dict[str, Any]]:
+    """Per hub split (and `all`): the temporal-hallucination rate of the source reports,
+    the share of studies with no prior study whose findings/impression use comparison
+    language ("compared to prior", "unchanged", "new since", ...).
+
+    Read from the record flag `temporal_reference_without_prior`, which build-priors sets
+    from `has_temporal_reference(findings, impression)` for exactly the records with
+    `n_prior_studies == 0`, so bundles without report text give the same figure."""
+    df = studies.with_columns(T.hub_split().alias("_hub"))
+    no_prior = pl.col("n_prior_studies") == 0
+    exprs = [
+        no_prior.sum().alias("without_prior"),
+        (no_prior & pl.col("flags").list.contains("temporal_reference_without_prior"))
+        .sum()
+        .alias("with_comparison"),
+    ]
+    out: dict[str, dict[str, Any]] = {}
+    groups = [(s, df.filter(pl.col("_hub") == s)) for s in T.SPLIT_ORDER] + [("all", df)]
+    for split, part in groups:
+        if part.height == 0 and split != "all":
+            continue
+        row = part.select(exprs).row(0, named=True)
+        n, hit = int(row["without_prior"] or 0), int(row["with_comparison"] or 0)
+        out[split] = {"without_prior": n, "with_comparison": hit, "rate": hit / n if n else None}
+    return out
+
+
 def _add_positives(out: dict[str, dict[str, int]], long: pl.DataFrame) -> None:
     pos = long.filter(pl.col("status") == "positive").with_columns(T.hub_split().alias("_hub"))
     for split, row in out.items():
@@ -87,6 +114,8 @@ class Info:
     counts: dict[str, int]
     splits: dict[str, dict[str, int]] = field(default_factory=dict)
     tables: dict[str, int] = field(default_factory=dict)
+    #: per split: without_prior, with_comparison, rate (None without such studies)
+    temporal_hallucination: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -143,6 +172,7 @@ def info(path: str | os.PathLike, *, verify: str = "rows") -> Info:
     studies = _studies_of(st)
     if studies is not None:
         res.splits = split_summary(studies, _labels_of(st))
+        res.temporal_hallucination = temporal_summary(studies)
     elif m.stage == "label-lesions":
         res.notes.append("per-split counts need the records: run info on the release")
     if not res.splits and studies is None and m.stage not in ("label-lesions",):

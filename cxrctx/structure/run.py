@@ -23,7 +23,14 @@ from pydantic import BaseModel, ConfigDict
 
 from cxrctx import __version__
 from cxrctx.errors import CxrctxError
-from cxrctx.io import input_file, shard_paths, write_manifest
+from cxrctx.io import (
+    config_hash,
+    input_file,
+    open_stage,
+    prepare_output,
+    stage_inputs,
+    write_manifest,
+)
 from cxrctx.llm.base import Engine, Sampling
 from cxrctx.llm.cache import ResultCache
 from cxrctx.llm.runner import Executor, TaskProgress, TaskResult, TaskStats, run_task
@@ -41,6 +48,7 @@ from cxrctx.structure.task import (
 )
 from cxrctx.vocab import SRRG_ORGAN_KEYS, SRRG_ORGANS
 
+STAGE = "structure-reports"
 STRUCTURE_SCHEMA_VERSION = 1
 ROWS_PER_SHARD = 50_000
 EMPTY = "empty_report: no findings and no impression"
@@ -63,6 +71,7 @@ FAILURE_SCHEMA: dict[str, Any] = {
     "id": pl.String, "study_id": pl.Int64, "role": pl.String, "reason_code": pl.String,
     "reason": pl.String, "raw_text": pl.String, "attempts": pl.Int64, "transient": pl.Boolean,
 }  # fmt: skip
+COST = ("llm_documents", "llm_calls", "prompt_tokens", "output_tokens")
 TABLES = {"structured": STRUCTURED_SCHEMA, "failures": FAILURE_SCHEMA}
 COUNTS = (
     "reports", "records", "priors", "structured", "passed_first_time", "passed_after_repair",
@@ -105,17 +114,16 @@ class LoadedReports:
 
 
 def _records(p: Path) -> LoadedReports:
-    rec_dir = p / "records" if (p / "records").is_dir() else p
-    files = shard_paths(rec_dir)
+    """A build-priors folder, checked against its manifest (stage, schema, sha256)."""
+    st = open_stage(p, "build-priors")
+    files = st.shard_files()
     if not files:
-        raise CxrctxError(
-            f"{p}: no records/part-*.parquet (expected a build-priors output directory)"
-        )
+        raise CxrctxError(f"{st.dir}: the build-priors manifest lists no records shards")
     lf = pl.scan_parquet(files)
     names = lf.collect_schema().names()
     missing = [c for c in ("study_id", "findings", "impression", "priors") if c not in names]
     if missing:
-        raise CxrctxError(f"{rec_dir}: records lack column(s) {', '.join(missing)}")
+        raise CxrctxError(f"{files[0].parent}: records lack column(s) {', '.join(missing)}")
     prior = pl.col("priors").list.eval(
         pl.struct(pl.element().struct.field("study_id"), pl.element().struct.field("findings"),
                   pl.element().struct.field("impression"))
@@ -124,7 +132,7 @@ def _records(p: Path) -> LoadedReports:
         pl.col("study_id").cast(pl.String).alias("id"), pl.col("findings").cast(pl.String),
         pl.col("impression").cast(pl.String), prior.alias("priors"),
     ).collect()  # fmt: skip
-    return LoadedReports(frame, [input_file(f, os.path.relpath(f, p)) for f in files])
+    return LoadedReports(frame, stage_inputs(st))
 
 
 def _table(p: Path, id_column: str) -> LoadedReports:
@@ -209,14 +217,26 @@ class StructuredRows:
         self.prov = {k: provenance[k] for k in PROV}
         self.counts = dict.fromkeys(COUNTS, 0)
         self.reasons: dict[str, int] = {}
+        self.cost = dict.fromkeys(COST, 0)
 
     def __call__(self, results: list[TaskResult[StructureItem, Any]]) -> None:
         rows: list[dict[str, Any]] = []
         fails: list[dict[str, Any]] = []
         for r in results:
             self._one(r, rows, fails)
+            self._cost(r)
         self.sinks["structured"].add(rows)
         self.sinks["failures"].add(fails)
+
+    def _cost(self, r: TaskResult) -> None:
+        """What the model was asked, once per unique text; a cached answer keeps the
+        tokens it cost when asked, so a plan reads the same from a warm cache."""
+        if not r.called or r.duplicate:
+            return
+        self.cost["llm_documents"] += 1
+        self.cost["llm_calls"] += r.attempts
+        self.cost["prompt_tokens"] += r.prompt_tokens
+        self.cost["output_tokens"] += r.completion_tokens
 
     def _fail(self, fails: list, r: TaskResult, reason: str) -> None:
         item: StructureItem = r.item
@@ -280,6 +300,7 @@ class StructureResult:
     provenance: dict[str, Any]
     stats: TaskStats | None = None
     frames: dict[str, pl.DataFrame] = field(default_factory=dict)
+    cost: dict[str, int] = field(default_factory=dict)
 
 
 def _provenance(task: StructureTask, engine: Engine, sampling: Sampling) -> dict[str, Any]:
@@ -318,7 +339,9 @@ def structure_items(
               "completion_tokens": stats.completion_tokens}  # fmt: skip
     counts.update({f"failed_{k}": v for k, v in sorted(rows.reasons.items())})
     frames = {} if sinks else {name: s.frame() for name, s in memory.items()}
-    return StructureResult(counts, dict(rows.reasons), stats.provenance, stats, frames)
+    return StructureResult(
+        counts, dict(rows.reasons), stats.provenance, stats, frames, dict(rows.cost)
+    )
 
 
 # ---------------------------------------------------------------------------- the stage
@@ -330,6 +353,27 @@ class StructureRun:
     result: StructureResult
     manifest: Manifest
     seconds: float = 0.0
+
+
+def run_key(
+    loaded: LoadedReports, engine: Engine | EngineSpec, sp: StructurePrompt, sampling: Sampling,
+    *, priors: bool, limit: int | None, id_column: str,
+) -> str:  # fmt: skip
+    """The config hash of a run: what decides its rows (model, prompt, sampling, input
+    checksums, check thresholds), not how it is executed (batch size, executor)."""
+    if isinstance(engine, EngineSpec):
+        who: dict[str, Any] = {"backend": engine.backend, "model": engine.model}
+    else:
+        from cxrctx.llm.runner import engine_identity
+
+        ident = engine_identity(engine)
+        who = {"backend": ident.get("backend"), "model": ident.get("model")}
+    return config_hash({
+        **who, "prompt_sha256": sp.sha256, "sampling": sampling.as_dict(),
+        "inputs": sorted(i.sha256 for i in loaded.inputs), "kind": loaded.kind,
+        "id_column": id_column if loaded.kind == "file" else None, "priors": priors,
+        "limit": limit, "check": [CHECK_VERSION, SUPPORT_MIN, COVERAGE_MIN, WINDOW],
+    })  # fmt: skip
 
 
 def _open_sinks(out: Path) -> dict[str, ShardSink]:
@@ -353,10 +397,13 @@ def structure_reports(
     prompt: int | str | None = None,
     progress: Callable[[TaskProgress], None] | None = None,
     executor: Executor | None = None,
+    overwrite: bool = False,
 ) -> StructureRun:
     """Structure the reports of `input_path` into `out` (structured/, failures/, cache/,
     manifest.json); resumable through out/cache. `engine` is an Engine or an EngineSpec
-    (built here after the input checks and closed at the end)."""
+    (built here after the input checks and closed at the end). `out` follows the shared
+    output policy: the same configuration resumes, another run's folder is refused unless
+    `overwrite`."""
     t0 = time.perf_counter()
     sampling = sampling or Sampling(max_tokens=768)
     sp = load_prompt(prompt)
@@ -364,6 +411,8 @@ def structure_reports(
     frame = loaded.frame.head(limit) if limit is not None else loaded.frame
     out_dir = Path(out)
     spec = engine if isinstance(engine, EngineSpec) else None
+    key = run_key(loaded, engine, sp, sampling, priors=priors, limit=limit, id_column=id_column)
+    prepare_output(out_dir, stage=STAGE, config_hash=key, overwrite=overwrite)
     eng = make_engine(spec) if spec is not None else engine
     assert not isinstance(eng, EngineSpec)
     sinks = _open_sinks(out_dir)
@@ -383,7 +432,7 @@ def structure_reports(
     tables = {name: s.close() for name, s in sinks.items()}
     cfg = _config(input_path, sp, sampling, result, spec, priors, limit)
     manifest = Manifest(
-        tool_version=__version__, stage="structure-reports", schema_version=STRUCTURE_SCHEMA_VERSION,
+        tool_version=__version__, stage=STAGE, schema_version=STRUCTURE_SCHEMA_VERSION,
         config=cfg.model_dump(mode="json"), inputs=loaded.inputs, shards=tables["structured"],
         tables=tables["failures"], counts=result.counts,
         extra={"provenance": result.provenance, "failures_by_reason": result.reasons},
