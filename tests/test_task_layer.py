@@ -213,7 +213,7 @@ def test_model_commands_share_one_engine_vocabulary():
             assert opt in out, (cmd, opt)
         # the option's own line in the options table: "--backend  <a|b|c>"
         lines = out.splitlines()
-        k = next(i for i, ln in enumerate(lines) if "--backend" in ln and "<" in ln)
+        k = next(i for i, ln in enumerate(lines) if "│    --backend " in ln and "<" in ln)
         choices = lines[k] + lines[k + 1]  # a narrow terminal wraps the choices once
         assert all(b in choices for b in ("llamacpp", "openai", "vllm")), (cmd, choices)
         assert "fake" not in choices
