@@ -510,11 +510,12 @@ def label_lesions(
         )
         return LabelRun(out_dir, None, None, dry_run=info, seconds=time.perf_counter() - t0)
     spec = engine if isinstance(engine, EngineSpec) else None
-    claim_output(out_dir, _run_key(engine, lp, sampling, sections, id_column, text_column,
-                                   limit, prepass, hmode.value, loaded), loaded, sh, overwrite)  # fmt: skip
-    eng = driver_engine(executor, spec) if spec is not None else engine
+    key = _run_key(engine, lp, sampling, sections, id_column, text_column, limit, prepass,
+                   hmode.value, loaded)  # fmt: skip
+    eng = driver_engine(executor, spec) if spec is not None else engine  # checks the route
     assert not isinstance(eng, EngineSpec)
     try:
+        claim_output(out_dir, key, loaded, sh, overwrite)
         return _label_into(input_path, out_dir, eng, spec, loaded, lp, sh, sampling, t0,
                            batch_size=batch_size, prepass=prepass, progress=progress,
                            executor=executor, sections=sections, id_column=id_column,
