@@ -432,8 +432,7 @@ def claim_output(
     """The shared output policy for label-lesions, before anything is written: a folder of
     the same configuration and inputs resumes (slices of one n join it), anything else is
     refused unless `overwrite`."""
-    if sh is not None:
-        check_shard_slot(out, sh)
+    check_shard_slot(out, sh)  # whole-input runs and slices of other n never share a folder
     key = {**run_key, "inputs": [i.sha256 for i in loaded.inputs]}
     prepare_output(out, stage="label-lesions", config_hash=config_hash(key), overwrite=overwrite)
 
