@@ -44,7 +44,7 @@ from cxrctx.llm.runner import (
     run_task,
 )
 from cxrctx.llm.sink import MemorySink, ShardSink, Sink, remove_stale_tmp
-from cxrctx.llm.spec import EngineSpec
+from cxrctx.llm.spec import EngineSpec, make_engine
 from cxrctx.models import LABEL_SCHEMA_VERSION, Manifest
 from cxrctx.vocab import LESIONS, SECTIONS
 
@@ -511,7 +511,7 @@ def label_lesions(
     spec = engine if isinstance(engine, EngineSpec) else None
     key = _run_key(engine, lp, sampling, sections, id_column, text_column, limit, prepass,
                    hmode.value, loaded)  # fmt: skip
-    eng = driver_engine(executor, spec) if spec is not None else engine  # checks the route
+    eng = _build_engine(executor, spec) if spec is not None else engine  # checks the route
     assert not isinstance(eng, EngineSpec)
     try:
         claim_output(out_dir, key, loaded, sh, overwrite)
@@ -525,6 +525,13 @@ def label_lesions(
     finally:
         if spec is not None:
             eng.close()
+
+
+def _build_engine(executor: Executor | None, spec: EngineSpec) -> Engine:
+    """The local executor's engine (`make_engine`), or a distributed executor's stand-in."""
+    if callable(getattr(executor, "driver_engine", None)):
+        return driver_engine(executor, spec)
+    return make_engine(spec)
 
 
 def _label_into(
