@@ -437,17 +437,6 @@ def claim_output(
     prepare_output(out, stage="label-lesions", config_hash=config_hash(key), overwrite=overwrite)
 
 
-def check_writable(out: Path) -> None:
-    """Fail before any work when `out` cannot hold the outputs (a file, a read-only place)."""
-    if out.exists() and not out.is_dir():
-        raise CxrctxError(f"--out {out}: exists and is not a directory")
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise CxrctxError(f"--out {out}: {probe} is not a writable directory")
-
-
 def _open_sinks(out: Path, shard: tuple[int, int] | None) -> dict[str, ShardSink]:
     sinks = {}
     for name, schema in TABLES.items():
