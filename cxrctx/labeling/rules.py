@@ -355,7 +355,7 @@ def label_rules(
         id_column=id_column if loaded.kind == "file" else None,
         text_column=text_column if loaded.kind == "file" else None, shard=shard, limit=limit,
         batch_size=PROGRESS_EVERY, prepass=False, lexicon_version=lex.version,
-        lexicon_sha256=lex.sha256,
+        lexicon_sha256=lex.sha256, mode=None,
     )  # fmt: skip
     key = cfg.model_dump(mode="json", exclude={"input", "shard", "batch_size"})
     claim_output(out_dir, key, loaded, sh, overwrite)

@@ -587,7 +587,7 @@ def _run_config(input_path: Any, loaded: LoadedInput, lp: Any, sampling: Samplin
         input=str(input_path), sections=list(sections) if loaded.kind == "records" else None,
         id_column=id_column if loaded.kind == "file" else None,
         text_column=text_column if loaded.kind == "file" else None, shard=shard, limit=limit,
-        batch_size=result.stats.batch_size if result.stats else 0, prepass=prepass,
+        batch_size=result.stats.batch_size if result.stats else 0, prepass=prepass, mode=None,
         engine_options=spec.public() if spec is not None else {"base_url": prov.get("base_url")},
     )  # fmt: skip
 
