@@ -525,7 +525,7 @@ def _build_engine(executor: Executor | None, spec: EngineSpec) -> Engine:
 
 def _label_into(
     input_path: Any, out_dir: Path, eng: Engine, spec: EngineSpec | None, loaded: LoadedInput,
-    lp: LabelPrompt, sh: tuple[int, int] | None, sampling: Sampling, t0: float, *,
+    lp: Any, sh: tuple[int, int] | None, sampling: Sampling, t0: float, *,
     batch_size: int | None, prepass: bool, progress: Callable[[TaskProgress], None] | None,
     executor: Executor | None, sections: Any, id_column: str, text_column: str,
     shard: str | None, limit: int | None, hmode: LabelMode,
