@@ -284,7 +284,8 @@ def label_documents(
               "engine_requests": stats.requests, "repair_requests": stats.repairs,
               "prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens}  # fmt: skip
     frames = {} if sinks else {name: s.frame() for name, s in memory.items()}
-    return LabelResult(counts, stats.provenance, stats, **frames)
+    return LabelResult(counts, stats.provenance, stats, labels=frames.get("labels"),
+                       documents=frames.get("documents"), failures=frames.get("failures"))  # fmt: skip
 
 
 def _provenance(task: LesionTask, engine: Engine, sampling: Sampling) -> dict[str, Any]:
