@@ -30,7 +30,7 @@ setup-test: $(VENV)/.test
 # priors, lesion labels, a release (public + credentialed bundles), its validation and
 # its per-split table. DEMO_LABELS picks the labeller (the embedded default needs no model).
 DEMO ?= out/demo
-DEMO_LABELS ?= --backend fake --model fake
+DEMO_LABELS ?=
 CX ?= $(BIN)/cxrctx
 demo: setup
 	$(CX) synth $(DEMO)/mimic --patients 60 --seed 0

@@ -173,14 +173,14 @@ def test_transient_failures_are_not_cached_a_rerun_retries_them(server, tmp_path
 
 
 def test_cache_key_includes_the_base_url(server, tmp_path):
-    src, out = _src(tmp_path), tmp_path / "o"
-    label_lesions(src, out, engine=_engine(server))
+    src, out, cache = _src(tmp_path), tmp_path / "o", tmp_path / "cache"
+    label_lesions(src, out, engine=_engine(server), cache_dir=cache)
     n = len(server.requests)
-    label_lesions(src, out, engine=_engine(server))
+    label_lesions(src, out, engine=_engine(server), cache_dir=cache)
     assert len(server.requests) == n  # same server: all cached
     other = server.url.replace("127.0.0.1", "localhost")  # type: ignore[attr-defined]
     eng = get_engine("openai", "m", base_url=other, max_retries=1, backoff_s=0.01)
-    run = label_lesions(src, out, engine=eng)
+    run = label_lesions(src, tmp_path / "o2", engine=eng, cache_dir=cache)
     assert len(server.requests) == 2 * n and run.result.counts["cached"] == 0
 
 

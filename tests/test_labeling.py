@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from cxrctx.cli import app
 from cxrctx.errors import CxrctxError
-from cxrctx.io import read_manifest, read_shards
+from cxrctx.io import read_manifest, read_shards, write_shards, write_stage_manifest
 from cxrctx.labeling import label_documents, label_lesions, load_documents, schema_sha256
 from cxrctx.labeling.run import NO_CANDIDATE, NOT_CANDIDATE
 from cxrctx.llm import Sampling, get_engine
@@ -203,17 +203,25 @@ def test_shards_partition_and_merge(tmp_path):
         )
 
 
+def write_priors(folder: Path, df: pl.DataFrame) -> Path:
+    """A finished build-priors folder (records shards + manifest) holding `df`."""
+    shards = write_shards(df, folder / "records", rows_per_shard=1000, relative_to=folder)
+    write_stage_manifest(folder, stage="build-priors", schema_version=1, config={}, shards=shards)
+    return folder
+
+
 def test_records_dir_input_uses_sections(tmp_path):
-    rec = tmp_path / "priors" / "records"
-    rec.mkdir(parents=True)
-    pl.DataFrame(
-        {
-            "study_id": [501, 502],
-            "findings": ["Small left effusion.", None],
-            "impression": ["No edema.", "  "],
-            "indication": ["Cough", "Fever"],
-        }
-    ).write_parquet(rec / "part-00000.parquet")
+    write_priors(
+        tmp_path / "priors",
+        pl.DataFrame(
+            {
+                "study_id": [501, 502],
+                "findings": ["Small left effusion.", None],
+                "impression": ["No edema.", "  "],
+                "indication": ["Cough", "Fever"],
+            }
+        ),
+    )
     ld = load_documents(tmp_path / "priors")
     assert ld.docs["id"].to_list() == ["501", "502"]
     assert ld.docs["text"][0] == "FINDINGS: Small left effusion.\n\nIMPRESSION: No edema."
@@ -417,8 +425,8 @@ def test_out_that_cannot_hold_outputs_fails_first_with_one_line(tmp_path, monkey
 
 def test_stale_temporary_parts_of_a_killed_run_are_removed(tmp_path):
     src = _write_inputs(tmp_path)
+    label_lesions(src, tmp_path / "o", engine=scripted(), id_column="rid", text_column="report")
     stale = tmp_path / "o" / "labels" / ".part-00000.parquet.999.tmp"
-    stale.parent.mkdir(parents=True)
     stale.write_bytes(b"half a parquet file")
     label_lesions(src, tmp_path / "o", engine=scripted(), id_column="rid", text_column="report")
     assert not stale.exists() and (tmp_path / "o" / "labels" / "part-00000.parquet").exists()

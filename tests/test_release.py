@@ -23,6 +23,7 @@ def pipeline(tmp_path_factory):
     The label model is a local file given by absolute path: the release must record it by
     name and sha256 only."""
     from cxrctx.labeling import label_lesions
+    from cxrctx.llm.spec import EngineSpec
     from cxrctx.mimic.build import build_priors
     from cxrctx.synth import synthesize
 
@@ -33,7 +34,9 @@ def pipeline(tmp_path_factory):
     model.parent.mkdir()
     model.write_bytes(b"not really a model")
     build_priors(root, base / "records", workers=1)
-    label_lesions(base / "records", base / "labels", backend="fake", model=str(model))
+    label_lesions(
+        base / "records", base / "labels", engine=EngineSpec(backend="fake", model=str(model))
+    )
     rel = base / "rel"
     make_release(
         base / "records", labels=base / "labels", out=rel, name="demo/ctx", version="1.0.0",

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cxrctx.cli import app
-from cxrctx.io import sha256_file, write_parquet
+from cxrctx.io import read_manifest, sha256_file, write_parquet
 from cxrctx.release import validate
 
 runner = CliRunner()
@@ -19,15 +19,15 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """build-priors + fake labels of a small synthetic root, and their release."""
-    from cxrctx.labeling import label_lesions
+    """build-priors + rules labels of a small synthetic root, and their release."""
+    from cxrctx.labeling import label_rules
     from cxrctx.mimic.build import build_priors
     from cxrctx.synth import synthesize
 
     base = tmp_path_factory.mktemp("validate")
     synthesize(base / "mimic", patients=12, seed=2)
     build_priors(base / "mimic", base / "records", workers=1)
-    label_lesions(base / "records", base / "labels", backend="fake", model="fake")
+    label_rules(base / "records", out=base / "labels")
     res = runner.invoke(
         app,
         ["release", "--records", str(base / "records"), "--labels", str(base / "labels"),
@@ -276,3 +276,12 @@ def test_build_rois_reads_records_through_the_stage_reader(built, tmp_path):
         build_rois(tmp_path / "sg", records=built / "records", out=built / "labels")
     res = build_rois(tmp_path / "sg", records=built / "records", out=tmp_path / "rois")
     assert res.counts["images_considered"] == res.rows + res.rejects
+
+
+def test_a_rules_labelled_release_rebuilds_byte_for_byte_without_a_model(built, tmp_path):
+    from cxrctx.release import rebuild
+
+    rep = rebuild(built / "rel", built / "mimic", out=tmp_path / "rb")
+    assert rep.compared > 0 and rep.identical, (rep.differences[:3], rep.skipped)
+    labels = read_manifest(tmp_path / "rb" / "label-lesions" / "manifest.json")
+    assert labels.config["backend"] == "rules" and labels.config["model"] is None

@@ -73,6 +73,7 @@ def label_lesions_cmd(
     shard: str = typer.Option(None, "--shard", help="Label slice i of n (e.g. 0/4); slices write part i and merge in one OUT."),
     limit: int = typer.Option(None, "--limit", min=1, help="Only the first N documents."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the first prompt and the schema; call no model."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace another run's output in --out (only ever a cxrctx output); the same configuration resumes without it."),
     max_tokens: int = typer.Option(384, "--max-tokens", min=1, help="Output token limit per answer."),
     temperature: float = typer.Option(0.0, "--temperature"),
     seed: int = typer.Option(0, "--seed"),
@@ -111,7 +112,7 @@ def label_lesions_cmd(
     if backend is LabelBackend.rules or (backend is None and not model):
         if model:
             raise fail(CxrctxError("--backend rules takes no --model"))
-        _run_rules(input_path, out, secs, id_column, text_column, shard, limit, dry_run)
+        _run_rules(input_path, out, secs, id_column, text_column, shard, limit, dry_run, overwrite)
         return
     try:
         spec = engine_spec(
@@ -149,7 +150,8 @@ def label_lesions_cmd(
                                             throughput_tokens_per_s=plan_throughput, gpu=plan_gpu,
                                             **common)  # fmt: skip
             else:
-                run = label_lesions(input_path, out, shard=shard, dry_run=dry_run, **common)
+                run = label_lesions(input_path, out, shard=shard, dry_run=dry_run,
+                                    overwrite=overwrite, **common)  # fmt: skip
     except CxrctxError as e:
         raise fail(e) from None
     if plan:
@@ -197,7 +199,7 @@ def _print_dry_run(info: dict) -> None:
 
 def _run_rules(
     input_path: Path, out: Path, secs: list[str], id_column: str, text_column: str,
-    shard: str | None, limit: int | None, dry_run: bool,
+    shard: str | None, limit: int | None, dry_run: bool, overwrite: bool,
 ) -> None:  # fmt: skip
     """`--backend rules`: label with the rules (no model), same output layout."""
     from cxrctx.labeling import label_rules
@@ -206,7 +208,8 @@ def _run_rules(
         with progress_reporter("labeling (rules)", "docs", disable=dry_run) as report:
             run = label_rules(
                 input_path, out=out, sections=secs, id_column=id_column, text_column=text_column,
-                shard=shard, limit=limit, dry_run=dry_run, progress=lambda i, n, _f: report(i, n, ""),
+                shard=shard, limit=limit, dry_run=dry_run, overwrite=overwrite,
+                progress=lambda i, n, _f: report(i, n, ""),
             )  # fmt: skip
     except CxrctxError as e:
         raise fail(e) from None

@@ -49,6 +49,7 @@ from cxrctx.labeling.run import (
     LabelResult,
     LabelRun,
     _open_sinks,
+    claim_output,
     load_documents,
     parse_shard,
     shard_slice,
@@ -323,9 +324,12 @@ def label_rules(
     limit: int | None = None,
     dry_run: bool = False,
     progress: Callable[[int, int, int], None] | None = None,
+    overwrite: bool = False,
 ) -> LabelRun:
     """`label-lesions --backend rules`: label an input (build-priors dir or table file) into
-    `out` with the rules; same files and manifest as the LLM backends (model null)."""
+    `out` with the rules; same files and manifest as the LLM backends (model null). A
+    build-priors input is checked against its manifest first; `out` follows the shared
+    output policy (another run's folder is refused unless `overwrite`)."""
     t0 = time.perf_counter()
     bad = [s for s in sections if s not in SECTIONS]
     if bad:
@@ -351,8 +355,10 @@ def label_rules(
         id_column=id_column if loaded.kind == "file" else None,
         text_column=text_column if loaded.kind == "file" else None, shard=shard, limit=limit,
         batch_size=PROGRESS_EVERY, prepass=False, lexicon_version=lex.version,
-        lexicon_sha256=lex.sha256,
+        lexicon_sha256=lex.sha256, mode=None,
     )  # fmt: skip
+    key = cfg.model_dump(mode="json", exclude={"input", "shard", "batch_size"})
+    claim_output(out_dir, key, loaded, sh, overwrite)
     result, tables = _write_rules(docs, out_dir, sh, progress)
     manifest = write_manifest_for(out_dir, result, cfg, loaded.inputs, tables, sh)
     return LabelRun(out_dir, result, manifest, seconds=time.perf_counter() - t0)

@@ -21,7 +21,15 @@ import polars as pl
 
 from cxrctx import __version__
 from cxrctx.errors import CxrctxError
-from cxrctx.io import input_file, read_shards, shard_paths, write_manifest
+from cxrctx.io import (
+    check_shard_slot,
+    config_hash,
+    input_file,
+    open_stage,
+    prepare_output,
+    read_shards,
+    write_manifest,
+)
 from cxrctx.labeling.models import FailureRow, LabelRow, LabelRunConfig, answer_schema
 from cxrctx.labeling.prompt import LabelPrompt, load_prompt, schema_sha256
 from cxrctx.labeling.task import LabelItem, LesionTask
@@ -36,7 +44,7 @@ from cxrctx.llm.runner import (
     run_task,
 )
 from cxrctx.llm.sink import MemorySink, ShardSink, Sink, remove_stale_tmp
-from cxrctx.llm.spec import EngineSpec
+from cxrctx.llm.spec import EngineSpec, make_engine
 from cxrctx.models import LABEL_SCHEMA_VERSION, Manifest
 from cxrctx.vocab import LESIONS, SECTIONS
 
@@ -276,7 +284,8 @@ def label_documents(
               "engine_requests": stats.requests, "repair_requests": stats.repairs,
               "prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens}  # fmt: skip
     frames = {} if sinks else {name: s.frame() for name, s in memory.items()}
-    return LabelResult(counts, stats.provenance, stats, **frames)
+    return LabelResult(counts, stats.provenance, stats, labels=frames.get("labels"),
+                       documents=frames.get("documents"), failures=frames.get("failures"))  # fmt: skip
 
 
 def _provenance(task: LesionTask, engine: Engine, sampling: Sampling) -> dict[str, Any]:
@@ -308,16 +317,12 @@ def load_documents(
     if not p.exists():
         raise CxrctxError(f"{p}: input not found")
     if p.is_dir():
-        rec_dir = p / "records" if (p / "records").is_dir() else p
-        files = shard_paths(rec_dir)
-        if not files:
-            raise CxrctxError(
-                f"{p}: no records/part-*.parquet (expected a build-priors output directory)"
-            )
-        df = read_shards(rec_dir)
+        st = open_stage(p, "build-priors")  # refuses an unfinished or altered output
+        files = st.shard_files()
+        df = st.read()
         missing = [c for c in ("study_id", *sections) if c not in df.columns]
         if missing:
-            raise CxrctxError(f"{rec_dir}: records lack column(s) {', '.join(missing)}")
+            raise CxrctxError(f"{st.dir}: records lack column(s) {', '.join(missing)}")
         parts = [
             pl.when(pl.col(s).is_not_null() & (pl.col(s).str.strip_chars() != ""))
             .then(pl.lit(f"{s.upper()}: ") + pl.col(s).str.strip_chars())
@@ -328,7 +333,8 @@ def load_documents(
             pl.col("study_id").cast(pl.String).alias("id"),
             pl.concat_str(parts, separator="\n\n", ignore_nulls=True).alias("text"),
         )
-        return LoadedInput(docs, [input_file(f, os.path.relpath(f, p)) for f in files], "records")
+        inputs = [input_file(f, os.path.relpath(f, st.dir)) for f in files]
+        return LoadedInput(docs, inputs, "records")
     suffix = p.suffix.lower()
     try:
         if suffix == ".parquet":
@@ -420,15 +426,16 @@ def _dry_run(docs: pl.DataFrame, lp: LabelPrompt, prepass: bool) -> dict[str, An
     return info
 
 
-def check_writable(out: Path) -> None:
-    """Fail before any work when `out` cannot hold the outputs (a file, a read-only place)."""
-    if out.exists() and not out.is_dir():
-        raise CxrctxError(f"--out {out}: exists and is not a directory")
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise CxrctxError(f"--out {out}: {probe} is not a writable directory")
+def claim_output(
+    out: Path, run_key: dict[str, Any], loaded: LoadedInput, sh: tuple[int, int] | None,
+    overwrite: bool,
+) -> None:  # fmt: skip
+    """The shared output policy for label-lesions, before anything is written: a folder of
+    the same configuration and inputs resumes (slices of one n join it), anything else is
+    refused unless `overwrite`."""
+    check_shard_slot(out, sh)  # whole-input runs and slices of other n never share a folder
+    key = {**run_key, "inputs": [i.sha256 for i in loaded.inputs]}
+    prepare_output(out, stage="label-lesions", config_hash=config_hash(key), overwrite=overwrite)
 
 
 def _open_sinks(out: Path, shard: tuple[int, int] | None) -> dict[str, ShardSink]:
@@ -437,7 +444,8 @@ def _open_sinks(out: Path, shard: tuple[int, int] | None) -> dict[str, ShardSink
         remove_stale_tmp(out / name)
         rows = LABEL_ROWS_PER_SHARD if name == "labels" else LABEL_ROWS_PER_SHARD // 14
         sinks[name] = ShardSink(out / name, schema, rows_per_shard=rows,
-                                part=shard[0] if shard else None, relative_to=out)  # fmt: skip
+                                part=shard[0] if shard else None,
+                                of=shard[1] if shard else None, relative_to=out)  # fmt: skip
     return sinks
 
 
@@ -459,6 +467,8 @@ def label_lesions(
     progress: Callable[[TaskProgress], None] | None = None,
     executor: Executor | None = None,
     mode: str = "llm",
+    overwrite: bool = False,
+    cache_dir: str | os.PathLike | None = None,
 ) -> LabelRun:
     """Label an input (build-priors dir or table file) into `out`; resumable via out/cache.
 
@@ -466,7 +476,10 @@ def label_lesions(
     closed at the end). Rows stream to out/labels, documents, failures per batch.
     `mode`: "llm" asks the model about every candidate lesion; "cot" / "short" run the
     hybrid labeler (`cxrctx.labeling.hybrid`: rules first, the model only for ambiguous
-    lesions; `prompt` is then a hybrid prompt version or file)."""
+    lesions; `prompt` is then a hybrid prompt version or file). A build-priors input is
+    checked against its manifest first; `out` follows the shared output policy (another
+    run's folder is refused unless `overwrite`). `cache_dir` (default out/cache) holds the
+    answers a re-run reuses."""
     from cxrctx.labeling import hybrid
 
     t0 = time.perf_counter()
@@ -485,16 +498,18 @@ def label_lesions(
             else hybrid.hybrid_dry_run(loaded.docs, lp, hmode)
         )
         return LabelRun(out_dir, None, None, dry_run=info, seconds=time.perf_counter() - t0)
-    check_writable(out_dir)
     spec = engine if isinstance(engine, EngineSpec) else None
-    eng = driver_engine(executor, spec) if spec is not None else engine
+    key = _run_key(engine, lp, sampling, sections, id_column, text_column, limit, prepass,
+                   hmode.value, loaded)  # fmt: skip
+    eng = _build_engine(executor, spec) if spec is not None else engine  # checks the route
     assert not isinstance(eng, EngineSpec)
     try:
+        claim_output(out_dir, key, loaded, sh, overwrite)
         return _label_into(input_path, out_dir, eng, spec, loaded, lp, sh, sampling, t0,
                            batch_size=batch_size, prepass=prepass, progress=progress,
                            executor=executor, sections=sections, id_column=id_column,
                            text_column=text_column, shard=shard, limit=limit,
-                           hmode=hmode)  # fmt: skip
+                           hmode=hmode, cache_dir=cache_dir)  # fmt: skip
     except OSError as e:
         raise CxrctxError(f"{out_dir}: cannot write the outputs ({e.strerror or e})") from e
     finally:
@@ -502,12 +517,20 @@ def label_lesions(
             eng.close()
 
 
+def _build_engine(executor: Executor | None, spec: EngineSpec) -> Engine:
+    """The local executor's engine (`make_engine`), or a distributed executor's stand-in."""
+    if callable(getattr(executor, "driver_engine", None)):
+        return driver_engine(executor, spec)
+    return make_engine(spec)
+
+
 def _label_into(
     input_path: Any, out_dir: Path, eng: Engine, spec: EngineSpec | None, loaded: LoadedInput,
-    lp: LabelPrompt, sh: tuple[int, int] | None, sampling: Sampling, t0: float, *,
+    lp: Any, sh: tuple[int, int] | None, sampling: Sampling, t0: float, *,
     batch_size: int | None, prepass: bool, progress: Callable[[TaskProgress], None] | None,
     executor: Executor | None, sections: Any, id_column: str, text_column: str,
     shard: str | None, limit: int | None, hmode: LabelMode,
+    cache_dir: str | os.PathLike | None = None,
 ) -> LabelRun:  # fmt: skip
     """Stream the labels into out_dir's tables, then write the manifest (last)."""
     from cxrctx.labeling import hybrid
@@ -518,7 +541,7 @@ def _label_into(
         label = label_documents if hmode is hybrid.LabelMode.llm else hybrid.label_documents_hybrid
         extra = {"prepass": prepass} if hmode is hybrid.LabelMode.llm else {"mode": hmode}
         result = label(
-            loaded.docs, eng, sampling=sampling, cache_dir=out_dir / "cache", prompt=lp,
+            loaded.docs, eng, sampling=sampling, cache_dir=cache_dir or out_dir / "cache", prompt=lp,
             batch_size=batch_size, progress=progress, cache_writer=writer,
             executor=executor, sinks=dict(sinks), **extra,
         )  # fmt: skip
@@ -539,6 +562,22 @@ def _label_into(
     return LabelRun(out_dir, result, manifest, seconds=time.perf_counter() - t0)
 
 
+def _run_key(engine: Engine | EngineSpec, lp: Any, sampling: Sampling, sections: Any,
+             id_column: str, text_column: str, limit: int | None, prepass: bool, mode: str,
+             loaded: LoadedInput) -> dict[str, Any]:  # fmt: skip
+    """What decides a run's outputs (not the shard, the input's path or the batch size)."""
+    from cxrctx.llm.runner import engine_identity
+
+    rec = loaded.kind == "records"
+    return {
+        "engine": engine.public() if isinstance(engine, EngineSpec) else engine_identity(engine),
+        "prompt_version": lp.version, "prompt_sha256": lp.sha256, "schema_sha256": schema_sha256(),
+        "sampling": sampling.as_dict(), "sections": list(sections) if rec else None,
+        "id_column": None if rec else id_column, "text_column": None if rec else text_column,
+        "limit": limit, "prepass": prepass, "mode": mode,
+    }  # fmt: skip
+
+
 def _run_config(input_path: Any, loaded: LoadedInput, lp: Any, sampling: Sampling,
                 result: LabelResult, spec: EngineSpec | None, sections: Any, id_column: str,
                 text_column: str, shard: str | None, limit: int | None, prepass: bool) -> LabelRunConfig:  # fmt: skip
@@ -549,7 +588,7 @@ def _run_config(input_path: Any, loaded: LoadedInput, lp: Any, sampling: Samplin
         input=str(input_path), sections=list(sections) if loaded.kind == "records" else None,
         id_column=id_column if loaded.kind == "file" else None,
         text_column=text_column if loaded.kind == "file" else None, shard=shard, limit=limit,
-        batch_size=result.stats.batch_size if result.stats else 0, prepass=prepass,
+        batch_size=result.stats.batch_size if result.stats else 0, prepass=prepass, mode=None,
         engine_options=spec.public() if spec is not None else {"base_url": prov.get("base_url")},
     )  # fmt: skip
 

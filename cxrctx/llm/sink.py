@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import polars as pl
 import pyarrow.parquet as pq
 
-from cxrctx.io import SHARD_PATTERN, sha256_file
+from cxrctx.io import sha256_file, shard_name
 from cxrctx.models import ShardInfo
 
 
@@ -44,7 +44,8 @@ class MemorySink:
 
 class ShardSink:
     """Streams rows into `directory/part-NNNNN.parquet`, a new part every `rows_per_shard`
-    rows; `part` pins one part number (a `--shard i/n` slice writes exactly part i).
+    rows; `part` pins one part number (a `--shard i/n` slice writes exactly part i, named
+    `part-0000i-of-0000n.parquet` when `of` = n is given).
     `close()` renames the parts into place and returns their ShardInfo (paths relative to
     `relative_to`); `abort()` removes the unfinished temporary file."""
 
@@ -55,6 +56,7 @@ class ShardSink:
         *,
         rows_per_shard: int = 1_000_000,
         part: int | None = None,
+        of: int | None = None,
         relative_to: str | os.PathLike | None = None,
     ):
         self.dir = Path(directory)
@@ -62,6 +64,7 @@ class ShardSink:
         self.arrow_schema = pl.DataFrame(schema=schema).to_arrow().schema
         self.rows_per_shard = rows_per_shard
         self.part = part
+        self.of = of if part is not None else None
         self.base = Path(relative_to) if relative_to is not None else self.dir
         self._writer: pq.ParquetWriter | None = None
         self._tmp: Path | None = None
@@ -72,7 +75,7 @@ class ShardSink:
 
     def _open(self) -> pq.ParquetWriter:
         if self._writer is None:
-            final = self.dir / SHARD_PATTERN.format(self._index)
+            final = self.dir / shard_name(self._index, self.of)
             self._tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
             self._writer = pq.ParquetWriter(
                 self._tmp, self.arrow_schema, compression="zstd", compression_level=3,
@@ -93,7 +96,7 @@ class ShardSink:
     def _finish_part(self) -> None:
         assert self._writer is not None and self._tmp is not None
         self._writer.close()
-        final = self.dir / SHARD_PATTERN.format(self._index)
+        final = self.dir / shard_name(self._index, self.of)
         with open(self._tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(self._tmp, final)

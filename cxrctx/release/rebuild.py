@@ -108,6 +108,55 @@ def _run_build_priors(root: Path, out: Path, cfg: dict[str, Any], workers: int |
     return out
 
 
+def _check_model(cfg: dict[str, Any], model: str | None) -> None:
+    if model is None and cfg.get("model_sha256"):
+        raise CxrctxError(
+            f"the release was labelled by {cfg['backend']} model {cfg['model']} (sha256 "
+            f"{cfg['model_sha256']}): pass --model PATH to your copy of it, or --labels / --label-cache"
+        )
+    if model is not None and cfg.get("model_sha256") and Path(model).is_file():
+        if sha256_file(model) != cfg["model_sha256"]:
+            raise CxrctxError(f"{model}: sha256 differs from the release's model {cfg['model']}")
+
+
+def _check_prompt(cfg: dict[str, Any]) -> None:
+    """The prompt (or, for the rules, the lexicon) must be the one the release used."""
+    from cxrctx.labeling import load_hybrid_prompt, load_prompt
+    from cxrctx.vocab import lexicon
+
+    mode = cfg.get("mode")
+    if cfg["backend"] == "rules":
+        sha, what = lexicon().sha256, f"lexicon v{cfg.get('lexicon_version')}"
+    elif mode in ("cot", "short"):
+        sha = load_hybrid_prompt(cfg.get("prompt_version")).sha256
+        what = f"hybrid prompt v{cfg.get('prompt_version')}"
+    else:
+        sha, what = (
+            load_prompt(cfg.get("prompt_version")).sha256,
+            f"prompt v{cfg.get('prompt_version')}",
+        )
+    if sha != cfg.get("prompt_sha256"):
+        raise CxrctxError(
+            f"{what} of this cxrctx differs from the release's (sha256 {cfg.get('prompt_sha256')}): "
+            "use the cxrctx version the release names"
+        )
+
+
+def _engine_spec(cfg: dict[str, Any], model: str | None) -> Any:
+    """The recorded engine (backend, options; never a key) with the user's copy of the model."""
+    from cxrctx.llm.spec import EngineSpec
+
+    opts = {
+        k: v for k, v in (cfg.get("engine_options") or {}).items() if k in EngineSpec.model_fields
+    }
+    opts.update(backend=cfg["backend"], model=model or cfg["model"])
+    try:
+        return EngineSpec(**opts)
+    except ValueError as e:
+        first = str(e).splitlines()[0]
+        raise CxrctxError(f"the release's label engine cannot be rebuilt here ({first})") from e
+
+
 def _run_labels(
     records: Path,
     out: Path,
@@ -116,43 +165,27 @@ def _run_labels(
     model: str | None,
     label_cache: Path | None,
 ) -> Path:
-    from cxrctx.labeling import label_lesions, load_prompt
+    """Re-label with the recorded backend: the rules, or the recorded engine and prompt."""
+    from cxrctx.labeling import label_lesions, label_rules
     from cxrctx.llm.base import Sampling
 
-    backend = cfg["backend"]
-    model_arg = model or cfg["model"]
-    if model is None and cfg.get("model_sha256"):
-        raise CxrctxError(
-            f"the release was labelled by {backend} model {cfg['model']} (sha256 {cfg['model_sha256']}): "
-            "pass --model PATH to your copy of it, or --labels / --label-cache"
-        )
-    if model is not None and cfg.get("model_sha256") and Path(model).is_file():
-        if sha256_file(model) != cfg["model_sha256"]:
-            raise CxrctxError(f"{model}: sha256 differs from the release's model {cfg['model']}")
-    if load_prompt(cfg.get("prompt_version")).sha256 != cfg.get("prompt_sha256"):
-        raise CxrctxError(
-            f"prompt v{cfg.get('prompt_version')} of this cxrctx differs from the release's "
-            f"(sha256 {cfg.get('prompt_sha256')}): use the cxrctx version the release names"
-        )
+    sections = cfg.get("sections") or ["findings", "impression"]
+    _check_prompt(cfg)
+    if cfg["backend"] == "rules":
+        label_rules(records, out=out, sections=sections, limit=cfg.get("limit"))
+        return out
+    _check_model(cfg, model)
+    cache = None
     if label_cache is not None:
         src = label_cache / "cache" if (label_cache / "cache").is_dir() else label_cache
-        shutil.copytree(src, out / "cache", dirs_exist_ok=True)
-    kwargs: dict[str, Any] = {
-        "backend": backend,
-        "model": model_arg,
-        "sections": cfg.get("sections") or ("findings", "impression"),
-        "sampling": Sampling(**cfg.get("sampling", {})),
-        "batch_size": cfg.get("batch_size"),
-        "prepass": cfg.get("prepass", True),
-        "prompt": cfg.get("prompt_version"),
-        "limit": cfg.get("limit"),
-    }
-    params = inspect.signature(label_lesions).parameters
-    kwargs = {k: v for k, v in kwargs.items() if k in params}
-    if "out" in params:
-        label_lesions(records, out=out, **kwargs)  # type: ignore[call-arg]
-    else:
-        label_lesions(records, out, **kwargs)
+        cache = out.parent / "label-cache"
+        shutil.copytree(src, cache, dirs_exist_ok=True)
+    label_lesions(
+        records, out, engine=_engine_spec(cfg, model), sections=sections,
+        sampling=Sampling(**cfg.get("sampling", {})), batch_size=cfg.get("batch_size") or None,
+        prepass=cfg.get("prepass", True), prompt=cfg.get("prompt_version"),
+        limit=cfg.get("limit"), mode=cfg.get("mode") or "llm", cache_dir=cache,
+    )  # fmt: skip
     return out
 
 

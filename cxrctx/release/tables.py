@@ -28,7 +28,7 @@ HUB_SPLITS: dict[str, str] = {"train": "train", "validate": "validation", "test"
 UNSPLIT = "unsplit"
 SPLIT_ORDER = ("train", "validation", "test", UNSPLIT)
 STATUSES = ("positive", "negative")
-LABEL_SOURCES = ("llm", "not_candidate", "no_candidate", "rules", "cache")
+LABEL_SOURCES = ("llm", "not_candidate", "no_candidate", "rules", "not_mentioned", "cache")
 
 #: Every column a public table may have, with what it holds. Anything else is refused.
 PUBLIC_COLUMNS: dict[str, str] = {
