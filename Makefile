@@ -26,15 +26,16 @@ $(VENV)/.test: $(VENV)/.core
 setup: $(VENV)/.core
 setup-test: $(VENV)/.test
 
-# The main job end to end on a synthetic MIMIC-CXR root, no model needed: records with
-# priors, lesion labels, a release (public + credentialed bundles), its validation and
-# its per-split table. DEMO_LABELS picks the labeller (the embedded default needs no model).
+# The main job end to end on the bundled example (examples/mimic-mini, written by the
+# synthetic generator), no model needed: records with priors, lesion labels (the rules,
+# the embedded default), a release (public + credentialed bundles), its validation and its
+# per-split table. DEMO_LABELS picks the labeller; EXAMPLE another MIMIC-CXR-shaped root.
 DEMO ?= out/demo
+EXAMPLE ?= examples/mimic-mini
 DEMO_LABELS ?=
 CX ?= $(BIN)/cxrctx
 demo: setup
-	$(CX) synth $(DEMO)/mimic --patients 60 --seed 0
-	$(CX) build-priors $(DEMO)/mimic --out $(DEMO)/records --max-priors 3 --workers 1
+	$(CX) build-priors $(EXAMPLE) --out $(DEMO)/records --max-priors 3 --workers 1
 	$(CX) label-lesions $(DEMO)/records --out $(DEMO)/labels $(DEMO_LABELS)
 	$(CX) release --records $(DEMO)/records --labels $(DEMO)/labels --out $(DEMO)/release \
 		--name cxrctx/demo --version 0.1.0 --format srrg --format maira2 --format jsonl --overwrite

@@ -55,6 +55,7 @@ from cxrctx.labeling.run import (
     shard_slice,
     write_manifest_for,
 )
+from cxrctx.models import Location
 from cxrctx.vocab import LESIONS, SECTIONS, MentionReading, lexicon, read_mentions
 
 __all__ = [
@@ -120,8 +121,8 @@ def _fold(lesion: str, mrs: list[MentionReading], text: str) -> LesionReading:
     spans = sorted({r.sentence for r in deciding})
     evidence = [Evidence.model_construct(start=a, end=b, text=text[a:b]) for a, b in spans]
     return LesionReading.model_construct(
-        lesion=lesion, status="positive" if pos else "negative", location=location,
-        mentioned=True, clarity="ambiguous" if reasons else "clear", reasons=sorted(reasons),
+        lesion=lesion, status="positive" if pos else "negative",
+        location=cast(Location, location), mentioned=True, clarity="ambiguous" if reasons else "clear", reasons=sorted(reasons),
         cues=cues, evidence=evidence, rationale=_rationale(pos, neg, sorted(reasons)),
     )  # fmt: skip
 
