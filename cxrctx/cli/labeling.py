@@ -34,6 +34,7 @@ from cxrctx.cli.engine import (
     progress_reporter,
 )
 from cxrctx.errors import CxrctxError
+from cxrctx.labeling.run import LabelRun
 
 
 class LabelBackend(str, enum.Enum):
@@ -160,6 +161,13 @@ def label_lesions_cmd(
     if run.dry_run is not None:
         _print_dry_run(run.dry_run)
         return
+    _print_summary(run, mode)
+    c = run.result.counts if run.result else {}
+    exit_if_failed(c.get("failed", 0), allow_failures, f"{run.out_dir}/failures/")
+
+
+def _print_summary(run: LabelRun, mode: Mode) -> None:
+    """One line: documents, labels per decision path, failures, engine requests."""
     c = run.result.counts if run.result else {}
     if mode is not Mode.llm:
         console.print(
@@ -170,7 +178,6 @@ def label_lesions_cmd(
             f"{c.get('empty', 0)} empty; {c.get('engine_requests', 0)} engine requests in {run.seconds:.1f}s",
             highlight=False,
         )
-        exit_if_failed(c.get("failed", 0), allow_failures, f"{run.out_dir}/failures/")
         return
     console.print(
         f"[bold]label-lesions[/] → {run.out_dir}: {c.get('documents', 0)} documents, {c.get('labeled', 0)} labeled "
@@ -180,7 +187,6 @@ def label_lesions_cmd(
         f"{c.get('engine_requests', 0)} engine requests in {run.seconds:.1f}s",
         highlight=False,
     )
-    exit_if_failed(c.get("failed", 0), allow_failures, f"{run.out_dir}/failures/")
 
 
 def _print_dry_run(info: dict) -> None:
