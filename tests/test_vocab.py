@@ -221,3 +221,15 @@ def test_drop_in_helpers():
     assert is_negative("No pneumothorax.") and is_negative("The lungs are clear.")
     assert is_negative("Pneumothorax is not seen.")
     assert not is_negative("Left lower lobe atelectasis.")
+
+
+def test_model_literals_spell_the_shared_vocabulary():
+    """pydantic needs literal types; they must list exactly the shared facts, in order."""
+    from typing import get_args
+
+    from cxrctx import models
+    from cxrctx.vocab import LESIONS, LOCATIONS
+
+    assert get_args(models.Lesion) == LESIONS
+    assert get_args(models.Location) == LOCATIONS
+    assert get_args(models.Status) == ("positive", "negative")
