@@ -118,15 +118,8 @@ def _provenance(extra: dict[str, Any]) -> list[str]:
     return out
 
 
-def render_card(
-    kind: str,
-    tables: dict[str, list[ShardInfo]],
-    cfg: Any,
-    summary: dict[str, dict[str, int]],
-    extra: dict[str, Any],
-) -> str:
-    """The whole README.md of one bundle."""
-    allc = summary.get("all", {})
+def _intro(kind: str, cfg: Any) -> list[str]:
+    """Title and what the bundle may hold (public: ids and enums only)."""
     body = [
         f"# {cfg.name} {cfg.version} ({kind})",
         "",
@@ -148,6 +141,12 @@ def render_card(
             "shared under the PhysioNet Credentialed Health Data licence (PhysioNet or a gated "
             "hub repository).",
         ]
+    return body
+
+
+def _tables(tables: dict[str, list[ShardInfo]]) -> list[str]:
+    """One line per table with its row count (JSON Lines exports are not configs)."""
+    body: list[str] = []
     body += ["", "## Tables", ""]
     body += [
         f"- `{n}`: {TABLE_DOCS.get(n, n)} ({sum(s.rows for s in infos):,} rows)"
@@ -159,6 +158,19 @@ def render_card(
         for n, infos in tables.items()
         if infos
     ]
+    return body
+
+
+def _sections(
+    kind: str,
+    tables: dict[str, list[ShardInfo]],
+    cfg: Any,
+    summary: dict[str, dict[str, int]],
+    extra: dict[str, Any],
+) -> list[str]:
+    """Splits, target sections, counts, loading, provenance, limitations, licence."""
+    allc = summary.get("all", {})
+    body: list[str] = []
     body += [
         "",
         "## Splits",
@@ -203,4 +215,16 @@ def render_card(
         "under the PhysioNet Credentialed Health Data License 1.5.0; users need their own "
         "credentialed access to rebuild or use the report text.",
     ]
+    return body
+
+
+def render_card(
+    kind: str,
+    tables: dict[str, list[ShardInfo]],
+    cfg: Any,
+    summary: dict[str, dict[str, int]],
+    extra: dict[str, Any],
+) -> str:
+    """The whole README.md of one bundle."""
+    body = _intro(kind, cfg) + _tables(tables) + _sections(kind, tables, cfg, summary, extra)
     return front_matter(kind, tables, cfg) + "\n" + "\n".join(body) + "\n"

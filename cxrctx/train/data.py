@@ -155,66 +155,64 @@ def join(
     items: list[Item] = []
     skips: list[dict] = []
     for r in roi_df.iter_rows(named=True):
-        bad = unsafe_reason(r["dicom_id"], r["path"])
-        if bad:
-            skips.append({"dicom_id": str(r["dicom_id"]), "study_id": r["study_id"], "reason": bad})
-            continue
-        if r["study_id"] not in split_of:
-            skips.append(
-                {
-                    "dicom_id": r["dicom_id"],
-                    "study_id": r["study_id"],
-                    "reason": "study not in records",
-                }
-            )
-            continue
-        key = str(r["study_id"])
-        if key not in table and require_labels and labels is not None:
-            skips.append(
-                {
-                    "dicom_id": r["dicom_id"],
-                    "study_id": r["study_id"],
-                    "reason": "no labels for study",
-                }
-            )
-            continue
-        pos = table.get(key, {})
-        rois_sorted = sorted(r["rois"], key=lambda x: ROI_INDEX.get(x["name"], 99))
-        if [x["name"] for x in rois_sorted] != list(ROIS):
-            skips.append(
-                {
-                    "dicom_id": r["dicom_id"],
-                    "study_id": r["study_id"],
-                    "reason": "ROI row without the 11 ROIs",
-                }
-            )
-            continue
-        items.append(
-            Item(
-                dicom_id=r["dicom_id"],
-                study_id=r["study_id"],
-                subject_id=r["subject_id"],
-                split=split_of[r["study_id"]],
-                path=r["path"],
-                rows=r["rows"],
-                columns=r["columns"],
-                boxes=[(x["x1"], x["y1"], x["x2"], x["y2"]) for x in rois_sorted],
-                texts=[
-                    " ".join(
-                        findings_first(list(x["sentences"] or []))
-                        if order_findings_first
-                        else x["sentences"] or []
-                    )
-                    for x in rois_sorted
-                ],
-                targets=[1.0 if les in pos else 0.0 for les in LESIONS],
-                roi_keys=roi_keys(pos),
-                labeled=key in table,
-                view_position=r["view_position"],
-                abnormal=[bool(x.get("abnormal")) for x in rois_sorted],
-            )
-        )
+        why = _skip_reason(r, split_of, table, require_labels and labels is not None)
+        if why:
+            skips.append({"dicom_id": str(r["dicom_id"]), "study_id": r["study_id"], "reason": why})
+        else:
+            items.append(_item(r, split_of[r["study_id"]], table, order_findings_first))
     return Joined(items=items, skips=skips)
+
+
+def _sorted_rois(r: dict) -> list[dict]:
+    return sorted(r["rois"], key=lambda x: ROI_INDEX.get(x["name"], 99))
+
+
+def _skip_reason(
+    r: dict, split_of: dict, table: dict[str, dict[str, str]], need_labels: bool
+) -> str | None:
+    """Why a ROI row cannot become a training item (None: it can)."""
+    bad = unsafe_reason(r["dicom_id"], r["path"])
+    if bad:
+        return bad
+    if r["study_id"] not in split_of:
+        return "study not in records"
+    if need_labels and str(r["study_id"]) not in table:
+        return "no labels for study"
+    if [x["name"] for x in _sorted_rois(r)] != list(ROIS):
+        return "ROI row without the 11 ROIs"
+    return None
+
+
+def _item(
+    r: dict, split: str, table: dict[str, dict[str, str]], order_findings_first: bool
+) -> Item:
+    """One training item: boxes and sentences in ROIS order, lesion targets, ROI keys."""
+    key = str(r["study_id"])
+    pos = table.get(key, {})
+    rois_sorted = _sorted_rois(r)
+    return Item(
+        dicom_id=r["dicom_id"],
+        study_id=r["study_id"],
+        subject_id=r["subject_id"],
+        split=split,
+        path=r["path"],
+        rows=r["rows"],
+        columns=r["columns"],
+        boxes=[(x["x1"], x["y1"], x["x2"], x["y2"]) for x in rois_sorted],
+        texts=[
+            " ".join(
+                findings_first(list(x["sentences"] or []))
+                if order_findings_first
+                else x["sentences"] or []
+            )
+            for x in rois_sorted
+        ],
+        targets=[1.0 if les in pos else 0.0 for les in LESIONS],
+        roi_keys=roi_keys(pos),
+        labeled=key in table,
+        view_position=r["view_position"],
+        abnormal=[bool(x.get("abnormal")) for x in rois_sorted],
+    )
 
 
 # ----------------------------------------------------------------------------- images
