@@ -208,11 +208,18 @@ def test_progress_callback_and_plain_progress_lines(tmp_path):
     root = _tiny(tmp_path)
     events: list[tuple[str, int, int]] = []
     build_priors(root, tmp_path / "a", workers=1, progress=lambda *e: events.append(e))
-    reports = [e for e in events if e[0] == "reports"]
-    assert reports[0] == ("reports", 0, 5) and reports[-1] == ("reports", 5, 5)
+    # From a files/ tree the workers list the patient folders themselves: that is the unit
+    # (the third patient of the tiny root has no report, hence no folder).
+    folders = [e for e in events if e[0] == "report folders"]
+    assert folders[0] == ("report folders", 0, 2) and folders[-1] == ("report folders", 2, 2)
     res = runner.invoke(app, ["build-priors", str(root), "--out", str(tmp_path / "b")])
     assert res.exit_code == 0, res.output
-    assert "build-priors: reports 5/5 (100%)" in res.output
+    assert "build-priors: report folders 2/2 (100%)" in res.output
+    events.clear()
+    zipped = _tiny(tmp_path / "z", zip_reports=True)
+    build_priors(zipped, tmp_path / "c", workers=1, progress=lambda *e: events.append(e))
+    reports = [e for e in events if e[0] == "reports"]
+    assert reports[0] == ("reports", 0, 5) and reports[-1] == ("reports", 5, 5)
 
 
 def test_cli_help_lists_formats_and_example():

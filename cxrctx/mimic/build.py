@@ -40,9 +40,8 @@ from cxrctx.io import (
 from cxrctx.mimic import layout as L
 from cxrctx.mimic.images import load_images, prepare_images, study_table
 from cxrctx.mimic.priors import join_priors
-from cxrctx.mimic.reader import ReportReader, report_index, report_source
+from cxrctx.mimic.reader import ReportReader, report_source
 from cxrctx.mimic.schema import RECORD_SCHEMA, conform
-from cxrctx.mimic.sections import FIELDS
 from cxrctx.mimic.summary import reconcile, reject_table, summaries, write_jsonl
 from cxrctx.models import RECORD_SCHEMA_VERSION, Manifest
 from cxrctx.vocab import FLAGS
@@ -176,11 +175,10 @@ def build_priors(
     )
     if Path(out).is_dir() and any(Path(out).iterdir()):
         claim()  # refuse another run's folder (or resume ours) before any work
-    # Start reading every report in worker processes; the columnar work overlaps.
-    reports = report_index(lay)
-    reader = ReportReader(lay.root, lay.reports_zip, reports, cfg.workers, cfg.max_report_bytes)
+    # Start listing and reading every report in worker processes; the columnar work overlaps.
+    reader = ReportReader(lay, cfg.workers, cfg.max_report_bytes)
     try:
-        return _build(lay, cfg, Path(out), reports, reader, progress, claim)
+        return _build(lay, cfg, Path(out), reader, progress, claim)
     finally:
         reader.close()
 
@@ -189,7 +187,6 @@ def _build(
     lay: L.MimicLayout,
     cfg: BuildPriorsConfig,
     out: Path,
-    reports: pl.DataFrame,
     reader: ReportReader,
     progress: ProgressFn | None,
     claim: Callable[[], object],
@@ -203,12 +200,15 @@ def _build(
 
     inp = _read_inputs(lay, cfg, progress)
     done("inputs read")
+    tick = _Ticker(progress, reader.unit)
+    tick.start(reader.n)
+    reports = reader.collect(tick.advance)
+    done("reports read")
     studies, studies_in = _assemble_studies(inp.img, reports, inp.rejects)
     studies = _reject_unplaced(studies, inp.rejects)
     _reject_missing_reports(lay, studies, inp.rejects)
+    good = _report_rejects(lay, reports, studies, inp.rejects)
     done("study table")
-    good = _collect_reports(lay, reader, reports, studies, inp.rejects, progress)
-    done("reports read")
     prior_lists, stats = _prior_lists(studies, good, cfg.max_priors)
     done("priors joined")
     rec = _assemble_records(studies, good, stats, prior_lists, inp, reader)
@@ -364,28 +364,12 @@ def _reject_missing_reports(lay: L.MimicLayout, studies: pl.DataFrame, rejects: 
         )
 
 
-def _collect_reports(
-    lay: L.MimicLayout,
-    reader: ReportReader,
-    reports: pl.DataFrame,
-    studies: pl.DataFrame,
-    rejects: list[dict],
-    progress: ProgressFn | None,
+def _report_rejects(
+    lay: L.MimicLayout, reports: pl.DataFrame, studies: pl.DataFrame, rejects: list[dict]
 ) -> pl.DataFrame:
     """Sections of the readable reports of the remaining studies; unreadable ones → rejects."""
-    tick = _Ticker(progress, "reports")
-    tick.start(reader.n)
-    cols = reader.collect(tick.advance)
-    text_schema = {
-        "report_sha256": pl.String,
-        "report_error": pl.String,
-        "report_error_detail": pl.String,
-    }
-    text_schema.update({f: pl.String for f in FIELDS})
-    texts = (
-        pl.DataFrame(cols, schema=text_schema)
-        .with_columns(reports["study_id"], reports["report_path"])
-        .join(studies.select("study_id", "report_path"), on=["study_id", "report_path"], how="semi")
+    texts = reports.join(
+        studies.select("study_id", "report_path"), on=["study_id", "report_path"], how="semi"
     )
     for row in (
         texts.filter(pl.col("report_error").is_not_null())
@@ -402,7 +386,7 @@ def _collect_reports(
             }
         )
     return texts.filter(pl.col("report_error").is_null()).drop(
-        "report_error", "report_error_detail", "report_path"
+        "subject_id", "report_error", "report_error_detail", "report_path"
     )
 
 

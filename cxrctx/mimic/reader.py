@@ -1,7 +1,7 @@
-"""Report files → columns: the report index, and a pool that reads reports early.
+"""Report files → one table: the report index and every report's sections, read early.
 
 The pool is started (and every chunk submitted) before the CSVs are parsed, so the main
-process does its columnar work while the workers read files.
+process does its columnar work while the workers list patient folders and read files.
 """
 
 from __future__ import annotations
@@ -9,50 +9,59 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
-from pathlib import Path
+from typing import Any
 
 import polars as pl
 
 from cxrctx.mimic import layout as L
 from cxrctx.mimic.reports import (
+    INDEX_FIELDS,
     META_FIELDS,
-    Chunk,
     mp_context,
-    process_chunk,
     quiet_fork,
+    read_entries,
+    read_folders,
     temporal_chunk,
 )
 from cxrctx.mimic.sections import FIELDS
 
-SERIAL_BELOW = 2000  # reports; below this, sectioning runs in-process (no pool start-up)
+#: Below this many units (patient folders, or zip entries), reading runs in-process at
+#: `collect()`: starting a pool costs more than it saves.
+SERIAL_BELOW = 600
+
+#: Column types of the table `collect()` returns.
+REPORT_SCHEMA: dict[str, type[pl.DataType]] = {
+    "study_id": pl.Int64,
+    "subject_id": pl.Int64,
+    "report_path": pl.String,
+    **{k: pl.String for k in (*META_FIELDS, *FIELDS)},
+}
 
 
 class ReportReader:
-    """Reads and sections reports in worker processes, started early.
+    """Lists, reads and sections reports in worker processes, started at construction.
 
-    The pool is started (and every chunk submitted) before the CSVs are parsed, so the
-    main process does its columnar work while the workers read files; `collect()` then
-    gathers the columns in input order. Small inputs run in-process at `collect()`.
+    From a files/ tree the unit of work is a patient folder (the workers list it, so the
+    ~65k-folder walk runs in parallel with everything else); from a zip it is an entry of
+    the central directory. `collect()` gathers the columns in input order.
     """
 
-    def __init__(
-        self,
-        root: Path,
-        zip_path: Path | None,
-        index: pl.DataFrame,
-        workers: int,
-        max_bytes: int,
-    ) -> None:
-        zp = str(zip_path) if zip_path is not None else None
-        rels = index["report_path"].to_list()
-        linked = frozenset(index.filter("linked")["report_path"].to_list())
-        self.n = len(rels)
-        self.serial = workers <= 1 or len(rels) < SERIAL_BELOW
-        size = 2000 if self.serial else max(500, min(4000, len(rels) // (workers * 8) + 1))
-        self.chunks: list[Chunk] = [
-            (str(root), zp, rels[i : i + size], max_bytes, linked & set(rels[i : i + size]))
-            for i in range(0, len(rels), size)
-        ]
+    def __init__(self, lay: L.MimicLayout, workers: int, max_bytes: int) -> None:
+        self.lay = lay
+        self.func: Callable[[Any], dict[str, list]]
+        units: list[Any]
+        if lay.reports_zip is not None:
+            idx = L.zip_report_index(lay.reports_zip)
+            units = [(sid, subj, name) for sid, (name, subj) in sorted(idx.items())]
+            self.unit, self.func, head = "reports", read_entries, str(lay.reports_zip)
+        else:
+            assert lay.files_dir is not None
+            units = L.report_folders(lay.files_dir)
+            self.unit, self.func, head = "report folders", read_folders, str(lay.root)
+        self.n = len(units)
+        self.serial = workers <= 1 or self.n < SERIAL_BELOW
+        size = 500 if self.serial else max(100, min(2000, self.n // (workers * 8) + 1))
+        self.chunks = [(head, units[i : i + size], max_bytes) for i in range(0, self.n, size)]
         self._stack = contextlib.ExitStack()
         self._futures: list[Future] = []
         if not self.serial:
@@ -60,21 +69,25 @@ class ReportReader:
             self._pool = self._stack.enter_context(
                 ProcessPoolExecutor(max_workers=workers, mp_context=mp_context())
             )
-            self._futures = [self._pool.submit(process_chunk, c) for c in self.chunks]
+            self._futures = [self._pool.submit(self.func, c) for c in self.chunks]
 
-    def collect(self, on_progress: Callable[[int], None] | None = None) -> dict[str, list]:
-        cols: dict[str, list] = {k: [] for k in (*META_FIELDS, *FIELDS)}
+    def collect(self, on_progress: Callable[[int], None] | None = None) -> pl.DataFrame:
+        """study_id, subject_id, report_path, report_sha256, report_error(_detail) and the
+        sections of every report present, one row per study_id (the first report found
+        for it), sorted by study_id. No report at all is fatal."""
+        cols: dict[str, list] = {k: [] for k in REPORT_SCHEMA}
         results = (
-            (f.result() for f in self._futures)
-            if not self.serial
-            else map(process_chunk, self.chunks)
+            (f.result() for f in self._futures) if not self.serial else map(self.func, self.chunks)
         )
         for res, chunk in zip(results, self.chunks, strict=True):
             for k, v in res.items():
                 cols[k].extend(v)
             if on_progress:
-                on_progress(len(chunk[2]))
-        return cols
+                on_progress(len(chunk[1]))
+        if not cols["study_id"]:
+            raise L.no_reports_error(self.lay.root, self.lay.reports_zip)
+        df = pl.DataFrame(cols, schema=REPORT_SCHEMA)
+        return df.unique("study_id", keep="first", maintain_order=True).sort("study_id")
 
     def temporal(self, pairs: list[tuple[str | None, str | None]]) -> list[bool]:
         """`has_temporal_reference(findings, impression)` per pair, on the same pool.
@@ -84,7 +97,7 @@ class ReportReader:
         size = 4000
         chunks = [pairs[i : i + size] for i in range(0, len(pairs), size)]
         results: Iterable[list[bool]]
-        if self.serial or len(pairs) < SERIAL_BELOW:
+        if self.serial or len(pairs) < 2000:
             results = map(temporal_chunk, chunks)
         else:
             results = self._pool.map(temporal_chunk, chunks)
@@ -101,24 +114,4 @@ def report_source(lay: L.MimicLayout, rel: str) -> str:
     return f"{lay.reports_zip.name}: {rel}" if lay.reports_zip is not None else rel
 
 
-def report_index(lay: L.MimicLayout) -> pl.DataFrame:
-    """study_id, subject_id, report_path, linked for every report present (at least one)."""
-    if lay.reports_zip is not None:
-        idx = L.zip_report_index(lay.reports_zip)
-        data = [(sid, subj, name, False) for sid, (name, subj) in idx.items()]
-    else:
-        assert lay.files_dir is not None
-        data = [(sid, subj, rel, ln) for subj, sid, rel, ln in L.iter_report_files(lay.files_dir)]
-    if not data:
-        raise L.no_reports_error(lay.root, lay.reports_zip)
-    df = pl.DataFrame(
-        data,
-        schema={
-            "study_id": pl.Int64,
-            "subject_id": pl.Int64,
-            "report_path": pl.String,
-            "linked": pl.Boolean,
-        },
-        orient="row",
-    )
-    return df.unique("study_id", keep="first").sort("study_id")
+__all__ = ["INDEX_FIELDS", "REPORT_SCHEMA", "ReportReader", "report_source"]

@@ -18,6 +18,7 @@ import zipfile
 import zlib
 from collections.abc import Iterator
 
+from cxrctx.errors import CxrctxError
 from cxrctx.mimic.sections import FIELDS, has_temporal_reference, parse_report
 
 #: Columns returned per chunk, beside the section FIELDS.
@@ -134,38 +135,84 @@ def _inside(root: str, path: str) -> bool:
     return os.path.realpath(path).startswith(real_root + os.sep)
 
 
-Chunk = tuple[str, str | None, list[str], int, frozenset[str]]
-"""(root, zip path or None, report paths, size cap in bytes, paths under a linked folder)."""
+#: Index columns returned per chunk (before META_FIELDS and the section FIELDS).
+INDEX_FIELDS = ("study_id", "subject_id", "report_path")
+
+FolderChunk = tuple[str, list[tuple[str, bool]], int]
+"""(root, [(patient folder relative to the root, under a linked folder)], size cap in bytes)."""
+EntryChunk = tuple[str, list[tuple[int, int, str]], int]
+"""(zip path, [(study_id, subject_id, entry name)], size cap in bytes)."""
 
 
-def process_chunk(args: Chunk) -> dict[str, list]:
-    """Read and section each report of the chunk; returns column lists in chunk order."""
-    root, zip_path, rels, max_bytes, linked = args
-    cols: dict[str, list] = {k: [] for k in (*META_FIELDS, *FIELDS)}
-    empty = (None,) * len(FIELDS)
-    for rel in rels:
-        if zip_path is not None:
-            data, err, detail = read_entry(zip_path, rel, max_bytes)
+def _empty_columns() -> dict[str, list]:
+    return {k: [] for k in (*INDEX_FIELDS, *META_FIELDS, *FIELDS)}
+
+
+_EMPTY_SECTIONS = (None,) * len(FIELDS)
+
+
+def _add(cols: dict[str, list], ids: tuple[int, int, str], read: Read) -> None:
+    """Hash, decode and section one report's bytes into the chunk's columns."""
+    data, err, detail = read
+    sha = None
+    sections: tuple = _EMPTY_SECTIONS
+    if data is not None:
+        sha = hashlib.sha256(data).hexdigest()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            err, detail = "non_utf8_report", f"invalid UTF-8 at byte {e.start}"
         else:
-            data, err, detail = read_file(root, rel, max_bytes, rel in linked)
-        sha = None
-        sections: tuple = empty
-        if data is not None:
-            sha = hashlib.sha256(data).hexdigest()
-            try:
-                text = data.decode("utf-8")
-            except UnicodeDecodeError as e:
-                err, detail = "non_utf8_report", f"invalid UTF-8 at byte {e.start}"
+            if not text.strip():
+                err, detail = "empty_report", "no text"
             else:
-                if not text.strip():
-                    err, detail = "empty_report", "no text"
-                else:
-                    sections = parse_report(text)
-        cols["report_sha256"].append(sha)
-        cols["report_error"].append(err)
-        cols["report_error_detail"].append(detail)
-        for k, v in zip(FIELDS, sections, strict=True):
-            cols[k].append(v)
+                sections = parse_report(text)
+    for k, v in zip(INDEX_FIELDS, ids, strict=True):
+        cols[k].append(v)
+    cols["report_sha256"].append(sha)
+    cols["report_error"].append(err)
+    cols["report_error_detail"].append(detail)
+    for k, v in zip(FIELDS, sections, strict=True):
+        cols[k].append(v)
+
+
+def folder_reports(root: str, folder: str) -> list[tuple[int, int, str]]:
+    """(subject_id, study_id, path relative to the root) of each sNNNNNNNN.txt report in
+    one patient folder, sorted by name; image folders (sNNNNNNNN/) are never entered."""
+    path = os.path.join(root, folder)
+    try:
+        names = os.listdir(path)
+    except (NotADirectoryError, FileNotFoundError):
+        return []
+    except OSError as e:
+        raise CxrctxError(f"{path}: cannot list the report folder: {e.strerror or e}") from None
+    subject = int(folder.rsplit("/p", 1)[1])
+    return [
+        (subject, int(name[1:-4]), f"{folder}/{name}")
+        for name in sorted(names)
+        if name[0] == "s" and name.endswith(".txt") and name[1:-4].isdigit()
+    ]
+
+
+def read_folders(args: FolderChunk) -> dict[str, list]:
+    """List, read and section the reports of each patient folder of the chunk, in order.
+
+    Listing the ~65k patient folders here, in the workers, rather than up front in the
+    parent keeps the directory walk off the critical path."""
+    root, folders, max_bytes = args
+    cols = _empty_columns()
+    for folder, linked in folders:
+        for subject, study, rel in folder_reports(root, folder):
+            _add(cols, (study, subject, rel), read_file(root, rel, max_bytes, linked))
+    return cols
+
+
+def read_entries(args: EntryChunk) -> dict[str, list]:
+    """Read and section each zip entry of the chunk, in order."""
+    zip_path, entries, max_bytes = args
+    cols = _empty_columns()
+    for study, subject, name in entries:
+        _add(cols, (study, subject, name), read_entry(zip_path, name, max_bytes))
     return cols
 
 
