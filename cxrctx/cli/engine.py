@@ -233,6 +233,31 @@ def executor_scope(kind: ExecutorKind, ray_address: str | None, workers: int) ->
             ex.close()
 
 
+def token_progress(report: Callable[..., None]) -> Callable[[Any], None]:
+    """A TaskProgress callback for `report`: done/total, output tokens/s and failures."""
+    t0 = time.perf_counter()
+
+    def on_progress(p: Any) -> None:
+        dt = max(1e-9, time.perf_counter() - t0)
+        report(p.done, p.total, f"{p.tokens / dt:.0f} tok/s, {p.failed} failed" if p.done else "")
+
+    return on_progress
+
+
+@contextmanager
+def model_run(
+    kind: ExecutorKind, ray_address: str | None, workers: int, label: str, unit: str,
+    disable: bool = False,
+) -> Iterator[dict[str, Any]]:  # fmt: skip
+    """`executor=` and `progress=` for one model-calling library call: the executor of the
+    options (closed at the end) and a token-rate progress bar (or plain lines)."""
+    with (
+        executor_scope(kind, ray_address, workers) as ex,
+        progress_reporter(label, unit, disable=disable) as report,
+    ):
+        yield {"executor": ex, "progress": token_progress(report)}
+
+
 def print_plan(plan: Any) -> None:
     """The token budget of a `--plan` run (a cxrctx.llm.plan.Plan)."""
     from rich.table import Table

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import enum
 import json
-import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -28,13 +28,16 @@ from cxrctx.cli.engine import (
     TimeoutOpt,
     WorkersOpt,
     engine_spec,
-    executor_scope,
     exit_if_failed,
+    model_run,
     print_plan,
     progress_reporter,
 )
 from cxrctx.errors import CxrctxError
 from cxrctx.labeling.run import LabelRun
+
+if TYPE_CHECKING:
+    from cxrctx.llm.plan import Plan
 
 
 class LabelBackend(str, enum.Enum):
@@ -106,64 +109,74 @@ def label_lesions_cmd(
       cxrctx label-lesions out/priors --out out/labels --backend vllm --model Qwen/Qwen2.5-7B-Instruct \\
           --executor ray --ray-address auto --workers 8 --plan --plan-throughput 6300
     """
-    from cxrctx.labeling import label_lesions
+    secs = [s.strip() for s in sections.split(",") if s.strip()]
+    docs = dict(sections=secs, id_column=id_column, text_column=text_column, limit=limit)
+    if _rules_chosen(backend, model):
+        _run_rules(input_path, out, docs, shard=shard, dry_run=dry_run, overwrite=overwrite)
+        return
     from cxrctx.llm import Sampling
 
-    secs = [s.strip() for s in sections.split(",") if s.strip()]
+    try:
+        spec = engine_spec(
+            Backend((backend or LabelBackend.llamacpp).value), model, base_url=base_url, api_key_env=api_key_env,
+            engine_opt=engine_opt, timeout=timeout, threads=threads, allow_public_api=allow_public_api,
+        )  # fmt: skip
+        if plan and (shard or dry_run):
+            raise CxrctxError("--plan projects the whole input: drop --shard and --dry-run")
+        sampling = Sampling(temperature=temperature, max_tokens=max_tokens, seed=seed)
+        task = dict(docs, engine=spec, sampling=sampling, batch_size=batch_size,
+                    prepass=not no_prepass, prompt=prompt, mode=mode.value)  # fmt: skip
+        with model_run(executor, ray_address, workers, "labeling", "docs", disable=dry_run) as run:
+            if plan:
+                budget = _plan(input_path, out, plan_sample, plan_throughput, plan_gpu, task | run)
+            else:
+                result = _label(input_path, out, shard, dry_run, overwrite, task | run)
+    except CxrctxError as e:
+        raise fail(e) from None
+    _present(budget if plan else result, mode, allow_failures)
+
+
+def _rules_chosen(backend: LabelBackend | None, model: str | None) -> bool:
+    """Whether the rules label everything: --backend rules, or neither --backend nor --model."""
     if backend is LabelBackend.rules or (backend is None and not model):
         if model:
             raise fail(CxrctxError("--backend rules takes no --model"))
-        _run_rules(input_path, out, secs, id_column, text_column, shard, limit, dry_run, overwrite)
-        return
-    try:
-        spec = engine_spec(
-            Backend((backend or LabelBackend.llamacpp).value), model, base_url=base_url, api_key_env=api_key_env, engine_opt=engine_opt,
-            timeout=timeout, threads=threads, allow_public_api=allow_public_api,
-        )  # fmt: skip
-        assert spec is not None
-        if plan and (shard or dry_run):
-            raise CxrctxError("--plan projects the whole input: drop --shard and --dry-run")
-        with (
-            executor_scope(executor, ray_address, workers) as ex,
-            progress_reporter("labeling", "docs", disable=dry_run) as report,
-        ):
-            t0 = time.perf_counter()
+        return True
+    return False
 
-            def on_progress(p) -> None:
-                dt = max(1e-9, time.perf_counter() - t0)
-                report(
-                    p.done,
-                    p.total,
-                    f"{p.tokens / dt:.0f} tok/s, {p.failed} failed" if p.done else "",
-                )
 
-            common = dict(
-                engine=spec, sections=secs, id_column=id_column, text_column=text_column,
-                limit=limit, sampling=Sampling(temperature=temperature, max_tokens=max_tokens, seed=seed),
-                batch_size=batch_size, prepass=not no_prepass, prompt=prompt, progress=on_progress,
-                mode=mode.value,
-                executor=ex,
-            )  # fmt: skip
-            if plan:
-                from cxrctx.labeling.plan import plan_label_lesions
+def _label(
+    input_path: Path, out: Path, shard: str | None, dry_run: bool, overwrite: bool,
+    task: dict[str, Any],
+) -> LabelRun:  # fmt: skip
+    """The labeling run with a model (`task`: the model and document options)."""
+    from cxrctx.labeling import label_lesions
 
-                budget = plan_label_lesions(input_path, out, sample=plan_sample,
-                                            throughput_tokens_per_s=plan_throughput, gpu=plan_gpu,
-                                            **common)  # fmt: skip
-            else:
-                run = label_lesions(input_path, out, shard=shard, dry_run=dry_run,
-                                    overwrite=overwrite, **common)  # fmt: skip
-    except CxrctxError as e:
-        raise fail(e) from None
-    if plan:
-        print_plan(budget)
+    return label_lesions(input_path, out, shard=shard, dry_run=dry_run, overwrite=overwrite, **task)
+
+
+def _plan(
+    input_path: Path, out: Path, sample: int, throughput: float, gpu: str, task: dict[str, Any]
+) -> Plan:
+    """`--plan`: label a sample into OUT/plan-sample and project the token budget."""
+    from cxrctx.labeling.plan import plan_label_lesions
+
+    return plan_label_lesions(
+        input_path, out, sample=sample, throughput_tokens_per_s=throughput, gpu=gpu, **task
+    )
+
+
+def _present(outcome: LabelRun | Plan, mode: Mode, allow_failures: bool) -> None:
+    """The plan, the dry run's prompt, or the summary line (exit 1 when documents failed)."""
+    if not isinstance(outcome, LabelRun):
+        print_plan(outcome)
         return
-    if run.dry_run is not None:
-        _print_dry_run(run.dry_run)
+    if outcome.dry_run is not None:
+        _print_dry_run(outcome.dry_run)
         return
-    _print_summary(run, mode)
-    c = run.result.counts if run.result else {}
-    exit_if_failed(c.get("failed", 0), allow_failures, f"{run.out_dir}/failures/")
+    _print_summary(outcome, mode)
+    c = outcome.result.counts if outcome.result else {}
+    exit_if_failed(c.get("failed", 0), allow_failures, f"{outcome.out_dir}/failures/")
 
 
 def _print_summary(run: LabelRun, mode: Mode) -> None:
@@ -204,8 +217,8 @@ def _print_dry_run(info: dict) -> None:
 
 
 def _run_rules(
-    input_path: Path, out: Path, secs: list[str], id_column: str, text_column: str,
-    shard: str | None, limit: int | None, dry_run: bool, overwrite: bool,
+    input_path: Path, out: Path, docs: dict[str, Any], *, shard: str | None, dry_run: bool,
+    overwrite: bool,
 ) -> None:  # fmt: skip
     """`--backend rules`: label with the rules (no model), same output layout."""
     from cxrctx.labeling import label_rules
@@ -213,9 +226,8 @@ def _run_rules(
     try:
         with progress_reporter("labeling (rules)", "docs", disable=dry_run) as report:
             run = label_rules(
-                input_path, out=out, sections=secs, id_column=id_column, text_column=text_column,
-                shard=shard, limit=limit, dry_run=dry_run, overwrite=overwrite,
-                progress=lambda i, n, _f: report(i, n, ""),
+                input_path, out=out, shard=shard, dry_run=dry_run, overwrite=overwrite,
+                progress=lambda i, n, _f: report(i, n, ""), **docs,
             )  # fmt: skip
     except CxrctxError as e:
         raise fail(e) from None

@@ -191,16 +191,11 @@ def generate_cmd(
             )
     except CxrctxError as e:
         raise fail(e) from None
-    _print_generate(res, out)
-    c = res.counts
-    exit_if_failed(
-        c.get("empty_reports", 0) + c.get("aggregator_failures", 0),
-        allow_failures,
-        f"{out}/generated (empty reports, aggregator_error)",
-    )
+    _present_generate(res, out, allow_failures)
 
 
-def _print_generate(res: GenerateResult, out: Path) -> None:
+def _present_generate(res: GenerateResult, out: Path, allow_failures: bool) -> None:
+    """The counts and skip reasons; exit 1 on empty reports or aggregator failures."""
     c = res.counts
     console.print(
         f"generate: {c['generated']} reports for {c['studies']} studies, "
@@ -210,6 +205,11 @@ def _print_generate(res: GenerateResult, out: Path) -> None:
     )
     for reason, n in res.skips.items():
         console.print(f"  skipped: {reason}: {n}", highlight=False, markup=False)
+    exit_if_failed(
+        c.get("empty_reports", 0) + c.get("aggregator_failures", 0),
+        allow_failures,
+        f"{out}/generated (empty reports, aggregator_error)",
+    )
 
 
 @app.command("evaluate")

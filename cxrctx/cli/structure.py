@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -26,12 +26,15 @@ from cxrctx.cli.engine import (
     TimeoutOpt,
     WorkersOpt,
     engine_spec,
-    executor_scope,
     exit_if_failed,
+    model_run,
     print_plan,
-    progress_reporter,
 )
 from cxrctx.errors import CxrctxError
+
+if TYPE_CHECKING:
+    from cxrctx.llm.plan import Plan
+    from cxrctx.structure.run import StructureRun
 
 
 @app.command("structure-reports")
@@ -86,7 +89,6 @@ def structure_reports_cmd(
           --plan --plan-throughput 6300
     """
     from cxrctx.llm import Sampling
-    from cxrctx.structure.run import structure_reports
 
     try:
         spec = engine_spec(
@@ -94,36 +96,45 @@ def structure_reports_cmd(
             timeout=timeout, threads=threads, allow_public_api=allow_public_api,
         )  # fmt: skip
         assert spec is not None
-        with (
-            executor_scope(executor, ray_address, workers) as ex,
-            progress_reporter("structuring", "reports") as report,
-        ):
-            t0 = time.perf_counter()
-
-            def on_progress(p) -> None:
-                dt = max(1e-9, time.perf_counter() - t0)
-                extra = f"{p.tokens / dt:.0f} tok/s, {p.failed} failed" if p.done else ""
-                report(p.done, p.total, extra)
-
-            common = dict(
-                engine=spec, priors=priors, id_column=id_column, limit=limit,
-                sampling=Sampling(temperature=temperature, max_tokens=max_tokens, seed=seed),
-                batch_size=batch_size, prompt=prompt, progress=on_progress, executor=ex,
-                overwrite=overwrite,
-            )  # fmt: skip
+        task = dict(
+            engine=spec, priors=priors, id_column=id_column, limit=limit,
+            sampling=Sampling(temperature=temperature, max_tokens=max_tokens, seed=seed),
+            batch_size=batch_size, prompt=prompt, overwrite=overwrite,
+        )  # fmt: skip
+        with model_run(executor, ray_address, workers, "structuring", "reports") as run:
             if plan:
-                from cxrctx.structure.plan import plan_structure_reports
-
-                budget = plan_structure_reports(records, out, sample=plan_sample,
-                                                throughput_tokens_per_s=plan_throughput,
-                                                gpu=plan_gpu, **common)  # fmt: skip
+                budget = _plan(records, out, plan_sample, plan_throughput, plan_gpu, task | run)
             else:
-                run = structure_reports(records, out, **common)
+                result = _structure(records, out, task | run)
     except CxrctxError as e:
         raise fail(e) from None
     if plan:
         print_plan(budget)
         return
+    _print_summary(result)
+    exit_if_failed(result.result.counts["failed"], allow_failures, f"{result.out_dir}/failures/")
+
+
+def _structure(records: Path, out: Path, task: dict[str, Any]) -> StructureRun:
+    """The structuring run (`task`: the model and report options)."""
+    from cxrctx.structure.run import structure_reports
+
+    return structure_reports(records, out, **task)
+
+
+def _plan(
+    records: Path, out: Path, sample: int, throughput: float, gpu: str, task: dict[str, Any]
+) -> Plan:
+    """`--plan`: structure a sample into OUT/plan-sample and project the token budget."""
+    from cxrctx.structure.plan import plan_structure_reports
+
+    return plan_structure_reports(
+        records, out, sample=sample, throughput_tokens_per_s=throughput, gpu=gpu, **task
+    )
+
+
+def _print_summary(run: StructureRun) -> None:
+    """One line: reports, how they passed the check, failures by reason, engine use."""
     c = run.result.counts
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(run.result.reasons.items())) or "none"
     console.print(
@@ -135,4 +146,3 @@ def structure_reports_cmd(
         f"{c['engine_requests']} engine requests, {c['completion_tokens']} output tokens in {run.seconds:.1f}s",
         highlight=False,
     )
-    exit_if_failed(c["failed"], allow_failures, f"{run.out_dir}/failures/")

@@ -21,6 +21,7 @@ from cxrctx.labeling.hybrid import (
     label_documents_hybrid,
     load_hybrid_prompt,
 )
+from cxrctx.labeling.inputs import load_documents
 from cxrctx.labeling.models import (
     LabelAnswer,
     LesionAnswer,
@@ -36,7 +37,6 @@ from cxrctx.labeling.run import (
     LabelRun,
     label_documents,
     label_lesions,
-    load_documents,
 )
 
 __all__ = [

@@ -16,7 +16,8 @@ from typing import Any
 import polars as pl
 
 from cxrctx.io import atomic_write_text
-from cxrctx.labeling.run import DEFAULT_SECTIONS, _select_documents, label_lesions
+from cxrctx.labeling.inputs import DEFAULT_SECTIONS, select_documents
+from cxrctx.labeling.run import label_lesions
 from cxrctx.llm.plan import PUBLISHED_GPU, PUBLISHED_TOKENS_PER_S, Plan, make_plan
 
 PLAN_DIR = "plan-sample"
@@ -51,7 +52,7 @@ def plan_label_lesions(
     (after `limit`) onto `gpu` at `throughput_tokens_per_s` output tokens/s."""
     if sample < 1:
         raise ValueError("sample must be >= 1")
-    full = _select_documents(input_path, list(sections), id_column, text_column, limit, None)
+    full = select_documents(input_path, list(sections), id_column, text_column, limit, None)
     total = full.docs.height
     n = min(sample, total)
     sample_out = Path(out) / PLAN_DIR

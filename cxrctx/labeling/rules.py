@@ -34,6 +34,7 @@ import polars as pl
 import pyarrow as pa
 
 from cxrctx.errors import CxrctxError
+from cxrctx.labeling.inputs import DEFAULT_SECTIONS, load_documents, parse_shard, shard_slice
 from cxrctx.labeling.models import (
     Evidence,
     LabelRunConfig,
@@ -42,7 +43,6 @@ from cxrctx.labeling.models import (
 )
 from cxrctx.labeling.prompt import schema_sha256
 from cxrctx.labeling.run import (
-    DEFAULT_SECTIONS,
     DOC_SCHEMA,
     FAIL_SCHEMA,
     LABEL_FRAME_SCHEMA,
@@ -50,9 +50,6 @@ from cxrctx.labeling.run import (
     LabelRun,
     _open_sinks,
     claim_output,
-    load_documents,
-    parse_shard,
-    shard_slice,
     write_manifest_for,
 )
 from cxrctx.models import Location

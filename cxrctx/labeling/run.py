@@ -3,7 +3,8 @@
 Phases, each a small function: `iter_items` (ids, empty texts, pre-pass candidates),
 `run_task` (the shared LLM runner: de-duplication, cache, repair, failure rows),
 `LabelRows` (one batch of task results → label / document / failure rows, counted) and,
-for `label_lesions`, input loading, sharding, streaming Parquet output and the manifest.
+for `label_lesions`, streaming Parquet output and the manifest (the input, its
+`--limit` and `--shard` slice come from `cxrctx.labeling.inputs`).
 `label_documents` is the library core (a frame of id/text in, a LabelResult out).
 """
 
@@ -13,7 +14,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,12 +25,11 @@ from cxrctx.errors import CxrctxError
 from cxrctx.io import (
     check_shard_slot,
     config_hash,
-    input_file,
-    open_stage,
     prepare_output,
     read_shards,
     write_manifest,
 )
+from cxrctx.labeling.inputs import DEFAULT_SECTIONS, LoadedInput, parse_shard, select_documents
 from cxrctx.labeling.models import FailureRow, LabelRow, LabelRunConfig, answer_schema
 from cxrctx.labeling.prompt import LabelPrompt, load_prompt, schema_sha256
 from cxrctx.labeling.task import LabelItem, LesionTask
@@ -46,12 +46,11 @@ from cxrctx.llm.runner import (
 from cxrctx.llm.sink import MemorySink, ShardSink, Sink, remove_stale_tmp
 from cxrctx.llm.spec import EngineSpec, make_engine
 from cxrctx.models import LABEL_SCHEMA_VERSION, Manifest
-from cxrctx.vocab import LESIONS, SECTIONS
+from cxrctx.vocab import LESIONS
 
 if TYPE_CHECKING:
     from cxrctx.labeling.hybrid import LabelMode
 
-DEFAULT_SECTIONS: tuple[str, ...] = ("findings", "impression")
 NOT_CANDIDATE = "not mentioned: no expression of this lesion in the report (lexicon pre-pass)"
 NO_CANDIDATE = (
     "not mentioned: the report mentions none of the 14 lesions (lexicon pre-pass; LLM not called)"
@@ -295,96 +294,6 @@ def _provenance(task: LesionTask, engine: Engine, sampling: Sampling) -> dict[st
             "schema_sha256": task.schema_sha256, "sampling": sampling_json(sampling)}  # fmt: skip
 
 
-# ---------------------------------------------------------------------------- inputs
-
-
-@dataclass
-class LoadedInput:
-    docs: pl.DataFrame
-    inputs: list[Any] = field(default_factory=list)
-    kind: str = "file"
-
-
-def load_documents(
-    path: str | os.PathLike,
-    *,
-    sections: tuple[str, ...] | list[str] = DEFAULT_SECTIONS,
-    id_column: str = "id",
-    text_column: str = "text",
-) -> LoadedInput:
-    """Read documents (id, text) from a build-priors output dir or a Parquet/CSV/JSONL file."""
-    p = Path(path)
-    if not p.exists():
-        raise CxrctxError(f"{p}: input not found")
-    if p.is_dir():
-        st = open_stage(p, "build-priors")  # refuses an unfinished or altered output
-        files = st.shard_files()
-        df = st.read()
-        missing = [c for c in ("study_id", *sections) if c not in df.columns]
-        if missing:
-            raise CxrctxError(f"{st.dir}: records lack column(s) {', '.join(missing)}")
-        parts = [
-            pl.when(pl.col(s).is_not_null() & (pl.col(s).str.strip_chars() != ""))
-            .then(pl.lit(f"{s.upper()}: ") + pl.col(s).str.strip_chars())
-            .otherwise(None)
-            for s in sections
-        ]
-        docs = df.select(
-            pl.col("study_id").cast(pl.String).alias("id"),
-            pl.concat_str(parts, separator="\n\n", ignore_nulls=True).alias("text"),
-        )
-        inputs = [input_file(f, os.path.relpath(f, st.dir)) for f in files]
-        return LoadedInput(docs, inputs, "records")
-    suffix = p.suffix.lower()
-    try:
-        if suffix == ".parquet":
-            df = pl.read_parquet(p)
-        elif suffix in (".csv", ".tsv"):
-            df = pl.read_csv(p, separator="\t" if suffix == ".tsv" else ",", infer_schema=False)
-        elif suffix in (".jsonl", ".ndjson"):
-            df = pl.read_ndjson(p)
-        else:
-            raise CxrctxError(
-                f"{p}: unsupported input type (use a build-priors dir, .parquet, .csv or .jsonl)"
-            )
-    except CxrctxError:
-        raise
-    except Exception as e:
-        raise CxrctxError(f"{p}: cannot read ({type(e).__name__}: {str(e)[:200]})") from e
-    for col in (id_column, text_column):
-        if col not in df.columns:
-            raise CxrctxError(
-                f"{p}: no column {col!r} (columns: {', '.join(df.columns)}); use --id-column/--text-column"
-            )
-    docs = df.select(
-        pl.col(id_column).cast(pl.String).alias("id"),
-        pl.col(text_column).cast(pl.String).alias("text"),
-    )
-    return LoadedInput(docs, [input_file(p, p.name)], "file")
-
-
-def parse_shard(spec: str | None) -> tuple[int, int] | None:
-    if spec is None:
-        return None
-    try:
-        i_s, n_s = spec.split("/")
-        i, n = int(i_s), int(n_s)
-    except ValueError as e:
-        raise CxrctxError(f"--shard must look like i/n, e.g. 0/4 (got {spec!r})") from e
-    if n < 1 or not 0 <= i < n:
-        raise CxrctxError(f"--shard {spec}: need 0 <= i < n")
-    return i, n
-
-
-def shard_slice(docs: pl.DataFrame, shard: tuple[int, int] | None) -> pl.DataFrame:
-    """Contiguous, deterministic slice i of n (input order); the n slices partition the input."""
-    if shard is None:
-        return docs
-    i, n = shard
-    lo, hi = i * docs.height // n, (i + 1) * docs.height // n
-    return docs.slice(lo, hi - lo)
-
-
 # ---------------------------------------------------------------------------- the run
 
 
@@ -395,21 +304,6 @@ class LabelRun:
     manifest: Manifest | None
     dry_run: dict[str, Any] | None = None
     seconds: float = 0.0
-
-
-def _select_documents(
-    input_path: str | os.PathLike, sections: list[str], id_column: str, text_column: str,
-    limit: int | None, shard: tuple[int, int] | None,
-) -> LoadedInput:  # fmt: skip
-    bad = [s for s in sections if s not in SECTIONS]
-    if bad:
-        raise CxrctxError(f"unknown section(s) {', '.join(bad)}; choose from {', '.join(SECTIONS)}")
-    loaded = load_documents(
-        input_path, sections=sections, id_column=id_column, text_column=text_column
-    )
-    docs = loaded.docs.head(limit) if limit is not None else loaded.docs
-    loaded.docs = shard_slice(docs, shard)
-    return loaded
 
 
 def _dry_run(docs: pl.DataFrame, lp: LabelPrompt, prepass: bool) -> dict[str, Any]:
@@ -489,7 +383,7 @@ def label_lesions(
         load_prompt(prompt) if hmode is hybrid.LabelMode.llm else hybrid.load_hybrid_prompt(prompt)
     )
     sh = parse_shard(shard)
-    loaded = _select_documents(input_path, list(sections), id_column, text_column, limit, sh)
+    loaded = select_documents(input_path, list(sections), id_column, text_column, limit, sh)
     out_dir = Path(out)
     if dry_run:
         info = (

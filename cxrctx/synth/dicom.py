@@ -65,6 +65,103 @@ def _code_item(meaning: str, scheme: str) -> list[_Elem]:
     ]
 
 
+def _code_sequence(meaning: str | None, scheme: str) -> list[list[_Elem]] | None:
+    """A one-item code sequence, or None (element absent) without a meaning."""
+    return [_code_item(meaning, scheme)] if meaning else None
+
+
+def _tm_text(study_time: str | None) -> str | None:
+    """DICOM TM text: MIMIC's CSV float text (``80556.875``) gets its leading zeros back."""
+    if study_time:
+        whole, dot, frac = str(study_time).partition(".")
+        if whole.isdigit() and len(whole) < 6:
+            study_time = whole.zfill(6) + dot + frac
+    return study_time
+
+
+def _checked_pixels(
+    pixels: np.ndarray | None, rows: int, columns: int, seed: int
+) -> tuple[np.ndarray, int]:
+    """(the contiguous pixels, bits allocated); the default gradient when none are given."""
+    if pixels is None:
+        pixels = default_pixels(rows, columns, seed=seed)
+    pixels = np.ascontiguousarray(pixels)
+    if pixels.ndim != 2 or pixels.shape != (rows, columns):
+        raise ValueError(f"pixels shape {pixels.shape} != (rows, columns) = ({rows}, {columns})")
+    if pixels.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"pixels must be uint8 or uint16, not {pixels.dtype}")
+    return pixels, 8 if pixels.dtype == np.uint8 else 16
+
+
+def _meta_elements(sop_uid: str) -> list[_Elem]:
+    """The file meta group (0002)."""
+    return [
+        (0x00020001, "FileMetaInformationVersion", "OB", b"\x00\x01"),
+        (0x00020002, "MediaStorageSOPClassUID", "UI", DX_FOR_PRESENTATION),
+        (0x00020003, "MediaStorageSOPInstanceUID", "UI", sop_uid),
+        (0x00020010, "TransferSyntaxUID", "UI", ExplicitVRLittleEndian),
+        (0x00020012, "ImplementationClassUID", "UI", PYDICOM_IMPLEMENTATION_UID),
+        (0x00020013, "ImplementationVersionName", "SH", IMPLEMENTATION_VERSION),
+    ]
+
+
+def _study_elements(
+    *, sop_uid: str, dicom_id: str, subject_id: int, study_id: int, view_position: str | None,
+    study_date: str, study_time: str | None, procedure_meaning: str | None,
+) -> list[_Elem]:  # fmt: skip
+    """Instance, study, patient and series elements (groups 0008-0020)."""
+    return [
+        (0x00080008, "ImageType", "CS", ["ORIGINAL", "PRIMARY"]),
+        (0x00080016, "SOPClassUID", "UI", DX_FOR_PRESENTATION),
+        (0x00080018, "SOPInstanceUID", "UI", sop_uid),
+        (0x00080020, "StudyDate", "DA", study_date),
+        (0x00080021, "SeriesDate", "DA", study_date),
+        (0x00080030, "StudyTime", "TM", study_time or ""),
+        (0x00080050, "AccessionNumber", "SH", str(study_id)),
+        (0x00080060, "Modality", "CS", "DX"),
+        (0x00080068, "PresentationIntentType", "CS", "FOR PRESENTATION"),
+        (0x00080070, "Manufacturer", "LO", "cxrctx synthetic"),
+        (0x00081032, "ProcedureCodeSequence", "SQ", _code_sequence(procedure_meaning, "CXRCTX")),
+        (0x00100010, "PatientName", "PN", "___"),
+        (0x00100020, "PatientID", "LO", str(subject_id)),
+        (0x00100030, "PatientBirthDate", "DA", ""),
+        (0x00100040, "PatientSex", "CS", ""),
+        (0x00185101, "ViewPosition", "CS", view_position or ""),
+        (0x0020000D, "StudyInstanceUID", "UI", uid_from("study", study_id)),
+        (0x0020000E, "SeriesInstanceUID", "UI", uid_from("series", dicom_id)),
+        (0x00200010, "StudyID", "SH", str(study_id)),
+        (0x00200011, "SeriesNumber", "IS", "1"),
+        (0x00200013, "InstanceNumber", "IS", "1"),
+        (0x00200020, "PatientOrientation", "CS", ""),
+    ]
+
+
+def _image_elements(rows: int, columns: int, bits: int) -> list[_Elem]:
+    """The image pixel description (group 0028)."""
+    return [
+        (0x00280002, "SamplesPerPixel", "US", 1),
+        (0x00280004, "PhotometricInterpretation", "CS", "MONOCHROME2"),
+        (0x00280010, "Rows", "US", rows),
+        (0x00280011, "Columns", "US", columns),
+        (0x00280100, "BitsAllocated", "US", bits),
+        (0x00280101, "BitsStored", "US", bits),
+        (0x00280102, "HighBit", "US", bits - 1),
+        (0x00280103, "PixelRepresentation", "US", 0),
+    ]
+
+
+def _acquisition_elements(
+    performed_procedure: str | None, view_meaning: str | None, orientation_meaning: str | None
+) -> list[_Elem]:
+    """The procedure step, view and patient orientation (groups 0040, 0054)."""
+    return [
+        (0x00400254, "PerformedProcedureStepDescription", "LO", performed_procedure or ""),
+        (0x00540220, "ViewCodeSequence", "SQ", _code_sequence(view_meaning, "SRT")),
+        (0x00540410, "PatientOrientationCodeSequence", "SQ",
+         _code_sequence(orientation_meaning, "SRT")),
+    ]  # fmt: skip
+
+
 def _elements(
     *,
     dicom_id: str,
@@ -81,71 +178,22 @@ def _elements(
     view_meaning: str | None = None,
     orientation_meaning: str | None = None,
 ) -> tuple[list[_Elem], list[_Elem]]:
-    """(file meta elements, dataset elements) for one image; validates the pixels."""
-    if study_time:
-        whole, dot, frac = str(study_time).partition(".")
-        if whole.isdigit() and len(whole) < 6:  # MIMIC's CSV float text: restore the zeros
-            study_time = whole.zfill(6) + dot + frac
-    if pixels is None:
-        pixels = default_pixels(rows, columns, seed=study_id)
-    pixels = np.ascontiguousarray(pixels)
-    if pixels.ndim != 2 or pixels.shape != (rows, columns):
-        raise ValueError(f"pixels shape {pixels.shape} != (rows, columns) = ({rows}, {columns})")
-    if pixels.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"pixels must be uint8 or uint16, not {pixels.dtype}")
-    bits = 8 if pixels.dtype == np.uint8 else 16
+    """(file meta elements, dataset elements in tag order) for one image; validates the
+    pixels. Elements whose value is None are left out."""
+    pixels, bits = _checked_pixels(pixels, rows, columns, seed=study_id)
     sop_uid = uid_from("sop", dicom_id)
-    meta: list[_Elem] = [
-        (0x00020001, "FileMetaInformationVersion", "OB", b"\x00\x01"),
-        (0x00020002, "MediaStorageSOPClassUID", "UI", DX_FOR_PRESENTATION),
-        (0x00020003, "MediaStorageSOPInstanceUID", "UI", sop_uid),
-        (0x00020010, "TransferSyntaxUID", "UI", ExplicitVRLittleEndian),
-        (0x00020012, "ImplementationClassUID", "UI", PYDICOM_IMPLEMENTATION_UID),
-        (0x00020013, "ImplementationVersionName", "SH", IMPLEMENTATION_VERSION),
-    ]
-    seq = lambda meaning, scheme: [_code_item(meaning, scheme)] if meaning else None  # noqa: E731
-    data: list[_Elem] = [
-        (0x00080008, "ImageType", "CS", ["ORIGINAL", "PRIMARY"]),
-        (0x00080016, "SOPClassUID", "UI", DX_FOR_PRESENTATION),
-        (0x00080018, "SOPInstanceUID", "UI", sop_uid),
-        (0x00080020, "StudyDate", "DA", study_date),
-        (0x00080021, "SeriesDate", "DA", study_date),
-        (0x00080030, "StudyTime", "TM", study_time or ""),
-        (0x00080050, "AccessionNumber", "SH", str(study_id)),
-        (0x00080060, "Modality", "CS", "DX"),
-        (0x00080068, "PresentationIntentType", "CS", "FOR PRESENTATION"),
-        (0x00080070, "Manufacturer", "LO", "cxrctx synthetic"),
-        (0x00081032, "ProcedureCodeSequence", "SQ", seq(procedure_meaning, "CXRCTX")),
-        (0x00100010, "PatientName", "PN", "___"),
-        (0x00100020, "PatientID", "LO", str(subject_id)),
-        (0x00100030, "PatientBirthDate", "DA", ""),
-        (0x00100040, "PatientSex", "CS", ""),
-        (0x00185101, "ViewPosition", "CS", view_position or ""),
-        (0x0020000D, "StudyInstanceUID", "UI", uid_from("study", study_id)),
-        (0x0020000E, "SeriesInstanceUID", "UI", uid_from("series", dicom_id)),
-        (0x00200010, "StudyID", "SH", str(study_id)),
-        (0x00200011, "SeriesNumber", "IS", "1"),
-        (0x00200013, "InstanceNumber", "IS", "1"),
-        (0x00200020, "PatientOrientation", "CS", ""),
-        (0x00280002, "SamplesPerPixel", "US", 1),
-        (0x00280004, "PhotometricInterpretation", "CS", "MONOCHROME2"),
-        (0x00280010, "Rows", "US", rows),
-        (0x00280011, "Columns", "US", columns),
-        (0x00280100, "BitsAllocated", "US", bits),
-        (0x00280101, "BitsStored", "US", bits),
-        (0x00280102, "HighBit", "US", bits - 1),
-        (0x00280103, "PixelRepresentation", "US", 0),
-        (0x00400254, "PerformedProcedureStepDescription", "LO", performed_procedure or ""),
-        (0x00540220, "ViewCodeSequence", "SQ", seq(view_meaning, "SRT")),
-        (0x00540410, "PatientOrientationCodeSequence", "SQ", seq(orientation_meaning, "SRT")),
-        (
-            0x7FE00010,
-            "PixelData",
-            "OB" if bits == 8 else "OW",
-            pixels.astype("<u2" if bits == 16 else "u1").tobytes(),
+    data = [
+        *_study_elements(
+            sop_uid=sop_uid, dicom_id=dicom_id, subject_id=subject_id, study_id=study_id,
+            view_position=view_position, study_date=study_date, study_time=_tm_text(study_time),
+            procedure_meaning=procedure_meaning,
         ),
-    ]
-    return meta, [e for e in data if e[3] is not None]
+        *_image_elements(rows, columns, bits),
+        *_acquisition_elements(performed_procedure, view_meaning, orientation_meaning),
+        (0x7FE00010, "PixelData", "OB" if bits == 8 else "OW",
+         pixels.astype("<u2" if bits == 16 else "u1").tobytes()),
+    ]  # fmt: skip
+    return _meta_elements(sop_uid), [e for e in data if e[3] is not None]
 
 
 # ----------------------------------------------------------------------------- pydicom
