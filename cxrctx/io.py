@@ -134,17 +134,20 @@ def _to_arrow(df: pl.DataFrame | pa.Table) -> pa.Table:
 def write_parquet(df: pl.DataFrame | pa.Table, path: str | os.PathLike) -> ShardInfo:
     """Write one Parquet file atomically and deterministically; return its ShardInfo (path absolute)."""
     table = _to_arrow(df)
+    sink = pa.BufferOutputStream()  # in memory: hashed there, not read back from disk
+    pq.write_table(
+        table,
+        sink,
+        compression="zstd",
+        compression_level=3,
+        use_dictionary=True,
+        write_statistics=True,
+        store_schema=True,
+    )
+    data = memoryview(sink.getvalue())
     with atomic_path(path) as tmp:
-        pq.write_table(
-            table,
-            tmp,
-            compression="zstd",
-            compression_level=3,
-            use_dictionary=True,
-            write_statistics=True,
-            store_schema=True,
-        )
-    return ShardInfo(path=str(path), rows=table.num_rows, sha256=sha256_file(path))
+        tmp.write_bytes(data)
+    return ShardInfo(path=str(path), rows=table.num_rows, sha256=hashlib.sha256(data).hexdigest())
 
 
 def write_shards(

@@ -344,3 +344,44 @@ def test_last_paragraph_column_and_flag(tmp_path):
     assert (
         read_manifest(tmp_path / "o" / "manifest.json").extra["flags"]["only_last_paragraph"] == 1
     )
+
+
+def test_vectorised_temporal_language_answers_like_the_python_function():
+    """build-priors flags comparison language with polars' regex engine on ASCII text and
+    with `has_temporal_reference` itself on any other text: both must give its answers."""
+    from cxrctx.mimic.build import _with_temporal_language
+    from cxrctx.vocab import has_temporal_reference
+
+    texts = [
+        ("Unchanged small effusion.", None),
+        ("No prior studies for comparison. Lungs are clear.", None),
+        ("No prior studies are available. New opacity.", "Stable."),
+        ("Comparison: none. Heart size normal.", "No acute process."),
+        (None, "Hemodynamically stable patient. No pneumothorax."),
+        ("Interval increase in effusion.", None),
+        ("The prior film is not available.", "Improved aeration."),
+        ("Lungs clear.", "Persistent cardiomegaly."),
+        ("Ångström-level névus, unchanged.", None),  # non-ASCII: the Python path
+        ("Opacité nouvelle.", "Sans changement."),
+        ("NEWLY placed line. Previously seen nodule.", None),
+        ("renewal of the line", "newer device, unchanged position"),
+        (None, None),
+    ]
+    rec = pl.DataFrame(
+        {
+            "study_id": list(range(len(texts))),
+            "findings": [f for f, _ in texts],
+            "impression": [i for _, i in texts],
+            "n_prior_studies": [0] * (len(texts) - 1) + [1],
+        },
+        schema={
+            "study_id": pl.Int64,
+            "findings": pl.String,
+            "impression": pl.String,
+            "n_prior_studies": pl.Int64,
+        },
+    )
+    got = _with_temporal_language(rec)["temporal_language"].to_list()
+    want = [has_temporal_reference(f, i) for f, i in texts[:-1]] + [None]
+    assert got == want
+    assert True in want and False in want  # both answers are exercised

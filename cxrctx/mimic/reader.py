@@ -7,7 +7,7 @@ process does its columnar work while the workers list patient folders and read f
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
@@ -21,7 +21,6 @@ from cxrctx.mimic.reports import (
     quiet_fork,
     read_entries,
     read_folders,
-    temporal_chunk,
 )
 from cxrctx.mimic.sections import FIELDS
 
@@ -84,24 +83,11 @@ class ReportReader:
                 cols[k].extend(v)
             if on_progress:
                 on_progress(len(chunk[1]))
+        self.close()  # the workers are done: give their memory back before the joins
         if not cols["study_id"]:
             raise L.no_reports_error(self.lay.root, self.lay.reports_zip)
         df = pl.DataFrame(cols, schema=REPORT_SCHEMA)
         return df.unique("study_id", keep="first", maintain_order=True).sort("study_id")
-
-    def temporal(self, pairs: list[tuple[str | None, str | None]]) -> list[bool]:
-        """`has_temporal_reference(findings, impression)` per pair, on the same pool.
-
-        Asked only for the records that have no prior study (the only ones the flag can
-        concern), after the prior join: most records never pay for the regexes."""
-        size = 4000
-        chunks = [pairs[i : i + size] for i in range(0, len(pairs), size)]
-        results: Iterable[list[bool]]
-        if self.serial or len(pairs) < 2000:
-            results = map(temporal_chunk, chunks)
-        else:
-            results = self._pool.map(temporal_chunk, chunks)
-        return [flag for chunk in results for flag in chunk]
 
     def close(self) -> None:
         for f in self._futures:

@@ -19,7 +19,7 @@ import zlib
 from collections.abc import Iterator
 
 from cxrctx.errors import CxrctxError
-from cxrctx.mimic.sections import FIELDS, has_temporal_reference, parse_report
+from cxrctx.mimic.sections import FIELDS, parse_report
 
 #: Columns returned per chunk, beside the section FIELDS.
 META_FIELDS = ("report_sha256", "report_error", "report_error_detail")
@@ -214,11 +214,6 @@ def read_entries(args: EntryChunk) -> dict[str, list]:
     for study, subject, name in entries:
         _add(cols, (study, subject, name), read_entry(zip_path, name, max_bytes))
     return cols
-
-
-def temporal_chunk(pairs: list[tuple[str | None, str | None]]) -> list[bool]:
-    """`has_temporal_reference(findings, impression)` for each pair."""
-    return [has_temporal_reference(f, i) for f, i in pairs]
 
 
 def mp_context():

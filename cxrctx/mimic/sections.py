@@ -279,7 +279,72 @@ def parse_report(text: str) -> Sections:
     """Parse one report's text into `Sections` (None for an absent or empty section)."""
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    blocks = _SEP_LINE.split(text) if "________" in text else [text]
+    if "________" in text:
+        blocks = _SEP_LINE.split(text)
+        if len(blocks) > 1:
+            return _parse_blocks(blocks)
+    return _parse_body(text)
+
+
+#: Raw header → `canonical_header(raw)`, memoised in a plain dict (the hot loop below
+#: runs ~5 times per report over 228k reports; a dict lookup is the cheapest memo).
+_HEADER_MEMO: dict[str, str | None] = {}
+_MISSING = object()
+
+
+def _header_target(raw: str) -> str | None:
+    if len(_HEADER_MEMO) > 65_536:  # unbounded spellings (garbage input): stay bounded
+        _HEADER_MEMO.clear()
+    target = _HEADER_MEMO[raw] = canonical_header(raw)
+    return target
+
+
+def _parse_body(text: str) -> Sections:
+    """`parse_report` for the common case: one block, the body (no addendum separator).
+
+    The same steps as `_parse_blocks` with `_split_block` and `_content` inlined: this
+    loop runs for every report of a full MIMIC build, so each call saved counts."""
+    block = "\n" + text  # the pattern starts with a literal newline: a fast scan
+    found: dict[str, list[str]] = {}
+    both: list[str] = []
+    addenda: list[str] = []
+    name: str | None = None
+    start = 0
+    memo_get = _HEADER_MEMO.get
+    for m in _HEADER.finditer(block):
+        header = m.group(1)
+        target = memo_get(header, _MISSING)
+        if target is _MISSING:
+            target = _header_target(header)
+        if target is None:
+            continue  # an inline 'NOTE:' etc.: part of the current section
+        raw = block[start : m.start()]
+        if name in _ONE_PARAGRAPH and (br := _PARA_BREAK.search(raw)):
+            raw = raw[: br.start()]
+        content = " ".join(raw.split())
+        if content:
+            if name == "addendum":
+                addenda.append(content)
+            elif name == _BOTH:
+                both.append(content)
+            elif name is not None and name != _IGNORED:
+                found.setdefault(name, []).append(content)
+        name = target  # type: ignore[assignment]
+        start = m.end()
+    raw = block[start:]
+    content = _content(name, raw)
+    if content:
+        if name == "addendum":
+            addenda.append(content)
+        elif name == _BOTH:
+            both.append(content)
+        elif name is not None and name != _IGNORED:
+            found.setdefault(name, []).append(content)
+    return _assemble(found, both, addenda, (name, raw))
+
+
+def _parse_blocks(blocks: list[str]) -> Sections:
+    """`parse_report` for a report split into blocks by underscore lines (addenda)."""
     body_idx = _body_index(blocks)
     found: dict[str, list[str]] = {}
     both: list[str] = []
@@ -312,25 +377,26 @@ def _assemble(
     addenda: list[str],
     last: tuple[str | None, str],
 ) -> Sections:
-    out = {k: " ".join(v) for k, v in found.items()}
+    out = {k: v[0] if len(v) == 1 else " ".join(v) for k, v in found.items()}
     if both:
         joined = " ".join(both)
         out["findings"] = out.get("findings") or joined
         out["impression"] = out.get("impression") or joined
-    indication = out.get("indication")
+    get = out.get
+    indication = get("indication")
     reason = None
     if indication and "//" in indication:
         reason = _norm_ws(indication.split("//", 1)[1]) or None
-    has_target = out.get("findings") or out.get("impression")
-    return Sections(
-        examination=out.get("examination"),
-        indication=indication,
-        reason_for_exam=reason,
-        history=out.get("history"),
-        technique=out.get("technique"),
-        comparison=out.get("comparison"),
-        findings=out.get("findings"),
-        impression=out.get("impression"),
-        addendum=" ".join(addenda) or None,
-        last_paragraph=None if has_target else _last_paragraph(*last),
+    findings, impression = get("findings"), get("impression")
+    return Sections(  # positional: the order of FIELDS
+        get("examination"),
+        indication,
+        reason,
+        get("history"),
+        get("technique"),
+        get("comparison"),
+        findings,
+        impression,
+        " ".join(addenda) or None,
+        None if findings or impression else _last_paragraph(*last),
     )

@@ -3,7 +3,6 @@ every input study is a record or a reject) and the summary tables the CLI prints
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -70,15 +69,21 @@ def reconcile(
     return counts
 
 
+def _counts(values: pl.Series) -> dict:
+    """value → count (polars' value_counts; a Python Counter over 228k rows is slower)."""
+    vc = values.value_counts(name="_n")
+    return dict(zip(vc[values.name].to_list(), vc["_n"].to_list(), strict=True))
+
+
 def summaries(rec: pl.DataFrame, rej: pl.DataFrame, max_priors: int) -> dict:
     """Rejects by reason, flag counts, the n_prior_studies histogram and split sizes."""
-    flag_counts = Counter(rec["flags"].explode().drop_nulls().to_list())
+    flag_counts = _counts(rec["flags"].explode().drop_nulls())
     hist = {k: 0 for k in [*(str(i) for i in range(max_priors + 1)), f">{max_priors}"]}
-    for v, n in Counter(min(int(x), max_priors + 1) for x in rec["n_prior_studies"]).items():
+    for v, n in _counts(rec["n_prior_studies"].clip(upper_bound=max_priors + 1)).items():
         hist[str(v) if v <= max_priors else f">{max_priors}"] += n
-    splits = Counter(rec["split"].fill_null("(none)").to_list())
+    splits = _counts(rec["split"].fill_null("(none)"))
     return {
-        "rejects_by_reason": dict(sorted(Counter(rej["reason"].to_list()).items())),
+        "rejects_by_reason": dict(sorted(_counts(rej["reason"]).items())),
         "flags": {f: int(flag_counts.get(f, 0)) for f in FLAGS},
         "n_prior_studies_histogram": hist,
         "splits": {str(k): int(v) for k, v in sorted(splits.items())},

@@ -53,8 +53,10 @@ from cxrctx.vocab.lexicon import (
     split_sentences,
 )
 from cxrctx.vocab.reports import (
+    NEGATED_PATTERN,
     SRRG_ORGAN_KEYS,
     SRRG_ORGANS,
+    TEMPORAL_PATTERN,
     has_temporal_reference,
 )
 
@@ -72,6 +74,7 @@ __all__ = [
     "LEXICON_VERSION",
     "LOCATIONS",
     "METADATA_COLUMNS",
+    "NEGATED_PATTERN",
     "PREFIX",
     "REPORT_RE",
     "ROIS",
@@ -81,6 +84,7 @@ __all__ = [
     "SPLIT_COLUMNS",
     "SRRG_ORGANS",
     "SRRG_ORGAN_KEYS",
+    "TEMPORAL_PATTERN",
     "Cue",
     "Lexicon",
     "Mention",

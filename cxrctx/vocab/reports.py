@@ -34,6 +34,12 @@ _TEMPORAL = re.compile(
 )
 
 
+#: The two patterns as text, for engines other than Python's `re` (polars' Rust regex
+#: gives the same answers on ASCII text, whose \\w, \\s and \\b both engines agree on).
+TEMPORAL_PATTERN = _TEMPORAL.pattern
+NEGATED_PATTERN = _NEGATED.pattern
+
+
 def has_temporal_reference(*texts: str | None) -> bool:
     """Whether any text speaks as if an earlier study existed (C-SRRG's temporal-hallucination cue)."""
     for text in texts:
