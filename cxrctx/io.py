@@ -168,9 +168,8 @@ def write_shards(
     out.mkdir(parents=True, exist_ok=True)
     base = Path(relative_to) if relative_to is not None else out
     n = max(1, -(-df.height // rows_per_shard))
-
-    # One conversion to Arrow, then zero-copy slices: converting each polars slice on its
-    # own re-walks the shared string buffers (several times slower at full MIMIC scale).
+    # One conversion to Arrow, then zero-copy slices (converting each polars slice on its
+    # own re-walks the shared string buffers: several times slower at full MIMIC scale).
     table = _to_arrow(df)
 
     def write(i: int) -> ShardInfo:
@@ -178,14 +177,9 @@ def write_shards(
         info = write_parquet(table.slice(i * rows_per_shard, rows_per_shard), path)
         return info.model_copy(update={"path": os.path.relpath(path, base)})
 
-    # Shards are independent files and pyarrow's writer releases the GIL: one thread per
-    # core writes them side by side (same bytes as one by one; the order of `infos` is kept).
-    threads = min(n, os.cpu_count() or 1)
-    if threads > 1:
-        with ThreadPoolExecutor(threads) as pool:
-            infos = list(pool.map(write, range(n)))
-    else:
-        infos = [write(i) for i in range(n)]
+    # pyarrow's writer releases the GIL: one thread per core, same bytes, order kept.
+    with ThreadPoolExecutor(min(n, os.cpu_count() or 1)) as pool:
+        infos = list(pool.map(write, range(n)))
     keep = {SHARD_PATTERN.format(i) for i in range(n)}
     for stale in out.glob("part-*.parquet"):
         if stale.name not in keep:

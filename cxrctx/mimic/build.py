@@ -2,8 +2,10 @@
 
 The heavy lifting is columnar (polars): CSV parsing, date/time normalisation, image
 ordering and the prior join (a per-patient self-join, filtered and ranked) run without
-per-study Python loops. Only report reading + sectioning is per file, and it runs in
-worker processes in chunks. Records are not validated one by one with pydantic: the
+per-study Python loops. Only listing the patient folders, reading and sectioning is per
+file, and it runs in worker processes in chunks, started first; the main process reads
+the CSVs and joins priors meanwhile, then attaches the texts. Shards are written on one
+thread per core. Records are not validated one by one with pydantic: the
 frame is cast to one explicit schema (`cxrctx.mimic.schema`) and a test validates rows
 against `cxrctx.models.Record`.
 
