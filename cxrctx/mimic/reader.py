@@ -52,15 +52,19 @@ class ReportReader:
         if lay.reports_zip is not None:
             idx = L.zip_report_index(lay.reports_zip)
             units = [(sid, subj, name) for sid, (name, subj) in sorted(idx.items())]
-            self.unit, self.func, head = "reports", read_entries, str(lay.reports_zip)
+            self.unit, head = "reports", str(lay.reports_zip)
+            self.func = read_entries
         else:
             assert lay.files_dir is not None
             units = L.report_folders(lay.files_dir)
-            self.unit, self.func, head = "report folders", read_folders, str(lay.root)
+            self.unit, head = "report folders", str(lay.root)
+            self.func = read_folders
         self.n = len(units)
         self.serial = workers <= 1 or self.n < SERIAL_BELOW
         size = 500 if self.serial else max(100, min(2000, self.n // (workers * 8) + 1))
-        self.chunks = [(head, units[i : i + size], max_bytes) for i in range(0, self.n, size)]
+        self.chunks: list[Any] = [
+            (head, units[i : i + size], max_bytes) for i in range(0, self.n, size)
+        ]
         self._stack = contextlib.ExitStack()
         self._futures: list[Future] = []
         if not self.serial:
