@@ -3,7 +3,7 @@
     nice python benchmarks/build_priors.py                     # 65,379 patients (~228k studies)
     python benchmarks/build_priors.py --patients 2000          # quick look
     python benchmarks/build_priors.py --reference /tmp/old     # + byte-identity vs old code
-    python benchmarks/build_priors.py --warm                   # page cache warmed before each run
+    python benchmarks/build_priors.py --warm --repeat 5        # warm page cache, medians of 5
 
 `--reference DIR` runs the `cxrctx` package found in DIR (e.g. `git archive REV cxrctx |
 tar -x -C DIR`) on the same root and compares the sha256 of every output file (but the
@@ -226,6 +226,17 @@ def _digests(out: Path) -> dict[str, str]:
     }
 
 
+def _summary(runs: list[dict]) -> dict:
+    """Median wall and CPU over repeated runs (each run's figures kept under `runs`)."""
+    import statistics
+
+    out = {k: runs[0][k] for k in ("records",)}
+    for k in ("wall_s", "cpu_s", "peak_rss_gib"):
+        out[k] = round(statistics.median(r[k] for r in runs), 2)
+    out["runs"] = [{k: r[k] for k in ("wall_s", "cpu_s", "load_avg_1m")} for r in runs]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--patients", type=int, default=65_379)
@@ -235,6 +246,9 @@ def main() -> None:
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument(
         "--warm", action="store_true", help="read the whole root once before each timed run"
+    )
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="runs of ours (and the reference), medians kept"
     )
     ap.add_argument("--reference", type=Path, help="directory holding a reference cxrctx package")
     ap.add_argument("--baseline-path", type=Path, help="extra import path for the baseline")
@@ -266,12 +280,18 @@ def main() -> None:
         "cpus": os.cpu_count(),
     }
     warm = root if a.warm else None
-    res["ours"] = measure([*me, "--child", "ours", "--out", str(a.cache / "out-ours")], warm=warm)
+    ref_out = a.cache / "out-reference"
+    runs: dict[str, list[dict]] = {"ours": [], "reference": []}
+    for _ in range(a.repeat):  # ours and the reference interleaved: the same noise for both
+        out = str(a.cache / "out-ours")
+        runs["ours"].append(measure([*me, "--child", "ours", "--out", out], warm=warm))
+        if a.reference is not None:
+            cmd = [*me, "--child", "ours", "--out", str(ref_out)]
+            runs["reference"].append(measure(cmd, a.reference, warm))
+    for name, rs in runs.items():
+        if rs:
+            res[name] = _summary(rs)
     if a.reference is not None:
-        ref_out = a.cache / "out-reference"
-        res["reference"] = measure(
-            [*me, "--child", "ours", "--out", str(ref_out)], a.reference, warm
-        )
         res["identical_to_reference"] = _digests(a.cache / "out-ours") == _digests(ref_out)
     if not a.skip_baseline:
         res["baseline"] = measure(
