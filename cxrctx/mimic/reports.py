@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import hashlib
 import os
 import stat
@@ -201,9 +202,10 @@ def read_folders(args: FolderChunk) -> dict[str, list]:
     parent keeps the directory walk off the critical path."""
     root, folders, max_bytes = args
     cols = _empty_columns()
-    for folder, linked in folders:
-        for subject, study, rel in folder_reports(root, folder):
-            _add(cols, (study, subject, rel), read_file(root, rel, max_bytes, linked))
+    with gc_paused():
+        for folder, linked in folders:
+            for subject, study, rel in folder_reports(root, folder):
+                _add(cols, (study, subject, rel), read_file(root, rel, max_bytes, linked))
     return cols
 
 
@@ -211,9 +213,24 @@ def read_entries(args: EntryChunk) -> dict[str, list]:
     """Read and section each zip entry of the chunk, in order."""
     zip_path, entries, max_bytes = args
     cols = _empty_columns()
-    for study, subject, name in entries:
-        _add(cols, (study, subject, name), read_entry(zip_path, name, max_bytes))
+    with gc_paused():
+        for study, subject, name in entries:
+            _add(cols, (study, subject, name), read_entry(zip_path, name, max_bytes))
     return cols
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause Python's cycle collector for a chunk: reading and sectioning builds ~20
+    tuples, lists and dicts per report, none in a cycle (reference counting frees them),
+    yet they keep triggering collections that cost ~15 % of the chunk's time."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def mp_context():
