@@ -349,7 +349,7 @@ def test_last_paragraph_column_and_flag(tmp_path):
 def test_vectorised_temporal_language_answers_like_the_python_function():
     """build-priors flags comparison language with polars' regex engine on ASCII text and
     with `has_temporal_reference` itself on any other text: both must give its answers."""
-    from cxrctx.mimic.build import _with_temporal_language
+    from cxrctx.mimic.flags import with_temporal_language
     from cxrctx.vocab import has_temporal_reference
 
     texts = [
@@ -381,7 +381,7 @@ def test_vectorised_temporal_language_answers_like_the_python_function():
             "n_prior_studies": pl.Int64,
         },
     )
-    got = _with_temporal_language(rec)["temporal_language"].to_list()
+    got = with_temporal_language(rec)["temporal_language"].to_list()
     want = [has_temporal_reference(f, i) for f, i in texts[:-1]] + [None]
     assert got == want
     assert True in want and False in want  # both answers are exercised
