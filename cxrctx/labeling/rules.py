@@ -34,7 +34,7 @@ import polars as pl
 import pyarrow as pa
 
 from cxrctx.errors import CxrctxError
-from cxrctx.labeling.inputs import DEFAULT_SECTIONS, load_documents, parse_shard, shard_slice
+from cxrctx.labeling.inputs import DEFAULT_SECTIONS, parse_shard, select_documents
 from cxrctx.labeling.models import (
     Evidence,
     LabelRunConfig,
@@ -53,7 +53,7 @@ from cxrctx.labeling.run import (
     write_manifest_for,
 )
 from cxrctx.models import Location
-from cxrctx.vocab import LESIONS, SECTIONS, MentionReading, lexicon, read_mentions
+from cxrctx.vocab import LESIONS, MentionReading, lexicon, read_mentions
 
 __all__ = [
     "LABEL_FRAME_SCHEMA",
@@ -329,15 +329,9 @@ def label_rules(
     build-priors input is checked against its manifest first; `out` follows the shared
     output policy (another run's folder is refused unless `overwrite`)."""
     t0 = time.perf_counter()
-    bad = [s for s in sections if s not in SECTIONS]
-    if bad:
-        raise CxrctxError(f"unknown section(s) {', '.join(bad)}")
-    loaded = load_documents(
-        input_path, sections=sections, id_column=id_column, text_column=text_column
-    )
-    docs = loaded.docs.head(limit) if limit is not None else loaded.docs
     sh = parse_shard(shard)
-    docs = shard_slice(docs, sh)
+    loaded = select_documents(input_path, list(sections), id_column, text_column, limit, sh)
+    docs = loaded.docs
     out_dir = Path(out)
     if dry_run:
         first = next((t.strip() for t in docs["text"].to_list() if t and t.strip()), None)

@@ -302,8 +302,8 @@ def _header_target(raw: str) -> str | None:
 def _parse_body(text: str) -> Sections:
     """`parse_report` for the common case: one block, the body (no addendum separator).
 
-    The same steps as `_parse_blocks` with `_split_block` and `_content` inlined: this
-    loop runs for every report of a full MIMIC build, so each call saved counts."""
+    The same steps as `_parse_blocks` with `_split_block` inlined and the header lookup
+    memoised in a plain dict: this loop runs for every report of a full MIMIC build."""
     block = "\n" + text  # the pattern starts with a literal newline: a fast scan
     found: dict[str, list[str]] = {}
     both: list[str] = []
@@ -318,29 +318,26 @@ def _parse_body(text: str) -> Sections:
             target = _header_target(header)
         if target is None:
             continue  # an inline 'NOTE:' etc.: part of the current section
-        raw = block[start : m.start()]
-        if name in _ONE_PARAGRAPH and (br := _PARA_BREAK.search(raw)):
-            raw = raw[: br.start()]
-        content = " ".join(raw.split())
-        if content:
-            if name == "addendum":
-                addenda.append(content)
-            elif name == _BOTH:
-                both.append(content)
-            elif name is not None and name != _IGNORED:
-                found.setdefault(name, []).append(content)
+        _put(name, _content(name, block[start : m.start()]), found, both, addenda)
         name = target  # type: ignore[assignment]
         start = m.end()
     raw = block[start:]
-    content = _content(name, raw)
-    if content:
-        if name == "addendum":
-            addenda.append(content)
-        elif name == _BOTH:
-            both.append(content)
-        elif name is not None and name != _IGNORED:
-            found.setdefault(name, []).append(content)
+    _put(name, _content(name, raw), found, both, addenda)
     return _assemble(found, both, addenda, (name, raw))
+
+
+def _put(
+    name: str | None, content: str, found: dict[str, list[str]], both: list[str], addenda: list[str]
+) -> None:
+    """File one body piece's text under its canonical name (nothing for an empty piece)."""
+    if not content:
+        return
+    if name == "addendum":
+        addenda.append(content)
+    elif name == _BOTH:
+        both.append(content)
+    elif name is not None and name != _IGNORED:
+        found.setdefault(name, []).append(content)
 
 
 def _parse_blocks(blocks: list[str]) -> Sections:
@@ -357,17 +354,10 @@ def _parse_blocks(blocks: list[str]) -> Sections:
             if i == body_idx:
                 last = (name, raw)
             content = _content(name, raw)
-            if not content:
-                continue
-            if i != body_idx:
-                if name in (None, "addendum"):
-                    addenda.append(content)
-            elif name == "addendum":
+            if i == body_idx:
+                _put(name, content, found, both, addenda)
+            elif content and name in (None, "addendum"):
                 addenda.append(content)
-            elif name == _BOTH:
-                both.append(content)
-            elif name is not None and name != _IGNORED:
-                found.setdefault(name, []).append(content)
     return _assemble(found, both, addenda, last)
 
 
