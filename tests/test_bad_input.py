@@ -480,3 +480,30 @@ def test_write_failure_is_one_line_and_stale_temp_files_go(tmp_path, monkeypatch
     _cli_fails(["build-priors", str(root), "--out", str(out)], str(out), "No space left on device")
     assert not stale.exists()
     assert not (out / "manifest.json").exists()
+
+
+def test_unlistable_patient_folder_is_a_one_line_error(tmp_path, monkeypatch):
+    """The report workers list the patient folders; one that cannot be listed (permissions)
+    stops the run with a message naming it, before anything is written."""
+    import os
+
+    from cxrctx.mimic import reports
+
+    root = write_root(tmp_path / "root", [study(10000001, 50000001), study(10000002, 50000002)])
+    locked = str(root / "files/p10/p10000002")
+    real = os.listdir
+
+    def listdir(path="."):
+        if str(path) == locked:
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+
+    monkeypatch.setattr(reports.os, "listdir", listdir)
+    out = tmp_path / "out"
+    _cli_fails(
+        ["build-priors", str(root), "--out", str(out), "-j", "1"],
+        "p10000002",
+        "cannot list the report folder",
+        "Permission denied",
+    )
+    assert not out.exists()
