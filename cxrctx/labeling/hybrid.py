@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ import polars as pl
 from cxrctx.errors import CxrctxError
 from cxrctx.labeling.models import LabelAnswer, LabelRunConfig, RulesReading, answer_schema
 from cxrctx.labeling.parse import validate_lesion_answer
+from cxrctx.labeling.prompt import read_prompt_file
 from cxrctx.labeling.rules import read_report, reading_rows, rules_provenance
 from cxrctx.labeling.run import TABLES, LabelResult, LabelRows, _doc_row, _provenance, iter_items
 from cxrctx.labeling.task import LabelItem
@@ -44,7 +44,6 @@ from cxrctx.llm.runner import Executor, TaskProgress, TaskResult, run_task
 from cxrctx.llm.sink import MemorySink, Sink
 from cxrctx.llm.task import REPAIR_ECHO_CHARS, AnswerError, Task, parse_json_object
 from cxrctx.llm.task import schema_sha256_of as _schema_sha
-from cxrctx.resources import read_bytes
 from cxrctx.vocab import LESIONS, lexicon
 
 __all__ = [
@@ -110,19 +109,7 @@ class HybridPrompt:
 def load_hybrid_prompt(version_or_path: int | str | Path | None = None) -> HybridPrompt:
     """`prompts/label_lesions/hybrid_v{N}.json` (default the current version) or a file."""
     v = DEFAULT_HYBRID_VERSION if version_or_path is None else version_or_path
-    if isinstance(v, int) or (isinstance(v, str) and v.isdigit()):
-        name = f"hybrid_v{int(v)}.json"
-        path, raw = f"prompts/label_lesions/{name}", read_bytes("prompts", "label_lesions", name)
-    else:
-        path = str(v)
-        try:
-            raw = Path(v).read_bytes()
-        except OSError as e:
-            raise CxrctxError(f"{path}: cannot read prompt file ({e.strerror})") from e
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise CxrctxError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from e
+    path, raw, data = read_prompt_file(v, "hybrid_v")
     need = ("system", "modes", "reasons", "lesion_template", "user_template", "repair_template")
     missing = [k for k in need if k not in data]
     if missing or set(data.get("modes", {})) < {"cot", "short"}:

@@ -97,14 +97,13 @@ def _canonical_pretty(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False)
 
 
-def load_prompt(version_or_path: int | str | Path | None = None) -> LabelPrompt:
-    """Load `prompts/label_lesions/v{N}.json` (default the current version) or a given file."""
-    if version_or_path is None:
-        version_or_path = DEFAULT_VERSION
+def read_prompt_file(version_or_path: int | str | Path, stem: str) -> tuple[str, bytes, dict]:
+    """(recorded path, raw bytes, parsed JSON) of `prompts/label_lesions/{stem}{N}.json` for
+    a version number, or of a given file; an unreadable or invalid file is a one-line error."""
     if isinstance(version_or_path, int) or (
         isinstance(version_or_path, str) and version_or_path.isdigit()
     ):
-        name = f"v{int(version_or_path)}.json"
+        name = f"{stem}{int(version_or_path)}.json"
         path = f"prompts/label_lesions/{name}"  # recorded as a package-relative name
         raw = read_bytes("prompts", "label_lesions", name)
     else:
@@ -117,6 +116,13 @@ def load_prompt(version_or_path: int | str | Path | None = None) -> LabelPrompt:
         data = json.loads(raw)
     except json.JSONDecodeError as e:
         raise CxrctxError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from e
+    return path, raw, data
+
+
+def load_prompt(version_or_path: int | str | Path | None = None) -> LabelPrompt:
+    """Load `prompts/label_lesions/v{N}.json` (default the current version) or a given file."""
+    v = DEFAULT_VERSION if version_or_path is None else version_or_path
+    path, raw, data = read_prompt_file(v, "v")
     for key in ("system", "user_template", "repair_template", "lesions"):
         if key not in data:
             raise CxrctxError(f"{path}: prompt file lacks {key!r}")
