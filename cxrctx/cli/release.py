@@ -19,9 +19,12 @@ class ExportFormat(str, enum.Enum):
 
 
 class TargetSection(str, enum.Enum):
+    """Sections are listed comma-separated on every command (`--sections` of label-lesions
+    and evaluate); the release config records both as `findings+impression`."""
+
     findings = "findings"
     impression = "impression"
-    both = "findings+impression"
+    both = "findings,impression"
 
 
 def _split_table(summary: dict[str, dict[str, int]], title: str):
@@ -67,7 +70,7 @@ def release_cmd(
         [], "--format", help="Extra export table (repeatable): srrg, maira2, jsonl."
     ),
     target: TargetSection = typer.Option(
-        TargetSection.findings, "--target", help="Target section(s) of the exports."
+        TargetSection.findings, "--target", help="Target section(s) of the exports (comma-separated, as --sections elsewhere)."
     ),
     license: str = typer.Option("other", "--license", help="Hub licence id of the release."),
     rows_per_file: int = typer.Option(
@@ -88,7 +91,7 @@ def release_cmd(
     try:
         res = make_release(
             records, out=out, name=name, version=version, labels=labels, rois=rois,
-            structured=structured, formats=[f.value for f in formats], target=target.value,
+            structured=structured, formats=[f.value for f in formats], target=target.value.replace(",", "+"),
             license=license, rows_per_file=rows_per_file, overwrite=overwrite,
         )  # fmt: skip
     except CxrctxError as e:

@@ -81,12 +81,13 @@ def structure_reports_cmd(
 
     \b
     Example:
-      cxrctx structure-reports out/priors --out out/structured --model qwen2.5-1.5b-instruct-q4_k_m.gguf
+      cxrctx structure-reports out/priors --out out/structured \\
+          --model qwen2.5-1.5b-instruct-q4_k_m.gguf
       cxrctx structure-reports out/priors --priors --out out/structured \\
           --backend openai --base-url http://127.0.0.1:8000/v1 --model local
       cxrctx structure-reports out/priors --out out/structured --backend vllm \\
-          --model Qwen/Qwen2.5-7B-Instruct --executor ray --ray-address auto --workers 8 \\
-          --plan --plan-throughput 6300
+          --model Qwen/Qwen2.5-7B-Instruct --executor ray --ray-address auto \\
+          --workers 8 --plan --plan-throughput 6300
     """
     from cxrctx.llm import Sampling
 

@@ -80,7 +80,8 @@ def synth_cmd(
     \b
     Example:
       cxrctx synth out/mimic --patients 200 --seed 0 --dicom --zip
-      cxrctx synth --out out/syn --patients 150 --images --imagenome --image-format jpg
+      cxrctx synth --out out/syn --patients 150 --images --imagenome \\
+          --image-format jpg
     """
     from cxrctx.synth import synthesize
 

@@ -190,7 +190,7 @@ class DocumentRow(_Strict):
 
     id: str
     text_sha256: str
-    status: Literal["labeled", "skipped", "failed", "empty"]
+    status: Literal["labeled", "skipped", "failed", "empty", "too_large"]
     candidates: list[str]
     llm_called: bool
     cached: bool

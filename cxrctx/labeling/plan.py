@@ -18,7 +18,7 @@ import polars as pl
 from cxrctx.io import atomic_write_text
 from cxrctx.labeling.inputs import DEFAULT_SECTIONS, select_documents
 from cxrctx.labeling.run import label_lesions
-from cxrctx.llm.plan import PUBLISHED_GPU, PUBLISHED_TOKENS_PER_S, Plan, make_plan
+from cxrctx.llm.plan import PUBLISHED_GPU, PUBLISHED_TOKENS_PER_S, Plan, check_sample, make_plan
 
 PLAN_DIR = "plan-sample"
 DEFAULT_SAMPLE = 200
@@ -61,6 +61,8 @@ def plan_label_lesions(
         text_column=text_column, limit=n, **label_kwargs,
     )  # fmt: skip
     docs = run.result.documents if run.result is not None else pl.DataFrame()
+    failed = run.result.counts.get("failed", 0) if run.result is not None else 0
+    check_sample(docs.height, failed, str(sample_out))
     plan = make_plan(sample_documents=docs.height, total_documents=total,
                      throughput_tokens_per_s=throughput_tokens_per_s, gpu=gpu,
                      **sample_cost(docs))  # fmt: skip

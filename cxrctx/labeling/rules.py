@@ -34,7 +34,8 @@ import polars as pl
 import pyarrow as pa
 
 from cxrctx.errors import CxrctxError
-from cxrctx.labeling.inputs import DEFAULT_SECTIONS, parse_shard, select_documents
+from cxrctx.labeling.inputs import DEFAULT_SECTIONS, LoadedInput, parse_shard, select_documents
+from cxrctx.limits import MAX_REPORT_BYTES
 from cxrctx.labeling.models import (
     Evidence,
     LabelRunConfig,
@@ -323,6 +324,8 @@ def label_rules(
     dry_run: bool = False,
     progress: Callable[[int, int, int], None] | None = None,
     overwrite: bool = False,
+    max_report_bytes: int = MAX_REPORT_BYTES,
+    phase: Callable[[str], None] | None = None,
 ) -> LabelRun:
     """`label-lesions --backend rules`: label an input (build-priors dir or table file) into
     `out` with the rules; same files and manifest as the LLM backends (model null). A
@@ -330,7 +333,8 @@ def label_rules(
     output policy (another run's folder is refused unless `overwrite`)."""
     t0 = time.perf_counter()
     sh = parse_shard(shard)
-    loaded = select_documents(input_path, list(sections), id_column, text_column, limit, sh)
+    loaded = select_documents(input_path, list(sections), id_column, text_column, limit, sh,
+                              max_report_bytes)  # fmt: skip
     docs = loaded.docs
     out_dir = Path(out)
     if dry_run:
@@ -351,7 +355,7 @@ def label_rules(
     )  # fmt: skip
     key = cfg.model_dump(mode="json", exclude={"input", "shard", "batch_size"})
     claim_output(out_dir, key, loaded, sh, overwrite)
-    result, tables = _write_rules(docs, out_dir, sh, progress)
+    result, tables = _write_rules(docs, out_dir, sh, progress, loaded, phase)
     manifest = write_manifest_for(out_dir, result, cfg, loaded.inputs, tables, sh)
     return LabelRun(out_dir, result, manifest, seconds=time.perf_counter() - t0)
 
@@ -361,8 +365,11 @@ def _write_rules(
     out: Path,
     shard: tuple[int, int] | None,
     progress: Callable[[int, int, int], None] | None,
+    loaded: LoadedInput | None = None,
+    phase: Callable[[str], None] | None = None,
 ) -> tuple[LabelResult, dict[str, list[Any]]]:
-    """Label `docs` slice by slice into label-lesions' sinks (memory stays flat)."""
+    """Label `docs` slice by slice into label-lesions' sinks (memory stays flat), then the
+    rows `loaded` rejected for size."""
     sinks = _open_sinks(out, shard)
     counts: dict[str, int] = {}
     ids: set[str] = set()
@@ -373,10 +380,16 @@ def _write_rules(
             part = label_documents_rules(
                 docs.slice(start, RULES_CHUNK), progress=step, seen_ids=ids, seen_texts=shas
             )
+            if phase:  # writing a slice's shards takes seconds: say so, not a frozen bar
+                phase("writing shards")
             for name, sink in sinks.items():
                 sink.add(part.table(name).to_dicts())
+            if phase:
+                phase("labeling")
             for k, v in part.counts.items():
                 counts[k] = counts.get(k, 0) + v
+        if loaded is not None:
+            loaded.write_rejects(sinks, counts)
     except BaseException:
         for s in sinks.values():
             s.abort()

@@ -30,6 +30,7 @@ from cxrctx.io import (
     write_manifest,
 )
 from cxrctx.labeling.inputs import DEFAULT_SECTIONS, LoadedInput, parse_shard, select_documents
+from cxrctx.limits import MAX_REPORT_BYTES
 from cxrctx.labeling.models import FailureRow, LabelRow, LabelRunConfig, answer_schema
 from cxrctx.labeling.prompt import LabelPrompt, load_prompt, schema_sha256
 from cxrctx.labeling.task import LabelItem, LesionTask
@@ -329,7 +330,8 @@ def claim_output(
     refused unless `overwrite`."""
     check_shard_slot(out, sh)  # whole-input runs and slices of other n never share a folder
     key = {**run_key, "inputs": [i.sha256 for i in loaded.inputs]}
-    prepare_output(out, stage="label-lesions", config_hash=config_hash(key), overwrite=overwrite)
+    prepare_output(out, stage="label-lesions", config_hash=config_hash(key), overwrite=overwrite,
+                   slot=f"shard-{sh[0]}-of-{sh[1]}" if sh else None)  # slices share OUT
 
 
 def _open_sinks(out: Path, shard: tuple[int, int] | None) -> dict[str, ShardSink]:
@@ -363,6 +365,7 @@ def label_lesions(
     mode: str = "llm",
     overwrite: bool = False,
     cache_dir: str | os.PathLike | None = None,
+    max_report_bytes: int = MAX_REPORT_BYTES,
 ) -> LabelRun:
     """Label an input (build-priors dir or table file) into `out`; resumable via out/cache.
 
@@ -370,7 +373,8 @@ def label_lesions(
     closed at the end). Rows stream to out/labels, documents, failures per batch.
     `mode`: "llm" asks the model about every candidate lesion; "cot" / "short" run the
     hybrid labeler (`cxrctx.labeling.hybrid`: rules first, the model only for ambiguous
-    lesions; `prompt` is then a hybrid prompt version or file). A build-priors input is
+    lesions; `prompt` is then a hybrid prompt version or file). A text over
+    `max_report_bytes` is a `too_large` failure row, never sent. A build-priors input is
     checked against its manifest first; `out` follows the shared output policy (another
     run's folder is refused unless `overwrite`). `cache_dir` (default out/cache) holds the
     answers a re-run reuses."""
@@ -383,7 +387,8 @@ def label_lesions(
         load_prompt(prompt) if hmode is hybrid.LabelMode.llm else hybrid.load_hybrid_prompt(prompt)
     )
     sh = parse_shard(shard)
-    loaded = select_documents(input_path, list(sections), id_column, text_column, limit, sh)
+    loaded = select_documents(input_path, list(sections), id_column, text_column, limit, sh,
+                              max_report_bytes)  # fmt: skip
     out_dir = Path(out)
     if dry_run:
         info = (
@@ -439,6 +444,7 @@ def _label_into(
             batch_size=batch_size, progress=progress, cache_writer=writer,
             executor=executor, sinks=dict(sinks), **extra,
         )  # fmt: skip
+        loaded.write_rejects(sinks, result.counts)
     except BaseException:
         for s in sinks.values():
             s.abort()
