@@ -536,3 +536,109 @@ def test_an_interrupted_stage_folder_names_its_stage(priors, tmp_path):
     r = _rules(broken, tmp_path / "o")
     assert r.exit_code == 2
     assert "(an interrupted or unfinished run) of build-priors" in r.output
+
+
+# ------------------------------------------------------------- a killed Ray driver
+
+RAY_DRIVER = """
+import time
+import ray
+from cxrctx.llm.ray_executor import RayExecutor, _session_dir
+ex = RayExecutor(1, num_cpus=1)
+ex.start()
+print(_session_dir(ray), flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+def test_a_sigkilled_driver_takes_the_local_ray_it_started_down(tmp_path):
+    """SIGKILL skips ray.shutdown(): the watchdog stops that session's raylet, gcs_server
+    and workers, and no other process."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("ray")
+    from cxrctx.llm.ray_watchdog import session_pids
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent),
+                                                        os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", RAY_DRIVER], env=env, stdout=subprocess.PIPE,
+                            text=True, start_new_session=True)  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        session = proc.stdout.readline().strip()
+        assert session, "the driver did not start Ray"
+        ray_pids = session_pids(session, {proc.pid})
+        assert len(ray_pids) >= 2, ray_pids  # at least gcs_server and raylet
+        os.kill(proc.pid, signal.SIGKILL)  # the driver alone, as an OOM killer would
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while session_pids(session, set()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = session_pids(session, set())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    if left:  # clean up for the next test before failing
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    assert not left, f"Ray processes left running: {left}"
+
+
+def test_the_watchdog_stops_only_its_session_when_the_driver_dies(tmp_path):
+    """The mechanism without Ray: 'session' processes name the session folder in their
+    command line; another session's process is left alone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from cxrctx.llm import ray_watchdog
+
+    sleep = "import sys, time; time.sleep(120)"
+    mine = str(tmp_path / "session_2026-01-01_00-00-00_000001_1")
+    other = str(tmp_path / "session_2026-01-01_00-00-00_000002_2")
+    driver = subprocess.Popen([sys.executable, "-c", sleep])
+    ours = subprocess.Popen([sys.executable, "-c", sleep, f"--session-dir={mine}"])
+    theirs = subprocess.Popen([sys.executable, "-c", sleep, f"--session-dir={other}"])
+    dog = subprocess.Popen([sys.executable, ray_watchdog.__file__, str(driver.pid), mine],
+                           stdin=subprocess.PIPE, start_new_session=True)  # fmt: skip
+    try:
+        time.sleep(1.0)
+        assert ours.poll() is None and dog.poll() is None
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+        dog.wait(timeout=20)
+        assert ours.wait(timeout=10) in (-signal.SIGTERM, -signal.SIGKILL)
+        assert theirs.poll() is None  # another session: untouched
+    finally:
+        for p in (driver, ours, theirs, dog):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_a_clean_shutdown_tells_the_watchdog_to_leave(tmp_path):
+    import subprocess
+    import sys
+
+    from cxrctx.llm import ray_watchdog
+
+    mine = str(tmp_path / "session_x")
+    ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", mine])
+    try:
+        dog = ray_watchdog.start(mine)
+        assert dog is not None
+        ray_watchdog.finish(dog)
+        assert dog.returncode == 0 and ours.poll() is None  # nothing stopped
+    finally:
+        ours.kill()
+        ours.wait()

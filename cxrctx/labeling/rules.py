@@ -35,7 +35,6 @@ import pyarrow as pa
 
 from cxrctx.errors import CxrctxError
 from cxrctx.labeling.inputs import DEFAULT_SECTIONS, LoadedInput, parse_shard, select_documents
-from cxrctx.limits import MAX_REPORT_BYTES
 from cxrctx.labeling.models import (
     Evidence,
     LabelRunConfig,
@@ -53,6 +52,7 @@ from cxrctx.labeling.run import (
     claim_output,
     write_manifest_for,
 )
+from cxrctx.limits import MAX_REPORT_BYTES
 from cxrctx.models import Location
 from cxrctx.vocab import LESIONS, MentionReading, lexicon, read_mentions
 

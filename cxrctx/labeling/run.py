@@ -30,10 +30,10 @@ from cxrctx.io import (
     write_manifest,
 )
 from cxrctx.labeling.inputs import DEFAULT_SECTIONS, LoadedInput, parse_shard, select_documents
-from cxrctx.limits import MAX_REPORT_BYTES
 from cxrctx.labeling.models import FailureRow, LabelRow, LabelRunConfig, answer_schema
 from cxrctx.labeling.prompt import LabelPrompt, load_prompt, schema_sha256
 from cxrctx.labeling.task import LabelItem, LesionTask
+from cxrctx.limits import MAX_REPORT_BYTES
 from cxrctx.llm.base import Engine, Sampling
 from cxrctx.llm.cache import ResultCache
 from cxrctx.llm.runner import (
