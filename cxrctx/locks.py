@@ -9,8 +9,9 @@ Where the file system refuses `flock`, the pid recorded in the file decides (a d
 this host is stale). Slices of a `--shard i/n` run, which share one folder by design,
 each lock their own slot.
 
-A library caller that runs several stages in one long-lived process may hand a folder
-back early with `release_folder`; the CLI exits after its one command.
+The lock is held until the process exits: the CLI runs one command per process. A library
+caller that runs many stages in one long-lived process may hand folders back early with
+`release_folder(out)` or `release_all()`.
 """
 
 from __future__ import annotations
@@ -133,3 +134,12 @@ def release_folder(folder: str | os.PathLike, slot: str | None = None) -> None:
     fd = _HELD.pop(path, None)
     if fd is not None:
         os.close(fd)
+
+
+def release_all() -> None:
+    """Hand back every folder this process locked (a test session, a notebook between runs)."""
+    for path in list(_HELD):
+        try:
+            os.close(_HELD.pop(path))
+        except OSError:
+            pass
