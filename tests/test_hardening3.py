@@ -77,7 +77,11 @@ def test_api_key_env_refuses_a_key_and_never_shows_it(tmp_path, value):
     assert value not in str(e.value)
 
 
-@pytest.mark.parametrize("name", ["OPENAI_API_KEY", "MY_VLLM_KEY_2", "azure_key", "_K"])
+@pytest.mark.parametrize(
+    "name",
+    ["OPENAI_API_KEY", "MY_VLLM_KEY_2", "azure_key", "_K", "api_key_for_my_service_123",
+     "MyServiceApiKeyForProd2024", "AZURE_OPENAI_API_KEY_2024_EU"],
+)
 def test_api_key_env_accepts_variable_names(name):
     spec = EngineSpec(backend="openai", model="m", base_url="http://127.0.0.1:9/v1", api_key_env=name)
     assert spec.public()["api_key_env"] == name

@@ -89,19 +89,19 @@ def check_route(base_url: str | None, allow_public_api: bool) -> None:
 
 
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# provider key prefixes (OpenAI sk-/sk_, Hugging Face hf_, Groq gsk_, xAI, Google AIza, ...)
-_KEY_PREFIX_RE = re.compile(r"(?:sk|hf|gsk|xai|pk|rk|key|api|AIza)[-_]?[A-Za-z0-9_-]{16,}")
+# provider key prefixes that are also valid variable names (Hugging Face hf_, Groq gsk_,
+# OpenAI/Stripe-style sk_/pk_/rk_, xAI, Google AIza...)
+_KEY_PREFIX_RE = re.compile(r"(?:sk|hf|gsk|xai|pk|rk)_[A-Za-z0-9]{16,}|AIza[A-Za-z0-9_-]{30,}")
 
 
 def looks_like_secret(value: str) -> bool:
     """True for a value shaped like an API key rather than a variable name: a provider's
-    key prefix with a long tail, or a long token mixing lower case, upper case and digits
-    (variable names are words: `OPENAI_API_KEY`, `my_key_2`)."""
-    if _KEY_PREFIX_RE.fullmatch(value) and any(c.isdigit() for c in value):
+    key prefix with a long random tail, or a long token mixing lower and upper case with
+    digits scattered through it (names are words: `OPENAI_API_KEY`, `MyServiceKey2024`)."""
+    if _KEY_PREFIX_RE.fullmatch(value):
         return True
-    mixed = (any(c.islower() for c in value) and any(c.isupper() for c in value)
-             and sum(c.isdigit() for c in value) >= 3)  # fmt: skip
-    return len(value) >= 24 and mixed
+    mixed = any(c.islower() for c in value) and any(c.isupper() for c in value)
+    return len(value) >= 20 and mixed and len(re.findall(r"[0-9]+", value)) >= 3
 
 
 def check_api_key_env(name: str) -> str:
