@@ -646,3 +646,9 @@ def test_a_clean_shutdown_tells_the_watchdog_to_leave(tmp_path):
     finally:
         ours.kill()
         ours.wait()
+
+
+def test_the_command_list_shows_each_summary_whole():
+    out = " ".join(_help(None).split())
+    assert "..." not in out
+    assert "keep only answers that pass the faithfulness check." in out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,19 @@ class _Group(TyperGroup):
         verbose = [a for a in args[:cut] if a in _VERBOSE]
         rest = [a for a in args[:cut] if a not in _VERBOSE] + args[cut:]
         return super().parse_args(ctx, verbose + rest)
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        """Each command with its whole first paragraph, wrapped (click cuts it at ~45
+        characters with "...")."""
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                first = inspect.cleandoc(cmd.help or "").split("\n\n")[0]
+                rows.append((name, " ".join(first.split())))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
 
 #: click's placeholders for a value of each type (typer's own read `<str>`, `<bool>`)
