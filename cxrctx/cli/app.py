@@ -11,7 +11,6 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 from typer.core import TyperGroup
-from typer.core import _TyperParameter as TyperParameter
 
 if TYPE_CHECKING:
     from typer._click.core import Context
@@ -62,8 +61,13 @@ def _display_type(self: Any, ctx: Any) -> str:
 # One help policy for every command: plain click formatting (no rich markup, which ate
 # `[ray]` in `pip install 'cxrctx[ray]'`; no boxes; examples kept line for line by `\b`),
 # and click's placeholders instead of typer's `<str>` / `<bool>`.
-_typer_display_type = TyperParameter.display_type
-TyperParameter.display_type = _display_type  # type: ignore[method-assign]
+try:  # typer >= 0.2x renders `<label>`; older typer prints click's placeholders already
+    from typer.core import _TyperParameter as _Param
+
+    _typer_display_type = _Param.display_type
+    _Param.display_type = _display_type  # type: ignore[method-assign]
+except (ImportError, AttributeError):  # pragma: no cover - an older typer
+    pass
 
 app = typer.Typer(
     cls=_Group,
