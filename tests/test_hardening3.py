@@ -189,7 +189,7 @@ def _llm_args(src: Path, out: Path, *extra: str) -> list[str]:
 def _use_engine(monkeypatch, responder) -> None:
     from cxrctx.llm.fake import FakeEngine
 
-    monkeypatch.setattr("cxrctx.labeling.run.make_engine",
+    monkeypatch.setattr("cxrctx.labeling.stage.make_engine",
                         lambda spec: FakeEngine(spec.model, responder=responder))  # fmt: skip
 
 
@@ -516,11 +516,12 @@ def test_output_piped_to_a_file_is_not_wrapped(tmp_path):
 
 
 def test_rules_report_the_phase_while_shards_are_written(tmp_path):
-    from cxrctx.labeling import label_rules
+    from cxrctx.labeling import label_lesions
 
     phases: list[str] = []
-    label_rules(_src(tmp_path), out=tmp_path / "o", phase=phases.append)
-    assert phases[:2] == ["writing shards", "labeling"]
+    label_lesions(_src(tmp_path), tmp_path / "o", progress=lambda p: phases.append(p.phase))
+    shown = [p for p in phases if p]
+    assert shown[:2] == ["writing shards", "labeling"]
 
 
 def test_a_raw_mimic_root_given_as_a_stage_folder_says_what_it_is(synth_root_small, tmp_path):

@@ -12,10 +12,9 @@ import polars as pl
 
 from cxrctx.errors import CxrctxError
 from cxrctx.io import input_file, open_stage
+from cxrctx.labeling.models import DEFAULT_SECTIONS
 from cxrctx.limits import MAX_REPORT_BYTES, TOO_LARGE, split_oversize, too_large_detail
 from cxrctx.vocab import SECTIONS
-
-DEFAULT_SECTIONS: tuple[str, ...] = ("findings", "impression")
 
 
 @dataclass
