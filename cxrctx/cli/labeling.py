@@ -31,8 +31,8 @@ from cxrctx.cli.engine import (
     exit_if_failed,
     model_run,
     print_plan,
-    progress_reporter,
 )
+from cxrctx.cli.progress import progress_display
 from cxrctx.errors import CxrctxError
 from cxrctx.labeling.run import LabelRun
 
@@ -126,7 +126,7 @@ def label_lesions_cmd(
         sampling = Sampling(temperature=temperature, max_tokens=max_tokens, seed=seed)
         task = dict(docs, engine=spec, sampling=sampling, batch_size=batch_size,
                     prepass=not no_prepass, prompt=prompt, mode=mode.value)  # fmt: skip
-        with model_run(executor, ray_address, workers, "labeling", "docs", disable=dry_run) as run:
+        with model_run(executor, ray_address, workers, "label-lesions", disable=dry_run) as run:
             if plan:
                 budget = _plan(input_path, out, plan_sample, plan_throughput, plan_gpu, task | run)
             else:
@@ -224,10 +224,10 @@ def _run_rules(
     from cxrctx.labeling import label_rules
 
     try:
-        with progress_reporter("labeling (rules)", "docs", disable=dry_run) as report:
+        with progress_display("label-lesions", disable=dry_run) as progress:
             run = label_rules(
                 input_path, out=out, shard=shard, dry_run=dry_run, overwrite=overwrite,
-                progress=lambda i, n, _f: report(i, n, ""), **docs,
+                progress=progress, **docs,
             )  # fmt: skip
     except CxrctxError as e:
         raise fail(e) from None

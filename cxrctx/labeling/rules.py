@@ -34,6 +34,7 @@ import polars as pl
 import pyarrow as pa
 
 from cxrctx.errors import CxrctxError
+from cxrctx.progress import as_callback, progress_arg
 from cxrctx.labeling.inputs import DEFAULT_SECTIONS, parse_shard, select_documents
 from cxrctx.labeling.models import (
     Evidence,
@@ -311,6 +312,7 @@ def rules_labels(docs: pl.DataFrame) -> pl.DataFrame:
 # ---------------------------------------------------------------------------- the run
 
 
+@progress_arg("label-lesions")
 def label_rules(
     input_path: str | os.PathLike,
     *,
@@ -321,13 +323,14 @@ def label_rules(
     shard: str | None = None,
     limit: int | None = None,
     dry_run: bool = False,
-    progress: Callable[[int, int, int], None] | None = None,
+    progress: Callable[[int, int, int], None] | bool | None = None,
     overwrite: bool = False,
 ) -> LabelRun:
     """`label-lesions --backend rules`: label an input (build-priors dir or table file) into
     `out` with the rules; same files and manifest as the LLM backends (model null). A
     build-priors input is checked against its manifest first; `out` follows the shared
     output policy (another run's folder is refused unless `overwrite`)."""
+    progress = as_callback(progress)
     t0 = time.perf_counter()
     sh = parse_shard(shard)
     loaded = select_documents(input_path, list(sections), id_column, text_column, limit, sh)

@@ -22,6 +22,7 @@ import polars as pl
 
 from cxrctx import __version__
 from cxrctx.errors import CxrctxError
+from cxrctx.progress import as_callback, progress_arg
 from cxrctx.io import (
     check_shard_slot,
     config_hash,
@@ -343,6 +344,7 @@ def _open_sinks(out: Path, shard: tuple[int, int] | None) -> dict[str, ShardSink
     return sinks
 
 
+@progress_arg("label-lesions")
 def label_lesions(
     input_path: str | os.PathLike,
     out: str | os.PathLike,
@@ -358,7 +360,7 @@ def label_lesions(
     batch_size: int | None = None,
     prepass: bool = True,
     prompt: int | str | None = None,
-    progress: Callable[[TaskProgress], None] | None = None,
+    progress: Callable[[TaskProgress], None] | bool | None = None,
     executor: Executor | None = None,
     mode: str = "llm",
     overwrite: bool = False,
@@ -374,6 +376,7 @@ def label_lesions(
     checked against its manifest first; `out` follows the shared output policy (another
     run's folder is refused unless `overwrite`). `cache_dir` (default out/cache) holds the
     answers a re-run reuses."""
+    progress = as_callback(progress)
     from cxrctx.labeling import hybrid
 
     t0 = time.perf_counter()

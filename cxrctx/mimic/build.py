@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cxrctx import __version__
 from cxrctx.errors import CxrctxError
+from cxrctx.progress import as_callback, progress_arg
 from cxrctx.io import (
     config_hash,
     input_file,
@@ -136,6 +137,7 @@ class _Ticker:
             self.progress(self.task, self.done, self.total)
 
 
+@progress_arg("build-priors")
 def build_priors(
     root: str | os.PathLike,
     out: str | os.PathLike,
@@ -149,7 +151,7 @@ def build_priors(
     workers: int | None = None,
     max_report_bytes: int = MAX_REPORT_BYTES,
     overwrite: bool = False,
-    progress: ProgressFn | None = None,
+    progress: ProgressFn | bool | None = None,
 ) -> BuildResult:
     """Build C-SRRG-style records from a MIMIC-CXR root into `out`.
 
@@ -158,6 +160,7 @@ def build_priors(
     before anything is written. A non-empty `out` of another run is refused unless
     `overwrite` (the output policy every stage shares); the same configuration re-runs.
     """
+    progress = as_callback(progress)
     _check_out(Path(out))
     lay = L.discover(root, reports_zip, need_metadata=not scan_dicom)
     cfg = BuildPriorsConfig(
