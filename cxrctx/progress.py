@@ -167,6 +167,7 @@ def progress_arg(label: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
             finally:
                 bars.close()
 
+        call.progress_label = label  # type: ignore[attr-defined]
         return call
 
     return wrap
