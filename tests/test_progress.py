@@ -23,8 +23,13 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mimic-mini"
 
 
 def test_every_long_call_takes_progress_true():
+    """Each front door carries @progress_arg (the calls below exercise what it does)."""
+    from cxrctx.reportgen.evaluate import evaluate
+    from cxrctx.reportgen.generate import generate
+    from cxrctx.synth import synthesize
+
     for fn in (build_priors, label_lesions, label_rules, structure_reports, make_release,
-               rebuild, train):  # fmt: skip
+               rebuild, train, generate, evaluate, synthesize):  # fmt: skip
         assert getattr(fn, "progress_label", None), fn.__name__
 
 

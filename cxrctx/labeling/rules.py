@@ -34,7 +34,6 @@ import polars as pl
 import pyarrow as pa
 
 from cxrctx.errors import CxrctxError
-from cxrctx.progress import as_callback, progress_arg
 from cxrctx.labeling.inputs import DEFAULT_SECTIONS, parse_shard, select_documents
 from cxrctx.labeling.models import (
     Evidence,
@@ -54,6 +53,7 @@ from cxrctx.labeling.run import (
     write_manifest_for,
 )
 from cxrctx.models import Location
+from cxrctx.progress import as_callback, progress_arg
 from cxrctx.vocab import LESIONS, MentionReading, lexicon, read_mentions
 
 __all__ = [

@@ -22,7 +22,6 @@ import polars as pl
 
 from cxrctx import __version__
 from cxrctx.errors import CxrctxError
-from cxrctx.progress import as_callback, progress_arg
 from cxrctx.io import (
     check_shard_slot,
     config_hash,
@@ -47,6 +46,7 @@ from cxrctx.llm.runner import (
 from cxrctx.llm.sink import MemorySink, ShardSink, Sink, remove_stale_tmp
 from cxrctx.llm.spec import EngineSpec, make_engine
 from cxrctx.models import LABEL_SCHEMA_VERSION, Manifest
+from cxrctx.progress import as_callback, progress_arg
 from cxrctx.vocab import LESIONS
 
 if TYPE_CHECKING:

@@ -31,7 +31,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cxrctx import __version__
 from cxrctx.errors import CxrctxError
-from cxrctx.progress import as_callback, progress_arg
 from cxrctx.io import (
     config_hash,
     input_file,
@@ -48,6 +47,7 @@ from cxrctx.mimic.reader import ReportReader, report_source
 from cxrctx.mimic.schema import RECORD_SCHEMA, conform
 from cxrctx.mimic.summary import reconcile, reject_table, summaries, write_jsonl
 from cxrctx.models import RECORD_SCHEMA_VERSION, Manifest
+from cxrctx.progress import as_callback, progress_arg
 
 log = logging.getLogger(__name__)
 

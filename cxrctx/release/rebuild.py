@@ -23,8 +23,8 @@ from typing import Any
 import polars as pl
 
 from cxrctx.errors import CxrctxError
-from cxrctx.progress import as_callback, progress_arg
 from cxrctx.io import config_hash, open_stage, prepare_output, sha256_file
+from cxrctx.progress import as_callback, progress_arg
 from cxrctx.release.release import ReleaseConfig, make_release
 
 Progress = Callable[..., None]

@@ -22,7 +22,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cxrctx import __version__
 from cxrctx.errors import CxrctxError
-from cxrctx.progress import as_callback, progress_arg
 from cxrctx.io import (
     Stage,
     atomic_write_text,
@@ -35,6 +34,7 @@ from cxrctx.io import (
     write_stage_manifest,
 )
 from cxrctx.models import InputFile, Manifest, ShardInfo
+from cxrctx.progress import as_callback, progress_arg
 from cxrctx.release import tables as T
 
 RELEASE_SCHEMA_VERSION = 1

@@ -23,7 +23,6 @@ from pydantic import BaseModel, ConfigDict
 
 from cxrctx import __version__, jsonl
 from cxrctx.errors import CxrctxError
-from cxrctx.progress import as_callback, progress_arg
 from cxrctx.io import (
     config_hash,
     input_file,
@@ -38,6 +37,7 @@ from cxrctx.llm.runner import Executor, TaskProgress, TaskResult, TaskStats, run
 from cxrctx.llm.sink import MemorySink, ShardSink, Sink, remove_stale_tmp
 from cxrctx.llm.spec import EngineSpec, make_engine
 from cxrctx.models import Manifest
+from cxrctx.progress import as_callback, progress_arg
 from cxrctx.structure.check import CHECK_VERSION, COVERAGE_MIN, SUPPORT_MIN, WINDOW
 from cxrctx.structure.task import (
     StructureItem,
