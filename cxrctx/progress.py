@@ -123,9 +123,13 @@ class TqdmBars:
         if not plain:
             self.kw = {"file": stream}
         self.bars: dict[str, Any] = {}
+        self.done: set[str] = set()  # finished tasks: later events at the end draw nothing
 
     def __call__(self, *event: Any) -> None:
         s = step_of(*event)
+        if s.finished and s.task in self.done:
+            return
+        self.done.discard(s.task)
         note = s.note(time.monotonic() - self.t0)
         bar = self.bars.get(s.task)
         if bar is None:
@@ -138,6 +142,7 @@ class TqdmBars:
         bar.update(1 if s.done is None else s.done - bar.n)
         if s.finished:
             self.bars.pop(s.task).close()
+            self.done.add(s.task)
 
     def close(self) -> None:
         for bar in self.bars.values():

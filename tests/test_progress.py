@@ -101,6 +101,7 @@ def test_plain_lines_are_throttled_and_each_task_ends_with_its_last_count():
     bars = TqdmBars("train", file=buf, every_s=3600)
     for step in range(1, 9):
         bars(TrainEvent("step", stage=1, step=step, total=8, loss=1.0 / step))
+    bars(TrainEvent("stage_end", stage=1, step=8, total=8))  # already drawn at 8/8
     bars(TrainEvent("stage_start", stage=2, step=0, total=4))
     bars.close()
     lines = buf.getvalue().splitlines()
