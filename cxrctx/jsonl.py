@@ -82,10 +82,12 @@ def open_append(path: str | os.PathLike) -> IO[bytes]:
     return fh
 
 
-def write_frame(df: pl.DataFrame, path: str | os.PathLike) -> int:
+def write_frame(df: pl.DataFrame, path: str | os.PathLike, chunk_rows: int = 10_000) -> int:
     """One JSON object per row of `df`, columns in order (temporal columns must already be
-    strings: JSON has no datetime)."""
-    return write(path, df.iter_rows(named=True))
+    strings: JSON has no datetime). Rows become Python objects through Arrow, a chunk at a
+    time (faster than polars' `iter_rows`, bounded memory)."""
+    batches = df.to_arrow().to_batches(max_chunksize=chunk_rows)
+    return write(path, (row for b in batches for row in b.to_pylist()))
 
 
 def scan(path: str | os.PathLike, bad: BadLines) -> Iterator[tuple[int, Row]]:
