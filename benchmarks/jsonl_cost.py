@@ -84,7 +84,9 @@ def main() -> None:
     same = (tmp / "polars.jsonl").read_bytes() == (tmp / "ours.jsonl").read_bytes()
     mb = (tmp / "ours.jsonl").stat().st_size / 1e6
     print(f"records.jsonl, {a.rows:,} rows, {mb:.0f} MB, identical bytes: {same}")
-    print(f"  polars write_ndjson {t_pl:.2f} s | jsonl.write_frame {t_jl:.2f} s | x{t_jl / t_pl:.1f}")
+    print(
+        f"  polars write_ndjson {t_pl:.2f} s | jsonl.write_frame {t_jl:.2f} s | x{t_jl / t_pl:.1f}"
+    )
 
     raw = "x" * 1200
     entries = [{"key": cache_key(i=i), "raw_text": raw, "answer": {"word": "w"}}

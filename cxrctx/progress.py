@@ -118,7 +118,10 @@ class TqdmBars:
         notebook = _notebook_or_std is not _std_tqdm
         plain = not notebook and not stream.isatty()
         self.kw: dict[str, Any] = {
-            "file": _Lines(stream), "mininterval": every_s, "maxinterval": every_s, "ascii": True
+            "file": _Lines(stream),
+            "mininterval": every_s,
+            "maxinterval": every_s,
+            "ascii": True,
         }
         if not plain:
             self.kw = {"file": stream}
