@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import re
 import sys
 import time
@@ -135,9 +136,14 @@ class TqdmBars:
         self.done.discard(s.task)
         note = s.note(time.monotonic() - self.t0)
         bar = self.bars.get(s.task)
-        if bar is None:
+        if bar is None:  # a task seen first at its end is drawn once, at close
             desc = self.label if s.task == "phase" else f"{self.label} {s.task}"
-            bar = self.bars[s.task] = tqdm(desc=desc, total=s.total, postfix=note, **self.kw)
+            bar = self.bars[s.task] = tqdm(
+                desc=desc, total=s.total, postfix=note, initial=s.done or 0,
+                delay=math.inf if s.finished else 0, **self.kw,
+            )  # fmt: skip
+            if s.finished:
+                bar.refresh()
         elif note:
             bar.set_postfix_str(note, refresh=False)
         if s.total is not None and bar.total != s.total:

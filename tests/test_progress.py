@@ -99,6 +99,7 @@ def test_step_of_reads_every_stage_event():
 def test_plain_lines_are_throttled_and_each_task_ends_with_its_last_count():
     buf = io.StringIO()
     bars = TqdmBars("train", file=buf, every_s=3600)
+    bars(TrainEvent("stage_start", stage=1, step=0, total=8))
     for step in range(1, 9):
         bars(TrainEvent("step", stage=1, step=step, total=8, loss=1.0 / step))
     bars(TrainEvent("stage_end", stage=1, step=8, total=8))  # already drawn at 8/8
@@ -109,6 +110,14 @@ def test_plain_lines_are_throttled_and_each_task_ends_with_its_last_count():
         "train stage 1:   0%", "train stage 1: 100%", "train stage 2:   0%"
     ]  # fmt: skip
     assert "8/8" in lines[1] and "loss 0.125" in lines[1] and "\r" not in buf.getvalue()
+
+
+def test_a_task_first_seen_at_its_end_is_one_line():
+    buf = io.StringIO()
+    bars = TqdmBars("synth", file=buf)
+    bars("done", 1, 1)
+    bars.close()
+    assert buf.getvalue().splitlines() == ["synth done: 100%|##########| 1/1 [00:00<?, ?it/s]"]
 
 
 def test_the_decorator_needs_a_keyword_only_progress_and_as_callback_narrows():

@@ -408,6 +408,8 @@ def synthesize(
     temporal = _write_tables(root, st, plan, res)
     if zip_reports:
         tables.write_zip(root / REPORTS_ZIP, list(zip(plan.rel_paths, res.texts, strict=True)))
+    if progress is not None:
+        progress("tables", 1, 1)
     image_counts: dict[str, int] = {}
     if image_mod is not None:
         image_counts = _render_images(
