@@ -44,6 +44,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 LOG_EVERY_S = 30.0
 
 
+class _Bar(tqdm):  # type: ignore[misc]
+    """tqdm.auto's bar without tqdm's monitor thread (stages fork worker processes; a bar
+    redraws on its own events only)."""
+
+    monitor_interval = 0
+
+
 @dataclass(frozen=True)
 class Step:
     """One progress event of any stage: `done` of `total` items of `task` (total None: not
@@ -121,7 +128,6 @@ class TqdmBars:
         self.kw: dict[str, Any] = {
             "file": _Lines(stream),
             "mininterval": every_s,
-            "maxinterval": every_s,
             "ascii": True,
         }
         if not plain:
@@ -138,7 +144,7 @@ class TqdmBars:
         bar = self.bars.get(s.task)
         if bar is None:  # a task seen first at its end is drawn once, at close
             desc = self.label if s.task == "phase" else f"{self.label} {s.task}"
-            bar = self.bars[s.task] = tqdm(
+            bar = self.bars[s.task] = _Bar(
                 desc=desc, total=s.total, postfix=note, initial=s.done or 0,
                 delay=math.inf if s.finished else 0, **self.kw,
             )  # fmt: skip

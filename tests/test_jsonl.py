@@ -143,3 +143,22 @@ def test_scan_gives_offsets_of_good_lines(tmp_path):
     assert got == [(0, {"a": 1}), (12, {"a": 2})] and str(bad) == "1 torn, 1 invalid"
     with open(p, "rb") as fh:
         assert jsonl.read_at(fh, 12) == {"a": 2} and jsonl.read_at(fh, 8) is None
+
+
+def test_a_resume_survives_a_foreign_cache_line(tmp_path):
+    """A cache copied in from elsewhere (`rebuild --label-cache`) with a well-formed line
+    whose key is not hex: the re-run resumes from the good lines instead of crashing."""
+    from cxrctx.labeling import label_lesions
+    from cxrctx.llm.fake import FakeEngine
+
+    docs = tmp_path / "d.jsonl"
+    texts = ["Small left pleural effusion.", "Mild cardiomegaly.", "Right lower lobe opacity."]
+    jsonl.write(docs, [{"id": str(i), "text": t} for i, t in enumerate(texts)])
+    first = FakeEngine("m")
+    label_lesions(docs, tmp_path / "o", engine=first)
+    assert first.calls > 0
+    f = next((tmp_path / "o" / "cache").glob("*.jsonl"))
+    f.write_bytes(f.read_bytes() + json.dumps({"key": "not-hex", "status": "ok"}).encode() + b"\n")
+    again = FakeEngine("m")
+    run = label_lesions(docs, tmp_path / "o", engine=again)
+    assert again.calls == 0 and run.result is not None
