@@ -124,22 +124,19 @@ class TqdmBars:
         self.label, self.t0 = label, time.monotonic()
         stream = file if file is not None else sys.stderr
         notebook = _notebook_or_std is not _std_tqdm
-        plain = not notebook and not stream.isatty()
-        self.kw: dict[str, Any] = {
-            "file": _Lines(stream),
-            "mininterval": every_s,
-            "ascii": True,
-        }
-        if not plain:
-            self.kw = {"file": stream}
+        self.kw: dict[str, Any] = (
+            {"file": stream}
+            if notebook or stream.isatty()
+            else {"file": _Lines(stream), "mininterval": every_s, "ascii": True}
+        )
         self.bars: dict[str, Any] = {}
-        self.done: set[str] = set()  # finished tasks: later events at the end draw nothing
+        self.ended: set[str] = set()  # finished tasks: later events at their end draw nothing
 
     def __call__(self, *event: Any) -> None:
         s = step_of(*event)
-        if s.finished and s.task in self.done:
+        if s.finished and s.task in self.ended:
             return
-        self.done.discard(s.task)
+        self.ended.discard(s.task)
         note = s.note(time.monotonic() - self.t0)
         bar = self.bars.get(s.task)
         if bar is None:  # a task seen first at its end is drawn once, at close
@@ -157,7 +154,7 @@ class TqdmBars:
         bar.update(1 if s.done is None else s.done - bar.n)
         if s.finished:
             self.bars.pop(s.task).close()
-            self.done.add(s.task)
+            self.ended.add(s.task)
 
     def close(self) -> None:
         for bar in self.bars.values():
