@@ -139,10 +139,11 @@ class TqdmBars:
         self.ended.discard(s.task)
         note = s.note(time.monotonic() - self.t0)
         bar = self.bars.get(s.task)
+        count = s.done if s.done is not None else (bar.n if bar is not None else 0) + 1  # phases
         if bar is None:  # a task seen first at its end is drawn once, at close
             desc = self.label if s.task == "phase" else f"{self.label} {s.task}"
             bar = self.bars[s.task] = _Bar(
-                desc=desc, total=s.total, postfix=note, initial=s.done or 0,
+                desc=desc, total=s.total, postfix=note, initial=count,
                 delay=math.inf if s.finished else 0, **self.kw,
             )  # fmt: skip
             if s.finished:
@@ -151,7 +152,7 @@ class TqdmBars:
             bar.set_postfix_str(note, refresh=False)
         if s.total is not None and bar.total != s.total:
             bar.total = s.total
-        bar.update(1 if s.done is None else s.done - bar.n)
+        bar.update(count - bar.n)
         if s.finished:
             self.bars.pop(s.task).close()
             self.ended.add(s.task)
