@@ -2,16 +2,16 @@
 events, `None`/`False` (the default) is silent.
 
 Data engineers script releases from Python and notebooks, so every long call (`build_priors`,
-`label_lesions`, `label_rules`, `structure_reports`, `make_release`, `rebuild`, `train`)
-takes `progress: bool | Callable | None`. Its front door carries `@progress_arg("name")`:
+`label_lesions`, `structure_reports`, `make_release`, `rebuild`, `train`, `synthesize`,
+`generate`, `evaluate`) takes `progress: bool | Callable | None`. Its front door carries `@progress_arg("name")`:
 `progress=True` becomes a `TqdmBars` (a `tqdm.auto` bar per task: a widget in Jupyter, a
 bar on a terminal, plain lines in a log), closed when the call returns or raises; a
 callable passes through unchanged and receives the stage's own events:
 
 - `(task, done, total)`: build_priors, generate, synthesize;
 - `(phase,)`: make_release, evaluate (a phase has started);
-- `(done, total, failed)`: label_rules;
-- a `TaskProgress` (`done`, `total`, `tokens`, `failed`, ...): the LLM stages;
+- `(done, total, failed)`: the rules labeler's own writer;
+- a `TaskProgress` (`done`, `total`, `tokens`, `failed`, ...): label_lesions, structure_reports;
 - a `TrainEvent` (`kind`, `stage`, `step`, `total`, `loss`): train;
 - rebuild: the events of each stage it runs.
 
@@ -71,7 +71,7 @@ class Step:
     def note(self, elapsed_s: float) -> str:
         """What to show beside the count: phase, tokens/s, failures, loss."""
         parts = [self.phase] if self.phase else []
-        if self.tokens is not None and self.done:
+        if self.tokens and self.done:
             parts.append(f"{self.tokens / max(elapsed_s, 1e-9):.0f} tok/s")
         if self.failed is not None and self.done:
             parts.append(f"{self.failed} failed")

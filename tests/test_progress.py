@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from cxrctx import jsonl
-from cxrctx.labeling import label_lesions, label_rules
+from cxrctx.labeling import label_lesions
 from cxrctx.llm.fake import FakeEngine
 from cxrctx.llm.runner import TaskProgress
 from cxrctx.mimic.build import build_priors
@@ -28,7 +28,7 @@ def test_every_long_call_takes_progress_true():
     from cxrctx.reportgen.generate import generate
     from cxrctx.synth import synthesize
 
-    for fn in (build_priors, label_lesions, label_rules, structure_reports, make_release,
+    for fn in (build_priors, label_lesions, structure_reports, make_release,
                rebuild, train, generate, evaluate, synthesize):  # fmt: skip
         assert getattr(fn, "progress_label", None), fn.__name__
 
@@ -39,7 +39,7 @@ def test_progress_true_draws_bars_on_stderr_through_the_pipeline(tmp_path, capsy
     build_priors(EXAMPLE, tmp_path / "r", workers=1, progress=True)
     out, err = capsys.readouterr()
     assert out == "" and "build-priors report folders: 100%|##########| 25/25 " in err
-    label_rules(tmp_path / "r", out=tmp_path / "l", progress=True)
+    label_lesions(tmp_path / "r", tmp_path / "l", labeler="rules", progress=True)
     err = capsys.readouterr().err
     assert "label-lesions documents: 100%|##########| 77/77 " in err and "0 failed" in err
     make_release(tmp_path / "r", labels=tmp_path / "l", out=tmp_path / "rel", name="a/b",
