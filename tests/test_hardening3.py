@@ -655,3 +655,11 @@ def test_the_command_list_shows_each_summary_whole():
     out = " ".join(_help(None).split("Commands:", 1)[1].split())
     assert "..." not in out
     assert "keep only answers that pass the faithfulness check." in out
+
+
+def test_the_progress_display_shows_a_documents_phase():
+    from cxrctx.llm.runner import TaskProgress
+    from cxrctx.progress import step_of
+
+    s = step_of(TaskProgress(5, 10, 0, 0, 0, 0, phase="writing shards"))
+    assert s.phase == "writing shards" and s.note(1.0).startswith("writing shards")
