@@ -226,3 +226,24 @@ def test_bundled_example_is_structured_with_no_failure(tmp_path):
             key = organ.lower().replace(",", "").replace(" ", "_")
             for b in row[key]:
                 assert organ in organ_of(b), (organ, b)
+
+
+@pytest.mark.parametrize("with_model", [False, True])
+def test_full_disk_is_one_line_error(tmp_path, monkeypatch, with_model):
+    """OSError 28 while writing (here: the manifest) is one line naming the file, exit 2."""
+    import errno
+
+    from cxrctx.llm.fake import FakeEngine
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "o" / "manifest.json"))
+
+    src = tmp_path / "r.csv"
+    pl.DataFrame({"id": ["7"], "findings": [FINDINGS], "impression": [IMPRESSION]}).write_csv(src)
+    monkeypatch.setattr("cxrctx.structure.run.write_manifest", full)
+    monkeypatch.setattr("cxrctx.structure.run.make_engine", lambda spec: FakeEngine("m"))
+    extra = ["--model", "m.gguf"] if with_model else []
+    r = runner.invoke(app, ["structure-reports", str(src), "--out", str(tmp_path / "o"), *extra])
+    assert r.exit_code == 2, r.output
+    assert "manifest.json: cannot write (No space left on device)" in r.output
+    assert "Traceback" not in r.output and isinstance(r.exception, SystemExit)

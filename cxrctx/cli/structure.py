@@ -130,6 +130,8 @@ def structure_reports_cmd(
                 result = _structure(records, out, task | run)
     except CxrctxError as e:
         raise fail(e) from None
+    except OSError as e:
+        raise fail(_write_error(e, out)) from None
     if plan:
         print_plan(budget)
         return
@@ -157,8 +159,18 @@ def _run_rules(records: Path, out: Path, *, allow_failures: bool, **opts: Any) -
             )
     except CxrctxError as e:
         raise fail(e) from None
+    except OSError as e:
+        raise fail(_write_error(e, out)) from None
     _print_summary(run)
     exit_if_failed(run.result.counts["failed"], allow_failures, f"{run.out_dir}/failures/")
+
+
+def _write_error(e: OSError, out: Path) -> CxrctxError:
+    """A disk error while writing (full disk, read-only folder) as one line naming the file;
+    what was finished stays (shards and cache are written atomically), a re-run resumes."""
+    where = e.filename or out
+    return CxrctxError(f"{where}: cannot write ({e.strerror or e}); "
+                       "free space or fix permissions, then re-run to resume")  # fmt: skip
 
 
 def _structure(records: Path, out: Path, task: dict[str, Any]) -> StructureRun:

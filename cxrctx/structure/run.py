@@ -61,7 +61,7 @@ from cxrctx.structure.task import (
 from cxrctx.vocab import SRRG_ORGAN_KEYS, SRRG_ORGANS
 
 STAGE = "structure-reports"
-STRUCTURE_SCHEMA_VERSION = 2
+STRUCTURE_SCHEMA_VERSION = 1  # columns structured_by, fallback_reason added (additive)
 ROWS_PER_SHARD = 50_000
 EMPTY = "empty_report: no findings and no impression"
 MISSING_ID = "missing_id: the row has no study id"
