@@ -144,7 +144,9 @@ def _final_reason(reason: str | None) -> str:
 def run_model(mode: str, items: list[StructureItem], args: argparse.Namespace) -> None:
     """One report per call, one JSON line per report in OUT/<mode>.jsonl (done ones skipped)."""
     path = args.out / f"{mode}.jsonl"
-    done = {json.loads(ln)["uid"] for ln in path.read_text().splitlines()} if path.exists() else set()
+    done = (
+        {json.loads(ln)["uid"] for ln in path.read_text().splitlines()} if path.exists() else set()
+    )
     spec = EngineSpec(backend="llamacpp", model=args.model, threads=args.threads,
                       options={"n_ctx": args.n_ctx})  # fmt: skip
     engine = make_engine(spec)
@@ -230,12 +232,18 @@ def table(args: argparse.Namespace, sample: list[StructureItem]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--iu", type=Path, required=True, help="IU X-ray folder (CSV + openi-testset.txt)")
-    ap.add_argument("--out", type=Path, required=True, help="folder for caches, jsonl and summaries")
+    ap.add_argument(
+        "--iu", type=Path, required=True, help="IU X-ray folder (CSV + openi-testset.txt)"
+    )
+    ap.add_argument(
+        "--out", type=Path, required=True, help="folder for caches, jsonl and summaries"
+    )
     ap.add_argument("--modes", default="rules", help="comma list of rules, rewrite, scratch")
     ap.add_argument("--table", action="store_true", help="print the table of the finished reports")
     ap.add_argument("--model", help="GGUF path (rewrite / scratch)")
-    ap.add_argument("--n", type=int, default=20, help="LLM sample: the first N dev reports with both sections")
+    ap.add_argument(
+        "--n", type=int, default=20, help="LLM sample: the first N dev reports with both sections"
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--n-ctx", type=int, default=4096)
     ap.add_argument("--max-tokens", type=int, default=512)

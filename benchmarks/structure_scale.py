@@ -56,20 +56,24 @@ def main() -> None:
     for rep in range(args.repeats):
         target = args.out / "trivial"
         shutil.rmtree(target, ignore_errors=True)
-        wall, cpu, n = timed(lambda: trivial(args.records, target))
+        wall, cpu, n = timed(lambda t=target: trivial(args.records, t))
         results.setdefault("trivial", []).append({"reports": n, "wall_s": wall, "cpu_s": cpu,
                                                   "reports_per_s": n / wall})  # fmt: skip
         for w in (int(x) for x in args.workers.split(",")):
             target = args.out / f"rules-w{w}"
             shutil.rmtree(target, ignore_errors=True)
-            wall, cpu, run = timed(lambda w=w, t=target: structure_reports(args.records, t, workers=w))
+            wall, cpu, run = timed(
+                lambda w=w, t=target: structure_reports(args.records, t, workers=w)
+            )
             c = run.result.counts  # type: ignore[attr-defined]
             results.setdefault(f"rules_workers_{w}", []).append({
                 "reports": c["reports"], "structured": c["structured"], "failed": c["failed"],
                 "empty": c["empty"], "wall_s": wall, "cpu_s": cpu,
                 "reports_per_s": c["reports"] / wall,
             })  # fmt: skip
-        print(f"repeat {rep + 1}: " + json.dumps({k: v[-1] for k, v in results.items()}), flush=True)
+        print(
+            f"repeat {rep + 1}: " + json.dumps({k: v[-1] for k, v in results.items()}), flush=True
+        )
     base = min(r["wall_s"] for r in results["trivial"])
     summary = {k: {**min(v, key=lambda r: r["wall_s"]),
                    "x_trivial_wall": min(r["wall_s"] for r in v) / base} for k, v in results.items()}  # fmt: skip

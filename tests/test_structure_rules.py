@@ -89,7 +89,7 @@ def test_rules_place_each_sentence_under_its_organ_and_number_the_impression():
 
 
 def test_two_organ_sentence_is_split_at_its_clause_boundary():
-    """"and the" is a scope terminator of the shared lexicon: the clauses are separate."""
+    """ "and the" is a scope terminator of the shared lexicon: the clauses are separate."""
     o = structure_by_rules(FINDINGS, IMPRESSION)[0].organs()
     assert o["Cardiovascular"] == ["Heart size is normal."]
     assert o["Lungs and Airways"][0] == "Lungs are clear."
@@ -154,7 +154,13 @@ def test_structure_items_rules_counts_and_failure_rows():
              StructureItem("2", "", "", problem="empty_report: no findings and no impression")]  # fmt: skip
     res = structure_items_rules(items, batch_size=1)
     c = res.counts
-    assert (c["reports"], c["structured"], c["by_rules"], c["empty"], c["failed"]) == (2, 1, 1, 1, 0)
+    assert (c["reports"], c["structured"], c["by_rules"], c["empty"], c["failed"]) == (
+        2,
+        1,
+        1,
+        1,
+        0,
+    )
     assert c["engine_requests"] == 0 and res.cost["output_tokens"] == 0
     row = res.frames["structured"].row(0, named=True)
     assert row["structured_by"] == "rules" and row["backend"] == "rules"
@@ -236,7 +242,9 @@ def test_full_disk_is_one_line_error(tmp_path, monkeypatch, with_model):
     from cxrctx.llm.fake import FakeEngine
 
     def full(*a, **k):
-        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "o" / "manifest.json"))
+        raise OSError(
+            errno.ENOSPC, "No space left on device", str(tmp_path / "o" / "manifest.json")
+        )
 
     src = tmp_path / "r.csv"
     pl.DataFrame({"id": ["7"], "findings": [FINDINGS], "impression": [IMPRESSION]}).write_csv(src)

@@ -434,6 +434,7 @@ def structure_items_rules(
     out = dict(sinks or memory)
     counts = dict.fromkeys(COUNTS, 0)
     reasons: dict[str, int] = {}
+    results: Iterable[tuple[list, list, dict[str, int], dict[str, int]]]
     with contextlib.ExitStack() as stack:
         if workers > 1:
             pool = stack.enter_context(multiprocessing.get_context("fork").Pool(workers))

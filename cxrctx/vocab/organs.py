@@ -68,7 +68,7 @@ ORGAN_TERMS: tuple[tuple[str, tuple[str, ...]], ...] = (
                "subdiaphragmatic", "intraperitoneal", "bowel", "stomach", "gastric",
                "colon\\w*", "liver", "hepat\\w*", "spleen", "splenic", "gallbladder",
                "cholecyst\\w*", "kidneys?", "renal", "hiatal", "hiatus")),
-)
+)  # fmt: skip
 
 
 @lru_cache(maxsize=1)
