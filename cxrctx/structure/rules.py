@@ -20,6 +20,8 @@ verbatim sentences pass the check, so the rules answer is faithful by constructi
 
 from __future__ import annotations
 
+from typing import Any
+
 from cxrctx.structure.check import LIST_MARKER, CheckResult, check_structured, sentences
 from cxrctx.structure.task import StructuredAnswer
 from cxrctx.vocab import SRRG_ORGAN_KEYS, SRRG_ORGANS, organ_of, split_clauses
@@ -84,8 +86,8 @@ def draft(findings: str | None, impression: str | None, *, split: bool = True) -
             _place(s, split, organs)
     items = [t for t in (_bullet(s) if LIST_MARKER.match(s) else s.strip()
                          for s in sentences(impression)) if t]  # fmt: skip
-    fields = {SRRG_ORGAN_KEYS[o]: organs[o] for o in SRRG_ORGANS}
-    return StructuredAnswer.model_construct(**fields, impression=items)
+    fields: dict[str, Any] = {SRRG_ORGAN_KEYS[o]: organs[o] for o in SRRG_ORGANS}
+    return StructuredAnswer.model_construct(None, **fields, impression=items)
 
 
 def structure_by_rules(
