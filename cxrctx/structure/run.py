@@ -5,7 +5,8 @@ file with id / findings / impression), `iter_items` (one item per record, and wi
 `priors=True` one per prior study that is not itself a record; missing ids, repeated ids
 and empty reports become failure items), `run_task` (the shared runner: identical
 texts asked once, cache, one repair with the check's reason, failure rows),
-`StructuredRows` (task results → structured / failure rows, counted) and the manifest.
+`StructuredRows` (task results → structured / failure rows, counted; in `rows.py`) and
+the manifest.
 `structure_reports` is the stage; `structure_items` the library core with a model,
 `structure_items_rules` without one (the embedded default: `cxrctx.structure.rules`).
 
@@ -42,23 +43,28 @@ from cxrctx.io import (
 )
 from cxrctx.llm.base import Engine, Sampling
 from cxrctx.llm.cache import ResultCache
-from cxrctx.llm.runner import Executor, TaskProgress, TaskResult, TaskStats, run_task
+from cxrctx.llm.runner import Executor, TaskProgress, TaskStats, run_task
 from cxrctx.llm.sink import MemorySink, ShardSink, Sink, remove_stale_tmp
 from cxrctx.llm.spec import EngineSpec, make_engine
 from cxrctx.llm.task import schema_sha256_of
 from cxrctx.models import Manifest
-from cxrctx.structure.check import CHECK_VERSION, COVERAGE_MIN, SUPPORT_MIN, WINDOW, CheckResult
+from cxrctx.structure.check import CHECK_VERSION, COVERAGE_MIN, SUPPORT_MIN, WINDOW
+from cxrctx.structure.rows import (
+    COST,
+    COUNTS,
+    TABLES,
+    StructuredRows,
+)
+from cxrctx.structure.rows import FAILURE_SCHEMA as FAILURE_SCHEMA  # re-exported
+from cxrctx.structure.rows import STRUCTURED_SCHEMA as STRUCTURED_SCHEMA  # re-exported
 from cxrctx.structure.rules import RULES_VERSION, structure_by_rules
 from cxrctx.structure.task import (
     StructuredAnswer,
     StructureItem,
     StructurePrompt,
     StructureTask,
-    check_answer,
     load_prompt,
-    reason_code,
 )
-from cxrctx.vocab import SRRG_ORGAN_KEYS, SRRG_ORGANS
 
 STAGE = "structure-reports"
 STRUCTURE_SCHEMA_VERSION = 1  # columns structured_by, fallback_reason added (additive)
@@ -66,32 +72,6 @@ ROWS_PER_SHARD = 50_000
 EMPTY = "empty_report: no findings and no impression"
 MISSING_ID = "missing_id: the row has no study id"
 DUPLICATE_ID = "duplicate_id: the study id occurs again (first occurrence kept)"
-PROV = ("backend", "model", "prompt_sha256", "schema_sha256", "sampling")
-
-STRUCTURED_SCHEMA: dict[str, Any] = {
-    "id": pl.String, "study_id": pl.Int64, "role": pl.String, "text_sha256": pl.String,
-    "structured_findings": pl.String, "structured_impression": pl.String,
-    "structured_report": pl.String,
-    **{SRRG_ORGAN_KEYS[o]: pl.List(pl.String) for o in SRRG_ORGANS},
-    "impression_items": pl.List(pl.String),
-    "n_bullets": pl.Int64, "n_source_sentences": pl.Int64, "min_support": pl.Float64,
-    "coverage": pl.Float64, "repaired": pl.Boolean, "attempts": pl.Int64, "cached": pl.Boolean,
-    "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64, "latency_s": pl.Float64,
-    "structured_by": pl.String, "fallback_reason": pl.String,
-    **{k: pl.String for k in PROV},
-}  # fmt: skip
-FAILURE_SCHEMA: dict[str, Any] = {
-    "id": pl.String, "study_id": pl.Int64, "role": pl.String, "reason_code": pl.String,
-    "reason": pl.String, "raw_text": pl.String, "attempts": pl.Int64, "transient": pl.Boolean,
-}  # fmt: skip
-COST = ("llm_documents", "llm_calls", "prompt_tokens", "output_tokens")
-TABLES = {"structured": STRUCTURED_SCHEMA, "failures": FAILURE_SCHEMA}
-COUNTS = (
-    "reports", "records", "priors", "structured", "passed_first_time", "passed_after_repair",
-    "cached", "failed", "transient_failed", "empty", "missing_id", "duplicate_id",
-    "by_rules", "by_model", "rules_fallback",
-    "unique_texts", "engine_requests", "repair_requests", "prompt_tokens", "completion_tokens",
-)  # fmt: skip
 
 
 class StructureRunConfig(BaseModel):
@@ -215,116 +195,6 @@ def iter_items(
             seen.add(pid)
             f, i = _clean(p["findings"]), _clean(p["impression"])
             yield StructureItem(pid, f, i, role="prior", problem=None if f or i else EMPTY)
-
-
-# ---------------------------------------------------------------------------- rows
-
-
-def _study_id(item: StructureItem) -> int | None:
-    return int(item.id) if item.id.isdigit() else None
-
-
-class StructuredRows:
-    """Turns each batch of task results into structured and failure rows, counting every
-    report exactly once (`counts`, failures by reason code in `reasons`)."""
-
-    def __init__(self, sinks: dict[str, Sink], provenance: dict[str, Any]):
-        self.sinks = sinks
-        self.prov = {k: provenance[k] for k in PROV}
-        self.counts = dict.fromkeys(COUNTS, 0)
-        self.reasons: dict[str, int] = {}
-        self.fallbacks: dict[str, int] = {}  # reason code of each rewrite that fell back
-        self.cost = dict.fromkeys(COST, 0)
-
-    def __call__(self, results: list[TaskResult[StructureItem, Any]]) -> None:
-        rows: list[dict[str, Any]] = []
-        fails: list[dict[str, Any]] = []
-        for r in results:
-            self._one(r, rows, fails)
-            self._cost(r)
-        self.sinks["structured"].add(rows)
-        self.sinks["failures"].add(fails)
-
-    def _cost(self, r: TaskResult) -> None:
-        """What the model was asked, once per unique text; a cached answer keeps the
-        tokens it cost when asked, so a plan reads the same from a warm cache."""
-        if not r.called or r.duplicate:
-            return
-        self.cost["llm_documents"] += 1
-        self.cost["llm_calls"] += r.attempts
-        self.cost["prompt_tokens"] += r.prompt_tokens
-        self.cost["output_tokens"] += r.completion_tokens
-
-    def _fail(self, fails: list, r: TaskResult, reason: str) -> None:
-        item: StructureItem = r.item
-        code = reason_code(reason)
-        fails.append({"id": item.id, "study_id": _study_id(item), "role": item.role,
-                      "reason_code": code, "reason": reason, "raw_text": r.raw_text,
-                      "attempts": r.attempts, "transient": r.transient})  # fmt: skip
-        if item.problem is None:
-            self.reasons[code] = self.reasons.get(code, 0) + 1
-
-    def _one(self, r: TaskResult, rows: list, fails: list) -> None:
-        item: StructureItem = r.item
-        c = self.counts
-        c["reports"] += 1
-        c["records" if item.role == "record" else "priors"] += 1
-        if item.problem is not None:
-            c[reason_code(item.problem).replace("empty_report", "empty")] += 1
-            self._fail(fails, r, item.problem)
-            return
-        c["cached"] += r.cached
-        check = check_answer(item, r.answer) if r.answer is not None else None
-        if r.answer is not None and check is not None and check.passed:
-            c["passed_after_repair" if r.attempts > 1 else "passed_first_time"] += 1
-            self._structured(rows, item, r.answer, check, by="model", r=r)
-            return
-        why = check.reason if check is not None else (r.error or "failed")
-        if item.draft is not None and item.draft_check is not None and item.draft_check.passed:
-            code = reason_code(why)
-            self.fallbacks[code] = self.fallbacks.get(code, 0) + 1
-            c["rules_fallback"] += 1
-            self._structured(rows, item, item.draft, item.draft_check, by="rules", r=r, why=why)
-            return
-        c["failed"] += 1
-        c["transient_failed"] += r.transient
-        self._fail(fails, r, why)
-
-    def add_rules(self, item: StructureItem, rows: list, fails: list) -> None:
-        """One report structured by the rules alone (no model run)."""
-        if item.problem is not None or item.draft is None or item.draft_check is None:
-            self._one(TaskResult(item, None, error=item.problem), rows, fails)
-            return
-        if not item.draft_check.passed:
-            self._one(TaskResult(item, None, error=item.draft_check.reason), rows, fails)
-            return
-        self.counts["reports"] += 1
-        self.counts["records" if item.role == "record" else "priors"] += 1
-        self.counts["passed_first_time"] += 1
-        self._structured(rows, item, item.draft, item.draft_check, by="rules")
-
-    def _structured(self, rows: list, item: StructureItem, ans: StructuredAnswer,
-                    check: CheckResult, *, by: str, r: TaskResult | None = None,
-                    why: str | None = None) -> None:  # fmt: skip
-        self.counts["structured"] += 1
-        self.counts[f"by_{by}"] += 1
-        fig = check.figures()
-        organs = ans.organs()
-        rows.append({
-            "id": item.id, "study_id": _study_id(item), "role": item.role,
-            "text_sha256": item.text_sha256, "structured_findings": ans.render_findings(),
-            "structured_impression": ans.render_impression(),
-            "structured_report": ans.render_report(),
-            **{SRRG_ORGAN_KEYS[o]: organs[o] for o in SRRG_ORGANS},
-            "impression_items": list(ans.impression),
-            **{k: fig[k] for k in ("n_bullets", "n_source_sentences", "min_support", "coverage")},
-            "repaired": r is not None and r.attempts > 1 and why is None,
-            "attempts": r.attempts if r else 0, "cached": r.cached if r else False,
-            "prompt_tokens": r.prompt_tokens if r else 0,
-            "completion_tokens": r.completion_tokens if r else 0,
-            "latency_s": r.latency_s if r else 0.0, "structured_by": by, "fallback_reason": why,
-            **self.prov,
-        })  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- core
