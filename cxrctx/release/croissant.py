@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -249,7 +251,7 @@ def croissant_problems(
     return out or _load_problems(path, [t for t in tables if t in sets], n_records)
 
 
-def _readable_copy(doc: dict[str, Any], folder: Path) -> dict[str, Any]:
+def _readable_copy(doc: dict[str, Any]) -> dict[str, Any]:
     """The Croissant without arrays nested in arrays (priors[].images[]): mlcroissant 1.1
     reads Parquet through pandas, whose inner lists are numpy arrays its jsonPath cannot
     walk. They stay described in croissant.json; every top-level column is still read."""
@@ -267,38 +269,51 @@ def _readable_copy(doc: dict[str, Any], folder: Path) -> dict[str, Any]:
             f["subField"] = keep
 
     out = copy.deepcopy(doc)
-    for d in out.get("distribution", []):  # read in place: the copy is written elsewhere
-        for key in ("contentUrl", "includes"):
-            if key in d:
-                d[key] = str(folder / d[key])
     for rs in out.get("recordSet", []):
         for f in rs.get("field") or []:
             prune(f, False)
     return out
 
 
-def _load_problems(path: Path, record_sets: list[str], n_records: int) -> list[str]:
-    """Read the first records of every record set with mlcroissant; all columns present."""
+@contextmanager
+def readable_dataset(path: Path) -> Iterator[Any]:
+    """`mlcroissant.Dataset` of a bundle's croissant.json as mlcroissant can read it (see
+    `_readable_copy`), from a copy outside the bundle (validate never writes into it)."""
     import tempfile
 
     import mlcroissant as mlc
 
-    out: list[str] = []
-    doc = _readable_copy(json.loads(path.read_text(encoding="utf-8")), path.parent.resolve())
+    doc = _readable_copy(json.loads(path.read_text(encoding="utf-8")))
     with tempfile.TemporaryDirectory(prefix="cxrctx-croissant-") as tmp:
+        for sub in ("data", "exports"):  # files are read in place, through links (real
+            for f in sorted((path.parent / sub).rglob("*")):  # folders: mlcroissant's walk)
+                link = Path(tmp) / f.relative_to(path.parent)
+                if f.is_file() and not f.is_symlink():
+                    link.parent.mkdir(parents=True, exist_ok=True)
+                    link.symlink_to(f.resolve())
         copy_path = Path(tmp) / "croissant.json"
         copy_path.write_text(json.dumps(doc), encoding="utf-8")
-        ds = mlc.Dataset(jsonld=str(copy_path))
+        yield mlc.Dataset(jsonld=str(copy_path))
+
+
+def _load_problems(path: Path, record_sets: list[str], n_records: int) -> list[str]:
+    """Read the first records of every record set with mlcroissant; all columns present."""
+    out: list[str] = []
+    with readable_dataset(path) as ds:
         for rs in record_sets:
             fields = {f.id for r in ds.metadata.record_sets if r.id == rs for f in r.fields}
             try:
+                n = 0
                 for i, rec in enumerate(ds.records(record_set=rs)):
+                    n = i + 1
                     if set(rec) != fields:
                         missing = sorted(fields - set(rec))
                         out.append(f"{path}: record set {rs} loads without {missing}")
                         break
                     if i + 1 >= n_records:
                         break
+                if n == 0:
+                    out.append(f"{path}: record set {rs} loads no record with mlcroissant")
             except Exception as e:  # mlcroissant raises many error types while reading
                 first = str(e).splitlines()[0] if str(e) else type(e).__name__
                 out.append(f"{path}: record set {rs} does not load with mlcroissant ({first[:200]})")

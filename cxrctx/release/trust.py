@@ -26,11 +26,12 @@ from cxrctx.release import tables as T
 from cxrctx.vocab import DICOM_ID_RE, IMAGE_RELPATH_RE, SHA256_RE, STUDY_ID_RE
 
 #: Dates as a person (or a report) writes them: ISO, US, compact, month names. Years
-#: 1800–2299 cover real and MIMIC's shifted dates; ids never match (5xxxxxxx / p1xxxxxxx).
+#: 1800–2299 cover real and MIMIC's shifted dates; ids never match (5xxxxxxx, p1xxxxxxx,
+#: 8-hex dicom groups: a compact date must stand alone, a separated one needs 2-4 digits).
 DATE_RE = re.compile(
-    r"(?<![\w.])(?:1[89]|2[0-2])\d{2}[-/.](?:0?[1-9]|1[0-2])[-/.](?:0?[1-9]|[12]\d|3[01])(?![\w.])"
-    r"|(?<![\w.])(?:0?[1-9]|1[0-2])[-/](?:0?[1-9]|[12]\d|3[01])[-/](?:\d{4}|\d{2})(?![\w.])"
-    r"|(?<![\w.])(?:1[89]|2[0-2])\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])(?![\w.])"
+    r"(?<!\d)(?:1[89]|2[0-2])\d{2}[-/._ ](?:0?[1-9]|1[0-2])[-/._ ](?:0?[1-9]|[12]\d|3[01])(?!\d)"
+    r"|(?<!\d)(?:0?[1-9]|1[0-2])[-/_ ](?:0?[1-9]|[12]\d|3[01])[-/_ ](?:\d{4}|\d{2})(?!\d)"
+    r"|(?<![\w.-])(?:1[89]|2[0-2])\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])(?![\w.-])"
     r"|\b(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?\s+\d{1,2}(?:st|nd|rd|th)?\b",
     re.I,
 )
