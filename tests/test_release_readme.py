@@ -36,7 +36,9 @@ def test_readme_release_snippet_runs_and_its_row_counts_are_real(tmp_path, monke
         assert cmd[0] == "cxrctx" and "--backend" not in cmd, cmd
         res = runner.invoke(app, cmd[1:])
         assert res.exit_code == 0, (cmd, res.output)
-    shown = dict(re.findall(r"(train|validation|test): Dataset\(\{.*?num_rows: (\d+)\}\)", _section(), re.S))
+    shown = dict(
+        re.findall(r"(train|validation|test): Dataset\(\{.*?num_rows: (\d+)\}\)", _section(), re.S)
+    )
     studies = tmp_path / "out/demo/release/public/data/studies"
     got = {
         split: sum(pl.read_parquet(f).height for f in studies.glob(f"{split}-*.parquet"))

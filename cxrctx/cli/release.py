@@ -281,9 +281,14 @@ def rebuild_cmd(
 
     try:
         spec = engine_spec(
-            backend if backend is not None or model is None else Backend.llamacpp, model,
-            base_url=base_url, api_key_env=api_key_env, engine_opt=engine_opt, timeout=timeout,
-            threads=threads, allow_public_api=allow_public_api,
+            backend if backend is not None or model is None else Backend.llamacpp,
+            model,
+            base_url=base_url,
+            api_key_env=api_key_env,
+            engine_opt=engine_opt,
+            timeout=timeout,
+            threads=threads,
+            allow_public_api=allow_public_api,
         )
         rep = rebuild(
             public_dir, mimic_root, out=out, engine=spec, labels=labels, label_cache=label_cache,

@@ -256,3 +256,38 @@ def render_card(
     """The whole README.md of one bundle."""
     body = _intro(kind, cfg, extra) + _tables(tables) + _sections(kind, tables, cfg, summary, extra)
     return front_matter(kind, tables, cfg) + "\n" + "\n".join(body) + "\n"
+
+
+def hub_card_problems(card_path: Path) -> list[str]:
+    """The card through huggingface_hub's own parser (`DatasetCard`), its metadata against
+    the hub's allowed values. Empty when huggingface_hub is not installed (`release` extra).
+
+    The hub's server-side check (`DatasetCard.validate`) needs the network; this is the part
+    a library offers offline."""
+    import re
+
+    from cxrctx.release.meta import HUB_LICENSES, SIZE_CATEGORIES, TASK_CATEGORIES
+
+    try:
+        from huggingface_hub import DatasetCard
+    except ImportError:
+        return []
+    try:
+        data = DatasetCard.load(card_path).data.to_dict()
+    except Exception as e:  # huggingface_hub raises ValueError / yaml errors on a bad card
+        return [f"{card_path}: huggingface_hub cannot read the card ({str(e).splitlines()[0]})"]
+    out = []
+    lic = data.get("license")
+    if lic not in HUB_LICENSES:
+        out.append(f"{card_path}: license {lic!r} is not a hub licence id")
+    if lic == "other" and not (data.get("license_name") and data.get("license_link")):
+        out.append(f"{card_path}: license other without license_name and license_link")
+    bad = [t for t in data.get("task_categories") or [] if t not in TASK_CATEGORIES]
+    bad += [s for s in data.get("size_categories") or [] if s not in dict(SIZE_CATEGORIES)]
+    if bad:
+        out.append(f"{card_path}: {', '.join(map(repr, bad))} not among the hub's categories")
+    for c in data.get("configs") or []:
+        names = [c.get("config_name", "")] + [d.get("split", "") for d in c.get("data_files", [])]
+        if any(not re.fullmatch(r"\w+", str(n)) for n in names):
+            out.append(f"{card_path}: config {c.get('config_name')!r}: names must match \\w+")
+    return out

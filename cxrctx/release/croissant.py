@@ -316,5 +316,7 @@ def _load_problems(path: Path, record_sets: list[str], n_records: int) -> list[s
                     out.append(f"{path}: record set {rs} loads no record with mlcroissant")
             except Exception as e:  # mlcroissant raises many error types while reading
                 first = str(e).splitlines()[0] if str(e) else type(e).__name__
-                out.append(f"{path}: record set {rs} does not load with mlcroissant ({first[:200]})")
+                out.append(
+                    f"{path}: record set {rs} does not load with mlcroissant ({first[:200]})"
+                )
     return out

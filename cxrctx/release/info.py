@@ -14,9 +14,9 @@ from typing import Any
 import polars as pl
 
 from cxrctx.errors import CxrctxError
-from cxrctx.io import Stage, open_stage
-from cxrctx.release.trust import open_bundle
+from cxrctx.io import Stage
 from cxrctx.release import tables as T
+from cxrctx.release.trust import open_bundle
 from cxrctx.vocab import FLAGS, LESIONS
 
 #: Row order of the per-split table.

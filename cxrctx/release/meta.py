@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cxrctx.errors import CxrctxError

@@ -136,7 +136,9 @@ def _check_engine(cfg: dict[str, Any], engine: Any) -> None:
         )
     if cfg.get("model_sha256") and Path(engine.model).is_file():
         if sha256_file(engine.model) != cfg["model_sha256"]:
-            raise CxrctxError(f"{engine.model}: sha256 differs from the release's model {cfg['model']}")
+            raise CxrctxError(
+                f"{engine.model}: sha256 differs from the release's model {cfg['model']}"
+            )
 
 
 def _check_prompt(cfg: dict[str, Any]) -> None:
@@ -186,7 +188,13 @@ def label_options(cfg: dict[str, Any]) -> dict[str, Any]:
             raise bad(f"{what} {v!r}")
     sampling = cfg.get("sampling") or {}
     try:
-        samp = Sampling(**{k: sampling[k] for k in ("temperature", "top_p", "max_tokens", "seed") if k in sampling})
+        samp = Sampling(
+            **{
+                k: sampling[k]
+                for k in ("temperature", "top_p", "max_tokens", "seed")
+                if k in sampling
+            }
+        )
     except TypeError as e:
         raise bad(f"sampling ({e})") from e
     return {
@@ -196,7 +204,9 @@ def label_options(cfg: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def run_labels(records: Path, out: Path, opts: dict[str, Any], engine: Any, cache: Path | None) -> None:
+def run_labels(
+    records: Path, out: Path, opts: dict[str, Any], engine: Any, cache: Path | None
+) -> None:
     """The one call into labeling: the rules, or the caller's engine with the recorded prompt."""
     from cxrctx.labeling import label_lesions, label_rules
 
@@ -324,7 +334,9 @@ def rebuild(
     try:
         cfg = ReleaseConfig(**st.manifest.config)
     except (ValueError, TypeError) as e:
-        raise CxrctxError(f"{pdir}: the release config is not valid ({str(e).splitlines()[0]})") from e
+        raise CxrctxError(
+            f"{pdir}: the release config is not valid ({str(e).splitlines()[0]})"
+        ) from e
     stages = extra.get("stages", {})
     if not isinstance(stages, dict) or "build-priors" not in stages:
         raise CxrctxError(f"{pdir}: the manifest records no build-priors stage")
@@ -369,7 +381,12 @@ def _run_rois(imagenome: Path, records: Path, out: Path, prov: dict[str, Any]) -
 
     cfg = prov.get("config") or {}
     rows, frontal = cfg.get("rows_per_shard", 50_000), cfg.get("frontal_only", True)
-    if not isinstance(rows, int) or isinstance(rows, bool) or rows < 1 or not isinstance(frontal, bool):
+    if (
+        not isinstance(rows, int)
+        or isinstance(rows, bool)
+        or rows < 1
+        or not isinstance(frontal, bool)
+    ):
         raise CxrctxError("the release's build-rois options are not valid")
     build_rois(imagenome, records=records, out=out, rows_per_shard=rows, frontal_only=frontal)
     return out

@@ -41,6 +41,7 @@ def render_bundle_metadata(st: Stage) -> tuple[str, str]:
 
 def metadata_problems(st: Stage) -> list[str]:
     """Card and croissant.json differ from what the manifest renders; Croissant errors."""
+    from cxrctx.release.card import hub_card_problems
     from cxrctx.release.croissant import croissant_problems
 
     try:
@@ -56,4 +57,6 @@ def metadata_problems(st: Stage) -> list[str]:
                 f"{f}: differs from what the manifest renders (edited by hand? give card "
                 "metadata to `release --card FILE` instead)"
             )
+    if (Path(st.dir) / "README.md").is_file():
+        out += hub_card_problems(Path(st.dir) / "README.md")
     return out + croissant_problems(st.dir, manifest_tables(st.manifest))
