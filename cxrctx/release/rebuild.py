@@ -242,9 +242,9 @@ def _run_labels(
 
 def _study_notes(public_dir: Path, records: Path, rejects: pl.DataFrame | None) -> list[str]:
     """Per study: why the rebuilt records differ (missing report, different report)."""
-    studies = pl.concat(
-        [pl.read_parquet(f) for f in sorted((public_dir / "data" / "studies").glob("*.parquet"))]
-    ).select("study_id", "report_sha256")
+    st = open_bundle(public_dir, "release-public", verify="exists")
+    files = [st.dir / s.path for s in st.manifest.shards if s.path.startswith("data/studies/")]
+    studies = pl.concat([pl.read_parquet(f) for f in files]).select("study_id", "report_sha256")
     rec = (
         open_stage(records, "build-priors", verify="rows")
         .read()

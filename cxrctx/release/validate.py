@@ -27,7 +27,12 @@ import polars as pl
 from cxrctx.errors import CxrctxError
 from cxrctx.io import RUN_MARKER, Stage, check_stage, load_stage
 from cxrctx.release import tables as T
-from cxrctx.release.trust import column_problems, path_problems, text_date_problems
+from cxrctx.release.trust import (
+    column_problems,
+    path_problem,
+    path_problems,
+    text_date_problems,
+)
 from cxrctx.resources import read_bytes
 from cxrctx.vocab import LESIONS, LOCATIONS
 
@@ -298,6 +303,9 @@ def card_problems(bundle: Path, st: Stage) -> list[str]:
     out = []
     covered: set[str] = set()
     for g in globs:
+        if path_problem(g) is not None:
+            out.append(f"{card}: config path {g!r} leaves the bundle")
+            continue
         hits = {p.relative_to(bundle).as_posix() for p in bundle.glob(g)}
         if not hits:
             out.append(f"{card}: config path {g} matches no file")
