@@ -494,3 +494,31 @@ def test_hub_card_parser_catches_bad_metadata(tmp_path):
     assert any("license other without license_name and license_link" in p for p in problems)
     assert any("'chest-xray', 'huge' not among the hub's categories" in p for p in problems)
     assert any("config 'my studies'" in p for p in problems)
+
+
+@pytest.mark.parametrize(
+    ("edit", "msg"),
+    [
+        (
+            lambda m: m["extra"]["stages"].update({"label-lesions": "x"}),
+            "label-lesions record is malformed",
+        ),
+        (
+            lambda m: m["extra"]["stages"]["build-priors"]["inputs"].append(7),
+            "malformed input file entry",
+        ),
+        (
+            lambda m: m["extra"]["stages"]["build-priors"]["config"].update(max_priors="all"),
+            "build-priors options",
+        ),
+        (lambda m: m["config"].update(name="../../evil"), "release config is not valid"),
+    ],
+)
+def test_malformed_records_are_one_line_errors(made, tmp_path, edit, msg):
+    rel = _copy(made, tmp_path)
+    _manifest(rel / "public", edit)
+    res = runner.invoke(
+        app, ["rebuild", str(rel / "public"), str(made["root"]), "--out", str(tmp_path / "rb")]
+    )
+    assert res.exit_code == 2 and msg in res.output, res.output
+    assert "Traceback" not in res.output

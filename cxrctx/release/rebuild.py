@@ -76,7 +76,10 @@ def check_root(root: Path, bp: dict[str, Any]) -> list[str]:
     if not root.is_dir():
         raise CxrctxError(f"{root}: MIMIC root not found")
     missing, notes = [], []
-    for inp in bp.get("inputs", []):
+    for inp in bp.get("inputs") or []:
+        if not (isinstance(inp, dict) and isinstance(inp.get("path"), str)
+                and isinstance(inp.get("sha256"), str)):  # fmt: skip
+            raise CxrctxError(f"the release records a malformed input file entry: {inp!r:.80}")
         f = safe_join(root, inp["path"], "input file")
         if not f.is_file():
             missing.append(f"{inp['path']} (from {project_of(inp['path'])})")
@@ -340,6 +343,8 @@ def rebuild(
     stages = extra.get("stages", {})
     if not isinstance(stages, dict) or "build-priors" not in stages:
         raise CxrctxError(f"{pdir}: the manifest records no build-priors stage")
+    for name in stages:
+        _config(stages, name)
     root = Path(mimic_root)
     rep = RebuildReport(Path(out))
     rep.input_notes = check_root(root, stages.get("build-priors", {}))
@@ -347,14 +352,14 @@ def rebuild(
         out, stage="rebuild", config_hash=config_hash({"release": pub_files}), overwrite=overwrite
     )
     rep.out_dir = o = res.path
-    records = _run_build_priors(root, o / "build-priors", stages["build-priors"]["config"], workers)
+    records = _run_build_priors(root, o / "build-priors", _config(stages, "build-priors"), workers)
     lab = None
     if "label-lesions" in stages:
         if labels is not None:
             lab = Path(labels)
         else:
             lab = _run_labels(
-                records, o / "label-lesions", stages["label-lesions"]["config"], engine=engine,
+                records, o / "label-lesions", _config(stages, "label-lesions"), engine=engine,
                 label_cache=Path(label_cache) if label_cache else None,
             )  # fmt: skip
     if "build-rois" in stages and rois is None:
@@ -373,6 +378,15 @@ def rebuild(
     )  # fmt: skip
     _compare(rep, pdir, o, stages, pub_files, cred_files)
     return rep
+
+
+def _config(stages: dict[str, Any], name: str) -> dict[str, Any]:
+    """A recorded stage's config, refused unless it is a mapping (a bundle is untrusted)."""
+    prov = stages.get(name)
+    cfg = prov.get("config") if isinstance(prov, dict) else None
+    if not isinstance(cfg, dict):
+        raise CxrctxError(f"the release's {name} record is malformed (no config mapping)")
+    return cfg
 
 
 def _run_rois(imagenome: Path, records: Path, out: Path, prov: dict[str, Any]) -> Path:
