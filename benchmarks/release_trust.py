@@ -46,13 +46,13 @@ print(json.dumps({"s": time.perf_counter() - t}))
 
 
 def _prepare(work: Path, patients: int) -> None:
-    from cxrctx.labeling import label_rules
+    from cxrctx.labeling import label_lesions
     from cxrctx.mimic.build import build_priors
     from cxrctx.synth import synthesize
 
     synthesize(work / "mimic", patients=patients, seed=0)
     build_priors(work / "mimic", work / "records", workers=1)
-    label_rules(work / "records", out=work / "labels")
+    label_lesions(work / "records", work / "labels", labeler="rules")
 
 
 def _checkout(rev: str, dest: Path) -> Path:

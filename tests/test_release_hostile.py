@@ -30,7 +30,7 @@ def made(tmp_path_factory):
     """A synthetic root with ImaGenome scene graphs, records, rules and fake-model labels,
     ROIs, and two releases: rules-labelled with ROIs, and model-labelled."""
     from cxrctx.imagenome import build_rois
-    from cxrctx.labeling import label_lesions, label_rules
+    from cxrctx.labeling import label_lesions
     from cxrctx.llm.spec import EngineSpec
     from cxrctx.mimic.build import build_priors
     from cxrctx.synth import synthesize
@@ -39,7 +39,7 @@ def made(tmp_path_factory):
     synthesize(b / "mimic", patients=12, seed=2, images=True, imagenome=True, image_size=32,
                image_format="jpg")  # fmt: skip
     build_priors(b / "mimic", b / "records", image_ext="jpg", workers=1)
-    label_rules(b / "records", out=b / "labels")
+    label_lesions(b / "records", b / "labels", labeler="rules")
     build_rois(b / "mimic" / "imagenome", records=b / "records", out=b / "rois")
     make_release(
         b / "records", labels=b / "labels", rois=b / "rois", out=b / "rel", name="demo/ctx",

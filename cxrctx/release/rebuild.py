@@ -211,16 +211,17 @@ def run_labels(
     records: Path, out: Path, opts: dict[str, Any], engine: Any, cache: Path | None
 ) -> None:
     """The one call into labeling: the rules, or the caller's engine with the recorded prompt."""
-    from cxrctx.labeling import label_lesions, label_rules
+    from cxrctx.labeling import Labeler, LabelLesionsConfig, label_lesions
 
     if opts["backend"] == "rules":
-        label_rules(records, out=out, sections=opts["sections"], limit=opts["limit"])
+        rules = LabelLesionsConfig(sections=opts["sections"], limit=opts["limit"])
+        label_lesions(records, out, labeler=Labeler.rules, config=rules)
         return
-    label_lesions(
-        records, out, engine=engine, sections=opts["sections"], sampling=opts["sampling"],
-        batch_size=opts["batch_size"], prepass=opts["prepass"], prompt=opts["prompt"],
-        limit=opts["limit"], mode=opts["mode"], cache_dir=cache,
+    config = LabelLesionsConfig(
+        sections=opts["sections"], sampling=opts["sampling"], batch_size=opts["batch_size"],
+        prepass=opts["prepass"], prompt=opts["prompt"], limit=opts["limit"], cache_dir=cache,
     )  # fmt: skip
+    label_lesions(records, out, labeler=opts["mode"], config=config, engine=engine)
 
 
 def _run_labels(
