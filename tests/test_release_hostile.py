@@ -156,7 +156,9 @@ def test_rebuild_labels_with_the_callers_engine_only(made, tmp_path, server, mon
     _crafted_engine(rel / "public", url)
     seen = []
     monkeypatch.setattr(
-        rb, "run_labels", lambda records, out, opts, engine, cache: seen.append(engine)
+        rb,
+        "run_labels",
+        lambda records, out, opts, engine, cache, progress=None: seen.append(engine),
     )
     mine = EngineSpec(backend="openai", model="served", base_url="http://127.0.0.1:9/v1")
     with pytest.raises(CxrctxError):  # nothing labelled: the release step finds no labels

@@ -21,6 +21,7 @@ from cxrctx.cli.engine import (
     TimeoutOpt,
     engine_spec,
 )
+from cxrctx.cli.progress import progress_display
 from cxrctx.errors import CxrctxError
 
 
@@ -126,11 +127,13 @@ def release_cmd(
     try:
         meta = read_card_file(card) if card is not None else {}
         meta.update({k: v for k, v in given.items() if v is not None})
-        res = make_release(
-            records, out=out, name=name, version=version, labels=labels, rois=rois,
-            structured=structured, formats=[f.value for f in formats], target=target.value,
-            license=license, rows_per_file=rows_per_file, card=meta, overwrite=overwrite,
-        )  # fmt: skip
+        with progress_display("release") as progress:
+            res = make_release(
+                records, out=out, name=name, version=version, labels=labels, rois=rois,
+                structured=structured, formats=[f.value for f in formats], target=target.value,
+                license=license, rows_per_file=rows_per_file, card=meta, overwrite=overwrite,
+                progress=progress,
+            )  # fmt: skip
     except CxrctxError as e:
         raise fail(e) from None
     console.print(_split_table(res.summary, f"release {res.config.name} {res.config.version}"))
@@ -290,11 +293,12 @@ def rebuild_cmd(
             threads=threads,
             allow_public_api=allow_public_api,
         )
-        rep = rebuild(
-            public_dir, mimic_root, out=out, engine=spec, labels=labels, label_cache=label_cache,
-            rois=rois, imagenome=imagenome, structured=structured, workers=workers,
-            overwrite=overwrite,
-        )  # fmt: skip
+        with progress_display("rebuild") as progress:
+            rep = rebuild(
+                public_dir, mimic_root, out=out, engine=spec, labels=labels,
+                label_cache=label_cache, rois=rois, imagenome=imagenome, structured=structured,
+                workers=workers, overwrite=overwrite, progress=progress,
+            )  # fmt: skip
     except CxrctxError as e:
         raise fail(e) from None
     for n in rep.input_notes:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,12 @@ import polars as pl
 
 from cxrctx.errors import CxrctxError
 from cxrctx.io import config_hash, open_stage, prepare_output, sha256_file
+from cxrctx.progress import as_callback, progress_arg
 from cxrctx.release.meta import ReleaseConfig
 from cxrctx.release.release import make_release
 from cxrctx.release.trust import open_bundle, safe_join
+
+Progress = Callable[..., None]
 
 MIMIC_CXR = "MIMIC-CXR (https://physionet.org/content/mimic-cxr/2.0.0/)"
 MIMIC_CXR_JPG = "MIMIC-CXR-JPG (https://physionet.org/content/mimic-cxr-jpg/2.1.0/)"
@@ -116,11 +120,14 @@ def build_priors_options(cfg: dict[str, Any], root: Path) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _run_build_priors(root: Path, out: Path, cfg: dict[str, Any], workers: int | None) -> Path:
+def _run_build_priors(
+    root: Path, out: Path, cfg: dict[str, Any], workers: int | None, progress: Progress | None
+) -> Path:
     """build-priors with the recorded options; worker count is the caller's, never the bundle's."""
     from cxrctx.mimic.build import build_priors
 
-    build_priors(root, out, workers=workers, **build_priors_options(cfg, root))
+    opts = build_priors_options(cfg, root)
+    build_priors(root, out, workers=workers, progress=progress, **opts)
     return out
 
 
@@ -208,24 +215,37 @@ def label_options(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_labels(
-    records: Path, out: Path, opts: dict[str, Any], engine: Any, cache: Path | None
+    records: Path,
+    out: Path,
+    opts: dict[str, Any],
+    engine: Any,
+    cache: Path | None,
+    progress: Progress | None = None,
 ) -> None:
     """The one call into labeling: the rules, or the caller's engine with the recorded prompt."""
     from cxrctx.labeling import Labeler, LabelLesionsConfig, label_lesions
 
     if opts["backend"] == "rules":
         rules = LabelLesionsConfig(sections=opts["sections"], limit=opts["limit"])
-        label_lesions(records, out, labeler=Labeler.rules, config=rules)
+        label_lesions(records, out, labeler=Labeler.rules, config=rules, progress=progress)
         return
     config = LabelLesionsConfig(
         sections=opts["sections"], sampling=opts["sampling"], batch_size=opts["batch_size"],
         prepass=opts["prepass"], prompt=opts["prompt"], limit=opts["limit"], cache_dir=cache,
     )  # fmt: skip
-    label_lesions(records, out, labeler=opts["mode"], config=config, engine=engine)
+    label_lesions(
+        records, out, labeler=opts["mode"], config=config, engine=engine, progress=progress
+    )
 
 
 def _run_labels(
-    records: Path, out: Path, cfg: dict[str, Any], *, engine: Any, label_cache: Path | None
+    records: Path,
+    out: Path,
+    cfg: dict[str, Any],
+    *,
+    engine: Any,
+    label_cache: Path | None,
+    progress: Progress | None = None,
 ) -> Path:
     """Re-label: the rules need nothing; a model-labelled release needs the caller's engine."""
     opts = label_options(cfg)
@@ -237,7 +257,7 @@ def _run_labels(
             src = label_cache / "cache" if (label_cache / "cache").is_dir() else label_cache
             cache = out.parent / "label-cache"
             shutil.copytree(src, cache, dirs_exist_ok=True, symlinks=True)
-    run_labels(records, out, opts, engine, cache)
+    run_labels(records, out, opts, engine, cache, progress)
     return out
 
 
@@ -312,6 +332,7 @@ def _expected(public: Path) -> tuple[Any, dict[str, Any], list[dict], list[dict]
     return st, m.extra, pub, list(m.extra.get("credentialed_files", []))
 
 
+@progress_arg("rebuild")
 def rebuild(
     public_dir: str | os.PathLike,
     mimic_root: str | os.PathLike,
@@ -325,12 +346,15 @@ def rebuild(
     structured: str | os.PathLike | None = None,
     workers: int | None = None,
     overwrite: bool = False,
+    progress: Progress | bool | None = None,
 ) -> RebuildReport:
     """Rebuild a release from its public bundle and a MIMIC-CXR root into OUT; compare.
 
     `engine` (an EngineSpec from the caller's own options) labels a model-labelled release;
     the bundle's recorded engine options are never used. `imagenome` (a Chest ImaGenome
-    folder) recomputes the ROI boxes; `rois` reuses a build-rois output instead."""
+    folder) recomputes the ROI boxes; `rois` reuses a build-rois output instead.
+    `progress` receives the events of each stage it runs (True: tqdm bars)."""
+    progress = as_callback(progress)
     pdir = Path(public_dir)
     if (pdir / "public").is_dir() and not (pdir / "manifest.json").exists():
         pdir = pdir / "public"
@@ -353,7 +377,8 @@ def rebuild(
         out, stage="rebuild", config_hash=config_hash({"release": pub_files}), overwrite=overwrite
     )
     rep.out_dir = o = res.path
-    records = _run_build_priors(root, o / "build-priors", _config(stages, "build-priors"), workers)
+    bp_cfg = _config(stages, "build-priors")
+    records = _run_build_priors(root, o / "build-priors", bp_cfg, workers, progress)
     lab = None
     if "label-lesions" in stages:
         if labels is not None:
@@ -361,7 +386,7 @@ def rebuild(
         else:
             lab = _run_labels(
                 records, o / "label-lesions", _config(stages, "label-lesions"), engine=engine,
-                label_cache=Path(label_cache) if label_cache else None,
+                label_cache=Path(label_cache) if label_cache else None, progress=progress,
             )  # fmt: skip
     if "build-rois" in stages and rois is None:
         if imagenome is not None:
@@ -375,7 +400,7 @@ def rebuild(
     make_release(
         records, out=o / "release", name=cfg.name, version=cfg.version, labels=lab, rois=rois,
         structured=structured, formats=cfg.formats, target=cfg.target, license=cfg.license,
-        rows_per_file=cfg.rows_per_file, card=cfg.card, overwrite=True,
+        rows_per_file=cfg.rows_per_file, card=cfg.card, overwrite=True, progress=progress,
     )  # fmt: skip
     _compare(rep, pdir, o, stages, pub_files, cred_files)
     return rep

@@ -33,6 +33,7 @@ from cxrctx.io import (
     write_stage_manifest,
 )
 from cxrctx.models import InputFile, Manifest, ShardInfo
+from cxrctx.progress import as_callback, progress_arg
 from cxrctx.release import tables as T
 from cxrctx.release.meta import CardMetadata, ReleaseConfig
 
@@ -355,6 +356,7 @@ def remove_stale_staging(folder: Path) -> int:
     return len(dirs)
 
 
+@progress_arg("release")
 def make_release(
     records: str | os.PathLike,
     *,
@@ -370,12 +372,13 @@ def make_release(
     rows_per_file: int = 20_000,
     card: CardMetadata | dict[str, Any] | None = None,
     overwrite: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str], None] | bool | None = None,
 ) -> ReleaseResult:
     """Package stage outputs into OUT/public (IDs + enums) and OUT/credentialed (full data).
 
     Refuses a non-empty OUT of another release unless `overwrite`; writes into a staging
     folder inside OUT and renames the finished bundles into place."""
+    progress = as_callback(progress)
     say = progress or (lambda _msg: None)
     inp = load_inputs(records, labels, rois, structured)
     say("inputs checked")
