@@ -30,8 +30,8 @@ from cxrctx.cli.engine import (
     exit_if_failed,
     model_run,
     print_plan,
-    progress_reporter,
 )
+from cxrctx.cli.progress import progress_display
 from cxrctx.errors import CxrctxError
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ def structure_reports_cmd(
             sampling=Sampling(temperature=temperature, max_tokens=max_tokens, seed=seed),
             batch_size=batch_size, prompt=prompt, overwrite=overwrite,
         )  # fmt: skip
-        with model_run(executor, ray_address, workers, "structuring", "reports") as run:
+        with model_run(executor, ray_address, workers, "structure-reports") as run:
             if plan:
                 budget = _plan(records, out, plan_sample, plan_throughput, plan_gpu, task | run)
             else:
@@ -153,10 +153,8 @@ def _run_rules(records: Path, out: Path, *, allow_failures: bool, **opts: Any) -
     from cxrctx.structure.run import structure_reports
 
     try:
-        with progress_reporter("structuring (rules)", "reports") as report:
-            run = structure_reports(
-                records, out, progress=lambda p: report(p.done, p.total, ""), **opts
-            )
+        with progress_display("structure-reports") as progress:
+            run = structure_reports(records, out, progress=progress, **opts)
     except CxrctxError as e:
         raise fail(e) from None
     except OSError as e:

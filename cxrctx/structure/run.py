@@ -31,7 +31,7 @@ from typing import Any
 import polars as pl
 from pydantic import BaseModel, ConfigDict
 
-from cxrctx import __version__
+from cxrctx import __version__, jsonl
 from cxrctx.errors import CxrctxError
 from cxrctx.io import (
     config_hash,
@@ -48,6 +48,7 @@ from cxrctx.llm.sink import MemorySink, ShardSink, Sink, remove_stale_tmp
 from cxrctx.llm.spec import EngineSpec, make_engine
 from cxrctx.llm.task import schema_sha256_of
 from cxrctx.models import Manifest
+from cxrctx.progress import as_callback, progress_arg
 from cxrctx.structure.check import CHECK_VERSION, COVERAGE_MIN, SUPPORT_MIN, WINDOW
 from cxrctx.structure.rows import (
     COST,
@@ -132,7 +133,7 @@ def _records(p: Path) -> LoadedReports:
 
 
 def _table(p: Path, id_column: str) -> LoadedReports:
-    readers: dict[str, Callable[[Path], pl.DataFrame]] = {".parquet": pl.read_parquet, ".jsonl": pl.read_ndjson, ".ndjson": pl.read_ndjson,
+    readers: dict[str, Callable[[Path], pl.DataFrame]] = {".parquet": pl.read_parquet, ".jsonl": jsonl.read_frame, ".ndjson": jsonl.read_frame,
                ".csv": lambda f: pl.read_csv(f, infer_schema=False)}  # fmt: skip
     reader = readers.get(p.suffix.lower())
     if reader is None:
@@ -141,6 +142,8 @@ def _table(p: Path, id_column: str) -> LoadedReports:
         )
     try:
         df = reader(p)
+    except CxrctxError:
+        raise
     except Exception as e:
         raise CxrctxError(f"{p}: cannot read ({type(e).__name__}: {str(e)[:200]})") from e
     missing = [c for c in (id_column, "findings", "impression") if c not in df.columns]
@@ -381,6 +384,7 @@ def _open_sinks(out: Path) -> dict[str, ShardSink]:
     return sinks
 
 
+@progress_arg("structure-reports")
 def structure_reports(
     input_path: str | os.PathLike,
     out: str | os.PathLike,
@@ -392,7 +396,7 @@ def structure_reports(
     sampling: Sampling | None = None,
     batch_size: int | None = None,
     prompt: int | str | None = None,
-    progress: Callable[[TaskProgress], None] | None = None,
+    progress: Callable[[TaskProgress], None] | bool | None = None,
     executor: Executor | None = None,
     overwrite: bool = False,
     workers: int = 1,
@@ -404,6 +408,7 @@ def structure_reports(
     `out` follows the shared output policy: the same configuration resumes, another
     run's folder is refused unless `overwrite`. `workers`: processes for the rules (a
     model run spreads over `executor` instead)."""
+    progress = as_callback(progress)
     t0 = time.perf_counter()
     if engine is not None:
         sampling = sampling or Sampling(max_tokens=768)
