@@ -4,13 +4,15 @@
   path layout and id formats;
 - `lexicon`: the clinical lexicon (mentions, negation / uncertainty scope, laterality,
   sentence splitting), data in `prompts/label_lesions/lexicon_v1.json`;
-- `reports`: comparison language (temporal-hallucination cue) and the SRRG layout.
+- `reports`: comparison language (temporal-hallucination cue) and the SRRG layout;
+- `organs`: which SRRG organ header a lesion, anatomy or device word belongs under.
 """
 
 from cxrctx.vocab.facts import (
     CHEXPERT_LABELS,
     DICOM_ID_RE,
     FLAGS,
+    IMAGE_RELPATH_RE,
     LABEL_COLUMNS,
     LABEL_KEYS,
     LESION_ROI_KINDS,
@@ -22,8 +24,11 @@ from cxrctx.vocab.facts import (
     ROI_SIDE,
     ROIS,
     SECTIONS,
+    SHA256_RE,
     SPLIT_COLUMNS,
     SPLITS,
+    STUDY_ID_RE,
+    SUBJECT_ID_RE,
     image_relpath,
     label_key,
     lesion_rois,
@@ -52,6 +57,13 @@ from cxrctx.vocab.lexicon import (
     split_clauses,
     split_sentences,
 )
+from cxrctx.vocab.organs import (
+    LESION_ORGANS,
+    ORGAN_TERMS,
+    organ_of,
+    organ_spans,
+    organs_named,
+)
 from cxrctx.vocab.reports import (
     NEGATED_PATTERN,
     SRRG_ORGAN_KEYS,
@@ -67,23 +79,29 @@ __all__ = [
     "CUE_KINDS",
     "DICOM_ID_RE",
     "FLAGS",
+    "IMAGE_RELPATH_RE",
     "LABEL_COLUMNS",
     "LABEL_KEYS",
     "LESIONS",
+    "LESION_ORGANS",
     "LESION_ROI_KINDS",
     "LEXICON_VERSION",
     "LOCATIONS",
     "METADATA_COLUMNS",
     "NEGATED_PATTERN",
+    "ORGAN_TERMS",
     "PREFIX",
     "REPORT_RE",
     "ROIS",
     "ROI_SIDE",
     "SECTIONS",
+    "SHA256_RE",
     "SPLITS",
     "SPLIT_COLUMNS",
     "SRRG_ORGANS",
     "SRRG_ORGAN_KEYS",
+    "STUDY_ID_RE",
+    "SUBJECT_ID_RE",
     "TEMPORAL_PATTERN",
     "Cue",
     "Lexicon",
@@ -103,6 +121,9 @@ __all__ = [
     "lexicon",
     "mentioned_lesions",
     "negated",
+    "organ_of",
+    "organ_spans",
+    "organs_named",
     "read_mentions",
     "report_relpath",
     "split_clauses",
