@@ -279,8 +279,8 @@ def rebuild_cmd(
     \b
     Example:
       cxrctx rebuild release/public /data/mimic-cxr --out rebuilt
-      cxrctx rebuild release/public /data/mimic-cxr --out rebuilt --model qwen2.5-1.5b-instruct-q4_k_m.gguf \\
-          --imagenome /data/chest-imagenome
+      cxrctx rebuild release/public /data/mimic-cxr --out rebuilt \\
+          --model qwen2.5-1.5b-instruct-q4_k_m.gguf --imagenome /data/chest-imagenome
     """
     from rich.markup import escape
 
