@@ -280,7 +280,8 @@ def rebuild_cmd(
     Example:
       cxrctx rebuild release/public /data/mimic-cxr --out rebuilt
       cxrctx rebuild release/public /data/mimic-cxr --out rebuilt \\
-          --model qwen2.5-1.5b-instruct-q4_k_m.gguf --imagenome /data/chest-imagenome
+          --model qwen2.5-1.5b-instruct-q4_k_m.gguf \\
+          --imagenome /data/chest-imagenome
     """
     from rich.markup import escape
 
