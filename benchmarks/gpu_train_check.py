@@ -15,7 +15,8 @@ CPU with the tiny preset's sizes and batch 2: it checks the script, not a speed.
 
 Projection: MIMIC-CXR's 111,326 training images (the paper's count) × the preset's epochs
 (classifier, stage 1, stage 2) / measured images/s, plus nothing else (no data loading,
-no validation passes): a lower bound of one GPU's hours.
+no validation passes): a lower bound of one GPU's hours (`projected_hours_*`: hours on the
+device that ran, GPU-hours on a GPU; meaningless in `--cpu-smoke`).
 """
 
 from __future__ import annotations
@@ -101,7 +102,6 @@ def classifier_part(cfg, dev, args) -> dict:
 
     out = _time(step, dev, args.warmup, args.steps, B)
     out.update(batch=B, image_size=G, params_m=sum(p.numel() for p in model.parameters()) / 1e6)
-    del model, opt
     return out
 
 
@@ -139,7 +139,6 @@ def stage_part(cfg, tok, st: int, dev, args) -> dict:
 
     out = _time(step, dev, args.warmup, args.steps, B)
     out.update(batch=B, roi_size=size, trainable_params_m=sum(p.numel() for p in params) / 1e6)
-    del model, opt
     if dev.type == "cuda":
         torch.cuda.empty_cache()
     return out
@@ -148,8 +147,12 @@ def stage_part(cfg, tok, st: int, dev, args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="JSON result file")
-    ap.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU (a script check)")
-    ap.add_argument("--steps", type=int, default=None, help="timed steps per part (GPU 10, smoke 1)")
+    ap.add_argument(
+        "--cpu-smoke", action="store_true", help="tiny sizes on the CPU (a script check)"
+    )
+    ap.add_argument(
+        "--steps", type=int, default=None, help="timed steps per part (GPU 10, smoke 1)"
+    )
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (GPU 3, smoke 1)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -167,16 +170,24 @@ def main() -> None:
     args.steps = args.steps or (10 if gpu else 1)
     args.warmup = args.warmup if args.warmup is not None else (3 if gpu else 1)
     cfg = make_config("tiny") if args.cpu_smoke else make_config("paper", allow_random_init=True)
-    vocab = list(SPECIALS) + [f"w{i}" for i in range((300 if args.cpu_smoke else 30522) - len(SPECIALS))]
+    vocab = list(SPECIALS) + [
+        f"w{i}" for i in range((300 if args.cpu_smoke else 30522) - len(SPECIALS))
+    ]
     tok = WordTokenizer(vocab)
     t0 = time.perf_counter()
     parts = {"classifier": classifier_part(cfg, dev, args)}
     parts["stage1"] = stage_part(cfg, tok, 1, dev, args)
     parts["stage2"] = stage_part(cfg, tok, 2, dev, args)
-    epochs = {"classifier": cfg.classifier_epochs, "stage1": cfg.epochs_stage1, "stage2": cfg.epochs_stage2}
+    epochs = {
+        "classifier": cfg.classifier_epochs,
+        "stage1": cfg.epochs_stage1,
+        "stage2": cfg.epochs_stage2,
+    }
     for name, p in parts.items():
         p["epochs"] = epochs[name]
-        p["projected_gpu_hours_mimic"] = MIMIC_TRAIN_IMAGES * epochs[name] / p["images_per_s"] / 3600
+        p["projected_hours_mimic"] = (
+            MIMIC_TRAIN_IMAGES * epochs[name] / p["images_per_s"] / 3600
+        )
     result = {
         "check": "gpu_train_check",
         "mode": "cpu-smoke" if args.cpu_smoke else "gpu",
@@ -185,7 +196,7 @@ def main() -> None:
         "preset": cfg.preset,
         "mimic_train_images": MIMIC_TRAIN_IMAGES,
         "parts": parts,
-        "projected_gpu_hours_total": sum(p["projected_gpu_hours_mimic"] for p in parts.values()),
+        "projected_hours_total": sum(p["projected_hours_mimic"] for p in parts.values()),
         "wall_s": time.perf_counter() - t0,
         "ok": True,
     }

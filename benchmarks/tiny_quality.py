@@ -78,7 +78,9 @@ def classifier_on(gen: Path, run: Path, labels: Path) -> dict:
     lab = read_shards(labels / "labels").filter(pl.col("status") == "positive")
     pos = {(int(i), les) for i, les in lab.select("id", "lesion").iter_rows()}
     t = np.array([[(s, les) in pos for les in LESIONS] for s in g["study_id"]], dtype=float)
-    thr = torch.load(run / "checkpoints" / "final.pt", weights_only=True)["model"]["lesion_thresholds"].numpy()
+    thr = torch.load(run / "checkpoints" / "final.pt", weights_only=True)["model"][
+        "lesion_thresholds"
+    ].numpy()
     per = {}
     for i, les in enumerate(LESIONS):
         if t[:, i].any():
@@ -109,10 +111,14 @@ def _overrides(pairs: list[str]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--patients", type=int, default=150)
-    ap.add_argument("--size", type=int, default=256, help="synthetic image size (cxrctx synth's default)")
+    ap.add_argument(
+        "--size", type=int, default=256, help="synthetic image size (cxrctx synth's default)"
+    )
     ap.add_argument("--seed", type=int, default=0, help="data and training seed")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--set", dest="set_", action="append", default=[], help="config override KEY=JSON")
+    ap.add_argument(
+        "--set", dest="set_", action="append", default=[], help="config override KEY=JSON"
+    )
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "_work" / "tiny_quality")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -134,7 +140,9 @@ def main() -> None:
     shutil.rmtree(gen, ignore_errors=True)
     cfg = make_config("tiny", seed=args.seed, **_overrides(args.set_))
     t = time.perf_counter()
-    res = train(cfg, records=d["records"], labels=d["labels"], rois=d["rois"], images=d["root"], out=run)
+    res = train(
+        cfg, records=d["records"], labels=d["labels"], rois=d["rois"], images=d["root"], out=run
+    )
     train_s = time.perf_counter() - t
     t = time.perf_counter()
     generate(run, out=gen, split="test")

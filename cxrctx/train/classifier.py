@@ -33,7 +33,6 @@ from cxrctx.errors import CxrctxError
 from cxrctx.io import atomic_write_text, file_entry, open_stage, write_stage_manifest
 from cxrctx.train.config import CLASSIFIER_FIELDS, TrainConfig
 from cxrctx.train.data import CropStore, ImageError, Item
-from cxrctx.train.evaluation import best_threshold, classifier_metrics, f1_at, micro_macro_f1
 from cxrctx.train.runtime import Dist, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from cxrctx.vocab import LESIONS
 
@@ -58,7 +57,9 @@ class LesionClassifier(nn.Module):
             **cfg.classifier_kwargs,
         )
         try:  # ViT-like models take the input size; CNNs do not
-            self.net: Any = timm.create_model(cfg.classifier_name, img_size=cfg.global_image_size, **kw)
+            self.net: Any = timm.create_model(
+                cfg.classifier_name, img_size=cfg.global_image_size, **kw
+            )
         except TypeError:
             self.net = timm.create_model(cfg.classifier_name, **kw)
         except RuntimeError as e:  # an unknown timm name
@@ -74,18 +75,30 @@ class LesionClassifier(nn.Module):
         head = {id(p) for p in self.net.get_classifier().parameters()}
         head_names = {n for n, p in self.net.named_parameters() if id(p) in head}
         own = self.net.state_dict()
-        if "pos_embed" in sd and "pos_embed" in own and sd["pos_embed"].shape != own["pos_embed"].shape:
+        if (
+            "pos_embed" in sd
+            and "pos_embed" in own
+            and sd["pos_embed"].shape != own["pos_embed"].shape
+        ):
             from timm.layers import resample_abs_pos_embed
 
-            n_prefix = 0 if getattr(self.net, "no_embed_class", False) else self.net.num_prefix_tokens
+            n_prefix = (
+                0 if getattr(self.net, "no_embed_class", False) else self.net.num_prefix_tokens
+            )
             sd["pos_embed"] = resample_abs_pos_embed(
                 sd["pos_embed"], self.net.patch_embed.grid_size, num_prefix_tokens=n_prefix
             )
-        sd = {k: v for k, v in sd.items() if k not in head_names and k in own and v.shape == own[k].shape}
+        sd = {
+            k: v
+            for k, v in sd.items()
+            if k not in head_names and k in own and v.shape == own[k].shape
+        }
         missing, _ = self.net.load_state_dict(sd, strict=False)
         missing = [k for k in missing if k not in head_names]
         if missing:
-            raise CxrctxError(f"{path}: weights do not fit classifier {self.net.__class__.__name__} (missing {missing[:3]}…)")
+            raise CxrctxError(
+                f"{path}: weights do not fit classifier {self.net.__class__.__name__} (missing {missing[:3]}…)"
+            )
 
     def forward(self, glob: torch.Tensor) -> torch.Tensor:
         x = ((glob - 0.5) / 0.25).unsqueeze(1).expand(-1, self.in_chans, -1, -1)
@@ -121,14 +134,16 @@ def _shift(x: torch.Tensor, gen: torch.Generator, frac: float = 0.06) -> torch.T
     """Random translation by up to `frac` of the side (edge padding): the one augmentation
     that keeps a lateralised lesion on its side."""
     n = x.shape[-1]
-    m = max(1, int(round(frac * n)))
+    m = max(1, round(frac * n))
     pad = F.pad(x.unsqueeze(1), (m, m, m, m), mode="replicate").squeeze(1)
     dx, dy = (int(v) for v in torch.randint(0, 2 * m + 1, (2,), generator=gen))
     return pad[:, dy : dy + n, dx : dx + n]
 
 
 @torch.no_grad()
-def predict(model: nn.Module, ds: GlobalDataset, device: torch.device, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def predict(
+    model: nn.Module, ds: GlobalDataset, device: torch.device, batch_size: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities and targets over `ds` (eval mode)."""
     model.eval()
     probs, targets = [], []
@@ -143,11 +158,16 @@ def predict(model: nn.Module, ds: GlobalDataset, device: torch.device, batch_siz
 
 
 def calibrate_thresholds(p: np.ndarray, t: np.ndarray, default: float) -> np.ndarray:
+    """Per lesion, the grid threshold with the best validation F1."""
+    from cxrctx.train.evaluation import best_threshold  # (evaluation imports the model)
+
     return np.array([best_threshold(p[:, i], t[:, i], default) for i in range(len(LESIONS))])
 
 
 def scores(p: np.ndarray, t: np.ndarray, thr: np.ndarray) -> dict[str, Any]:
     """Per-lesion AUC and F1 at `thr`, macro-AUC, micro/macro F1 (JSON-ready)."""
+    from cxrctx.train.evaluation import classifier_metrics, f1_at, micro_macro_f1
+
     res = classifier_metrics(p, t, thr)
     res["f1"] = {
         les: (f1_at(p[:, i], t[:, i], float(thr[i])) if (t[:, i] > 0.5).any() else None)
@@ -187,7 +207,9 @@ def _last_state(path: Path, cfg: TrainConfig, resume: bool) -> dict[str, Any] | 
         return None
     st = load_checkpoint(path)
     if st.get("classifier_config") != cfg.classifier_fields():
-        raise CxrctxError(f"{path}: classifier checkpoint from another classifier config; use a new --out")
+        raise CxrctxError(
+            f"{path}: classifier checkpoint from another classifier config; use a new --out"
+        )
     return st
 
 
@@ -209,13 +231,19 @@ def fit(
     model = LesionClassifier(cfg).to(dev)
     fwd: nn.Module = model
     if dist.world > 1:
-        fwd = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dist.local_rank] if dev.type == "cuda" else None)
+        fwd = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dist.local_rank] if dev.type == "cuda" else None
+        )
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.classifier_lr, weight_decay=cfg.weight_decay)
     per_rank = max(1, cfg.classifier_batch_size // dist.world)
     per_epoch = math.ceil(math.ceil(len(train_ds) / dist.world) / per_rank)
     steps = min(cfg.classifier_epochs * per_epoch, cfg.max_steps or 10**12)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(1, steps))))
-    sampler: DistributedSampler[Any] = DistributedSampler(cast(Any, train_ds), num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=cfg.seed)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(1, steps)))
+    )
+    sampler: DistributedSampler[Any] = DistributedSampler(
+        cast(Any, train_ds), num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=cfg.seed
+    )
     gen = torch.Generator().manual_seed(cfg.seed)
     start = 0
     last = out / "last.pt"
@@ -231,7 +259,13 @@ def fit(
         if epoch * per_epoch >= steps:
             break
         sampler.set_epoch(epoch)
-        loader: DataLoader[Any] = DataLoader(cast(Any, train_ds), batch_size=per_rank, sampler=sampler, collate_fn=_collate, num_workers=cfg.num_workers)
+        loader: DataLoader[Any] = DataLoader(
+            cast(Any, train_ds),
+            batch_size=per_rank,
+            sampler=sampler,
+            collate_fn=_collate,
+            num_workers=cfg.num_workers,
+        )
         loss = _epoch(model, fwd, loader, opt, sched, gen, dev, steps - epoch * per_epoch)
         if dist.main:
             save_checkpoint(last, {
@@ -244,7 +278,9 @@ def fit(
     return _finish(cfg, model, val_ds, out, dist)
 
 
-def _finish(cfg: TrainConfig, model: LesionClassifier, val_ds: GlobalDataset | None, out: Path, dist: Dist) -> dict[str, Any]:
+def _finish(
+    cfg: TrainConfig, model: LesionClassifier, val_ds: GlobalDataset | None, out: Path, dist: Dist
+) -> dict[str, Any]:
     thr = np.full(len(LESIONS), cfg.classifier_threshold)
     ev: dict[str, Any] = {}
     if val_ds is not None and len(val_ds):
@@ -277,7 +313,9 @@ def load_trained(path: str | Path) -> dict[str, Any]:
     try:
         open_stage(d, STAGE_NAME)
     except CxrctxError as e:
-        raise CxrctxError(f"{e} (--classifier needs a finished classifier stage: cxrctx train --stage classifier)") from None
+        raise CxrctxError(
+            f"{e} (--classifier needs a finished classifier stage: cxrctx train --stage classifier)"
+        ) from None
     ck = load_checkpoint(d / "classifier.pt")
     if ck.get("format") != CLS_FORMAT or set(ck.get("classifier_config", {})) != CLASSIFIER_FIELDS:
         raise CxrctxError(f"{d / 'classifier.pt'}: not a classifier checkpoint of this cxrctx")

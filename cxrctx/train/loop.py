@@ -47,9 +47,9 @@ from cxrctx.io import (
     write_stage_manifest,
 )
 from cxrctx.models import ShardInfo
+from cxrctx.train import classifier as cls_stage
 from cxrctx.train.config import TrainConfig, validate_config
 from cxrctx.train.data import CropStore, Item, RoiDataset, collate, join
-from cxrctx.train import classifier as cls_stage
 from cxrctx.train.evaluation import calibrate
 from cxrctx.train.losses import active_losses, label_mix, stage_losses, weighted_total
 from cxrctx.train.model import ClalaNet
