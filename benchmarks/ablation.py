@@ -22,7 +22,7 @@ Usage:
    report would say if it listed the classifier's lesions.
 4. Prints a JSON summary and a markdown table of mean ± std over seeds.
 
-The crop cache is shared by all runs (a symlink per run) so images are decoded once.
+Each run fills its own crop cache (train refuses an --out that is not empty and not a run).
 """
 
 from __future__ import annotations
@@ -138,9 +138,6 @@ def one_run(d: dict[str, Path], work: Path, name: str, seed: int, args) -> dict:
     run, gen = work / "runs" / tag, work / "gen" / tag
     shutil.rmtree(run, ignore_errors=True)
     shutil.rmtree(gen, ignore_errors=True)
-    run.mkdir(parents=True)
-    (work / "cache").mkdir(exist_ok=True)
-    (run / "cache").symlink_to(work / "cache", target_is_directory=True)
     cfg = make_config(
         "tiny",
         seed=seed,

@@ -262,7 +262,7 @@ def open_run(
     if cfg.preset == "paper" and random_parts and not cfg.allow_random_init:
         raise CxrctxError(
             f"the paper preset pretrains {' and '.join(random_parts)} but none is given: "
-            "--set vit_weights=FILE --set text_model=BERT_DIR (local files), "
+            "--set vit_weights=FILE --set text_model=BERT_DIR --set classifier_weights=FILE (local files), "
             "or --set allow_random_init=true to train from random weights (not the paper's model)"
         )
     dist = setup_dist()
