@@ -125,7 +125,7 @@ def _plan(
     from cxrctx.train.classifier import load_trained
     from cxrctx.train.config import validate_config
 
-    fields = load_trained(classifier)["classifier_config"]
+    fields = load_trained(Path(classifier))["classifier_config"]
     return stages, validate_config({**cfg.model_dump(mode="json"), **fields}, source=str(classifier))
 
 
