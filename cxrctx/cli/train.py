@@ -141,7 +141,7 @@ def train_cmd(
     preset: Preset = typer.Option(
         Preset.TINY,
         "--preset",
-        help="tiny (CPU, seconds) or paper (ViT-B/16, batch 24, 15 epochs; needs local weights).",
+        help="tiny (CPU, minutes) or paper (ViT-B/16, batch 24, 15 epochs; needs local weights).",
     ),
     stage: Stage = typer.Option(
         Stage.BOTH,
