@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from cxrctx.errors import CxrctxError
+from cxrctx.progress import as_callback, progress_arg
 from cxrctx.train.config import Stage, TrainConfig
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ def require_torch() -> None:
         ) from e
 
 
+@progress_arg("train")
 def train(
     cfg: TrainConfig,
     *,
@@ -74,7 +76,7 @@ def train(
     out: str | os.PathLike,
     stage: Stage | str = Stage.BOTH,
     resume: bool = False,
-    progress: ProgressFn | None = None,
+    progress: ProgressFn | bool | None = None,
     interrupt_after: int | None = None,
     classifier: str | os.PathLike | None = None,
 ) -> TrainResult:
@@ -87,6 +89,7 @@ def train(
     `interrupt_after` (tests) raises TrainingInterrupted after that global step.
     An OSError while writing (a full disk, a read-only --out) is a one-line CxrctxError.
     """
+    progress = as_callback(progress)
     require_torch()
     stages, cfg = _plan(cfg, stage, Path(out), classifier)
     try:
