@@ -10,8 +10,11 @@ Usage:
 1. Builds one synthetic root (`cxrctx synth --images --imagenome`), its records and ROIs,
    and a patient-level split: of the patients in sorted order, 2 of every 9 are `test`,
    1 of every 9 `validate` (threshold calibration), the rest `train`.
-2. Trains the tiny preset four times per seed with the same budget (epochs, batch, LR):
-   full; without LCA (`use_lca=false`); without LLCL (`use_llcl=false`); base (neither).
+2. Trains the global lesion classifier once (`--stage classifier`, seed 0) and, with it
+   loaded frozen (`--classifier`), the tiny preset four times per seed with the same budget
+   (epochs, batch, LR): full; without LCA (`use_lca=false`); without LLCL
+   (`use_llcl=false`); base (neither). As in the paper, the ablations leave the classifier
+   untouched.
 3. For each run: `generate` on the test split with the deterministic merge (no LLM), then
    `evaluate` against the reference reports with the ground-truth labels (keyword labeler
    on the generated side). Also scored from the same generate output: the classifier alone
@@ -19,7 +22,7 @@ Usage:
    report would say if it listed the classifier's lesions.
 4. Prints a JSON summary and a markdown table of mean ± std over seeds.
 
-The crop cache is shared by all runs (a symlink per run) so images are decoded once.
+Each run fills its own crop cache (train refuses an --out that is not empty and not a run).
 """
 
 from __future__ import annotations
@@ -108,6 +111,24 @@ def classifier_scores(run: Path, gen: Path, labels: Path) -> dict[str, float | N
     return {"cls_macro_auc": float(np.mean(aucs)), "cls_micro_f1": micro, "cls_macro_f1": macro}
 
 
+def shared_classifier(d: dict[str, Path], work: Path, args) -> Path:
+    """The one classifier every configuration and seed loads frozen (trained once, reused)."""
+    from cxrctx.train import make_config, train
+
+    out = work / "classifier"
+    if (out / "classifier" / "manifest.json").exists():
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = make_config("tiny", seed=0, **({"classifier_epochs": args.epochs_cls} if args.epochs_cls else {}))
+    t = time.perf_counter()
+    res = train(cfg, records=d["records"], labels=d["labels"], rois=d["rois"], images=d["root"],
+                out=out, stage="classifier")  # fmt: skip
+    print(json.dumps({"classifier_s": round(time.perf_counter() - t, 1),
+                      "val_macro_auc": res.classifier.get("macro_auc"),
+                      "val_micro_f1": res.classifier.get("f1_micro")}), flush=True)  # fmt: skip
+    return out
+
+
 def one_run(d: dict[str, Path], work: Path, name: str, seed: int, args) -> dict:
     from cxrctx.reportgen.evaluate import evaluate
     from cxrctx.reportgen.generate import generate
@@ -117,9 +138,6 @@ def one_run(d: dict[str, Path], work: Path, name: str, seed: int, args) -> dict:
     run, gen = work / "runs" / tag, work / "gen" / tag
     shutil.rmtree(run, ignore_errors=True)
     shutil.rmtree(gen, ignore_errors=True)
-    run.mkdir(parents=True)
-    (work / "cache").mkdir(exist_ok=True)
-    (run / "cache").symlink_to(work / "cache", target_is_directory=True)
     cfg = make_config(
         "tiny",
         seed=seed,
@@ -129,7 +147,8 @@ def one_run(d: dict[str, Path], work: Path, name: str, seed: int, args) -> dict:
         **CONFIGS[name],
     )
     t = time.perf_counter()
-    res = train(cfg, records=d["records"], labels=d["labels"], rois=d["rois"], images=d["root"], out=run)  # fmt: skip
+    res = train(cfg, records=d["records"], labels=d["labels"], rois=d["rois"], images=d["root"],
+                out=run, classifier=args.classifier_run)  # fmt: skip
     train_s = time.perf_counter() - t
     g = generate(run, out=gen, split="test")
     rep = evaluate(gen, reference=d["records"], reference_labels=d["labels"])
@@ -145,6 +164,9 @@ def one_run(d: dict[str, Path], work: Path, name: str, seed: int, args) -> dict:
         "rouge_l": rep.rouge_l,
         **classifier_scores(run, gen, d["labels"]),
     }
+    row["report_over_cls"] = (
+        row["report_micro_f1"] / row["cls_micro_f1"] if row["cls_micro_f1"] and row["report_micro_f1"] is not None else None
+    )
     print(json.dumps(row), flush=True)
     return row
 
@@ -157,7 +179,7 @@ def table(rows: list[dict]) -> str:
         sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
         return f"{statistics.mean(vals):.3f} ± {sd:.3f}"
 
-    cols = ["cls_macro_auc", "cls_micro_f1", "report_micro_f1", "report_macro_f1", "rouge_l"]
+    cols = ["cls_macro_auc", "cls_micro_f1", "report_micro_f1", "report_over_cls", "report_macro_f1", "rouge_l"]
     out = ["| config | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name in CONFIGS:
         sub = [r for r in rows if r["config"] == name]
@@ -169,10 +191,11 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--patients", type=int, default=210)
-    ap.add_argument("--size", type=int, default=96, help="synthetic image size (px)")
+    ap.add_argument("--size", type=int, default=128, help="synthetic image size (px)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs1", type=int, default=4)
     ap.add_argument("--epochs2", type=int, default=1)
+    ap.add_argument("--epochs-cls", type=int, default=None, help="classifier epochs (preset's when absent)")
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "_work" / "ablation")
@@ -195,6 +218,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     t = time.perf_counter()
     d = build_data(args.work, args.patients, args.size)
+    args.classifier_run = shared_classifier(d, args.work, args)
     rows = [one_run(d, args.work, c, s, args) for s in args.seeds for c in args.configs]
     summary = {"rows": rows, "wall_s": round(time.perf_counter() - t, 1), "args": vars(args)}
     if args.json:

@@ -90,7 +90,8 @@ def step_of(*event: Any) -> Step:
         case (int() as done, total, int() as failed):
             return Step("documents", done, total, failed=failed)
         case (ev,) if hasattr(ev, "kind") and hasattr(ev, "stage"):
-            return Step(f"stage {ev.stage}", ev.step, ev.total, loss=ev.loss)
+            name = "classifier" if ev.stage == 0 else f"stage {ev.stage}"  # train: 0 = classifier
+            return Step(name, ev.step, ev.total, loss=ev.loss)
         case (ev,) if hasattr(ev, "tokens") and hasattr(ev, "done"):
             return Step("documents", ev.done, ev.total, failed=ev.failed, tokens=ev.tokens,
                         phase=getattr(ev, "phase", ""))  # e.g. "writing shards"

@@ -112,8 +112,9 @@ def test_trained_model_writes_a_positive_sentence_for_a_visible_effusion(tiny_ru
 def _cfg(**kw):
     # dropout on: resume must restore the RNG exactly for the masks to match
     base = dict(
-        epochs_stage1=2, epochs_stage2=1, checkpoint_every=3, batch_size=8, log_every=1, dropout=0.1
-    )
+        epochs_stage1=2, epochs_stage2=1, checkpoint_every=3, batch_size=8, log_every=1, dropout=0.1,
+        classifier_epochs=2, global_image_size=64,
+    )  # fmt: skip
     base.update(kw)
     return make_config("tiny", **base)
 

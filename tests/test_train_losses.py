@@ -181,8 +181,9 @@ def test_inert_losses_are_not_computed():
     from cxrctx.train.loop import active_losses
 
     full = make_config("tiny")
-    assert active_losses(full, 1) == ["ce", "finding", "llcl", "itcl", "cls"]
-    assert active_losses(full, 2) == ["ce", "finding", "llcl", "itcl"]  # classifier frozen
+    # the classifier is trained in its own stage: no classifier loss in stages 1 and 2
+    assert active_losses(full, 1) == ["ce", "finding", "llcl", "itcl"]
+    assert active_losses(full, 2) == ["ce", "finding", "llcl", "itcl"]
     base = make_config("tiny", use_lca=False)
     assert active_losses(base, 2) == ["ce", "finding"]  # frozen embeddings only: inert
     assert "llcl" not in active_losses(make_config("tiny", weight_llcl=0.0), 1)

@@ -28,6 +28,24 @@ def resplit(records: Path, heldout_every: int = 4) -> None:
     write_manifest(m.model_copy(update={"shards": infos}), records / "manifest.json")
 
 
+def set_splits(records: Path, *, validate: set[int], test: frozenset[int] = frozenset()) -> None:
+    """Put the given patients in 'validate' / 'test' and everyone else in 'train'."""
+    from cxrctx.io import read_manifest, read_shards, write_manifest, write_shards
+
+    recs = read_shards(records / "records")
+    recs = recs.with_columns(
+        pl.when(pl.col("subject_id").is_in(list(validate)))
+        .then(pl.lit("validate"))
+        .when(pl.col("subject_id").is_in(list(test)))
+        .then(pl.lit("test"))
+        .otherwise(pl.lit("train"))
+        .alias("split")
+    )
+    infos = write_shards(recs, records / "records", 1_000_000, relative_to=records)
+    m = read_manifest(records / "manifest.json")
+    write_manifest(m.model_copy(update={"shards": infos}), records / "manifest.json")
+
+
 def rewrite_shard(stage_dir: Path, shard: Path, df: pl.DataFrame) -> None:
     """Replace one shard of a stage folder and its manifest entry, as a producer would (a
     consumer refuses a shard whose sha256 differs from its manifest)."""

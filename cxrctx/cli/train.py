@@ -39,6 +39,15 @@ def _config(preset: Preset, config_file: Path | None, pairs: list[str]) -> Train
 
 
 def _summary(res: TrainResult, out: Path) -> None:
+    c = res.classifier
+    if c.get("macro_auc") is not None:
+        console.print(
+            f"  classifier (validation): macro-AUC {c['macro_auc']:.3f}, micro-F1 {c['f1_micro']:.3f} "
+            f"at calibrated thresholds, macro-F1 {c['f1_macro']:.3f}"
+        )
+    if not res.stages:
+        console.print(f"train: classifier done → {out / 'classifier'} (reuse: --classifier {out})")
+        return
     console.print(f"train: stages {res.stages} done, {res.global_step} steps → {out}")
     console.print(f"  items: {res.counts}")
     for reason, n in res.skips.items():
@@ -71,9 +80,20 @@ def train_cmd(
     preset: Preset = typer.Option(
         Preset.TINY,
         "--preset",
-        help="tiny (CPU, seconds) or paper (ViT-B/16, batch 24, 15 epochs; needs local weights).",
+        help="tiny (CPU, minutes) or paper (ViT-B/16, batch 24, 15 epochs; needs local weights).",
     ),
-    stage: Stage = typer.Option(Stage.BOTH, "--stage", help="Stage 1, stage 2, or both."),
+    stage: Stage = typer.Option(
+        Stage.BOTH,
+        "--stage",
+        help="classifier (the global lesion classifier alone), 1, 2 or both; 1 and both "
+        "train the classifier first unless the run has one or --classifier gives one.",
+    ),
+    classifier: Path = typer.Option(
+        None,
+        "--classifier",
+        help="Reuse the trained lesion classifier of another run (RUN or RUN/classifier) "
+        "instead of training one; it is loaded frozen.",
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN/checkpoints/last.pt."),
     set_: list[str] = typer.Option(
         None,
@@ -89,16 +109,17 @@ def train_cmd(
         help="A progress bar on a terminal; plain lines every 30 s otherwise.",
     ),
 ) -> None:
-    """Train the reference CLALA-Net (single process, or under torchrun for DDP).
+    """Train the global lesion classifier, then the reference CLALA-Net (single process, or under torchrun for DDP).
 
     \b
     Example:
       cxrctx train --records out/priors --labels out/syn/truth --rois out/rois \\
         --images out/syn --out out/run --preset tiny
-      cxrctx train ... --out out/run-nolca --set use_lca=false
+      cxrctx train ... --out out/run-nolca --classifier out/run --set use_lca=false
       torchrun --nproc-per-node 8 -m cxrctx.cli train ... --preset paper \\
         --set vit_weights=vit_b16_in1k.safetensors \\
-        --set text_model=bert-base-uncased/
+        --set text_model=bert-base-uncased/ \\
+        --set classifier_weights=vit_b16_in1k.safetensors
     """
     from cxrctx.train import train
 
@@ -115,6 +136,7 @@ def train_cmd(
                 stage=stage,
                 resume=resume,
                 progress=show,
+                classifier=classifier,
             )
     except CxrctxError as e:
         raise fail(e) from None

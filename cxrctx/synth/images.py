@@ -10,9 +10,13 @@ trained on the pixels can learn what the reports say:
 - pleural effusion whitens the lung base and blunts the costophrenic angle on its side;
   pleural thickening draws a bright rim along the lateral pleura;
 - pneumothorax blacks out the apex/lateral edge of the lung (no lung markings);
-- consolidation / pneumonia / atelectasis / infiltration / fibrosis put dense, patchy,
-  band-like, hazy or reticular opacities in the lower zone of their side;
-- nodule (small) and mass (large) are round bright blobs in the lung of their side;
+- consolidation is one dense, homogeneous lobar opacity across the middle zone of its side
+  between sharp horizontal (fissure-like) edges, crossed by dark air bronchograms, the
+  costophrenic angle left clear (unlike an effusion); pneumonia is several separate soft,
+  fluffy patches scattered over the middle and lower zones (multifocal airspace disease);
+  atelectasis / infiltration / fibrosis put band-like, hazy or reticular opacities there;
+- a nodule is one small (≈ 6 % of the lung width), sharply edged, very bright round spot;
+  a mass a large (≈ 3× the diameter), lobulated opacity near the hilum of its side;
 - edema is a bilateral perihilar haze; emphysema darkens and enlarges both lungs.
 
 Scene graphs carry the boxes of the rendered anatomy (the 11 CLALA-Net ROIs plus a few
@@ -223,13 +227,17 @@ def _paint_on_side(
     elif lesion == "pneumothorax":
         edge = (np.abs(xx - outer) < lw * 0.35) & (yy < lb[1] + lh * 0.6)
         img[lung & edge] = 0.04
-    elif lesion in ("consolidation", "pneumonia"):
-        cy = lb[1] + lh * rng.uniform(0.62, 0.78)
-        cx = lcx + rng.uniform(-0.05, 0.05)
-        patch = _blob(xx, yy, cx, cy, 0.075 if lesion == "consolidation" else 0.06)
-        if lesion == "pneumonia":
-            patch *= 0.6 + 0.4 * (np.sin(xx * 90 + rng.uniform(0, 6)) * np.sin(yy * 90) > 0)
-        img += 0.5 * patch * lung
+    elif lesion == "consolidation":  # a filled (middle) lobe: homogeneous, air bronchograms
+        top = rng.uniform(0.38, 0.45)
+        z = zone(top, top + 0.32)
+        img[z] = np.maximum(img[z], 0.68 + rng.uniform(-0.03, 0.03))
+        ang = np.arctan2(yy - lb[1] - top * lh, xx - lcx)
+        img[z & (np.abs(np.sin(ang * 7 + rng.uniform(0, 6.3))) < 0.08)] -= 0.25
+    elif lesion == "pneumonia":  # multifocal: separate soft patches, middle and lower zone
+        for _ in range(int(rng.integers(3, 6))):
+            cx = lcx + rng.uniform(-0.35, 0.35) * lw
+            cy = lb[1] + lh * rng.uniform(0.35, 0.9)
+            img += 0.42 * _blob(xx, yy, cx, cy, 0.03) * lung
     elif lesion == "atelectasis":
         cy = lb[1] + lh * rng.uniform(0.70, 0.82)
         band = (np.abs(yy - cy - 0.15 * (xx - lcx)) < 0.018) & lung
@@ -242,11 +250,18 @@ def _paint_on_side(
     elif lesion == "pleural thickening":
         rim = lung & (np.abs(xx - outer) < 0.03)
         img[rim] = np.maximum(img[rim], 0.7)
-    elif lesion in ("nodule", "mass"):
-        r = 0.018 if lesion == "nodule" else 0.05
+    elif lesion == "nodule":  # small, round, sharp, very bright
         cx = lcx + rng.uniform(-0.06, 0.06)
-        cy = lb[1] + lh * rng.uniform(0.25, 0.55)
-        img += (0.55 if lesion == "nodule" else 0.5) * (_blob(xx, yy, cx, cy, r) > 0.5) * lung
+        cy = lb[1] + lh * rng.uniform(0.2, 0.5)
+        img += 0.6 * (_blob(xx, yy, cx, cy, 0.022) > 0.5) * lung
+    elif lesion == "mass":  # large, lobulated, by the hilum
+        hx = lb[2] - 0.3 * lw if side == "right" else lb[0] + 0.3 * lw
+        cy = lb[1] + lh * rng.uniform(0.3, 0.5)
+        lobes = sum(
+            _blob(xx, yy, hx + rng.uniform(-0.03, 0.03), cy + rng.uniform(-0.03, 0.03), 0.05)
+            for _ in range(3)
+        )
+        img += 0.45 * (lobes > 0.6) * lung
 
 
 def render(

@@ -28,8 +28,11 @@ class Preset(str, Enum):
 
 
 class Stage(str, Enum):
-    """Which training stage(s) to run (`--stage`)."""
+    """Which training stage(s) to run (`--stage`). Stage 1 needs the global lesion
+    classifier: 1 and both train it first unless the run already has one or
+    `--classifier RUN` gives one; `classifier` trains only it."""
 
+    CLASSIFIER = "classifier"
     ONE = "1"
     TWO = "2"
     BOTH = "both"
@@ -66,8 +69,25 @@ class TrainConfig(BaseModel):
         224,
         ge=16,
         le=1024,
-        description="[chosen] full-image size of the lesion classifier, the same in both stages and at generation",
+        description="[chosen] full-image size of the lesion classifier, the same in its own stage, in stages 1-2 and at generation",
     )
+
+    # --- the global lesion classifier (its own network, trained first, frozen after) ------
+    classifier_name: str = Field(
+        "vit_base_patch16_224",
+        description="[paper: a separate CLIP-style image model] any timm model name (pretrained=False always)",
+    )
+    classifier_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Extra timm create_model kwargs of the classifier"
+    )
+    classifier_weights: str | None = Field(
+        None,
+        description="[paper: pretrained] local weights of the classifier backbone (e.g. a CLIP image tower in timm layout); never downloaded",
+    )
+    classifier_in_chans: int = Field(3, ge=1, le=3, description="[chosen] 3 so RGB weights load")
+    classifier_epochs: int = Field(10, ge=0, le=1000, description="[chosen] classifier stage epochs")
+    classifier_lr: float = Field(1e-4, gt=0.0, le=1.0, description="[chosen] AdamW, cosine decay")
+    classifier_batch_size: int = Field(32, ge=1, le=4096)
     allow_random_init: bool = Field(
         False,
         description="Let the paper preset run without vit_weights/text_model (random weights; not the paper's model)",
@@ -117,7 +137,7 @@ class TrainConfig(BaseModel):
         description="[chosen] 'scheduled': the label share falls linearly from 1 to 0 over this fraction of stage 1",
     )
     lca_status: Literal["soft", "calibrated"] = Field(
-        "soft",
+        "calibrated",
         description="[chosen] classifier → LCA status: soft (weight 0.1 + 0.8·p) or hard at per-lesion thresholds calibrated on the validation split",
     )
     classifier_threshold: float = Field(
@@ -160,7 +180,6 @@ class TrainConfig(BaseModel):
         1.0, ge=0.0, description="[chosen] loss weights not given in the paper"
     )
     weight_itcl: float = Field(1.0, ge=0.0)
-    weight_cls: float = Field(1.0, ge=0.0)
     weight_finding: float = Field(1.0, ge=0.0)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
 
@@ -224,13 +243,32 @@ class TrainConfig(BaseModel):
     def random_init_parts(self) -> list[str]:
         """What the paper pretrains but this config leaves random (empty when all loaded)."""
         parts = [] if self.vit_weights else ["ViT (vit_weights)"]
+        if self.use_classifier and not self.classifier_weights:
+            parts.append("the lesion classifier (classifier_weights)")
         return parts + ([] if self.text_model or self.text_weights else ["BERT (text_model)"])
+
+    def classifier_fields(self) -> dict[str, Any]:
+        """The fields that define the classifier (a reused classifier brings its own)."""
+        return self.model_dump(mode="json", include=CLASSIFIER_FIELDS)
 
     def fingerprint(self) -> str:
         """Hash of the fields that change the model or the optimisation (not runtime knobs)."""
         data = self.model_dump(mode="json", exclude=RUNTIME_FIELDS)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
+
+#: Fields of the global lesion classifier (its checkpoint stores them; `--classifier RUN` adopts them).
+CLASSIFIER_FIELDS = {
+    "classifier_name",
+    "classifier_kwargs",
+    "classifier_weights",
+    "classifier_in_chans",
+    "classifier_epochs",
+    "classifier_lr",
+    "classifier_batch_size",
+    "global_image_size",
+    "classifier_threshold",
+}
 
 #: Fields that may differ between a checkpoint and a resumed run.
 RUNTIME_FIELDS = {"num_workers", "crop_cache", "checkpoint_every", "log_every", "max_steps", "amp"}
@@ -252,7 +290,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "in_chans": 1,
         "image_size_stage1": 32,
         "image_size_stage2": 48,
-        "global_image_size": 64,
+        "global_image_size": 128,
+        # a small ResNet-18 (quarter width, 1 channel): learns the drawn lesions in minutes on a CPU
+        "classifier_name": "resnet18",
+        "classifier_kwargs": {"channels": [16, 32, 64, 128]},
+        "classifier_in_chans": 1,
+        "classifier_epochs": 12,
+        "classifier_lr": 3e-3,
+        "classifier_batch_size": 32,
         "text_dim": 64,
         "text_layers": 1,
         "text_heads": 2,

@@ -14,6 +14,7 @@ size (a down-scaled JPG copy) is handled by scaling the boxes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -322,11 +323,25 @@ class CropStore:
                 cp.unlink(missing_ok=True)  # a torn cache file is rebuilt
         crops, glob = crop_item(item, self.images_root, self.size, self.global_size)
         if cp is not None:
+            self._write(cp, crops, glob)
+        return crops, glob
+
+    @staticmethod
+    def _write(cp: Path, crops: np.ndarray, glob: np.ndarray) -> None:
+        """Write one cache entry atomically; a full disk or a read-only folder is fatal
+        (a one-line error naming the cache), not a per-image skip."""
+        tmp = cp.with_suffix(f".{os.getpid()}.tmp.npz")
+        try:
             cp.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cp.with_suffix(f".{os.getpid()}.tmp.npz")
             np.savez(tmp, rois=crops, glob=glob)
             os.replace(tmp, cp)
-        return crops, glob
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise CxrctxError(
+                f"{cp.parent}: cannot write the crop cache ({e.strerror or e}); free space or "
+                "--set crop_cache=false"
+            ) from None
 
     def check(self, item: Item) -> str | None:
         """Decode (and cache) one item; the skip reason, or None when it is usable."""

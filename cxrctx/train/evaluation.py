@@ -1,8 +1,9 @@
 """Validation of a trained model: classifier ROC-AUC (scikit-learn), threshold calibration, decoder CE.
 
 Thresholds: per lesion, the one of a fixed grid that maximises F1 on the validation split
-(a lesion without both classes keeps the default); the same for the per-ROI finding
-gate over all ROIs. They are stored in the model (and so in every later checkpoint).
+(a lesion without both classes keeps the default), set once by the classifier stage and
+kept; the same for the per-ROI finding gate over all ROIs at the end of stages 1 and 2.
+They are stored in the model (and so in every later checkpoint).
 """
 
 from __future__ import annotations
@@ -92,14 +93,13 @@ def micro_macro_f1(p: np.ndarray, t: np.ndarray, thr: np.ndarray) -> tuple[float
 
 
 def calibrate(model: ClalaNet, ds: RoiDataset, device: torch.device) -> dict[str, Any]:
-    """Set the model's lesion and finding thresholds from `ds` (validation); return the metrics."""
+    """Set the model's finding threshold from `ds` (validation); return the metrics, the
+    frozen classifier's at its own calibrated thresholds included."""
     got = collect(model, ds, device)
     res: dict[str, Any] = {"n": len(ds), "ce": got["ce"]}
     if got["probs"] is not None:
         p, t = got["probs"], got["targets"]
-        default = model.cfg.classifier_threshold
-        thr = np.array([best_threshold(p[:, i], t[:, i], default) for i in range(p.shape[1])])
-        model.lesion_thresholds.copy_(torch.as_tensor(thr, dtype=torch.float32))
+        thr = model.lesion_thresholds.cpu().numpy().astype(float)
         res.update(classifier_metrics(p, t, thr))
         res["thresholds"] = dict(zip(LESIONS, thr.tolist(), strict=True))
         res["f1_micro"], res["f1_macro"] = micro_macro_f1(p, t, thr)

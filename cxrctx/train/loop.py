@@ -1,4 +1,8 @@
-"""The two-stage CLALA-Net training loop as named phases: open, stage (epochs → steps), finish.
+"""The CLALA-Net training loop as named phases: open, classifier, stage (epochs → steps), finish.
+
+Stage 0 ("classifier", `cxrctx.train.classifier`): the separate global lesion classifier,
+trained first on the full images, its per-lesion thresholds calibrated on validation; it
+is then loaded frozen into the model (or taken from another run with `--classifier RUN`).
 
 Stage 1 ("pre-training"): all modules, lr 1e-4, ROI crops at 224 px. Stage 2
 ("fine-tuning"): only LCA and the text decoder are updated, lr 1e-5, 384 px (CLALA-Net
@@ -45,6 +49,7 @@ from cxrctx.io import (
 )
 from cxrctx.locks import is_lock_file, lock_folder
 from cxrctx.models import ShardInfo
+from cxrctx.train import classifier as cls_stage
 from cxrctx.train.config import TrainConfig, validate_config
 from cxrctx.train.data import CropStore, Item, RoiDataset, collate, join
 from cxrctx.train.evaluation import calibrate
@@ -121,6 +126,7 @@ class RunContext:
     interrupt_after: int | None
     joined_skips: int = 0
     skips: list[dict] = field(default_factory=list)
+    classifier_src: Path | None = None  # --classifier RUN; None: this run's own classifier/
 
     @property
     def ckdir(self) -> Path:
@@ -169,13 +175,18 @@ def _check_run_dir(run: Path, cfg: TrainConfig, stages: list[int], resume: bool)
         raise CxrctxError(
             f"{run}: already holds checkpoints; pass --resume to continue or choose another --out"
         )
+    cdir = run / "classifier"
+    if 0 in stages and not resume and any((cdir / n).exists() for n in ("classifier.pt", "last.pt")):
+        raise CxrctxError(
+            f"{cdir}: already holds a classifier; pass --resume to continue or choose another --out"
+        )
     if 2 in stages and 1 not in stages and not (ckdir / "stage1.pt").exists():
         raise CxrctxError(
             f"{ckdir / 'stage1.pt'}: stage 2 needs a finished stage 1 in this run dir"
         )
 
 
-def _write_run_files(run: Path, cfg: TrainConfig, inputs: dict[str, str]) -> None:
+def _write_run_files(run: Path, cfg: TrainConfig, inputs: dict[str, str | None]) -> None:
     run.mkdir(parents=True, exist_ok=True)
     (run / "checkpoints").mkdir(exist_ok=True)
     atomic_write_text(run / "config.json", json.dumps(cfg.model_dump(mode="json"), indent=2) + "\n")
@@ -246,13 +257,14 @@ def open_run(
     resume: bool,
     progress: ProgressFn | None,
     interrupt_after: int | None,
+    classifier: Path | None = None,
 ) -> RunContext:
     """Check the run dir, write config/run info, join the data, build the model, restore."""
     random_parts = cfg.random_init_parts()
     if cfg.preset == "paper" and random_parts and not cfg.allow_random_init:
         raise CxrctxError(
             f"the paper preset pretrains {' and '.join(random_parts)} but none is given: "
-            "--set vit_weights=FILE --set text_model=BERT_DIR (local files), "
+            "--set vit_weights=FILE --set text_model=BERT_DIR --set classifier_weights=FILE (local files), "
             "or --set allow_random_init=true to train from random weights (not the paper's model)"
         )
     dist = setup_dist()
@@ -261,7 +273,8 @@ def open_run(
         out.mkdir(parents=True, exist_ok=True)
         lock_folder(out)  # one training run per --out ("in use by pid N")
         inputs = {"records": str(records), "labels": str(labels), "rois": str(rois)}
-        _write_run_files(out, cfg, {**inputs, "images": str(images)})
+        src = str(cls_stage.classifier_dir(classifier)) if classifier else None
+        _write_run_files(out, cfg, {**inputs, "images": str(images), "classifier": src})
     dist.barrier()
     train_items, val_items, skips, tok = _load_items(cfg, records, labels, rois, out, dist.main)
     seed_everything(cfg.seed)
@@ -283,6 +296,7 @@ def open_run(
         interrupt_after=interrupt_after,
         joined_skips=len(skips),
         skips=skips,
+        classifier_src=classifier,
     )
     if cfg.preset == "paper" and random_parts:
         msg = f"paper preset with random {' and '.join(random_parts)}: not the paper's pretrained model"
@@ -295,8 +309,8 @@ def open_run(
 # ----------------------------------------------------------------------------- one stage
 
 
-def _datasets(ctx: RunContext, size: int) -> tuple[RoiDataset, RoiDataset | None]:
-    """Decode (and cache) every image of train/validate at this stage's size; count skips."""
+def _prepared(ctx: RunContext, size: int) -> tuple[list[Item], list[Item], CropStore]:
+    """Decode (and cache) every image of train/validate at this size; count skips."""
     cfg, dist = ctx.cfg, ctx.dist
     cache = ctx.run / "cache" if cfg.crop_cache else None
     store = CropStore(ctx.images, cache, size, cfg.global_image_size or size)
@@ -311,6 +325,13 @@ def _datasets(ctx: RunContext, size: int) -> tuple[RoiDataset, RoiDataset | None
         raise CxrctxError(
             f"{ctx.images}: none of the {len(ctx.train_items)} training images could be read (see skips)"
         )
+    return tr, va, store
+
+
+def _datasets(ctx: RunContext, size: int) -> tuple[RoiDataset, RoiDataset | None]:
+    """The ROI datasets of a stage at its crop size."""
+    cfg = ctx.cfg
+    tr, va, store = _prepared(ctx, size)
     val = RoiDataset(va, store, ctx.tok, cfg.max_tokens) if va else None
     return RoiDataset(tr, store, ctx.tok, cfg.max_tokens), val
 
@@ -339,6 +360,9 @@ def _trainable(ctx: RunContext, st: int) -> tuple[list[torch.nn.Parameter], torc
     if st == 2:
         for p in model.stage2_parameters():
             p.requires_grad_(True)
+    if model.classifier is not None:  # trained in its own stage, frozen here
+        for p in model.classifier.parameters():
+            p.requires_grad_(False)
     fwd: torch.nn.Module = model
     if ctx.dist.world > 1:  # DDP fixes the trainable set at construction
         fwd = torch.nn.parallel.DistributedDataParallel(
@@ -495,11 +519,63 @@ def _finish_stage(ctx: RunContext, s: StageState, val_ds, opt, sched) -> None:
     ctx.emit(TrainEvent("stage_end", s.st, s.stage_step, s.total, s.epoch, metrics=ev))
 
 
+def run_classifier(ctx: RunContext) -> None:
+    """Stage 0: train the global lesion classifier into RUN/classifier/ (a finished one is
+    kept on --resume)."""
+    out = ctx.run / "classifier"
+    if ctx.resume and (out / "manifest.json").exists():
+        ctx.result.classifier = cls_stage.load_trained(out)["eval"]
+        return
+    cfg = ctx.cfg
+    tr, va, store = _prepared(ctx, cfg.image_size_stage1)
+    ctx.emit(TrainEvent("stage_start", 0, 0, cfg.classifier_epochs))
+
+    def on_epoch(epoch: int, total: int, loss: float) -> None:
+        ctx.metrics.write({"stage": 0, "step": epoch, "epoch": epoch, "loss": loss})
+        ctx.emit(TrainEvent("step", 0, epoch, total, epoch, loss))
+
+    ev = cls_stage.fit(
+        cfg,
+        train_ds=cls_stage.GlobalDataset(tr, store),
+        val_ds=cls_stage.GlobalDataset(va, store) if va else None,
+        out=out,
+        dist=ctx.dist,
+        resume=ctx.resume,
+        on_epoch=on_epoch,
+    )
+    ctx.metrics.write({"stage": 0, "step": cfg.classifier_epochs, "eval": ev})
+    ctx.result.classifier = ev
+    ctx.emit(TrainEvent("stage_end", 0, cfg.classifier_epochs, cfg.classifier_epochs, metrics=ev))
+
+
+def _install_classifier(ctx: RunContext) -> None:
+    """Load the trained classifier (this run's or --classifier's) frozen into the model."""
+    if not ctx.cfg.use_classifier:
+        return
+    src = ctx.classifier_src or ctx.run / "classifier"
+    if not (cls_stage.classifier_dir(src) / "manifest.json").exists() and ctx.classifier_src is None:
+        raise CxrctxError(
+            f"{src}: stage 1 needs the lesion classifier: run --stage classifier first, "
+            "--stage all, or pass --classifier RUN"
+        )
+    ck = cls_stage.load_trained(src)
+    if ck["classifier_config"] != ctx.cfg.classifier_fields():
+        raise CxrctxError(f"{src}: the classifier was trained under another classifier config")
+    ctx.model.load_classifier(ck["model"], ck["thresholds"])
+    if not ctx.result.classifier:
+        ctx.result.classifier = ck["eval"]
+
+
 def run_stage(ctx: RunContext, st: int) -> None:
     """Train one stage (or load it when a resumed run already finished it)."""
     cfg = ctx.cfg
+    if st == 0:
+        run_classifier(ctx)
+        return
     if _stage_done_already(ctx, st):
         return
+    if st == 1:
+        _install_classifier(ctx)
     rs = ctx.resume_state
     if st == 2 and 1 not in ctx.result.stages and (rs is None or rs["stage"] != 2):
         ck = load_checkpoint(ctx.ckdir / "stage1.pt")
@@ -556,20 +632,21 @@ def _write_run_manifest(ctx: RunContext, res: TrainResult) -> None:
 
 def finish_run(ctx: RunContext) -> TrainResult:
     """`final.pt` = the last stage's weights; `skips.parquet`; counts for the caller."""
-    if ctx.dist.main:
-        final = load_checkpoint(ctx.ckdir / f"stage{ctx.result.stages[-1]}.pt")
-        save_checkpoint(ctx.ckdir / "final.pt", final)
-        _write_skips(ctx.run, ctx.skips)
     res = ctx.result
     res.counts = {
         "train_items": len(ctx.train_items),
         "val_items": len(ctx.val_items),
         "joined_skips": ctx.joined_skips,
     }
-    if ctx.dist.main:
-        _write_run_manifest(ctx, res)
     unique = {s["dicom_id"]: s for s in reversed(ctx.skips)}  # skipped in both stages: once
     res.skips = dict(sorted(Counter(s["reason"].split(":")[0] for s in unique.values()).items()))
+    if not res.stages:  # the classifier stage alone: no CLALA-Net weights yet
+        return res
+    if ctx.dist.main:
+        final = load_checkpoint(ctx.ckdir / f"stage{ctx.result.stages[-1]}.pt")
+        save_checkpoint(ctx.ckdir / "final.pt", final)
+        _write_skips(ctx.run, ctx.skips)
+        _write_run_manifest(ctx, res)
     return res
 
 

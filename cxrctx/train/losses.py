@@ -1,4 +1,6 @@
-"""The CLALA-Net losses: LLCL, ITCL (both InfoNCE), decoder cross-entropy, classifier BCE.
+"""The CLALA-Net losses of stages 1-2: LLCL, ITCL (both InfoNCE), decoder cross-entropy, finding gate.
+
+(The global lesion classifier's BCE belongs to its own stage, `cxrctx.train.classifier`.)
 
 LLCL (CLALA-Net paper, "Lesion-level contrastive learning"): anchors are LCA-refined ROI
 embeddings; comparison embeddings are *raw* ROI embeddings (no LCA) of *other* images; a
@@ -105,10 +107,6 @@ def itcl_loss(
     return (l1 + l2) / 2, n
 
 
-def cls_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(logits.float(), targets.float())
-
-
 # ----------------------------------------------------------------------------- per stage
 
 
@@ -125,7 +123,7 @@ def active_losses(cfg: TrainConfig, st: int) -> list[str]:
     """The losses that can change a trainable weight in this stage (the rest are not computed).
 
     In stage 2 only LCA, the finding head and the decoder train: without LCA the contrastive
-    losses see frozen embeddings only, and the classifier is frozen."""
+    losses see frozen embeddings only. The classifier is frozen in both stages."""
     names = ["ce"]
     if cfg.use_finding_head and cfg.weight_finding > 0:
         names.append("finding")
@@ -133,8 +131,6 @@ def active_losses(cfg: TrainConfig, st: int) -> list[str]:
         names.append("llcl")
     if cfg.use_itcl and cfg.weight_itcl > 0 and (st == 1 or cfg.use_lca):
         names.append("itcl")
-    if cfg.use_classifier and cfg.weight_cls > 0 and st == 1:
-        names.append("cls")
     return names
 
 
@@ -165,8 +161,6 @@ def stage_losses(cfg: TrainConfig, st: int, outp: dict, batch: dict) -> tuple[di
             batch["text_ids"],
             tau=cfg.temperature_itcl,
         )
-    if "cls" in names:
-        losses["cls"] = cls_loss(outp["cls_logits"], batch["targets"])
     return losses, extra
 
 
@@ -175,7 +169,6 @@ def weighted_total(cfg: TrainConfig, losses: dict[str, torch.Tensor]) -> torch.T
         "ce": cfg.weight_ce,
         "llcl": cfg.weight_llcl,
         "itcl": cfg.weight_itcl,
-        "cls": cfg.weight_cls,
         "finding": cfg.weight_finding,
     }
     return sum((w[k] * v for k, v in losses.items()), torch.zeros((), device=losses["ce"].device))

@@ -6,19 +6,20 @@ Faithful to the paper:
 - lesion names go through the text encoder to give E_L (N_lesion × d); a weight matrix with
   rows 0.9 (positive) / 0.1 (negative) multiplies E_L element-wise (Hadamard product);
 - LCA: ROI embeddings are the queries, weighted lesion embeddings are keys and values;
-- an image-level lesion classifier trained on the labels supplies the lesion statuses at
-  inference (training uses the labels: solid vs dashed lines of Fig. 1);
+- a separate image-level lesion classifier trained on the labels (its own stage, run
+  first: `cxrctx.train.classifier`) supplies the lesion statuses; it is frozen here;
 - a transformer text decoder generates each ROI's sentences from its LCA-refined embedding.
 
 What the model sees at inference, it sees in training: LCA statuses come from the
-classifier (soft weights 0.1 + 0.8·p, or hard statuses at per-lesion thresholds
-calibrated on the validation split and stored in the checkpoint); in stage 1 the labels
-are blended into the predictions on a schedule that ends at pure predictions, and stage 2
-(classifier frozen) trains LCA and the decoder on exactly the test-time statuses.
+frozen classifier (hard statuses at its per-lesion thresholds, calibrated on the validation
+split and stored with it, or soft weights 0.1 + 0.8·p); in stage 1 the labels are blended
+into the predictions on a schedule that ends at pure predictions, and stage 2 trains LCA
+and the decoder on exactly the test-time statuses.
 
 Where the paper is silent, chosen here (and said in the README):
-- the global classifier is a linear head on the *same* ViT applied to the full image, not
-  a separate BioViL-T (not redistributable/offline); its loss is BCE on the 14 statuses;
+- the global classifier is any timm backbone (BioViL-T itself is not redistributable
+  offline; a local CLIP-style tower in timm layout can stand in); its loss is BCE on the
+  14 statuses;
 - LCA output = LayerNorm(R + MHA(R, E_L⊙W, E_L⊙W)) (residual + norm as in a transformer
   block); a learned ROI-position embedding is added to each ROI embedding so the shared
   decoder knows which region it describes;
@@ -27,8 +28,9 @@ Where the paper is silent, chosen here (and said in the README):
 - decoder memory = the refined ROI embedding, a "has finding" gate token and the 14
   status-weighted lesion tokens (the same E_L ⊙ W that LCA attends to), each projected to
   the decoder width. A per-ROI head predicts whether the region has a finding (the ROI
-  rows' `abnormal` flag); its decision (teacher-forced in training) is the gate token, and
-  an open gate forbids ending the text before it starts.
+  rows' `abnormal` flag) from the ROI embedding and the classifier's 14 statuses; its
+  decision (teacher-forced in training) is the gate token, and an open gate forbids
+  ending the text before it starts.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from torch import nn
 
 from cxrctx.errors import CxrctxError
 from cxrctx.train.bert import make_text_encoder
+from cxrctx.train.classifier import LesionClassifier
 from cxrctx.train.config import TrainConfig
 from cxrctx.vocab import LESIONS, ROIS
 
@@ -155,8 +158,8 @@ class ClalaNet(nn.Module):
         self.register_buffer("lesion_tokens", lesion_tokens.clone(), persistent=False)
         self.lca = nn.MultiheadAttention(d, cfg.lca_heads, dropout=cfg.dropout, batch_first=True)
         self.lca_norm = nn.LayerNorm(d)
-        self.cls_head = nn.Linear(feat, self.n_lesions)
-        self.finding_head = nn.Linear(d, 1)
+        self.classifier = LesionClassifier(cfg) if cfg.use_classifier else None
+        self.finding_head = nn.Linear(d + self.n_lesions, 1)
         self.mem_roi = nn.Linear(d, dd)
         self.mem_lesion = nn.Linear(d, dd)
         self.mem_gate = nn.Embedding(2, dd)
@@ -166,6 +169,23 @@ class ClalaNet(nn.Module):
         # calibrated on the validation split at the end of each stage; saved with the weights
         self.register_buffer("lesion_thresholds", torch.full((14,), cfg.classifier_threshold))
         self.register_buffer("finding_threshold", torch.tensor(0.5))
+
+    def train(self, mode: bool = True) -> ClalaNet:
+        """The classifier stays in eval mode: it is frozen after its own stage."""
+        super().train(mode)
+        if self.classifier is not None:
+            self.classifier.eval()
+        return self
+
+    def load_classifier(self, state: dict[str, torch.Tensor], thresholds: torch.Tensor) -> None:
+        """Install a trained classifier (weights + calibrated thresholds) and freeze it."""
+        if self.classifier is None:
+            raise CxrctxError("use_classifier=false: this model has no classifier to load")
+        self.classifier.load_state_dict(state)
+        self.lesion_thresholds.copy_(thresholds.to(self.lesion_thresholds))
+        for p in self.classifier.parameters():
+            p.requires_grad_(False)
+        self.classifier.eval()
 
     # modules trainable in stage 2 (paper: "updates were restricted to the LCA and text decoder")
     def stage2_parameters(self) -> list[nn.Parameter]:
@@ -184,8 +204,16 @@ class ClalaNet(nn.Module):
         return self.roi_proj(f).reshape(B, R, -1) + self.roi_pos
 
     def classify(self, glob: torch.Tensor) -> torch.Tensor:
-        """Full image (B, G, G) → 14 lesion logits."""
-        return self.cls_head(self.vit(self._grey_to_input(glob)))
+        """Full image (B, G, G) → 14 lesion logits of the frozen classifier (no gradient)."""
+        if self.classifier is None:
+            raise CxrctxError("LCA needs the lesion classifier (use_classifier=true)")
+        with torch.no_grad():
+            return self.classifier(glob).detach()
+
+    def gate_logits(self, refined: torch.Tensor, status: torch.Tensor) -> torch.Tensor:
+        """Per-ROI 'has finding' logits (B, R) from the ROI embedding and the 14 statuses."""
+        st = status.unsqueeze(1).expand(-1, refined.shape[1], -1).to(refined.dtype)
+        return self.finding_head(torch.cat([refined, st], -1)).squeeze(-1)
 
     def lesion_embeddings(self) -> torch.Tensor:
         return self.lesion_proj(self.text(self.lesion_tokens))  # (14, d)
@@ -252,7 +280,7 @@ class ClalaNet(nn.Module):
         out["refined"] = refined
         gate = None
         if self.cfg.use_finding_head:
-            out["finding_logits"] = self.finding_head(refined).squeeze(-1)
+            out["finding_logits"] = self.gate_logits(refined, status)
             gate = batch.get("abnormal")
             if gate is None:  # no ROI flags (e.g. a bare batch): the head decides
                 gate = out["finding_logits"] > 0
@@ -285,7 +313,7 @@ class ClalaNet(nn.Module):
         refined = self.refine(out["raw"], status)
         gate = finding = None
         if self.cfg.use_finding_head:
-            finding = torch.sigmoid(self.finding_head(refined).squeeze(-1).float())
+            finding = torch.sigmoid(self.gate_logits(refined, status).float())
             gate = finding > self.finding_threshold
         mem = self.memory(refined, status, gate)
         ids = self._greedy(mem, gate, bos=bos, eos=eos, max_len=max_len)

@@ -7,6 +7,7 @@ torch raises a CxrctxError that names the install command.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ class TrainResult:
     skips: dict[str, int] = field(default_factory=dict)
     eval: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    classifier: dict[str, Any] = field(default_factory=dict)  # its validation scores
 
 
 @dataclass(frozen=True)
@@ -76,32 +78,76 @@ def train(
     resume: bool = False,
     progress: ProgressFn | bool | None = None,
     interrupt_after: int | None = None,
+    classifier: str | os.PathLike | None = None,
 ) -> TrainResult:
-    """Train CLALA-Net in two stages (see `cxrctx.train.loop`); returns counts and the last validation.
+    """Train the global lesion classifier (stage 0) and CLALA-Net's two stages (see
+    `cxrctx.train.loop`); returns counts, the classifier's and the last validation.
 
-    `progress` receives a `TrainEvent` per step and per stage start/end (rank 0 only).
+    `classifier`: a finished classifier (a run folder or its `classifier/`) to load frozen
+    instead of training one; its classifier fields replace `cfg`'s. `progress` receives a
+    `TrainEvent` per step and per stage start/end (rank 0 only; stage 0 = the classifier).
     `interrupt_after` (tests) raises TrainingInterrupted after that global step.
+    An OSError while writing (a full disk, a read-only --out) is a one-line CxrctxError.
     """
     progress = as_callback(progress)
     require_torch()
-    from cxrctx.train import loop
+    stages, cfg = _plan(cfg, stage, Path(out), classifier)
+    try:
+        return _run(cfg, records, labels, rois, images, Path(out), stages, resume, progress,
+                    interrupt_after, Path(classifier) if classifier else None)  # fmt: skip
+    except OSError as e:  # a full disk, a read-only or vanished --out: one line, like every stage
+        what = "cannot write" if e.errno in _WRITE_ERRNOS else "file error"
+        raise CxrctxError(f"{e.filename or out}: {what} ({e.strerror or e}); training stopped") from None
 
+
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG}
+
+
+_STAGES = {Stage.CLASSIFIER: [0], Stage.ONE: [1], Stage.TWO: [2], Stage.BOTH: [1, 2]}
+
+
+def _plan(
+    cfg: TrainConfig, stage: Stage | str, out: Path, classifier: str | os.PathLike | None
+) -> tuple[list[int], TrainConfig]:
+    """The stages to run (0 = the classifier, first when stage 1 needs one the run lacks)
+    and the config (a reused classifier brings its own fields)."""
     try:
         st = Stage(stage)
     except ValueError:
-        raise CxrctxError(f"--stage must be 1, 2 or both (got {stage!r})") from None
-    stages = [1, 2] if st is Stage.BOTH else [int(st.value)]
+        choices = ", ".join(s.value for s in Stage)
+        raise CxrctxError(f"--stage must be one of {choices} (got {stage!r})") from None
+    stages = list(_STAGES[st])
+    if st is Stage.CLASSIFIER and (classifier is not None or not cfg.use_classifier):
+        why = "--classifier reuses one" if classifier is not None else "use_classifier=false"
+        raise CxrctxError(f"--stage classifier trains a classifier, but {why}")
+    have = (out / "classifier" / "manifest.json").exists()
+    if 1 in stages and cfg.use_classifier and classifier is None and not have:
+        stages.insert(0, 0)
+    if classifier is None:
+        return stages, cfg
+    from cxrctx.train.classifier import load_trained
+    from cxrctx.train.config import validate_config
+
+    fields = load_trained(Path(classifier))["classifier_config"]
+    return stages, validate_config({**cfg.model_dump(mode="json"), **fields}, source=str(classifier))
+
+
+def _run(cfg, records, labels, rois, images, out, stages, resume, progress, interrupt_after,
+         classifier) -> TrainResult:  # fmt: skip
+    from cxrctx.train import loop
+
     ctx = loop.open_run(
         cfg,
         records=records,
         labels=labels,
         rois=rois,
         images=images,
-        out=Path(out),
+        out=out,
         stages=stages,
         resume=resume,
         progress=progress,
         interrupt_after=interrupt_after,
+        classifier=classifier,
     )
     for s in stages:
         loop.run_stage(ctx, s)
