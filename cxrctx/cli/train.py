@@ -115,7 +115,8 @@ def train_cmd(
     Example:
       cxrctx train --records out/priors --labels out/syn/truth --rois out/rois \\
         --images out/syn --out out/run --preset tiny
-      cxrctx train ... --out out/run-nolca --classifier out/run --set use_lca=false
+      cxrctx train ... --out out/run-nolca --classifier out/run \\
+        --set use_lca=false
       torchrun --nproc-per-node 8 -m cxrctx.cli train ... --preset paper \\
         --set vit_weights=vit_b16_in1k.safetensors \\
         --set text_model=bert-base-uncased/ \\
