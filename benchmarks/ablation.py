@@ -63,8 +63,15 @@ def build_data(work: Path, patients: int, size: int) -> dict[str, Path]:
     if (d["rois"] / "manifest.json").exists():
         return d
     shutil.rmtree(work, ignore_errors=True)
-    synthesize(d["root"], patients=patients, seed=0, images=True, imagenome=True,
-             image_size=size, image_format="jpg")  # fmt: skip
+    synthesize(
+        d["root"],
+        patients=patients,
+        seed=0,
+        images=True,
+        imagenome=True,
+        image_size=size,
+        image_format="jpg",
+    )
     build_priors(d["root"], d["records"], image_ext="jpg", workers=1)
     recs = read_shards(d["records"] / "records")
     subjects = sorted(recs["subject_id"].unique().to_list())
@@ -119,13 +126,29 @@ def shared_classifier(d: dict[str, Path], work: Path, args) -> Path:
     if (out / "classifier" / "manifest.json").exists():
         return out
     shutil.rmtree(out, ignore_errors=True)
-    cfg = make_config("tiny", seed=0, **({"classifier_epochs": args.epochs_cls} if args.epochs_cls else {}))
+    cfg = make_config(
+        "tiny", seed=0, **({"classifier_epochs": args.epochs_cls} if args.epochs_cls else {})
+    )
     t = time.perf_counter()
-    res = train(cfg, records=d["records"], labels=d["labels"], rois=d["rois"], images=d["root"],
-                out=out, stage="classifier")  # fmt: skip
-    print(json.dumps({"classifier_s": round(time.perf_counter() - t, 1),
-                      "val_macro_auc": res.classifier.get("macro_auc"),
-                      "val_micro_f1": res.classifier.get("f1_micro")}), flush=True)  # fmt: skip
+    res = train(
+        cfg,
+        records=d["records"],
+        labels=d["labels"],
+        rois=d["rois"],
+        images=d["root"],
+        out=out,
+        stage="classifier",
+    )
+    print(
+        json.dumps(
+            {
+                "classifier_s": round(time.perf_counter() - t, 1),
+                "val_macro_auc": res.classifier.get("macro_auc"),
+                "val_micro_f1": res.classifier.get("f1_micro"),
+            }
+        ),
+        flush=True,
+    )
     return out
 
 
@@ -147,8 +170,15 @@ def one_run(d: dict[str, Path], work: Path, name: str, seed: int, args) -> dict:
         **CONFIGS[name],
     )
     t = time.perf_counter()
-    res = train(cfg, records=d["records"], labels=d["labels"], rois=d["rois"], images=d["root"],
-                out=run, classifier=args.classifier_run)  # fmt: skip
+    res = train(
+        cfg,
+        records=d["records"],
+        labels=d["labels"],
+        rois=d["rois"],
+        images=d["root"],
+        out=run,
+        classifier=args.classifier_run,
+    )
     train_s = time.perf_counter() - t
     g = generate(run, out=gen, split="test")
     rep = evaluate(gen, reference=d["records"], reference_labels=d["labels"])
@@ -165,7 +195,9 @@ def one_run(d: dict[str, Path], work: Path, name: str, seed: int, args) -> dict:
         **classifier_scores(run, gen, d["labels"]),
     }
     row["report_over_cls"] = (
-        row["report_micro_f1"] / row["cls_micro_f1"] if row["cls_micro_f1"] and row["report_micro_f1"] is not None else None
+        row["report_micro_f1"] / row["cls_micro_f1"]
+        if row["cls_micro_f1"] and row["report_micro_f1"] is not None
+        else None
     )
     print(json.dumps(row), flush=True)
     return row
@@ -179,7 +211,14 @@ def table(rows: list[dict]) -> str:
         sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
         return f"{statistics.mean(vals):.3f} ± {sd:.3f}"
 
-    cols = ["cls_macro_auc", "cls_micro_f1", "report_micro_f1", "report_over_cls", "report_macro_f1", "rouge_l"]
+    cols = [
+        "cls_macro_auc",
+        "cls_micro_f1",
+        "report_micro_f1",
+        "report_over_cls",
+        "report_macro_f1",
+        "rouge_l",
+    ]
     out = ["| config | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name in CONFIGS:
         sub = [r for r in rows if r["config"] == name]
@@ -195,7 +234,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs1", type=int, default=4)
     ap.add_argument("--epochs2", type=int, default=1)
-    ap.add_argument("--epochs-cls", type=int, default=None, help="classifier epochs (preset's when absent)")
+    ap.add_argument(
+        "--epochs-cls", type=int, default=None, help="classifier epochs (preset's when absent)"
+    )
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "_work" / "ablation")

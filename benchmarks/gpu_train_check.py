@@ -185,9 +185,7 @@ def main() -> None:
     }
     for name, p in parts.items():
         p["epochs"] = epochs[name]
-        p["projected_hours_mimic"] = (
-            MIMIC_TRAIN_IMAGES * epochs[name] / p["images_per_s"] / 3600
-        )
+        p["projected_hours_mimic"] = MIMIC_TRAIN_IMAGES * epochs[name] / p["images_per_s"] / 3600
     result = {
         "check": "gpu_train_check",
         "mode": "cpu-smoke" if args.cpu_smoke else "gpu",

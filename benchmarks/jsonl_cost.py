@@ -89,8 +89,9 @@ def main() -> None:
     )
 
     raw = "x" * 1200
-    entries = [{"key": cache_key(i=i), "raw_text": raw, "answer": {"word": "w"}}
-               for i in range(a.entries)]  # fmt: skip
+    entries = [
+        {"key": cache_key(i=i), "raw_text": raw, "answer": {"word": "w"}} for i in range(a.entries)
+    ]
     batches = [entries[i : i + 256] for i in range(0, len(entries), 256)]
 
     def new_write() -> None:

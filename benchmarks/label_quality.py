@@ -144,14 +144,27 @@ def llm_labels(args, docs: pl.DataFrame, mode: str = "llm") -> tuple[pl.DataFram
             res = label_documents(docs, engine, sampling=Sampling(max_tokens=384), cache_dir=cache)
         else:
             res = label_documents_hybrid(
-                docs, engine, mode=mode, sampling=Sampling(max_tokens=384), cache_dir=cache,
+                docs,
+                engine,
+                mode=mode,
+                sampling=Sampling(max_tokens=384),
+                cache_dir=cache,
                 prompt=args.hybrid_prompt,
-            )  # fmt: skip
+            )
     finally:
         engine.close()
     wall = time.perf_counter() - t0
-    keys = ("llm_called", "engine_requests", "completion_tokens", "failed", "cached", "rules",
-            "llm", "not_mentioned", "llm_changed")  # fmt: skip
+    keys = (
+        "llm_called",
+        "engine_requests",
+        "completion_tokens",
+        "failed",
+        "cached",
+        "rules",
+        "llm",
+        "not_mentioned",
+        "llm_changed",
+    )
     info = {k: int(res.counts.get(k, 0)) for k in keys}
     return res.labels, wall, info
 
@@ -168,16 +181,31 @@ def ci(rep: EvalReport, key: str) -> str:
 
 def summary_table(reps: dict[str, tuple[EvalReport, float, int]], title: str) -> Table:
     t = Table(title=title)
-    for c in ("labeler", "n", "micro P", "micro R", "micro F1 [95% CI]", "macro F1 [95% CI]",
-              "location acc [95% CI] (n)", "s/report", "reports/s"):  # fmt: skip
+    for c in (
+        "labeler",
+        "n",
+        "micro P",
+        "micro R",
+        "micro F1 [95% CI]",
+        "macro F1 [95% CI]",
+        "location acc [95% CI] (n)",
+        "s/report",
+        "reports/s",
+    ):
         t.add_column(c, justify="left" if c == "labeler" else "right")
     for name, (rep, secs, n) in reps.items():
         loc_n = sum(s.location_n for s in rep.lesions)
         t.add_row(
-            name, str(n), f"{rep.micro_precision or 0:.3f}", f"{rep.micro_recall or 0:.3f}",
-            ci(rep, "micro_f1"), ci(rep, "macro_f1"), f"{ci(rep, 'location_accuracy')} ({loc_n})",
-            f"{secs / n:.2e}", f"{n / secs:,.0f}",
-        )  # fmt: skip
+            name,
+            str(n),
+            f"{rep.micro_precision or 0:.3f}",
+            f"{rep.micro_recall or 0:.3f}",
+            ci(rep, "micro_f1"),
+            ci(rep, "macro_f1"),
+            f"{ci(rep, 'location_accuracy')} ({loc_n})",
+            f"{secs / n:.2e}",
+            f"{n / secs:,.0f}",
+        )
     return t
 
 
@@ -296,10 +324,13 @@ def main(argv: list[str] | None = None) -> int:
             )
         n = max(1, sub.height)
         llm_info[name] = {
-            "n": sub.height, "seconds": ll_s, "s_per_report": ll_s / n,
+            "n": sub.height,
+            "seconds": ll_s,
+            "s_per_report": ll_s / n,
             "llm_calls_per_report": info["engine_requests"] / n,
-            "output_tokens_per_report": info["completion_tokens"] / n, **info,
-        }  # fmt: skip
+            "output_tokens_per_report": info["completion_tokens"] / n,
+            **info,
+        }
         con.print(f"{name}: {json.dumps(llm_info[name])}")
         save_json(args, docs, reps, llm_info)
         if args.errors and args.split == "dev":
@@ -325,11 +356,21 @@ def save_json(args, docs: pl.DataFrame, reps: dict, llm_info: dict) -> None:
     if not args.json:
         return
     out = {
-        "split": args.split, "n": docs.height, "seed": args.seed, "skip": args.skip,
-        "lexicon_sha256": lexicon().sha256, "llm": llm_info, "model": args.model,
-        "threads": args.threads, "load_avg": os.getloadavg(), "hybrid_prompt": args.hybrid_prompt,
-        "labelers": {k: {"s_per_report": s / n, "report": r.model_dump(mode="json")} for k, (r, s, n) in reps.items()},
-    }  # fmt: skip
+        "split": args.split,
+        "n": docs.height,
+        "seed": args.seed,
+        "skip": args.skip,
+        "lexicon_sha256": lexicon().sha256,
+        "llm": llm_info,
+        "model": args.model,
+        "threads": args.threads,
+        "load_avg": os.getloadavg(),
+        "hybrid_prompt": args.hybrid_prompt,
+        "labelers": {
+            k: {"s_per_report": s / n, "report": r.model_dump(mode="json")}
+            for k, (r, s, n) in reps.items()
+        },
+    }
     args.json.write_text(json.dumps(out, indent=2) + "\n")
 
 

@@ -45,11 +45,20 @@ from cxrctx.llm import ChatRequest, Sampling, get_engine
 from cxrctx.llm.fake import FakeEngine
 
 SENT = [
-    "Small {side} pleural effusion.", "No pneumothorax.", "Heart size is normal.", "Mild cardiomegaly.",
-    "{Side} basilar atelectasis.", "No focal consolidation.", "Possible {side} lower lobe pneumonia.",
-    "Lungs are clear.", "Calcified nodule in the {side} upper lobe.", "No pulmonary edema.",
-    "Stable mediastinal contours.", "Degenerative changes of the spine.", "Hyperinflated lungs with emphysema.",
-]  # fmt: skip
+    "Small {side} pleural effusion.",
+    "No pneumothorax.",
+    "Heart size is normal.",
+    "Mild cardiomegaly.",
+    "{Side} basilar atelectasis.",
+    "No focal consolidation.",
+    "Possible {side} lower lobe pneumonia.",
+    "Lungs are clear.",
+    "Calcified nodule in the {side} upper lobe.",
+    "No pulmonary edema.",
+    "Stable mediastinal contours.",
+    "Degenerative changes of the spine.",
+    "Hyperinflated lungs with emphysema.",
+]
 
 
 def synth_reports(n: int, seed: int = 0) -> pl.DataFrame:
@@ -173,8 +182,13 @@ def ray_overhead(
     t = time.perf_counter()
     ray.init(num_cpus=max(2, *workers), include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    out: dict = {"n_docs": n, "latency_s_per_call": latency, "batch_size": batch_size,
-                 "ray_init_s": round(time.perf_counter() - t, 2), "load_avg_start": os.getloadavg()[0]}  # fmt: skip
+    out: dict = {
+        "n_docs": n,
+        "latency_s_per_call": latency,
+        "batch_size": batch_size,
+        "ray_init_s": round(time.perf_counter() - t, 2),
+        "load_avg_start": os.getloadavg()[0],
+    }
     t = time.perf_counter()
     local = label_documents(docs, factory(), batch_size=batch_size)
     out["local_s"] = local_s = round(time.perf_counter() - t, 2)
@@ -182,9 +196,13 @@ def ray_overhead(
     for w in workers:
         first: list[float] = []
         t = time.perf_counter()
-        res = label_documents(docs, factory(), batch_size=batch_size,
-                              executor=RayExecutor(w, engine_factory=factory),
-                              progress=lambda p, f=first: f.append(time.perf_counter()))  # fmt: skip
+        res = label_documents(
+            docs,
+            factory(),
+            batch_size=batch_size,
+            executor=RayExecutor(w, engine_factory=factory),
+            progress=lambda p, f=first: f.append(time.perf_counter()),
+        )
         wall = time.perf_counter() - t
         ideal = local_s / w
         out[f"ray_{w}w_s"] = round(wall, 2)
@@ -274,10 +292,15 @@ def child_memory(mode: str, n: int, url: str) -> dict:
         end = rss_kb()
         grown = (end - marks["first"]) * 1024 / max(1, n - marks["first_done"])
         return {
-            "mode": mode, "n_docs": n, "llm_docs": counts["llm_called"], "failed": counts["failed"],
-            "rss_at_10pct_mb": round(marks["first"] / 1024, 1), "rss_end_mb": round(end / 1024, 1),
-            "growth_bytes_per_doc": round(grown), "docs_per_s": round(n / secs, 1),
-        }  # fmt: skip
+            "mode": mode,
+            "n_docs": n,
+            "llm_docs": counts["llm_called"],
+            "failed": counts["failed"],
+            "rss_at_10pct_mb": round(marks["first"] / 1024, 1),
+            "rss_end_mb": round(end / 1024, 1),
+            "growth_bytes_per_doc": round(grown),
+            "docs_per_s": round(n / secs, 1),
+        }
 
 
 def child_batch(n: int, url: str, batch: int | None) -> dict:
@@ -288,8 +311,12 @@ def child_batch(n: int, url: str, batch: int | None) -> dict:
     t = time.perf_counter()
     res = label_documents(docs, engine, batch_size=batch)
     secs = time.perf_counter() - t
-    return {"batch_size": res.stats.batch_size if res.stats else batch, "n_docs": n,
-            "llm_docs": res.counts["llm_called"], "docs_per_s": round(n / secs, 1)}  # fmt: skip
+    return {
+        "batch_size": res.stats.batch_size if res.stats else batch,
+        "n_docs": n,
+        "llm_docs": res.counts["llm_called"],
+        "docs_per_s": round(n / secs, 1),
+    }
 
 
 def in_child(*args: str) -> dict:

@@ -57,7 +57,9 @@ def _prepare(work: Path, patients: int) -> None:
 
 def _checkout(rev: str, dest: Path) -> Path:
     dest.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True
+    )
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
     return dest
 
@@ -66,8 +68,11 @@ def _time(src: Path, work: Path, step: str, out: Path) -> float:
     env = {**os.environ, "PYTHONPATH": str(src)}
     res = subprocess.run(
         [sys.executable, "-c", STEP, str(work), step, str(out)],
-        env=env, check=True, capture_output=True, text=True,
-    )  # fmt: skip
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return float(json.loads(res.stdout.strip().splitlines()[-1])["s"])
 
 

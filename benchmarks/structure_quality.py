@@ -49,14 +49,23 @@ from cxrctx.structure.task import StructureItem
 from cxrctx.vocab import SRRG_ORGAN_KEYS, SRRG_ORGANS
 
 ROUTES = (  # (organ, keywords) — the baseline's router, first match wins
-    ("Tubes, Catheters, and Support Devices", r"\b(?:tube|catheter|line|pacemaker|wire|clip|port|stent|device|sternotomy)s?\b"),
+    (
+        "Tubes, Catheters, and Support Devices",
+        r"\b(?:tube|catheter|line|pacemaker|wire|clip|port|stent|device|sternotomy)s?\b",
+    ),
     ("Pleura", r"pleura|effusion|pneumothorax|costophrenic"),
     ("Cardiovascular", r"heart|cardi|aort|vascular|pericard"),
     ("Hila and Mediastinum", r"hil|mediastin|trachea"),
-    ("Musculoskeletal and Chest Wall", r"bone|osseous|\bribs?\b|spine|spondyl|degenerative|fracture|soft tissue"),
+    (
+        "Musculoskeletal and Chest Wall",
+        r"bone|osseous|\bribs?\b|spine|spondyl|degenerative|fracture|soft tissue",
+    ),
     ("Abdominal", r"abdom|diaphragm|bowel|gas|subdiaphragmatic|hernia"),
-    ("Lungs and Airways", r"lung|pulmonary|airspace|opacit|consolidation|atelectasis|nodule|pneumonia|edema|granuloma"),
-)  # fmt: skip
+    (
+        "Lungs and Airways",
+        r"lung|pulmonary|airspace|opacit|consolidation|atelectasis|nodule|pneumonia|edema|granuloma",
+    ),
+)
 PROMPTS = {"rewrite": 2, "scratch": 1}
 
 
@@ -94,8 +103,13 @@ def mean(values: list[float]) -> dict:
         return {"mean": None, "n": 0}
     if len(set(values)) == 1:
         return {"mean": values[0], "n": len(values), "ci95": [values[0], values[0]]}
-    ci = stats.bootstrap((values,), lambda x, axis: x.mean(axis=axis), n_resamples=2000,
-                         method="percentile", random_state=0).confidence_interval  # fmt: skip
+    ci = stats.bootstrap(
+        (values,),
+        lambda x, axis: x.mean(axis=axis),
+        n_resamples=2000,
+        method="percentile",
+        random_state=0,
+    ).confidence_interval
     return {"mean": sum(values) / len(values), "n": len(values), "ci95": [ci.low, ci.high]}
 
 
@@ -111,10 +125,28 @@ def run_rules(items: list[StructureItem]) -> tuple[dict, list[dict]]:
     res = structure_items_rules(items)
     dt = time.perf_counter() - t0
     st = res.frames["structured"]
-    per = [{"uid": r["id"], "passed": True, "wrong_organ": False, "bullets": _n_findings_bullets(r),
-            "items": len(r["impression_items"]), "tokens": 0} for r in st.iter_rows(named=True)]  # fmt: skip
-    per += [{"uid": r["id"], "passed": False, "wrong_organ": "wrong_organ" in r["reason"],
-             "bullets": 0, "items": 0, "tokens": 0} for r in res.frames["failures"].iter_rows(named=True)]  # fmt: skip
+    per = [
+        {
+            "uid": r["id"],
+            "passed": True,
+            "wrong_organ": False,
+            "bullets": _n_findings_bullets(r),
+            "items": len(r["impression_items"]),
+            "tokens": 0,
+        }
+        for r in st.iter_rows(named=True)
+    ]
+    per += [
+        {
+            "uid": r["id"],
+            "passed": False,
+            "wrong_organ": "wrong_organ" in r["reason"],
+            "bullets": 0,
+            "items": 0,
+            "tokens": 0,
+        }
+        for r in res.frames["failures"].iter_rows(named=True)
+    ]
     return {"reports": len(items), "seconds": dt, "failed_by_reason": res.reasons}, per
 
 
@@ -127,13 +159,21 @@ def keyword_router(items: list[StructureItem]) -> dict:
         for s in sentences(it.findings):
             organ = next((o for o, pat in ROUTES if re.search(pat, s.lower())), "Other")
             organs[organ].append(s)
-        res = check_structured(it.findings, it.impression, [b for bs in organs.values() for b in bs],
-                               sentences(it.impression), organs=organs)  # fmt: skip
+        res = check_structured(
+            it.findings,
+            it.impression,
+            [b for bs in organs.values() for b in bs],
+            sentences(it.impression),
+            organs=organs,
+        )
         passed += res.passed
         wrong += "wrong_organ" in res.codes
     dt = time.perf_counter() - t0
-    return {"pass": rate(passed, len(items)), "wrong_organ": rate(wrong, len(items)),
-            "seconds_per_report": dt / max(1, len(items))}  # fmt: skip
+    return {
+        "pass": rate(passed, len(items)),
+        "wrong_organ": rate(wrong, len(items)),
+        "seconds_per_report": dt / max(1, len(items)),
+    }
 
 
 def _final_reason(reason: str | None) -> str:
@@ -147,22 +187,30 @@ def run_model(mode: str, items: list[StructureItem], args: argparse.Namespace) -
     done = (
         {json.loads(ln)["uid"] for ln in path.read_text().splitlines()} if path.exists() else set()
     )
-    spec = EngineSpec(backend="llamacpp", model=args.model, threads=args.threads,
-                      options={"n_ctx": args.n_ctx})  # fmt: skip
+    spec = EngineSpec(
+        backend="llamacpp", model=args.model, threads=args.threads, options={"n_ctx": args.n_ctx}
+    )
     engine = make_engine(spec)
     try:
         for k, item in enumerate(items, 1):
             if item.id in done:
                 continue
             t0 = time.perf_counter()
-            res = structure_items([item], engine, sampling=Sampling(max_tokens=args.max_tokens),
-                                  cache_dir=args.out / f"cache-{mode}", batch_size=1,
-                                  prompt=PROMPTS[mode])  # fmt: skip
+            res = structure_items(
+                [item],
+                engine,
+                sampling=Sampling(max_tokens=args.max_tokens),
+                cache_dir=args.out / f"cache-{mode}",
+                batch_size=1,
+                prompt=PROMPTS[mode],
+            )
             rec = _record(mode, item, res, time.perf_counter() - t0)
             with path.open("a") as fh:
                 fh.write(json.dumps(rec) + "\n")
-            print(f"{mode} {k}/{len(items)} uid {item.id}: {rec['outcome']} {rec['seconds']:.0f}s",
-                  flush=True)  # fmt: skip
+            print(
+                f"{mode} {k}/{len(items)} uid {item.id}: {rec['outcome']} {rec['seconds']:.0f}s",
+                flush=True,
+            )
     finally:
         engine.close()
 
@@ -173,19 +221,31 @@ def _record(mode: str, item: StructureItem, res, seconds: float) -> dict:
     row = st.row(0, named=True) if st.height else None
     by_model = row is not None and row["structured_by"] == "model"
     reason = row["fallback_reason"] if row is not None else fails.row(0, named=True)["reason"]
-    outcome = ("passed_first_time" if c["passed_first_time"] else "passed_after_repair"
-               if c["passed_after_repair"] else "fallback" if row is not None else "failed")  # fmt: skip
+    outcome = (
+        "passed_first_time"
+        if c["passed_first_time"]
+        else "passed_after_repair"
+        if c["passed_after_repair"]
+        else "fallback"
+        if row is not None
+        else "failed"
+    )
     return {
-        "uid": item.id, "mode": mode, "outcome": outcome, "passed": by_model,
+        "uid": item.id,
+        "mode": mode,
+        "outcome": outcome,
+        "passed": by_model,
         "wrong_organ": (not by_model) and "wrong_organ" in _final_reason(reason),
         "reason": None if by_model else reason,
         "bullets": _n_findings_bullets(row) if row else 0,
         "model_bullets": _n_findings_bullets(row) if by_model else None,
         "items": len(row["impression_items"]) if row else 0,
-        "tokens": c["completion_tokens"], "prompt_tokens": c["prompt_tokens"],
-        "requests": c["engine_requests"], "seconds": seconds,
+        "tokens": c["completion_tokens"],
+        "prompt_tokens": c["prompt_tokens"],
+        "requests": c["engine_requests"],
+        "seconds": seconds,
         "report": row["structured_report"] if row else None,
-    }  # fmt: skip
+    }
 
 
 # ---------------------------------------------------------------------------- table
@@ -216,14 +276,21 @@ def summarize(per: list[dict], seconds: list[float] | None = None) -> dict:
 
 def table(args: argparse.Namespace, sample: list[StructureItem]) -> dict:
     model_modes = [m for m in ("rewrite", "scratch") if (args.out / f"{m}.jsonl").exists()]
-    recs = {m: {json.loads(ln)["uid"]: json.loads(ln)
-                for ln in (args.out / f"{m}.jsonl").read_text().splitlines()} for m in model_modes}  # fmt: skip
+    recs = {
+        m: {
+            json.loads(ln)["uid"]: json.loads(ln)
+            for ln in (args.out / f"{m}.jsonl").read_text().splitlines()
+        }
+        for m in model_modes
+    }
     common = [it for it in sample if all(it.id in recs[m] for m in model_modes)]
     t0 = time.perf_counter()
     _, rules_per = run_rules(common)
     rules_s = (time.perf_counter() - t0) / max(1, len(common))
-    out = {"common_reports": [it.id for it in common],
-           "rules": summarize(rules_per, [rules_s] * len(common))}  # fmt: skip
+    out = {
+        "common_reports": [it.id for it in common],
+        "rules": summarize(rules_per, [rules_s] * len(common)),
+    }
     for m in model_modes:
         per = [recs[m][it.id] for it in common]
         out[m] = summarize(per, [p["seconds"] for p in per])
@@ -259,9 +326,10 @@ def main() -> None:
         if mode == "rules":
             items = dev_reports(args.iu, both=False)
             fig, per = run_rules(items)
-            result = {"all_dev": {**summarize(per), **fig,
-                                  "reports_per_s": len(items) / fig["seconds"]},
-                      "keyword_router_baseline": keyword_router(items)}  # fmt: skip
+            result = {
+                "all_dev": {**summarize(per), **fig, "reports_per_s": len(items) / fig["seconds"]},
+                "keyword_router_baseline": keyword_router(items),
+            }
             (args.out / "rules.json").write_text(json.dumps(result, indent=2) + "\n")
             print(json.dumps(result, indent=2))
         else:

@@ -30,8 +30,11 @@ from cxrctx.structure.run import iter_items, load_reports, structure_reports
 def trivial(records: Path, out: Path) -> int:
     """Verbatim sentences, no placement, no check: load, split, write."""
     frame = load_reports(records).frame
-    rows = [{"id": it.id, "other": sentences(it.findings), "impression_items": sentences(it.impression)}
-            for it in iter_items(frame) if it.problem is None]  # fmt: skip
+    rows = [
+        {"id": it.id, "other": sentences(it.findings), "impression_items": sentences(it.impression)}
+        for it in iter_items(frame)
+        if it.problem is None
+    ]
     out.mkdir(parents=True, exist_ok=True)
     pl.DataFrame(rows).write_parquet(out / "part-00000.parquet")
     return frame.height
@@ -57,8 +60,9 @@ def main() -> None:
         target = args.out / "trivial"
         shutil.rmtree(target, ignore_errors=True)
         wall, cpu, n = timed(lambda t=target: trivial(args.records, t))
-        results.setdefault("trivial", []).append({"reports": n, "wall_s": wall, "cpu_s": cpu,
-                                                  "reports_per_s": n / wall})  # fmt: skip
+        results.setdefault("trivial", []).append(
+            {"reports": n, "wall_s": wall, "cpu_s": cpu, "reports_per_s": n / wall}
+        )
         for w in (int(x) for x in args.workers.split(",")):
             target = args.out / f"rules-w{w}"
             shutil.rmtree(target, ignore_errors=True)
@@ -66,17 +70,28 @@ def main() -> None:
                 lambda w=w, t=target: structure_reports(args.records, t, workers=w)
             )
             c = run.result.counts  # type: ignore[attr-defined]
-            results.setdefault(f"rules_workers_{w}", []).append({
-                "reports": c["reports"], "structured": c["structured"], "failed": c["failed"],
-                "empty": c["empty"], "wall_s": wall, "cpu_s": cpu,
-                "reports_per_s": c["reports"] / wall,
-            })  # fmt: skip
+            results.setdefault(f"rules_workers_{w}", []).append(
+                {
+                    "reports": c["reports"],
+                    "structured": c["structured"],
+                    "failed": c["failed"],
+                    "empty": c["empty"],
+                    "wall_s": wall,
+                    "cpu_s": cpu,
+                    "reports_per_s": c["reports"] / wall,
+                }
+            )
         print(
             f"repeat {rep + 1}: " + json.dumps({k: v[-1] for k, v in results.items()}), flush=True
         )
     base = min(r["wall_s"] for r in results["trivial"])
-    summary = {k: {**min(v, key=lambda r: r["wall_s"]),
-                   "x_trivial_wall": min(r["wall_s"] for r in v) / base} for k, v in results.items()}  # fmt: skip
+    summary = {
+        k: {
+            **min(v, key=lambda r: r["wall_s"]),
+            "x_trivial_wall": min(r["wall_s"] for r in v) / base,
+        }
+        for k, v in results.items()
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps({"runs": results, "best": summary}, indent=2))
     print(json.dumps(summary, indent=2))

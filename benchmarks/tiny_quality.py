@@ -40,13 +40,24 @@ def build_data(work: Path, patients: int, size: int, seed: int) -> dict[str, Pat
     from cxrctx.mimic.build import build_priors
     from cxrctx.synth import synthesize
 
-    d = {"root": work / "root", "records": work / "priors", "rois": work / "rois",
-         "labels": work / "root" / "truth"}  # fmt: skip
+    d = {
+        "root": work / "root",
+        "records": work / "priors",
+        "rois": work / "rois",
+        "labels": work / "root" / "truth",
+    }
     if (d["rois"] / "manifest.json").exists():
         return d
     shutil.rmtree(work, ignore_errors=True)
-    synthesize(d["root"], patients=patients, seed=seed, images=True, imagenome=True,
-               image_size=size, image_format="jpg")  # fmt: skip
+    synthesize(
+        d["root"],
+        patients=patients,
+        seed=seed,
+        images=True,
+        imagenome=True,
+        image_size=size,
+        image_format="jpg",
+    )
     build_priors(d["root"], d["records"], image_ext="jpg", workers=1)
     recs = read_shards(d["records"] / "records")
     subjects = sorted(recs["subject_id"].unique().to_list())
@@ -85,16 +96,24 @@ def classifier_on(gen: Path, run: Path, labels: Path) -> dict:
     for i, les in enumerate(LESIONS):
         if t[:, i].any():
             a = auc(p[:, i], t[:, i])
-            per[les] = {"support": int(t[:, i].sum()), "auc": None if a is None else round(a, 3),
-                        "f1": round(f1_at(p[:, i], t[:, i], float(thr[i])), 3)}  # fmt: skip
+            per[les] = {
+                "support": int(t[:, i].sum()),
+                "auc": None if a is None else round(a, 3),
+                "f1": round(f1_at(p[:, i], t[:, i], float(thr[i])), 3),
+            }
     micro, macro = micro_macro_f1(p, t, thr)
     j = int(t.sum(0).argmax())  # constant baseline: always the most frequent lesion
     base = np.zeros_like(t)
     base[:, j] = 1
     tp = float((base * t).sum())
     base_micro = 2 * tp / (base.sum() + t.sum())
-    return {"lesions": per, "micro_f1": round(micro, 3), "macro_f1": round(macro, 3),
-            "baseline_micro_f1_most_frequent": round(base_micro, 3), "n": int(p.shape[0])}  # fmt: skip
+    return {
+        "lesions": per,
+        "micro_f1": round(micro, 3),
+        "macro_f1": round(macro, 3),
+        "baseline_micro_f1_most_frequent": round(base_micro, 3),
+        "n": int(p.shape[0]),
+    }
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -151,20 +170,29 @@ def main() -> None:
     les = rep.lesion or {}
     cls = classifier_on(gen, run, d["labels"])
     out = {
-        "patients": args.patients, "overrides": args.set_, "threads": args.threads,
-        "train_items": res.counts["train_items"], "val_items": res.counts["val_items"],
-        "test_studies": cls["n"], "data_s": round(data_s, 1), "train_s": round(train_s, 1),
+        "patients": args.patients,
+        "overrides": args.set_,
+        "threads": args.threads,
+        "train_items": res.counts["train_items"],
+        "val_items": res.counts["val_items"],
+        "test_studies": cls["n"],
+        "data_s": round(data_s, 1),
+        "train_s": round(train_s, 1),
         "generate_evaluate_s": round(gen_s, 1),
         "classifier_val_macro_auc": res.classifier.get("macro_auc"),
         "classifier_test": cls,
         "report_lesion_micro_f1": les.get("micro_f1"),
         "report_lesion_macro_f1": les.get("macro_f1"),
         "report_over_classifier_micro_f1": (
-            round(les["micro_f1"] / cls["micro_f1"], 3) if les.get("micro_f1") is not None and cls["micro_f1"] else None
+            round(les["micro_f1"] / cls["micro_f1"], 3)
+            if les.get("micro_f1") is not None and cls["micro_f1"]
+            else None
         ),
-        "report_lesion_f1": {s["lesion"]: s["f1"] for s in les.get("lesions", []) if s.get("support")},
+        "report_lesion_f1": {
+            s["lesion"]: s["f1"] for s in les.get("lesions", []) if s.get("support")
+        },
         "rouge_l": round(rep.rouge_l, 3) if rep.rouge_l is not None else None,
-    }  # fmt: skip
+    }
     text = json.dumps(out, indent=2)
     print(text)
     if args.json:

@@ -111,9 +111,12 @@ def lock_folder(folder: str | os.PathLike, slot: str | None = None) -> Path:
     holder = _holder(fd)
     other = holder.get("pid") != os.getpid() or holder.get("host") != socket.gethostname()
     if got is False or (
-        got is None and other and holder.get("host") in (None, socket.gethostname())
-        and isinstance(holder.get("pid"), int) and _pid_alive(holder["pid"])
-    ):  # fmt: skip
+        got is None
+        and other
+        and holder.get("host") in (None, socket.gethostname())
+        and isinstance(holder.get("pid"), int)
+        and _pid_alive(holder["pid"])
+    ):
         os.close(fd)
         raise _in_use(d, holder)
     mine = {"pid": os.getpid(), "host": socket.gethostname(), "since": round(time.time(), 3)}

@@ -198,9 +198,8 @@ def _empty_folder(p: Path) -> None:
 def _is_mimic_root(d: Path) -> bool:
     """A MIMIC-CXR (or -JPG) download: its CSVs, its reports zip or its files/pNN tree."""
     names = [f"{PREFIX}{s}.csv{z}" for s in ("metadata", "split", "chexpert") for z in (".gz", "")]
-    return (
-        any((d / n).is_file() for n in (*names, "mimic-cxr-reports.zip"))
-        or any((d / "files").glob("p1[0-9]"))
+    return any((d / n).is_file() for n in (*names, "mimic-cxr-reports.zip")) or any(
+        (d / "files").glob("p1[0-9]")
     )
 
 

@@ -93,8 +93,14 @@ def step_of(*event: Any) -> Step:
             name = "classifier" if ev.stage == 0 else f"stage {ev.stage}"  # train: 0 = classifier
             return Step(name, ev.step, ev.total, loss=ev.loss)
         case (ev,) if hasattr(ev, "tokens") and hasattr(ev, "done"):
-            return Step("documents", ev.done, ev.total, failed=ev.failed, tokens=ev.tokens,
-                        phase=getattr(ev, "phase", ""))  # e.g. "writing shards"
+            return Step(
+                "documents",
+                ev.done,
+                ev.total,
+                failed=ev.failed,
+                tokens=ev.tokens,
+                phase=getattr(ev, "phase", ""),
+            )  # e.g. "writing shards"
     raise TypeError(f"not a progress event: {event!r}")
 
 
@@ -145,9 +151,13 @@ class TqdmBars:
         if bar is None:  # a task seen first at its end is drawn once, at close
             desc = self.label if s.task == "phase" else f"{self.label} {s.task}"
             bar = self.bars[s.task] = _Bar(
-                desc=desc, total=s.total, postfix=note, initial=count,
-                delay=math.inf if s.finished else 0, **self.kw,
-            )  # fmt: skip
+                desc=desc,
+                total=s.total,
+                postfix=note,
+                initial=count,
+                delay=math.inf if s.finished else 0,
+                **self.kw,
+            )
             if s.finished:
                 bar.refresh()
         elif note:

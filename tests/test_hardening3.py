@@ -20,7 +20,9 @@ KEY = "sk-proj-Abc123DEF456ghi789JKL012mno345"
 
 def _src(tmp_path: Path) -> Path:
     p = tmp_path / "docs.csv"
-    pl.DataFrame({"id": ["d1", "d2"], "text": ["Small left effusion.", "Heart is enlarged."]}).write_csv(p)
+    pl.DataFrame(
+        {"id": ["d1", "d2"], "text": ["Small left effusion.", "Heart is enlarged."]}
+    ).write_csv(p)
     return p
 
 
@@ -44,8 +46,21 @@ def _src(tmp_path: Path) -> Path:
 )
 def test_public_api_host_forms_are_all_refused(tmp_path, url):
     assert public_api_host(url) == "api.openai.com"
-    r = runner.invoke(app, ["label-lesions", str(_src(tmp_path)), "--out", str(tmp_path / "o"),
-                            "--backend", "openai", "--model", "m", "--base-url", url])  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "label-lesions",
+            str(_src(tmp_path)),
+            "--out",
+            str(tmp_path / "o"),
+            "--backend",
+            "openai",
+            "--model",
+            "m",
+            "--base-url",
+            url,
+        ],
+    )
     assert r.exit_code == 2, r.output
     assert "public API" in r.output and not (tmp_path / "o").exists()
 
@@ -62,12 +77,29 @@ def test_normalised_host_keeps_other_hosts_apart():
 # ------------------------------------------------------------- privacy: --api-key-env
 
 
-@pytest.mark.parametrize("value", [KEY, "sk-abc", "my key", "hf_AbCdEfGhIjKlMnOpQrStUvWxYz0123", "A1b2C3d4E5f6G7h8I9j0K1l2M3"])
+@pytest.mark.parametrize(
+    "value",
+    [KEY, "sk-abc", "my key", "hf_AbCdEfGhIjKlMnOpQrStUvWxYz0123", "A1b2C3d4E5f6G7h8I9j0K1l2M3"],
+)
 def test_api_key_env_refuses_a_key_and_never_shows_it(tmp_path, value):
     out = tmp_path / "o"
-    r = runner.invoke(app, ["label-lesions", str(_src(tmp_path)), "--out", str(out),
-                            "--backend", "openai", "--model", "m",
-                            "--base-url", "http://127.0.0.1:9/v1", "--api-key-env", value])  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "label-lesions",
+            str(_src(tmp_path)),
+            "--out",
+            str(out),
+            "--backend",
+            "openai",
+            "--model",
+            "m",
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+            "--api-key-env",
+            value,
+        ],
+    )
     assert r.exit_code == 2, r.output
     assert "--api-key-env" in r.output and value not in r.output
     assert len(r.output.strip().splitlines()) == 1
@@ -79,11 +111,20 @@ def test_api_key_env_refuses_a_key_and_never_shows_it(tmp_path, value):
 
 @pytest.mark.parametrize(
     "name",
-    ["OPENAI_API_KEY", "MY_VLLM_KEY_2", "azure_key", "_K", "api_key_for_my_service_123",
-     "MyServiceApiKeyForProd2024", "AZURE_OPENAI_API_KEY_2024_EU"],
+    [
+        "OPENAI_API_KEY",
+        "MY_VLLM_KEY_2",
+        "azure_key",
+        "_K",
+        "api_key_for_my_service_123",
+        "MyServiceApiKeyForProd2024",
+        "AZURE_OPENAI_API_KEY_2024_EU",
+    ],
 )
 def test_api_key_env_accepts_variable_names(name):
-    spec = EngineSpec(backend="openai", model="m", base_url="http://127.0.0.1:9/v1", api_key_env=name)
+    spec = EngineSpec(
+        backend="openai", model="m", base_url="http://127.0.0.1:9/v1", api_key_env=name
+    )
     assert spec.public()["api_key_env"] == name
     assert make_engine(spec).base_url.endswith("/v1")
 
@@ -182,15 +223,30 @@ def _plan_corpus(path: Path) -> Path:
 
 
 def _llm_args(src: Path, out: Path, *extra: str) -> list[str]:
-    return ["label-lesions", str(src), "--out", str(out), "--backend", "openai", "--base-url",
-            "http://127.0.0.1:9/v1", "--model", "m", "--mode", "llm", *extra]  # fmt: skip
+    return [
+        "label-lesions",
+        str(src),
+        "--out",
+        str(out),
+        "--backend",
+        "openai",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        "--model",
+        "m",
+        "--mode",
+        "llm",
+        *extra,
+    ]
 
 
 def _use_engine(monkeypatch, responder) -> None:
     from cxrctx.llm.fake import FakeEngine
 
-    monkeypatch.setattr("cxrctx.labeling.stage.make_engine",
-                        lambda spec: FakeEngine(spec.model, responder=responder))  # fmt: skip
+    monkeypatch.setattr(
+        "cxrctx.labeling.stage.make_engine",
+        lambda spec: FakeEngine(spec.model, responder=responder),
+    )
 
 
 def test_a_plan_from_a_failed_sample_is_an_error_naming_how_many_failed(tmp_path, monkeypatch):
@@ -250,10 +306,15 @@ def _holder(folder: Path, slot: str = "-"):
     import sys
 
     folder.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent),
-                                                        os.environ.get("PYTHONPATH", "")])}  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), slot], env=env,
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(folder), slot], env=env, stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
     return proc
 
@@ -322,7 +383,9 @@ def test_without_flock_the_recorded_pid_decides(tmp_path, monkeypatch):
     d.mkdir()
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        (d / locks.LOCK_NAME).write_text(json.dumps({"pid": live.pid, "host": socket.gethostname()}))
+        (d / locks.LOCK_NAME).write_text(
+            json.dumps({"pid": live.pid, "host": socket.gethostname()})
+        )
         with pytest.raises(CxrctxError, match=f"in use by pid {live.pid}"):
             locks.lock_folder(d)
     finally:
@@ -339,8 +402,9 @@ def test_without_flock_the_recorded_pid_decides(tmp_path, monkeypatch):
 def _big_src(tmp_path: Path, big_bytes: int) -> Path:
     p = tmp_path / "docs.csv"
     big = "Small left pleural effusion. " * (big_bytes // 29 + 1)
-    pl.DataFrame({"id": ["a", "big", "c"],
-                  "text": ["Heart is enlarged.", big, "Lungs are clear."]}).write_csv(p)  # fmt: skip
+    pl.DataFrame(
+        {"id": ["a", "big", "c"], "text": ["Heart is enlarged.", big, "Lungs are clear."]}
+    ).write_csv(p)
     return p
 
 
@@ -377,7 +441,9 @@ def test_an_oversize_text_is_never_sent_to_the_model(tmp_path, monkeypatch):
     assert sent and max(sent) < 10_000
     from cxrctx.io import read_shards
 
-    assert read_shards(out / "documents").filter(pl.col("status") == "too_large")["id"].to_list() == ["big"]
+    assert read_shards(out / "documents").filter(pl.col("status") == "too_large")[
+        "id"
+    ].to_list() == ["big"]
 
 
 # ------------------------------------------------------------- build-priors: misfiled, sizes
@@ -491,7 +557,9 @@ def test_release_target_lists_sections_comma_separated_like_every_command(priors
     assert r.exit_code == 0, r.output
     cfg = json.loads((tmp_path / "r" / "public" / "manifest.json").read_text())["config"]
     assert cfg["target"] == "findings+impression"
-    r = runner.invoke(app, [*args, "--out", str(tmp_path / "r2"), "--target", "findings+impression"])
+    r = runner.invoke(
+        app, [*args, "--out", str(tmp_path / "r2"), "--target", "findings+impression"]
+    )
     assert r.exit_code == 2 and "findings,impression" in r.output
 
 
@@ -571,10 +639,19 @@ def test_a_sigkilled_driver_takes_the_local_ray_it_started_down(tmp_path):
     pytest.importorskip("ray")
     from cxrctx.llm.ray_watchdog import session_pids
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent),
-                                                        os.environ.get("PYTHONPATH", "")])}  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-c", RAY_DRIVER], env=env, stdout=subprocess.PIPE,
-                            text=True, start_new_session=True)  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RAY_DRIVER],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         assert proc.stdout is not None
         session = proc.stdout.readline().strip()
@@ -616,8 +693,11 @@ def test_the_watchdog_stops_only_its_session_when_the_driver_dies(tmp_path):
     driver = subprocess.Popen([sys.executable, "-c", sleep])
     ours = subprocess.Popen([sys.executable, "-c", sleep, f"--session-dir={mine}"])
     theirs = subprocess.Popen([sys.executable, "-c", sleep, f"--session-dir={other}"])
-    dog = subprocess.Popen([sys.executable, ray_watchdog.__file__, str(driver.pid), mine],
-                           stdin=subprocess.PIPE, start_new_session=True)  # fmt: skip
+    dog = subprocess.Popen(
+        [sys.executable, ray_watchdog.__file__, str(driver.pid), mine],
+        stdin=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         time.sleep(1.0)
         assert ours.poll() is None and dog.poll() is None

@@ -40,11 +40,19 @@ Reply = tuple[int, dict[str, str], bytes]
 
 def chat(content: Any, finish: str = "stop") -> dict[str, Any]:
     return {
-        "id": "x", "object": "chat.completion", "created": 0, "model": "m",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                     "finish_reason": finish}],
+        "id": "x",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": finish,
+            }
+        ],
         "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
-    }  # fmt: skip
+    }
 
 
 def candidates(body: dict[str, Any]) -> list[str]:
@@ -118,10 +126,27 @@ def _src(tmp_path: Path, docs: dict[str, str] = DOCS) -> Path:
 def _cli(server: Hostile, src: Path, out: Path, *extra: str) -> Any:
     """label-lesions against the hostile server; `--mode llm` so every document reaches it
     (the hybrid default asks only about lesions the rules find ambiguous)."""
-    args = ["label-lesions", str(src), "--out", str(out), "--backend", "openai", "--model", "m",
-            "--mode", "llm",
-            "--base-url", server.url, "--api-key-env", "HOSTILE_KEY",  # type: ignore[attr-defined]
-            "--engine-opt", "max_retries=1", "--engine-opt", "backoff_s=0.01", *extra]  # fmt: skip
+    args = [
+        "label-lesions",
+        str(src),
+        "--out",
+        str(out),
+        "--backend",
+        "openai",
+        "--model",
+        "m",
+        "--mode",
+        "llm",
+        "--base-url",
+        server.url,
+        "--api-key-env",
+        "HOSTILE_KEY",  # type: ignore[attr-defined]
+        "--engine-opt",
+        "max_retries=1",
+        "--engine-opt",
+        "backoff_s=0.01",
+        *extra,
+    ]
     return runner.invoke(app, args)
 
 
@@ -189,8 +214,19 @@ def test_cache_key_includes_the_base_url(server, tmp_path):
 
 def test_openai_backend_needs_an_explicit_base_url(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    r = runner.invoke(app, ["label-lesions", str(_src(tmp_path)), "--out", str(tmp_path / "o"),
-                            "--backend", "openai", "--model", "gpt-4o"])  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "label-lesions",
+            str(_src(tmp_path)),
+            "--out",
+            str(tmp_path / "o"),
+            "--backend",
+            "openai",
+            "--model",
+            "gpt-4o",
+        ],
+    )
     assert r.exit_code == 2 and "explicit --base-url" in r.output
     assert not (tmp_path / "o").exists()
 
@@ -199,8 +235,21 @@ def test_openai_backend_needs_an_explicit_base_url(tmp_path, monkeypatch):
     "url", ["https://api.openai.com/v1", "https://openrouter.ai/api/v1", "api.groq.com/openai/v1"]
 )
 def test_public_api_hosts_are_refused_citing_the_data_use_rule(tmp_path, url):
-    r = runner.invoke(app, ["label-lesions", str(_src(tmp_path)), "--out", str(tmp_path / "o"),
-                            "--backend", "openai", "--model", "m", "--base-url", url])  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "label-lesions",
+            str(_src(tmp_path)),
+            "--out",
+            str(tmp_path / "o"),
+            "--backend",
+            "openai",
+            "--model",
+            "m",
+            "--base-url",
+            url,
+        ],
+    )
     assert r.exit_code == 2 and "PhysioNet" in r.output and "--allow-public-api" in r.output
     assert "Azure OpenAI" in r.output and not (tmp_path / "o").exists()
 
@@ -216,10 +265,20 @@ def test_approved_routes_and_the_acknowledgement_flag():
 
 
 def test_engine_opt_values_are_json():
-    opts = parse_engine_opts(["enable_prefix_caching=false", "n_ctx=4096", "dtype=bfloat16",
-                              "gpu_memory_utilization=0.8"])  # fmt: skip
-    assert opts == {"enable_prefix_caching": False, "n_ctx": 4096, "dtype": "bfloat16",
-                    "gpu_memory_utilization": 0.8}  # fmt: skip
+    opts = parse_engine_opts(
+        [
+            "enable_prefix_caching=false",
+            "n_ctx=4096",
+            "dtype=bfloat16",
+            "gpu_memory_utilization=0.8",
+        ]
+    )
+    assert opts == {
+        "enable_prefix_caching": False,
+        "n_ctx": 4096,
+        "dtype": "bfloat16",
+        "gpu_memory_utilization": 0.8,
+    }
 
 
 # ---------------------------------------------------------------------------- 5 lesions not asked

@@ -126,9 +126,13 @@ def _slice(out, i, n, rows=4):
     df = pl.DataFrame({"id": [f"{i}-{k}" for k in range(rows)]})
     info = write_parquet(df, out / "labels" / shard_name(i, n))
     m = Manifest(
-        tool_version="0", stage="label-lesions", schema_version=1, config={"shard": f"{i}/{n}"},
-        shards=[info.model_copy(update={"path": f"labels/{shard_name(i, n)}"})], counts={"documents": rows},
-    )  # fmt: skip
+        tool_version="0",
+        stage="label-lesions",
+        schema_version=1,
+        config={"shard": f"{i}/{n}"},
+        shards=[info.model_copy(update={"path": f"labels/{shard_name(i, n)}"})],
+        counts={"documents": rows},
+    )
     write_manifest(m, out / f"manifest-shard-{i:05d}-of-{n:05d}.json")
 
 

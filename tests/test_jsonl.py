@@ -117,13 +117,15 @@ def test_read_frame_takes_types_from_every_row_and_nulls_missing_keys(tmp_path):
 def test_write_frame_writes_the_bytes_polars_wrote(tmp_path):
     """Released JSONL keeps its checksums: same bytes as polars' write_ndjson (nested,
     unicode, escapes, nulls, integers)."""
-    df = pl.DataFrame({
-        "s": ["é ü 中文 😀", 'tab\tnl\nq"bs\\', "\x01\x1f\x7f", None],
-        "i": [1, -2, 2**40, None],
-        "b": [True, False, None, True],
-        "l": [["a"], [], None, ["x", None]],
-        "st": [{"a": 1, "b": "x"}, None, {"a": None, "b": "y"}, {"a": 2, "b": None}],
-    })  # fmt: skip
+    df = pl.DataFrame(
+        {
+            "s": ["é ü 中文 😀", 'tab\tnl\nq"bs\\', "\x01\x1f\x7f", None],
+            "i": [1, -2, 2**40, None],
+            "b": [True, False, None, True],
+            "l": [["a"], [], None, ["x", None]],
+            "st": [{"a": 1, "b": "x"}, None, {"a": None, "b": "y"}, {"a": 2, "b": None}],
+        }
+    )
     df.write_ndjson(tmp_path / "polars.jsonl")
     jsonl.write_frame(df, tmp_path / "ours.jsonl")
     assert (tmp_path / "ours.jsonl").read_bytes() == (tmp_path / "polars.jsonl").read_bytes()

@@ -263,9 +263,25 @@ def test_get_engine_errors():
 def test_cli_dry_run_calls_nothing(tmp_path):
     src = _write_inputs(tmp_path)
     r = runner.invoke(
-        app, ["label-lesions", str(src), "--out", str(tmp_path / "o"), "--backend", "llamacpp", "--model", "/nope.gguf", "--mode", "llm",
-              "--id-column", "rid", "--text-column", "report", "--dry-run"],
-    )  # fmt: skip
+        app,
+        [
+            "label-lesions",
+            str(src),
+            "--out",
+            str(tmp_path / "o"),
+            "--backend",
+            "llamacpp",
+            "--model",
+            "/nope.gguf",
+            "--mode",
+            "llm",
+            "--id-column",
+            "rid",
+            "--text-column",
+            "report",
+            "--dry-run",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "CANDIDATES: pleural effusion, pneumothorax, pneumonia" in r.output
     assert '"reasoning"' in r.output and "nothing was called" in r.output
@@ -304,9 +320,21 @@ def test_cli_does_not_offer_the_fake_backend(tmp_path):
     src = _write_inputs(tmp_path)
     r = runner.invoke(
         app,
-        ["label-lesions", str(src), "--out", str(tmp_path / "o"), "--backend", "fake",
-         "--model", "m", "--id-column", "rid", "--text-column", "report"],
-    )  # fmt: skip
+        [
+            "label-lesions",
+            str(src),
+            "--out",
+            str(tmp_path / "o"),
+            "--backend",
+            "fake",
+            "--model",
+            "m",
+            "--id-column",
+            "rid",
+            "--text-column",
+            "report",
+        ],
+    )
     assert r.exit_code == 2 and "fake" in r.output and "llamacpp" in r.output
     assert not (tmp_path / "o").exists()
 

@@ -49,8 +49,7 @@ def engine(gguf):
 def test_llamacpp_labels_are_schema_valid_and_cached(engine, tmp_path):
     src = tmp_path / "docs.jsonl"
     src.write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in DOCS.items()))
-    run = label_lesions(src, tmp_path / "out", engine=engine,
-                        sampling=Sampling(max_tokens=160))  # fmt: skip
+    run = label_lesions(src, tmp_path / "out", engine=engine, sampling=Sampling(max_tokens=160))
     c = run.result.counts
     assert c["documents"] == 3 and c["no_candidate"] == 1 and c["labeled"] + c["failed"] == 3
     assert c["llm_called"] == 2
@@ -77,8 +76,9 @@ def test_llamacpp_labels_are_schema_valid_and_cached(engine, tmp_path):
 
     engine.complete = counting
     try:
-        run2 = label_lesions(src, tmp_path / "out", engine=engine,
-                             sampling=Sampling(max_tokens=160))  # fmt: skip
+        run2 = label_lesions(
+            src, tmp_path / "out", engine=engine, sampling=Sampling(max_tokens=160)
+        )
     finally:
         del engine.complete
     assert calls["n"] == 0 and run2.result.counts["cached"] == 2
@@ -114,10 +114,26 @@ def test_openai_backend_against_llama_cpp_server(gguf, tmp_path):
     port = free_port()
     log = open(tmp_path / "server.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--host", "127.0.0.1", "--port", str(port),
-         "--n_ctx", "2048", "--n_threads", "2", "--model_alias", "smollm2"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            gguf,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "2048",
+            "--n_threads",
+            "2",
+            "--model_alias",
+            "smollm2",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         base = f"http://127.0.0.1:{port}/v1"
         _wait_ready(base, proc)

@@ -138,11 +138,23 @@ class _Stub(BaseHTTPRequestHandler):
         if action == "429":
             return self._send(429, {"error": {"message": "slow down"}})
         content = '```json\n{"edema": {"status": "negative"}}\n```'
-        self._send(200, {
-            "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12},
-        })  # fmt: skip
+        self._send(
+            200,
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12},
+            },
+        )
 
     def _send(self, code, obj):
         data = json.dumps(obj).encode()

@@ -78,7 +78,10 @@ def test_jsonl_files_are_read_and_written_only_through_cxrctx_jsonl():
             offenders.append(f"{f.relative_to(ROOT)}: imports jsonlines")
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and node.attr in (
-                "read_ndjson", "write_ndjson", "scan_ndjson", "sink_ndjson"
-            ):  # fmt: skip
+                "read_ndjson",
+                "write_ndjson",
+                "scan_ndjson",
+                "sink_ndjson",
+            ):
                 offenders.append(f"{f.relative_to(ROOT)}:{node.lineno}: {node.attr}")
     assert offenders == []

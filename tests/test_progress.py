@@ -28,8 +28,17 @@ def test_every_long_call_takes_progress_true():
     from cxrctx.reportgen.generate import generate
     from cxrctx.synth import synthesize
 
-    for fn in (build_priors, label_lesions, structure_reports, make_release,
-               rebuild, train, generate, evaluate, synthesize):  # fmt: skip
+    for fn in (
+        build_priors,
+        label_lesions,
+        structure_reports,
+        make_release,
+        rebuild,
+        train,
+        generate,
+        evaluate,
+        synthesize,
+    ):
         assert getattr(fn, "progress_label", None), fn.__name__
 
 
@@ -42,8 +51,14 @@ def test_progress_true_draws_bars_on_stderr_through_the_pipeline(tmp_path, capsy
     label_lesions(tmp_path / "r", tmp_path / "l", labeler="rules", progress=True)
     err = capsys.readouterr().err
     assert "label-lesions documents: 100%|##########| 77/77 " in err and "0 failed" in err
-    make_release(tmp_path / "r", labels=tmp_path / "l", out=tmp_path / "rel", name="a/b",
-                 version="1.0.0", progress=True)  # fmt: skip
+    make_release(
+        tmp_path / "r",
+        labels=tmp_path / "l",
+        out=tmp_path / "rel",
+        name="a/b",
+        version="1.0.0",
+        progress=True,
+    )
     err = capsys.readouterr().err
     assert err.splitlines()[-1].startswith("release: 2it ") and "bundles written" in err
     rep = rebuild(tmp_path / "rel", EXAMPLE, out=tmp_path / "rb", progress=True)
@@ -107,8 +122,10 @@ def test_plain_lines_are_throttled_and_each_task_ends_with_its_last_count():
     bars.close()
     lines = buf.getvalue().splitlines()
     assert [ln.split("|")[0] for ln in lines] == [
-        "train stage 1:   0%", "train stage 1: 100%", "train stage 2:   0%"
-    ]  # fmt: skip
+        "train stage 1:   0%",
+        "train stage 1: 100%",
+        "train stage 2:   0%",
+    ]
     assert "8/8" in lines[1] and "loss 0.125" in lines[1] and "\r" not in buf.getvalue()
 
 

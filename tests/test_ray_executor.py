@@ -111,8 +111,9 @@ def test_spec_engine_has_the_built_engines_identity(monkeypatch):
     spec = EngineSpec(backend="fake", model="m")
     assert engine_identity(SpecEngine(spec)) == engine_identity(make_engine(spec))
     monkeypatch.setenv("MY_KEY", "sk-secret")
-    oa = SpecEngine(EngineSpec(backend="openai", model="m", base_url="http://h:1/v1",
-                               api_key_env="MY_KEY"))  # fmt: skip
+    oa = SpecEngine(
+        EngineSpec(backend="openai", model="m", base_url="http://h:1/v1", api_key_env="MY_KEY")
+    )
     assert engine_identity(oa)["base_url"] == "http://h:1/v1" and oa.secrets() == ["sk-secret"]
     with pytest.raises(Exception, match="public API"):
         SpecEngine(EngineSpec(backend="openai", model="m", base_url="https://api.openai.com/v1"))
@@ -169,8 +170,13 @@ def test_a_sigkilled_driver_resumes_from_the_cache(local_ray, tmp_path):
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 240
         while _cache_lines(out) < 2 and proc.poll() is None and time.monotonic() < deadline:
@@ -202,8 +208,9 @@ def test_tiny_gguf_on_ray_actors_equals_local(local_ray, tmp_path):
 
     local = label_documents(docs, make_engine(spec), sampling=sampling, batch_size=1)
     ex = RayExecutor(2)
-    remote = label_documents(docs, ex.driver_engine(spec), sampling=sampling, batch_size=1,
-                             executor=ex)  # fmt: skip
+    remote = label_documents(
+        docs, ex.driver_engine(spec), sampling=sampling, batch_size=1, executor=ex
+    )
     assert remote.labels.equals(local.labels)
     cols = ["id", "status", "raw_text", "error", "completion_tokens"]
     assert remote.documents.select(cols).equals(local.documents.select(cols))
@@ -217,8 +224,11 @@ def test_vllm_processor_config_and_rows_with_a_stub(monkeypatch):
     from cxrctx.llm import ray_vllm
 
     monkeypatch.setitem(sys.modules, "ray.data.llm", None)
-    spec = EngineSpec(backend="vllm", model="Qwen/Qwen2.5-7B-Instruct",
-                      options={"tensor_parallel_size": 2, "dtype": "bfloat16"})  # fmt: skip
+    spec = EngineSpec(
+        backend="vllm",
+        model="Qwen/Qwen2.5-7B-Instruct",
+        options={"tensor_parallel_size": 2, "dtype": "bfloat16"},
+    )
     with pytest.raises(CxrctxError, match=r"pip install 'cxrctx\[ray,vllm\]'"):
         ray_vllm.processor_config(spec, workers=4)
     stub = types.SimpleNamespace(vLLMEngineProcessorConfig=lambda **kw: kw)
@@ -235,8 +245,9 @@ def test_vllm_processor_config_and_rows_with_a_stub(monkeypatch):
     pre = ray_vllm.preprocess(row, {"temperature": 0.0, "top_p": 1.0, "max_tokens": 8, "seed": 0})
     assert pre["messages"] == req.messages
     assert pre["sampling_params"]["structured_outputs"] == {"json": {"type": "object"}}
-    post = ray_vllm.postprocess({"i": 0, "generated_text": "{}", "num_input_tokens": 5,
-                                 "num_generated_tokens": 8})  # fmt: skip
+    post = ray_vllm.postprocess(
+        {"i": 0, "generated_text": "{}", "num_input_tokens": 5, "num_generated_tokens": 8}
+    )
     comps = ray_vllm.completions([post], 2, max_tokens=8, seconds=1.0)
     assert comps[0].text == "{}" and comps[0].finish_reason == "length"
     assert comps[1].finish_reason == "error" and comps[1].error_kind == "transient"

@@ -30,16 +30,28 @@ def corpus(path, copies: int = 4):
 
 
 def test_budget_is_about_200_tokens_per_report_for_mimic_in_two_gpu_hours():
-    p = make_plan(sample_documents=10, total_documents=1000, llm_documents=8, llm_calls=9,
-                  prompt_tokens=0, output_tokens=1500)  # fmt: skip
+    p = make_plan(
+        sample_documents=10,
+        total_documents=1000,
+        llm_documents=8,
+        llm_calls=9,
+        prompt_tokens=0,
+        output_tokens=1500,
+    )
     assert p.throughput_tokens_per_s == PUBLISHED_TOKENS_PER_S
     assert p.budget_tokens_per_report == pytest.approx(2 * 3600 * 6300 / MIMIC_REPORTS, abs=0.1)
     assert 195 < p.budget_tokens_per_report < 205
     assert p.output_tokens_per_document == 150 and p.llm_calls_per_document == 0.9
     assert p.projected_gpu_hours == pytest.approx(150 * 1000 / 6300 / 3600, abs=1e-4)
     assert p.within_budget
-    over = make_plan(sample_documents=1, total_documents=1, llm_documents=1, llm_calls=1,
-                     prompt_tokens=0, output_tokens=250)  # fmt: skip
+    over = make_plan(
+        sample_documents=1,
+        total_documents=1,
+        llm_documents=1,
+        llm_calls=1,
+        prompt_tokens=0,
+        output_tokens=250,
+    )
     assert not over.within_budget and over.budget_projected_gpu_hours > 2
 
 
@@ -56,8 +68,13 @@ def test_plan_counts_each_unique_text_once_and_is_stable_when_cached(tmp_path):
     assert p.llm_documents == 3 and p.llm_calls == 3 and p.output_tokens == 3 * 40
     assert p.output_tokens_per_document == 10.0
     assert p.projected_output_tokens == 240
-    again = plan_label_lesions(src, tmp_path / "out", engine=FakeEngine("scripted", responder=fixed_tokens),
-                               sample=12, throughput_tokens_per_s=1000)  # fmt: skip
+    again = plan_label_lesions(
+        src,
+        tmp_path / "out",
+        engine=FakeEngine("scripted", responder=fixed_tokens),
+        sample=12,
+        throughput_tokens_per_s=1000,
+    )
     assert again == p
     saved = json.loads((tmp_path / "out" / "plan-sample" / "plan.json").read_text())
     assert saved["output_tokens"] == 120
@@ -68,14 +85,35 @@ def test_plan_counts_each_unique_text_once_and_is_stable_when_cached(tmp_path):
 def test_cli_plan_prints_the_budget(tmp_path, monkeypatch):
     # where label-lesions looks the builder up (patching cxrctx.llm.spec alone reached a
     # real, absent server: every sample document failed and the plan still printed)
-    monkeypatch.setattr("cxrctx.labeling.stage.make_engine",
-                        lambda spec: FakeEngine(spec.model, responder=fixed_tokens))  # fmt: skip
+    monkeypatch.setattr(
+        "cxrctx.labeling.stage.make_engine",
+        lambda spec: FakeEngine(spec.model, responder=fixed_tokens),
+    )
     src = corpus(tmp_path / "docs.parquet")
-    r = runner.invoke(app, ["label-lesions", str(src), "--out", str(tmp_path / "o"), "--backend",
-                            "openai", "--base-url", "http://127.0.0.1:9/v1", "--model", "m",
-                            "--mode", "llm",  # the scripted answers are --mode llm's
-                            "--plan", "--plan-sample", "6", "--plan-throughput", "500",
-                            "--plan-gpu", "L4"])  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "label-lesions",
+            str(src),
+            "--out",
+            str(tmp_path / "o"),
+            "--backend",
+            "openai",
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+            "--model",
+            "m",
+            "--mode",
+            "llm",  # the scripted answers are --mode llm's
+            "--plan",
+            "--plan-sample",
+            "6",
+            "--plan-throughput",
+            "500",
+            "--plan-gpu",
+            "L4",
+        ],
+    )
     assert r.exit_code == 0, r.output
     out = " ".join(r.output.split())
     assert "output tokens per document" in out and "LLM calls per document" in out
@@ -86,8 +124,20 @@ def test_cli_plan_prints_the_budget(tmp_path, monkeypatch):
 
 def test_cli_plan_refuses_shard(tmp_path):
     src = corpus(tmp_path / "docs.parquet")
-    r = runner.invoke(app, ["label-lesions", str(src), "--out", str(tmp_path / "o"), "--model",
-                            "x.gguf", "--plan", "--shard", "0/2"])  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "label-lesions",
+            str(src),
+            "--out",
+            str(tmp_path / "o"),
+            "--model",
+            "x.gguf",
+            "--plan",
+            "--shard",
+            "0/2",
+        ],
+    )
     assert r.exit_code != 0 and "--plan projects the whole input" in r.output
 
 
@@ -101,8 +151,19 @@ def test_executor_options(tmp_path):
     with pytest.raises(CxrctxError, match="--executor ray only"):
         make_executor(ExecutorKind.local, None, 2)
     src = corpus(tmp_path / "docs.parquet")
-    r = runner.invoke(app, ["label-lesions", str(src), "--out", str(tmp_path / "o"), "--model",
-                            "x.gguf", "--workers", "2"])  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "label-lesions",
+            str(src),
+            "--out",
+            str(tmp_path / "o"),
+            "--model",
+            "x.gguf",
+            "--workers",
+            "2",
+        ],
+    )
     assert r.exit_code != 0 and "--executor ray only" in r.output
     r = runner.invoke(app, ["label-lesions", "--help"])
     assert "local" in r.output and "ray" in r.output and "--ray-address" in r.output

@@ -39,9 +39,14 @@ def pipeline(tmp_path_factory):
     )
     rel = base / "rel"
     make_release(
-        base / "records", labels=base / "labels", out=rel, name="demo/ctx", version="1.0.0",
-        formats=["srrg", "maira2", "jsonl"], target="findings+impression",
-    )  # fmt: skip
+        base / "records",
+        labels=base / "labels",
+        out=rel,
+        name="demo/ctx",
+        version="1.0.0",
+        formats=["srrg", "maira2", "jsonl"],
+        target="findings+impression",
+    )
     return {"base": base, "root": root, "model": model, "rel": rel}
 
 
@@ -108,7 +113,7 @@ def test_card_states_target_sections_and_counts(pipeline):
     assert f"{both:,} have findings and impression, {f_only:,} findings only" in card
     assert "## Known limitations" in card and "## Licence" in card
     assert card.startswith(
-        "---\nlicense: other\nlicense_name: \"PhysioNet Credentialed Health Data License 1.5.0\"\n"
+        '---\nlicense: other\nlicense_name: "PhysioNet Credentialed Health Data License 1.5.0"\n'
     )
 
 
@@ -163,9 +168,14 @@ def test_release_is_deterministic_and_refuses_a_non_empty_folder(pipeline, tmp_p
     base = pipeline["base"]
     out = tmp_path / "again"
     make_release(
-        base / "records", labels=base / "labels", out=out, name="demo/ctx", version="1.0.0",
-        formats=["srrg", "maira2", "jsonl"], target="findings+impression",
-    )  # fmt: skip
+        base / "records",
+        labels=base / "labels",
+        out=out,
+        name="demo/ctx",
+        version="1.0.0",
+        formats=["srrg", "maira2", "jsonl"],
+        target="findings+impression",
+    )
     for f in sorted((pipeline["rel"] / "public").rglob("*")):
         if f.is_file():
             assert (
@@ -213,7 +223,8 @@ def test_rebuild_reproduces_the_release_byte_for_byte(pipeline, tmp_path):
 
 def test_rebuild_needs_the_recorded_model(pipeline, tmp_path):
     with pytest.raises(
-        CxrctxError, match=r"tiny-model.gguf \(sha256 [0-9a-f]{64}\): pass --backend fake --model PATH"
+        CxrctxError,
+        match=r"tiny-model.gguf \(sha256 [0-9a-f]{64}\): pass --backend fake --model PATH",
     ):
         rebuild(pipeline["rel"], pipeline["root"], out=tmp_path / "rb")
 
@@ -263,10 +274,13 @@ def test_structured_reports_fill_srrg_structured_report(pipeline, tmp_path):
     base = pipeline["base"]
     rec = open_stage(base / "records").read()
     ids = rec["study_id"].cast(pl.String).to_list()
-    st = pl.DataFrame({
-        "id": ids[:2], "structured_findings": ["Lungs and Airways:\n- Clear.", None],
-        "structured_impression": ["1. Normal.", "1. Stable."],
-    })  # fmt: skip
+    st = pl.DataFrame(
+        {
+            "id": ids[:2],
+            "structured_findings": ["Lungs and Airways:\n- Clear.", None],
+            "structured_impression": ["1. Normal.", "1. Stable."],
+        }
+    )
     sdir = tmp_path / "structured"
     shards = write_shards(st, sdir / "structured", 100, relative_to=sdir)
     write_stage_manifest(
@@ -293,9 +307,17 @@ def test_export_mappings(pipeline):
     rec = _read(cred / "data" / "records")
     srrg = _read(cred / "data" / "srrg")
     assert srrg.columns[:10] == [
-        "id", "original_report", "structured_report", "findings_section", "impression_section",
-        "history_section", "technique_section", "comparison_section", "exam_type_section", "image_paths",
-    ]  # fmt: skip
+        "id",
+        "original_report",
+        "structured_report",
+        "findings_section",
+        "impression_section",
+        "history_section",
+        "technique_section",
+        "comparison_section",
+        "exam_type_section",
+        "image_paths",
+    ]
     assert srrg.height == rec.height and srrg["structured_report"].null_count() == srrg.height
     by_id = {r["study_id"]: r for r in rec.iter_rows(named=True)}
     for row in srrg.head(20).iter_rows(named=True):

@@ -36,23 +36,36 @@ def made(tmp_path_factory):
     from cxrctx.synth import synthesize
 
     b = tmp_path_factory.mktemp("hostile")
-    synthesize(b / "mimic", patients=12, seed=2, images=True, imagenome=True, image_size=32,
-               image_format="jpg")  # fmt: skip
+    synthesize(
+        b / "mimic",
+        patients=12,
+        seed=2,
+        images=True,
+        imagenome=True,
+        image_size=32,
+        image_format="jpg",
+    )
     build_priors(b / "mimic", b / "records", image_ext="jpg", workers=1)
     label_lesions(b / "records", b / "labels", labeler="rules")
     build_rois(b / "mimic" / "imagenome", records=b / "records", out=b / "rois")
     make_release(
-        b / "records", labels=b / "labels", rois=b / "rois", out=b / "rel", name="demo/ctx",
-        version="1.0.0", formats=["srrg"],
-    )  # fmt: skip
+        b / "records",
+        labels=b / "labels",
+        rois=b / "rois",
+        out=b / "rel",
+        name="demo/ctx",
+        version="1.0.0",
+        formats=["srrg"],
+    )
     model = b / "m" / "tiny.gguf"
     model.parent.mkdir()
     model.write_bytes(b"not a model")
     label_lesions(
         b / "records", b / "llm-labels", engine=EngineSpec(backend="fake", model=str(model))
     )
-    make_release(b / "records", labels=b / "llm-labels", out=b / "rel-llm", name="demo/ctx",
-                 version="1.0.0")  # fmt: skip
+    make_release(
+        b / "records", labels=b / "llm-labels", out=b / "rel-llm", name="demo/ctx", version="1.0.0"
+    )
     return {"base": b, "root": b / "mimic", "model": model}
 
 
@@ -121,9 +134,12 @@ def _crafted_engine(bundle: Path, base_url: str) -> None:
         cfg = m["extra"]["stages"]["label-lesions"]["config"]
         cfg.update(backend="openai", model="served", model_sha256=None)
         cfg["engine_options"] = {
-            "backend": "openai", "model": "served", "base_url": base_url,
-            "api_key_env": "AWS_SECRET_ACCESS_KEY", "allow_public_api": True,
-        }  # fmt: skip
+            "backend": "openai",
+            "model": "served",
+            "base_url": base_url,
+            "api_key_env": "AWS_SECRET_ACCESS_KEY",
+            "allow_public_api": True,
+        }
 
     _manifest(bundle, edit)
 
@@ -136,9 +152,17 @@ def test_rebuild_never_sends_reports_to_a_server_the_bundle_names(
     _crafted_engine(rel / "public", url)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-value")
     res = runner.invoke(
-        app, ["rebuild", str(rel / "public"), str(made["root"]), "--out", str(tmp_path / "rb"),
-              "--model", "served"],
-    )  # fmt: skip
+        app,
+        [
+            "rebuild",
+            str(rel / "public"),
+            str(made["root"]),
+            "--out",
+            str(tmp_path / "rb"),
+            "--model",
+            "served",
+        ],
+    )
     assert hits == []
     assert res.exit_code == 2, res.output
     assert "labelled by openai model served" in res.output
@@ -172,9 +196,21 @@ def test_public_api_check_uses_the_users_flag_only(made, tmp_path):
     rel = _copy(made, tmp_path, "rel-llm")
     _crafted_engine(rel / "public", "https://api.openai.com/v1")
     res = runner.invoke(
-        app, ["rebuild", str(rel / "public"), str(made["root"]), "--out", str(tmp_path / "rb"),
-              "--backend", "openai", "--model", "served", "--base-url", "https://api.openai.com/v1"],
-    )  # fmt: skip
+        app,
+        [
+            "rebuild",
+            str(rel / "public"),
+            str(made["root"]),
+            "--out",
+            str(tmp_path / "rb"),
+            "--backend",
+            "openai",
+            "--model",
+            "served",
+            "--base-url",
+            "https://api.openai.com/v1",
+        ],
+    )
     assert res.exit_code == 2, res.output
     assert "is a public API (api.openai.com): refused" in res.output
 
@@ -183,14 +219,22 @@ def test_a_prompt_path_or_bad_option_in_the_bundle_is_refused(made, tmp_path):
     from cxrctx.llm.spec import EngineSpec
 
     rel = _copy(made, tmp_path, "rel-llm")
-    _manifest(rel / "public", lambda m: m["extra"]["stages"]["label-lesions"]["config"].update(
-        prompt_version="/etc/passwd"))  # fmt: skip
+    _manifest(
+        rel / "public",
+        lambda m: m["extra"]["stages"]["label-lesions"]["config"].update(
+            prompt_version="/etc/passwd"
+        ),
+    )
     engine = EngineSpec(backend="fake", model=str(made["model"]))
     with pytest.raises(CxrctxError, match=r"prompt_version ./etc/passwd. .*never a file"):
         rebuild(rel, made["root"], out=tmp_path / "rb", engine=engine)
     rel2 = _copy(made, tmp_path, "rel")
-    _manifest(rel2 / "public", lambda m: m["extra"]["stages"]["build-priors"]["config"].update(
-        reports_zip="../../../elsewhere.zip"))  # fmt: skip
+    _manifest(
+        rel2 / "public",
+        lambda m: m["extra"]["stages"]["build-priors"]["config"].update(
+            reports_zip="../../../elsewhere.zip"
+        ),
+    )
     with pytest.raises(CxrctxError, match=r"reports zip '../../../elsewhere.zip' is refused"):
         rebuild(rel2, made["root"], out=tmp_path / "rb2")
 
@@ -231,15 +275,23 @@ def test_recorded_input_and_credentialed_paths_stay_inside(made, tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text("not yours")
     rel = _copy(made, tmp_path)
-    _manifest(rel / "public", lambda m: m["extra"]["stages"]["build-priors"]["inputs"].append(
-        {"path": "../secret.txt", "size": 9, "sha256": "0" * 64}))  # fmt: skip
+    _manifest(
+        rel / "public",
+        lambda m: m["extra"]["stages"]["build-priors"]["inputs"].append(
+            {"path": "../secret.txt", "size": 9, "sha256": "0" * 64}
+        ),
+    )
     assert any("'../secret.txt' refused" in p for p in validate(rel / "public").problems)
     with pytest.raises(CxrctxError, match="refused"):
         rebuild(rel, made["root"], out=tmp_path / "rb")
     rel2 = tmp_path / "rel2"
     shutil.copytree(made["base"] / "rel", rel2)
-    _manifest(rel2 / "public", lambda m: m["extra"]["credentialed_files"].append(
-        {"path": str(secret), "size": 9, "sha256": "0" * 64}))  # fmt: skip
+    _manifest(
+        rel2 / "public",
+        lambda m: m["extra"]["credentialed_files"].append(
+            {"path": str(secret), "size": 9, "sha256": "0" * 64}
+        ),
+    )
     with pytest.raises(CxrctxError, match="refused"):
         rebuild(rel2, made["root"], out=tmp_path / "rb2")
 
@@ -281,8 +333,12 @@ def test_a_path_of_another_study_is_caught(made, tmp_path):
     f = _file(rel / "public", "images")
     df = pl.read_parquet(f)
     other = df["path"][1]
-    df = df.with_columns(pl.when(pl.int_range(pl.len()) == 0).then(pl.lit(other))
-                         .otherwise(pl.col("path")).alias("path"))  # fmt: skip
+    df = df.with_columns(
+        pl.when(pl.int_range(pl.len()) == 0)
+        .then(pl.lit(other))
+        .otherwise(pl.col("path"))
+        .alias("path")
+    )
     assert df["study_id"][0] != df["study_id"][1] or df["dicom_id"][0] != df["dicom_id"][1]
     _rewrite(rel / "public", f, df)
     assert any("'path'" in p for p in validate(rel / "public").problems)
@@ -340,8 +396,9 @@ def test_imagenome_boxes_are_credentialed_and_rebuilt_from_imagenome(made, tmp_p
     assert "Chest ImaGenome Dataset 1.0.0" in (rel / "public" / "README.md").read_text()
     rep = rebuild(rel, made["root"], out=tmp_path / "rb", imagenome=made["root"] / "imagenome")
     assert rep.identical, (rep.differences[:3], rep.skipped)
-    assert any(d.startswith("data/rois/") for d in
-               [e["path"] for e in m["extra"]["credentialed_files"]])  # fmt: skip
+    assert any(
+        d.startswith("data/rois/") for d in [e["path"] for e in m["extra"]["credentialed_files"]]
+    )
     rep2 = rebuild(rel, made["root"], out=tmp_path / "rb2")
     assert not rep2.identical and "--imagenome" in rep2.skipped[0]
 
@@ -359,8 +416,15 @@ def test_a_killed_release_leaves_no_text_behind(made, tmp_path):
     assert any(".staging-999999999-abc: unfinished staging folder" in p for p in rep.problems)
     assert any("staging" in p for p in validate(rel / "public").problems)
     b = made["base"]
-    make_release(b / "records", labels=b / "labels", rois=b / "rois", out=rel, name="demo/ctx",
-                 version="1.0.0", formats=["srrg"])  # fmt: skip
+    make_release(
+        b / "records",
+        labels=b / "labels",
+        rois=b / "rois",
+        out=rel,
+        name="demo/ctx",
+        version="1.0.0",
+        formats=["srrg"],
+    )
     assert not list(rel.glob(".staging-*"))
     assert validate(rel).ok
 
@@ -399,10 +463,24 @@ def test_card_metadata_from_a_file_is_recorded_and_passes_the_hub_card_parser(ma
         'license_name = "Demo Licence"\nlicense_link = "https://example.org/licence"\n'
         'task_categories = ["image-to-text"]\ncitation = "@misc{demo, title={Demo}}"\n'
     )
-    res = runner.invoke(app, [
-        "release", "--records", str(b / "records"), "--out", str(tmp_path / "r"), "--name",
-        "my-org/demo", "--version", "2.1.0-rc.1", "--card", str(meta), "--size-category", "1K<n<10K",
-    ])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "release",
+            "--records",
+            str(b / "records"),
+            "--out",
+            str(tmp_path / "r"),
+            "--name",
+            "my-org/demo",
+            "--version",
+            "2.1.0-rc.1",
+            "--card",
+            str(meta),
+            "--size-category",
+            "1K<n<10K",
+        ],
+    )
     assert res.exit_code == 0, res.output
     for kind in ("public", "credentialed"):
         card = hub.DatasetCard.load(tmp_path / "r" / kind / "README.md")
@@ -415,8 +493,22 @@ def test_card_metadata_from_a_file_is_recorded_and_passes_the_hub_card_parser(ma
         m = json.loads((tmp_path / "r" / kind / "manifest.json").read_text())
         assert m["config"]["card"]["license_name"] == "Demo Licence"
     assert validate(tmp_path / "r").ok
-    res = runner.invoke(app, ["release", "--records", str(b / "records"), "--out", str(tmp_path / "r2"),
-                              "--name", "x/y", "--version", "1.0.0", "--license", "banana"])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "release",
+            "--records",
+            str(b / "records"),
+            "--out",
+            str(tmp_path / "r2"),
+            "--name",
+            "x/y",
+            "--version",
+            "1.0.0",
+            "--license",
+            "banana",
+        ],
+    )
     assert (
         res.exit_code == 2
         and "not a hub licence id" in res.output
@@ -466,8 +558,14 @@ def test_croissant_missing_a_column_is_caught(made, tmp_path):
     doc = json.loads(path.read_text())
     doc["recordSet"][0]["field"].pop()
     path.write_text(json.dumps(doc))
-    _manifest(rel / "public", lambda m: [e.update(sha256=sha256_file(path), size=path.stat().st_size)
-                                         for e in m["files"] if e["path"] == "croissant.json"])  # fmt: skip
+    _manifest(
+        rel / "public",
+        lambda m: [
+            e.update(sha256=sha256_file(path), size=path.stat().st_size)
+            for e in m["files"]
+            if e["path"] == "croissant.json"
+        ],
+    )
     problems = validate(rel / "public").problems
     assert any("field studies/report_sha256 is None" in p for p in problems), problems
 

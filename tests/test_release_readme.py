@@ -30,8 +30,12 @@ def test_readme_release_snippet_runs_and_its_row_counts_are_real(tmp_path, monke
     (tmp_path / "examples").symlink_to(ROOT / "examples")
     cmds = _commands(_section())
     assert [c[1] for c in cmds] == [
-        "build-priors", "label-lesions", "release", "validate", "info",
-    ]  # fmt: skip
+        "build-priors",
+        "label-lesions",
+        "release",
+        "validate",
+        "info",
+    ]
     for cmd in cmds:
         assert cmd[0] == "cxrctx" and "--backend" not in cmd, cmd
         res = runner.invoke(app, cmd[1:])

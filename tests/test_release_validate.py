@@ -30,9 +30,22 @@ def built(tmp_path_factory):
     label_lesions(base / "records", base / "labels", labeler="rules")
     res = runner.invoke(
         app,
-        ["release", "--records", str(base / "records"), "--labels", str(base / "labels"),
-         "--out", str(base / "rel"), "--name", "demo/ctx", "--version", "1.0.0", "--format", "srrg"],
-    )  # fmt: skip
+        [
+            "release",
+            "--records",
+            str(base / "records"),
+            "--labels",
+            str(base / "labels"),
+            "--out",
+            str(base / "rel"),
+            "--name",
+            "demo/ctx",
+            "--version",
+            "1.0.0",
+            "--format",
+            "srrg",
+        ],
+    )
     assert res.exit_code == 0, res.output
     return base
 

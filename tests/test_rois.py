@@ -52,10 +52,21 @@ def _graph(drop: str | None = None, **box_over) -> dict:
         }
     )
     atts = [
-        {"bbox_name": "left lung", "phrases": ["Small left effusion.", "Small  left effusion.", "No pneumothorax."],
-         "attributes": [["disease|yes|pleural effusion", "nlp|yes|abnormal"], ["nlp|yes|abnormal"], ["nlp|yes|normal"]]},
-        {"bbox_name": "cardiac silhouette", "phrases": ["Heart size is normal."], "attributes": [["nlp|yes|normal"]]},
-    ]  # fmt: skip
+        {
+            "bbox_name": "left lung",
+            "phrases": ["Small left effusion.", "Small  left effusion.", "No pneumothorax."],
+            "attributes": [
+                ["disease|yes|pleural effusion", "nlp|yes|abnormal"],
+                ["nlp|yes|abnormal"],
+                ["nlp|yes|normal"],
+            ],
+        },
+        {
+            "bbox_name": "cardiac silhouette",
+            "phrases": ["Heart size is normal."],
+            "attributes": [["nlp|yes|normal"]],
+        },
+    ]
     return {"objects": objs, "attributes": atts}
 
 

@@ -151,8 +151,11 @@ def test_label_documents_rules_tables_and_counts():
         "empty text",
     ]
     assert res.documents.filter(pl.col("id") == "a")["candidates"].to_list()[0] == [
-        "cardiomegaly", "pleural effusion", "pneumothorax", "atelectasis",
-    ]  # fmt: skip
+        "cardiomegaly",
+        "pleural effusion",
+        "pneumothorax",
+        "atelectasis",
+    ]
     with pytest.raises(CxrctxError, match="columns id and text"):
         label_documents_rules(pl.DataFrame({"x": [1]}))
 
@@ -180,7 +183,9 @@ def test_rules_labeler_writes_the_label_lesions_layout(tmp_path):
     assert labels.height == 42 and set(labels["prompt_sha256"]) == {lex_sha}
     assert read_shards(out / "documents").height == 3 and read_shards(out / "failures").height == 0
     first = {p.name: p.read_bytes() for p in (out / "labels").iterdir()}
-    label_lesions(src, out, labeler="rules", id_column="sid", text_column="report")  # same input, same bytes
+    label_lesions(
+        src, out, labeler="rules", id_column="sid", text_column="report"
+    )  # same input, same bytes
     assert {p.name: p.read_bytes() for p in (out / "labels").iterdir()} == first
     assert run.result is not None and run.result.counts["ambiguous"] == 1
     mass = load_labels(out).filter((pl.col("id") == "3") & (pl.col("lesion") == "mass"))

@@ -87,8 +87,9 @@ def scripted(*answers) -> FakeEngine:
 
 def _check(ans: dict[str, list[str]], findings: str = FINDINGS, impression: str = IMPRESSION):
     a = StructuredAnswer.model_validate(ans)
-    return check_structured(findings, impression, a.findings_bullets(), a.impression,
-                            organs=a.organs())  # fmt: skip
+    return check_structured(
+        findings, impression, a.findings_bullets(), a.impression, organs=a.organs()
+    )
 
 
 # ---------------------------------------------------------------------------- the check
@@ -125,14 +126,16 @@ def _replace(organ: str, old: str, new: str):
 
 
 MUTATIONS = {
-    "unsupported_bullet": lambda a: a["Hila and Mediastinum"].append("Hilar contours are within normal limits."),
+    "unsupported_bullet": lambda a: a["Hila and Mediastinum"].append(
+        "Hilar contours are within normal limits."
+    ),
     "dropped_sentence": lambda a: a["Musculoskeletal and Chest Wall"].clear(),
     "changed_laterality": _replace("Pleura", "left", "right"),
     "changed_numbers": _replace("Pleura", "2 cm", "3 cm"),
     "changed_negation": _replace("Musculoskeletal and Chest Wall", "Mild", "No"),
     "changed_label": _replace("Pleura", "No pneumothorax", "Small pneumothorax"),
     "wrong_organ": lambda a: a["Cardiovascular"].append(a["Pleura"].pop(0)),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("code", list(MUTATIONS))
@@ -171,8 +174,10 @@ def test_a_finding_moved_to_the_impression_is_unsupported_there():
 def test_splitting_a_sentence_in_two_bullets_passes():
     ans = route(FINDINGS, IMPRESSION)
     ans["Pleura"] = ["There is a small left pleural effusion measuring 2 cm.", "No pneumothorax."]
-    f = FINDINGS.replace("There is a small left pleural effusion measuring 2 cm. No pneumothorax.",
-                         "There is a small left pleural effusion measuring 2 cm and no pneumothorax.")  # fmt: skip
+    f = FINDINGS.replace(
+        "There is a small left pleural effusion measuring 2 cm. No pneumothorax.",
+        "There is a small left pleural effusion measuring 2 cm and no pneumothorax.",
+    )
     assert _check(ans, f).passed
 
 
@@ -227,7 +232,12 @@ def test_failing_rewrite_falls_back_to_the_rules_draft_counted():
     res = structure_items(_items(), eng)
     c = res.counts
     assert (c["structured"], c["failed"], c["rules_fallback"], c["by_rules"], c["by_model"]) == (
-        1, 0, 1, 1, 0)  # fmt: skip
+        1,
+        0,
+        1,
+        1,
+        0,
+    )
     assert res.fallbacks == {"wrong_organ": 1} and c["fallback_wrong_organ"] == 1
     assert "DRAFT:" in eng.seen[0].messages[-1]["content"] and eng.calls == 2
     assert "wrong_organ" in eng.seen[1].messages[-1]["content"]
@@ -274,11 +284,19 @@ def test_schema_file_matches_the_recorded_sha():
 
 
 def _records(tmp: Path) -> Path:
-    prior_a = {"study_id": 10, "findings": "Heart size is normal. No pleural effusion.",
-               "impression": "No acute disease.", "days_before": 30}  # fmt: skip
+    prior_a = {
+        "study_id": 10,
+        "findings": "Heart size is normal. No pleural effusion.",
+        "impression": "No acute disease.",
+        "days_before": 30,
+    }
     prior_b = {"study_id": 2, "findings": FINDINGS, "impression": IMPRESSION, "days_before": 9}
-    same_text = {"study_id": 11, "findings": "Heart size is normal. No pleural effusion.",
-                 "impression": "No acute disease.", "days_before": 60}  # fmt: skip
+    same_text = {
+        "study_id": 11,
+        "findings": "Heart size is normal. No pleural effusion.",
+        "impression": "No acute disease.",
+        "days_before": 60,
+    }
     df = pl.DataFrame(
         {
             "subject_id": [1, 1, 2],
@@ -288,12 +306,23 @@ def _records(tmp: Path) -> Path:
             "priors": [[prior_a, prior_b], [prior_a, same_text], []],
             "n_prior_studies": [2, 2, 0],
         },
-        schema_overrides={"priors": pl.List(pl.Struct({"study_id": pl.Int64, "findings": pl.String,
-                                                       "impression": pl.String, "days_before": pl.Int64}))},
-    )  # fmt: skip
+        schema_overrides={
+            "priors": pl.List(
+                pl.Struct(
+                    {
+                        "study_id": pl.Int64,
+                        "findings": pl.String,
+                        "impression": pl.String,
+                        "days_before": pl.Int64,
+                    }
+                )
+            )
+        },
+    )
     shards = write_shards(df, tmp / "priors" / "records", 100, relative_to=tmp / "priors")
-    write_stage_manifest(tmp / "priors", stage="build-priors", schema_version=1, config={},
-                         shards=shards)  # fmt: skip
+    write_stage_manifest(
+        tmp / "priors", stage="build-priors", schema_version=1, config={}, shards=shards
+    )
     return tmp / "priors"
 
 
@@ -355,21 +384,46 @@ def _cli(tmp: Path, src: Path, eng: FakeEngine, monkeypatch, *extra: str):
 
 def test_cli_runs_and_exits_1_on_failure(tmp_path, monkeypatch):
     src = tmp_path / "r.csv"
-    pl.DataFrame({"uid": ["7", "8"], "findings": [FINDINGS, FINDINGS],
-                  "impression": [IMPRESSION, "No acute process."]}).write_csv(src)  # fmt: skip
+    pl.DataFrame(
+        {
+            "uid": ["7", "8"],
+            "findings": [FINDINGS, FINDINGS],
+            "impression": [IMPRESSION, "No acute process."],
+        }
+    ).write_csv(src)
     bad = mutated(MUTATIONS["dropped_sentence"])
-    r = _cli(tmp_path, src, scripted(bad, bad), monkeypatch, "--id-column", "uid",
-             "--batch-size", "1", "--prompt", "1")  # fmt: skip
+    r = _cli(
+        tmp_path,
+        src,
+        scripted(bad, bad),
+        monkeypatch,
+        "--id-column",
+        "uid",
+        "--batch-size",
+        "1",
+        "--prompt",
+        "1",
+    )
     assert r.exit_code == 1, r.output
     assert "1 structured" in r.output and "dropped_sentence 1" in r.output
     assert "--allow-failures" in r.output
-    r = _cli(tmp_path, src, scripted(), monkeypatch, "--id-column", "uid", "--allow-failures",
-             "--prompt", "1")  # fmt: skip
+    r = _cli(
+        tmp_path,
+        src,
+        scripted(),
+        monkeypatch,
+        "--id-column",
+        "uid",
+        "--allow-failures",
+        "--prompt",
+        "1",
+    )
     assert r.exit_code == 0, r.output
     (tmp_path / "o").rename(tmp_path / "o1")
     # prompt v2 (the default): the failing rewrite keeps the rules' draft, exit 0
-    r = _cli(tmp_path, src, scripted(bad, bad), monkeypatch, "--id-column", "uid",
-             "--batch-size", "1")  # fmt: skip
+    r = _cli(
+        tmp_path, src, scripted(bad, bad), monkeypatch, "--id-column", "uid", "--batch-size", "1"
+    )
     assert r.exit_code == 0, r.output
     out = " ".join(r.output.split())
     assert "2 structured" in out and "1 kept the rules' draft: dropped_sentence 1" in out
@@ -392,8 +446,9 @@ def test_tiny_gguf_plumbing(tmp_path):
 
     spec = EngineSpec(backend="llamacpp", model=smollm_gguf(), threads=1, options={"n_ctx": 4096})
     src = _records(tmp_path)
-    run = structure_reports(src, tmp_path / "o", engine=spec, limit=1,
-                            sampling=Sampling(max_tokens=96))  # fmt: skip
+    run = structure_reports(
+        src, tmp_path / "o", engine=spec, limit=1, sampling=Sampling(max_tokens=96)
+    )
     c = run.result.counts
     assert c["reports"] == 1 and c["structured"] == 1 and c["failed"] == 0
     assert c["by_model"] + c["rules_fallback"] == 1

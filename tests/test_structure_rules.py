@@ -38,8 +38,10 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "mimic-mini"
         ("Left-sided pacemaker with leads in place.", ("Tubes, Catheters, and Support Devices",)),
         ("Right IJ catheter tip in the SVC.", ("Tubes, Catheters, and Support Devices",)),
         ("NG tube in the stomach.", ("Tubes, Catheters, and Support Devices",)),
-        ("Chest tube with a small residual pneumothorax.",
-         ("Pleura", "Tubes, Catheters, and Support Devices")),
+        (
+            "Chest tube with a small residual pneumothorax.",
+            ("Pleura", "Tubes, Catheters, and Support Devices"),
+        ),
         ("Degenerative changes of the thoracic spine.", ("Musculoskeletal and Chest Wall",)),
         ("Old healed left rib fractures.", ("Musculoskeletal and Chest Wall",)),
         ("Small hiatal hernia.", ("Abdominal",)),
@@ -47,10 +49,12 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "mimic-mini"
         ("Right lower lobe consolidation.", ("Lungs and Airways",)),
         ("Kerley B lines.", ("Lungs and Airways",)),
         ("No acute cardiopulmonary abnormality.", ()),
-        ("Heart size and mediastinal contours are normal.",
-         ("Cardiovascular", "Hila and Mediastinum")),
+        (
+            "Heart size and mediastinal contours are normal.",
+            ("Cardiovascular", "Hila and Mediastinum"),
+        ),
     ],
-)  # fmt: skip
+)
 def test_organs_named(text, organs):
     assert organs_named(text) == organs
     assert organ_of(text) == (organs or ("Other",))
@@ -59,8 +63,17 @@ def test_organs_named(text, organs):
 def test_every_lesion_has_an_organ_header():
     assert set(LESION_ORGANS) == set(LESIONS)
     assert set(LESION_ORGANS.values()) <= set(SRRG_ORGANS)
-    lung = {"emphysema", "nodule", "atelectasis", "mass", "edema", "consolidation",
-            "infiltration", "fibrosis", "pneumonia"}  # fmt: skip
+    lung = {
+        "emphysema",
+        "nodule",
+        "atelectasis",
+        "mass",
+        "edema",
+        "consolidation",
+        "infiltration",
+        "fibrosis",
+        "pneumonia",
+    }
     assert {k for k, v in LESION_ORGANS.items() if v == "Lungs and Airways"} == lung
 
 
@@ -79,8 +92,10 @@ def test_rules_place_each_sentence_under_its_organ_and_number_the_impression():
     ans, check = structure_by_rules(FINDINGS, IMPRESSION)
     assert check.passed, check.reason
     o = ans.organs()
-    assert o["Pleura"][:2] == ["There is a small left pleural effusion measuring 2 cm.",
-                               "No pneumothorax."]  # fmt: skip
+    assert o["Pleura"][:2] == [
+        "There is a small left pleural effusion measuring 2 cm.",
+        "No pneumothorax.",
+    ]
     assert o["Tubes, Catheters, and Support Devices"] == ["Right IJ catheter tip in the SVC."]
     assert o["Musculoskeletal and Chest Wall"] == ["Mild degenerative changes of the spine."]
     assert o["Other"] == ["Dictated by XXXX."]
@@ -121,8 +136,13 @@ def test_rules_answer_is_checked_and_would_fail_if_unfaithful():
     ans, _ = structure_by_rules(FINDINGS, IMPRESSION)
     organs = ans.organs()
     organs["Cardiovascular"].append(organs["Pleura"].pop(0))
-    res = check_structured(FINDINGS, IMPRESSION, [b for bs in organs.values() for b in bs],
-                           ans.impression, organs=organs)  # fmt: skip
+    res = check_structured(
+        FINDINGS,
+        IMPRESSION,
+        [b for bs in organs.values() for b in bs],
+        ans.impression,
+        organs=organs,
+    )
     assert res.codes == ["wrong_organ"], res.reason
     assert "is about Pleura, not Cardiovascular" in res.reason
 
@@ -131,9 +151,13 @@ def test_wrong_organ_for_an_llm_answer_and_other_headers():
     base = {o: [] for o in SRRG_ORGANS}
     f = "Small left pleural effusion. No acute process."
     ok = StructuredAnswer.model_validate(
-        base | {"Pleura": ["Small left pleural effusion."], "Lungs and Airways": ["No acute process."],
-                "Impression": []}
-    )  # fmt: skip
+        base
+        | {
+            "Pleura": ["Small left pleural effusion."],
+            "Lungs and Airways": ["No acute process."],
+            "Impression": [],
+        }
+    )
     res = check_structured(f, "", ok.findings_bullets(), [], organs=ok.organs())
     assert res.passed, res.reason  # a bullet naming no organ may go anywhere
     bad = ok.organs() | {"Pleura": [], "Other": ["Small left pleural effusion."]}
@@ -150,8 +174,10 @@ def test_empty_and_impression_only_reports():
 
 
 def test_structure_items_rules_counts_and_failure_rows():
-    items = [StructureItem("1", FINDINGS, IMPRESSION),
-             StructureItem("2", "", "", problem="empty_report: no findings and no impression")]  # fmt: skip
+    items = [
+        StructureItem("1", FINDINGS, IMPRESSION),
+        StructureItem("2", "", "", problem="empty_report: no findings and no impression"),
+    ]
     res = structure_items_rules(items, batch_size=1)
     c = res.counts
     assert (c["reports"], c["structured"], c["by_rules"], c["empty"], c["failed"]) == (
@@ -170,8 +196,9 @@ def test_structure_items_rules_counts_and_failure_rows():
 
 
 def test_rules_with_two_worker_processes_write_the_same_rows():
-    items = [StructureItem(str(i), FINDINGS.replace("2 cm", f"{i} cm"), IMPRESSION)
-             for i in range(1, 40)]  # fmt: skip
+    items = [
+        StructureItem(str(i), FINDINGS.replace("2 cm", f"{i} cm"), IMPRESSION) for i in range(1, 40)
+    ]
     one = structure_items_rules(items, batch_size=7).frames["structured"]
     two = structure_items_rules(items, batch_size=7, workers=2).frames["structured"]
     assert one["id"].to_list() == [str(i) for i in range(1, 40)]
@@ -183,8 +210,13 @@ def test_rules_with_two_worker_processes_write_the_same_rows():
 
 def test_stage_default_is_rules_and_resumes(tmp_path):
     src = tmp_path / "r.csv"
-    pl.DataFrame({"id": ["7", "8", "9"], "findings": [FINDINGS, "Lungs are clear.", None],
-                  "impression": [IMPRESSION, None, None]}).write_csv(src)  # fmt: skip
+    pl.DataFrame(
+        {
+            "id": ["7", "8", "9"],
+            "findings": [FINDINGS, "Lungs are clear.", None],
+            "impression": [IMPRESSION, None, None],
+        }
+    ).write_csv(src)
     run = structure_reports(src, tmp_path / "out")
     c = run.result.counts
     assert (c["structured"], c["empty"], c["failed"]) == (2, 1, 0)
@@ -200,15 +232,26 @@ def test_stage_default_is_rules_and_resumes(tmp_path):
 def test_cli_without_model_uses_the_rules(tmp_path):
     src = tmp_path / "r.csv"
     pl.DataFrame({"uid": ["7"], "findings": [FINDINGS], "impression": [IMPRESSION]}).write_csv(src)
-    r = runner.invoke(app, ["structure-reports", str(src), "--out", str(tmp_path / "o"),
-                            "--id-column", "uid"])  # fmt: skip
+    r = runner.invoke(
+        app, ["structure-reports", str(src), "--out", str(tmp_path / "o"), "--id-column", "uid"]
+    )
     assert r.exit_code == 0, r.output
     assert "(rules)" in r.output and "1 structured" in r.output and "0 failed" in r.output
-    r = runner.invoke(app, ["structure-reports", str(src), "--out", str(tmp_path / "o2"),
-                            "--backend", "rules", "--model", "x.gguf"])  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "structure-reports",
+            str(src),
+            "--out",
+            str(tmp_path / "o2"),
+            "--backend",
+            "rules",
+            "--model",
+            "x.gguf",
+        ],
+    )
     assert r.exit_code != 0 and "--backend rules takes no --model" in r.output
-    r = runner.invoke(app, ["structure-reports", str(src), "--out", str(tmp_path / "o3"),
-                            "--plan"])  # fmt: skip
+    r = runner.invoke(app, ["structure-reports", str(src), "--out", str(tmp_path / "o3"), "--plan"])
     assert r.exit_code != 0 and "give --model" in r.output
 
 
@@ -218,8 +261,10 @@ def test_bundled_example_is_structured_with_no_failure(tmp_path):
     from cxrctx.mimic import build_priors
 
     build_priors(EXAMPLE, tmp_path / "records", max_priors=3, workers=1)
-    r = runner.invoke(app, ["structure-reports", str(tmp_path / "records"), "--priors",
-                            "--out", str(tmp_path / "st")])  # fmt: skip
+    r = runner.invoke(
+        app,
+        ["structure-reports", str(tmp_path / "records"), "--priors", "--out", str(tmp_path / "st")],
+    )
     assert r.exit_code == 0, r.output
     m = read_manifest(tmp_path / "st" / "manifest.json")
     c = m.counts

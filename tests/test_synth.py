@@ -551,9 +551,14 @@ def test_progress_reports_every_chunk(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(synth, "CHUNK_PATIENTS", 2)
     calls: list[tuple[str, int, int]] = []
     s = synthesize(
-        tmp_path / "p", patients=5, seed=1, images=True, image_size=16, image_format="jpg",
+        tmp_path / "p",
+        patients=5,
+        seed=1,
+        images=True,
+        image_size=16,
+        image_format="jpg",
         progress=lambda *a: calls.append(a),
-    )  # fmt: skip
+    )
     assert [c for c in calls if c[0] == "reports"] == [("reports", i, 3) for i in (1, 2, 3)]
     images = [c for c in calls if c[0] == "images"]
     assert images == [("images", i, s.images) for i in range(1, s.images + 1)]

@@ -192,9 +192,14 @@ def test_imagenome_without_images_writes_scene_graphs_only(tmp_path):
 
     only = synthesize(tmp_path / "g", patients=4, seed=6, imagenome=True, image_size=32)
     both = synthesize(
-        tmp_path / "p", patients=4, seed=6, images=True, imagenome=True, image_size=32,
+        tmp_path / "p",
+        patients=4,
+        seed=6,
+        images=True,
+        imagenome=True,
+        image_size=32,
         image_format="jpg",
-    )  # fmt: skip
+    )
     assert only.image_files["images_dicom"] == only.image_files["images_jpg"] == 0
     assert not list((tmp_path / "g" / "files").rglob("*.dcm"))
     assert not list((tmp_path / "g" / "files").rglob("*.jpg"))

@@ -77,9 +77,15 @@ def test_dedup_local_answers_and_order():
 
 def test_results_stream_per_batch_and_progress_is_reported():
     batches, progress = [], []
-    run_task(EchoTask(), (str(i) for i in range(7)), FakeEngine("m", responder=echo),
-             batch_size=3, on_batch=lambda rs: batches.append(len(rs)), progress=progress.append,
-             total=7)  # fmt: skip
+    run_task(
+        EchoTask(),
+        (str(i) for i in range(7)),
+        FakeEngine("m", responder=echo),
+        batch_size=3,
+        on_batch=lambda rs: batches.append(len(rs)),
+        progress=progress.append,
+        total=7,
+    )
     assert batches == [3, 3, 1]
     assert [p.done for p in progress] == [0, 3, 6, 7] and progress[-1].total == 7
 
@@ -125,8 +131,13 @@ def test_permanent_error_stops_the_run_after_the_batch():
     eng = FakeEngine("m", responder=lambda r: err)
     seen: list[int] = []
     with pytest.raises(CxrctxError, match="stopped after the first such answer"):
-        run_task(EchoTask(), [str(i) for i in range(20)], eng, batch_size=4,
-                 on_batch=lambda rs: seen.append(len(rs)))  # fmt: skip
+        run_task(
+            EchoTask(),
+            [str(i) for i in range(20)],
+            eng,
+            batch_size=4,
+            on_batch=lambda rs: seen.append(len(rs)),
+        )
     assert seen == [4] and eng.calls == 4  # no repair, no second batch
 
 
@@ -161,10 +172,20 @@ def _rows() -> list[dict[str, Any]]:
     said = [{"roi": "left lung", "text": "Small left effusion."}, {"roi": "right lung", "text": ""}]
     silent = [{"roi": "left lung", "text": ""}]
     return [
-        {"study_id": 1, "roi_sentences": said, "predicted_lesions": ["pleural effusion"], "report": "m1"},
-        {"study_id": 2, "roi_sentences": said, "predicted_lesions": ["pleural effusion"], "report": "m2"},
+        {
+            "study_id": 1,
+            "roi_sentences": said,
+            "predicted_lesions": ["pleural effusion"],
+            "report": "m1",
+        },
+        {
+            "study_id": 2,
+            "roi_sentences": said,
+            "predicted_lesions": ["pleural effusion"],
+            "report": "m2",
+        },
         {"study_id": 3, "roi_sentences": silent, "predicted_lesions": [], "report": ""},
-    ]  # fmt: skip
+    ]
 
 
 def test_aggregator_repairs_dedups_and_never_asks_about_nothing(tmp_path):
@@ -190,12 +211,24 @@ def test_aggregator_keeps_the_merge_when_the_answer_stays_unusable():
 
 
 def test_judge_scores_and_does_not_judge_empty_reports():
-    ok = {"clinical_accuracy": 3, "findings_completeness": 2, "linguistic_quality": 5,
-          "report_structure": 4, "rationale": "x"}  # fmt: skip
+    ok = {
+        "clinical_accuracy": 3,
+        "findings_completeness": 2,
+        "linguistic_quality": 5,
+        "report_structure": 4,
+        "rationale": "x",
+    }
     eng = FakeEngine("j", responder=lambda r: json.dumps(ok))
     per, failed, _ = judge_reports(eng, [("1", "Effusion.", "Effusion."), ("2", "  ", "Edema.")])
-    assert per == [{"id": "1", "clinical_accuracy": 3, "findings_completeness": 2,
-                    "linguistic_quality": 5, "report_structure": 4}]  # fmt: skip
+    assert per == [
+        {
+            "id": "1",
+            "clinical_accuracy": 3,
+            "findings_completeness": 2,
+            "linguistic_quality": 5,
+            "report_structure": 4,
+        }
+    ]
     assert failed == [("2", "empty generated report: not judged")] and eng.calls == 1
 
 
@@ -206,8 +239,17 @@ def test_model_commands_share_one_engine_vocabulary():
     runner = CliRunner()
     for cmd in ("label-lesions", "generate", "evaluate"):
         out = runner.invoke(app, [cmd, "--help"], terminal_width=200).output
-        for opt in ("--backend", "--model", "--base-url", "--api-key-env", "--engine-opt",
-                    "--timeout", "--threads", "--allow-failures", "--allow-public-api"):  # fmt: skip
+        for opt in (
+            "--backend",
+            "--model",
+            "--base-url",
+            "--api-key-env",
+            "--engine-opt",
+            "--timeout",
+            "--threads",
+            "--allow-failures",
+            "--allow-public-api",
+        ):
             assert opt in out, (cmd, opt)
         # the option's own line in the options list: "--backend [a|b|c]"
         lines = out.splitlines()

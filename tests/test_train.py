@@ -112,9 +112,15 @@ def test_trained_model_writes_a_positive_sentence_for_a_visible_effusion(tiny_ru
 def _cfg(**kw):
     # dropout on: resume must restore the RNG exactly for the masks to match
     base = dict(
-        epochs_stage1=2, epochs_stage2=1, checkpoint_every=3, batch_size=8, log_every=1, dropout=0.1,
-        classifier_epochs=2, global_image_size=64,
-    )  # fmt: skip
+        epochs_stage1=2,
+        epochs_stage2=1,
+        checkpoint_every=3,
+        batch_size=8,
+        log_every=1,
+        dropout=0.1,
+        classifier_epochs=2,
+        global_image_size=64,
+    )
     base.update(kw)
     return make_config("tiny", **base)
 
@@ -191,15 +197,39 @@ def test_config_values_out_of_range():
 def test_cli_train_bad_config_and_missing_inputs(small, tmp_path):
     r = CliRunner().invoke(
         app,
-        ["train", "--records", str(small["records"]), "--labels", str(small["labels"]), "--rois", str(small["rois"]),
-         "--images", str(small["root"]), "--out", str(tmp_path / "r"), "--set", "batch_size=0"],
-    )  # fmt: skip
+        [
+            "train",
+            "--records",
+            str(small["records"]),
+            "--labels",
+            str(small["labels"]),
+            "--rois",
+            str(small["rois"]),
+            "--images",
+            str(small["root"]),
+            "--out",
+            str(tmp_path / "r"),
+            "--set",
+            "batch_size=0",
+        ],
+    )
     assert r.exit_code == 2 and "batch_size" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(
         app,
-        ["train", "--records", str(tmp_path / "nope"), "--labels", str(small["labels"]), "--rois", str(small["rois"]),
-         "--images", str(small["root"]), "--out", str(tmp_path / "r")],
-    )  # fmt: skip
+        [
+            "train",
+            "--records",
+            str(tmp_path / "nope"),
+            "--labels",
+            str(small["labels"]),
+            "--rois",
+            str(small["rois"]),
+            "--images",
+            str(small["root"]),
+            "--out",
+            str(tmp_path / "r"),
+        ],
+    )
     assert r.exit_code == 2 and "records" in r.output
 
 
@@ -270,10 +300,31 @@ def test_torchrun_ddp_two_processes_on_cpu(small, tmp_path):
 
     cfg = {**make_config("tiny", max_steps=3, batch_size=8).model_dump(mode="json")}
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
-           "-m", "cxrctx.cli", "train", "--records", str(small["records"]), "--labels", str(small["labels"]),
-           "--rois", str(small["rois"]), "--images", str(small["root"]), "--out", str(tmp_path / "run"),
-           "--config", str(tmp_path / "cfg.json"), "--no-progress"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "29533",
+        "-m",
+        "cxrctx.cli",
+        "train",
+        "--records",
+        str(small["records"]),
+        "--labels",
+        str(small["labels"]),
+        "--rois",
+        str(small["rois"]),
+        "--images",
+        str(small["root"]),
+        "--out",
+        str(tmp_path / "run"),
+        "--config",
+        str(tmp_path / "cfg.json"),
+        "--no-progress",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
@@ -356,16 +407,45 @@ def test_cli_help_lists_choices_and_examples():
     assert "Example:" in r.output and "cxrctx train --records" in r.output
     r = CliRunner().invoke(
         app,
-        ["train", "--records", "x", "--labels", "x", "--rois", "x", "--images", "x", "--out", "x",
-         "--preset", "huge"],
-    )  # fmt: skip
+        [
+            "train",
+            "--records",
+            "x",
+            "--labels",
+            "x",
+            "--rois",
+            "x",
+            "--images",
+            "x",
+            "--out",
+            "x",
+            "--preset",
+            "huge",
+        ],
+    )
     assert r.exit_code == 2 and "huge" in r.output
 
 
 def test_cli_prints_plain_progress_lines_when_not_a_terminal(small, tmp_path):
-    args = ["train", "--records", str(small["records"]), "--labels", str(small["labels"]),
-            "--rois", str(small["rois"]), "--images", str(small["root"]), "--out", str(tmp_path / "r"),
-            "--stage", "1", "--set", "max_steps=2", "--set", "batch_size=8"]  # fmt: skip
+    args = [
+        "train",
+        "--records",
+        str(small["records"]),
+        "--labels",
+        str(small["labels"]),
+        "--rois",
+        str(small["rois"]),
+        "--images",
+        str(small["root"]),
+        "--out",
+        str(tmp_path / "r"),
+        "--stage",
+        "1",
+        "--set",
+        "max_steps=2",
+        "--set",
+        "batch_size=8",
+    ]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     lines = [ln for ln in r.output.splitlines() if ln.startswith("train stage 1: ")]

@@ -36,8 +36,15 @@ def _kw(d: dict[str, Path]) -> dict[str, Path]:
 
 
 def _cfg(**kw):
-    base = dict(epochs_stage1=1, epochs_stage2=1, batch_size=8, classifier_epochs=2,
-                classifier_batch_size=16, max_steps=3, global_image_size=64)  # fmt: skip
+    base = dict(
+        epochs_stage1=1,
+        epochs_stage2=1,
+        batch_size=8,
+        classifier_epochs=2,
+        classifier_batch_size=16,
+        max_steps=3,
+        global_image_size=64,
+    )
     return make_config("tiny", **{**base, **kw})
 
 
@@ -57,8 +64,12 @@ def test_classifier_stage_alone_then_reused_frozen_by_an_ablation(small, tmp_pat
     assert ck["thresholds"].tolist() == pytest.approx([ev["thresholds"][les] for les in LESIONS])
     assert ev["n"] == a.counts["val_items"] > 0 and set(ev["auc"]) == set(LESIONS)
     # an ablation (no LCA, no LLCL, other classifier knobs asked) reuses it untouched
-    b = train(_cfg(use_lca=False, use_llcl=False, classifier_epochs=7), out=tmp_path / "b",
-              classifier=tmp_path / "a", **_kw(small))  # fmt: skip
+    b = train(
+        _cfg(use_lca=False, use_llcl=False, classifier_epochs=7),
+        out=tmp_path / "b",
+        classifier=tmp_path / "a",
+        **_kw(small),
+    )
     assert b.stages == [1, 2] and not (tmp_path / "b" / "classifier").exists()
     final = load_checkpoint(tmp_path / "b" / "checkpoints" / "final.pt")
     got = _classifier_weights(final["model"])
@@ -91,18 +102,46 @@ def test_classifier_errors_are_one_line(small, tmp_path):
         train(_cfg(), out=tmp_path / "x", classifier=tmp_path / "nothing", **_kw(small))
     with pytest.raises(CxrctxError, match="--stage classifier trains"):
         train(_cfg(), out=tmp_path / "x", stage="classifier", classifier=tmp_path, **_kw(small))
-    args = ["train", "--records", str(small["records"]), "--labels", str(small["labels"]),
-            "--rois", str(small["rois"]), "--images", str(small["root"]), "--out", str(tmp_path / "y"),
-            "--classifier", str(small["rois"])]  # fmt: skip
+    args = [
+        "train",
+        "--records",
+        str(small["records"]),
+        "--labels",
+        str(small["labels"]),
+        "--rois",
+        str(small["rois"]),
+        "--images",
+        str(small["root"]),
+        "--out",
+        str(tmp_path / "y"),
+        "--classifier",
+        str(small["rois"]),
+    ]
     r = CliRunner().invoke(app, args)
     assert r.exit_code != 0 and "Traceback" not in r.output
     assert len(r.output.strip().splitlines()) == 1 and "classifier" in r.output
 
 
 def _cli(d: dict[str, Path], out: Path, *extra: str) -> list[str]:
-    return ["train", "--records", str(d["records"]), "--labels", str(d["labels"]),
-            "--rois", str(d["rois"]), "--images", str(d["root"]), "--out", str(out),
-            "--no-progress", "--set", "max_steps=2", "--set", "classifier_epochs=1", *extra]  # fmt: skip
+    return [
+        "train",
+        "--records",
+        str(d["records"]),
+        "--labels",
+        str(d["labels"]),
+        "--rois",
+        str(d["rois"]),
+        "--images",
+        str(d["root"]),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--set",
+        "max_steps=2",
+        "--set",
+        "classifier_epochs=1",
+        *extra,
+    ]
 
 
 def test_full_disk_in_the_crop_cache_is_one_line(small, tmp_path, monkeypatch):
@@ -171,8 +210,15 @@ def test_a_few_effusion_studies_teach_the_effusion_sentence(effusion, tmp_path):
     from cxrctx.reportgen.evaluate import keyword_labels
     from cxrctx.reportgen.generate import generate
 
-    cfg = make_config("tiny", global_image_size=96, classifier_epochs=10, epochs_stage1=20,
-                      epochs_stage2=1, batch_size=8, checkpoint_every=10**6)  # fmt: skip
+    cfg = make_config(
+        "tiny",
+        global_image_size=96,
+        classifier_epochs=10,
+        epochs_stage1=20,
+        epochs_stage2=1,
+        batch_size=8,
+        checkpoint_every=10**6,
+    )
     train(cfg, out=tmp_path / "run", **_kw(effusion))
     generate(tmp_path / "run", out=tmp_path / "gen", split="validate")
     gen = pl.read_parquet(tmp_path / "gen" / "generated" / "part-00000.parquet")

@@ -78,6 +78,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
+
 class _Console(Console):
     """A rich console that wraps only on a terminal: output piped to a file keeps one line
     per message (a log is grepped, not read at 80 columns)."""

@@ -30,9 +30,12 @@ class Backend(str, enum.Enum):
 
 BackendOpt = Annotated[
     Backend | None,
-    typer.Option("--backend", help="llamacpp (CPU, a .gguf path), openai (an OpenAI-compatible "
-                 "server at --base-url) or vllm (GPU, in process)."),
-]  # fmt: skip
+    typer.Option(
+        "--backend",
+        help="llamacpp (CPU, a .gguf path), openai (an OpenAI-compatible "
+        "server at --base-url) or vllm (GPU, in process).",
+    ),
+]
 ModelOpt = Annotated[
     str | None,
     typer.Option(
@@ -51,9 +54,12 @@ ApiKeyEnvOpt = Annotated[
 ]
 EngineOptOpt = Annotated[
     list[str] | None,
-    typer.Option("--engine-opt", help="Backend option KEY=JSON, repeatable (n_ctx=4096, "
-                 "enable_prefix_caching=false, concurrency=16, dtype=bfloat16)."),
-]  # fmt: skip
+    typer.Option(
+        "--engine-opt",
+        help="Backend option KEY=JSON, repeatable (n_ctx=4096, "
+        "enable_prefix_caching=false, concurrency=16, dtype=bfloat16).",
+    ),
+]
 TimeoutOpt = Annotated[
     float | None, typer.Option("--timeout", min=0.001, help="openai: seconds per request.")
 ]
@@ -73,10 +79,13 @@ AllowFailuresOpt = Annotated[
 ]
 AllowPublicApiOpt = Annotated[
     bool,
-    typer.Option("--allow-public-api", help="Send MIMIC-derived text to a public API host anyway: only "
-                 "when your data use agreement covers that route (e.g. Azure OpenAI with human review "
-                 "opted out, AWS Bedrock, Google Vertex AI)."),
-]  # fmt: skip
+    typer.Option(
+        "--allow-public-api",
+        help="Send MIMIC-derived text to a public API host anyway: only "
+        "when your data use agreement covers that route (e.g. Azure OpenAI with human review "
+        "opted out, AWS Bedrock, Google Vertex AI).",
+    ),
+]
 
 
 def engine_spec(
@@ -96,10 +105,15 @@ def engine_spec(
     if not model:
         raise CxrctxError(f"--backend {backend.value} needs --model")
     return EngineSpec(
-        backend=backend.value, model=model, base_url=base_url, api_key_env=api_key_env,
-        timeout_s=timeout, threads=threads, allow_public_api=allow_public_api,
+        backend=backend.value,
+        model=model,
+        base_url=base_url,
+        api_key_env=api_key_env,
+        timeout_s=timeout,
+        threads=threads,
+        allow_public_api=allow_public_api,
         options=parse_engine_opts(engine_opt),
-    )  # fmt: skip
+    )
 
 
 def exit_if_failed(failed: int, allow_failures: bool, where: str) -> None:
@@ -107,8 +121,9 @@ def exit_if_failed(failed: int, allow_failures: bool, where: str) -> None:
     if failed and not allow_failures:
         err_console.print(
             f"{failed} document(s) failed; see {where} (--allow-failures to exit 0 anyway)",
-            markup=False, highlight=False,
-        )  # fmt: skip
+            markup=False,
+            highlight=False,
+        )
         raise typer.Exit(code=1)
 
 
@@ -124,31 +139,48 @@ class ExecutorKind(str, enum.Enum):
 
 ExecutorOpt = Annotated[
     ExecutorKind,
-    typer.Option("--executor", help="local (this process) or ray (Ray Data actors, one engine per "
-                 "worker: GPUs with vllm, CPUs with llamacpp/openai); needs pip install 'cxrctx[ray]'."),
-]  # fmt: skip
+    typer.Option(
+        "--executor",
+        help="local (this process) or ray (Ray Data actors, one engine per "
+        "worker: GPUs with vllm, CPUs with llamacpp/openai); needs pip install 'cxrctx[ray]'.",
+    ),
+]
 RayAddressOpt = Annotated[
     str | None,
-    typer.Option("--ray-address", help="ray: address of a running cluster (e.g. auto or "
-                 "ray://head:10001); default: start a local Ray with --workers workers."),
-]  # fmt: skip
+    typer.Option(
+        "--ray-address",
+        help="ray: address of a running cluster (e.g. auto or "
+        "ray://head:10001); default: start a local Ray with --workers workers.",
+    ),
+]
 WorkersOpt = Annotated[
     int,
-    typer.Option("--workers", min=1, help="--executor ray: Ray actors, one engine each (vllm: one GPU each); not processes (build-priors' --workers are)."),
+    typer.Option(
+        "--workers",
+        min=1,
+        help="--executor ray: Ray actors, one engine each (vllm: one GPU each); not processes (build-priors' --workers are).",
+    ),
 ]
 PlanOpt = Annotated[
     bool,
-    typer.Option("--plan", help="Label a sample (--plan-sample) into OUT/plan-sample and print "
-                 "output tokens and LLM calls per document and the projected GPU-hours."),
-]  # fmt: skip
+    typer.Option(
+        "--plan",
+        help="Label a sample (--plan-sample) into OUT/plan-sample and print "
+        "output tokens and LLM calls per document and the projected GPU-hours.",
+    ),
+]
 PlanSampleOpt = Annotated[
     int, typer.Option("--plan-sample", min=1, help="--plan: documents to label as the sample.")
 ]
 PlanThroughputOpt = Annotated[
     float,
-    typer.Option("--plan-throughput", min=1e-6, help="--plan: output tokens/s of one GPU "
-                 "(default: ~6,300, an 8B model on one H100 with vLLM, datatrove's benchmark)."),
-]  # fmt: skip
+    typer.Option(
+        "--plan-throughput",
+        min=1e-6,
+        help="--plan: output tokens/s of one GPU "
+        "(default: ~6,300, an 8B model on one H100 with vLLM, datatrove's benchmark).",
+    ),
+]
 PlanGpuOpt = Annotated[
     str, typer.Option("--plan-gpu", help="--plan: name of the GPU the throughput is for.")
 ]
@@ -200,13 +232,25 @@ def print_plan(plan: Any) -> None:
         ("sample", f"{plan.sample_documents} documents ({plan.llm_documents} needed the model)"),
         ("LLM calls per document", f"{plan.llm_calls_per_document:.3f}"),
         ("output tokens per document", f"{plan.output_tokens_per_document:.1f}"),
-        ("full input", f"{plan.total_documents} documents, ~{plan.projected_output_tokens:,} output tokens"),
-        ("projected GPU-hours", f"{plan.projected_gpu_hours:.3f} on {plan.gpu} at {plan.throughput_tokens_per_s:,.0f} output tok/s"),
-        ("budget", f"all of MIMIC-CXR ({plan.budget_reports:,} reports) in <= {plan.budget_gpu_hours:g} GPU-hours "
-                   f"needs <= {plan.budget_tokens_per_report:.0f} output tokens/report"),
-        ("this sample on all of MIMIC", f"{plan.budget_projected_gpu_hours:.2f} GPU-hours ("
-                                        f"{'within' if plan.within_budget else 'OVER'} budget)"),
-    ]  # fmt: skip
+        (
+            "full input",
+            f"{plan.total_documents} documents, ~{plan.projected_output_tokens:,} output tokens",
+        ),
+        (
+            "projected GPU-hours",
+            f"{plan.projected_gpu_hours:.3f} on {plan.gpu} at {plan.throughput_tokens_per_s:,.0f} output tok/s",
+        ),
+        (
+            "budget",
+            f"all of MIMIC-CXR ({plan.budget_reports:,} reports) in <= {plan.budget_gpu_hours:g} GPU-hours "
+            f"needs <= {plan.budget_tokens_per_report:.0f} output tokens/report",
+        ),
+        (
+            "this sample on all of MIMIC",
+            f"{plan.budget_projected_gpu_hours:.2f} GPU-hours ("
+            f"{'within' if plan.within_budget else 'OVER'} budget)",
+        ),
+    ]
     for k, v in rows:
         t.add_row(k, v)
     console.print(t)

@@ -37,12 +37,17 @@ def report_table(report: EvalReport, title: str | None = None) -> Table:
         t.add_column("loc acc", justify="right")
     for s in report.lesions:
         row = [
-            s.lesion, str(s.support), str(s.tp), str(s.fp), str(s.fn),
+            s.lesion,
+            str(s.support),
+            str(s.tp),
+            str(s.fp),
+            str(s.fn),
             _f(s.precision) + _ci(report, "precision", s.lesion),
             _f(s.recall) + _ci(report, "recall", s.lesion),
             _f(s.f1) + _ci(report, "f1", s.lesion),
-            _f(s.kappa, "undefined"), _f(s.agreement),
-        ]  # fmt: skip
+            _f(s.kappa, "undefined"),
+            _f(s.agreement),
+        ]
         if has_loc:
             row.append(_f(s.location_accuracy) + (f" (n={s.location_n})" if s.location_n else ""))
         t.add_row(*row)
@@ -51,15 +56,33 @@ def report_table(report: EvalReport, title: str | None = None) -> Table:
     t.add_section()
     loc = [_f(report.location_accuracy) + _ci(report, "location_accuracy")] if has_loc else []
     t.add_row(
-        "micro", str(sup), str(tp), str(fp), str(fn),
-        *(_f(getattr(report, f"micro_{k}")) + _ci(report, f"micro_{k}") for k in ("precision", "recall", "f1")),
-        "", "", *loc,
-    )  # fmt: skip
+        "micro",
+        str(sup),
+        str(tp),
+        str(fp),
+        str(fn),
+        *(
+            _f(getattr(report, f"micro_{k}")) + _ci(report, f"micro_{k}")
+            for k in ("precision", "recall", "f1")
+        ),
+        "",
+        "",
+        *loc,
+    )
     t.add_row(
-        f"macro ({len(report.macro_lesions)} lesions)", "", "", "", "",
-        *(_f(getattr(report, f"macro_{k}")) + _ci(report, f"macro_{k}") for k in ("precision", "recall", "f1")),
-        "", "", *([""] if has_loc else []),
-    )  # fmt: skip
+        f"macro ({len(report.macro_lesions)} lesions)",
+        "",
+        "",
+        "",
+        "",
+        *(
+            _f(getattr(report, f"macro_{k}")) + _ci(report, f"macro_{k}")
+            for k in ("precision", "recall", "f1")
+        ),
+        "",
+        "",
+        *([""] if has_loc else []),
+    )
     return t
 
 
@@ -94,8 +117,14 @@ def eval_labels_cmd(
         1000, "--bootstrap", min=0, help="Bootstrap resamples for 95 % CIs (0 = none)."
     ),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed (same seed, same intervals)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of tables (as validate and info do)."),
-    json_path: Path = typer.Option(None, "--json-out", help="Also write the report as JSON to this file."),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="Print the report as JSON instead of tables (as validate and info do).",
+    ),
+    json_path: Path = typer.Option(
+        None, "--json-out", help="Also write the report as JSON to this file."
+    ),
     png_path: Path = typer.Option(
         None, "--png", help="Write a P/R/F1 bar chart (needs matplotlib)."
     ),
@@ -112,9 +141,14 @@ def eval_labels_cmd(
 
     try:
         report = eval_labels(
-            labels, against, uncertain=uncertain, json_path=json_path, png_path=png_path,
-            n_boot=n_boot, seed=seed,
-        )  # fmt: skip
+            labels,
+            against,
+            uncertain=uncertain,
+            json_path=json_path,
+            png_path=png_path,
+            n_boot=n_boot,
+            seed=seed,
+        )
     except CxrctxError as e:
         raise fail(e) from None
     if as_json:

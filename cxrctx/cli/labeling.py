@@ -62,11 +62,30 @@ else:
 
 @app.command("label-lesions")
 def label_lesions_cmd(
-    input_path: Path = typer.Argument(..., help="build-priors output dir, or a .parquet/.csv/.jsonl file"),
-    out: Path = typer.Option(..., "--out", help="Output directory (labels/, documents/, failures/, cache/, manifest.json)."),
-    backend: LabelBackend = typer.Option(None, "--backend", show_default=False, help="rules (no model; the default without --model), llamacpp (CPU, a .gguf path; the default with --model), openai (an OpenAI-compatible server at --base-url) or vllm (GPU, in process)."),
-    model: str = typer.Option(None, "--model", help="GGUF path (llamacpp), served model name (openai), model name or dir (vllm). Without it the rules label everything."),
-    mode: Mode = typer.Option(Mode.cot, "--mode", help="With a model: cot (hybrid, short reasoning), short (hybrid, status/location only) or llm (the model labels every candidate)."),
+    input_path: Path = typer.Argument(
+        ..., help="build-priors output dir, or a .parquet/.csv/.jsonl file"
+    ),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        help="Output directory (labels/, documents/, failures/, cache/, manifest.json).",
+    ),
+    backend: LabelBackend = typer.Option(
+        None,
+        "--backend",
+        show_default=False,
+        help="rules (no model; the default without --model), llamacpp (CPU, a .gguf path; the default with --model), openai (an OpenAI-compatible server at --base-url) or vllm (GPU, in process).",
+    ),
+    model: str = typer.Option(
+        None,
+        "--model",
+        help="GGUF path (llamacpp), served model name (openai), model name or dir (vllm). Without it the rules label everything.",
+    ),
+    mode: Mode = typer.Option(
+        Mode.cot,
+        "--mode",
+        help="With a model: cot (hybrid, short reasoning), short (hybrid, status/location only) or llm (the model labels every candidate).",
+    ),
     base_url: BaseUrlOpt = None,
     api_key_env: ApiKeyEnvOpt = "OPENAI_API_KEY",
     engine_opt: EngineOptOpt = None,
@@ -74,20 +93,52 @@ def label_lesions_cmd(
     threads: ThreadsOpt = None,
     allow_failures: AllowFailuresOpt = False,
     allow_public_api: AllowPublicApiOpt = False,
-    sections: str = typer.Option("findings,impression", "--sections", help="Record sections to label, comma-separated (build-priors input)."),
+    sections: str = typer.Option(
+        "findings,impression",
+        "--sections",
+        help="Record sections to label, comma-separated (build-priors input).",
+    ),
     id_column: str = typer.Option("id", "--id-column", help="Id column of a table input."),
     text_column: str = typer.Option("text", "--text-column", help="Text column of a table input."),
-    shard: str = typer.Option(None, "--shard", help="Label slice i of n (e.g. 0/4); slices write part i and merge in one OUT."),
+    shard: str = typer.Option(
+        None,
+        "--shard",
+        help="Label slice i of n (e.g. 0/4); slices write part i and merge in one OUT.",
+    ),
     limit: int = typer.Option(None, "--limit", min=1, help="Only the first N documents."),
-    max_report_bytes: int = typer.Option(1 << 20, "--max-report-bytes", min=1, help="Reject a document whose text is larger than this (too_large, a failure row; never labeled or sent), as build-priors does."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the first prompt and the schema; call no model."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace another run's output in --out (only ever a cxrctx output); the same configuration resumes without it."),
-    max_tokens: int = typer.Option(384, "--max-tokens", min=1, help="Output token limit per answer."),
+    max_report_bytes: int = typer.Option(
+        1 << 20,
+        "--max-report-bytes",
+        min=1,
+        help="Reject a document whose text is larger than this (too_large, a failure row; never labeled or sent), as build-priors does.",
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the first prompt and the schema; call no model."
+    ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace another run's output in --out (only ever a cxrctx output); the same configuration resumes without it.",
+    ),
+    max_tokens: int = typer.Option(
+        384, "--max-tokens", min=1, help="Output token limit per answer."
+    ),
     temperature: float = typer.Option(0.0, "--temperature"),
     seed: int = typer.Option(0, "--seed"),
-    batch_size: int = typer.Option(None, "--batch-size", min=1, help="Documents per engine call / output batch (default per backend; openai: 32 x concurrency)."),
-    no_prepass: bool = typer.Option(False, "--no-prepass", help="Ask the model about all 14 lesions for every report."),
-    prompt: str = typer.Option(None, "--prompt", help="Prompt version (e.g. 1) or a prompt JSON file (hybrid modes: prompts/label_lesions/hybrid_vN.json)."),
+    batch_size: int = typer.Option(
+        None,
+        "--batch-size",
+        min=1,
+        help="Documents per engine call / output batch (default per backend; openai: 32 x concurrency).",
+    ),
+    no_prepass: bool = typer.Option(
+        False, "--no-prepass", help="Ask the model about all 14 lesions for every report."
+    ),
+    prompt: str = typer.Option(
+        None,
+        "--prompt",
+        help="Prompt version (e.g. 1) or a prompt JSON file (hybrid modes: prompts/label_lesions/hybrid_vN.json).",
+    ),
     executor: ExecutorOpt = ExecutorKind.local,
     ray_address: RayAddressOpt = None,
     workers: WorkersOpt = 1,
@@ -95,7 +146,7 @@ def label_lesions_cmd(
     plan_sample: PlanSampleOpt = 200,
     plan_throughput: PlanThroughputOpt = 6300.0,
     plan_gpu: PlanGpuOpt = "H100 (8B model, vLLM)",
-) -> None:  # fmt: skip
+) -> None:
     """Label the 14 lesions (status, location, rationale) of each report.
 
     Without --model the deterministic rules label everything (milliseconds per report).
@@ -120,29 +171,53 @@ def label_lesions_cmd(
     labeler = _labeler(backend, model, mode)
     sampling = Sampling(temperature=temperature, max_tokens=max_tokens, seed=seed)
     config = LabelLesionsConfig(
-        sections=secs, id_column=id_column, text_column=text_column, shard=shard, limit=limit,
-        dry_run=dry_run, overwrite=overwrite, sampling=sampling, batch_size=batch_size,
-        prepass=not no_prepass, prompt=prompt, max_report_bytes=max_report_bytes,
-    )  # fmt: skip
+        sections=secs,
+        id_column=id_column,
+        text_column=text_column,
+        shard=shard,
+        limit=limit,
+        dry_run=dry_run,
+        overwrite=overwrite,
+        sampling=sampling,
+        batch_size=batch_size,
+        prepass=not no_prepass,
+        prompt=prompt,
+        max_report_bytes=max_report_bytes,
+    )
     if labeler is Labeler.rules:
         _run_rules(input_path, out, config)
         return
     try:
         spec = engine_spec(
-            Backend((backend or LabelBackend.llamacpp).value), model, base_url=base_url, api_key_env=api_key_env,
-            engine_opt=engine_opt, timeout=timeout, threads=threads, allow_public_api=allow_public_api,
-        )  # fmt: skip
+            Backend((backend or LabelBackend.llamacpp).value),
+            model,
+            base_url=base_url,
+            api_key_env=api_key_env,
+            engine_opt=engine_opt,
+            timeout=timeout,
+            threads=threads,
+            allow_public_api=allow_public_api,
+        )
         assert spec is not None  # a backend was chosen
         if plan and (shard or dry_run):
             raise CxrctxError("--plan projects the whole input: drop --shard and --dry-run")
         with model_run(executor, ray_address, workers, "label-lesions", disable=dry_run) as run:
             if plan:
                 budget = plan_label_lesions(
-                    input_path, out, labeler=labeler, config=config, engine=spec, sample=plan_sample,
-                    throughput_tokens_per_s=plan_throughput, gpu=plan_gpu, **run,
-                )  # fmt: skip
+                    input_path,
+                    out,
+                    labeler=labeler,
+                    config=config,
+                    engine=spec,
+                    sample=plan_sample,
+                    throughput_tokens_per_s=plan_throughput,
+                    gpu=plan_gpu,
+                    **run,
+                )
             else:
-                result = label_lesions(input_path, out, labeler=labeler, config=config, engine=spec, **run)
+                result = label_lesions(
+                    input_path, out, labeler=labeler, config=config, engine=spec, **run
+                )
     except CxrctxError as e:
         raise fail(e) from None
     _present(budget if plan else result, labeler, allow_failures)
@@ -212,8 +287,12 @@ def _run_rules(input_path: Path, out: Path, config: LabelLesionsConfig) -> None:
     try:
         with progress_display("label-lesions", disable=config.dry_run) as progress:
             run = label_lesions(
-                input_path, out, labeler=Labeler.rules, config=config, progress=progress,
-            )  # fmt: skip
+                input_path,
+                out,
+                labeler=Labeler.rules,
+                config=config,
+                progress=progress,
+            )
     except CxrctxError as e:
         raise fail(e) from None
     if run.dry_run is not None:

@@ -50,10 +50,16 @@ def build_priors_cmd(
         False, "--scan-dicom", help="Read DICOM headers under files/ instead of the metadata CSV."
     ),
     image_ext: ImageExt = typer.Option(
-        ImageExt.dcm, "--image-ext", help="Extension of image paths built from the CSV: dcm (MIMIC-CXR) or jpg (MIMIC-CXR-JPG)."
+        ImageExt.dcm,
+        "--image-ext",
+        help="Extension of image paths built from the CSV: dcm (MIMIC-CXR) or jpg (MIMIC-CXR-JPG).",
     ),
     workers: int = typer.Option(
-        None, "--workers", "-j", min=1, help="Worker processes reading reports on this machine (default: CPU count, at most 8); not Ray actors (the model commands' --workers are)."
+        None,
+        "--workers",
+        "-j",
+        min=1,
+        help="Worker processes reading reports on this machine (default: CPU count, at most 8); not Ray actors (the model commands' --workers are).",
     ),
     max_report_bytes: int = typer.Option(
         1 << 20,

@@ -83,17 +83,26 @@ def release_cmd(
         [], "--format", help="Extra export table (repeatable): srrg, maira2, jsonl."
     ),
     target: TargetSection = typer.Option(
-        TargetSection.findings, "--target", help="Target section(s) of the exports (comma-separated, as --sections elsewhere)."
+        TargetSection.findings,
+        "--target",
+        help="Target section(s) of the exports (comma-separated, as --sections elsewhere).",
     ),
     license: str = typer.Option(
-        "other", "--license",
+        "other",
+        "--license",
         help="Hub licence id (a lower-case SPDX id such as cc-by-4.0), or other with "
         "--license-name/--license-link (default: the PhysioNet Credentialed Health Data License 1.5.0).",
     ),
-    license_name: str = typer.Option(None, "--license-name", help="Licence name (with --license other)."),
-    license_link: str = typer.Option(None, "--license-link", help="Licence URL (with --license other)."),
+    license_name: str = typer.Option(
+        None, "--license-name", help="Licence name (with --license other)."
+    ),
+    license_link: str = typer.Option(
+        None, "--license-link", help="Licence URL (with --license other)."
+    ),
     task_categories: list[str] = typer.Option(
-        None, "--task-category", help="Hub task category (repeatable; default image-text-to-text, image-to-text)."
+        None,
+        "--task-category",
+        help="Hub task category (repeatable; default image-text-to-text, image-to-text).",
     ),
     size_category: str = typer.Option(
         None, "--size-category", help="Hub size category (default: from the number of studies)."
@@ -101,7 +110,8 @@ def release_cmd(
     citation: str = typer.Option(None, "--citation", help="BibTeX citation shown on the cards."),
     homepage: str = typer.Option(None, "--homepage", help="Project page URL shown on the cards."),
     card: Path = typer.Option(
-        None, "--card",
+        None,
+        "--card",
         help="YAML or TOML file of card metadata: license_name, license_link, task_categories, "
         "size_categories, citation, homepage, gated_prompt (options above override it).",
     ),
@@ -109,7 +119,7 @@ def release_cmd(
         20_000, "--rows-per-file", min=1, help="Rows per Parquet file."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier release in OUT."),
-) -> None:  # fmt: skip
+) -> None:
     """Package stage outputs as a public (IDs only) and a credentialed bundle, with dataset
     cards and croissant.json.
 
@@ -122,22 +132,33 @@ def release_cmd(
     from cxrctx.release.meta import read_card_file
 
     given = {
-        "license_name": license_name, "license_link": license_link,
+        "license_name": license_name,
+        "license_link": license_link,
         "task_categories": task_categories or None,
         "size_categories": [size_category] if size_category else None,
-        "citation": citation, "homepage": homepage,
-    }  # fmt: skip
+        "citation": citation,
+        "homepage": homepage,
+    }
     try:
         meta = read_card_file(card) if card is not None else {}
         meta.update({k: v for k, v in given.items() if v is not None})
         with progress_display("release") as progress:
             res = make_release(
-                records, out=out, name=name, version=version, labels=labels, rois=rois,
-                structured=structured, formats=[f.value for f in formats],
+                records,
+                out=out,
+                name=name,
+                version=version,
+                labels=labels,
+                rois=rois,
+                structured=structured,
+                formats=[f.value for f in formats],
                 target=target.value.replace(",", "+"),  # recorded as findings+impression
-                license=license, rows_per_file=rows_per_file, card=meta, overwrite=overwrite,
+                license=license,
+                rows_per_file=rows_per_file,
+                card=meta,
+                overwrite=overwrite,
                 progress=progress,
-            )  # fmt: skip
+            )
     except CxrctxError as e:
         raise fail(e) from None
     console.print(_split_table(res.summary, f"release {res.config.name} {res.config.version}"))
@@ -300,10 +321,19 @@ def rebuild_cmd(
         )
         with progress_display("rebuild") as progress:
             rep = rebuild(
-                public_dir, mimic_root, out=out, engine=spec, labels=labels,
-                label_cache=label_cache, rois=rois, imagenome=imagenome, structured=structured,
-                workers=workers, overwrite=overwrite, progress=progress,
-            )  # fmt: skip
+                public_dir,
+                mimic_root,
+                out=out,
+                engine=spec,
+                labels=labels,
+                label_cache=label_cache,
+                rois=rois,
+                imagenome=imagenome,
+                structured=structured,
+                workers=workers,
+                overwrite=overwrite,
+                progress=progress,
+            )
     except CxrctxError as e:
         raise fail(e) from None
     for n in rep.input_notes:

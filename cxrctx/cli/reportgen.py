@@ -70,7 +70,11 @@ def generate_cmd(
         "--out",
         help="Output directory (generated/part-*.parquet, skips.parquet, manifest.json).",
     ),
-    split: SplitChoice = typer.Option(SplitChoice.test, "--split", help="Records split (MIMIC-CXR's names, as in its split CSV and the records: validate, not the hub's validation), or all."),
+    split: SplitChoice = typer.Option(
+        SplitChoice.test,
+        "--split",
+        help="Records split (MIMIC-CXR's names, as in its split CSV and the records: validate, not the hub's validation), or all.",
+    ),
     records: Path = typer.Option(None, "--records", help="Default: the run's."),
     rois: Path = typer.Option(None, "--rois", help="Default: the run's."),
     images: Path = typer.Option(None, "--images", help="Default: the run's."),
@@ -118,9 +122,15 @@ def generate_cmd(
 
     try:
         spec = engine_spec(
-            backend, model, base_url=base_url, api_key_env=api_key_env, engine_opt=engine_opt,
-            timeout=timeout, threads=threads, allow_public_api=allow_public_api,
-        )  # fmt: skip
+            backend,
+            model,
+            base_url=base_url,
+            api_key_env=api_key_env,
+            engine_opt=engine_opt,
+            timeout=timeout,
+            threads=threads,
+            allow_public_api=allow_public_api,
+        )
         with (
             executor_scope(executor, ray_address, workers) as ex,
             progress_display("generate") as progress,
@@ -215,9 +225,15 @@ def evaluate_cmd(
 
     try:
         spec = engine_spec(
-            backend, model, base_url=base_url, api_key_env=api_key_env, engine_opt=engine_opt,
-            timeout=timeout, threads=threads, allow_public_api=allow_public_api,
-        )  # fmt: skip
+            backend,
+            model,
+            base_url=base_url,
+            api_key_env=api_key_env,
+            engine_opt=engine_opt,
+            timeout=timeout,
+            threads=threads,
+            allow_public_api=allow_public_api,
+        )
         with (
             executor_scope(executor, ray_address, workers) as ex,
             progress_display("evaluate") as progress,

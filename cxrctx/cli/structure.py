@@ -50,10 +50,24 @@ class StructureBackend(str, enum.Enum):
 
 @app.command("structure-reports")
 def structure_reports_cmd(
-    records: Path = typer.Argument(..., help="build-priors output dir, or a .parquet/.csv/.jsonl file with id, findings, impression"),
-    out: Path = typer.Option(..., "--out", help="Output directory (structured/, failures/, cache/, manifest.json)."),
-    backend: StructureBackend = typer.Option(None, "--backend", show_default=False, help="rules (no model; the default without --model), llamacpp (CPU, a .gguf path; the default with --model), openai (an OpenAI-compatible server at --base-url) or vllm (GPU, in process)."),
-    model: str = typer.Option(None, "--model", help="GGUF path (llamacpp), served model name (openai), model name or dir (vllm): it rewrites the rules' draft. Without it the rules structure everything."),
+    records: Path = typer.Argument(
+        ...,
+        help="build-priors output dir, or a .parquet/.csv/.jsonl file with id, findings, impression",
+    ),
+    out: Path = typer.Option(
+        ..., "--out", help="Output directory (structured/, failures/, cache/, manifest.json)."
+    ),
+    backend: StructureBackend = typer.Option(
+        None,
+        "--backend",
+        show_default=False,
+        help="rules (no model; the default without --model), llamacpp (CPU, a .gguf path; the default with --model), openai (an OpenAI-compatible server at --base-url) or vllm (GPU, in process).",
+    ),
+    model: str = typer.Option(
+        None,
+        "--model",
+        help="GGUF path (llamacpp), served model name (openai), model name or dir (vllm): it rewrites the rules' draft. Without it the rules structure everything.",
+    ),
     base_url: BaseUrlOpt = None,
     api_key_env: ApiKeyEnvOpt = "OPENAI_API_KEY",
     engine_opt: EngineOptOpt = None,
@@ -61,15 +75,34 @@ def structure_reports_cmd(
     threads: ThreadsOpt = None,
     allow_failures: AllowFailuresOpt = False,
     allow_public_api: AllowPublicApiOpt = False,
-    priors: bool = typer.Option(False, "--priors", help="Also structure the reports of each record's prior studies (each prior once)."),
+    priors: bool = typer.Option(
+        False,
+        "--priors",
+        help="Also structure the reports of each record's prior studies (each prior once).",
+    ),
     id_column: str = typer.Option("id", "--id-column", help="Study id column of a table input."),
     limit: int = typer.Option(None, "--limit", min=1, help="Only the first N records."),
-    max_tokens: int = typer.Option(768, "--max-tokens", min=1, help="Output token limit per answer."),
+    max_tokens: int = typer.Option(
+        768, "--max-tokens", min=1, help="Output token limit per answer."
+    ),
     temperature: float = typer.Option(0.0, "--temperature"),
     seed: int = typer.Option(0, "--seed"),
-    batch_size: int = typer.Option(None, "--batch-size", min=1, help="Reports per engine call / output batch (default per backend)."),
-    prompt: str = typer.Option(None, "--prompt", help="Prompt version (default 2: rewrite the rules' draft; 1: from scratch) or a prompt JSON file."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out written by another cxrctx run (the same configuration resumes without it)."),
+    batch_size: int = typer.Option(
+        None,
+        "--batch-size",
+        min=1,
+        help="Reports per engine call / output batch (default per backend).",
+    ),
+    prompt: str = typer.Option(
+        None,
+        "--prompt",
+        help="Prompt version (default 2: rewrite the rules' draft; 1: from scratch) or a prompt JSON file.",
+    ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace a non-empty --out written by another cxrctx run (the same configuration resumes without it).",
+    ),
     executor: ExecutorOpt = ExecutorKind.local,
     ray_address: RayAddressOpt = None,
     workers: WorkersOpt = 1,
@@ -77,7 +110,7 @@ def structure_reports_cmd(
     plan_sample: PlanSampleOpt = 200,
     plan_throughput: PlanThroughputOpt = 6300.0,
     plan_gpu: PlanGpuOpt = "H100 (8B model, vLLM)",
-) -> None:  # fmt: skip
+) -> None:
     """Rewrite each report into the SRRG layout (organ headers with bullets, numbered
     impression); keep only answers that pass the faithfulness check.
 
@@ -110,20 +143,39 @@ def structure_reports_cmd(
     if _rules_chosen(backend, model):
         if plan:
             raise fail(CxrctxError("--plan projects a model's cost: give --model"))
-        _run_rules(records, out, priors=priors, id_column=id_column, limit=limit,
-                   overwrite=overwrite, allow_failures=allow_failures, workers=workers)  # fmt: skip
+        _run_rules(
+            records,
+            out,
+            priors=priors,
+            id_column=id_column,
+            limit=limit,
+            overwrite=overwrite,
+            allow_failures=allow_failures,
+            workers=workers,
+        )
         return
     try:
         spec = engine_spec(
-            Backend((backend or StructureBackend.llamacpp).value), model, base_url=base_url, api_key_env=api_key_env, engine_opt=engine_opt,
-            timeout=timeout, threads=threads, allow_public_api=allow_public_api,
-        )  # fmt: skip
+            Backend((backend or StructureBackend.llamacpp).value),
+            model,
+            base_url=base_url,
+            api_key_env=api_key_env,
+            engine_opt=engine_opt,
+            timeout=timeout,
+            threads=threads,
+            allow_public_api=allow_public_api,
+        )
         assert spec is not None
         task = dict(
-            engine=spec, priors=priors, id_column=id_column, limit=limit,
+            engine=spec,
+            priors=priors,
+            id_column=id_column,
+            limit=limit,
             sampling=Sampling(temperature=temperature, max_tokens=max_tokens, seed=seed),
-            batch_size=batch_size, prompt=prompt, overwrite=overwrite,
-        )  # fmt: skip
+            batch_size=batch_size,
+            prompt=prompt,
+            overwrite=overwrite,
+        )
         with model_run(executor, ray_address, workers, "structure-reports") as run:
             if plan:
                 budget = _plan(records, out, plan_sample, plan_throughput, plan_gpu, task | run)
@@ -168,8 +220,10 @@ def _write_error(e: OSError, out: Path) -> CxrctxError:
     """A disk error while writing (full disk, read-only folder) as one line naming the file;
     what was finished stays (shards and cache are written atomically), a re-run resumes."""
     where = e.filename or out
-    return CxrctxError(f"{where}: cannot write ({e.strerror or e}); "
-                       "free space or fix permissions, then re-run to resume")  # fmt: skip
+    return CxrctxError(
+        f"{where}: cannot write ({e.strerror or e}); "
+        "free space or fix permissions, then re-run to resume"
+    )
 
 
 def _structure(records: Path, out: Path, task: dict[str, Any]) -> StructureRun:

@@ -92,10 +92,17 @@ def synth_cmd(
     with progress_display("synth") as progress:
         try:
             s = synthesize(
-                out_dir or out, patients=patients, seed=seed, dicom=dicom, zip_reports=zip_reports,
-                images=images, imagenome=imagenome, image_size=image_size, image_format=image_format,
+                out_dir or out,
+                patients=patients,
+                seed=seed,
+                dicom=dicom,
+                zip_reports=zip_reports,
+                images=images,
+                imagenome=imagenome,
+                image_size=image_size,
+                image_format=image_format,
                 progress=progress,
-            )  # fmt: skip
+            )
         except CxrctxError as e:
             raise fail(e) from None
     console.print(_table(s))

@@ -273,8 +273,12 @@ def _collect(
     """One ROI row or one reject per image of the records (each dicom_id once)."""
     rows: list[dict] = []
     rejects: list[dict] = []
-    counts = {"images_in_records": 0, "images_considered": 0, "skipped_non_frontal": 0,
-              "boxes_clipped": 0}  # fmt: skip
+    counts = {
+        "images_in_records": 0,
+        "images_considered": 0,
+        "skipped_non_frontal": 0,
+        "boxes_clipped": 0,
+    }
     seen: set[str] = set()
     for rec in recs.iter_rows(named=True):
         for img in rec["images"] or []:
@@ -289,8 +293,14 @@ def _collect(
             counts["images_considered"] += 1
             row, why = _image_row(rec, img, sg)
             if row is None:
-                rejects.append({"dicom_id": img["dicom_id"], "study_id": rec["study_id"],
-                                "source": sg.name, "reason": why})  # fmt: skip
+                rejects.append(
+                    {
+                        "dicom_id": img["dicom_id"],
+                        "study_id": rec["study_id"],
+                        "source": sg.name,
+                        "reason": why,
+                    }
+                )
             else:
                 counts["boxes_clipped"] += sum(r["clipped"] for r in row["rois"])
                 rows.append(row)
@@ -309,10 +319,16 @@ def _image_row(rec: dict, img: dict, sg: Path) -> tuple[dict | None, str]:
     if rois is None:
         return None, why
     row = {
-        "dicom_id": img["dicom_id"], "subject_id": rec["subject_id"], "study_id": rec["study_id"],
-        "split": rec["split"], "path": img["path"], "view_position": img.get("view_position"),
-        "rows": img.get("rows"), "columns": img.get("columns"), "rois": rois,
-    }  # fmt: skip
+        "dicom_id": img["dicom_id"],
+        "subject_id": rec["subject_id"],
+        "study_id": rec["study_id"],
+        "split": rec["split"],
+        "path": img["path"],
+        "view_position": img.get("view_position"),
+        "rows": img.get("rows"),
+        "columns": img.get("columns"),
+        "rois": rois,
+    }
     return row, ""
 
 

@@ -137,10 +137,17 @@ def load_gold(
     if "filename" in cols and {"Effusion", "Pleural_Thickening"} <= cols:
         ids = pl.col("filename").str.strip_chars().str.replace(r"^CXR", "").alias("id")
         frames = [
-            df.select(ids, pl.lit(lesion).alias("lesion"), pl.when(pl.col(col).str.strip_chars() == "1").then(pl.lit("positive")).otherwise(pl.lit("negative")).alias("status"))
+            df.select(
+                ids,
+                pl.lit(lesion).alias("lesion"),
+                pl.when(pl.col(col).str.strip_chars() == "1")
+                .then(pl.lit("positive"))
+                .otherwise(pl.lit("negative"))
+                .alias("status"),
+            )
             for col, lesion in IU_MAP.items()
             if col in cols
-        ]  # fmt: skip
+        ]
         return pl.concat(frames).sort("id", "lesion"), "iu_negbio"
     if "study_id" in cols and any(c in cols for c in CHEXPERT_MAP):
         try:
@@ -231,27 +238,36 @@ def _opt(x: Any) -> float | None:
 
 def _joined(pred: pl.DataFrame, gold: pl.DataFrame, both: set[str], has_loc: bool) -> pl.DataFrame:
     p = pred.filter(pl.col("id").is_in(list(both))).select(
-        "id", "lesion", pl.col("status").alias("p_status"),
+        "id",
+        "lesion",
+        pl.col("status").alias("p_status"),
         *([pl.col("location").alias("p_loc")] if has_loc else []),
-    )  # fmt: skip
+    )
     g = gold.filter(pl.col("id").is_in(list(both)) & pl.col("status").is_not_null()).select(
-        "id", "lesion", pl.col("status").alias("g_status"),
+        "id",
+        "lesion",
+        pl.col("status").alias("g_status"),
         *([pl.col("location").alias("g_loc")] if has_loc else []),
-    )  # fmt: skip
+    )
     j = g.join(p, on=["id", "lesion"], how="left").with_columns(
         pl.col("p_status").fill_null("negative")
     )
     gp, pp = pl.col("g_status") == "positive", pl.col("p_status") == "positive"
     j = j.with_columns(
-        (gp & pp).cast(pl.Int64).alias("tp"), (~gp & pp).cast(pl.Int64).alias("fp"),
-        (gp & ~pp).cast(pl.Int64).alias("fn"), (~gp & ~pp).cast(pl.Int64).alias("tn"),
-    )  # fmt: skip
+        (gp & pp).cast(pl.Int64).alias("tp"),
+        (~gp & pp).cast(pl.Int64).alias("fp"),
+        (gp & ~pp).cast(pl.Int64).alias("fn"),
+        (~gp & ~pp).cast(pl.Int64).alias("tn"),
+    )
     if has_loc:
         loc = (gp & pp & pl.col("g_loc").is_not_null()).fill_null(False)
         j = j.with_columns(
             loc.cast(pl.Int64).alias("loc_n"),
-            (loc & (pl.col("g_loc") == pl.col("p_loc"))).fill_null(False).cast(pl.Int64).alias("loc_ok"),
-        )  # fmt: skip
+            (loc & (pl.col("g_loc") == pl.col("p_loc")))
+            .fill_null(False)
+            .cast(pl.Int64)
+            .alias("loc_ok"),
+        )
     else:
         j = j.with_columns(pl.lit(0).alias("loc_n"), pl.lit(0).alias("loc_ok"))
     return j
@@ -297,14 +313,24 @@ def evaluate_labels(
     p, r, f = prf(tp, fp, fn)
     scores = [
         LesionScore(
-            lesion=les, tp=x["tp"], fp=x["fp"], fn=x["fn"], tn=x["tn"], support=x["tp"] + x["fn"],
-            precision=_opt(p[i]), recall=_opt(r[i]), f1=_opt(f[i]),
-            agreement=(x["tp"] + x["tn"]) / n if (n := x["tp"] + x["fp"] + x["fn"] + x["tn"]) else 0.0,
-            kappa=_kappa(x["tp"], x["fp"], x["fn"], x["tn"]), location_n=x["loc_n"],
+            lesion=les,
+            tp=x["tp"],
+            fp=x["fp"],
+            fn=x["fn"],
+            tn=x["tn"],
+            support=x["tp"] + x["fn"],
+            precision=_opt(p[i]),
+            recall=_opt(r[i]),
+            f1=_opt(f[i]),
+            agreement=(x["tp"] + x["tn"]) / n
+            if (n := x["tp"] + x["fp"] + x["fn"] + x["tn"])
+            else 0.0,
+            kappa=_kappa(x["tp"], x["fp"], x["fn"], x["tn"]),
+            location_n=x["loc_n"],
             location_accuracy=_div(x["loc_ok"], x["loc_n"]),
         )
         for i, (les, x) in enumerate(c.items())
-    ]  # fmt: skip
+    ]
     mp, mr, mf = prf(tp.sum(), fp.sum(), fn.sum())
     Mp, Mr, Mf = _macro(p, r, f)
     loc_n, loc_ok = sum(x["loc_n"] for x in c.values()), sum(x["loc_ok"] for x in c.values())
@@ -314,15 +340,19 @@ def evaluate_labels(
         n_pred_only=len(pred_ids - gold_ids),
         n_gold_only=len(gold_ids - pred_ids),
         lesions=scores,
-        micro_precision=_opt(mp), micro_recall=_opt(mr), micro_f1=_opt(mf),
-        macro_precision=_opt(Mp), macro_recall=_opt(Mr), macro_f1=_opt(Mf),
+        micro_precision=_opt(mp),
+        micro_recall=_opt(mr),
+        micro_f1=_opt(mf),
+        macro_precision=_opt(Mp),
+        macro_recall=_opt(Mr),
+        macro_f1=_opt(Mf),
         macro_lesions=[s.lesion for s in scores if s.f1 is not None],
         fp_without_support={s.lesion: s.fp for s in scores if s.support == 0 and s.fp > 0},
         location_accuracy=_div(loc_ok, loc_n),
         location_confusion=_confusion(j) if has_loc else {},
         ci=bootstrap_ci(j, list(lesions), n_boot, seed) if n_boot > 0 and both else None,
         options=options or {},
-    )  # fmt: skip
+    )
 
 
 def _confusion(j: pl.DataFrame) -> dict[str, dict[str, int]]:
@@ -377,10 +407,13 @@ def bootstrap_ci(j: pl.DataFrame, lesions: list[str], n_boot: int, seed: int) ->
             draws.setdefault(key, []).append(v)
     iv = {key: _interval(np.concatenate(v)) for key, v in draws.items()}
     return BootstrapCI(
-        n_boot=n_boot, seed=seed,
+        n_boot=n_boot,
+        seed=seed,
         overall={k: v for k, v in iv.items() if "|" not in k},
-        lesions={les: {m: iv[f"{les}|{m}"] for m in ("precision", "recall", "f1")} for les in lesions},
-    )  # fmt: skip
+        lesions={
+            les: {m: iv[f"{les}|{m}"] for m in ("precision", "recall", "f1")} for les in lesions
+        },
+    )
 
 
 def _interval(x: np.ndarray) -> Interval:

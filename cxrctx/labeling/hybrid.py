@@ -244,7 +244,9 @@ class HybridRows(LabelRows):
         c["labeled"] += 1
         c["no_candidate"] += int(not item.candidates)
         docs.append(
-            document_row(item.id, item.text_sha256, "labeled", item.candidates, r if item.asked else None)
+            document_row(
+                item.id, item.text_sha256, "labeled", item.candidates, r if item.asked else None
+            )
         )
         answers = r.answer.model_dump(mode="json")
         for row in reading_rows(item.id, item.reading, item.text_sha256, self.rules_prov):
@@ -259,8 +261,15 @@ class HybridRows(LabelRows):
         if (ans["status"], ans["location"]) != (row["status"], row["location"]):
             self.counts["llm_changed"] += 1
         why = ans.get("reasoning") or f"llm ({self.mode.value} mode, no reasoning asked)"
-        return {**row, **self.prov, "status": ans["status"], "location": ans["location"],
-                "rationale": why, "source": "llm", "llm_called": True}  # fmt: skip
+        return {
+            **row,
+            **self.prov,
+            "status": ans["status"],
+            "location": ans["location"],
+            "rationale": why,
+            "source": "llm",
+            "llm_called": True,
+        }
 
 
 # ---------------------------------------------------------------------------- library
@@ -294,18 +303,34 @@ def label_documents_hybrid(
     rows = HybridRows(dict(sinks or memory), task_provenance(task, engine, sampling), hm)
     with ResultCache(cache_dir, writer=cache_writer) as cache:
         stats = run_task(
-            task, iter_hybrid_items(docs), engine, cache=cache, sampling=sampling,
-            executor=executor, batch_size=batch_size, on_batch=cast(Any, rows), progress=progress,
+            task,
+            iter_hybrid_items(docs),
+            engine,
+            cache=cache,
+            sampling=sampling,
+            executor=executor,
+            batch_size=batch_size,
+            on_batch=cast(Any, rows),
+            progress=progress,
             total=docs.height,
-        )  # fmt: skip
-    counts = {**rows.counts, "unique_texts": stats.unique_requests,
-              "engine_requests": stats.requests, "repair_requests": stats.repairs,
-              "prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens}  # fmt: skip
+        )
+    counts = {
+        **rows.counts,
+        "unique_texts": stats.unique_requests,
+        "engine_requests": stats.requests,
+        "repair_requests": stats.repairs,
+        "prompt_tokens": stats.prompt_tokens,
+        "completion_tokens": stats.completion_tokens,
+    }
     frames = {} if sinks else {name: s.frame() for name, s in memory.items()}
     return LabelResult(
-        counts, stats.provenance, stats, labels=frames.get("labels"),
-        documents=frames.get("documents"), failures=frames.get("failures"),
-    )  # fmt: skip
+        counts,
+        stats.provenance,
+        stats,
+        labels=frames.get("labels"),
+        documents=frames.get("documents"),
+        failures=frames.get("failures"),
+    )
 
 
 def hybrid_dry_run(docs: pl.DataFrame, hp: HybridPrompt, mode: Labeler) -> dict[str, Any]:

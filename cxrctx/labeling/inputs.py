@@ -37,12 +37,32 @@ class LoadedInput:
         rows = self.too_large.iter_rows(named=True) if self.too_large is not None else ()
         for r in rows:
             why = f"{TOO_LARGE}: {too_large_detail(r['text_bytes'], self.max_report_bytes)}"
-            fails.append({"id": r["id"] or "", "reason": why, "raw_text": None, "attempts": 0,
-                          "transient": False})  # fmt: skip
-            docs.append({"id": r["id"] or "", "text_sha256": "", "status": "too_large",
-                         "candidates": [], "llm_called": False, "cached": False, "attempts": 0,
-                         "finish_reason": None, "prompt_tokens": 0, "completion_tokens": 0,
-                         "latency_s": 0.0, "raw_text": None, "error": why})  # fmt: skip
+            fails.append(
+                {
+                    "id": r["id"] or "",
+                    "reason": why,
+                    "raw_text": None,
+                    "attempts": 0,
+                    "transient": False,
+                }
+            )
+            docs.append(
+                {
+                    "id": r["id"] or "",
+                    "text_sha256": "",
+                    "status": "too_large",
+                    "candidates": [],
+                    "llm_called": False,
+                    "cached": False,
+                    "attempts": 0,
+                    "finish_reason": None,
+                    "prompt_tokens": 0,
+                    "completion_tokens": 0,
+                    "latency_s": 0.0,
+                    "raw_text": None,
+                    "error": why,
+                }
+            )
         return fails, docs
 
     def write_rejects(self, sinks: dict[str, Any], counts: dict[str, int]) -> None:
@@ -136,9 +156,14 @@ def shard_slice(docs: pl.DataFrame, shard: tuple[int, int] | None) -> pl.DataFra
 
 
 def select_documents(
-    input_path: str | os.PathLike, sections: list[str], id_column: str, text_column: str,
-    limit: int | None, shard: tuple[int, int] | None, max_report_bytes: int = MAX_REPORT_BYTES,
-) -> LoadedInput:  # fmt: skip
+    input_path: str | os.PathLike,
+    sections: list[str],
+    id_column: str,
+    text_column: str,
+    limit: int | None,
+    shard: tuple[int, int] | None,
+    max_report_bytes: int = MAX_REPORT_BYTES,
+) -> LoadedInput:
     """The documents one run labels: `sections` checked, the first `limit`, then the slice;
     texts over `max_report_bytes` are set apart (`too_large`) as build-priors does."""
     if max_report_bytes < 1:
@@ -150,6 +175,8 @@ def select_documents(
         input_path, sections=sections, id_column=id_column, text_column=text_column
     )
     docs = loaded.docs.head(limit) if limit is not None else loaded.docs
-    loaded.docs, loaded.too_large = split_oversize(shard_slice(docs, shard), "text", max_report_bytes)
+    loaded.docs, loaded.too_large = split_oversize(
+        shard_slice(docs, shard), "text", max_report_bytes
+    )
     loaded.max_report_bytes = max_report_bytes
     return loaded

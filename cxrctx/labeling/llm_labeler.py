@@ -48,6 +48,8 @@ NOT_CANDIDATE = "not mentioned: no expression of this lesion in the report (lexi
 NO_CANDIDATE = (
     "not mentioned: the report mentions none of the 14 lesions (lexicon pre-pass; LLM not called)"
 )
+
+
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -76,13 +78,27 @@ def iter_label_items(
             yield LabelItem(doc_id, t, _sha(t), cands)
 
 
-def _label(item: LabelItem, lesion: str, ans: dict[str, str], source: str,
-           called: bool, prov: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+def _label(
+    item: LabelItem,
+    lesion: str,
+    ans: dict[str, str],
+    source: str,
+    called: bool,
+    prov: dict[str, Any],
+) -> dict[str, Any]:
     return {
-        "id": item.id, "lesion": lesion, "status": ans["status"], "location": ans["location"],
-        "rationale": ans["reasoning"], "source": source, "llm_called": called,
-        "text_sha256": item.text_sha256, **prov, "evidence": [], "clarity": None,
-    }  # fmt: skip
+        "id": item.id,
+        "lesion": lesion,
+        "status": ans["status"],
+        "location": ans["location"],
+        "rationale": ans["reasoning"],
+        "source": source,
+        "llm_called": called,
+        "text_sha256": item.text_sha256,
+        **prov,
+        "evidence": [],
+        "clarity": None,
+    }
 
 
 def _doc_row(item: LabelItem, status: str, r: TaskResult | None) -> dict[str, Any]:
@@ -95,11 +111,16 @@ class LabelRows:
 
     def __init__(self, sinks: dict[str, Sink], provenance: dict[str, Any]):
         self.sinks = sinks
-        self.prov = {k: provenance[k] for k in ("backend", "model", "prompt_sha256",
-                                                 "schema_sha256", "sampling")}  # fmt: skip
+        self.prov = {
+            k: provenance[k]
+            for k in ("backend", "model", "prompt_sha256", "schema_sha256", "sampling")
+        }
         self.counts = dict.fromkeys(COUNTS, 0)
-        self._not_candidate = {"status": "negative", "location": "not mentioned",
-                               "reasoning": NOT_CANDIDATE}  # fmt: skip
+        self._not_candidate = {
+            "status": "negative",
+            "location": "not mentioned",
+            "reasoning": NOT_CANDIDATE,
+        }
 
     def __call__(self, results: list[TaskResult[LabelItem, Any]]) -> None:
         labels: list[dict[str, Any]] = []
@@ -113,8 +134,15 @@ class LabelRows:
         self.sinks["failures"].add(fails)
 
     def fail(self, fails: list[dict[str, Any]], item: LabelItem, r: TaskResult) -> None:
-        fails.append(FailureRow(id=item.id, reason=r.error or "failed", raw_text=r.raw_text,
-                                attempts=r.attempts, transient=r.transient).model_dump())  # fmt: skip
+        fails.append(
+            FailureRow(
+                id=item.id,
+                reason=r.error or "failed",
+                raw_text=r.raw_text,
+                attempts=r.attempts,
+                transient=r.transient,
+            ).model_dump()
+        )
 
     def _one(self, r: TaskResult, labels: list, docs: list, fails: list) -> None:
         item: LabelItem = r.item
@@ -186,22 +214,44 @@ def label_documents(
     rows = LabelRows(dict(sinks or memory), task_provenance(task, engine, sampling))
     with ResultCache(cache_dir, writer=cache_writer) as cache:
         stats = run_task(
-            task, iter_label_items(docs, lp, prepass), engine, cache=cache, sampling=sampling,
-            executor=executor, batch_size=batch_size, on_batch=rows, progress=progress,
+            task,
+            iter_label_items(docs, lp, prepass),
+            engine,
+            cache=cache,
+            sampling=sampling,
+            executor=executor,
+            batch_size=batch_size,
+            on_batch=rows,
+            progress=progress,
             total=docs.height,
-        )  # fmt: skip
-    counts = {**rows.counts, "unique_texts": stats.unique_requests,
-              "engine_requests": stats.requests, "repair_requests": stats.repairs,
-              "prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens}  # fmt: skip
+        )
+    counts = {
+        **rows.counts,
+        "unique_texts": stats.unique_requests,
+        "engine_requests": stats.requests,
+        "repair_requests": stats.repairs,
+        "prompt_tokens": stats.prompt_tokens,
+        "completion_tokens": stats.completion_tokens,
+    }
     frames = {} if sinks else {name: s.frame() for name, s in memory.items()}
-    return LabelResult(counts, stats.provenance, stats, labels=frames.get("labels"),
-                       documents=frames.get("documents"), failures=frames.get("failures"))  # fmt: skip
+    return LabelResult(
+        counts,
+        stats.provenance,
+        stats,
+        labels=frames.get("labels"),
+        documents=frames.get("documents"),
+        failures=frames.get("failures"),
+    )
 
 
 def task_provenance(task: Task, engine: Engine, sampling: Sampling) -> dict[str, Any]:
     """The provenance columns of a model's rows: engine, prompt and schema sha256, sampling."""
-    return {**engine_identity(engine), "prompt_sha256": task.prompt_sha256,
-            "schema_sha256": task.schema_sha256, "sampling": sampling_json(sampling)}  # fmt: skip
+    return {
+        **engine_identity(engine),
+        "prompt_sha256": task.prompt_sha256,
+        "schema_sha256": task.schema_sha256,
+        "sampling": sampling_json(sampling),
+    }
 
 
 def llm_dry_run(docs: pl.DataFrame, lp: LabelPrompt, prepass: bool) -> dict[str, Any]:

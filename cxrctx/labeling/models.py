@@ -71,9 +71,10 @@ class LabelLesionsConfig(BaseModel):
     )
     cache_dir: Path | None = Field(None, description="Answers a re-run reuses (default OUT/cache)")
     max_report_bytes: int = Field(
-        MAX_REPORT_BYTES, ge=1,
+        MAX_REPORT_BYTES,
+        ge=1,
         description="A text larger than this is a too_large failure row, never labeled or sent",
-    )  # fmt: skip
+    )
 
     @field_validator("sampling", mode="before")
     @classmethod

@@ -57,21 +57,34 @@ def plan_label_lesions(
     if sample < 1:
         raise ValueError("sample must be >= 1")
     cfg = config or LabelLesionsConfig()
-    full = select_documents(input_path, cfg.sections, cfg.id_column, cfg.text_column, cfg.limit, None)
+    full = select_documents(
+        input_path, cfg.sections, cfg.id_column, cfg.text_column, cfg.limit, None
+    )
     total = full.docs.height
     n = min(sample, total)
     sample_out = Path(out) / PLAN_DIR
     # the whole input's first n documents, never a slice, a dry run or another run's folder
-    sample_cfg = cfg.model_copy(update={"limit": n, "shard": None, "dry_run": False, "overwrite": False})
+    sample_cfg = cfg.model_copy(
+        update={"limit": n, "shard": None, "dry_run": False, "overwrite": False}
+    )
     run = label_lesions(
-        input_path, sample_out, labeler=labeler, config=sample_cfg, engine=engine,
-        progress=progress, executor=executor,
-    )  # fmt: skip
+        input_path,
+        sample_out,
+        labeler=labeler,
+        config=sample_cfg,
+        engine=engine,
+        progress=progress,
+        executor=executor,
+    )
     docs = run.result.documents if run.result is not None else pl.DataFrame()
     failed = run.result.counts.get("failed", 0) if run.result is not None else 0
     check_sample(docs.height, failed, str(sample_out))
-    plan = make_plan(sample_documents=docs.height, total_documents=total,
-                     throughput_tokens_per_s=throughput_tokens_per_s, gpu=gpu,
-                     **sample_cost(docs))  # fmt: skip
+    plan = make_plan(
+        sample_documents=docs.height,
+        total_documents=total,
+        throughput_tokens_per_s=throughput_tokens_per_s,
+        gpu=gpu,
+        **sample_cost(docs),
+    )
     atomic_write_text(sample_out / "plan.json", plan.model_dump_json(indent=2) + "\n")
     return plan

@@ -83,9 +83,16 @@ def read_report(text: str) -> RulesReading:
 def _not_mentioned(lesion: str) -> LesionReading:
     """The (shared, frozen) reading of a lesion the report does not mention."""
     return LesionReading.model_construct(
-        lesion=lesion, status="negative", location="not mentioned", mentioned=False,
-        clarity="clear", reasons=[], cues=[], evidence=[], rationale=NOT_MENTIONED,
-    )  # fmt: skip
+        lesion=lesion,
+        status="negative",
+        location="not mentioned",
+        mentioned=False,
+        clarity="clear",
+        reasons=[],
+        cues=[],
+        evidence=[],
+        rationale=NOT_MENTIONED,
+    )
 
 
 def _fold(lesion: str, mrs: list[MentionReading], text: str) -> LesionReading:
@@ -110,10 +117,16 @@ def _fold(lesion: str, mrs: list[MentionReading], text: str) -> LesionReading:
     spans = sorted({r.sentence for r in deciding})
     evidence = [Evidence.model_construct(start=a, end=b, text=text[a:b]) for a, b in spans]
     return LesionReading.model_construct(
-        lesion=lesion, status="positive" if pos else "negative",
-        location=cast(Location, location), mentioned=True, clarity="ambiguous" if reasons else "clear", reasons=sorted(reasons),
-        cues=cues, evidence=evidence, rationale=_rationale(pos, neg, sorted(reasons)),
-    )  # fmt: skip
+        lesion=lesion,
+        status="positive" if pos else "negative",
+        location=cast(Location, location),
+        mentioned=True,
+        clarity="ambiguous" if reasons else "clear",
+        reasons=sorted(reasons),
+        cues=cues,
+        evidence=evidence,
+        rationale=_rationale(pos, neg, sorted(reasons)),
+    )
 
 
 def _combine(sides: set[str]) -> str | None:
@@ -191,8 +204,21 @@ def label_documents_rules(
     prov = rules_provenance()
     ids = docs["id"].cast(pl.String).to_list()
     texts = docs["text"].cast(pl.String).to_list()
-    keys = ("documents", "labeled", "empty", "duplicate_id", "failed", "llm_called", "no_candidate",
-            "cached", "unique_texts", "engine_requests", "rules", "not_mentioned", "ambiguous")  # fmt: skip
+    keys = (
+        "documents",
+        "labeled",
+        "empty",
+        "duplicate_id",
+        "failed",
+        "llm_called",
+        "no_candidate",
+        "cached",
+        "unique_texts",
+        "engine_requests",
+        "rules",
+        "not_mentioned",
+        "ambiguous",
+    )
     counts = dict.fromkeys(keys, 0)
     counts["documents"] = len(ids)
     cols: dict[str, list[Any]] = {c: [] for c in _VARYING}
@@ -206,15 +232,23 @@ def label_documents_rules(
             progress(i, total, 0)
         if doc_id is None or doc_id in seen:
             counts["duplicate_id"] += 1
-            failures.append({"id": doc_id or "", "reason": DUPLICATE_ID, "raw_text": None, "attempts": 0,
-                             "transient": False})  # fmt: skip
+            failures.append(
+                {
+                    "id": doc_id or "",
+                    "reason": DUPLICATE_ID,
+                    "raw_text": None,
+                    "attempts": 0,
+                    "transient": False,
+                }
+            )
             continue
         seen.add(doc_id)
         text = (raw or "").strip()
         if not text:
             counts["empty"] += 1
-            failures.append({"id": doc_id, "reason": EMPTY, "raw_text": None, "attempts": 0,
-                             "transient": False})  # fmt: skip
+            failures.append(
+                {"id": doc_id, "reason": EMPTY, "raw_text": None, "attempts": 0, "transient": False}
+            )
             doc_rows.append(document_row(doc_id, "", "empty", []))
             continue
         sha = hashlib.sha256(text.encode("utf-8")).hexdigest()

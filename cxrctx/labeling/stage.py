@@ -80,7 +80,12 @@ def label_lesions(
     )
     sh = parse_shard(cfg.shard)
     loaded = select_documents(
-        input_path, cfg.sections, cfg.id_column, cfg.text_column, cfg.limit, sh,
+        input_path,
+        cfg.sections,
+        cfg.id_column,
+        cfg.text_column,
+        cfg.limit,
+        sh,
         cfg.max_report_bytes,
     )
     out_dir = Path(out)
@@ -205,21 +210,36 @@ class _RulesRun:
     def run_config(self, loaded: LoadedInput, result: LabelResult | None) -> LabelRunConfig:
         lex, c = lexicon(), self.cfg
         return LabelRunConfig(
-            backend="rules", model=None, prompt_version=lex.version, prompt_sha256=lex.sha256,
-            schema_sha256=schema_sha256(), sampling={}, input=str(self.input_path),
-            **_input_fields(c, loaded), shard=c.shard, limit=c.limit,
-            batch_size=PROGRESS_EVERY, prepass=False, lexicon_version=lex.version,
-            lexicon_sha256=lex.sha256, mode=None,
-        )  # fmt: skip
+            backend="rules",
+            model=None,
+            prompt_version=lex.version,
+            prompt_sha256=lex.sha256,
+            schema_sha256=schema_sha256(),
+            sampling={},
+            input=str(self.input_path),
+            **_input_fields(c, loaded),
+            shard=c.shard,
+            limit=c.limit,
+            batch_size=PROGRESS_EVERY,
+            prepass=False,
+            lexicon_version=lex.version,
+            lexicon_sha256=lex.sha256,
+            mode=None,
+        )
 
 
 class _ModelRun:
     """The llm labeler or the hybrid one (cot / short): a prompt and an engine."""
 
     def __init__(
-        self, kind: Labeler, input_path: Any, cfg: LabelLesionsConfig,
-        engine: Engine | EngineSpec, progress: ProgressFn | None, executor: Executor | None,
-    ):  # fmt: skip
+        self,
+        kind: Labeler,
+        input_path: Any,
+        cfg: LabelLesionsConfig,
+        engine: Engine | EngineSpec,
+        progress: ProgressFn | None,
+        executor: Executor | None,
+    ):
         self.kind, self.input_path, self.cfg = kind, input_path, cfg
         self.engine, self.progress, self.executor = engine, progress, executor
         self.spec = engine if isinstance(engine, EngineSpec) else None
@@ -241,11 +261,15 @@ class _ModelRun:
         c, e = self.cfg, self.engine
         return {
             "engine": e.public() if isinstance(e, EngineSpec) else engine_identity(e),
-            "prompt_version": self.prompt.version, "prompt_sha256": self.prompt.sha256,
-            "schema_sha256": schema_sha256(), "sampling": c.sampling.as_dict(),
-            **_input_fields(c, loaded), "limit": c.limit, "prepass": c.prepass,
+            "prompt_version": self.prompt.version,
+            "prompt_sha256": self.prompt.sha256,
+            "schema_sha256": schema_sha256(),
+            "sampling": c.sampling.as_dict(),
+            **_input_fields(c, loaded),
+            "limit": c.limit,
+            "prepass": c.prepass,
             "mode": self.kind.value,
-        }  # fmt: skip
+        }
 
     @contextmanager
     def engine_scope(self) -> Iterator[None]:
@@ -270,29 +294,53 @@ class _ModelRun:
         cache = c.cache_dir or out_dir / "cache"
         if isinstance(self.prompt, LabelPrompt):
             return label_documents(
-                docs, self.eng, sampling=c.sampling, cache_dir=cache, prompt=self.prompt,
-                batch_size=c.batch_size, prepass=c.prepass, progress=self.progress,
-                cache_writer=writer, executor=self.executor, sinks=sinks,
-            )  # fmt: skip
+                docs,
+                self.eng,
+                sampling=c.sampling,
+                cache_dir=cache,
+                prompt=self.prompt,
+                batch_size=c.batch_size,
+                prepass=c.prepass,
+                progress=self.progress,
+                cache_writer=writer,
+                executor=self.executor,
+                sinks=sinks,
+            )
         assert isinstance(self.prompt, hybrid.HybridPrompt)
         return hybrid.label_documents_hybrid(
-            docs, self.eng, mode=self.kind, sampling=c.sampling, cache_dir=cache,
-            prompt=self.prompt, batch_size=c.batch_size, progress=self.progress,
-            cache_writer=writer, executor=self.executor, sinks=sinks,
-        )  # fmt: skip
+            docs,
+            self.eng,
+            mode=self.kind,
+            sampling=c.sampling,
+            cache_dir=cache,
+            prompt=self.prompt,
+            batch_size=c.batch_size,
+            progress=self.progress,
+            cache_writer=writer,
+            executor=self.executor,
+            sinks=sinks,
+        )
 
     def run_config(self, loaded: LoadedInput, result: LabelResult) -> LabelRunConfig:
         c, prov = self.cfg, result.provenance
         cfg = LabelRunConfig(
-            backend=prov["backend"], model=prov["model"], prompt_version=self.prompt.version,
-            prompt_sha256=self.prompt.sha256, schema_sha256=schema_sha256(),
-            sampling=c.sampling.as_dict(), input=str(self.input_path),
-            **_input_fields(c, loaded), shard=c.shard, limit=c.limit,
-            batch_size=result.stats.batch_size if result.stats else 0, prepass=c.prepass,
-            mode=None, engine_options=(
+            backend=prov["backend"],
+            model=prov["model"],
+            prompt_version=self.prompt.version,
+            prompt_sha256=self.prompt.sha256,
+            schema_sha256=schema_sha256(),
+            sampling=c.sampling.as_dict(),
+            input=str(self.input_path),
+            **_input_fields(c, loaded),
+            shard=c.shard,
+            limit=c.limit,
+            batch_size=result.stats.batch_size if result.stats else 0,
+            prepass=c.prepass,
+            mode=None,
+            engine_options=(
                 self.spec.public() if self.spec is not None else {"base_url": prov.get("base_url")}
             ),
-        )  # fmt: skip
+        )
         if self.kind is Labeler.llm:
             return cfg.model_copy(update={"mode": self.kind.value})
         return hybrid.hybrid_config(cfg, self.kind, result)

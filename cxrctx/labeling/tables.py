@@ -29,18 +29,34 @@ LABEL_ROWS_PER_SHARD = 14 * 20_000
 
 LABEL_COLUMNS = list(LabelRow.model_fields)
 DOC_SCHEMA = {
-    "id": pl.String, "text_sha256": pl.String, "status": pl.String, "candidates": pl.List(pl.String),
-    "llm_called": pl.Boolean, "cached": pl.Boolean, "attempts": pl.Int64, "finish_reason": pl.String,
-    "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64, "latency_s": pl.Float64,
-    "raw_text": pl.String, "error": pl.String,
-}  # fmt: skip
-FAIL_SCHEMA = {"id": pl.String, "reason": pl.String, "raw_text": pl.String, "attempts": pl.Int64,
-               "transient": pl.Boolean}  # fmt: skip
+    "id": pl.String,
+    "text_sha256": pl.String,
+    "status": pl.String,
+    "candidates": pl.List(pl.String),
+    "llm_called": pl.Boolean,
+    "cached": pl.Boolean,
+    "attempts": pl.Int64,
+    "finish_reason": pl.String,
+    "prompt_tokens": pl.Int64,
+    "completion_tokens": pl.Int64,
+    "latency_s": pl.Float64,
+    "raw_text": pl.String,
+    "error": pl.String,
+}
+FAIL_SCHEMA = {
+    "id": pl.String,
+    "reason": pl.String,
+    "raw_text": pl.String,
+    "attempts": pl.Int64,
+    "transient": pl.Boolean,
+}
 EVIDENCE_DTYPE = pl.List(pl.Struct({"start": pl.Int64, "end": pl.Int64, "text": pl.String}))
 #: Column types of `labels/part-*.parquet` (every labeler; LabelRow's fields).
 LABEL_FRAME_SCHEMA: dict[str, Any] = {
-    **{c: pl.String for c in LABEL_COLUMNS}, "llm_called": pl.Boolean, "evidence": EVIDENCE_DTYPE,
-}  # fmt: skip
+    **{c: pl.String for c in LABEL_COLUMNS},
+    "llm_called": pl.Boolean,
+    "evidence": EVIDENCE_DTYPE,
+}
 LABEL_SCHEMA = LABEL_FRAME_SCHEMA
 TABLES: dict[str, dict[str, Any]] = {
     "labels": LABEL_SCHEMA,
@@ -48,10 +64,22 @@ TABLES: dict[str, dict[str, Any]] = {
     "failures": FAIL_SCHEMA,
 }
 COUNTS = (
-    "documents", "labeled", "llm_called", "no_candidate", "cached", "failed", "transient_failed",
-    "empty", "missing_id", "duplicate_id", "unique_texts", "engine_requests", "repair_requests",
-    "prompt_tokens", "completion_tokens",
-)  # fmt: skip
+    "documents",
+    "labeled",
+    "llm_called",
+    "no_candidate",
+    "cached",
+    "failed",
+    "transient_failed",
+    "empty",
+    "missing_id",
+    "duplicate_id",
+    "unique_texts",
+    "engine_requests",
+    "repair_requests",
+    "prompt_tokens",
+    "completion_tokens",
+)
 
 
 class LabelResult:
@@ -111,32 +139,49 @@ class LabelRun:
 
 
 def document_row(
-    doc_id: str, text_sha256: str, status: str, candidates: list[str] | tuple[str, ...],
+    doc_id: str,
+    text_sha256: str,
+    status: str,
+    candidates: list[str] | tuple[str, ...],
     r: TaskResult | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """One `documents/` row; `r` is the model call's result (None: no call was made)."""
     return {
-        "id": doc_id, "text_sha256": text_sha256, "status": status,
-        "candidates": list(candidates), "llm_called": bool(r and r.called),
-        "cached": bool(r and r.cached), "attempts": r.attempts if r else 0,
+        "id": doc_id,
+        "text_sha256": text_sha256,
+        "status": status,
+        "candidates": list(candidates),
+        "llm_called": bool(r and r.called),
+        "cached": bool(r and r.cached),
+        "attempts": r.attempts if r else 0,
         "finish_reason": r.finish_reason if r else None,
-        "prompt_tokens": r.prompt_tokens if r else 0, "completion_tokens": r.completion_tokens if r else 0,
-        "latency_s": r.latency_s if r else 0.0, "raw_text": r.raw_text if r else None,
+        "prompt_tokens": r.prompt_tokens if r else 0,
+        "completion_tokens": r.completion_tokens if r else 0,
+        "latency_s": r.latency_s if r else 0.0,
+        "raw_text": r.raw_text if r else None,
         "error": r.error if r else None,
-    }  # fmt: skip
+    }
 
 
 def claim_output(
-    out: Path, run_key: dict[str, Any], loaded: LoadedInput, sh: tuple[int, int] | None,
+    out: Path,
+    run_key: dict[str, Any],
+    loaded: LoadedInput,
+    sh: tuple[int, int] | None,
     overwrite: bool,
-) -> None:  # fmt: skip
+) -> None:
     """The shared output policy for label-lesions, before anything is written: a folder of
     the same configuration and inputs resumes (slices of one n join it), anything else is
     refused unless `overwrite`."""
     check_shard_slot(out, sh)  # whole-input runs and slices of other n never share a folder
     key = {**run_key, "inputs": [i.sha256 for i in loaded.inputs]}
-    prepare_output(out, stage=STAGE, config_hash=config_hash(key), overwrite=overwrite,
-                   slot=f"shard-{sh[0]}-of-{sh[1]}" if sh else None)  # slices share OUT
+    prepare_output(
+        out,
+        stage=STAGE,
+        config_hash=config_hash(key),
+        overwrite=overwrite,
+        slot=f"shard-{sh[0]}-of-{sh[1]}" if sh else None,
+    )  # slices share OUT
 
 
 def open_sinks(out: Path, shard: tuple[int, int] | None) -> dict[str, ShardSink]:
@@ -145,9 +190,14 @@ def open_sinks(out: Path, shard: tuple[int, int] | None) -> dict[str, ShardSink]
     for name, schema in TABLES.items():
         remove_stale_tmp(out / name)
         rows = LABEL_ROWS_PER_SHARD if name == "labels" else LABEL_ROWS_PER_SHARD // 14
-        sinks[name] = ShardSink(out / name, schema, rows_per_shard=rows,
-                                part=shard[0] if shard else None,
-                                of=shard[1] if shard else None, relative_to=out)  # fmt: skip
+        sinks[name] = ShardSink(
+            out / name,
+            schema,
+            rows_per_shard=rows,
+            part=shard[0] if shard else None,
+            of=shard[1] if shard else None,
+            relative_to=out,
+        )
     return sinks
 
 
@@ -162,11 +212,16 @@ def write_label_manifest(
     """The run's manifest (one per shard when sharded), written last: its presence says
     the labels, documents and failures tables are complete."""
     manifest = Manifest(
-        tool_version=__version__, stage=STAGE, schema_version=LABEL_SCHEMA_VERSION,
-        config=cfg.model_dump(mode="json"), inputs=inputs, shards=tables["labels"],
-        tables=[*tables["documents"], *tables["failures"]], counts=result.counts,
+        tool_version=__version__,
+        stage=STAGE,
+        schema_version=LABEL_SCHEMA_VERSION,
+        config=cfg.model_dump(mode="json"),
+        inputs=inputs,
+        shards=tables["labels"],
+        tables=[*tables["documents"], *tables["failures"]],
+        counts=result.counts,
         extra={"provenance": result.provenance},
-    )  # fmt: skip
+    )
     name = (
         "manifest.json"
         if shard is None

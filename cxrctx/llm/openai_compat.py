@@ -91,16 +91,26 @@ def completion_from(resp: Any, t0: float, extra: dict[str, Any]) -> Completion:
 
 def _error(msg: str, kind: ErrorKind, t0: float, retries: int = 0) -> Completion:
     return Completion(
-        text="", finish_reason="error", latency_s=time.perf_counter() - t0, error=msg,
-        error_kind=kind, extra={"retries": retries},
-    )  # fmt: skip
+        text="",
+        finish_reason="error",
+        latency_s=time.perf_counter() - t0,
+        error=msg,
+        error_kind=kind,
+        extra={"retries": retries},
+    )
 
 
 class OpenAIEngine:
     OPTIONS: tuple[str, ...] = (
-        "base_url", "api_key_env", "concurrency", "timeout_s", "max_retries", "backoff_s",
-        "response_format", "allow_public_api",
-    )  # fmt: skip
+        "base_url",
+        "api_key_env",
+        "concurrency",
+        "timeout_s",
+        "max_retries",
+        "backoff_s",
+        "response_format",
+        "allow_public_api",
+    )
     backend = "openai"
 
     def __init__(
@@ -188,9 +198,12 @@ class OpenAIEngine:
 
     def _kwargs(self, req: ChatRequest, sampling: Sampling) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
-            "model": self.model, "messages": req.messages, "temperature": sampling.temperature,
-            "top_p": sampling.top_p, "max_tokens": sampling.max_tokens,
-        }  # fmt: skip
+            "model": self.model,
+            "messages": req.messages,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "max_tokens": sampling.max_tokens,
+        }
         if sampling.seed is not None:
             kwargs["seed"] = sampling.seed
         rf = self._response_format(req.json_schema)

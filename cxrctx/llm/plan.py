@@ -88,13 +88,19 @@ def make_plan(
     budget = BUDGET_GPU_HOURS * 3600.0 * throughput_tokens_per_s / MIMIC_REPORTS
     mimic_hours = gpu_hours(per_doc * MIMIC_REPORTS, throughput_tokens_per_s)
     return Plan(
-        sample_documents=sample_documents, total_documents=total_documents,
-        llm_documents=llm_documents, llm_calls=llm_calls, prompt_tokens=prompt_tokens,
-        output_tokens=output_tokens, output_tokens_per_document=round(per_doc, 3),
-        llm_calls_per_document=round(llm_calls / n, 4), gpu=gpu,
+        sample_documents=sample_documents,
+        total_documents=total_documents,
+        llm_documents=llm_documents,
+        llm_calls=llm_calls,
+        prompt_tokens=prompt_tokens,
+        output_tokens=output_tokens,
+        output_tokens_per_document=round(per_doc, 3),
+        llm_calls_per_document=round(llm_calls / n, 4),
+        gpu=gpu,
         throughput_tokens_per_s=throughput_tokens_per_s,
         projected_output_tokens=round(total_tokens),
         projected_gpu_hours=round(gpu_hours(total_tokens, throughput_tokens_per_s), 4),
         budget_tokens_per_report=round(budget, 1),
-        budget_projected_gpu_hours=round(mimic_hours, 4), within_budget=per_doc <= budget,
-    )  # fmt: skip
+        budget_projected_gpu_hours=round(mimic_hours, 4),
+        within_budget=per_doc <= budget,
+    )

@@ -113,10 +113,12 @@ def _check_options(spec: EngineSpec) -> None:
     """The option names `get_engine` would refuse, refused here (no backend library loaded)."""
     from cxrctx.llm import _check
 
-    classes = {"llamacpp": ("cxrctx.llm.llamacpp", "LlamaCppEngine"),
-               "openai": ("cxrctx.llm.openai_compat", "OpenAIEngine"),
-               "vllm": ("cxrctx.llm.vllm_engine", "VllmEngine"),
-               "fake": ("cxrctx.llm.fake", "FakeEngine")}  # fmt: skip
+    classes = {
+        "llamacpp": ("cxrctx.llm.llamacpp", "LlamaCppEngine"),
+        "openai": ("cxrctx.llm.openai_compat", "OpenAIEngine"),
+        "vllm": ("cxrctx.llm.vllm_engine", "VllmEngine"),
+        "fake": ("cxrctx.llm.fake", "FakeEngine"),
+    }
     module, name = classes[spec.backend]
     allowed = getattr(importlib.import_module(module), name).OPTIONS
     opts = {k: v for k, v in spec.engine_options().items() if v is not None}
@@ -219,8 +221,11 @@ class RayExecutor:
         ray = _ray()
         if ray.is_initialized():
             return
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
-                                  "logging_level": logging.WARNING}  # fmt: skip
+        kwargs: dict[str, Any] = {
+            "include_dashboard": False,
+            "log_to_driver": False,
+            "logging_level": logging.WARNING,
+        }
         if self.address:
             ray.init(address=self.address, **kwargs)
         else:
@@ -308,13 +313,18 @@ class RayExecutor:
             rows = [{"b": i, "works": cloudpickle.dumps(window[i])} for i in todo]
             ds = ray.data.from_items(rows, override_num_blocks=len(rows))
             ds = ds.map_batches(
-                _Solver, batch_size=None, batch_format="pyarrow",
+                _Solver,
+                batch_size=None,
+                batch_format="pyarrow",
                 compute=ray.data.ActorPoolStrategy(size=min(self.workers, len(rows))),
-                fn_constructor_kwargs={"task_blob": cloudpickle.dumps(task),
-                                       "factory_blob": cloudpickle.dumps(factory),
-                                       "sampling": sampling, "expected": engine_identity(engine)},
+                fn_constructor_kwargs={
+                    "task_blob": cloudpickle.dumps(task),
+                    "factory_blob": cloudpickle.dumps(factory),
+                    "sampling": sampling,
+                    "expected": engine_identity(engine),
+                },
                 **self._remote_args(spec),
-            )  # fmt: skip
+            )
             results = self._iter_outcomes(ds)
         else:
             results = iter(())

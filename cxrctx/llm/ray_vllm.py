@@ -31,9 +31,14 @@ VLLM_RAY_HINT = (
 )
 #: vLLM engine arguments our vllm backend accepts through --engine-opt
 ENGINE_KWARGS = (
-    "tensor_parallel_size", "dtype", "max_model_len", "gpu_memory_utilization", "seed",
-    "enable_prefix_caching", "trust_remote_code",
-)  # fmt: skip
+    "tensor_parallel_size",
+    "dtype",
+    "max_model_len",
+    "gpu_memory_utilization",
+    "seed",
+    "enable_prefix_caching",
+    "trust_remote_code",
+)
 DEFAULT_ENGINE_KWARGS: dict[str, Any] = {"max_model_len": 8192, "enable_prefix_caching": True}
 
 
@@ -64,9 +69,10 @@ def processor_config(spec: EngineSpec, workers: int, batch_size: int = 64) -> An
 def preprocess(row: dict[str, Any], sampling: dict[str, Any]) -> dict[str, Any]:
     """One dataset row → the processor's input: chat messages + per-row sampling params."""
     params: dict[str, Any] = {
-        "temperature": sampling["temperature"], "top_p": sampling["top_p"],
+        "temperature": sampling["temperature"],
+        "top_p": sampling["top_p"],
         "max_tokens": sampling["max_tokens"],
-    }  # fmt: skip
+    }
     if sampling.get("seed") is not None:
         params["seed"] = sampling["seed"]
     if row.get("schema"):
@@ -77,19 +83,23 @@ def preprocess(row: dict[str, Any], sampling: dict[str, Any]) -> dict[str, Any]:
 def postprocess(row: dict[str, Any]) -> dict[str, Any]:
     """The processor's output row → what a Completion needs (and the request index)."""
     return {
-        "i": int(row["i"]), "text": str(row.get("generated_text") or ""),
+        "i": int(row["i"]),
+        "text": str(row.get("generated_text") or ""),
         "prompt_tokens": int(row.get("num_input_tokens") or 0),
         "completion_tokens": int(row.get("num_generated_tokens") or 0),
-    }  # fmt: skip
+    }
 
 
 def request_rows(requests: Sequence[ChatRequest]) -> list[dict[str, Any]]:
     """Requests as flat dataset rows (JSON strings keep the Arrow schema simple)."""
     return [
-        {"i": i, "messages": json.dumps(r.messages),
-         "schema": json.dumps(r.json_schema) if r.json_schema is not None else ""}
+        {
+            "i": i,
+            "messages": json.dumps(r.messages),
+            "schema": json.dumps(r.json_schema) if r.json_schema is not None else "",
+        }
         for i, r in enumerate(requests)
-    ]  # fmt: skip
+    ]
 
 
 def completions(
@@ -101,12 +111,22 @@ def completions(
     for i in range(n):
         r = by_i.get(i)
         if r is None:
-            out.append(Completion("", "error", error="no output from the vLLM processor",
-                                  error_kind="transient"))  # fmt: skip
+            out.append(
+                Completion(
+                    "", "error", error="no output from the vLLM processor", error_kind="transient"
+                )
+            )
             continue
         finish = "length" if r["completion_tokens"] >= max_tokens else "stop"
-        out.append(Completion(r["text"], finish, r["prompt_tokens"], r["completion_tokens"],
-                              latency_s=seconds / max(1, n)))  # fmt: skip
+        out.append(
+            Completion(
+                r["text"],
+                finish,
+                r["prompt_tokens"],
+                r["completion_tokens"],
+                latency_s=seconds / max(1, n),
+            )
+        )
     return out
 
 

@@ -94,9 +94,11 @@ def start(session_dir: str) -> subprocess.Popen | None:
         return None
     return subprocess.Popen(
         [sys.executable, __file__, str(os.getpid()), session_dir],  # stdlib only: starts fast
-        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,  # survives a signal sent to the driver's process group
-    )  # fmt: skip
+    )
 
 
 def finish(proc: subprocess.Popen | None) -> None:

@@ -219,12 +219,18 @@ def _entry(
 ) -> dict[str, Any]:
     last = comps[-1]
     return {
-        "key": w.key, "task": task_name, "status": "failed", "answer": None, "error": None,
-        "raw_text": cap_text(scrub(last.text, secrets)), "finish_reason": last.finish_reason,
+        "key": w.key,
+        "task": task_name,
+        "status": "failed",
+        "answer": None,
+        "error": None,
+        "raw_text": cap_text(scrub(last.text, secrets)),
+        "finish_reason": last.finish_reason,
         "prompt_tokens": sum(c.prompt_tokens for c in comps),
         "completion_tokens": sum(c.completion_tokens for c in comps),
-        "latency_s": round(sum(c.latency_s for c in comps), 6), "attempts": len(comps),
-    }  # fmt: skip
+        "latency_s": round(sum(c.latency_s for c in comps), 6),
+        "attempts": len(comps),
+    }
 
 
 def solve_batch(
@@ -347,12 +353,18 @@ class _Ctx:
 def _result_from_entry(task: Task, item: Any, e: dict[str, Any], cached: bool) -> TaskResult:
     answer = task.load_answer(item, e["answer"]) if e["status"] == "answered" else None
     return TaskResult(
-        item=item, answer=answer, error=e.get("error") if answer is None else None,
-        attempts=int(e.get("attempts", 0)), called=True, cached=cached,
-        raw_text=e.get("raw_text"), finish_reason=e.get("finish_reason"),
+        item=item,
+        answer=answer,
+        error=e.get("error") if answer is None else None,
+        attempts=int(e.get("attempts", 0)),
+        called=True,
+        cached=cached,
+        raw_text=e.get("raw_text"),
+        finish_reason=e.get("finish_reason"),
         prompt_tokens=int(e.get("prompt_tokens", 0)),
-        completion_tokens=int(e.get("completion_tokens", 0)), latency_s=float(e.get("latency_s", 0.0)),
-    )  # fmt: skip
+        completion_tokens=int(e.get("completion_tokens", 0)),
+        latency_s=float(e.get("latency_s", 0.0)),
+    )
 
 
 def _cached(ctx: _Ctx, item: Any, key: str) -> TaskResult | None:
@@ -482,12 +494,24 @@ def run_task(
     executor = executor or LocalExecutor()
     size = batch_size or default_batch_size(engine)
     ident = engine_identity(engine)
-    key_parts = {"task": task.name, "prompt_sha256": task.prompt_sha256,
-                 "schema_sha256": task.schema_sha256, "sampling": sampling.as_dict(), **ident}  # fmt: skip
+    key_parts = {
+        "task": task.name,
+        "prompt_sha256": task.prompt_sha256,
+        "schema_sha256": task.schema_sha256,
+        "sampling": sampling.as_dict(),
+        **ident,
+    }
     ctx = _Ctx(task, cache, sampling, key_parts)
-    stats = TaskStats(task=task.name, batch_size=size,
-                      provenance={**ident, "prompt_sha256": task.prompt_sha256,
-                                  "schema_sha256": task.schema_sha256, "sampling": sampling_json(sampling)})  # fmt: skip
+    stats = TaskStats(
+        task=task.name,
+        batch_size=size,
+        provenance={
+            **ident,
+            "prompt_sha256": task.prompt_sha256,
+            "schema_sha256": task.schema_sha256,
+            "sampling": sampling_json(sampling),
+        },
+    )
     if total is None and isinstance(items, Sequence):
         total = len(items)
     plans: deque[_Plan] = deque()

@@ -78,9 +78,14 @@ class ShardSink:
             final = self.dir / shard_name(self._index, self.of)
             self._tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
             self._writer = pq.ParquetWriter(
-                self._tmp, self.arrow_schema, compression="zstd", compression_level=3,
-                use_dictionary=True, write_statistics=True, store_schema=True,
-            )  # fmt: skip
+                self._tmp,
+                self.arrow_schema,
+                compression="zstd",
+                compression_level=3,
+                use_dictionary=True,
+                write_statistics=True,
+                store_schema=True,
+            )
             self._rows = 0
         return self._writer
 

@@ -27,15 +27,38 @@ from cxrctx.llm.base import Engine
 
 #: hosts of public LLM APIs (a subdomain matches too)
 PUBLIC_API_HOSTS: tuple[str, ...] = (
-    "api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com",
-    "api.together.xyz", "api.together.ai", "api.groq.com", "openrouter.ai", "api.mistral.ai",
-    "api.deepseek.com", "api.fireworks.ai", "api.perplexity.ai", "api.cohere.ai",
-    "api.cohere.com", "api.x.ai", "api.deepinfra.com", "api-inference.huggingface.co",
-    "router.huggingface.co", "api.replicate.com", "dashscope.aliyuncs.com",
-    "dashscope-intl.aliyuncs.com", "api.moonshot.cn", "api.moonshot.ai", "open.bigmodel.cn",
-    "api.cerebras.ai", "api.sambanova.ai", "api.novita.ai", "api.hyperbolic.xyz",
-    "api.lambdalabs.com", "api.lambda.ai", "api.ai21.com", "api.voyageai.com",
-)  # fmt: skip
+    "api.openai.com",
+    "api.anthropic.com",
+    "generativelanguage.googleapis.com",
+    "api.together.xyz",
+    "api.together.ai",
+    "api.groq.com",
+    "openrouter.ai",
+    "api.mistral.ai",
+    "api.deepseek.com",
+    "api.fireworks.ai",
+    "api.perplexity.ai",
+    "api.cohere.ai",
+    "api.cohere.com",
+    "api.x.ai",
+    "api.deepinfra.com",
+    "api-inference.huggingface.co",
+    "router.huggingface.co",
+    "api.replicate.com",
+    "dashscope.aliyuncs.com",
+    "dashscope-intl.aliyuncs.com",
+    "api.moonshot.cn",
+    "api.moonshot.ai",
+    "open.bigmodel.cn",
+    "api.cerebras.ai",
+    "api.sambanova.ai",
+    "api.novita.ai",
+    "api.hyperbolic.xyz",
+    "api.lambdalabs.com",
+    "api.lambda.ai",
+    "api.ai21.com",
+    "api.voyageai.com",
+)
 
 DUA_RULE = (
     "PhysioNet's credentialed data use agreement forbids sending MIMIC-derived text to "
@@ -160,8 +183,11 @@ class EngineSpec(BaseModel):
         """The keyword options of `get_engine` for this backend."""
         opts = dict(self.options)
         if self.backend == "openai":
-            opts.update(base_url=self.base_url, api_key_env=self.api_key_env,
-                        allow_public_api=self.allow_public_api)  # fmt: skip
+            opts.update(
+                base_url=self.base_url,
+                api_key_env=self.api_key_env,
+                allow_public_api=self.allow_public_api,
+            )
             if self.timeout_s is not None:
                 opts["timeout_s"] = self.timeout_s
         else:

@@ -296,10 +296,16 @@ def _own_reports(
     study known only from its report keeps the first copy found). Every other file is its
     own reject and is never used: `misfiled_report` under another patient (it must not hide
     the real one), `duplicate_report` for a second copy."""
-    tagged = reports.with_row_index("_order").join(
-        studies.select("study_id", pl.col("subject_id").alias("_meta")), on="study_id",
-        how="left", maintain_order="left",
-    ).with_columns((pl.col("subject_id") != pl.col("_meta")).fill_null(False).alias("_other"))  # fmt: skip
+    tagged = (
+        reports.with_row_index("_order")
+        .join(
+            studies.select("study_id", pl.col("subject_id").alias("_meta")),
+            on="study_id",
+            how="left",
+            maintain_order="left",
+        )
+        .with_columns((pl.col("subject_id") != pl.col("_meta")).fill_null(False).alias("_other"))
+    )
     own = tagged.filter(~pl.col("_other"))
     keep = own.unique("study_id", keep="first", maintain_order=True)
     if keep.height == reports.height:
@@ -310,7 +316,10 @@ def _own_reports(
         sid, where = row["study_id"], report_source(lay, row["report_path"])
         uses = f"; the study uses {used[sid]}" if sid in used else ""
         if row["_other"]:
-            reason, what = "misfiled_report", f"filed under patient {row['subject_id']}, not {row['_meta']}"
+            reason, what = (
+                "misfiled_report",
+                f"filed under patient {row['subject_id']}, not {row['_meta']}",
+            )
         else:
             reason, what = "duplicate_report", "a second copy"
         rejects.append({"study_id": sid, "source": f"{where} ({what}{uses})", "reason": reason})

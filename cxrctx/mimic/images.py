@@ -176,9 +176,9 @@ def _drop_bad_sizes(meta: pl.DataFrame, rejects: list[dict]) -> pl.DataFrame:
     """An image whose Rows or Columns is zero or negative cannot hold a region (ROI boxes
     are clipped to it): a `bad_image_size` reject row naming its source; blank stays null."""
     bad = (pl.col("Rows") <= 0) | (pl.col("Columns") <= 0)
-    for sid, src, r, c in meta.filter(bad.fill_null(False)).select(
-        "study_id", "_src", "Rows", "Columns"
-    ).iter_rows():  # fmt: skip
+    for sid, src, r, c in (
+        meta.filter(bad.fill_null(False)).select("study_id", "_src", "Rows", "Columns").iter_rows()
+    ):
         rejects.append(
             {"study_id": sid, "source": f"{src}: Rows={r}, Columns={c}", "reason": "bad_image_size"}
         )

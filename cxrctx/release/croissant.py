@@ -101,10 +101,14 @@ def _field(fid: str, name: str, dtype: Any, source: dict[str, Any]) -> dict[str,
         field.update({"isArray": True, "arrayShape": "-1"})
     if isinstance(dtype, pl.Struct):
         field["subField"] = [
-            _field(f"{fid}/{f.name}", f.name, f.dtype,
-                   {**source, "transform": [*source.get("transform", []), {"jsonPath": f.name}]})
+            _field(
+                f"{fid}/{f.name}",
+                f.name,
+                f.dtype,
+                {**source, "transform": [*source.get("transform", []), {"jsonPath": f.name}]},
+            )
             for f in dtype.fields
-        ]  # fmt: skip
+        ]
     else:
         field["dataType"] = _data_type(dtype)
     field["source"] = source
@@ -113,10 +117,14 @@ def _field(fid: str, name: str, dtype: Any, source: dict[str, Any]) -> dict[str,
 
 def _record_set(table: str, schema: pl.Schema, doc: str) -> dict[str, Any]:
     fields = [
-        _field(f"{table}/{col}", col, dtype,
-               {"fileSet": {"@id": f"{table}-files"}, "extract": {"column": col}})
+        _field(
+            f"{table}/{col}",
+            col,
+            dtype,
+            {"fileSet": {"@id": f"{table}-files"}, "extract": {"column": col}},
+        )
         for col, dtype in schema.items()
-    ]  # fmt: skip
+    ]
     return {
         "@type": "cr:RecordSet",
         "@id": table,
@@ -139,13 +147,24 @@ def build_croissant(kind: str, bundle: Path, tables: dict[str, list[ShardInfo]],
         fmt = _FORMATS.get(ext, "application/octet-stream")
         for s in infos:
             dist.append(
-                {"@type": "cr:FileObject", "@id": s.path, "name": s.path, "contentUrl": s.path,
-                 "encodingFormat": fmt, "sha256": s.sha256}
-            )  # fmt: skip
+                {
+                    "@type": "cr:FileObject",
+                    "@id": s.path,
+                    "name": s.path,
+                    "contentUrl": s.path,
+                    "encodingFormat": fmt,
+                    "sha256": s.sha256,
+                }
+            )
         dist.append(
-            {"@type": "cr:FileSet", "@id": f"{table}-files", "name": f"{table}-files",
-             "encodingFormat": fmt, "includes": f"{Path(infos[0].path).parent.as_posix()}/*.{ext}"}
-        )  # fmt: skip
+            {
+                "@type": "cr:FileSet",
+                "@id": f"{table}-files",
+                "name": f"{table}-files",
+                "encodingFormat": fmt,
+                "includes": f"{Path(infos[0].path).parent.as_posix()}/*.{ext}",
+            }
+        )
         sets.append(_record_set(table, _schema_of(bundle, infos[0]), TABLE_DOCS.get(table, table)))
     doc = {
         "@context": _CONTEXT,

@@ -81,8 +81,11 @@ def check_root(root: Path, bp: dict[str, Any]) -> list[str]:
         raise CxrctxError(f"{root}: MIMIC root not found")
     missing, notes = [], []
     for inp in bp.get("inputs") or []:
-        if not (isinstance(inp, dict) and isinstance(inp.get("path"), str)
-                and isinstance(inp.get("sha256"), str)):  # fmt: skip
+        if not (
+            isinstance(inp, dict)
+            and isinstance(inp.get("path"), str)
+            and isinstance(inp.get("sha256"), str)
+        ):
             raise CxrctxError(f"the release records a malformed input file entry: {inp!r:.80}")
         f = safe_join(root, inp["path"], "input file")
         if not f.is_file():
@@ -114,10 +117,14 @@ def build_priors_options(cfg: dict[str, Any], root: Path) -> dict[str, Any]:
         raise CxrctxError(f"the release's image_ext {c.image_ext!r} is not dcm or jpg")
     zip_path = safe_join(root, c.reports_zip, "reports zip") if c.reports_zip else None
     return {
-        "max_priors": c.max_priors, "rows_per_shard": c.rows_per_shard,
-        "jsonl": "jsonl" in c.formats, "reports_zip": zip_path, "scan_dicom": c.scan_dicom,
-        "image_ext": c.image_ext, "max_report_bytes": c.max_report_bytes,
-    }  # fmt: skip
+        "max_priors": c.max_priors,
+        "rows_per_shard": c.rows_per_shard,
+        "jsonl": "jsonl" in c.formats,
+        "reports_zip": zip_path,
+        "scan_dicom": c.scan_dicom,
+        "image_ext": c.image_ext,
+        "max_report_bytes": c.max_report_bytes,
+    }
 
 
 def _run_build_priors(
@@ -208,10 +215,15 @@ def label_options(cfg: dict[str, Any]) -> dict[str, Any]:
     except TypeError as e:
         raise bad(f"sampling ({e})") from e
     return {
-        "backend": backend, "mode": mode or "llm", "sections": sections, "prompt": pv,
-        "limit": limit, "batch_size": batch or None, "sampling": samp,
+        "backend": backend,
+        "mode": mode or "llm",
+        "sections": sections,
+        "prompt": pv,
+        "limit": limit,
+        "batch_size": batch or None,
+        "sampling": samp,
         "prepass": bool(cfg.get("prepass", True)),
-    }  # fmt: skip
+    }
 
 
 def run_labels(
@@ -230,9 +242,14 @@ def run_labels(
         label_lesions(records, out, labeler=Labeler.rules, config=rules, progress=progress)
         return
     config = LabelLesionsConfig(
-        sections=opts["sections"], sampling=opts["sampling"], batch_size=opts["batch_size"],
-        prepass=opts["prepass"], prompt=opts["prompt"], limit=opts["limit"], cache_dir=cache,
-    )  # fmt: skip
+        sections=opts["sections"],
+        sampling=opts["sampling"],
+        batch_size=opts["batch_size"],
+        prepass=opts["prepass"],
+        prompt=opts["prompt"],
+        limit=opts["limit"],
+        cache_dir=cache,
+    )
     label_lesions(
         records, out, labeler=opts["mode"], config=config, engine=engine, progress=progress
     )
@@ -385,9 +402,13 @@ def rebuild(
             lab = Path(labels)
         else:
             lab = _run_labels(
-                records, o / "label-lesions", _config(stages, "label-lesions"), engine=engine,
-                label_cache=Path(label_cache) if label_cache else None, progress=progress,
-            )  # fmt: skip
+                records,
+                o / "label-lesions",
+                _config(stages, "label-lesions"),
+                engine=engine,
+                label_cache=Path(label_cache) if label_cache else None,
+                progress=progress,
+            )
     if "build-rois" in stages and rois is None:
         if imagenome is not None:
             rois = _run_rois(Path(imagenome), records, o / "build-rois", stages["build-rois"])
@@ -398,10 +419,21 @@ def rebuild(
     if "structure-reports" in cfg.stages and structured is None:
         rep.skipped.append("structure-reports: pass --structured with its output")
     make_release(
-        records, out=o / "release", name=cfg.name, version=cfg.version, labels=lab, rois=rois,
-        structured=structured, formats=cfg.formats, target=cfg.target, license=cfg.license,
-        rows_per_file=cfg.rows_per_file, card=cfg.card, overwrite=True, progress=progress,
-    )  # fmt: skip
+        records,
+        out=o / "release",
+        name=cfg.name,
+        version=cfg.version,
+        labels=lab,
+        rois=rois,
+        structured=structured,
+        formats=cfg.formats,
+        target=cfg.target,
+        license=cfg.license,
+        rows_per_file=cfg.rows_per_file,
+        card=cfg.card,
+        overwrite=True,
+        progress=progress,
+    )
     _compare(rep, pdir, o, stages, pub_files, cred_files)
     return rep
 

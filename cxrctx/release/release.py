@@ -275,10 +275,15 @@ def release_config(
         meta["size_categories"] = [size_category(inp.rec.height)]
     try:
         return ReleaseConfig(
-            name=name, version=version, license=license, target=target,  # type: ignore[arg-type]
-            formats=sorted(set(formats)), rows_per_file=rows_per_file, stages=stages,  # type: ignore[arg-type]
+            name=name,
+            version=version,
+            license=license,
+            target=target,  # type: ignore[arg-type]
+            formats=sorted(set(formats)),
+            rows_per_file=rows_per_file,
+            stages=stages,  # type: ignore[arg-type]
             card=CardMetadata(**meta),
-        )  # fmt: skip
+        )
     except (ValueError, TypeError) as e:
         raise CxrctxError(f"release options: {_first_error(e)}") from e
 
@@ -383,9 +388,15 @@ def make_release(
     inp = load_inputs(records, labels, rois, structured)
     say("inputs checked")
     cfg = release_config(
-        inp, name=name, version=version, license=license, target=target, formats=formats,
-        rows_per_file=rows_per_file, card=card,
-    )  # fmt: skip
+        inp,
+        name=name,
+        version=version,
+        license=license,
+        target=target,
+        formats=formats,
+        rows_per_file=rows_per_file,
+        card=card,
+    )
     key = config_hash({"config": cfg.model_dump(mode="json"), "inputs": _input_files(inp)})
     res = prepare_output(out, stage="release", config_hash=key, overwrite=overwrite)
     remove_stale_staging(res.path)

@@ -513,8 +513,12 @@ def _write(
         per = per.join(jd, on="study_id", how="left")
     info = write_parquet(per.sort("study_id"), out / "per_study.parquet")
     write_stage_manifest(
-        out, stage=STAGE, schema_version=1, config=options,
+        out,
+        stage=STAGE,
+        schema_version=1,
+        config=options,
         inputs=stage_inputs(gen_st) + stage_inputs(ref_st),
         tables=[info.model_copy(update={"path": "per_study.parquet"})],
-        files=[file_entry(out / "evaluation.json", out)], counts={"studies": len(pairs)},
-    )  # fmt: skip
+        files=[file_entry(out / "evaluation.json", out)],
+        counts={"studies": len(pairs)},
+    )

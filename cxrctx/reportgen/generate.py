@@ -159,11 +159,15 @@ def generate(
     """
     progress = as_callback(progress)
     options = {
-        "run_dir": str(Path(run_dir).resolve()), "split": split, "limit": limit,
-        "records": str(records) if records else None, "rois": str(rois) if rois else None,
+        "run_dir": str(Path(run_dir).resolve()),
+        "split": split,
+        "limit": limit,
+        "records": str(records) if records else None,
+        "rois": str(rois) if rois else None,
         "aggregator": _aggregator_name(engine) if engine is not None else "merge",
-        "aggregator_lesions": aggregator_lesions, "checkpoint": _checkpoint_sha(run_dir),
-    }  # fmt: skip
+        "aggregator_lesions": aggregator_lesions,
+        "checkpoint": _checkpoint_sha(run_dir),
+    }
     # the shared output policy, before the model is loaded (another run's folder is refused)
     prepare_output(out, stage="generate", config_hash=config_hash(options), overwrite=overwrite)
     inp = _load_inputs(run_dir, split, records, rois, images, limit, device)

@@ -109,10 +109,14 @@ def aggregate_reports(
     results: list[TaskResult[AggregateItem, AggregatedReport]] = []
     with ResultCache(cache_dir, writer="aggregate") as cache:
         stats = run_task(
-            task, [aggregate_item(r) for r in rows], engine, cache=cache,
-            sampling=sampling or Sampling(temperature=0.0, max_tokens=512), on_batch=results.extend,
+            task,
+            [aggregate_item(r) for r in rows],
+            engine,
+            cache=cache,
+            sampling=sampling or Sampling(temperature=0.0, max_tokens=512),
+            on_batch=results.extend,
             executor=executor,
-        )  # fmt: skip
+        )
     for row, res in zip(rows, results, strict=True):
         if res.answer is not None:
             row["report"], row["aggregator"] = res.answer.report, name
@@ -187,7 +191,12 @@ def judge_reports(
 
     with ResultCache(cache_dir, writer="judge") as cache:
         run_task(
-            task, [JudgeItem(*p) for p in pairs], engine, cache=cache, on_batch=collect,
-            sampling=sampling or Sampling(temperature=0.0, max_tokens=256), executor=executor,
-        )  # fmt: skip
+            task,
+            [JudgeItem(*p) for p in pairs],
+            engine,
+            cache=cache,
+            on_batch=collect,
+            sampling=sampling or Sampling(temperature=0.0, max_tokens=256),
+            executor=executor,
+        )
     return per, failed, task.prompt_sha256

@@ -56,9 +56,14 @@ QUOTE_CHARS = 80
 CHECK_VERSION = 2
 
 REASONS = (
-    "unsupported_bullet", "dropped_sentence", "changed_laterality", "changed_numbers",
-    "changed_negation", "changed_label", "wrong_organ",
-)  # fmt: skip
+    "unsupported_bullet",
+    "dropped_sentence",
+    "changed_laterality",
+    "changed_numbers",
+    "changed_negation",
+    "changed_label",
+    "wrong_organ",
+)
 
 STOPWORDS = frozenset(
     """a an the and or of in on at to for with by from as is are was were be been being
@@ -170,10 +175,13 @@ class CheckResult:
 
     def figures(self) -> dict[str, object]:
         return {
-            "check_passed": self.passed, "check_reasons": self.codes, "n_bullets": self.n_bullets,
-            "n_source_sentences": self.n_sentences, "min_support": round(self.min_support, 4),
+            "check_passed": self.passed,
+            "check_reasons": self.codes,
+            "n_bullets": self.n_bullets,
+            "n_source_sentences": self.n_sentences,
+            "min_support": round(self.min_support, 4),
             "coverage": round(self.coverage, 4),
-        }  # fmt: skip
+        }
 
 
 # ---------------------------------------------------------------------------- the check
@@ -187,12 +195,18 @@ def _windows(src: Sequence[Words]) -> list[tuple[Words, bool]]:
             part = src[i : i + n]
             if len(part) < n:
                 break
-            out.append((
-                Words(" ".join(w.text for w in part), frozenset().union(*(w.content for w in part)),
-                      tuple(sorted(x for w in part for x in w.numbers)),
-                      frozenset().union(*(w.sides for w in part)), any(w.negated for w in part)),
-                n == 1,
-            ))  # fmt: skip
+            out.append(
+                (
+                    Words(
+                        " ".join(w.text for w in part),
+                        frozenset().union(*(w.content for w in part)),
+                        tuple(sorted(x for w in part for x in w.numbers)),
+                        frozenset().union(*(w.sides for w in part)),
+                        any(w.negated for w in part),
+                    ),
+                    n == 1,
+                )
+            )
     return out
 
 
@@ -208,28 +222,50 @@ def _check_bullet(b: Words, wins: list[tuple[Words, bool]], res: CheckResult) ->
     # best share first; among equals, the window agreeing with the bullet's negation, sides
     # and numbers (a bullet of stop words only, "Negative.", fits every window)
     score, *_, win = max(
-        ((_share(b.content, w.content), b.negated == w.negated, b.sides <= w.sides,
-          set(b.numbers) <= set(w.numbers), s, w) for w, s in wins),
+        (
+            (
+                _share(b.content, w.content),
+                b.negated == w.negated,
+                b.sides <= w.sides,
+                set(b.numbers) <= set(w.numbers),
+                s,
+                w,
+            )
+            for w, s in wins
+        ),
         key=lambda x: x[:5],
-    )  # fmt: skip
+    )
     res.min_support = min(res.min_support, score)
     if score < SUPPORT_MIN:
-        res.problems.append(("unsupported_bullet",
-                             f"{_quote(b.text)} ({score:.0%} of its words in any source sentence)"))  # fmt: skip
+        res.problems.append(
+            (
+                "unsupported_bullet",
+                f"{_quote(b.text)} ({score:.0%} of its words in any source sentence)",
+            )
+        )
         return
     extra_numbers = sorted(set(b.numbers) - set(win.numbers))
     if extra_numbers:
-        res.problems.append(("changed_numbers",
-                             f"{_quote(b.text)} has {', '.join(extra_numbers)}, its source has not"))  # fmt: skip
+        res.problems.append(
+            (
+                "changed_numbers",
+                f"{_quote(b.text)} has {', '.join(extra_numbers)}, its source has not",
+            )
+        )
     extra_sides = sorted(b.sides - win.sides)
     if extra_sides:
-        res.problems.append(("changed_laterality",
-                             f"{_quote(b.text)} says {', '.join(extra_sides)}, its source does not"))  # fmt: skip
+        res.problems.append(
+            (
+                "changed_laterality",
+                f"{_quote(b.text)} says {', '.join(extra_sides)}, its source does not",
+            )
+        )
     if b.negated and not win.negated:
         res.problems.append(("changed_negation", f"{_quote(b.text)} negates {_quote(win.text)}"))
     elif not b.negated and win.negated and b.content and b.content <= _negated_words(win.text):
-        res.problems.append(("changed_negation",
-                             f"{_quote(b.text)} drops the negation of {_quote(win.text)}"))  # fmt: skip
+        res.problems.append(
+            ("changed_negation", f"{_quote(b.text)} drops the negation of {_quote(win.text)}")
+        )
 
 
 def _check_sentence(s: Words, bullets: Sequence[Words], res: CheckResult) -> bool:
@@ -246,8 +282,9 @@ def _check_sentence(s: Words, bullets: Sequence[Words], res: CheckResult) -> boo
     sides = frozenset().union(*(b.sides for b in bullets)) if bullets else frozenset()
     lost_sides = sorted(s.sides - sides)
     if lost_sides and landed:
-        res.problems.append(("changed_laterality",
-                             f"{', '.join(lost_sides)} of {_quote(s.text)} is in no bullet"))  # fmt: skip
+        res.problems.append(
+            ("changed_laterality", f"{', '.join(lost_sides)} of {_quote(s.text)} is in no bullet")
+        )
     return landed
 
 
@@ -282,8 +319,12 @@ def _check_labels(source: str, bullets: Sequence[str], res: CheckResult) -> None
         now = after[lesion]
         if now != was:
             res.changed_lesions.append(lesion)
-            res.problems.append(("changed_label",
-                                 f"{lesion} {'/'.join(was)} in the report, {'/'.join(now)} structured"))  # fmt: skip
+            res.problems.append(
+                (
+                    "changed_label",
+                    f"{lesion} {'/'.join(was)} in the report, {'/'.join(now)} structured",
+                )
+            )
 
 
 def _check_organs(organs: Mapping[str, Sequence[str]], res: CheckResult) -> None:
@@ -291,8 +332,9 @@ def _check_organs(organs: Mapping[str, Sequence[str]], res: CheckResult) -> None
         for b in bullets:
             named = organs_named(b)
             if named and header not in named:
-                res.problems.append(("wrong_organ",
-                                     f"{_quote(b)} is about {' / '.join(named)}, not {header}"))  # fmt: skip
+                res.problems.append(
+                    ("wrong_organ", f"{_quote(b)} is about {' / '.join(named)}, not {header}")
+                )
 
 
 def check_structured(

@@ -45,18 +45,34 @@ def plan_structure_reports(
     total = sum(1 for _ in iter_items(frame, priors))
     # OUT is claimed for the full run of the same options, which then resumes into it
     sampling = structure_kwargs.get("sampling") or Sampling(max_tokens=768)
-    key = run_key(loaded, structure_kwargs["engine"], load_prompt(structure_kwargs.get("prompt")),
-                  sampling, priors=priors, limit=limit, id_column=id_column)  # fmt: skip
-    prepare_output(out, stage=STAGE, config_hash=key,
-                   overwrite=structure_kwargs.get("overwrite", False))  # fmt: skip
+    key = run_key(
+        loaded,
+        structure_kwargs["engine"],
+        load_prompt(structure_kwargs.get("prompt")),
+        sampling,
+        priors=priors,
+        limit=limit,
+        id_column=id_column,
+    )
+    prepare_output(
+        out, stage=STAGE, config_hash=key, overwrite=structure_kwargs.get("overwrite", False)
+    )
     sample_out = Path(out) / PLAN_DIR
     run = structure_reports(
-        input_path, sample_out, priors=priors, id_column=id_column,
-        limit=max(1, min(sample, frame.height)), **structure_kwargs,
-    )  # fmt: skip
+        input_path,
+        sample_out,
+        priors=priors,
+        id_column=id_column,
+        limit=max(1, min(sample, frame.height)),
+        **structure_kwargs,
+    )
     check_sample(run.result.counts["reports"], run.result.counts["failed"], str(sample_out))
-    plan = make_plan(sample_documents=run.result.counts["reports"], total_documents=total,
-                     throughput_tokens_per_s=throughput_tokens_per_s, gpu=gpu,
-                     **run.result.cost)  # fmt: skip
+    plan = make_plan(
+        sample_documents=run.result.counts["reports"],
+        total_documents=total,
+        throughput_tokens_per_s=throughput_tokens_per_s,
+        gpu=gpu,
+        **run.result.cost,
+    )
     atomic_write_text(sample_out / "plan.json", plan.model_dump_json(indent=2) + "\n")
     return plan

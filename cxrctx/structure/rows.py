@@ -18,29 +18,63 @@ from cxrctx.vocab import SRRG_ORGAN_KEYS, SRRG_ORGANS
 PROV = ("backend", "model", "prompt_sha256", "schema_sha256", "sampling")
 
 STRUCTURED_SCHEMA: dict[str, Any] = {
-    "id": pl.String, "study_id": pl.Int64, "role": pl.String, "text_sha256": pl.String,
-    "structured_findings": pl.String, "structured_impression": pl.String,
+    "id": pl.String,
+    "study_id": pl.Int64,
+    "role": pl.String,
+    "text_sha256": pl.String,
+    "structured_findings": pl.String,
+    "structured_impression": pl.String,
     "structured_report": pl.String,
     **{SRRG_ORGAN_KEYS[o]: pl.List(pl.String) for o in SRRG_ORGANS},
     "impression_items": pl.List(pl.String),
-    "n_bullets": pl.Int64, "n_source_sentences": pl.Int64, "min_support": pl.Float64,
-    "coverage": pl.Float64, "repaired": pl.Boolean, "attempts": pl.Int64, "cached": pl.Boolean,
-    "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64, "latency_s": pl.Float64,
-    "structured_by": pl.String, "fallback_reason": pl.String,
+    "n_bullets": pl.Int64,
+    "n_source_sentences": pl.Int64,
+    "min_support": pl.Float64,
+    "coverage": pl.Float64,
+    "repaired": pl.Boolean,
+    "attempts": pl.Int64,
+    "cached": pl.Boolean,
+    "prompt_tokens": pl.Int64,
+    "completion_tokens": pl.Int64,
+    "latency_s": pl.Float64,
+    "structured_by": pl.String,
+    "fallback_reason": pl.String,
     **{k: pl.String for k in PROV},
-}  # fmt: skip
+}
 FAILURE_SCHEMA: dict[str, Any] = {
-    "id": pl.String, "study_id": pl.Int64, "role": pl.String, "reason_code": pl.String,
-    "reason": pl.String, "raw_text": pl.String, "attempts": pl.Int64, "transient": pl.Boolean,
-}  # fmt: skip
+    "id": pl.String,
+    "study_id": pl.Int64,
+    "role": pl.String,
+    "reason_code": pl.String,
+    "reason": pl.String,
+    "raw_text": pl.String,
+    "attempts": pl.Int64,
+    "transient": pl.Boolean,
+}
 COST = ("llm_documents", "llm_calls", "prompt_tokens", "output_tokens")
 TABLES = {"structured": STRUCTURED_SCHEMA, "failures": FAILURE_SCHEMA}
 COUNTS = (
-    "reports", "records", "priors", "structured", "passed_first_time", "passed_after_repair",
-    "cached", "failed", "transient_failed", "empty", "missing_id", "duplicate_id",
-    "by_rules", "by_model", "rules_fallback",
-    "unique_texts", "engine_requests", "repair_requests", "prompt_tokens", "completion_tokens",
-)  # fmt: skip
+    "reports",
+    "records",
+    "priors",
+    "structured",
+    "passed_first_time",
+    "passed_after_repair",
+    "cached",
+    "failed",
+    "transient_failed",
+    "empty",
+    "missing_id",
+    "duplicate_id",
+    "by_rules",
+    "by_model",
+    "rules_fallback",
+    "unique_texts",
+    "engine_requests",
+    "repair_requests",
+    "prompt_tokens",
+    "completion_tokens",
+)
 
 
 def _study_id(item: StructureItem) -> int | None:
@@ -81,9 +115,18 @@ class StructuredRows:
     def _fail(self, fails: list, r: TaskResult, reason: str) -> None:
         item: StructureItem = r.item
         code = reason_code(reason)
-        fails.append({"id": item.id, "study_id": _study_id(item), "role": item.role,
-                      "reason_code": code, "reason": reason, "raw_text": r.raw_text,
-                      "attempts": r.attempts, "transient": r.transient})  # fmt: skip
+        fails.append(
+            {
+                "id": item.id,
+                "study_id": _study_id(item),
+                "role": item.role,
+                "reason_code": code,
+                "reason": reason,
+                "raw_text": r.raw_text,
+                "attempts": r.attempts,
+                "transient": r.transient,
+            }
+        )
         if item.problem is None:
             self.reasons[code] = self.reasons.get(code, 0) + 1
 
@@ -126,25 +169,44 @@ class StructuredRows:
         self.counts["passed_first_time"] += 1
         self._structured(rows, item, item.draft, item.draft_check, by="rules")
 
-    def _structured(self, rows: list, item: StructureItem, ans: StructuredAnswer,
-                    check: CheckResult, *, by: str, r: TaskResult | None = None,
-                    why: str | None = None) -> None:  # fmt: skip
+    def _structured(
+        self,
+        rows: list,
+        item: StructureItem,
+        ans: StructuredAnswer,
+        check: CheckResult,
+        *,
+        by: str,
+        r: TaskResult | None = None,
+        why: str | None = None,
+    ) -> None:
         self.counts["structured"] += 1
         self.counts[f"by_{by}"] += 1
         fig = check.figures()
         organs = ans.organs()
-        rows.append({
-            "id": item.id, "study_id": _study_id(item), "role": item.role,
-            "text_sha256": item.text_sha256, "structured_findings": ans.render_findings(),
-            "structured_impression": ans.render_impression(),
-            "structured_report": ans.render_report(),
-            **{SRRG_ORGAN_KEYS[o]: organs[o] for o in SRRG_ORGANS},
-            "impression_items": list(ans.impression),
-            **{k: fig[k] for k in ("n_bullets", "n_source_sentences", "min_support", "coverage")},
-            "repaired": r is not None and r.attempts > 1 and why is None,
-            "attempts": r.attempts if r else 0, "cached": r.cached if r else False,
-            "prompt_tokens": r.prompt_tokens if r else 0,
-            "completion_tokens": r.completion_tokens if r else 0,
-            "latency_s": r.latency_s if r else 0.0, "structured_by": by, "fallback_reason": why,
-            **self.prov,
-        })  # fmt: skip
+        rows.append(
+            {
+                "id": item.id,
+                "study_id": _study_id(item),
+                "role": item.role,
+                "text_sha256": item.text_sha256,
+                "structured_findings": ans.render_findings(),
+                "structured_impression": ans.render_impression(),
+                "structured_report": ans.render_report(),
+                **{SRRG_ORGAN_KEYS[o]: organs[o] for o in SRRG_ORGANS},
+                "impression_items": list(ans.impression),
+                **{
+                    k: fig[k]
+                    for k in ("n_bullets", "n_source_sentences", "min_support", "coverage")
+                },
+                "repaired": r is not None and r.attempts > 1 and why is None,
+                "attempts": r.attempts if r else 0,
+                "cached": r.cached if r else False,
+                "prompt_tokens": r.prompt_tokens if r else 0,
+                "completion_tokens": r.completion_tokens if r else 0,
+                "latency_s": r.latency_s if r else 0.0,
+                "structured_by": by,
+                "fallback_reason": why,
+                **self.prov,
+            }
+        )

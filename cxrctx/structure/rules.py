@@ -84,8 +84,11 @@ def draft(findings: str | None, impression: str | None, *, split: bool = True) -
     for s in sentences(findings):
         if LIST_MARKER.sub("", s).strip():
             _place(s, split, organs)
-    items = [t for t in (_bullet(s) if LIST_MARKER.match(s) else s.strip()
-                         for s in sentences(impression)) if t]  # fmt: skip
+    items = [
+        t
+        for t in (_bullet(s) if LIST_MARKER.match(s) else s.strip() for s in sentences(impression))
+        if t
+    ]
     fields: dict[str, Any] = {SRRG_ORGAN_KEYS[o]: organs[o] for o in SRRG_ORGANS}
     return StructuredAnswer.model_construct(None, **fields, impression=items)
 
@@ -106,8 +109,9 @@ def structure_by_rules(
 
 
 def _check(findings: str | None, impression: str | None, answer: StructuredAnswer) -> CheckResult:
-    return check_structured(findings, impression, answer.findings_bullets(), answer.impression,
-                            organs=answer.organs())  # fmt: skip
+    return check_structured(
+        findings, impression, answer.findings_bullets(), answer.impression, organs=answer.organs()
+    )
 
 
 __all__ = ["RULES_VERSION", "draft", "structure_by_rules"]

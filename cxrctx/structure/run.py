@@ -122,19 +122,28 @@ def _records(p: Path) -> LoadedReports:
     if missing:
         raise CxrctxError(f"{files[0].parent}: records lack column(s) {', '.join(missing)}")
     prior = pl.col("priors").list.eval(
-        pl.struct(pl.element().struct.field("study_id"), pl.element().struct.field("findings"),
-                  pl.element().struct.field("impression"))
-    )  # fmt: skip
+        pl.struct(
+            pl.element().struct.field("study_id"),
+            pl.element().struct.field("findings"),
+            pl.element().struct.field("impression"),
+        )
+    )
     frame = lf.select(
-        pl.col("study_id").cast(pl.String).alias("id"), pl.col("findings").cast(pl.String),
-        pl.col("impression").cast(pl.String), prior.alias("priors"),
-    ).collect()  # fmt: skip
+        pl.col("study_id").cast(pl.String).alias("id"),
+        pl.col("findings").cast(pl.String),
+        pl.col("impression").cast(pl.String),
+        prior.alias("priors"),
+    ).collect()
     return LoadedReports(frame, stage_inputs(st))
 
 
 def _table(p: Path, id_column: str) -> LoadedReports:
-    readers: dict[str, Callable[[Path], pl.DataFrame]] = {".parquet": pl.read_parquet, ".jsonl": jsonl.read_frame, ".ndjson": jsonl.read_frame,
-               ".csv": lambda f: pl.read_csv(f, infer_schema=False)}  # fmt: skip
+    readers: dict[str, Callable[[Path], pl.DataFrame]] = {
+        ".parquet": pl.read_parquet,
+        ".jsonl": jsonl.read_frame,
+        ".ndjson": jsonl.read_frame,
+        ".csv": lambda f: pl.read_csv(f, infer_schema=False),
+    }
     reader = readers.get(p.suffix.lower())
     if reader is None:
         raise CxrctxError(
@@ -152,9 +161,10 @@ def _table(p: Path, id_column: str) -> LoadedReports:
             f"{p}: no column(s) {', '.join(missing)} (columns: {', '.join(df.columns)})"
         )
     frame = df.select(
-        pl.col(id_column).cast(pl.String).alias("id"), pl.col("findings").cast(pl.String),
+        pl.col(id_column).cast(pl.String).alias("id"),
+        pl.col("findings").cast(pl.String),
         pl.col("impression").cast(pl.String),
-    )  # fmt: skip
+    )
     return LoadedReports(frame, [input_file(p, p.name)], "file")
 
 
@@ -220,8 +230,12 @@ class StructureResult:
 def _provenance(task: StructureTask, engine: Engine, sampling: Sampling) -> dict[str, Any]:
     from cxrctx.llm.runner import engine_identity, sampling_json
 
-    return {**engine_identity(engine), "prompt_sha256": task.prompt_sha256,
-            "schema_sha256": task.schema_sha256, "sampling": sampling_json(sampling)}  # fmt: skip
+    return {
+        **engine_identity(engine),
+        "prompt_sha256": task.prompt_sha256,
+        "schema_sha256": task.schema_sha256,
+        "sampling": sampling_json(sampling),
+    }
 
 
 def structure_items(
@@ -250,16 +264,38 @@ def structure_items(
     memory = {name: MemorySink(schema) for name, schema in TABLES.items()}
     rows = StructuredRows(dict(sinks or memory), _provenance(task, engine, sampling))
     with ResultCache(cache_dir, writer="main") as cache:
-        stats = run_task(task, items, engine, cache=cache, sampling=sampling, executor=executor,
-                         batch_size=batch_size, on_batch=rows, progress=progress, total=total)  # fmt: skip
-    counts = {**rows.counts, "unique_texts": stats.unique_requests, "engine_requests": stats.requests,
-              "repair_requests": stats.repairs, "prompt_tokens": stats.prompt_tokens,
-              "completion_tokens": stats.completion_tokens}  # fmt: skip
+        stats = run_task(
+            task,
+            items,
+            engine,
+            cache=cache,
+            sampling=sampling,
+            executor=executor,
+            batch_size=batch_size,
+            on_batch=rows,
+            progress=progress,
+            total=total,
+        )
+    counts = {
+        **rows.counts,
+        "unique_texts": stats.unique_requests,
+        "engine_requests": stats.requests,
+        "repair_requests": stats.repairs,
+        "prompt_tokens": stats.prompt_tokens,
+        "completion_tokens": stats.completion_tokens,
+    }
     counts.update({f"failed_{k}": v for k, v in sorted(rows.reasons.items())})
     counts.update({f"fallback_{k}": v for k, v in sorted(rows.fallbacks.items())})
     frames = {} if sinks else {name: s.frame() for name, s in memory.items()}
-    return StructureResult(counts, dict(rows.reasons), stats.provenance, stats, frames,
-                           dict(rows.cost), dict(rows.fallbacks))  # fmt: skip
+    return StructureResult(
+        counts,
+        dict(rows.reasons),
+        stats.provenance,
+        stats,
+        frames,
+        dict(rows.cost),
+        dict(rows.fallbacks),
+    )
 
 
 def with_drafts(items: Iterable[StructureItem]) -> Iterator[StructureItem]:
@@ -276,9 +312,13 @@ def with_drafts(items: Iterable[StructureItem]) -> Iterator[StructureItem]:
 @lru_cache(maxsize=1)
 def rules_provenance() -> dict[str, Any]:
     """Provenance of a rules row: no model, prompt or sampling; the schema it fills."""
-    return {"backend": "rules", "model": f"rules-v{RULES_VERSION}", "prompt_sha256": None,
-            "schema_sha256": schema_sha256_of(StructuredAnswer.model_json_schema()),
-            "sampling": None}  # fmt: skip
+    return {
+        "backend": "rules",
+        "model": f"rules-v{RULES_VERSION}",
+        "prompt_sha256": None,
+        "schema_sha256": schema_sha256_of(StructuredAnswer.model_json_schema()),
+        "sampling": None,
+    }
 
 
 def _rules_batch(batch: list[StructureItem]) -> tuple[list, list, dict[str, int], dict[str, int]]:
@@ -325,8 +365,9 @@ def structure_items_rules(
                 progress(TaskProgress(counts["reports"], total, 0, 0, 0, counts["failed"]))
     counts.update({f"failed_{k}": v for k, v in sorted(reasons.items())})
     frames = {} if sinks else {name: s.frame() for name, s in memory.items()}
-    return StructureResult(counts, reasons, rules_provenance(), None, frames,
-                           dict.fromkeys(COST, 0))  # fmt: skip
+    return StructureResult(
+        counts, reasons, rules_provenance(), None, frames, dict.fromkeys(COST, 0)
+    )
 
 
 def _batches(items: Iterable[StructureItem], size: int) -> Iterator[list[StructureItem]]:
@@ -352,9 +393,15 @@ class StructureRun:
 
 
 def run_key(
-    loaded: LoadedReports, engine: Engine | EngineSpec | None, sp: StructurePrompt | None,
-    sampling: Sampling | None, *, priors: bool, limit: int | None, id_column: str,
-) -> str:  # fmt: skip
+    loaded: LoadedReports,
+    engine: Engine | EngineSpec | None,
+    sp: StructurePrompt | None,
+    sampling: Sampling | None,
+    *,
+    priors: bool,
+    limit: int | None,
+    id_column: str,
+) -> str:
     """The config hash of a run: what decides its rows (model or rules version, prompt,
     sampling, input checksums, check thresholds), not how it is executed (batch size,
     executor)."""
@@ -367,13 +414,20 @@ def run_key(
 
         ident = engine_identity(engine)
         who = {"backend": ident.get("backend"), "model": ident.get("model")}
-    return config_hash({
-        **who, "prompt_sha256": sp.sha256 if sp else None,
-        "sampling": sampling.as_dict() if sampling else None, "rules": RULES_VERSION,
-        "inputs": sorted(i.sha256 for i in loaded.inputs), "kind": loaded.kind,
-        "id_column": id_column if loaded.kind == "file" else None, "priors": priors,
-        "limit": limit, "check": [CHECK_VERSION, SUPPORT_MIN, COVERAGE_MIN, WINDOW],
-    })  # fmt: skip
+    return config_hash(
+        {
+            **who,
+            "prompt_sha256": sp.sha256 if sp else None,
+            "sampling": sampling.as_dict() if sampling else None,
+            "rules": RULES_VERSION,
+            "inputs": sorted(i.sha256 for i in loaded.inputs),
+            "kind": loaded.kind,
+            "id_column": id_column if loaded.kind == "file" else None,
+            "priors": priors,
+            "limit": limit,
+            "check": [CHECK_VERSION, SUPPORT_MIN, COVERAGE_MIN, WINDOW],
+        }
+    )
 
 
 def _open_sinks(out: Path) -> dict[str, ShardSink]:
@@ -422,13 +476,28 @@ def structure_reports(
     total = None if priors else frame.height
     try:
         if engine is None:
-            result = structure_items_rules(iter_items(frame, priors), sinks=dict(sinks),
-                                           progress=progress, total=total, workers=workers)  # fmt: skip
+            result = structure_items_rules(
+                iter_items(frame, priors),
+                sinks=dict(sinks),
+                progress=progress,
+                total=total,
+                workers=workers,
+            )
         else:
             assert sp is not None and sampling is not None
-            result = _model_rows(frame, engine, sp, sampling, out_dir, dict(sinks), priors=priors,
-                                 batch_size=batch_size, progress=progress, executor=executor,
-                                 total=total)  # fmt: skip
+            result = _model_rows(
+                frame,
+                engine,
+                sp,
+                sampling,
+                out_dir,
+                dict(sinks),
+                priors=priors,
+                batch_size=batch_size,
+                progress=progress,
+                executor=executor,
+                total=total,
+            )
     except BaseException:
         for s in sinks.values():
             s.abort()
@@ -436,44 +505,87 @@ def structure_reports(
     tables = {name: s.close() for name, s in sinks.items()}
     cfg = _config(input_path, sp, sampling, result, engine, priors, limit)
     manifest = Manifest(
-        tool_version=__version__, stage=STAGE, schema_version=STRUCTURE_SCHEMA_VERSION,
-        config=cfg.model_dump(mode="json"), inputs=loaded.inputs, shards=tables["structured"],
-        tables=tables["failures"], counts=result.counts,
-        extra={"provenance": result.provenance, "failures_by_reason": result.reasons,
-               "fallbacks_by_reason": result.fallbacks},
-    )  # fmt: skip
+        tool_version=__version__,
+        stage=STAGE,
+        schema_version=STRUCTURE_SCHEMA_VERSION,
+        config=cfg.model_dump(mode="json"),
+        inputs=loaded.inputs,
+        shards=tables["structured"],
+        tables=tables["failures"],
+        counts=result.counts,
+        extra={
+            "provenance": result.provenance,
+            "failures_by_reason": result.reasons,
+            "fallbacks_by_reason": result.fallbacks,
+        },
+    )
     write_manifest(manifest, out_dir / "manifest.json")
     return StructureRun(out_dir, result, manifest, seconds=time.perf_counter() - t0)
 
 
-def _model_rows(frame: pl.DataFrame, engine: Engine | EngineSpec, sp: StructurePrompt,
-                sampling: Sampling, out_dir: Path, sinks: dict[str, Sink], *, priors: bool,
-                **run: Any) -> StructureResult:  # fmt: skip
+def _model_rows(
+    frame: pl.DataFrame,
+    engine: Engine | EngineSpec,
+    sp: StructurePrompt,
+    sampling: Sampling,
+    out_dir: Path,
+    sinks: dict[str, Sink],
+    *,
+    priors: bool,
+    **run: Any,
+) -> StructureResult:
     """The model's pass: build the engine from a spec (closed at the end), then
     `structure_items` into `sinks`, cached under out_dir/cache."""
     eng = make_engine(engine) if isinstance(engine, EngineSpec) else engine
     try:
-        return structure_items(iter_items(frame, priors), eng, sampling=sampling,
-                               cache_dir=out_dir / "cache", prompt=sp, sinks=sinks, **run)  # fmt: skip
+        return structure_items(
+            iter_items(frame, priors),
+            eng,
+            sampling=sampling,
+            cache_dir=out_dir / "cache",
+            prompt=sp,
+            sinks=sinks,
+            **run,
+        )
     finally:
         if isinstance(engine, EngineSpec):
             eng.close()
 
 
-def _config(input_path: Any, sp: StructurePrompt | None, sampling: Sampling | None,
-            result: StructureResult, engine: Engine | EngineSpec | None, priors: bool,
-            limit: int | None) -> StructureRunConfig:  # fmt: skip
+def _config(
+    input_path: Any,
+    sp: StructurePrompt | None,
+    sampling: Sampling | None,
+    result: StructureResult,
+    engine: Engine | EngineSpec | None,
+    priors: bool,
+    limit: int | None,
+) -> StructureRunConfig:
     prov = result.provenance
     spec = engine if isinstance(engine, EngineSpec) else None
     return StructureRunConfig(
-        backend=prov["backend"], model=prov["model"], prompt_version=sp.version if sp else 0,
-        prompt_sha256=sp.sha256 if sp else "", schema_sha256=prov["schema_sha256"],
-        sampling=sampling.as_dict() if sampling else {}, input=str(input_path),
-        sections=["findings", "impression"], priors=priors, limit=limit,
+        backend=prov["backend"],
+        model=prov["model"],
+        prompt_version=sp.version if sp else 0,
+        prompt_sha256=sp.sha256 if sp else "",
+        schema_sha256=prov["schema_sha256"],
+        sampling=sampling.as_dict() if sampling else {},
+        input=str(input_path),
+        sections=["findings", "impression"],
+        priors=priors,
+        limit=limit,
         batch_size=result.stats.batch_size if result.stats else 0,
-        check={"version": CHECK_VERSION, "support_min": SUPPORT_MIN,
-               "coverage_min": COVERAGE_MIN, "window": WINDOW},
-        rules_version=RULES_VERSION, rewrites_draft=bool(sp and sp.rewrites),
-        engine_options=spec.public() if spec is not None
-        else {"base_url": prov.get("base_url")} if engine is not None else {},
-    )  # fmt: skip
+        check={
+            "version": CHECK_VERSION,
+            "support_min": SUPPORT_MIN,
+            "coverage_min": COVERAGE_MIN,
+            "window": WINDOW,
+        },
+        rules_version=RULES_VERSION,
+        rewrites_draft=bool(sp and sp.rewrites),
+        engine_options=spec.public()
+        if spec is not None
+        else {"base_url": prov.get("base_url")}
+        if engine is not None
+        else {},
+    )

@@ -100,8 +100,14 @@ class StructuredAnswer(BaseModel):
     def render_report(self) -> str:
         """The whole structured report: `FINDINGS:` then the organ blocks, `IMPRESSION:`
         then the numbered items (a section without content is left out)."""
-        parts = [(t, b) for t, b in (("FINDINGS", self.render_findings()),
-                                     ("IMPRESSION", self.render_impression())) if b]  # fmt: skip
+        parts = [
+            (t, b)
+            for t, b in (
+                ("FINDINGS", self.render_findings()),
+                ("IMPRESSION", self.render_impression()),
+            )
+            if b
+        ]
         return "\n\n".join(f"{t}:\n\n{b}" for t, b in parts)
 
 
@@ -142,8 +148,13 @@ class StructurePrompt:
         lines = list(self.data["system"])
         for ex in self.data.get("examples", []):
             user = self.user(ex["findings"], ex["impression"], ex.get("draft"))
-            lines += ["", "Example report:", user,
-                      "Example answer:", json.dumps(ex["answer"], ensure_ascii=False)]  # fmt: skip
+            lines += [
+                "",
+                "Example report:",
+                user,
+                "Example answer:",
+                json.dumps(ex["answer"], ensure_ascii=False),
+            ]
         return "\n".join(lines)
 
     @property
@@ -154,9 +165,10 @@ class StructurePrompt:
     def user(self, findings: str, impression: str, draft: dict[str, Any] | None = None) -> str:
         """The user message; `{draft}` (rewrite prompts) is the rules' answer as JSON."""
         return self.data["user_template"].format(
-            findings=findings or "(none)", impression=impression or "(none)",
+            findings=findings or "(none)",
+            impression=impression or "(none)",
             draft=json.dumps(draft or {}, ensure_ascii=False),
-        )  # fmt: skip
+        )
 
     def messages(self, item: StructureItem) -> list[dict[str, str]]:
         draft = item.draft.model_dump(by_alias=True) if item.draft is not None else None
@@ -198,8 +210,13 @@ def load_prompt(version: int | str | None = None) -> StructurePrompt:
 
 
 def check_answer(item: StructureItem, answer: StructuredAnswer) -> CheckResult:
-    return check_structured(item.findings, item.impression, answer.findings_bullets(),
-                            answer.impression, organs=answer.organs())  # fmt: skip
+    return check_structured(
+        item.findings,
+        item.impression,
+        answer.findings_bullets(),
+        answer.impression,
+        organs=answer.organs(),
+    )
 
 
 class StructureTask(Task[StructureItem, StructuredAnswer]):

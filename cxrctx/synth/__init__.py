@@ -248,15 +248,22 @@ def _dicom_args(st: Structure, plan: _Plan, dicom: bool) -> list[list[dict[str, 
         subject, study = int(plan.subj[i]), int(st.study_ids[i])
         img_args[i].append(
             dict(
-                path=image_relpath(subject, study, st.im_dicom[k]), dicom_id=st.im_dicom[k],
-                subject_id=subject, study_id=study, view_position=st.im_view[k],
+                path=image_relpath(subject, study, st.im_dicom[k]),
+                dicom_id=st.im_dicom[k],
+                subject_id=subject,
+                study_id=study,
+                view_position=st.im_view[k],
                 study_date=plan.date_str[i],
                 study_time=_tm_text(im_time_l[k]) if im_time_l[k] >= 0 else None,
-                rows=int(st.im_rows[k]), columns=int(st.im_cols[k]), pixels=None,
-                performed_procedure=proc_l[i], procedure_meaning=proc_l[i],
-                view_meaning=st.im_view_meaning[k], orientation_meaning=st.im_orient[k],
+                rows=int(st.im_rows[k]),
+                columns=int(st.im_cols[k]),
+                pixels=None,
+                performed_procedure=proc_l[i],
+                procedure_meaning=proc_l[i],
+                view_meaning=st.im_view_meaning[k],
+                orientation_meaning=st.im_orient[k],
             )
-        )  # fmt: skip
+        )
     return img_args
 
 
@@ -272,11 +279,15 @@ def _chunks(
     ]
     return [
         Chunk(
-            index=c, seed=int(np.random.SeedSequence([seed, 1, c]).generate_state(1, np.uint64)[0]),
-            root=str(out), specs=rows[a:b], images=img_args[a:b], keep_text=keep_text,
+            index=c,
+            seed=int(np.random.SeedSequence([seed, 1, c]).generate_state(1, np.uint64)[0]),
+            root=str(out),
+            specs=rows[a:b],
+            images=img_args[a:b],
+            keep_text=keep_text,
         )
         for c, (a, b) in enumerate(itertools.pairwise(bounds))
-    ]  # fmt: skip
+    ]
 
 
 def _run_chunks(chunks: list[Chunk], n_proc: int, progress: Progress | None) -> ChunkResult:
@@ -313,18 +324,33 @@ def _write_tables(out: Path, st: Structure, plan: _Plan, res: ChunkResult) -> np
 
 
 def _render_images(
-    out: Path, images: Any, st: Structure, plan: _Plan, res: ChunkResult, *,
-    seed: int, size: int, fmt: ImageFormat, pixels: bool, imagenome: bool, progress: Progress | None,
-) -> dict[str, int]:  # fmt: skip
+    out: Path,
+    images: Any,
+    st: Structure,
+    plan: _Plan,
+    res: ChunkResult,
+    *,
+    seed: int,
+    size: int,
+    fmt: ImageFormat,
+    pixels: bool,
+    imagenome: bool,
+    progress: Progress | None,
+) -> dict[str, int]:
     """Hand the generator's own metadata rows and study truth to the renderer (`pixels`: pictures too)."""
     specs = [
         images.ImageSpec(
-            dicom_id=st.im_dicom[k], subject_id=int(plan.subj[i]), study_id=int(st.study_ids[i]),
-            view_position=st.im_view[k], rows=int(st.im_rows[k]), columns=int(st.im_cols[k]),
-            study_date=plan.date_str[i], study_time=plan.csv_time[k] or "",
+            dicom_id=st.im_dicom[k],
+            subject_id=int(plan.subj[i]),
+            study_id=int(st.study_ids[i]),
+            view_position=st.im_view[k],
+            rows=int(st.im_rows[k]),
+            columns=int(st.im_cols[k]),
+            study_date=plan.date_str[i],
+            study_time=plan.csv_time[k] or "",
         )
         for k, i in enumerate(st.im_study.tolist())
-    ]  # fmt: skip
+    ]
     n = len(LESIONS)
     truths = {}
     for i, study in enumerate(st.study_ids.tolist()):
@@ -339,10 +365,16 @@ def _render_images(
     report = None if progress is None else partial(progress, "images")
     return dict(
         images.add_images(
-            out, specs, truths, seed=seed, size=size, formats=fmt.formats() if pixels else (),
-            imagenome=imagenome, progress=report,
+            out,
+            specs,
+            truths,
+            seed=seed,
+            size=size,
+            formats=fmt.formats() if pixels else (),
+            imagenome=imagenome,
+            progress=report,
         )
-    )  # fmt: skip
+    )
 
 
 def _finish(out: Path, summary: SynthSummary) -> None:
@@ -413,18 +445,34 @@ def synthesize(
     image_counts: dict[str, int] = {}
     if image_mod is not None:
         image_counts = _render_images(
-            root, image_mod, st, plan, res, seed=seed, size=image_size, fmt=fmt, pixels=images,
-            imagenome=imagenome, progress=progress,
-        )  # fmt: skip
+            root,
+            image_mod,
+            st,
+            plan,
+            res,
+            seed=seed,
+            size=image_size,
+            fmt=fmt,
+            pixels=images,
+            imagenome=imagenome,
+            progress=progress,
+        )
     var = dict(st.varieties)
     var["temporal_reference"] = int(temporal.sum())
     var["temporal_reference_without_prior"] = int((temporal & (st.n_prior == 0)).sum())
     summary = SynthSummary(
-        out_dir=str(root), seed=seed, patients=patients, studies=int(st.study_ids.size),
-        images=int(st.im_dicom.size), report_files=int(st.study_ids.size), dicom_files=int(st.im_dicom.size) if dicom else 0,
-        image_files=image_counts, files_written=sum(len(f) for _, _, f in os.walk(root)),
-        reports_zip=REPORTS_ZIP if zip_reports else None, varieties=var,
-    )  # fmt: skip
+        out_dir=str(root),
+        seed=seed,
+        patients=patients,
+        studies=int(st.study_ids.size),
+        images=int(st.im_dicom.size),
+        report_files=int(st.study_ids.size),
+        dicom_files=int(st.im_dicom.size) if dicom else 0,
+        image_files=image_counts,
+        files_written=sum(len(f) for _, _, f in os.walk(root)),
+        reports_zip=REPORTS_ZIP if zip_reports else None,
+        varieties=var,
+    )
     _finish(root, summary)
     if progress is not None:
         progress("done", 1, 1)

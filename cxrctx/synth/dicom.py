@@ -106,9 +106,16 @@ def _meta_elements(sop_uid: str) -> list[_Elem]:
 
 
 def _study_elements(
-    *, sop_uid: str, dicom_id: str, subject_id: int, study_id: int, view_position: str | None,
-    study_date: str, study_time: str | None, procedure_meaning: str | None,
-) -> list[_Elem]:  # fmt: skip
+    *,
+    sop_uid: str,
+    dicom_id: str,
+    subject_id: int,
+    study_id: int,
+    view_position: str | None,
+    study_date: str,
+    study_time: str | None,
+    procedure_meaning: str | None,
+) -> list[_Elem]:
     """Instance, study, patient and series elements (groups 0008-0020)."""
     return [
         (0x00080008, "ImageType", "CS", ["ORIGINAL", "PRIMARY"]),
@@ -157,9 +164,13 @@ def _acquisition_elements(
     return [
         (0x00400254, "PerformedProcedureStepDescription", "LO", performed_procedure or ""),
         (0x00540220, "ViewCodeSequence", "SQ", _code_sequence(view_meaning, "SRT")),
-        (0x00540410, "PatientOrientationCodeSequence", "SQ",
-         _code_sequence(orientation_meaning, "SRT")),
-    ]  # fmt: skip
+        (
+            0x00540410,
+            "PatientOrientationCodeSequence",
+            "SQ",
+            _code_sequence(orientation_meaning, "SRT"),
+        ),
+    ]
 
 
 def _elements(
@@ -184,15 +195,24 @@ def _elements(
     sop_uid = uid_from("sop", dicom_id)
     data = [
         *_study_elements(
-            sop_uid=sop_uid, dicom_id=dicom_id, subject_id=subject_id, study_id=study_id,
-            view_position=view_position, study_date=study_date, study_time=_tm_text(study_time),
+            sop_uid=sop_uid,
+            dicom_id=dicom_id,
+            subject_id=subject_id,
+            study_id=study_id,
+            view_position=view_position,
+            study_date=study_date,
+            study_time=_tm_text(study_time),
             procedure_meaning=procedure_meaning,
         ),
         *_image_elements(rows, columns, bits),
         *_acquisition_elements(performed_procedure, view_meaning, orientation_meaning),
-        (0x7FE00010, "PixelData", "OB" if bits == 8 else "OW",
-         pixels.astype("<u2" if bits == 16 else "u1").tobytes()),
-    ]  # fmt: skip
+        (
+            0x7FE00010,
+            "PixelData",
+            "OB" if bits == 8 else "OW",
+            pixels.astype("<u2" if bits == 16 else "u1").tobytes(),
+        ),
+    ]
     return _meta_elements(sop_uid), [e for e in data if e[3] is not None]
 
 
@@ -287,11 +307,20 @@ def write_dicom(
     `dicom_dataset(...)` written by itself.
     """
     data = encode_dicom(
-        dicom_id=dicom_id, subject_id=subject_id, study_id=study_id, view_position=view_position,
-        study_date=study_date, study_time=study_time, rows=rows, columns=columns, pixels=pixels,
-        performed_procedure=performed_procedure, procedure_meaning=procedure_meaning,
-        view_meaning=view_meaning, orientation_meaning=orientation_meaning,
-    )  # fmt: skip
+        dicom_id=dicom_id,
+        subject_id=subject_id,
+        study_id=study_id,
+        view_position=view_position,
+        study_date=study_date,
+        study_time=study_time,
+        rows=rows,
+        columns=columns,
+        pixels=pixels,
+        performed_procedure=performed_procedure,
+        procedure_meaning=procedure_meaning,
+        view_meaning=view_meaning,
+        orientation_meaning=orientation_meaning,
+    )
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_bytes(data)

@@ -167,8 +167,12 @@ Box = tuple[float, float, float, float]
 
 
 def _paint_anatomy(
-    rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, boxes: dict[str, Box], positives: dict[str, str]
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:  # fmt: skip
+    rng: np.random.Generator,
+    xx: np.ndarray,
+    yy: np.ndarray,
+    boxes: dict[str, Box],
+    positives: dict[str, str],
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Soft tissue, dark lungs with ribs and markings, mediastinum, heart, diaphragm, trachea."""
     height, width = xx.shape
     img = np.full((height, width), 0.55, np.float32)  # soft tissue
@@ -208,9 +212,15 @@ def _paint_anatomy(
 
 
 def _paint_on_side(
-    img: np.ndarray, rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray,
-    lesion: str, side: str, lb: Box, lung: np.ndarray,
-) -> None:  # fmt: skip
+    img: np.ndarray,
+    rng: np.random.Generator,
+    xx: np.ndarray,
+    yy: np.ndarray,
+    lesion: str,
+    side: str,
+    lb: Box,
+    lung: np.ndarray,
+) -> None:
     """Draw one lateralised lesion into the lung `lung` (box `lb`) of `side`."""
     height, width = xx.shape
     lcx, lw, lh = (lb[0] + lb[2]) / 2, lb[2] - lb[0], lb[3] - lb[1]
@@ -565,9 +575,16 @@ def add_images(
         defect = _defect(frontal_seen)
         counts["scene_graph_defects"] += defect is not None
         sg = scene_graph(
-            im.dicom_id, im.study_id, boxes, im.rows or size, im.columns or size,
-            sentences[im.study_id], truth.positives, defect, max(_pixel_size(im, size)),
-        )  # fmt: skip
+            im.dicom_id,
+            im.study_id,
+            boxes,
+            im.rows or size,
+            im.columns or size,
+            sentences[im.study_id],
+            truth.positives,
+            defect,
+            max(_pixel_size(im, size)),
+        )
         (sg_dir / f"{im.dicom_id}_SceneGraph.json").write_text(
             json.dumps(sg, indent=1), encoding="utf-8"
         )

@@ -339,22 +339,55 @@ VOCAB: dict[str, LesionVocab] = {
 
 #: per-lesion probability that a lesion that is absent gets an explicit negation
 NEG_RATE = {
-    "cardiomegaly": 0.3, "emphysema": 0.03, "pleural effusion": 0.55, "hernia": 0.02, "nodule": 0.05,
-    "pneumothorax": 0.6, "atelectasis": 0.05, "pleural thickening": 0.02, "mass": 0.03, "edema": 0.3,
-    "consolidation": 0.45, "infiltration": 0.04, "fibrosis": 0.02, "pneumonia": 0.12,
-}  # fmt: skip
+    "cardiomegaly": 0.3,
+    "emphysema": 0.03,
+    "pleural effusion": 0.55,
+    "hernia": 0.02,
+    "nodule": 0.05,
+    "pneumothorax": 0.6,
+    "atelectasis": 0.05,
+    "pleural thickening": 0.02,
+    "mass": 0.03,
+    "edema": 0.3,
+    "consolidation": 0.45,
+    "infiltration": 0.04,
+    "fibrosis": 0.02,
+    "pneumonia": 0.12,
+}
 #: per-lesion probability of being newly present in a study
 PREVALENCE = {
-    "cardiomegaly": 0.14, "emphysema": 0.03, "pleural effusion": 0.16, "hernia": 0.015, "nodule": 0.03,
-    "pneumothorax": 0.035, "atelectasis": 0.15, "pleural thickening": 0.015, "mass": 0.015, "edema": 0.09,
-    "consolidation": 0.05, "infiltration": 0.02, "fibrosis": 0.015, "pneumonia": 0.06,
-}  # fmt: skip
+    "cardiomegaly": 0.14,
+    "emphysema": 0.03,
+    "pleural effusion": 0.16,
+    "hernia": 0.015,
+    "nodule": 0.03,
+    "pneumothorax": 0.035,
+    "atelectasis": 0.15,
+    "pleural thickening": 0.015,
+    "mass": 0.015,
+    "edema": 0.09,
+    "consolidation": 0.05,
+    "infiltration": 0.02,
+    "fibrosis": 0.015,
+    "pneumonia": 0.06,
+}
 #: chronic lesions persist more often to the next study
 PERSIST = {
-    "cardiomegaly": 0.9, "emphysema": 0.95, "pleural effusion": 0.6, "hernia": 0.95, "nodule": 0.85,
-    "pneumothorax": 0.4, "atelectasis": 0.5, "pleural thickening": 0.9, "mass": 0.9, "edema": 0.5,
-    "consolidation": 0.5, "infiltration": 0.5, "fibrosis": 0.95, "pneumonia": 0.45,
-}  # fmt: skip
+    "cardiomegaly": 0.9,
+    "emphysema": 0.95,
+    "pleural effusion": 0.6,
+    "hernia": 0.95,
+    "nodule": 0.85,
+    "pneumothorax": 0.4,
+    "atelectasis": 0.5,
+    "pleural thickening": 0.9,
+    "mass": 0.9,
+    "edema": 0.5,
+    "consolidation": 0.5,
+    "infiltration": 0.5,
+    "fibrosis": 0.95,
+    "pneumonia": 0.45,
+}
 
 # Generic frames. {a} = article of the next word; {sev}/{Sev}; {side}/{Side} (left/right/bilateral
 # or empty); {n} = noun (plural when bilateral); {loc} = location phrase (frames with {loc} are
@@ -537,20 +570,60 @@ DEVICES = (
 )
 
 INDICATION_HX = (
-    "shortness of breath", "chest pain", "fever and cough", "s/p fall", "CHF", "COPD exacerbation",
-    "hypoxia", "s/p CABG", "intubated", "altered mental status", "sepsis", "dyspnea on exertion",
-    "productive cough", "lung cancer", "weakness", "tachycardia", "hemoptysis", "new ET tube",
-    "pleuritic chest pain", "ESRD on HD", "s/p thoracentesis", "trauma", "syncope", "leukocytosis",
-)  # fmt: skip
+    "shortness of breath",
+    "chest pain",
+    "fever and cough",
+    "s/p fall",
+    "CHF",
+    "COPD exacerbation",
+    "hypoxia",
+    "s/p CABG",
+    "intubated",
+    "altered mental status",
+    "sepsis",
+    "dyspnea on exertion",
+    "productive cough",
+    "lung cancer",
+    "weakness",
+    "tachycardia",
+    "hemoptysis",
+    "new ET tube",
+    "pleuritic chest pain",
+    "ESRD on HD",
+    "s/p thoracentesis",
+    "trauma",
+    "syncope",
+    "leukocytosis",
+)
 INDICATION_REASON = (
-    "eval for pneumonia", "?pneumonia", "?pleural effusion", "r/o pneumothorax", "assess ETT position",
-    "evaluate for acute process", "eval for edema", "line placement", "eval for infiltrate",
-    "r/o acute cardiopulmonary process", "interval change", "eval for consolidation", "NGT placement",
-    "evaluate for fluid overload", "r/o ptx", "eval for free air",
-)  # fmt: skip
+    "eval for pneumonia",
+    "?pneumonia",
+    "?pleural effusion",
+    "r/o pneumothorax",
+    "assess ETT position",
+    "evaluate for acute process",
+    "eval for edema",
+    "line placement",
+    "eval for infiltrate",
+    "r/o acute cardiopulmonary process",
+    "interval change",
+    "eval for consolidation",
+    "NGT placement",
+    "evaluate for fluid overload",
+    "r/o ptx",
+    "eval for free air",
+)
 
 
 INDICATION_QUESTION = (
-    "?pleural effusion", "?pneumonia", "?PNA", "?CHF", "?pneumothorax", "?aspiration", "?edema",
-    "?infiltrate", "?mass", "?fluid overload",
-)  # fmt: skip
+    "?pleural effusion",
+    "?pneumonia",
+    "?PNA",
+    "?CHF",
+    "?pneumothorax",
+    "?aspiration",
+    "?edema",
+    "?infiltrate",
+    "?mass",
+    "?fluid overload",
+)

@@ -105,12 +105,23 @@ RARE_VIEWS = (
 )
 FORCED_VIEWS = ("LAO", "RAO", "AP AXIAL", "XTABLE LATERAL", "AP LLD", "SWIMMERS")
 VIEW_MEANING = {
-    "PA": "postero-anterior", "AP": "antero-posterior", "LATERAL": "lateral", "LL": "left lateral",
-    "LAO": "left anterior oblique", "RAO": "right anterior oblique", "LPO": "left posterior oblique",
-    "RPO": "right posterior oblique", "AP AXIAL": "antero-posterior", "XTABLE LATERAL": "lateral",
-    "AP LLD": "antero-posterior", "PA LLD": "postero-anterior", "AP RLD": "antero-posterior",
-    "PA RLD": "postero-anterior", "SWIMMERS": "lateral", "L5 S1": "lateral",
-}  # fmt: skip
+    "PA": "postero-anterior",
+    "AP": "antero-posterior",
+    "LATERAL": "lateral",
+    "LL": "left lateral",
+    "LAO": "left anterior oblique",
+    "RAO": "right anterior oblique",
+    "LPO": "left posterior oblique",
+    "RPO": "right posterior oblique",
+    "AP AXIAL": "antero-posterior",
+    "XTABLE LATERAL": "lateral",
+    "AP LLD": "antero-posterior",
+    "PA LLD": "postero-anterior",
+    "AP RLD": "antero-posterior",
+    "PA RLD": "postero-anterior",
+    "SWIMMERS": "lateral",
+    "L5 S1": "lateral",
+}
 DIMS = (
     (3056, 2544),
     (2544, 3056),
@@ -361,9 +372,13 @@ def _dicom_ids(rng: np.random.Generator, NI: int) -> np.ndarray:
 
 
 def _image_times(
-    rng: np.random.Generator, time_ms: np.ndarray, im_study: np.ndarray, im_pos: np.ndarray,
-    n_img: np.ndarray, tied: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    rng: np.random.Generator,
+    time_ms: np.ndarray,
+    im_study: np.ndarray,
+    im_pos: np.ndarray,
+    n_img: np.ndarray,
+    tied: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-image StudyTime; a quota of multi-image studies get later images seconds later."""
     im_time = time_ms[im_study].copy()
     multi = _quota(
@@ -503,18 +518,44 @@ def draw_structure(
     specs = _report_specs(rng, n_prior)
 
     var: dict[str, int] = dict(
-        patients=P, studies=S, images=NI, same_day=int(same_day.sum()),
-        same_datetime_pairs=int(same_dt.sum()), missing_time=int(missing.sum()),
-        multi_time_images=int(multi.sum()), blank_view=int(blank.sum()),
-        blank_procedure=int((procedure == "").sum()), first_studies=int((n_prior == 0).sum()),
-        same_time_ambiguous=int(same_time.sum()), same_day_unordered=int(unordered.sum()),
-        split_test_patients=int(test.sum()), split_validate_patients=int(val.sum()),
-    )  # fmt: skip
+        patients=P,
+        studies=S,
+        images=NI,
+        same_day=int(same_day.sum()),
+        same_datetime_pairs=int(same_dt.sum()),
+        missing_time=int(missing.sum()),
+        multi_time_images=int(multi.sum()),
+        blank_view=int(blank.sum()),
+        blank_procedure=int((procedure == "").sum()),
+        first_studies=int((n_prior == 0).sum()),
+        same_time_ambiguous=int(same_time.sum()),
+        same_day_unordered=int(unordered.sum()),
+        split_test_patients=int(test.sum()),
+        split_validate_patients=int(val.sum()),
+    )
     var.update(_spec_varieties(specs, view))
     return Structure(
-        subject_ids=subject_ids, woman=woman, split=split, st_pat=st_pat, study_ids=study_ids, date=date,
-        time_ms=time_ms, kind=kind, procedure=procedure, n_prior=n_prior, same_time=same_time,
-        same_day_unordered=unordered, multi_time=multi, specs=specs, im_study=im_study, im_dicom=im_dicom,
-        im_view=view, im_rows=rows, im_cols=cols, im_time_ms=im_time, im_view_meaning=meaning, im_orient=orient,
+        subject_ids=subject_ids,
+        woman=woman,
+        split=split,
+        st_pat=st_pat,
+        study_ids=study_ids,
+        date=date,
+        time_ms=time_ms,
+        kind=kind,
+        procedure=procedure,
+        n_prior=n_prior,
+        same_time=same_time,
+        same_day_unordered=unordered,
+        multi_time=multi,
+        specs=specs,
+        im_study=im_study,
+        im_dicom=im_dicom,
+        im_view=view,
+        im_rows=rows,
+        im_cols=cols,
+        im_time_ms=im_time,
+        im_view_meaning=meaning,
+        im_orient=orient,
         varieties=var,
-    )  # fmt: skip
+    )

@@ -152,14 +152,17 @@ def _headers(st: Structure) -> dict[str, list[str | None]]:
 
     styles, h_imp = st.specs["style"].tolist(), st.specs["h_imp"].tolist()
     return {
-        "header_examination": hdr("h_exam"), "header_indication": hdr("h_ind"),
-        "header_history": hdr("h_hist"), "header_technique": hdr("h_tech"),
-        "header_comparison": hdr("h_comp"), "header_findings": hdr("h_find"),
+        "header_examination": hdr("h_exam"),
+        "header_indication": hdr("h_ind"),
+        "header_history": hdr("h_hist"),
+        "header_technique": hdr("h_tech"),
+        "header_comparison": hdr("h_comp"),
+        "header_findings": hdr("h_find"),
         "header_impression": [
             "FINDINGS AND IMPRESSION" if s == R.COMBINED else (h or None)
             for s, h in zip(styles, h_imp, strict=True)
         ],
-    }  # fmt: skip
+    }
 
 
 def _when(st: Structure) -> dict[str, Any]:
@@ -178,16 +181,27 @@ def write_truth_studies(
     S, sp = st.study_ids.size, st.specs
     temporal = np.array(res.temporal, dtype=bool)
     studies: dict[str, Any] = {
-        "subject_id": st.subject_ids[st.st_pat], "study_id": st.study_ids,
-        "split": st.split[st.st_pat].tolist(), "report_path": rel_paths, **_when(st),
-        "n_images": np.bincount(st.im_study, minlength=S), "n_prior_studies": st.n_prior,
-        "is_first_study": st.n_prior == 0, "same_time_ambiguous": st.same_time,
-        "same_day_unordered": st.same_day_unordered, "multi_time_images": st.multi_time,
-        "has_temporal_reference": temporal, "temporal_reference_without_prior": temporal & (st.n_prior == 0),
-        "style": [STYLE_NAMES[s] for s in sp["style"].tolist()], "has_addendum": sp["addendum"],
-        "has_wet_read": sp["wet_read"], "has_notification": sp["notification"],
-        "has_recommendation": sp["recommendation"], **_headers(st), "empty_sections": _empty_sections(st),
-    }  # fmt: skip
+        "subject_id": st.subject_ids[st.st_pat],
+        "study_id": st.study_ids,
+        "split": st.split[st.st_pat].tolist(),
+        "report_path": rel_paths,
+        **_when(st),
+        "n_images": np.bincount(st.im_study, minlength=S),
+        "n_prior_studies": st.n_prior,
+        "is_first_study": st.n_prior == 0,
+        "same_time_ambiguous": st.same_time,
+        "same_day_unordered": st.same_day_unordered,
+        "multi_time_images": st.multi_time,
+        "has_temporal_reference": temporal,
+        "temporal_reference_without_prior": temporal & (st.n_prior == 0),
+        "style": [STYLE_NAMES[s] for s in sp["style"].tolist()],
+        "has_addendum": sp["addendum"],
+        "has_wet_read": sp["wet_read"],
+        "has_notification": sp["notification"],
+        "has_recommendation": sp["recommendation"],
+        **_headers(st),
+        "empty_sections": _empty_sections(st),
+    }
     for sec in SECTIONS:
         studies[f"expect_{sec}"] = [s[sec] is not None for s in res.sections]
     for sec in SECTIONS:

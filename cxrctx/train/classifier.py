@@ -268,11 +268,19 @@ def fit(
         )
         loss = _epoch(model, fwd, loader, opt, sched, gen, dev, steps - epoch * per_epoch)
         if dist.main:
-            save_checkpoint(last, {
-                "format": CLS_FORMAT, "classifier_config": cfg.classifier_fields(), "epoch": epoch + 1,
-                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "gen": gen.get_state(), "rng": rng_state(),
-            })  # fmt: skip
+            save_checkpoint(
+                last,
+                {
+                    "format": CLS_FORMAT,
+                    "classifier_config": cfg.classifier_fields(),
+                    "epoch": epoch + 1,
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "gen": gen.get_state(),
+                    "rng": rng_state(),
+                },
+            )
         if on_epoch is not None:
             on_epoch(epoch + 1, cfg.classifier_epochs, loss)
     return _finish(cfg, model, val_ds, out, dist)
@@ -288,14 +296,25 @@ def _finish(
         thr = calibrate_thresholds(p, t, cfg.classifier_threshold)
         ev = scores(p, t, thr)
     if dist.main:
-        save_checkpoint(out / "classifier.pt", {
-            "format": CLS_FORMAT, "classifier_config": cfg.classifier_fields(),
-            "model": model.state_dict(), "thresholds": torch.as_tensor(thr, dtype=torch.float32),
-        })  # fmt: skip
+        save_checkpoint(
+            out / "classifier.pt",
+            {
+                "format": CLS_FORMAT,
+                "classifier_config": cfg.classifier_fields(),
+                "model": model.state_dict(),
+                "thresholds": torch.as_tensor(thr, dtype=torch.float32),
+            },
+        )
         atomic_write_text(out / "eval.json", json.dumps(ev, indent=2, sort_keys=True) + "\n")
         files = [file_entry(out / n, out) for n in ("classifier.pt", "eval.json")]
-        write_stage_manifest(out, stage=STAGE_NAME, schema_version=1, config=cfg, files=files,
-                             counts={"val_items": int(ev.get("n", 0))})  # fmt: skip
+        write_stage_manifest(
+            out,
+            stage=STAGE_NAME,
+            schema_version=1,
+            config=cfg,
+            files=files,
+            counts={"val_items": int(ev.get("n", 0))},
+        )
         (out / "last.pt").unlink(missing_ok=True)
     dist.barrier()
     return ev

@@ -85,7 +85,9 @@ class TrainConfig(BaseModel):
         description="[paper: pretrained] local weights of the classifier backbone (e.g. a CLIP image tower in timm layout); never downloaded",
     )
     classifier_in_chans: int = Field(3, ge=1, le=3, description="[chosen] 3 so RGB weights load")
-    classifier_epochs: int = Field(10, ge=0, le=1000, description="[chosen] classifier stage epochs")
+    classifier_epochs: int = Field(
+        10, ge=0, le=1000, description="[chosen] classifier stage epochs"
+    )
     classifier_lr: float = Field(1e-4, gt=0.0, le=1.0, description="[chosen] AdamW, cosine decay")
     classifier_batch_size: int = Field(32, ge=1, le=4096)
     allow_random_init: bool = Field(

@@ -165,7 +165,11 @@ def _check_run_dir(run: Path, cfg: TrainConfig, stages: list[int], resume: bool)
     ckdir = run / "checkpoints"
     if run.exists() and not run.is_dir():
         raise CxrctxError(f"{run}: exists and is not a directory; --out needs a folder")
-    if run.is_dir() and any(not is_lock_file(x.name) for x in run.iterdir()) and not (run / "config.json").exists():
+    if (
+        run.is_dir()
+        and any(not is_lock_file(x.name) for x in run.iterdir())
+        and not (run / "config.json").exists()
+    ):
         raise CxrctxError(f"{run}: not empty and not a train run; choose a new or empty --out")
     if run.is_dir():
         remove_stale_tmp(run)
@@ -176,7 +180,11 @@ def _check_run_dir(run: Path, cfg: TrainConfig, stages: list[int], resume: bool)
             f"{run}: already holds checkpoints; pass --resume to continue or choose another --out"
         )
     cdir = run / "classifier"
-    if 0 in stages and not resume and any((cdir / n).exists() for n in ("classifier.pt", "last.pt")):
+    if (
+        0 in stages
+        and not resume
+        and any((cdir / n).exists() for n in ("classifier.pt", "last.pt"))
+    ):
         raise CxrctxError(
             f"{cdir}: already holds a classifier; pass --resume to continue or choose another --out"
         )
@@ -553,7 +561,10 @@ def _install_classifier(ctx: RunContext) -> None:
     if not ctx.cfg.use_classifier:
         return
     src = ctx.classifier_src or ctx.run / "classifier"
-    if not (cls_stage.classifier_dir(src) / "manifest.json").exists() and ctx.classifier_src is None:
+    if (
+        not (cls_stage.classifier_dir(src) / "manifest.json").exists()
+        and ctx.classifier_src is None
+    ):
         raise CxrctxError(
             f"{src}: stage 1 needs the lesion classifier: run --stage classifier first, "
             "--stage all, or pass --classifier RUN"
@@ -625,9 +636,14 @@ def _write_run_manifest(ctx: RunContext, res: TrainResult) -> None:
         sha256=sha256_file(run / "skips.parquet"),
     )
     write_stage_manifest(
-        run, stage="train", schema_version=1, config=ctx.cfg, tables=[skips], files=files,
+        run,
+        stage="train",
+        schema_version=1,
+        config=ctx.cfg,
+        tables=[skips],
+        files=files,
         counts={**res.counts, "global_step": res.global_step},
-    )  # fmt: skip
+    )
 
 
 def finish_run(ctx: RunContext) -> TrainResult:

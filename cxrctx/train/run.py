@@ -93,11 +93,24 @@ def train(
     require_torch()
     stages, cfg = _plan(cfg, stage, Path(out), classifier)
     try:
-        return _run(cfg, records, labels, rois, images, Path(out), stages, resume, progress,
-                    interrupt_after, Path(classifier) if classifier else None)  # fmt: skip
+        return _run(
+            cfg,
+            records,
+            labels,
+            rois,
+            images,
+            Path(out),
+            stages,
+            resume,
+            progress,
+            interrupt_after,
+            Path(classifier) if classifier else None,
+        )
     except OSError as e:  # a full disk, a read-only or vanished --out: one line, like every stage
         what = "cannot write" if e.errno in _WRITE_ERRNOS else "file error"
-        raise CxrctxError(f"{e.filename or out}: {what} ({e.strerror or e}); training stopped") from None
+        raise CxrctxError(
+            f"{e.filename or out}: {what} ({e.strerror or e}); training stopped"
+        ) from None
 
 
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG}
@@ -129,11 +142,14 @@ def _plan(
     from cxrctx.train.config import validate_config
 
     fields = load_trained(Path(classifier))["classifier_config"]
-    return stages, validate_config({**cfg.model_dump(mode="json"), **fields}, source=str(classifier))
+    return stages, validate_config(
+        {**cfg.model_dump(mode="json"), **fields}, source=str(classifier)
+    )
 
 
-def _run(cfg, records, labels, rois, images, out, stages, resume, progress, interrupt_after,
-         classifier) -> TrainResult:  # fmt: skip
+def _run(
+    cfg, records, labels, rois, images, out, stages, resume, progress, interrupt_after, classifier
+) -> TrainResult:
     from cxrctx.train import loop
 
     ctx = loop.open_run(

@@ -148,10 +148,14 @@ def compile_lexicon(raw: bytes, name: str = "lexicon") -> Lexicon:
             names[f"l{i}"] = (lesion, None)
         neg, unc = data["negation"], data["uncertainty"]
         cues = {
-            "pseudo": data["pseudo"], "unc_both": unc["both"], "neg_post": neg["post"],
-            "unc_post": unc["post"], "neg_pre": neg["pre"], "unc_pre": unc["pre"],
+            "pseudo": data["pseudo"],
+            "unc_both": unc["both"],
+            "neg_post": neg["post"],
+            "unc_post": unc["post"],
+            "neg_pre": neg["pre"],
+            "unc_pre": unc["pre"],
             "term": data["terminators"],
-        }  # fmt: skip
+        }
         sides = {k: data["laterality"][k] for k in ("bilateral", "left", "right")}
         segment = {"seg": ["and", "or", "nor", "with", ",", *data["terminators"]]}
         return Lexicon(
@@ -164,10 +168,12 @@ def compile_lexicon(raw: bytes, name: str = "lexicon") -> Lexicon:
             side_re=re.compile(_words(sides)),
             segment_re=re.compile(_words(segment)),
             conj_re=re.compile(_words({"conj": data["list_conjunctions"]})),
-            presence_re=re.compile(rf"(?:{_words({'p': data['presence_modifiers']})})\W*(?:\w+\W+)?$"),
+            presence_re=re.compile(
+                rf"(?:{_words({'p': data['presence_modifiers']})})\W*(?:\w+\W+)?$"
+            ),
             normal_re=re.compile(_words({"normal": data["normal"]})),
             unsided=frozenset(data.get("unsided", ())),
-        )  # fmt: skip
+        )
     except CxrctxError:
         raise
     except (KeyError, TypeError, ValueError, re.error) as e:
