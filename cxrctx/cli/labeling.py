@@ -5,7 +5,8 @@ from __future__ import annotations
 import enum
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -60,32 +61,97 @@ else:
     Mode = enum.Enum("Mode", {m.name: m.value for m in Labeler if m is not Labeler.rules}, type=str)
 
 
-@app.command("label-lesions")
-def label_lesions_cmd(
-    input_path: Path = typer.Argument(
-        ..., help="build-priors output dir, or a .parquet/.csv/.jsonl file"
+InputPathArg = Annotated[
+    Path, typer.Argument(help="build-priors output dir, or a .parquet/.csv/.jsonl file")
+]
+OutOpt = Annotated[
+    Path,
+    typer.Option(
+        "--out", help="Output directory (labels/, documents/, failures/, cache/, manifest.json)."
     ),
-    out: Path = typer.Option(
-        ...,
-        "--out",
-        help="Output directory (labels/, documents/, failures/, cache/, manifest.json).",
-    ),
-    backend: LabelBackend = typer.Option(
-        None,
+]
+BackendOpt = Annotated[
+    LabelBackend | None,
+    typer.Option(
         "--backend",
         show_default=False,
         help="rules (no model; the default without --model), llamacpp (CPU, a .gguf path; the default with --model), openai (an OpenAI-compatible server at --base-url) or vllm (GPU, in process).",
     ),
-    model: str = typer.Option(
-        None,
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
         "--model",
         help="GGUF path (llamacpp), served model name (openai), model name or dir (vllm). Without it the rules label everything.",
     ),
-    mode: Mode = typer.Option(
-        Mode.cot,
+]
+ModeOpt = Annotated[
+    Mode,
+    typer.Option(
         "--mode",
         help="With a model: cot (hybrid, short reasoning), short (hybrid, status/location only) or llm (the model labels every candidate).",
     ),
+]
+SectionsOpt = Annotated[
+    str,
+    typer.Option(
+        "--sections", help="Record sections to label, comma-separated (build-priors input)."
+    ),
+]
+ShardOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--shard", help="Label slice i of n (e.g. 0/4); slices write part i and merge in one OUT."
+    ),
+]
+MaxReportBytesOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-report-bytes",
+        min=1,
+        help="Reject a document whose text is larger than this (too_large, a failure row; never labeled or sent), as build-priors does.",
+    ),
+]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Print the first prompt and the schema; call no model.")
+]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Replace another run's output in --out (only ever a cxrctx output); the same configuration resumes without it.",
+    ),
+]
+MaxTokensOpt = Annotated[
+    int, typer.Option("--max-tokens", min=1, help="Output token limit per answer.")
+]
+BatchSizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size",
+        min=1,
+        help="Documents per engine call / output batch (default per backend; openai: 32 x concurrency).",
+    ),
+]
+NoPrepassOpt = Annotated[
+    bool, typer.Option("--no-prepass", help="Ask the model about all 14 lesions for every report.")
+]
+PromptOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--prompt",
+        help="Prompt version (e.g. 1) or a prompt JSON file (hybrid modes: prompts/label_lesions/hybrid_vN.json).",
+    ),
+]
+
+
+@app.command("label-lesions")
+def label_lesions_cmd(
+    input_path: InputPathArg,
+    out: OutOpt,
+    backend: BackendOpt = None,
+    model: ModelOpt = None,
+    mode: ModeOpt = Mode.cot,
     base_url: BaseUrlOpt = None,
     api_key_env: ApiKeyEnvOpt = "OPENAI_API_KEY",
     engine_opt: EngineOptOpt = None,
@@ -93,52 +159,20 @@ def label_lesions_cmd(
     threads: ThreadsOpt = None,
     allow_failures: AllowFailuresOpt = False,
     allow_public_api: AllowPublicApiOpt = False,
-    sections: str = typer.Option(
-        "findings,impression",
-        "--sections",
-        help="Record sections to label, comma-separated (build-priors input).",
-    ),
+    sections: SectionsOpt = "findings,impression",
     id_column: str = typer.Option("id", "--id-column", help="Id column of a table input."),
     text_column: str = typer.Option("text", "--text-column", help="Text column of a table input."),
-    shard: str = typer.Option(
-        None,
-        "--shard",
-        help="Label slice i of n (e.g. 0/4); slices write part i and merge in one OUT.",
-    ),
+    shard: ShardOpt = None,
     limit: int = typer.Option(None, "--limit", min=1, help="Only the first N documents."),
-    max_report_bytes: int = typer.Option(
-        1 << 20,
-        "--max-report-bytes",
-        min=1,
-        help="Reject a document whose text is larger than this (too_large, a failure row; never labeled or sent), as build-priors does.",
-    ),
-    dry_run: bool = typer.Option(
-        False, "--dry-run", help="Print the first prompt and the schema; call no model."
-    ),
-    overwrite: bool = typer.Option(
-        False,
-        "--overwrite",
-        help="Replace another run's output in --out (only ever a cxrctx output); the same configuration resumes without it.",
-    ),
-    max_tokens: int = typer.Option(
-        384, "--max-tokens", min=1, help="Output token limit per answer."
-    ),
+    max_report_bytes: MaxReportBytesOpt = 1 << 20,
+    dry_run: DryRunOpt = False,
+    overwrite: OverwriteOpt = False,
+    max_tokens: MaxTokensOpt = 384,
     temperature: float = typer.Option(0.0, "--temperature"),
     seed: int = typer.Option(0, "--seed"),
-    batch_size: int = typer.Option(
-        None,
-        "--batch-size",
-        min=1,
-        help="Documents per engine call / output batch (default per backend; openai: 32 x concurrency).",
-    ),
-    no_prepass: bool = typer.Option(
-        False, "--no-prepass", help="Ask the model about all 14 lesions for every report."
-    ),
-    prompt: str = typer.Option(
-        None,
-        "--prompt",
-        help="Prompt version (e.g. 1) or a prompt JSON file (hybrid modes: prompts/label_lesions/hybrid_vN.json).",
-    ),
+    batch_size: BatchSizeOpt = None,
+    no_prepass: NoPrepassOpt = False,
+    prompt: PromptOpt = None,
     executor: ExecutorOpt = ExecutorKind.local,
     ray_address: RayAddressOpt = None,
     workers: WorkersOpt = 1,
@@ -167,60 +201,71 @@ def label_lesions_cmd(
           --model Qwen/Qwen2.5-7B-Instruct --executor ray --ray-address auto \\
           --workers 8 --plan --plan-throughput 6300
     """
-    secs = [s.strip() for s in sections.split(",") if s.strip()]
+    opts = SimpleNamespace(**locals())  # the parsed options by name, for the phases below
     labeler = _labeler(backend, model, mode)
-    sampling = Sampling(temperature=temperature, max_tokens=max_tokens, seed=seed)
-    config = LabelLesionsConfig(
-        sections=secs,
-        id_column=id_column,
-        text_column=text_column,
-        shard=shard,
-        limit=limit,
-        dry_run=dry_run,
-        overwrite=overwrite,
-        sampling=sampling,
-        batch_size=batch_size,
-        prepass=not no_prepass,
-        prompt=prompt,
-        max_report_bytes=max_report_bytes,
-    )
+    config = _config(opts)
     if labeler is Labeler.rules:
         _run_rules(input_path, out, config)
         return
     try:
-        spec = engine_spec(
-            Backend((backend or LabelBackend.llamacpp).value),
-            model,
-            base_url=base_url,
-            api_key_env=api_key_env,
-            engine_opt=engine_opt,
-            timeout=timeout,
-            threads=threads,
-            allow_public_api=allow_public_api,
-        )
-        assert spec is not None  # a backend was chosen
-        if plan and (shard or dry_run):
-            raise CxrctxError("--plan projects the whole input: drop --shard and --dry-run")
-        with model_run(executor, ray_address, workers, "label-lesions", disable=dry_run) as run:
-            if plan:
-                budget = plan_label_lesions(
-                    input_path,
-                    out,
-                    labeler=labeler,
-                    config=config,
-                    engine=spec,
-                    sample=plan_sample,
-                    throughput_tokens_per_s=plan_throughput,
-                    gpu=plan_gpu,
-                    **run,
-                )
-            else:
-                result = label_lesions(
-                    input_path, out, labeler=labeler, config=config, engine=spec, **run
-                )
+        outcome = _label_with_model(opts, labeler, config)
     except CxrctxError as e:
         raise fail(e) from None
-    _present(budget if plan else result, labeler, allow_failures)
+    _present(outcome, labeler, allow_failures)
+
+
+def _config(o: SimpleNamespace) -> LabelLesionsConfig:
+    """The stage configuration the options describe."""
+    sampling = Sampling(temperature=o.temperature, max_tokens=o.max_tokens, seed=o.seed)
+    return LabelLesionsConfig(
+        sections=[s.strip() for s in o.sections.split(",") if s.strip()],
+        id_column=o.id_column,
+        text_column=o.text_column,
+        shard=o.shard,
+        limit=o.limit,
+        dry_run=o.dry_run,
+        overwrite=o.overwrite,
+        sampling=sampling,
+        batch_size=o.batch_size,
+        prepass=not o.no_prepass,
+        prompt=o.prompt,
+        max_report_bytes=o.max_report_bytes,
+    )
+
+
+def _label_with_model(
+    o: SimpleNamespace, labeler: Labeler, config: LabelLesionsConfig
+) -> LabelRun | Plan:
+    """Label (or --plan) with the engine the options name."""
+    spec = engine_spec(
+        Backend((o.backend or LabelBackend.llamacpp).value),
+        o.model,
+        base_url=o.base_url,
+        api_key_env=o.api_key_env,
+        engine_opt=o.engine_opt,
+        timeout=o.timeout,
+        threads=o.threads,
+        allow_public_api=o.allow_public_api,
+    )
+    assert spec is not None  # a backend was chosen
+    if o.plan and (o.shard or o.dry_run):
+        raise CxrctxError("--plan projects the whole input: drop --shard and --dry-run")
+    with model_run(o.executor, o.ray_address, o.workers, "label-lesions", disable=o.dry_run) as run:
+        if o.plan:
+            return plan_label_lesions(
+                o.input_path,
+                o.out,
+                labeler=labeler,
+                config=config,
+                engine=spec,
+                sample=o.plan_sample,
+                throughput_tokens_per_s=o.plan_throughput,
+                gpu=o.plan_gpu,
+                **run,
+            )
+        return label_lesions(
+            o.input_path, o.out, labeler=labeler, config=config, engine=spec, **run
+        )
 
 
 def _labeler(backend: LabelBackend | None, model: str | None, mode: Mode) -> Labeler:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -23,6 +24,9 @@ from cxrctx.cli.engine import (
 )
 from cxrctx.cli.progress import progress_display
 from cxrctx.errors import CxrctxError
+
+if TYPE_CHECKING:
+    from cxrctx.release import RebuildReport
 
 
 class ExportFormat(str, enum.Enum):
@@ -68,6 +72,84 @@ def _temporal_line(th: dict[str, dict]) -> str:
     return "temporal hallucination (comparison language, no prior study): " + ", ".join(parts)
 
 
+StructuredOpt = Annotated[
+    Path | None,
+    typer.Option("--structured", help="structure-reports output (fills srrg's structured_report)."),
+]
+FormatsOpt = Annotated[
+    list[ExportFormat],
+    typer.Option("--format", help="Extra export table (repeatable): srrg, maira2, jsonl."),
+]
+TargetOpt = Annotated[
+    TargetSection,
+    typer.Option(
+        "--target",
+        help="Target section(s) of the exports (comma-separated, as --sections elsewhere).",
+    ),
+]
+LicenseOpt = Annotated[
+    str,
+    typer.Option(
+        "--license",
+        help="Hub licence id (a lower-case SPDX id such as cc-by-4.0), or other with "
+        "--license-name/--license-link (default: the PhysioNet Credentialed Health Data License 1.5.0).",
+    ),
+]
+LicenseNameOpt = Annotated[
+    str | None, typer.Option("--license-name", help="Licence name (with --license other).")
+]
+LicenseLinkOpt = Annotated[
+    str | None, typer.Option("--license-link", help="Licence URL (with --license other).")
+]
+TaskCategoriesOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--task-category",
+        help="Hub task category (repeatable; default image-text-to-text, image-to-text).",
+    ),
+]
+SizeCategoryOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--size-category", help="Hub size category (default: from the number of studies)."
+    ),
+]
+CardOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--card",
+        help="YAML or TOML file of card metadata: license_name, license_link, task_categories, "
+        "size_categories, citation, homepage, gated_prompt (options above override it).",
+    ),
+]
+RowsPerFileOpt = Annotated[
+    int, typer.Option("--rows-per-file", min=1, help="Rows per Parquet file.")
+]
+RecordsOpt = Annotated[
+    Path | None,
+    typer.Option("--records", help="For a label-lesions folder: the records its ids must be in."),
+]
+ImagenomeOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--imagenome", help="Your Chest ImaGenome copy: recompute the release's ROI boxes."
+    ),
+]
+LabelsOpt = Annotated[
+    Path | None,
+    typer.Option("--labels", help="Use this label-lesions output instead of re-labelling."),
+]
+LabelCacheOpt = Annotated[
+    Path | None, typer.Option("--label-cache", help="A label-lesions cache/ to reuse.")
+]
+RebuildStructuredOpt = Annotated[
+    Path | None, typer.Option("--structured", help="structure-reports output, when used.")
+]
+WorkersOpt = Annotated[
+    int | None, typer.Option("--workers", "-j", min=1, help="build-priors worker processes.")
+]
+
+
 @app.command("release")
 def release_cmd(
     records: Path = typer.Option(..., "--records", help="build-priors output folder."),
@@ -76,48 +158,18 @@ def release_cmd(
     version: str = typer.Option(..., "--version", help="Release version, e.g. 1.0.0."),
     labels: Path = typer.Option(None, "--labels", help="label-lesions output of these records."),
     rois: Path = typer.Option(None, "--rois", help="build-rois output of these records."),
-    structured: Path = typer.Option(
-        None, "--structured", help="structure-reports output (fills srrg's structured_report)."
-    ),
-    formats: list[ExportFormat] = typer.Option(
-        [], "--format", help="Extra export table (repeatable): srrg, maira2, jsonl."
-    ),
-    target: TargetSection = typer.Option(
-        TargetSection.findings,
-        "--target",
-        help="Target section(s) of the exports (comma-separated, as --sections elsewhere).",
-    ),
-    license: str = typer.Option(
-        "other",
-        "--license",
-        help="Hub licence id (a lower-case SPDX id such as cc-by-4.0), or other with "
-        "--license-name/--license-link (default: the PhysioNet Credentialed Health Data License 1.5.0).",
-    ),
-    license_name: str = typer.Option(
-        None, "--license-name", help="Licence name (with --license other)."
-    ),
-    license_link: str = typer.Option(
-        None, "--license-link", help="Licence URL (with --license other)."
-    ),
-    task_categories: list[str] = typer.Option(
-        None,
-        "--task-category",
-        help="Hub task category (repeatable; default image-text-to-text, image-to-text).",
-    ),
-    size_category: str = typer.Option(
-        None, "--size-category", help="Hub size category (default: from the number of studies)."
-    ),
+    structured: StructuredOpt = None,
+    formats: FormatsOpt = [],  # noqa: B006 (typer copies the default)
+    target: TargetOpt = TargetSection.findings,
+    license: LicenseOpt = "other",
+    license_name: LicenseNameOpt = None,
+    license_link: LicenseLinkOpt = None,
+    task_categories: TaskCategoriesOpt = None,
+    size_category: SizeCategoryOpt = None,
     citation: str = typer.Option(None, "--citation", help="BibTeX citation shown on the cards."),
     homepage: str = typer.Option(None, "--homepage", help="Project page URL shown on the cards."),
-    card: Path = typer.Option(
-        None,
-        "--card",
-        help="YAML or TOML file of card metadata: license_name, license_link, task_categories, "
-        "size_categories, citation, homepage, gated_prompt (options above override it).",
-    ),
-    rows_per_file: int = typer.Option(
-        20_000, "--rows-per-file", min=1, help="Rows per Parquet file."
-    ),
+    card: CardOpt = None,
+    rows_per_file: RowsPerFileOpt = 20_000,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier release in OUT."),
 ) -> None:
     """Package stage outputs as a public (IDs only) and a credentialed bundle, with dataset
@@ -170,9 +222,7 @@ def release_cmd(
 @app.command("validate")
 def validate_cmd(
     path: Path = typer.Argument(..., help="A stage output folder, a release bundle or a release."),
-    records: Path = typer.Option(
-        None, "--records", help="For a label-lesions folder: the records its ids must be in."
-    ),
+    records: RecordsOpt = None,
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Recompute every shard's sha256 and row count, check schemas, counts and invariants;
@@ -272,22 +322,12 @@ def rebuild_cmd(
     timeout: TimeoutOpt = None,
     threads: ThreadsOpt = None,
     allow_public_api: AllowPublicApiOpt = False,
-    imagenome: Path = typer.Option(
-        None, "--imagenome", help="Your Chest ImaGenome copy: recompute the release's ROI boxes."
-    ),
-    labels: Path = typer.Option(
-        None, "--labels", help="Use this label-lesions output instead of re-labelling."
-    ),
-    label_cache: Path = typer.Option(
-        None, "--label-cache", help="A label-lesions cache/ to reuse."
-    ),
+    imagenome: ImagenomeOpt = None,
+    labels: LabelsOpt = None,
+    label_cache: LabelCacheOpt = None,
     rois: Path = typer.Option(None, "--rois", help="build-rois output, when the release has ROIs."),
-    structured: Path = typer.Option(
-        None, "--structured", help="structure-reports output, when used."
-    ),
-    workers: int = typer.Option(
-        None, "--workers", "-j", min=1, help="build-priors worker processes."
-    ),
+    structured: RebuildStructuredOpt = None,
+    workers: WorkersOpt = None,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier rebuild in OUT."),
 ) -> None:
     """Re-run a release's recorded stages on your MIMIC-CXR copy and check every sha256.
@@ -304,8 +344,6 @@ def rebuild_cmd(
           --model qwen2.5-1.5b-instruct-q4_k_m.gguf \\
           --imagenome /data/chest-imagenome
     """
-    from rich.markup import escape
-
     from cxrctx.release import rebuild
 
     try:
@@ -336,6 +374,13 @@ def rebuild_cmd(
             )
     except CxrctxError as e:
         raise fail(e) from None
+    _present_rebuild(rep)
+
+
+def _present_rebuild(rep: RebuildReport) -> None:
+    """Each note and difference on stderr; exit 1 unless the rebuild is identical."""
+    from rich.markup import escape
+
     for n in rep.input_notes:
         err_console.print(f"[yellow]input:[/] {escape(n)}", highlight=False)
     for d in rep.differences:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -62,6 +62,42 @@ class LlmUse(str, Enum):
     labels = "labels"
 
 
+SplitOpt = Annotated[
+    SplitChoice,
+    typer.Option(
+        "--split",
+        help="Records split (MIMIC-CXR's names, as in its split CSV and the records: validate, not the hub's validation), or all.",
+    ),
+]
+AggregatorLesionsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--aggregator-lesions",
+        help="Also give the LLM aggregator the classifier's lesion list (off: regional statements only, as in the paper).",
+    ),
+]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option("--overwrite", help="Replace a non-empty --out written by another cxrctx run."),
+]
+ReferenceLabelsOpt = Annotated[
+    Path | None,
+    typer.Option("--reference-labels", help="Labels for the reference side (skips labeling it)."),
+]
+OutOpt = Annotated[
+    Path | None, typer.Option("--out", help="Write evaluation.json and per_study.parquet here.")
+]
+SectionsOpt = Annotated[
+    SectionsChoice, typer.Option("--sections", help="Record sections that form the reference text.")
+]
+LlmForOpt = Annotated[
+    LlmUse,
+    typer.Option(
+        "--llm-for", help="With --backend: the lesion labels, the consistency judge or both."
+    ),
+]
+
+
 @app.command("generate")
 def generate_cmd(
     run_dir: Path = typer.Argument(..., help="A finished train run directory."),
@@ -70,19 +106,11 @@ def generate_cmd(
         "--out",
         help="Output directory (generated/part-*.parquet, skips.parquet, manifest.json).",
     ),
-    split: SplitChoice = typer.Option(
-        SplitChoice.test,
-        "--split",
-        help="Records split (MIMIC-CXR's names, as in its split CSV and the records: validate, not the hub's validation), or all.",
-    ),
+    split: SplitOpt = SplitChoice.test,
     records: Path = typer.Option(None, "--records", help="Default: the run's."),
     rois: Path = typer.Option(None, "--rois", help="Default: the run's."),
     images: Path = typer.Option(None, "--images", help="Default: the run's."),
-    aggregator_lesions: bool = typer.Option(
-        False,
-        "--aggregator-lesions",
-        help="Also give the LLM aggregator the classifier's lesion list (off: regional statements only, as in the paper).",
-    ),
+    aggregator_lesions: AggregatorLesionsOpt = False,
     limit: int = typer.Option(None, "--limit", help="Only the first N studies."),
     backend: BackendOpt = None,
     model: ModelOpt = None,
@@ -93,9 +121,7 @@ def generate_cmd(
     threads: ThreadsOpt = None,
     allow_failures: AllowFailuresOpt = False,
     allow_public_api: AllowPublicApiOpt = False,
-    overwrite: bool = typer.Option(
-        False, "--overwrite", help="Replace a non-empty --out written by another cxrctx run."
-    ),
+    overwrite: OverwriteOpt = False,
     executor: ExecutorOpt = ExecutorKind.local,
     ray_address: RayAddressOpt = None,
     workers: WorkersOpt = 1,
@@ -179,20 +205,10 @@ def evaluate_cmd(
     reference: Path = typer.Option(
         ..., "--reference", help="build-priors output holding the reference reports."
     ),
-    reference_labels: Path = typer.Option(
-        None, "--reference-labels", help="Labels for the reference side (skips labeling it)."
-    ),
-    out: Path = typer.Option(
-        None, "--out", help="Write evaluation.json and per_study.parquet here."
-    ),
-    sections: SectionsChoice = typer.Option(
-        SectionsChoice.both, "--sections", help="Record sections that form the reference text."
-    ),
-    llm_for: LlmUse = typer.Option(
-        LlmUse.both,
-        "--llm-for",
-        help="With --backend: the lesion labels, the consistency judge or both.",
-    ),
+    reference_labels: ReferenceLabelsOpt = None,
+    out: OutOpt = None,
+    sections: SectionsOpt = SectionsChoice.both,
+    llm_for: LlmForOpt = LlmUse.both,
     backend: BackendOpt = None,
     model: ModelOpt = None,
     base_url: BaseUrlOpt = None,
@@ -202,9 +218,7 @@ def evaluate_cmd(
     threads: ThreadsOpt = None,
     allow_failures: AllowFailuresOpt = False,
     allow_public_api: AllowPublicApiOpt = False,
-    overwrite: bool = typer.Option(
-        False, "--overwrite", help="Replace a non-empty --out written by another cxrctx run."
-    ),
+    overwrite: OverwriteOpt = False,
     executor: ExecutorOpt = ExecutorKind.local,
     ray_address: RayAddressOpt = None,
     workers: WorkersOpt = 1,

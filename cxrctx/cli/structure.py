@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -48,26 +49,69 @@ class StructureBackend(str, enum.Enum):
     vllm = "vllm"
 
 
-@app.command("structure-reports")
-def structure_reports_cmd(
-    records: Path = typer.Argument(
-        ...,
-        help="build-priors output dir, or a .parquet/.csv/.jsonl file with id, findings, impression",
+RecordsArg = Annotated[
+    Path,
+    typer.Argument(
+        help="build-priors output dir, or a .parquet/.csv/.jsonl file with id, findings, impression"
     ),
-    out: Path = typer.Option(
-        ..., "--out", help="Output directory (structured/, failures/, cache/, manifest.json)."
-    ),
-    backend: StructureBackend = typer.Option(
-        None,
+]
+OutOpt = Annotated[
+    Path,
+    typer.Option("--out", help="Output directory (structured/, failures/, cache/, manifest.json)."),
+]
+BackendOpt = Annotated[
+    StructureBackend | None,
+    typer.Option(
         "--backend",
         show_default=False,
         help="rules (no model; the default without --model), llamacpp (CPU, a .gguf path; the default with --model), openai (an OpenAI-compatible server at --base-url) or vllm (GPU, in process).",
     ),
-    model: str = typer.Option(
-        None,
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
         "--model",
         help="GGUF path (llamacpp), served model name (openai), model name or dir (vllm): it rewrites the rules' draft. Without it the rules structure everything.",
     ),
+]
+PriorsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--priors",
+        help="Also structure the reports of each record's prior studies (each prior once).",
+    ),
+]
+MaxTokensOpt = Annotated[
+    int, typer.Option("--max-tokens", min=1, help="Output token limit per answer.")
+]
+BatchSizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size", min=1, help="Reports per engine call / output batch (default per backend)."
+    ),
+]
+PromptOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--prompt",
+        help="Prompt version (default 2: rewrite the rules' draft; 1: from scratch) or a prompt JSON file.",
+    ),
+]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Replace a non-empty --out written by another cxrctx run (the same configuration resumes without it).",
+    ),
+]
+
+
+@app.command("structure-reports")
+def structure_reports_cmd(
+    records: RecordsArg,
+    out: OutOpt,
+    backend: BackendOpt = None,
+    model: ModelOpt = None,
     base_url: BaseUrlOpt = None,
     api_key_env: ApiKeyEnvOpt = "OPENAI_API_KEY",
     engine_opt: EngineOptOpt = None,
@@ -75,34 +119,15 @@ def structure_reports_cmd(
     threads: ThreadsOpt = None,
     allow_failures: AllowFailuresOpt = False,
     allow_public_api: AllowPublicApiOpt = False,
-    priors: bool = typer.Option(
-        False,
-        "--priors",
-        help="Also structure the reports of each record's prior studies (each prior once).",
-    ),
+    priors: PriorsOpt = False,
     id_column: str = typer.Option("id", "--id-column", help="Study id column of a table input."),
     limit: int = typer.Option(None, "--limit", min=1, help="Only the first N records."),
-    max_tokens: int = typer.Option(
-        768, "--max-tokens", min=1, help="Output token limit per answer."
-    ),
+    max_tokens: MaxTokensOpt = 768,
     temperature: float = typer.Option(0.0, "--temperature"),
     seed: int = typer.Option(0, "--seed"),
-    batch_size: int = typer.Option(
-        None,
-        "--batch-size",
-        min=1,
-        help="Reports per engine call / output batch (default per backend).",
-    ),
-    prompt: str = typer.Option(
-        None,
-        "--prompt",
-        help="Prompt version (default 2: rewrite the rules' draft; 1: from scratch) or a prompt JSON file.",
-    ),
-    overwrite: bool = typer.Option(
-        False,
-        "--overwrite",
-        help="Replace a non-empty --out written by another cxrctx run (the same configuration resumes without it).",
-    ),
+    batch_size: BatchSizeOpt = None,
+    prompt: PromptOpt = None,
+    overwrite: OverwriteOpt = False,
     executor: ExecutorOpt = ExecutorKind.local,
     ray_address: RayAddressOpt = None,
     workers: WorkersOpt = 1,
@@ -138,58 +163,68 @@ def structure_reports_cmd(
           --model Qwen/Qwen2.5-7B-Instruct --executor ray --ray-address auto \\
           --workers 8 --plan --plan-throughput 6300
     """
-    from cxrctx.llm import Sampling
-
+    opts = SimpleNamespace(**locals())  # the parsed options by name, for the phases below
     if _rules_chosen(backend, model):
-        if plan:
-            raise fail(CxrctxError("--plan projects a model's cost: give --model"))
-        _run_rules(
-            records,
-            out,
-            priors=priors,
-            id_column=id_column,
-            limit=limit,
-            overwrite=overwrite,
-            allow_failures=allow_failures,
-            workers=workers,
-        )
+        _structure_with_rules(opts)
         return
     try:
-        spec = engine_spec(
-            Backend((backend or StructureBackend.llamacpp).value),
-            model,
-            base_url=base_url,
-            api_key_env=api_key_env,
-            engine_opt=engine_opt,
-            timeout=timeout,
-            threads=threads,
-            allow_public_api=allow_public_api,
-        )
-        assert spec is not None
-        task = dict(
-            engine=spec,
-            priors=priors,
-            id_column=id_column,
-            limit=limit,
-            sampling=Sampling(temperature=temperature, max_tokens=max_tokens, seed=seed),
-            batch_size=batch_size,
-            prompt=prompt,
-            overwrite=overwrite,
-        )
-        with model_run(executor, ray_address, workers, "structure-reports") as run:
-            if plan:
-                budget = _plan(records, out, plan_sample, plan_throughput, plan_gpu, task | run)
-            else:
-                result = _structure(records, out, task | run)
+        outcome = _structure_with_model(opts)
     except CxrctxError as e:
         raise fail(e) from None
     except OSError as e:
         raise fail(_write_error(e, out)) from None
     if plan:
-        print_plan(budget)
+        print_plan(outcome)
         return
-    _print_summary(result)
-    exit_if_failed(result.result.counts["failed"], allow_failures, f"{result.out_dir}/failures/")
+    _print_summary(outcome)
+    exit_if_failed(outcome.result.counts["failed"], allow_failures, f"{outcome.out_dir}/failures/")
+
+
+def _structure_with_rules(o: SimpleNamespace) -> None:
+    """Structure every report with the rules (no model)."""
+    if o.plan:
+        raise fail(CxrctxError("--plan projects a model's cost: give --model"))
+    _run_rules(
+        o.records,
+        o.out,
+        priors=o.priors,
+        id_column=o.id_column,
+        limit=o.limit,
+        overwrite=o.overwrite,
+        allow_failures=o.allow_failures,
+        workers=o.workers,
+    )
+
+
+def _structure_with_model(o: SimpleNamespace) -> Any:
+    """Structure (or --plan) with the engine the options name."""
+    from cxrctx.llm import Sampling
+
+    spec = engine_spec(
+        Backend((o.backend or StructureBackend.llamacpp).value),
+        o.model,
+        base_url=o.base_url,
+        api_key_env=o.api_key_env,
+        engine_opt=o.engine_opt,
+        timeout=o.timeout,
+        threads=o.threads,
+        allow_public_api=o.allow_public_api,
+    )
+    assert spec is not None
+    task = dict(
+        engine=spec,
+        priors=o.priors,
+        id_column=o.id_column,
+        limit=o.limit,
+        sampling=Sampling(temperature=o.temperature, max_tokens=o.max_tokens, seed=o.seed),
+        batch_size=o.batch_size,
+        prompt=o.prompt,
+        overwrite=o.overwrite,
+    )
+    with model_run(o.executor, o.ray_address, o.workers, "structure-reports") as run:
+        if o.plan:
+            return _plan(o.records, o.out, o.plan_sample, o.plan_throughput, o.plan_gpu, task | run)
+        return _structure(o.records, o.out, task | run)
 
 
 def _rules_chosen(backend: StructureBackend | None, model: str | None) -> bool:
