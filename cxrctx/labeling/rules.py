@@ -187,6 +187,30 @@ def rules_provenance() -> dict[str, Any]:
     }
 
 
+# The counters of a rules run: the same keys as a model run's, so the tables and summaries
+# of both read alike.
+_COUNT_KEYS = (
+    "documents",
+    "labeled",
+    "empty",
+    "duplicate_id",
+    "failed",
+    "llm_called",
+    "no_candidate",
+    "cached",
+    "unique_texts",
+    "engine_requests",
+    "rules",
+    "not_mentioned",
+    "ambiguous",
+)
+
+
+def _failure(doc_id: str, reason: str) -> dict[str, Any]:
+    """A failure row of a document the rules never read (no model attempt)."""
+    return {"id": doc_id, "reason": reason, "raw_text": None, "attempts": 0, "transient": False}
+
+
 def label_documents_rules(
     docs: pl.DataFrame,
     *,
@@ -204,22 +228,7 @@ def label_documents_rules(
     prov = rules_provenance()
     ids = docs["id"].cast(pl.String).to_list()
     texts = docs["text"].cast(pl.String).to_list()
-    keys = (
-        "documents",
-        "labeled",
-        "empty",
-        "duplicate_id",
-        "failed",
-        "llm_called",
-        "no_candidate",
-        "cached",
-        "unique_texts",
-        "engine_requests",
-        "rules",
-        "not_mentioned",
-        "ambiguous",
-    )
-    counts = dict.fromkeys(keys, 0)
+    counts = dict.fromkeys(_COUNT_KEYS, 0)
     counts["documents"] = len(ids)
     cols: dict[str, list[Any]] = {c: [] for c in _VARYING}
     doc_rows: list[dict[str, Any]] = []
@@ -232,23 +241,13 @@ def label_documents_rules(
             progress(i, total, 0)
         if doc_id is None or doc_id in seen:
             counts["duplicate_id"] += 1
-            failures.append(
-                {
-                    "id": doc_id or "",
-                    "reason": DUPLICATE_ID,
-                    "raw_text": None,
-                    "attempts": 0,
-                    "transient": False,
-                }
-            )
+            failures.append(_failure(doc_id or "", DUPLICATE_ID))
             continue
         seen.add(doc_id)
         text = (raw or "").strip()
         if not text:
             counts["empty"] += 1
-            failures.append(
-                {"id": doc_id, "reason": EMPTY, "raw_text": None, "attempts": 0, "transient": False}
-            )
+            failures.append(_failure(doc_id, EMPTY))
             doc_rows.append(document_row(doc_id, "", "empty", []))
             continue
         sha = hashlib.sha256(text.encode("utf-8")).hexdigest()

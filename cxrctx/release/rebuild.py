@@ -372,21 +372,7 @@ def rebuild(
     folder) recomputes the ROI boxes; `rois` reuses a build-rois output instead.
     `progress` receives the events of each stage it runs (True: tqdm bars)."""
     progress = as_callback(progress)
-    pdir = Path(public_dir)
-    if (pdir / "public").is_dir() and not (pdir / "manifest.json").exists():
-        pdir = pdir / "public"
-    st, extra, pub_files, cred_files = _expected(pdir)
-    try:
-        cfg = ReleaseConfig(**st.manifest.config)
-    except (ValueError, TypeError) as e:
-        raise CxrctxError(
-            f"{pdir}: the release config is not valid ({str(e).splitlines()[0]})"
-        ) from e
-    stages = extra.get("stages", {})
-    if not isinstance(stages, dict) or "build-priors" not in stages:
-        raise CxrctxError(f"{pdir}: the manifest records no build-priors stage")
-    for name in stages:
-        _config(stages, name)
+    pdir, cfg, stages, pub_files, cred_files = _read_bundle(Path(public_dir))
     root = Path(mimic_root)
     rep = RebuildReport(Path(out))
     rep.input_notes = check_root(root, stages.get("build-priors", {}))
@@ -436,6 +422,28 @@ def rebuild(
     )
     _compare(rep, pdir, o, stages, pub_files, cred_files)
     return rep
+
+
+def _read_bundle(
+    pdir: Path,
+) -> tuple[Path, ReleaseConfig, dict[str, Any], list[dict], list[dict]]:
+    """The public bundle's folder, release config, recorded stages and expected files;
+    refused when the config or any stage's config is not valid (a bundle is untrusted)."""
+    if (pdir / "public").is_dir() and not (pdir / "manifest.json").exists():
+        pdir = pdir / "public"
+    st, extra, pub_files, cred_files = _expected(pdir)
+    try:
+        cfg = ReleaseConfig(**st.manifest.config)
+    except (ValueError, TypeError) as e:
+        raise CxrctxError(
+            f"{pdir}: the release config is not valid ({str(e).splitlines()[0]})"
+        ) from e
+    stages = extra.get("stages", {})
+    if not isinstance(stages, dict) or "build-priors" not in stages:
+        raise CxrctxError(f"{pdir}: the manifest records no build-priors stage")
+    for name in stages:
+        _config(stages, name)
+    return pdir, cfg, stages, pub_files, cred_files
 
 
 def _config(stages: dict[str, Any], name: str) -> dict[str, Any]:

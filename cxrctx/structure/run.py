@@ -504,12 +504,20 @@ def structure_reports(
         raise
     tables = {name: s.close() for name, s in sinks.items()}
     cfg = _config(input_path, sp, sampling, result, engine, priors, limit)
+    manifest = _write_manifest(out_dir, loaded.inputs, tables, cfg, result)
+    return StructureRun(out_dir, result, manifest, seconds=time.perf_counter() - t0)
+
+
+def _write_manifest(
+    out_dir: Path, inputs: list, tables: dict, cfg: StructureRunConfig, result: StructureResult
+) -> Manifest:
+    """The run's manifest (shards, failure table, counts, provenance), written last."""
     manifest = Manifest(
         tool_version=__version__,
         stage=STAGE,
         schema_version=STRUCTURE_SCHEMA_VERSION,
         config=cfg.model_dump(mode="json"),
-        inputs=loaded.inputs,
+        inputs=inputs,
         shards=tables["structured"],
         tables=tables["failures"],
         counts=result.counts,
@@ -520,7 +528,7 @@ def structure_reports(
         },
     )
     write_manifest(manifest, out_dir / "manifest.json")
-    return StructureRun(out_dir, result, manifest, seconds=time.perf_counter() - t0)
+    return manifest
 
 
 def _model_rows(

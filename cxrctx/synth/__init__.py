@@ -457,6 +457,34 @@ def synthesize(
             imagenome=imagenome,
             progress=progress,
         )
+    summary = _summary(
+        root,
+        st,
+        temporal,
+        seed=seed,
+        patients=patients,
+        dicom=dicom,
+        image_counts=image_counts,
+        zip_reports=zip_reports,
+    )
+    _finish(root, summary)
+    if progress is not None:
+        progress("done", 1, 1)
+    return summary
+
+
+def _summary(
+    root: Path,
+    st: Structure,
+    temporal: np.ndarray,
+    *,
+    seed: int,
+    patients: int,
+    dicom: bool,
+    image_counts: dict[str, int],
+    zip_reports: bool,
+) -> SynthSummary:
+    """What was written: counts, varieties (temporal references included), files on disk."""
     var = dict(st.varieties)
     var["temporal_reference"] = int(temporal.sum())
     var["temporal_reference_without_prior"] = int((temporal & (st.n_prior == 0)).sum())
@@ -473,7 +501,4 @@ def synthesize(
         reports_zip=REPORTS_ZIP if zip_reports else None,
         varieties=var,
     )
-    _finish(root, summary)
-    if progress is not None:
-        progress("done", 1, 1)
     return summary
