@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from random import Random
 
-from cxrctx.synth import phrases as P
+from cxrctx.synth import frames as F
 from cxrctx.synth import text as T
 from cxrctx.vocab import SECTIONS
 
@@ -116,26 +116,26 @@ def _numbered(lines: list[str], items: list[str]) -> None:
 
 def _indication(r: Random, woman: bool) -> tuple[str, str | None]:
     who = "woman" if woman else "man"
-    hx = r.choice(P.INDICATION_HX)
+    hx = r.choice(F.INDICATION_HX)
     x = r.random()
     if x < 0.12:  # the reason repeats the question, as in many real indications
-        q = r.choice(P.INDICATION_QUESTION)
+        q = r.choice(F.INDICATION_QUESTION)
         return f"___ year old {who} with {q}  // {q}", q
     if x < 0.55:
-        reason = r.choice(P.INDICATION_REASON)
+        reason = r.choice(F.INDICATION_REASON)
         return f"___ year old {who} with {hx}  // {reason}", reason
     if x < 0.7:
-        reason = r.choice(P.INDICATION_REASON)
+        reason = r.choice(F.INDICATION_REASON)
         return f"___-year-old {who} with {hx}, {reason}.", None
     if x < 0.85:
         return f"{hx[:1].upper()}{hx[1:]}.", None
-    reason = r.choice(P.INDICATION_REASON)
+    reason = r.choice(F.INDICATION_REASON)
     return f"History: ___{'F' if woman else 'M'} with {hx}  // {reason}", reason
 
 
 def _history(r: Random, woman: bool) -> str:
     who = "female" if woman else "male"
-    hx = r.choice(P.INDICATION_HX)
+    hx = r.choice(F.INDICATION_HX)
     return r.choice(
         (
             f"___-year-old {who} with {hx}.",
@@ -243,14 +243,14 @@ def _route(
         imp = flat + [
             s
             for s in imp
-            if s not in flat and (s in P.NORMAL_IMPRESSION or s in P.TEMPORAL_GLOBAL_IMPRESSION)
+            if s not in flat and (s in F.NORMAL_IMPRESSION or s in F.TEMPORAL_GLOBAL_IMPRESSION)
         ]
         findings_pars = []
     if style in (FINDINGS_ONLY, NEITHER):
         imp = []
     said = " ".join(s for p in findings_pars for s in p) + " " + " ".join(imp)
     if style != NEITHER and temporal and not T.TEMPORAL_RE.search(said):
-        extra = r.choice(P.TEMPORAL_GLOBAL_IMPRESSION)
+        extra = r.choice(F.TEMPORAL_GLOBAL_IMPRESSION)
         if imp or not findings_pars:
             imp.append(extra)
         else:
@@ -265,7 +265,7 @@ def _headerless(
     content.temporal = False
     if r.random() < 0.7:
         flat = [s for p in findings_pars for s in p if not T.TEMPORAL_RE.search(s)]
-        body = T.paragraph(flat) if flat else r.choice(P.NORMAL_FINDINGS)
+        body = T.paragraph(flat) if flat else r.choice(F.NORMAL_FINDINGS)
         lines.extend(T.wrap(body))
         lines.append(" ")
         kept = set(flat)

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from random import Random
 
-from cxrctx.synth.phrases import (
+from cxrctx.synth.frames import (
     DEFINITE,
     DEVICES,
     FRACTURE,
@@ -23,16 +23,18 @@ from cxrctx.synth.phrases import (
     HEDGED,
     NEG_MANY,
     NEG_ONE,
-    NEG_RATE,
     NEG_SPECIAL,
     NEG_TWO,
     NORMAL_FINDINGS,
     NORMAL_IMPRESSION,
-    PERSIST,
-    PREVALENCE,
     TEMPORAL,
     TEMPORAL_GLOBAL_FINDINGS,
     TEMPORAL_GLOBAL_IMPRESSION,
+)
+from cxrctx.synth.phrases import (
+    NEG_RATE,
+    PERSIST,
+    PREVALENCE,
     VOCAB,
     LesionVocab,
 )
