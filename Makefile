@@ -66,7 +66,7 @@ $(VVENV)/.vllm: $(VBIN)/python pyproject.toml
 	$(VPIP) install -q .
 	touch $@
 
-$(VLLM_MODEL)/config.json: $(VVENV)/.vllm
+$(VLLM_MODEL)/config.json: | $(VVENV)/.vllm
 	$(VBIN)/python benchmarks/gguf_to_hf.py --smollm2 --out $(VLLM_MODEL)
 
 setup-vllm: $(VVENV)/.vllm $(VLLM_MODEL)/config.json

@@ -11,7 +11,7 @@ images projected from the measured images/s. `--cpu-smoke` runs one tiny step at
 so the script itself is tested on machines without a GPU (its figures mean nothing).
 
 `label`: where vLLM is importable and a model folder is given, `label-lesions`' library
-(`label_documents`, hybrid `short` and `llm` mode) on synthetic reports through the vllm
+(`label_documents`, the llm labeler) on synthetic reports through the vllm
 backend: reports/s and output tokens/s. Otherwise the part says why it was skipped.
 """
 
@@ -115,8 +115,7 @@ def label_part(model: str | None, reports: int, batch: int, smoke: bool) -> dict
     start = time.perf_counter() - t
     out: dict[str, Any] = {"model": model, "engine_start_s": round(start, 2),
                            "batch_size": batch}  # fmt: skip
-    for mode in ("short", "llm"):
-        out[mode] = label_run(engine, docs, mode, batch)
+    out["llm"] = label_run(engine, docs, "llm", batch)
     return out
 
 

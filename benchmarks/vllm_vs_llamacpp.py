@@ -72,14 +72,14 @@ def prefix_cache_counters(engine: Any) -> dict[str, float] | None:
 
 
 def label_run(engine: Any, docs: Any, mode: str, batch: int) -> dict[str, Any]:
-    """Label `docs` once (no result cache): reports/s, tokens, failures, prefix-cache hits."""
+    """Label `docs` once with the llm labeler (lexicon pre-pass on, no result cache):
+    reports/s, tokens, failures, prefix-cache hits. `mode` only names the run."""
     from cxrctx.labeling import label_documents
     from cxrctx.llm import Sampling
 
     before = prefix_cache_counters(engine)
     t = time.perf_counter()
-    res = label_documents(docs, engine, sampling=Sampling(), batch_size=batch,
-                          prepass=mode != "llm")  # fmt: skip
+    res = label_documents(docs, engine, sampling=Sampling(), batch_size=batch)
     dt = time.perf_counter() - t
     c = res.counts
     out = {"mode": mode, "batch": batch, "reports": docs.height, "seconds": round(dt, 2),
@@ -106,8 +106,7 @@ def part(engine_name: str, model: str, reports: int, batches: list[int], threads
     if engine_name == "llamacpp":
         opts = {"n_ctx": 4096, "n_threads": threads}
     else:
-        opts["kv_cache_space_gib"] = 2
-        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        opts["kv_cache_space_gib"] = 2  # vLLM's CPU backend binds its own OpenMP threads
     t = time.perf_counter()
     engine = get_engine(engine_name, model, **opts)
     start = time.perf_counter() - t
