@@ -151,13 +151,13 @@ def test_bad_options_and_models_are_one_line_errors(vllm_model, tmp_path):
 # ---------------------------------------------------------------------------- label-lesions
 
 
-def test_cli_label_lesions_hybrid_cot_vllm_provenance(vllm_model, hedged, tmp_path):
+def test_cli_label_lesions_hybrid_short_vllm_provenance(vllm_model, hedged, tmp_path):
     """The command as a user runs it (its own process builds the engine)."""
     import vllm
 
-    out = tmp_path / "cot"
+    out = tmp_path / "short"
     cmd = [sys.executable, "-m", "cxrctx.cli", "label-lesions", str(hedged), "--out", str(out),
-           "--backend", "vllm", "--model", vllm_model, "--mode", "cot", "--limit", "4",
+           "--backend", "vllm", "--model", vllm_model, "--mode", "short", "--limit", "2",
            "--engine-opt", "kv_cache_space_gib=1", "--engine-opt", "max_model_len=4096"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("VLLM_NO_USAGE_STATS", None)
@@ -169,24 +169,24 @@ def test_cli_label_lesions_hybrid_cot_vllm_provenance(vllm_model, hedged, tmp_pa
     assert (cfg["backend"], cfg["model"]) == ("vllm", vllm_model)
     assert cfg["engine_options"]["engine_version"] == vllm.__version__
     assert cfg["engine_options"]["options"] == {"kv_cache_space_gib": 1, "max_model_len": 4096}
-    assert cfg["sampling"]["max_tokens"] == 384 and cfg["mode"] == "cot"
+    assert cfg["sampling"]["max_tokens"] == 384 and cfg["mode"] == "short"
     assert man["counts"]["llm"] > 0 and man["counts"]["completion_tokens"] > 0
-    _labels_are_valid(out, 4)
+    _labels_are_valid(out, 2)
 
 
-@pytest.mark.parametrize("mode", ["short", "llm"])
+@pytest.mark.parametrize("mode", ["cot", "llm"])
 def test_label_lesions_modes_on_the_real_engine(engine, hedged, tmp_path, mode):
     from cxrctx.io import read_shards
     from cxrctx.labeling import label_lesions
 
-    run = label_lesions(hedged, tmp_path / mode, engine=engine, mode=mode)
+    run = label_lesions(hedged, tmp_path / mode, engine=engine, labeler=mode)
     c = run.result.counts
     labels = _labels_are_valid(tmp_path / mode, 4)
     assert labels.height > 0
     docs = read_shards(tmp_path / mode / "documents")
     assert c["completion_tokens"] == docs["completion_tokens"].sum() > 0
     assert c["prompt_tokens"] > c["completion_tokens"]
-    if mode == "short":
+    if mode == "cot":
         assert c["llm"] > 0  # label rows the model decided
     prov = run.manifest.extra["provenance"]
     assert (prov["backend"], prov["model"]) == ("vllm", engine.model)
@@ -202,9 +202,9 @@ def test_an_interrupted_label_run_resumes_from_its_cache(engine, hedged, tmp_pat
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        label_lesions(hedged, out, engine=engine, mode="short", batch_size=1, progress=stop)
+        label_lesions(hedged, out, engine=engine, labeler="short", batch_size=1, progress=stop)
     assert not (out / "manifest.json").exists()
-    run = label_lesions(hedged, out, engine=engine, mode="short", batch_size=1)
+    run = label_lesions(hedged, out, engine=engine, labeler="short", batch_size=1)
     c = run.result.counts
     assert c["cached"] == 2 and c["labeled"] == 4  # the interrupted run's answers are kept
     assert c["engine_requests"] == 2  # only the rest was asked
@@ -215,9 +215,8 @@ def test_an_interrupted_label_run_resumes_from_its_cache(engine, hedged, tmp_pat
 
 
 def test_structure_reports_on_the_real_engine(engine, records, tmp_path):
-    from cxrctx.structure.run import structure_reports
-
     from cxrctx.llm import Sampling
+    from cxrctx.structure.run import structure_reports
 
     run = structure_reports(records, tmp_path / "s", engine=engine, limit=2,
                             sampling=Sampling(max_tokens=384))  # fmt: skip
@@ -266,7 +265,7 @@ def test_label_lesions_through_ray_data_llm_on_a_cpu_placement_group(vllm_model,
 
     spec = EngineSpec(backend="vllm", model=vllm_model, options=dict(OPTS))
     with RayExecutor(workers=1) as ex:
-        run = label_lesions(hedged, tmp_path / "ray", engine=spec, executor=ex, mode="short")
+        run = label_lesions(hedged, tmp_path / "ray", engine=spec, executor=ex, labeler="short")
     c = run.result.counts
     assert c["completion_tokens"] > 0 and c["llm"] > 0
     cfg = run.manifest.config
