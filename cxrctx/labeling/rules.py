@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import polars as pl
 import pyarrow as pa
@@ -53,6 +53,9 @@ from cxrctx.labeling.run import (
     write_manifest_for,
 )
 from cxrctx.models import Location
+
+if TYPE_CHECKING:
+    from cxrctx.labeling.finish import LabelFinish
 from cxrctx.vocab import LESIONS, MentionReading, lexicon, read_mentions
 
 __all__ = [
@@ -297,7 +300,7 @@ def _label_frame(cols: dict[str, list[Any]], prov: dict[str, Any]) -> pl.DataFra
     )
     df = pl.from_arrow(table)
     assert isinstance(df, pl.DataFrame)
-    const = {"llm_called": False, **prov}
+    const = {"llm_called": False, "confidence": None, "section": None, **prov}
     df = df.with_columns(pl.lit(v, dtype=LABEL_FRAME_SCHEMA[k]).alias(k) for k, v in const.items())
     return df.select(list(LABEL_FRAME_SCHEMA)).cast(pl.Schema(LABEL_FRAME_SCHEMA))
 
@@ -323,11 +326,16 @@ def label_rules(
     dry_run: bool = False,
     progress: Callable[[int, int, int], None] | None = None,
     overwrite: bool = False,
+    finish: LabelFinish | None = None,
 ) -> LabelRun:
     """`label-lesions --backend rules`: label an input (build-priors dir or table file) into
     `out` with the rules; same files and manifest as the LLM backends (model null). A
     build-priors input is checked against its manifest first; `out` follows the shared
-    output policy (another run's folder is refused unless `overwrite`)."""
+    output policy (another run's folder is refused unless `overwrite`). `finish` (see
+    `cxrctx.labeling.finish`): the uncertainty policy and the `--examples` adjudication."""
+    from cxrctx.labeling.finish import LabelFinish
+
+    finish = finish or LabelFinish()
     t0 = time.perf_counter()
     sh = parse_shard(shard)
     loaded = select_documents(input_path, list(sections), id_column, text_column, limit, sh)
@@ -347,11 +355,12 @@ def label_rules(
         id_column=id_column if loaded.kind == "file" else None,
         text_column=text_column if loaded.kind == "file" else None, shard=shard, limit=limit,
         batch_size=PROGRESS_EVERY, prepass=False, lexicon_version=lex.version,
-        lexicon_sha256=lex.sha256, mode=None,
+        lexicon_sha256=lex.sha256, mode=None, **finish.config(),
     )  # fmt: skip
     key = cfg.model_dump(mode="json", exclude={"input", "shard", "batch_size"})
     claim_output(out_dir, key, loaded, sh, overwrite)
-    result, tables = _write_rules(docs, out_dir, sh, progress)
+    result, tables = _write_rules(docs, out_dir, sh, progress, finish)
+    result.counts.update(finish.counts)
     manifest = write_manifest_for(out_dir, result, cfg, loaded.inputs, tables, sh)
     return LabelRun(out_dir, result, manifest, seconds=time.perf_counter() - t0)
 
@@ -361,6 +370,7 @@ def _write_rules(
     out: Path,
     shard: tuple[int, int] | None,
     progress: Callable[[int, int, int], None] | None,
+    finish: LabelFinish,
 ) -> tuple[LabelResult, dict[str, list[Any]]]:
     """Label `docs` slice by slice into label-lesions' sinks (memory stays flat)."""
     sinks = _open_sinks(out, shard)
@@ -370,9 +380,9 @@ def _write_rules(
     try:
         for start in range(0, docs.height, RULES_CHUNK):
             step = (lambda i, n, f, s=start: progress(s + i, docs.height, f)) if progress else None
-            part = label_documents_rules(
-                docs.slice(start, RULES_CHUNK), progress=step, seen_ids=ids, seen_texts=shas
-            )
+            chunk = docs.slice(start, RULES_CHUNK)
+            part = label_documents_rules(chunk, progress=step, seen_ids=ids, seen_texts=shas)
+            part = finish(part, chunk)
             for name, sink in sinks.items():
                 sink.add(part.table(name).to_dicts())
             for k, v in part.counts.items():
