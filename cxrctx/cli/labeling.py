@@ -57,6 +57,21 @@ class Mode(str, enum.Enum):
     llm = "llm"
 
 
+class AdjudicatorChoice(str, enum.Enum):
+    """Who decides the ambiguous readings with --examples: the exemplar vote or the model."""
+
+    vote = "vote"
+    llm = "llm"
+
+
+class UncertainChoice(str, enum.Enum):
+    """What a hedged positive reading is written as (CheXpert-style policy)."""
+
+    positive = "positive"
+    negative = "negative"
+    keep = "keep"
+
+
 @app.command("label-lesions")
 def label_lesions_cmd(
     input_path: Path = typer.Argument(..., help="build-priors output dir, or a .parquet/.csv/.jsonl file"),
@@ -91,6 +106,11 @@ def label_lesions_cmd(
     plan_sample: PlanSampleOpt = 200,
     plan_throughput: PlanThroughputOpt = 6300.0,
     plan_gpu: PlanGpuOpt = "H100 (8B model, vLLM)",
+    examples: Path = typer.Option(None, "--examples", help="Labeled reports (.parquet/.csv/.jsonl: id, text, one column per lesion with positive/negative): the ambiguous readings are decided with the most similar labeled mentions (never from the same report)."),
+    adjudicator: AdjudicatorChoice = typer.Option(AdjudicatorChoice.vote, "--adjudicator", help="With --examples: vote (the exemplars' kNN vote, no model; the default) or llm (the model's log-probability choice with the exemplars in the prompt; needs --model)."),
+    k: int = typer.Option(5, "--k", min=1, help="With --examples: exemplars per ambiguous reading."),
+    threshold: float = typer.Option(None, "--threshold", help="With --examples: P(positive) >= threshold is positive (default: the vote's is calibrated on the examples; the model's is 0.5: pass the one chosen on development data)."),
+    uncertain: UncertainChoice = typer.Option(UncertainChoice.positive, "--uncertain", help="Hedged positive readings the rules leave undecided: positive (default, what the trainer reads), negative, or keep (status=uncertain). Recorded in the manifest."),
 ) -> None:  # fmt: skip
     """Label the 14 lesions (status, location, rationale) of each report.
 
@@ -111,9 +131,21 @@ def label_lesions_cmd(
     """
     secs = [s.strip() for s in sections.split(",") if s.strip()]
     docs = dict(sections=secs, id_column=id_column, text_column=text_column, limit=limit)
-    if _rules_chosen(backend, model):
-        _run_rules(input_path, out, docs, shard=shard, dry_run=dry_run, overwrite=overwrite)
+    if examples is not None or _rules_chosen(backend, model):
+        adj = dict(examples=examples, adjudicator=adjudicator.value, k=k, threshold=threshold,
+                   uncertain=uncertain.value)  # fmt: skip
+        engine = None
+        if examples is not None and model and adjudicator is AdjudicatorChoice.vote:
+            raise fail(CxrctxError("--examples with --model: add --adjudicator llm (the vote needs no model)"))
+        if examples is not None and adjudicator is AdjudicatorChoice.llm:
+            engine = dict(backend=Backend((backend or LabelBackend.llamacpp).value), model=model,
+                          base_url=base_url, api_key_env=api_key_env, engine_opt=engine_opt,
+                          timeout=timeout, threads=threads, allow_public_api=allow_public_api)  # fmt: skip
+        _run_rules(input_path, out, docs, shard=shard, dry_run=dry_run, overwrite=overwrite,
+                   adjudication=adj, engine=engine)  # fmt: skip
         return
+    if uncertain is not UncertainChoice.positive:
+        raise fail(CxrctxError("--uncertain applies to rule readings: use it with the rules backend or --examples"))
     from cxrctx.llm import Sampling
 
     try:
@@ -218,19 +250,31 @@ def _print_dry_run(info: dict) -> None:
 
 def _run_rules(
     input_path: Path, out: Path, docs: dict[str, Any], *, shard: str | None, dry_run: bool,
-    overwrite: bool,
+    overwrite: bool, adjudication: dict[str, Any], engine: dict[str, Any] | None,
 ) -> None:  # fmt: skip
-    """`--backend rules`: label with the rules (no model), same output layout."""
+    """`--backend rules` or `--examples`: the rules, then the adjudication of the ambiguous
+    readings and the uncertainty policy; same output layout."""
     from cxrctx.labeling import label_rules
+    from cxrctx.labeling.finish import build_finish
+    from cxrctx.llm.spec import make_engine
 
+    eng = None
     try:
+        if engine is not None and not dry_run:
+            spec = engine_spec(**engine)
+            assert spec is not None  # a backend is always given here
+            eng = make_engine(spec)
+        finish = build_finish(**adjudication, engine=eng, cache_dir=out / "cache")
         with progress_reporter("labeling (rules)", "docs", disable=dry_run) as report:
             run = label_rules(
                 input_path, out=out, shard=shard, dry_run=dry_run, overwrite=overwrite,
-                progress=lambda i, n, _f: report(i, n, ""), **docs,
+                progress=lambda i, n, _f: report(i, n, ""), finish=finish, **docs,
             )  # fmt: skip
     except CxrctxError as e:
         raise fail(e) from None
+    finally:
+        if eng is not None:
+            eng.close()
     if run.dry_run is not None:
         console.print(f"[bold]dry run[/]: {run.dry_run['documents']} documents; nothing written")
         if "reading" in run.dry_run:
@@ -244,3 +288,11 @@ def _run_rules(
         f"{c.get('duplicate_id', 0)} missing/duplicate ids in {run.seconds:.1f}s",
         highlight=False,
     )
+    if c.get("adjudication_mentions") or c.get("uncertain"):
+        console.print(
+            f"ambiguous readings adjudicated: {c.get('adjudicated_vote', 0)} by the exemplar vote, "
+            f"{c.get('adjudicated_llm', 0)} by the model ({c.get('adjudication_llm_failed', 0)} model "
+            f"answers unusable, vote kept; {c.get('adjudication_no_exemplars', 0)} without exemplars, "
+            f"rules kept); uncertain rows (--uncertain): {c.get('uncertain', 0)}",
+            highlight=False,
+        )

@@ -57,7 +57,7 @@ def apply_policy(labels: pl.DataFrame, policy: UncertainPolicy | str) -> tuple[p
     status = "negative" if p is UncertainPolicy.negative else "uncertain"
     cols = [
         pl.when(hit).then(pl.lit(status)).otherwise(pl.col("status")).alias("status"),
-        pl.when(hit).then(pl.col("rationale") + pl.lit(f"; uncertain → {status} (--uncertain {p.value})"))
+        pl.when(hit).then(pl.col("rationale") + pl.lit(f"; uncertain: written as {status} (--uncertain {p.value})"))
         .otherwise(pl.col("rationale")).alias("rationale"),
     ]  # fmt: skip
     if p is UncertainPolicy.negative:
