@@ -51,6 +51,7 @@ from cxrctx.llm.runner import TaskProgress, run_task
 from cxrctx.llm.task import AnswerError, Task
 
 CHOICES = ("positive", "negative")
+PROVENANCE = ("backend", "model", "prompt_sha256", "schema_sha256", "sampling")
 DEFAULT_PROMPT_VERSION = 1
 
 
@@ -171,6 +172,8 @@ class Adjudication:
 
     decisions: dict[tuple[str, str], Decision]
     counts: dict[str, int]
+    #: provenance of the model's rows (backend, model, prompt / schema sha256, sampling)
+    provenance: dict[str, Any] | None = None
 
 
 def vote_decisions(mentions: Sequence[Mention], index: ExemplarIndex) -> dict[tuple[str, str], tuple[Decision, tuple[Exemplar, ...]]]:
@@ -204,6 +207,7 @@ def adjudicate(
               "adjudication_llm_failed": 0, "adjudication_llm_unscored": 0,
               "adjudication_prompt_tokens": 0, "adjudication_completion_tokens": 0}  # fmt: skip
     decisions = {k: d for k, (d, _) in voted.items()}
+    prov = None
     if Adjudicator(adjudicator) is Adjudicator.llm:
         if engine is None:
             raise ValueError("the llm adjudicator needs an engine")
@@ -215,7 +219,8 @@ def adjudicate(
                              total=len(items))  # fmt: skip
         counts["adjudication_prompt_tokens"] = stats.prompt_tokens
         counts["adjudication_completion_tokens"] = stats.completion_tokens
-    return Adjudication(decisions, counts)
+        prov = {k: stats.provenance.get(k) for k in PROVENANCE}
+    return Adjudication(decisions, counts, prov)
 
 
 def _take(results: list[Any], decisions: dict, counts: dict[str, int]) -> None:
@@ -271,6 +276,12 @@ def apply_decisions(labels: pl.DataFrame, adj: Adjudication, threshold: float) -
     )  # fmt: skip
     loc = pl.when(hit & (pl.col("status") == "negative")).then(pl.lit("not mentioned"))
     j = j.with_columns(loc.otherwise(pl.col("location")).alias("location"))
+    if adj.provenance:  # the model's rows say which model, prompt, schema and sampling
+        llm = pl.col("_src") == "llm"
+        j = j.with_columns(
+            pl.when(llm).then(pl.lit(v, dtype=pl.String)).otherwise(pl.col(k)).alias(k)
+            for k, v in adj.provenance.items()
+        )
     return j.drop("_p", "_scored", "_src", "_note")
 
 

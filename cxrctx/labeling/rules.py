@@ -169,6 +169,8 @@ def reading_rows(
             **provenance,
             "evidence": [{"start": e.start, "end": e.end, "text": e.text} for e in r.evidence],
             "clarity": r.clarity,
+            "confidence": None,
+            "section": None,
         }
         for r in reading.lesions
     ]
