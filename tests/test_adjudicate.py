@@ -12,7 +12,13 @@ from typer.testing import CliRunner
 from cxrctx.cli import app
 from cxrctx.errors import CxrctxError
 from cxrctx.labeling.adjudicate import Adjudicator, MentionChoiceTask, adjudicate, apply_decisions
-from cxrctx.labeling.exemplars import ExemplarIndex, ambiguous_mentions, calibrate, read_examples, vote
+from cxrctx.labeling.exemplars import (
+    ExemplarIndex,
+    ambiguous_mentions,
+    calibrate,
+    read_examples,
+    vote,
+)
 from cxrctx.labeling.finish import build_finish
 from cxrctx.labeling.inputs import section_text
 from cxrctx.labeling.policy import apply_policy, as_binary
@@ -58,7 +64,9 @@ def _docs(d=DOCS):
 
 def test_examples_file_errors_name_the_file_and_row(tmp_path):
     bad = dict(EXAMPLES, cardiomegaly=[None, None, None, "maybe", "positive", "negative", None])
-    with pytest.raises(CxrctxError, match=r"ex\.parquet: row 4 \(id e4\): 'cardiomegaly' is 'maybe'"):
+    with pytest.raises(
+        CxrctxError, match=r"ex\.parquet: row 4 \(id e4\): 'cardiomegaly' is 'maybe'"
+    ):
         read_examples(_write(tmp_path, bad))
     with pytest.raises(CxrctxError, match="need a lesion column"):
         read_examples(_write(tmp_path, {"id": ["x"], "text": ["t"], "foo": ["positive"]}))
@@ -89,16 +97,23 @@ def test_vote_follows_the_examples_convention(tmp_path):
     assert p_eff < 0.5 and p_card < 0.5  # the rules say positive for both
     rules = label_documents_rules(_docs()).labels
     out = apply_decisions(rules, adj, 0.5)
-    row = out.filter((pl.col("id") == "a") & (pl.col("lesion") == "pleural effusion")).row(0, named=True)
+    row = out.filter((pl.col("id") == "a") & (pl.col("lesion") == "pleural effusion")).row(
+        0, named=True
+    )
     assert (row["status"], row["source"], row["location"]) == ("negative", "vote", "not mentioned")
     assert row["confidence"] == pytest.approx(1 - p_eff, abs=1e-4)
     clear = out.filter(pl.col("clarity") == "clear")
-    assert clear["confidence"].null_count() == clear.height and set(clear["source"]) <= {"rules", "not_mentioned"}
+    assert clear["confidence"].null_count() == clear.height and set(clear["source"]) <= {
+        "rules",
+        "not_mentioned",
+    }
     assert vote([]) is None
 
 
 def test_calibrate_picks_the_threshold_with_the_best_micro_f1():
-    rows = pl.DataFrame({"id": ["1", "2", "3"], "lesion": ["edema"] * 3, "status": ["positive"] * 3})
+    rows = pl.DataFrame(
+        {"id": ["1", "2", "3"], "lesion": ["edema"] * 3, "status": ["positive"] * 3}
+    )
     gold = pl.DataFrame({"id": ["1", "2", "3"], "lesion": ["edema"] * 3,
                          "status": ["positive", "negative", "positive"]})  # fmt: skip
     probs = {("1", "edema"): 0.8, ("2", "edema"): 0.3, ("3", "edema"): 0.6}
@@ -164,7 +179,9 @@ def test_section_fallback_to_last_paragraph_and_the_section_column():
     assert out["section"].to_list() == ["findings+impression", "impression", "last_paragraph", None]
     assert out["text"].to_list()[2] == "Possible pneumonia." and out["text"].to_list()[3] == ""
     chosen = recs.select(section_text(recs, ["impression"]))  # a chosen list never falls back
-    assert chosen["section"].to_list() == [None if s is None else "impression" for s in recs["impression"]]
+    assert chosen["section"].to_list() == [
+        None if s is None else "impression" for s in recs["impression"]
+    ]
 
 
 def test_cli_examples_vote_and_uncertain_keep_recorded_in_the_manifest(tmp_path):
@@ -184,7 +201,9 @@ def test_cli_examples_vote_and_uncertain_keep_recorded_in_the_manifest(tmp_path)
     assert "uncertain" not in labels["status"].to_list()  # adjudicated rows are decisions
     fails = pl.read_parquet(out / "failures")
     assert fails.filter(pl.col("id") == "d")["reason"].item() == "empty text"  # listed, counted
-    r2 = runner.invoke(app, ["label-lesions", str(src), "--out", str(tmp_path / "k"), "--uncertain", "keep"])
+    r2 = runner.invoke(
+        app, ["label-lesions", str(src), "--out", str(tmp_path / "k"), "--uncertain", "keep"]
+    )
     assert r2.exit_code == 0, r2.output
     kept = pl.read_parquet(tmp_path / "k" / "labels")
     assert kept.filter(pl.col("status") == "uncertain").height == 2
@@ -230,3 +249,54 @@ def test_llm_rows_record_model_prompt_and_sampling(tmp_path):
     assert llm_rows["prompt_sha256"][0] != rule_rows["prompt_sha256"][0]
     assert json.loads(llm_rows["sampling"][0])["max_tokens"] == 8
     assert rule_rows["model"].null_count() == rule_rows.height
+
+
+def test_trainer_reads_kept_uncertain_rows_as_positive(tmp_path):
+    from cxrctx.train.data import read_label_shards
+
+    src = tmp_path / "docs.parquet"
+    _docs().write_parquet(src)
+    label_rules(src, out=tmp_path / "k", finish=build_finish(uncertain="keep"))
+    assert pl.read_parquet(tmp_path / "k" / "labels")["status"].to_list().count("uncertain") == 2
+    df = read_label_shards(tmp_path / "k")
+    row = df.filter((pl.col("id") == "a") & (pl.col("lesion") == "pleural effusion"))
+    assert row["status"].item() == "positive" and "uncertain" not in df["status"].to_list()
+
+
+def test_release_summary_counts_unlabeled_studies_per_split():
+    from cxrctx.release.info import split_summary
+
+    studies = pl.DataFrame({
+        "study_id": [1, 2, 3, 4], "split": ["train", "train", "test", "test"],
+        "has_findings": [True, False, True, False], "has_impression": [True, False, False, False],
+        "n_prior_studies": [0, 0, 1, 0], "flags": [[], [], [], []],
+    }, schema_overrides={"flags": pl.List(pl.String)})  # fmt: skip
+    long = pl.DataFrame({"study_id": [1, 3], "split": ["train", "test"],
+                         "lesion": ["edema", "edema"], "status": ["positive", "uncertain"]})  # fmt: skip
+    s = split_summary(studies, long)
+    assert (s["train"]["unlabeled_studies"], s["test"]["unlabeled_studies"]) == (1, 1)
+    assert s["all"]["unlabeled_studies"] == 2
+
+
+@pytest.mark.llm
+def test_cli_adjudicator_llm_with_the_tiny_real_model(tmp_path):
+    """Plumbing with SmolLM2-135M: every ambiguous reading is decided by a scored choice."""
+    from tests._llm_helpers import smollm_gguf
+
+    model = smollm_gguf()
+    src = tmp_path / "docs.parquet"
+    _docs().write_parquet(src)
+    out = tmp_path / "lab"
+    args = ["label-lesions", str(src), "--out", str(out), "--examples", str(_write(tmp_path)),
+            "--adjudicator", "llm", "--model", model, "--threads", "1", "--threshold", "0.4"]  # fmt: skip
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    labels = pl.read_parquet(out / "labels")
+    amb = labels.filter(pl.col("clarity") == "ambiguous")
+    assert amb.height == 2 and set(amb["source"]) == {"llm"}
+    assert amb["confidence"].null_count() == 0  # scored from log-probabilities
+    cfg = json.loads((out / "manifest.json").read_text())["config"]["adjudication"]
+    assert cfg["threshold"] == 0.4 and cfg["threshold_source"] == "given"
+    assert cfg["model"] == model and cfg["prompt_sha256"] == amb["prompt_sha256"][0]
+    r2 = runner.invoke(app, args)  # the same run again: answers from the cache
+    assert r2.exit_code == 0, r2.output

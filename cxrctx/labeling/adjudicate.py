@@ -112,7 +112,9 @@ def load_adjudication_prompt(version_or_path: int | str | None = None) -> Adjudi
 
     v = DEFAULT_PROMPT_VERSION if version_or_path is None else version_or_path
     path, raw, data = read_prompt_file(v, "adjudicate_v")
-    missing = [k for k in ("system", "reasons", "example_template", "user_template") if k not in data]
+    missing = [
+        k for k in ("system", "reasons", "example_template", "user_template") if k not in data
+    ]
     if missing:
         raise CxrctxError(f"{path}: adjudication prompt lacks {', '.join(missing)}")
     return AdjudicationPrompt(data, hashlib.sha256(raw).hexdigest(), path)
@@ -176,7 +178,9 @@ class Adjudication:
     provenance: dict[str, Any] | None = None
 
 
-def vote_decisions(mentions: Sequence[Mention], index: ExemplarIndex) -> dict[tuple[str, str], tuple[Decision, tuple[Exemplar, ...]]]:
+def vote_decisions(
+    mentions: Sequence[Mention], index: ExemplarIndex
+) -> dict[tuple[str, str], tuple[Decision, tuple[Exemplar, ...]]]:
     """The exemplar vote of every mention that has exemplars (and its exemplars)."""
     out = {}
     for m, ex in zip(mentions, index.neighbours(mentions), strict=True):
@@ -212,7 +216,11 @@ def adjudicate(
         if engine is None:
             raise ValueError("the llm adjudicator needs an engine")
         task = MentionChoiceTask(prompt or load_adjudication_prompt())
-        items = [MentionItem(m, ex) for m in mentions if (ex := voted.get((m.doc_id, m.lesion), (None, ()))[1])]
+        items = [
+            MentionItem(m, ex)
+            for m in mentions
+            if (ex := voted.get((m.doc_id, m.lesion), (None, ()))[1])
+        ]
         with ResultCache(cache_dir) as cache:
             stats = run_task(task, items, engine, cache=cache, sampling=Sampling(max_tokens=8),
                              on_batch=lambda rs: _take(rs, decisions, counts), progress=progress,
@@ -285,7 +293,9 @@ def apply_decisions(labels: pl.DataFrame, adj: Adjudication, threshold: float) -
     return j.drop("_p", "_scored", "_src", "_note")
 
 
-def calibrate_vote(index: ExemplarIndex, examples: pl.DataFrame) -> tuple[float, dict[float, float]]:
+def calibrate_vote(
+    index: ExemplarIndex, examples: pl.DataFrame
+) -> tuple[float, dict[float, float]]:
     """The vote's threshold chosen on the examples (leave-one-document-out micro-F1)."""
     from cxrctx.labeling.rules import label_documents_rules
     from cxrctx.vocab import LESIONS
@@ -302,8 +312,8 @@ def calibrate_vote(index: ExemplarIndex, examples: pl.DataFrame) -> tuple[float,
 
 __all__ = [
     "DEFAULT_K",
-    "AdjudicationConfig",
     "Adjudication",
+    "AdjudicationConfig",
     "Adjudicator",
     "adjudicate",
     "apply_decisions",

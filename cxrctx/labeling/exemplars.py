@@ -83,16 +83,24 @@ def text_sha(text: str) -> str:
     return hashlib.sha256(text.strip().encode("utf-8")).hexdigest()
 
 
-def ambiguous_mentions(doc_id: str, text: str, reading: RulesReading | None = None) -> list[Mention]:
+def ambiguous_mentions(
+    doc_id: str, text: str, reading: RulesReading | None = None
+) -> list[Mention]:
     """The ambiguous lesions of one document as Mentions (rules reading of the stripped text)."""
     t = text.strip()
     reading = reading or read_report(t)
     sha = text_sha(t)
     return [
         Mention(
-            doc_id, sha, r.lesion, tuple(e.text or t[e.start : e.end] for e in r.evidence),
-            tuple(r.reasons), tuple(r.cues), r.status, r.location,
-        )  # fmt: skip
+            doc_id,
+            sha,
+            r.lesion,
+            tuple(e.text or t[e.start : e.end] for e in r.evidence),
+            tuple(r.reasons),
+            tuple(r.cues),
+            r.status,
+            r.location,
+        )
         for r in reading.lesions
         if r.clarity == "ambiguous"
     ]
@@ -129,7 +137,9 @@ def read_examples(path: str | os.PathLike) -> pl.DataFrame:
     df = df.select([pl.col(c).cast(pl.String) for c in ("id", "text", *lesions)])
     for les in lesions:
         vals = df[les].str.strip_chars().str.to_lowercase()
-        bad = df.with_row_index("row").filter(vals.is_not_null() & (vals != "") & ~vals.is_in(GOLD_VALUES))
+        bad = df.with_row_index("row").filter(
+            vals.is_not_null() & (vals != "") & ~vals.is_in(GOLD_VALUES)
+        )
         if bad.height:
             r = bad.row(0, named=True)
             raise CxrctxError(
@@ -253,8 +263,12 @@ def calibrate(
     base = base.join(keys, on=["id", "lesion"], how="left")
     scores: dict[float, float] = {}
     for t in THRESHOLDS:
-        pred = pl.when(pl.col("p").is_null()).then(pl.col("status")).otherwise(
-            pl.when(pl.col("p") >= t).then(pl.lit("positive")).otherwise(pl.lit("negative"))
+        pred = (
+            pl.when(pl.col("p").is_null())
+            .then(pl.col("status"))
+            .otherwise(
+                pl.when(pl.col("p") >= t).then(pl.lit("positive")).otherwise(pl.lit("negative"))
+            )
         )
         d = base.with_columns(pred.alias("pred"))
         tp = d.filter((pl.col("pred") == "positive") & (pl.col("gold") == "positive")).height

@@ -57,10 +57,14 @@ class LabelFinish:
             for k, v in adj.counts.items():
                 self.counts[k] += v
             for src in ("vote", "llm"):
-                self.counts[f"adjudicated_{src}"] += sum(d.source == src for d in adj.decisions.values())
+                self.counts[f"adjudicated_{src}"] += sum(
+                    d.source == src for d in adj.decisions.values()
+                )
         labels, n = apply_policy(labels, self.uncertain)
         self.counts["uncertain"] += n
-        part.frames["labels"] = labels.select(list(LABEL_FRAME_SCHEMA)).cast(pl.Schema(LABEL_FRAME_SCHEMA))
+        part.frames["labels"] = labels.select(list(LABEL_FRAME_SCHEMA)).cast(
+            pl.Schema(LABEL_FRAME_SCHEMA)
+        )
         return part
 
     def config(self) -> dict[str, Any]:

@@ -61,7 +61,12 @@ def apply_policy(labels: pl.DataFrame, policy: UncertainPolicy | str) -> tuple[p
         .otherwise(pl.col("rationale")).alias("rationale"),
     ]  # fmt: skip
     if p is UncertainPolicy.negative:
-        cols.append(pl.when(hit).then(pl.lit("not mentioned")).otherwise(pl.col("location")).alias("location"))
+        cols.append(
+            pl.when(hit)
+            .then(pl.lit("not mentioned"))
+            .otherwise(pl.col("location"))
+            .alias("location")
+        )
     return labels.with_columns(cols), n
 
 
@@ -73,7 +78,9 @@ def as_binary(labels: pl.DataFrame, uncertain_as: str = "positive") -> pl.DataFr
     if "status" not in labels.columns:
         return labels
     u = pl.col("status") == "uncertain"
-    out = labels.with_columns(pl.when(u).then(pl.lit(uncertain_as)).otherwise(pl.col("status")).alias("status"))
+    out = labels.with_columns(
+        pl.when(u).then(pl.lit(uncertain_as)).otherwise(pl.col("status")).alias("status")
+    )
     if uncertain_as == "negative" and "location" in labels.columns:
         loc = pl.when(u).then(pl.lit("not mentioned")).otherwise(pl.col("location"))
         out = out.with_columns(loc.alias("location"))

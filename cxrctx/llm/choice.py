@@ -62,7 +62,9 @@ def check_choices(choices: Sequence[str]) -> tuple[str, ...]:
     return cs
 
 
-def choice_request(messages: list[dict[str, str]], choices: Sequence[str], key: str = "") -> ChatRequest:
+def choice_request(
+    messages: list[dict[str, str]], choices: Sequence[str], key: str = ""
+) -> ChatRequest:
     """A request that asks for one of `choices` (scored where the engine can)."""
     cs = check_choices(choices)
     return ChatRequest(messages=messages, json_schema=choice_schema(cs), key=key, choices=cs)
