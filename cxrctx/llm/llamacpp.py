@@ -135,21 +135,35 @@ class LlamaCppEngine:
         return dict(self.llm.create_chat_completion(**kwargs))  # type: ignore[arg-type]
 
     def _scored(self, req: ChatRequest, sampling: Sampling, t0: float) -> Completion | None:
-        """The choices of `req` scored from one token's top log-probabilities, or None
-        (no choice among the top tokens: the caller falls back to the constrained answer)."""
+        """The choices of `req` scored from the first answer token's log-probabilities, or
+        None (no choice among the top tokens: the caller falls back to the constrained
+        answer). The logits are read by a logits processor during one greedy token, so the
+        model needs no `logits_all` (which would hold n_ctx x vocabulary floats)."""
+        import numpy as np
+
         assert req.choices
+        grabbed: list[Any] = []
+
+        def grab(_ids: Any, logits: Any) -> Any:
+            if not grabbed:
+                grabbed.append(np.array(logits, dtype=np.float64, copy=True))
+            return logits
+
         resp = self.llm.create_chat_completion(
             messages=req.messages,  # type: ignore[arg-type]
             temperature=0.0,
             max_tokens=1,
-            logprobs=True,
-            top_logprobs=TOP_LOGPROBS,
+            logits_processor=self._llama_cpp.LogitsProcessorList([grab]),
         )
-        choice = dict(resp["choices"][0])  # type: ignore[index]
-        content = (choice.get("logprobs") or {}).get("content") or []
-        if not content:
+        if not grabbed:
             return None
-        top = {t["token"]: float(t["logprob"]) for t in content[0].get("top_logprobs") or []}
+        z = grabbed[0]
+        logp = z - (z.max() + np.log(np.exp(z - z.max()).sum()))
+        top_ids = np.argpartition(-logp, TOP_LOGPROBS)[:TOP_LOGPROBS]
+        top: dict[str, float] = {}
+        for i in top_ids:
+            tok = self.llm.detokenize([int(i)]).decode("utf-8", errors="ignore")
+            top[tok] = float(np.logaddexp(top.get(tok, -np.inf), logp[i]))
         probs = probs_from_top(top, req.choices)
         if probs is None:
             return None
