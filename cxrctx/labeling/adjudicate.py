@@ -51,6 +51,7 @@ from cxrctx.llm.runner import TaskProgress, run_task
 from cxrctx.llm.task import AnswerError, Task
 
 CHOICES = ("positive", "negative")
+EXAMPLE_CHARS = 200  # an exemplar's sentences in the prompt, cut (prompt tokens = CPU time)
 PROVENANCE = ("backend", "model", "prompt_sha256", "schema_sha256", "sampling")
 DEFAULT_PROMPT_VERSION = 1
 
@@ -96,7 +97,7 @@ class AdjudicationPrompt:
         d = self.data
         why = "; ".join(d["reasons"].get(r, r) for r in m.reasons) or "unclear"
         ex = "\n".join(
-            d["example_template"].format(sentence=e.mention.sentence_text, gold=e.gold)
+            d["example_template"].format(sentence=e.mention.sentence_text[:EXAMPLE_CHARS], gold=e.gold)
             for e in exemplars
         )
         sentences = "\n".join(f"- {' '.join(s.split())}" for s in m.sentences)
