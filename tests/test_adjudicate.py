@@ -300,3 +300,12 @@ def test_cli_adjudicator_llm_with_the_tiny_real_model(tmp_path):
     assert cfg["model"] == model and cfg["prompt_sha256"] == amb["prompt_sha256"][0]
     r2 = runner.invoke(app, args)  # the same run again: answers from the cache
     assert r2.exit_code == 0, r2.output
+
+
+def test_cli_uncertain_policy_is_refused_where_no_rule_reading_is_written(tmp_path):
+    src = tmp_path / "docs.parquet"
+    _docs().write_parquet(src)
+    args = ["label-lesions", str(src), "--out", str(tmp_path / "o"), "--model", "/x.gguf"]
+    r = runner.invoke(app, [*args, "--uncertain", "keep"])
+    assert r.exit_code != 0 and "--uncertain applies to rule readings" in r.output
+    assert not (tmp_path / "o").exists()
