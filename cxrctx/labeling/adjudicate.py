@@ -203,8 +203,10 @@ def adjudicate(
     progress: Callable[[TaskProgress], None] | None = None,
 ) -> Adjudication:
     """Decide the ambiguous mentions of `docs` (id, text) with `index`'s exemplars."""
+    # first occurrence of an id only, as the labelers keep it (a repeated id is a failure)
+    first = docs.unique("id", keep="first", maintain_order=True).drop_nulls("id")
     mentions = [
-        m for i, t in zip(docs["id"].to_list(), docs["text"].to_list(), strict=True)
+        m for i, t in zip(first["id"].to_list(), first["text"].to_list(), strict=True)
         if t and t.strip() for m in ambiguous_mentions(str(i), t)
     ]  # fmt: skip
     voted = vote_decisions(mentions, index)
