@@ -22,7 +22,8 @@ from cxrctx.labeling.exemplars import (
 from cxrctx.labeling.finish import build_finish
 from cxrctx.labeling.inputs import section_text
 from cxrctx.labeling.policy import apply_policy, as_binary
-from cxrctx.labeling.rules import label_documents_rules, label_rules
+from cxrctx.labeling.rules import label_documents_rules
+from cxrctx.labeling.stage import label_lesions
 from cxrctx.llm.base import ChatRequest
 from cxrctx.llm.choice import scored_text
 from cxrctx.llm.fake import FakeEngine
@@ -228,9 +229,9 @@ def test_eval_labels_scores_kept_uncertain_rows_as_asked(tmp_path):
 
     src = tmp_path / "docs.parquet"
     _docs().write_parquet(src)
-    label_rules(src, out=tmp_path / "k", finish=build_finish(uncertain="keep"))
+    label_lesions(src, tmp_path / "k", labeler="rules", uncertain="keep")
     gold = tmp_path / "gold"
-    label_rules(src, out=gold)  # the default policy: the same rows positive
+    label_lesions(src, gold, labeler="rules")  # the default policy: the same rows positive
     as_pos = eval_labels(tmp_path / "k", gold, uncertain="positive", n_boot=0)
     as_neg = eval_labels(tmp_path / "k", gold, uncertain="negative", n_boot=0)
     assert as_pos.options["labels_uncertain_policy"] == "keep"
@@ -256,7 +257,7 @@ def test_trainer_reads_kept_uncertain_rows_as_positive(tmp_path):
 
     src = tmp_path / "docs.parquet"
     _docs().write_parquet(src)
-    label_rules(src, out=tmp_path / "k", finish=build_finish(uncertain="keep"))
+    label_lesions(src, tmp_path / "k", labeler="rules", uncertain="keep")
     assert pl.read_parquet(tmp_path / "k" / "labels")["status"].to_list().count("uncertain") == 2
     df = read_label_shards(tmp_path / "k")
     row = df.filter((pl.col("id") == "a") & (pl.col("lesion") == "pleural effusion"))
@@ -307,5 +308,5 @@ def test_cli_uncertain_policy_is_refused_where_no_rule_reading_is_written(tmp_pa
     _docs().write_parquet(src)
     args = ["label-lesions", str(src), "--out", str(tmp_path / "o"), "--model", "/x.gguf"]
     r = runner.invoke(app, [*args, "--uncertain", "keep"])
-    assert r.exit_code != 0 and "--uncertain applies to rule readings" in r.output
+    assert r.exit_code != 0 and "uncertainty policy act on rule readings" in r.output
     assert not (tmp_path / "o").exists()

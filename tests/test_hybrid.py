@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from cxrctx.cli import app
 from cxrctx.io import read_shards
-from cxrctx.labeling import LabelMode, label_documents_hybrid, load_hybrid_prompt
+from cxrctx.labeling import Labeler, label_documents_hybrid, load_hybrid_prompt
 from cxrctx.labeling.hybrid import HybridTask, short_schema
 from cxrctx.llm.base import ChatRequest
 from cxrctx.llm.fake import FakeEngine
@@ -104,8 +104,8 @@ def test_short_mode_schema_has_no_reasoning_and_is_accepted():
     assert (row["status"], row["source"]) == ("negative", "llm") and "short mode" in row[
         "rationale"
     ]
-    assert HybridTask(load_hybrid_prompt(), LabelMode.short).schema_sha256 != (
-        HybridTask(load_hybrid_prompt(), LabelMode.cot).schema_sha256
+    assert HybridTask(load_hybrid_prompt(), Labeler.short).schema_sha256 != (
+        HybridTask(load_hybrid_prompt(), Labeler.cot).schema_sha256
     )
     assert "reasoning" not in json.dumps(short_schema(("pneumonia",)))
 
@@ -137,7 +137,7 @@ def src(tmp_path):
 
 
 def _fake_engine(monkeypatch, rec: Recorder) -> None:
-    monkeypatch.setattr("cxrctx.labeling.run.make_engine", lambda spec: rec.engine)
+    monkeypatch.setattr("cxrctx.labeling.stage.make_engine", lambda spec: rec.engine)
 
 
 @pytest.mark.parametrize("mode", ["cot", "short", "llm"])

@@ -88,3 +88,31 @@ def test_slices_are_named_i_of_n_and_shardings_do_not_mix(priors, tmp_path):
     whole = _label(str(priors), "--out", str(out))
     assert whole.exit_code != 0 and "slices of a --shard run" in whole.output
     assert not (out / "labels" / "part-00000-of-00004.parquet").exists()
+
+
+def test_one_front_door_picks_the_labeler_and_validates_its_config_first(tmp_path):
+    """label_lesions: the rules without an engine, llm with one; a labeler that needs an
+    engine, an engine given to the rules, or an invalid option fail before any input is read."""
+    from pydantic import ValidationError
+
+    from cxrctx.errors import CxrctxError
+    from cxrctx.labeling import Labeler, LabelLesionsConfig, label_lesions
+    from cxrctx.llm.fake import FakeEngine
+
+    src = tmp_path / "docs.csv"
+    src.write_text("id,text\na,Small left pleural effusion.\nb,No pneumothorax.\n")
+    rules = label_lesions(src, tmp_path / "rules")
+    assert rules.manifest is not None and rules.manifest.config["backend"] == "rules"
+    llm = label_lesions(src, tmp_path / "llm", engine=FakeEngine(), limit=1)
+    assert llm.manifest is not None and llm.manifest.config["mode"] == Labeler.llm.value
+    assert llm.manifest.counts["documents"] == 1
+    missing = tmp_path / "missing.csv"  # never read: each error comes first
+    with pytest.raises(CxrctxError, match="the cot labeler needs an engine"):
+        label_lesions(missing, tmp_path / "x", labeler="cot")
+    with pytest.raises(CxrctxError, match="the rules labeler takes no engine"):
+        label_lesions(missing, tmp_path / "x", labeler=Labeler.rules, engine=FakeEngine())
+    with pytest.raises(ValidationError, match="limit"):
+        label_lesions(missing, tmp_path / "x", limit=0)
+    with pytest.raises(TypeError, match="not both"):
+        label_lesions(missing, tmp_path / "x", config=LabelLesionsConfig(), limit=2)
+    assert not (tmp_path / "x").exists()

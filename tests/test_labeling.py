@@ -19,7 +19,7 @@ from cxrctx.cli import app
 from cxrctx.errors import CxrctxError
 from cxrctx.io import read_manifest, read_shards, write_shards, write_stage_manifest
 from cxrctx.labeling import label_documents, label_lesions, load_documents, schema_sha256
-from cxrctx.labeling.run import NO_CANDIDATE, NOT_CANDIDATE
+from cxrctx.labeling.llm_labeler import NO_CANDIDATE, NOT_CANDIDATE
 from cxrctx.llm import Sampling, get_engine
 from cxrctx.llm.base import Completion
 from cxrctx.llm.fake import FakeEngine

@@ -20,14 +20,14 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """build-priors + rules labels of a small synthetic root, and their release."""
-    from cxrctx.labeling import label_rules
+    from cxrctx.labeling import label_lesions
     from cxrctx.mimic.build import build_priors
     from cxrctx.synth import synthesize
 
     base = tmp_path_factory.mktemp("validate")
     synthesize(base / "mimic", patients=12, seed=2)
     build_priors(base / "mimic", base / "records", workers=1)
-    label_rules(base / "records", out=base / "labels")
+    label_lesions(base / "records", base / "labels", labeler="rules")
     res = runner.invoke(
         app,
         ["release", "--records", str(base / "records"), "--labels", str(base / "labels"),

@@ -13,12 +13,10 @@ import pytest
 
 from cxrctx.errors import CxrctxError
 from cxrctx.io import read_shards
-from cxrctx.labeling import load_labels
+from cxrctx.labeling import LABEL_FRAME_SCHEMA, label_lesions, load_labels
 from cxrctx.labeling.models import LabelRow, RulesReading
 from cxrctx.labeling.rules import (
-    LABEL_FRAME_SCHEMA,
     label_documents_rules,
-    label_rules,
     read_report,
     reading_rows,
     rules_labels,
@@ -166,13 +164,13 @@ def test_rules_labels_drop_in():
     assert pos == [("1", "pleural effusion", "positive", "left")]
 
 
-def test_label_rules_writes_the_label_lesions_layout(tmp_path):
+def test_rules_labeler_writes_the_label_lesions_layout(tmp_path):
     src = tmp_path / "docs.csv"
     pl.DataFrame(
         {"sid": ["1", "2", "3"], "report": [REPORT, "No edema.", "Left apical mass."]}
     ).write_csv(src)
     out = tmp_path / "out"
-    run = label_rules(src, out=out, id_column="sid", text_column="report")
+    run = label_lesions(src, out, labeler="rules", id_column="sid", text_column="report")
     m = json.loads((out / "manifest.json").read_text())
     lex_sha = hashlib.sha256(read_bytes("prompts", "label_lesions", "lexicon_v1.json")).hexdigest()
     assert m["stage"] == "label-lesions" and m["config"]["backend"] == "rules"
@@ -182,29 +180,29 @@ def test_label_rules_writes_the_label_lesions_layout(tmp_path):
     assert labels.height == 42 and set(labels["prompt_sha256"]) == {lex_sha}
     assert read_shards(out / "documents").height == 3 and read_shards(out / "failures").height == 0
     first = {p.name: p.read_bytes() for p in (out / "labels").iterdir()}
-    label_rules(src, out=out, id_column="sid", text_column="report")  # same input, same bytes
+    label_lesions(src, out, labeler="rules", id_column="sid", text_column="report")  # same input, same bytes
     assert {p.name: p.read_bytes() for p in (out / "labels").iterdir()} == first
     assert run.result is not None and run.result.counts["ambiguous"] == 1
     mass = load_labels(out).filter((pl.col("id") == "3") & (pl.col("lesion") == "mass"))
     assert mass.select("status", "location").row(0) == ("positive", "left")
 
 
-def test_label_rules_shard_limit_dry_run_and_errors(tmp_path):
+def test_rules_labeler_shard_limit_dry_run_and_errors(tmp_path):
     src = tmp_path / "docs.jsonl"
     pl.DataFrame({"id": [str(i) for i in range(6)], "text": ["Left effusion."] * 6}).write_ndjson(
         src
     )
-    run = label_rules(src, out=tmp_path / "o", shard="1/2", limit=4)
+    run = label_lesions(src, tmp_path / "o", labeler="rules", shard="1/2", limit=4)
     assert run.result is not None and run.result.documents["id"].to_list() == ["2", "3"]
     assert (tmp_path / "o" / "manifest-shard-00001-of-00002.json").exists()
-    dry = label_rules(src, out=tmp_path / "dry", dry_run=True)
+    dry = label_lesions(src, tmp_path / "dry", labeler="rules", dry_run=True)
     assert dry.dry_run is not None and dry.dry_run["documents"] == 6
     assert dry.dry_run["reading"]["lesions"][2]["status"] == "positive"
     assert not (tmp_path / "dry").exists()
     with pytest.raises(CxrctxError, match="unknown section"):
-        label_rules(src, out=tmp_path / "x", sections=["nonsense"])
+        label_lesions(src, tmp_path / "x", labeler="rules", sections=["nonsense"])
     with pytest.raises(CxrctxError, match="not found"):
-        label_rules(tmp_path / "missing.csv", out=tmp_path / "x")
+        label_lesions(tmp_path / "missing.csv", tmp_path / "x", labeler="rules")
 
 
 def test_cli_rules_backend_is_the_default_without_a_model(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -34,7 +34,12 @@ from cxrctx.cli.engine import (
     progress_reporter,
 )
 from cxrctx.errors import CxrctxError
-from cxrctx.labeling.run import LabelRun
+from cxrctx.labeling.models import Labeler, LabelLesionsConfig
+from cxrctx.labeling.plan import plan_label_lesions
+from cxrctx.labeling.stage import label_lesions
+from cxrctx.labeling.tables import LabelRun
+from cxrctx.llm.base import Sampling
+from cxrctx.llm.spec import EngineSpec
 
 if TYPE_CHECKING:
     from cxrctx.llm.plan import Plan
@@ -49,12 +54,11 @@ class LabelBackend(str, enum.Enum):
     vllm = "vllm"
 
 
-class Mode(str, enum.Enum):
-    """cot / short: hybrid (rules first, the model for ambiguous lesions); llm: all candidates."""
-
-    cot = "cot"
-    short = "short"
-    llm = "llm"
+# --mode lists the labelers that use a model: the one Labeler enum without rules.
+if TYPE_CHECKING:
+    Mode = Labeler
+else:
+    Mode = enum.Enum("Mode", {m.name: m.value for m in Labeler if m is not Labeler.rules}, type=str)
 
 
 class AdjudicatorChoice(str, enum.Enum):
@@ -130,75 +134,68 @@ def label_lesions_cmd(
           --executor ray --ray-address auto --workers 8 --plan --plan-throughput 6300
     """
     secs = [s.strip() for s in sections.split(",") if s.strip()]
-    docs = dict(sections=secs, id_column=id_column, text_column=text_column, limit=limit)
-    if examples is not None or _rules_chosen(backend, model):
-        adj = dict(examples=examples, adjudicator=adjudicator.value, k=k, threshold=threshold,
-                   uncertain=uncertain.value)  # fmt: skip
-        engine = None
-        if examples is not None and model and adjudicator is AdjudicatorChoice.vote:
-            raise fail(CxrctxError("--examples with --model: add --adjudicator llm (the vote needs no model)"))
+    labeler = _labeler(backend, model, mode, examples, adjudicator)
+    sampling = Sampling(temperature=temperature, max_tokens=max_tokens, seed=seed)
+    try:
+        config = LabelLesionsConfig(
+            sections=secs, id_column=id_column, text_column=text_column, shard=shard, limit=limit,
+            dry_run=dry_run, overwrite=overwrite, sampling=sampling, batch_size=batch_size,
+            prepass=not no_prepass, prompt=prompt, examples=examples, adjudicator=adjudicator.value,
+            k=k, threshold=threshold, uncertain=uncertain.value,
+        )  # fmt: skip
+    except ValueError as e:
+        raise fail(CxrctxError(str(e).splitlines()[-1] if str(e) else "invalid options")) from None
+    if labeler is Labeler.rules:
+        spec = None
         if examples is not None and adjudicator is AdjudicatorChoice.llm:
-            engine = dict(backend=Backend((backend or LabelBackend.llamacpp).value), model=model,
-                          base_url=base_url, api_key_env=api_key_env, engine_opt=engine_opt,
-                          timeout=timeout, threads=threads, allow_public_api=allow_public_api)  # fmt: skip
-        _run_rules(input_path, out, docs, shard=shard, dry_run=dry_run, overwrite=overwrite,
-                   adjudication=adj, engine=engine)  # fmt: skip
+            if not model:
+                raise fail(CxrctxError("--adjudicator llm needs --model"))
+            spec = engine_spec(
+                Backend((backend or LabelBackend.llamacpp).value), model, base_url=base_url,
+                api_key_env=api_key_env, engine_opt=engine_opt, timeout=timeout, threads=threads,
+                allow_public_api=allow_public_api,
+            )  # fmt: skip
+        _run_rules(input_path, out, config, spec)
         return
-    if uncertain is not UncertainChoice.positive:
-        raise fail(CxrctxError("--uncertain applies to rule readings: use it with the rules backend or --examples"))
-    from cxrctx.llm import Sampling
-
     try:
         spec = engine_spec(
             Backend((backend or LabelBackend.llamacpp).value), model, base_url=base_url, api_key_env=api_key_env,
             engine_opt=engine_opt, timeout=timeout, threads=threads, allow_public_api=allow_public_api,
         )  # fmt: skip
+        assert spec is not None  # a backend was chosen
         if plan and (shard or dry_run):
             raise CxrctxError("--plan projects the whole input: drop --shard and --dry-run")
-        sampling = Sampling(temperature=temperature, max_tokens=max_tokens, seed=seed)
-        task = dict(docs, engine=spec, sampling=sampling, batch_size=batch_size,
-                    prepass=not no_prepass, prompt=prompt, mode=mode.value)  # fmt: skip
         with model_run(executor, ray_address, workers, "labeling", "docs", disable=dry_run) as run:
             if plan:
-                budget = _plan(input_path, out, plan_sample, plan_throughput, plan_gpu, task | run)
+                budget = plan_label_lesions(
+                    input_path, out, labeler=labeler, config=config, engine=spec, sample=plan_sample,
+                    throughput_tokens_per_s=plan_throughput, gpu=plan_gpu, **run,
+                )  # fmt: skip
             else:
-                result = _label(input_path, out, shard, dry_run, overwrite, task | run)
+                result = label_lesions(input_path, out, labeler=labeler, config=config, engine=spec, **run)
     except CxrctxError as e:
         raise fail(e) from None
-    _present(budget if plan else result, mode, allow_failures)
+    _present(budget if plan else result, labeler, allow_failures)
 
 
-def _rules_chosen(backend: LabelBackend | None, model: str | None) -> bool:
-    """Whether the rules label everything: --backend rules, or neither --backend nor --model."""
+def _labeler(
+    backend: LabelBackend | None, model: str | None, mode: Mode, examples: Path | None,
+    adjudicator: AdjudicatorChoice,
+) -> Labeler:  # fmt: skip
+    """The rules when --backend rules, neither --backend nor --model, or --examples (the
+    rules, then the exemplars decide the ambiguous readings); else --mode."""
+    if examples is not None:
+        if model and adjudicator is AdjudicatorChoice.vote:
+            raise fail(CxrctxError("--examples with --model: add --adjudicator llm (the vote needs no model)"))
+        return Labeler.rules
     if backend is LabelBackend.rules or (backend is None and not model):
         if model:
             raise fail(CxrctxError("--backend rules takes no --model"))
-        return True
-    return False
+        return Labeler.rules
+    return Labeler(mode.value)
 
 
-def _label(
-    input_path: Path, out: Path, shard: str | None, dry_run: bool, overwrite: bool,
-    task: dict[str, Any],
-) -> LabelRun:  # fmt: skip
-    """The labeling run with a model (`task`: the model and document options)."""
-    from cxrctx.labeling import label_lesions
-
-    return label_lesions(input_path, out, shard=shard, dry_run=dry_run, overwrite=overwrite, **task)
-
-
-def _plan(
-    input_path: Path, out: Path, sample: int, throughput: float, gpu: str, task: dict[str, Any]
-) -> Plan:
-    """`--plan`: label a sample into OUT/plan-sample and project the token budget."""
-    from cxrctx.labeling.plan import plan_label_lesions
-
-    return plan_label_lesions(
-        input_path, out, sample=sample, throughput_tokens_per_s=throughput, gpu=gpu, **task
-    )
-
-
-def _present(outcome: LabelRun | Plan, mode: Mode, allow_failures: bool) -> None:
+def _present(outcome: LabelRun | Plan, mode: Labeler, allow_failures: bool) -> None:
     """The plan, the dry run's prompt, or the summary line (exit 1 when documents failed)."""
     if not isinstance(outcome, LabelRun):
         print_plan(outcome)
@@ -211,10 +208,10 @@ def _present(outcome: LabelRun | Plan, mode: Mode, allow_failures: bool) -> None
     exit_if_failed(c.get("failed", 0), allow_failures, f"{outcome.out_dir}/failures/")
 
 
-def _print_summary(run: LabelRun, mode: Mode) -> None:
+def _print_summary(run: LabelRun, mode: Labeler) -> None:
     """One line: documents, labels per decision path, failures, engine requests."""
     c = run.result.counts if run.result else {}
-    if mode is not Mode.llm:
+    if mode is not Labeler.llm:
         console.print(
             f"[bold]label-lesions[/] (hybrid, {mode.value}) → {run.out_dir}: {c.get('documents', 0)} documents, "
             f"{c.get('labeled', 0)} labeled; label rows by rules {c.get('rules', 0)}, by the LLM {c.get('llm', 0)} "
@@ -249,32 +246,18 @@ def _print_dry_run(info: dict) -> None:
 
 
 def _run_rules(
-    input_path: Path, out: Path, docs: dict[str, Any], *, shard: str | None, dry_run: bool,
-    overwrite: bool, adjudication: dict[str, Any], engine: dict[str, Any] | None,
-) -> None:  # fmt: skip
-    """`--backend rules` or `--examples`: the rules, then the adjudication of the ambiguous
-    readings and the uncertainty policy; same output layout."""
-    from cxrctx.labeling import label_rules
-    from cxrctx.labeling.finish import build_finish
-    from cxrctx.llm.spec import make_engine
-
-    eng = None
+    input_path: Path, out: Path, config: LabelLesionsConfig, spec: EngineSpec | None
+) -> None:
+    """The rules label everything, then the `--examples` adjudication of the ambiguous
+    readings (the vote, or the model of `spec`) and the uncertainty policy."""
     try:
-        if engine is not None and not dry_run:
-            spec = engine_spec(**engine)
-            assert spec is not None  # a backend is always given here
-            eng = make_engine(spec)
-        finish = build_finish(**adjudication, engine=eng, cache_dir=out / "cache")
-        with progress_reporter("labeling (rules)", "docs", disable=dry_run) as report:
-            run = label_rules(
-                input_path, out=out, shard=shard, dry_run=dry_run, overwrite=overwrite,
-                progress=lambda i, n, _f: report(i, n, ""), finish=finish, **docs,
+        with progress_reporter("labeling (rules)", "docs", disable=config.dry_run) as report:
+            run = label_lesions(
+                input_path, out, labeler=Labeler.rules, config=config, engine=spec,
+                progress=lambda p: report(p.done, p.total, ""),
             )  # fmt: skip
     except CxrctxError as e:
         raise fail(e) from None
-    finally:
-        if eng is not None:
-            eng.close()
     if run.dry_run is not None:
         console.print(f"[bold]dry run[/]: {run.dry_run['documents']} documents; nothing written")
         if "reading" in run.dry_run:

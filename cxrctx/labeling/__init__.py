@@ -1,9 +1,11 @@
-"""Lesion labeling: the rules labeler, the hybrid and LLM paths, and eval-labels.
+"""Lesion labeling: one entry point (`label_lesions`) over three labelers, and eval-labels.
 
-Public API (stable): `label_documents`, `LabelResult`, `label_lesions`, `load_documents`,
-`load_prompt`, `evaluate_labels`, `EvalReport`, `load_gold`, `eval_labels`; the rules
-(`read_report`, `label_documents_rules`, `label_rules`, `rules_labels`, `RulesReading`) and
-the hybrid labeler (`label_documents_hybrid`, `LabelMode`, `load_hybrid_prompt`).
+Public API (stable): `label_lesions` (the stage: rules, llm or hybrid into a folder, chosen
+by `Labeler`, configured by `LabelLesionsConfig`), `LabelRun`, `LabelResult`,
+`label_documents` (the llm labeler on a frame), `load_documents`, `load_prompt`,
+`evaluate_labels`, `EvalReport`, `load_gold`, `eval_labels`; the rules (`read_report`,
+`label_documents_rules`, `rules_labels`, `RulesReading`) and the hybrid labeler
+(`label_documents_hybrid`, `load_hybrid_prompt`).
 """
 
 from __future__ import annotations
@@ -17,37 +19,35 @@ from cxrctx.labeling.evaluate import (
 )
 from cxrctx.labeling.hybrid import (
     HybridTask,
-    LabelMode,
     label_documents_hybrid,
     load_hybrid_prompt,
 )
 from cxrctx.labeling.inputs import load_documents
+from cxrctx.labeling.llm_labeler import label_documents
 from cxrctx.labeling.models import (
     LabelAnswer,
+    Labeler,
+    LabelLesionsConfig,
     LesionAnswer,
     LesionReading,
     RulesReading,
     answer_schema,
 )
 from cxrctx.labeling.prompt import LabelPrompt, load_prompt, schema_sha256
-from cxrctx.labeling.rules import label_documents_rules, label_rules, read_report, rules_labels
-from cxrctx.labeling.run import (
-    LABEL_FRAME_SCHEMA,
-    LabelResult,
-    LabelRun,
-    label_documents,
-    label_lesions,
-)
+from cxrctx.labeling.rules import label_documents_rules, read_report, rules_labels
+from cxrctx.labeling.stage import label_lesions
+from cxrctx.labeling.tables import LABEL_FRAME_SCHEMA, LabelResult, LabelRun
 
 __all__ = [
     "LABEL_FRAME_SCHEMA",
     "EvalReport",
     "HybridTask",
     "LabelAnswer",
-    "LabelMode",
+    "LabelLesionsConfig",
     "LabelPrompt",
     "LabelResult",
     "LabelRun",
+    "Labeler",
     "LesionAnswer",
     "LesionReading",
     "RulesReading",
@@ -58,7 +58,6 @@ __all__ = [
     "label_documents_hybrid",
     "label_documents_rules",
     "label_lesions",
-    "label_rules",
     "load_documents",
     "load_gold",
     "load_hybrid_prompt",

@@ -23,7 +23,7 @@ from cxrctx.labeling.adjudicate import (
 )
 from cxrctx.labeling.exemplars import DEFAULT_K, ExemplarIndex, read_examples
 from cxrctx.labeling.policy import UncertainPolicy, apply_policy
-from cxrctx.labeling.run import LABEL_FRAME_SCHEMA, LabelResult
+from cxrctx.labeling.tables import LABEL_FRAME_SCHEMA, LabelResult
 from cxrctx.llm.base import Engine
 
 COUNTS = ("uncertain", "adjudicated_vote", "adjudicated_llm", "adjudication_mentions",
@@ -83,15 +83,19 @@ def build_finish(
     engine: Engine | None = None,
     prompt: int | str | None = None,
     cache_dir: str | os.PathLike | None = None,
+    model: str | None = None,
+    engine_needed: bool | None = None,
 ) -> LabelFinish:
     """The finishing step of a run. With `examples`: the exemplar index, and the threshold
     (given, or for the vote calibrated on the examples leave-one-document-out; the model's
-    default 0.5 is recorded as such)."""
+    default 0.5 is recorded as such). The engine may be set later (`fin.engine`): give
+    `model` (its name, for the config) and `engine_needed` then."""
     fin = LabelFinish(uncertain=UncertainPolicy(uncertain), cache_dir=cache_dir)
     if examples is None:
         return fin
     how = Adjudicator(adjudicator)
-    if how is Adjudicator.llm and engine is None:
+    has_engine = engine is not None if engine_needed is None else engine_needed
+    if how is Adjudicator.llm and not has_engine:
         raise CxrctxError("--adjudicator llm needs --model")
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise CxrctxError(f"--threshold must be between 0 and 1 (got {threshold})")
@@ -109,6 +113,7 @@ def build_finish(
     fin.adjudication = AdjudicationConfig(
         adjudicator=how, examples=str(examples), examples_sha256=index.sha256,
         exemplars=index.size(), k=k, threshold=threshold, threshold_source=source,
-        prompt_sha256=ap.sha256 if ap else None, model=getattr(engine, "model", None),
+        prompt_sha256=ap.sha256 if ap else None,
+        model=getattr(engine, "model", model) if how is Adjudicator.llm else None,
     )  # fmt: skip
     return fin

@@ -6,8 +6,8 @@ expression). The *ambiguous* ones (hedge, borderline phrase, conflicting mention
 unsettled scope, sides that differ) go to the model in one request per document, which
 sees only their evidence sentences and the rule reading as a hint (never the whole
 report) and answers in the label-lesions answer schema restricted to the asked lesions:
-with a short `reasoning` first (`LabelMode.cot`) or status/location only
-(`LabelMode.short`). Those rows say source "llm" and keep the rules' evidence offsets.
+with a short `reasoning` first (`Labeler.cot`) or status/location only
+(`Labeler.short`). Those rows say source "llm" and keep the rules' evidence offsets.
 
 Failure policy: when the model's answer for a document stays unusable after the one
 repair request, the document is a failure row (like the LLM-only path); it never falls
@@ -21,7 +21,6 @@ records its sha256, the answer schema's sha256, the model and the sampling.
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import os
 from collections.abc import Callable, Iterator
@@ -32,11 +31,18 @@ from typing import Any, cast
 import polars as pl
 
 from cxrctx.errors import CxrctxError
-from cxrctx.labeling.models import LabelAnswer, LabelRunConfig, RulesReading, answer_schema
+from cxrctx.labeling.llm_labeler import LabelRows, iter_label_items, task_provenance
+from cxrctx.labeling.models import (
+    LabelAnswer,
+    Labeler,
+    LabelRunConfig,
+    RulesReading,
+    answer_schema,
+)
 from cxrctx.labeling.parse import validate_lesion_answer
 from cxrctx.labeling.prompt import read_prompt_file
 from cxrctx.labeling.rules import read_report, reading_rows, rules_provenance
-from cxrctx.labeling.run import TABLES, LabelResult, LabelRows, _doc_row, _provenance, iter_items
+from cxrctx.labeling.tables import TABLES, LabelResult, document_row
 from cxrctx.labeling.task import LabelItem
 from cxrctx.llm.base import ChatRequest, Engine, Sampling
 from cxrctx.llm.cache import ResultCache
@@ -50,7 +56,6 @@ __all__ = [
     "HybridItem",
     "HybridPrompt",
     "HybridTask",
-    "LabelMode",
     "label_documents_hybrid",
     "load_hybrid_prompt",
 ]
@@ -58,15 +63,6 @@ __all__ = [
 DEFAULT_HYBRID_VERSION = 1
 SHORT_DESCRIPTION = "One entry per lesion asked: its status and location only."
 HYBRID_COUNTS = ("rules", "llm", "not_mentioned", "ambiguous", "llm_changed", "llm_failed_lesions")
-
-
-class LabelMode(str, enum.Enum):
-    """How a model is used: cot / short = hybrid (rules first, the model for ambiguous
-    lesions, with or without a reasoning field); llm = the model for every candidate."""
-
-    cot = "cot"
-    short = "short"
-    llm = "llm"
 
 
 # ---------------------------------------------------------------------------- prompt
@@ -84,7 +80,7 @@ class HybridPrompt:
     def version(self) -> int:
         return int(self.data.get("version", 0))
 
-    def system(self, mode: LabelMode) -> str:
+    def system(self, mode: Labeler) -> str:
         return "\n".join([*self.data["system"], self.data["modes"][mode.value]])
 
     def block(self, reading: RulesReading, lesion: str) -> str:
@@ -99,7 +95,7 @@ class HybridPrompt:
             sentences=sentences,
         )
 
-    def messages(self, item: HybridItem, mode: LabelMode) -> list[dict[str, str]]:
+    def messages(self, item: HybridItem, mode: Labeler) -> list[dict[str, str]]:
         assert item.reading is not None
         blocks = "\n".join(self.block(item.reading, les) for les in item.asked)
         user = self.data["user_template"].format(blocks=blocks, lesions=", ".join(item.asked))
@@ -147,8 +143,8 @@ class HybridTask(Task[HybridItem, LabelAnswer]):
     name = "label-lesions-hybrid"
     answer_model = LabelAnswer
 
-    def __init__(self, prompt: HybridPrompt, mode: LabelMode = LabelMode.cot):
-        if mode is LabelMode.llm:
+    def __init__(self, prompt: HybridPrompt, mode: Labeler = Labeler.cot):
+        if not mode.hybrid:
             raise ValueError("HybridTask runs the hybrid modes (cot, short) only")
         self.prompt = prompt
         self.mode = mode
@@ -159,7 +155,7 @@ class HybridTask(Task[HybridItem, LabelAnswer]):
         return _schema_sha(self._schema(tuple(LESIONS), required=False))
 
     def _schema(self, lesions: tuple[str, ...], required: bool = True) -> dict[str, Any]:
-        schema = answer_schema(lesions) if self.mode is LabelMode.cot else short_schema(lesions)
+        schema = answer_schema(lesions) if self.mode is Labeler.cot else short_schema(lesions)
         return schema if required else {**schema, "required": []}
 
     def local_answer(self, item: HybridItem) -> LabelAnswer | None:
@@ -176,7 +172,7 @@ class HybridTask(Task[HybridItem, LabelAnswer]):
         return self._validate(parse_json_object(text, finish_reason), item.asked)
 
     def _validate(self, obj: Any, asked: tuple[str, ...]) -> LabelAnswer:
-        if self.mode is LabelMode.short and isinstance(obj, dict):
+        if self.mode is Labeler.short and isinstance(obj, dict):
             obj = {
                 k: ({"reasoning": "", **v} if isinstance(v, dict) else v) for k, v in obj.items()
             }
@@ -204,7 +200,7 @@ class HybridTask(Task[HybridItem, LabelAnswer]):
 
 def iter_hybrid_items(docs: pl.DataFrame) -> Iterator[HybridItem]:
     """One HybridItem per input row (ids, empty texts as in label-lesions), read by the rules."""
-    for it in iter_items(docs, cast(Any, None), prepass=False):
+    for it in iter_label_items(docs, cast(Any, None), prepass=False):
         if it.problem is not None:
             yield HybridItem(it.id, "", "", (), it.problem)
             continue
@@ -222,7 +218,7 @@ class HybridRows(LabelRows):
     """Batch of hybrid results → 14 label rows per document (rules rows, with the asked
     lesions replaced by the model's answers), document and failure rows, counted."""
 
-    def __init__(self, sinks: dict[str, Sink], provenance: dict[str, Any], mode: LabelMode):
+    def __init__(self, sinks: dict[str, Sink], provenance: dict[str, Any], mode: Labeler):
         super().__init__(sinks, provenance)
         self.rules_prov = rules_provenance()
         self.mode = mode
@@ -242,12 +238,14 @@ class HybridRows(LabelRows):
             c["failed"] += 1
             c["transient_failed"] += r.transient
             c["llm_failed_lesions"] += len(item.asked)
-            self._fail(fails, item, r)
-            docs.append(_doc_row(item, "failed", r))
+            self.fail(fails, item, r)
+            docs.append(document_row(item.id, item.text_sha256, "failed", item.candidates, r))
             return
         c["labeled"] += 1
         c["no_candidate"] += int(not item.candidates)
-        docs.append(_doc_row(item, "labeled", r if item.asked else None))
+        docs.append(
+            document_row(item.id, item.text_sha256, "labeled", item.candidates, r if item.asked else None)
+        )
         answers = r.answer.model_dump(mode="json")
         for row in reading_rows(item.id, item.reading, item.text_sha256, self.rules_prov):
             if row["clarity"] == "ambiguous":
@@ -272,7 +270,7 @@ def label_documents_hybrid(
     docs: pl.DataFrame,
     engine: Engine,
     *,
-    mode: LabelMode | str = LabelMode.cot,
+    mode: Labeler | str = Labeler.cot,
     sampling: Sampling | None = None,
     cache_dir: str | os.PathLike | None = None,
     prompt: HybridPrompt | int | str | None = None,
@@ -287,13 +285,13 @@ def label_documents_hybrid(
     not_mentioned (label rows per path), ambiguous, llm_changed and llm_failed_lesions."""
     if "id" not in docs.columns or "text" not in docs.columns:
         raise CxrctxError(f"documents need columns id and text (got {', '.join(docs.columns)})")
-    hm = LabelMode(mode)
+    hm = Labeler(mode)
     hp = prompt if isinstance(prompt, HybridPrompt) else load_hybrid_prompt(prompt)
     docs = docs.select(pl.col("id").cast(pl.String), pl.col("text").cast(pl.String))
     memory = {name: MemorySink(schema) for name, schema in TABLES.items()}
     task = HybridTask(hp, hm)
     sampling = sampling or Sampling()
-    rows = HybridRows(dict(sinks or memory), _provenance(task, engine, sampling), hm)  # type: ignore[arg-type]
+    rows = HybridRows(dict(sinks or memory), task_provenance(task, engine, sampling), hm)
     with ResultCache(cache_dir, writer=cache_writer) as cache:
         stats = run_task(
             task, iter_hybrid_items(docs), engine, cache=cache, sampling=sampling,
@@ -310,7 +308,7 @@ def label_documents_hybrid(
     )  # fmt: skip
 
 
-def hybrid_dry_run(docs: pl.DataFrame, hp: HybridPrompt, mode: LabelMode) -> dict[str, Any]:
+def hybrid_dry_run(docs: pl.DataFrame, hp: HybridPrompt, mode: Labeler) -> dict[str, Any]:
     """What a hybrid run would send for the first document with an ambiguous lesion."""
     task = HybridTask(hp, mode)
     info: dict[str, Any] = {"documents": docs.height, "schema": task._schema(LESIONS, False)}
@@ -323,7 +321,7 @@ def hybrid_dry_run(docs: pl.DataFrame, hp: HybridPrompt, mode: LabelMode) -> dic
     return info
 
 
-def hybrid_config(cfg: LabelRunConfig, mode: LabelMode, result: LabelResult) -> LabelRunConfig:
+def hybrid_config(cfg: LabelRunConfig, mode: Labeler, result: LabelResult) -> LabelRunConfig:
     """The run config of a hybrid run: mode, lexicon, the hybrid answer schema's sha256."""
     lex = lexicon()
     return cfg.model_copy(

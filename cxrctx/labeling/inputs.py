@@ -19,9 +19,9 @@ import polars as pl
 
 from cxrctx.errors import CxrctxError
 from cxrctx.io import input_file, open_stage
+from cxrctx.labeling.models import DEFAULT_SECTIONS
 from cxrctx.vocab import SECTIONS
 
-DEFAULT_SECTIONS: tuple[str, ...] = ("findings", "impression")
 #: the records column the default sections fall back to (also a --sections choice)
 FALLBACK_SECTION = "last_paragraph"
 

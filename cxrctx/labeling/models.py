@@ -8,19 +8,87 @@ which is the chain-of-thought order the grammar enforces.
 
 from __future__ import annotations
 
+import enum
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, create_model, field_validator
 
+from cxrctx.llm.base import Sampling
 from cxrctx.models import Lesion, Location, Status
 from cxrctx.vocab import LESIONS
 
 REASONING_MAX_CHARS = 120
 
 
+#: Record sections a build-priors input is labeled from, in this order.
+DEFAULT_SECTIONS: tuple[str, ...] = ("findings", "impression")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class Labeler(str, enum.Enum):
+    """Who labels a report. rules: the deterministic reading, no model. cot / short: the
+    hybrid labeler (rules first, the model only for the lesions the rules leave ambiguous,
+    with or without a short reasoning field). llm: the model for every candidate lesion."""
+
+    cot = "cot"
+    short = "short"
+    llm = "llm"
+    rules = "rules"
+
+    @property
+    def hybrid(self) -> bool:
+        return self in (Labeler.cot, Labeler.short)
+
+
+class LabelLesionsConfig(BaseModel):
+    """The options of one label-lesions run (what `cxrctx label-lesions` parses), validated
+    before any input is read. Which labeler runs and the engine are arguments of
+    `label_lesions`, not options: the engine is a live object, not configuration."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    sections: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_SECTIONS),
+        description="Record sections to label (build-priors input)",
+    )
+    id_column: str = Field("id", description="Id column of a table input")
+    text_column: str = Field("text", description="Text column of a table input")
+    shard: str | None = Field(None, description="Label slice i of n, as 'i/n'")
+    limit: int | None = Field(None, ge=1, description="Only the first N documents")
+    dry_run: bool = Field(False, description="Say what would be sent (or read); write nothing")
+    overwrite: bool = Field(False, description="Replace another run's output in OUT")
+    sampling: Sampling = Field(default_factory=Sampling)
+    batch_size: int | None = Field(None, ge=1, description="Documents per engine call")
+    prepass: bool = Field(True, description="llm: ask only about the lexicon's candidates")
+    prompt: int | str | Path | None = Field(
+        None, description="Prompt version or file (hybrid: a hybrid prompt version or file)"
+    )
+    cache_dir: Path | None = Field(None, description="Answers a re-run reuses (default OUT/cache)")
+    examples: Path | None = Field(
+        None, description="Labeled reports whose exemplars decide the ambiguous readings (rules)"
+    )
+    adjudicator: Literal["vote", "llm"] = Field(
+        "vote", description="With examples: the exemplars' kNN vote, or the model's scored choice"
+    )
+    k: int = Field(5, ge=1, description="With examples: exemplars per ambiguous reading")
+    threshold: float | None = Field(
+        None, gt=0.0, lt=1.0,
+        description="With examples: P(positive) >= threshold is positive (vote default: "
+        "calibrated on the examples; model default 0.5)",
+    )
+    uncertain: Literal["positive", "negative", "keep"] = Field(
+        "positive", description="Hedged positive readings left undecided: positive, negative, keep"
+    )
+
+    @field_validator("sampling", mode="before")
+    @classmethod
+    def _default_sampling(cls, v: object) -> object:
+        return Sampling() if v is None else v
 
 
 def _norm(v: object) -> str:

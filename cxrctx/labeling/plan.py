@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 
 from cxrctx.io import atomic_write_text
-from cxrctx.labeling.inputs import DEFAULT_SECTIONS, select_documents
-from cxrctx.labeling.run import label_lesions
+from cxrctx.labeling.inputs import select_documents
+from cxrctx.labeling.models import Labeler, LabelLesionsConfig
+from cxrctx.labeling.stage import ProgressFn, label_lesions
+from cxrctx.llm.base import Engine
 from cxrctx.llm.plan import PUBLISHED_GPU, PUBLISHED_TOKENS_PER_S, Plan, make_plan
+from cxrctx.llm.runner import Executor
+from cxrctx.llm.spec import EngineSpec
 
 PLAN_DIR = "plan-sample"
 DEFAULT_SAMPLE = 200
@@ -39,26 +42,30 @@ def plan_label_lesions(
     input_path: str | os.PathLike,
     out: str | os.PathLike,
     *,
+    labeler: Labeler | str = Labeler.llm,
+    config: LabelLesionsConfig | None = None,
+    engine: Engine | EngineSpec,
     sample: int = DEFAULT_SAMPLE,
     throughput_tokens_per_s: float = PUBLISHED_TOKENS_PER_S,
     gpu: str = PUBLISHED_GPU,
-    sections: tuple[str, ...] | list[str] = DEFAULT_SECTIONS,
-    id_column: str = "id",
-    text_column: str = "text",
-    limit: int | None = None,
-    **label_kwargs: Any,
+    progress: ProgressFn | None = None,
+    executor: Executor | None = None,
 ) -> Plan:
-    """Label the first `sample` documents into OUT/plan-sample and project the full input
-    (after `limit`) onto `gpu` at `throughput_tokens_per_s` output tokens/s."""
+    """Label the first `sample` documents into OUT/plan-sample with `labeler` and `engine`
+    and project the full input (after `config.limit`) onto `gpu` at
+    `throughput_tokens_per_s` output tokens/s."""
     if sample < 1:
         raise ValueError("sample must be >= 1")
-    full = select_documents(input_path, list(sections), id_column, text_column, limit, None)
+    cfg = config or LabelLesionsConfig()
+    full = select_documents(input_path, cfg.sections, cfg.id_column, cfg.text_column, cfg.limit, None)
     total = full.docs.height
     n = min(sample, total)
     sample_out = Path(out) / PLAN_DIR
+    # the whole input's first n documents, never a slice, a dry run or another run's folder
+    sample_cfg = cfg.model_copy(update={"limit": n, "shard": None, "dry_run": False, "overwrite": False})
     run = label_lesions(
-        input_path, sample_out, sections=sections, id_column=id_column,
-        text_column=text_column, limit=n, **label_kwargs,
+        input_path, sample_out, labeler=labeler, config=sample_cfg, engine=engine,
+        progress=progress, executor=executor,
     )  # fmt: skip
     docs = run.result.documents if run.result is not None else pl.DataFrame()
     plan = make_plan(sample_documents=docs.height, total_documents=total,

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cxrctx.errors import CxrctxError
 from cxrctx.labeling.models import answer_schema
@@ -25,6 +25,16 @@ from cxrctx.resources import read_bytes
 from cxrctx.vocab import LESIONS, mentioned_lesions
 
 DEFAULT_VERSION = 1
+
+
+class Prompt(Protocol):
+    """What a run records of the prompt it asked with (`LabelPrompt`, `HybridPrompt`)."""
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def sha256(self) -> str: ...
 
 
 def schema_sha256() -> str:

@@ -16,42 +16,35 @@ lesion:
   ("scope_unsettled"), or sides that differ between sentences ("sides_differ"); else clear.
 
 `label_documents_rules` labels a frame (id, text) into the label-lesions tables;
-`label_rules` adds input reading, sharding and the output folder (same layout and manifest
-as label-lesions, backend "rules", model null, prompt sha = lexicon sha).
+`write_rules` streams a whole input into the stage's sinks slice by slice. The stage
+(`cxrctx.labeling.stage.label_lesions`, labeler "rules") adds input reading, sharding and
+the output folder (same layout and manifest as the model labelers, backend "rules", model
+null, prompt sha = lexicon sha).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import time
 from collections.abc import Callable
 from functools import lru_cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import polars as pl
 import pyarrow as pa
 
 from cxrctx.errors import CxrctxError
-from cxrctx.labeling.inputs import DEFAULT_SECTIONS, parse_shard, select_documents
-from cxrctx.labeling.models import (
-    Evidence,
-    LabelRunConfig,
-    LesionReading,
-    RulesReading,
-)
+from cxrctx.labeling.models import Evidence, LesionReading, RulesReading
 from cxrctx.labeling.prompt import schema_sha256
-from cxrctx.labeling.run import (
+from cxrctx.labeling.tables import (
     DOC_SCHEMA,
+    DUPLICATE_ID,
+    EMPTY,
     FAIL_SCHEMA,
     LABEL_FRAME_SCHEMA,
     LabelResult,
-    LabelRun,
-    _open_sinks,
-    claim_output,
-    write_manifest_for,
+    document_row,
 )
+from cxrctx.llm.sink import Sink
 from cxrctx.models import Location
 
 if TYPE_CHECKING:
@@ -59,12 +52,11 @@ if TYPE_CHECKING:
 from cxrctx.vocab import LESIONS, MentionReading, lexicon, read_mentions
 
 __all__ = [
-    "LABEL_FRAME_SCHEMA",
     "label_documents_rules",
-    "label_rules",
     "read_report",
     "reading_rows",
     "rules_labels",
+    "write_rules",
 ]
 
 NOT_MENTIONED = "not mentioned: the lexicon finds no expression of this lesion"
@@ -187,14 +179,6 @@ def rules_provenance() -> dict[str, Any]:
     }
 
 
-def _doc_row(doc_id: str, sha: str, status: str, cands: list[str]) -> dict[str, Any]:
-    return {
-        "id": doc_id, "text_sha256": sha, "status": status, "candidates": cands, "llm_called": False,
-        "cached": False, "attempts": 0, "finish_reason": None, "prompt_tokens": 0,
-        "completion_tokens": 0, "latency_s": 0.0, "raw_text": None, "error": None,
-    }  # fmt: skip
-
-
 def label_documents_rules(
     docs: pl.DataFrame,
     *,
@@ -227,17 +211,16 @@ def label_documents_rules(
             progress(i, total, 0)
         if doc_id is None or doc_id in seen:
             counts["duplicate_id"] += 1
-            reason = "duplicate id (first occurrence kept)"
-            failures.append({"id": doc_id or "", "reason": reason, "raw_text": None, "attempts": 0,
+            failures.append({"id": doc_id or "", "reason": DUPLICATE_ID, "raw_text": None, "attempts": 0,
                              "transient": False})  # fmt: skip
             continue
         seen.add(doc_id)
         text = (raw or "").strip()
         if not text:
             counts["empty"] += 1
-            failures.append({"id": doc_id, "reason": "empty text", "raw_text": None, "attempts": 0,
+            failures.append({"id": doc_id, "reason": EMPTY, "raw_text": None, "attempts": 0,
                              "transient": False})  # fmt: skip
-            doc_rows.append(_doc_row(doc_id, "", "empty", []))
+            doc_rows.append(document_row(doc_id, "", "empty", []))
             continue
         sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
         if sha not in memo:
@@ -253,7 +236,7 @@ def label_documents_rules(
         counts["rules"] += len(cands)
         counts["not_mentioned"] += len(LESIONS) - len(cands)
         counts["ambiguous"] += n_amb
-        doc_rows.append(_doc_row(doc_id, sha, "labeled", cands))
+        doc_rows.append(document_row(doc_id, sha, "labeled", cands))
     counts["unique_texts"] = len(memo)
     if seen_texts is not None:
         seen_texts.update(memo)
@@ -313,86 +296,32 @@ def rules_labels(docs: pl.DataFrame) -> pl.DataFrame:
     return res.labels.select("id", "lesion", "status", "location")
 
 
-# ---------------------------------------------------------------------------- the run
+# ---------------------------------------------------------------------------- streaming
 
 
-def label_rules(
-    input_path: str | os.PathLike,
-    *,
-    out: str | os.PathLike,
-    sections: tuple[str, ...] | list[str] = DEFAULT_SECTIONS,
-    id_column: str = "id",
-    text_column: str = "text",
-    shard: str | None = None,
-    limit: int | None = None,
-    dry_run: bool = False,
-    progress: Callable[[int, int, int], None] | None = None,
-    overwrite: bool = False,
-    finish: LabelFinish | None = None,
-) -> LabelRun:
-    """`label-lesions --backend rules`: label an input (build-priors dir or table file) into
-    `out` with the rules; same files and manifest as the LLM backends (model null). A
-    build-priors input is checked against its manifest first; `out` follows the shared
-    output policy (another run's folder is refused unless `overwrite`). `finish` (see
-    `cxrctx.labeling.finish`): the uncertainty policy and the `--examples` adjudication."""
-    from cxrctx.labeling.finish import LabelFinish
-
-    finish = finish or LabelFinish()
-    t0 = time.perf_counter()
-    sh = parse_shard(shard)
-    loaded = select_documents(input_path, list(sections), id_column, text_column, limit, sh)
-    docs = loaded.docs
-    out_dir = Path(out)
-    if dry_run:
-        first = next((t.strip() for t in docs["text"].to_list() if t and t.strip()), None)
-        info: dict[str, Any] = {"documents": docs.height, "lexicon_sha256": lexicon().sha256}
-        if first is not None:
-            info["reading"] = read_report(first).model_dump(mode="json")
-        return LabelRun(out_dir, None, None, dry_run=info, seconds=time.perf_counter() - t0)
-    lex = lexicon()
-    cfg = LabelRunConfig(
-        backend="rules", model=None, prompt_version=lex.version, prompt_sha256=lex.sha256,
-        schema_sha256=schema_sha256(), sampling={}, input=str(input_path),
-        sections=list(sections) if loaded.kind == "records" else None,
-        id_column=id_column if loaded.kind == "file" else None,
-        text_column=text_column if loaded.kind == "file" else None, shard=shard, limit=limit,
-        batch_size=PROGRESS_EVERY, prepass=False, lexicon_version=lex.version,
-        lexicon_sha256=lex.sha256, mode=None, **finish.config(),
-    )  # fmt: skip
-    key = cfg.model_dump(mode="json", exclude={"input", "shard", "batch_size"})
-    claim_output(out_dir, key, loaded, sh, overwrite)
-    result, tables = _write_rules(docs, out_dir, sh, progress, finish)
-    result.counts.update(finish.counts)
-    manifest = write_manifest_for(out_dir, result, cfg, loaded.inputs, tables, sh)
-    return LabelRun(out_dir, result, manifest, seconds=time.perf_counter() - t0)
-
-
-def _write_rules(
+def write_rules(
     docs: pl.DataFrame,
-    out: Path,
-    shard: tuple[int, int] | None,
-    progress: Callable[[int, int, int], None] | None,
-    finish: LabelFinish,
-) -> tuple[LabelResult, dict[str, list[Any]]]:
-    """Label `docs` slice by slice into label-lesions' sinks (memory stays flat)."""
-    sinks = _open_sinks(out, shard)
+    sinks: dict[str, Sink],
+    progress: Callable[[int, int, int], None] | None = None,
+    finish: LabelFinish | None = None,
+) -> LabelResult:
+    """Label `docs` slice by slice into the stage's `sinks` (memory stays flat); the
+    result holds the counts (tables are in the sinks). `finish` (`cxrctx.labeling.finish`):
+    the section column, the `--examples` adjudication and the uncertainty policy."""
     counts: dict[str, int] = {}
     ids: set[str] = set()
     shas: set[str] = set()
-    try:
-        for start in range(0, docs.height, RULES_CHUNK):
-            step = (lambda i, n, f, s=start: progress(s + i, docs.height, f)) if progress else None
-            chunk = docs.slice(start, RULES_CHUNK)
-            part = label_documents_rules(chunk, progress=step, seen_ids=ids, seen_texts=shas)
+    for start in range(0, docs.height, RULES_CHUNK):
+        step = (lambda i, n, f, s=start: progress(s + i, docs.height, f)) if progress else None
+        chunk = docs.slice(start, RULES_CHUNK)
+        part = label_documents_rules(chunk, progress=step, seen_ids=ids, seen_texts=shas)
+        if finish is not None:
             part = finish(part, chunk)
-            for name, sink in sinks.items():
-                sink.add(part.table(name).to_dicts())
-            for k, v in part.counts.items():
-                counts[k] = counts.get(k, 0) + v
-    except BaseException:
-        for s in sinks.values():
-            s.abort()
-        raise
-    tables = {name: s.close() for name, s in sinks.items()}
+        for name, sink in sinks.items():
+            sink.add(part.table(name).to_dicts())
+        for k, v in part.counts.items():
+            counts[k] = counts.get(k, 0) + v
     counts["unique_texts"] = len(shas)
-    return LabelResult(counts, rules_provenance(), out=out), tables
+    if finish is not None:
+        counts.update(finish.counts)
+    return LabelResult(counts, rules_provenance())

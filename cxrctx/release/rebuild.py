@@ -166,13 +166,14 @@ def _run_labels(
     label_cache: Path | None,
 ) -> Path:
     """Re-label with the recorded backend: the rules, or the recorded engine and prompt."""
-    from cxrctx.labeling import label_lesions, label_rules
+    from cxrctx.labeling import Labeler, LabelLesionsConfig, label_lesions
     from cxrctx.llm.base import Sampling
 
     sections = cfg.get("sections") or ["findings", "impression"]
     _check_prompt(cfg)
     if cfg["backend"] == "rules":
-        label_rules(records, out=out, sections=sections, limit=cfg.get("limit"))
+        rules = LabelLesionsConfig(sections=sections, limit=cfg.get("limit"))
+        label_lesions(records, out, labeler=Labeler.rules, config=rules)
         return out
     _check_model(cfg, model)
     cache = None
@@ -180,12 +181,15 @@ def _run_labels(
         src = label_cache / "cache" if (label_cache / "cache").is_dir() else label_cache
         cache = out.parent / "label-cache"
         shutil.copytree(src, cache, dirs_exist_ok=True)
-    label_lesions(
-        records, out, engine=_engine_spec(cfg, model), sections=sections,
-        sampling=Sampling(**cfg.get("sampling", {})), batch_size=cfg.get("batch_size") or None,
-        prepass=cfg.get("prepass", True), prompt=cfg.get("prompt_version"),
-        limit=cfg.get("limit"), mode=cfg.get("mode") or "llm", cache_dir=cache,
+    config = LabelLesionsConfig(
+        sections=sections, sampling=Sampling(**cfg.get("sampling", {})),
+        batch_size=cfg.get("batch_size") or None, prepass=cfg.get("prepass", True),
+        prompt=cfg.get("prompt_version"), limit=cfg.get("limit"), cache_dir=cache,
     )  # fmt: skip
+    label_lesions(
+        records, out, labeler=cfg.get("mode") or Labeler.llm, config=config,
+        engine=_engine_spec(cfg, model),
+    )
     return out
 
 
