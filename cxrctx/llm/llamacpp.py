@@ -167,7 +167,7 @@ class LlamaCppEngine:
         probs = probs_from_top(top, req.choices)
         if probs is None:
             return None
-        usage = dict(resp.get("usage") or {})  # type: ignore[call-overload]
+        usage = dict(resp.get("usage") or {})  # type: ignore[call-overload,union-attr]
         return Completion(
             text=scored_text(probs),
             prompt_tokens=int(usage.get("prompt_tokens", 0)),
