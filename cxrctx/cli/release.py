@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from cxrctx.cli.app import app, console, err_console, fail
+from cxrctx.cli.progress import progress_display
 from cxrctx.errors import CxrctxError
 
 
@@ -86,11 +87,13 @@ def release_cmd(
     from cxrctx.release import make_release
 
     try:
-        res = make_release(
-            records, out=out, name=name, version=version, labels=labels, rois=rois,
-            structured=structured, formats=[f.value for f in formats], target=target.value,
-            license=license, rows_per_file=rows_per_file, overwrite=overwrite,
-        )  # fmt: skip
+        with progress_display("release") as progress:
+            res = make_release(
+                records, out=out, name=name, version=version, labels=labels, rois=rois,
+                structured=structured, formats=[f.value for f in formats], target=target.value,
+                license=license, rows_per_file=rows_per_file, overwrite=overwrite,
+                progress=progress,
+            )  # fmt: skip
     except CxrctxError as e:
         raise fail(e) from None
     console.print(_split_table(res.summary, f"release {res.config.name} {res.config.version}"))
@@ -219,10 +222,12 @@ def rebuild_cmd(
     from cxrctx.release import rebuild
 
     try:
-        rep = rebuild(
-            public_dir, mimic_root, out=out, model=model, labels=labels, label_cache=label_cache,
-            rois=rois, structured=structured, workers=workers, overwrite=overwrite,
-        )  # fmt: skip
+        with progress_display("rebuild") as progress:
+            rep = rebuild(
+                public_dir, mimic_root, out=out, model=model, labels=labels,
+                label_cache=label_cache, rois=rois, structured=structured, workers=workers,
+                overwrite=overwrite, progress=progress,
+            )  # fmt: skip
     except CxrctxError as e:
         raise fail(e) from None
     for n in rep.input_notes:

@@ -47,6 +47,7 @@ from cxrctx.mimic.reader import ReportReader, report_source
 from cxrctx.mimic.schema import RECORD_SCHEMA, conform
 from cxrctx.mimic.summary import reconcile, reject_table, summaries, write_jsonl
 from cxrctx.models import RECORD_SCHEMA_VERSION, Manifest
+from cxrctx.progress import as_callback, progress_arg
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,7 @@ class _Ticker:
             self.progress(self.task, self.done, self.total)
 
 
+@progress_arg("build-priors")
 def build_priors(
     root: str | os.PathLike,
     out: str | os.PathLike,
@@ -149,7 +151,7 @@ def build_priors(
     workers: int | None = None,
     max_report_bytes: int = MAX_REPORT_BYTES,
     overwrite: bool = False,
-    progress: ProgressFn | None = None,
+    progress: ProgressFn | bool | None = None,
 ) -> BuildResult:
     """Build C-SRRG-style records from a MIMIC-CXR root into `out`.
 
@@ -158,6 +160,7 @@ def build_priors(
     before anything is written. A non-empty `out` of another run is refused unless
     `overwrite` (the output policy every stage shares); the same configuration re-runs.
     """
+    progress = as_callback(progress)
     _check_out(Path(out))
     lay = L.discover(root, reports_zip, need_metadata=not scan_dicom)
     cfg = BuildPriorsConfig(

@@ -17,6 +17,7 @@ from typing import Any
 import polars as pl
 import pyarrow.parquet as pq
 
+from cxrctx import jsonl
 from cxrctx.models import ShardInfo
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ def _schema_of(bundle: Path, info: ShardInfo) -> pl.Schema:
     f = bundle / info.path
     if f.suffix == ".parquet":
         return pl.Schema(pl.from_arrow(pq.read_schema(f).empty_table()).schema)  # type: ignore[union-attr]
-    return pl.read_ndjson(f, n_rows=50).schema
+    return jsonl.read_frame(f, n_rows=50).schema
 
 
 def _record_set(table: str, schema: pl.Schema, doc: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,10 @@ import polars as pl
 
 from cxrctx.errors import CxrctxError
 from cxrctx.io import config_hash, open_stage, prepare_output, sha256_file
+from cxrctx.progress import as_callback, progress_arg
 from cxrctx.release.release import ReleaseConfig, make_release
+
+Progress = Callable[..., None]
 
 MIMIC_CXR = "MIMIC-CXR (https://physionet.org/content/mimic-cxr/2.0.0/)"
 MIMIC_CXR_JPG = "MIMIC-CXR-JPG (https://physionet.org/content/mimic-cxr-jpg/2.1.0/)"
@@ -87,7 +91,9 @@ def check_root(root: Path, bp: dict[str, Any]) -> list[str]:
     return notes
 
 
-def _run_build_priors(root: Path, out: Path, cfg: dict[str, Any], workers: int | None) -> Path:
+def _run_build_priors(
+    root: Path, out: Path, cfg: dict[str, Any], workers: int | None, progress: Progress | None
+) -> Path:
     from cxrctx.mimic.build import build_priors
 
     kwargs: dict[str, Any] = {
@@ -98,6 +104,7 @@ def _run_build_priors(root: Path, out: Path, cfg: dict[str, Any], workers: int |
         "scan_dicom": cfg.get("scan_dicom", False),
         "image_ext": cfg.get("image_ext", "dcm"),
         "workers": workers or cfg.get("workers"),
+        "progress": progress,
     }
     params = inspect.signature(build_priors).parameters
     kwargs = {k: v for k, v in kwargs.items() if k in params}
@@ -164,6 +171,7 @@ def _run_labels(
     *,
     model: str | None,
     label_cache: Path | None,
+    progress: Progress | None = None,
 ) -> Path:
     """Re-label with the recorded backend: the rules, or the recorded engine and prompt."""
     from cxrctx.labeling import Labeler, LabelLesionsConfig, label_lesions
@@ -173,7 +181,7 @@ def _run_labels(
     _check_prompt(cfg)
     if cfg["backend"] == "rules":
         rules = LabelLesionsConfig(sections=sections, limit=cfg.get("limit"))
-        label_lesions(records, out, labeler=Labeler.rules, config=rules)
+        label_lesions(records, out, labeler=Labeler.rules, config=rules, progress=progress)
         return out
     _check_model(cfg, model)
     cache = None
@@ -188,7 +196,7 @@ def _run_labels(
     )  # fmt: skip
     label_lesions(
         records, out, labeler=cfg.get("mode") or Labeler.llm, config=config,
-        engine=_engine_spec(cfg, model),
+        engine=_engine_spec(cfg, model), progress=progress,
     )
     return out
 
@@ -264,6 +272,7 @@ def _expected(public: Path) -> tuple[Any, dict[str, Any], list[dict], list[dict]
     return st, m.extra, pub, list(m.extra.get("credentialed_files", []))
 
 
+@progress_arg("rebuild")
 def rebuild(
     public_dir: str | os.PathLike,
     mimic_root: str | os.PathLike,
@@ -276,8 +285,11 @@ def rebuild(
     structured: str | os.PathLike | None = None,
     workers: int | None = None,
     overwrite: bool = False,
+    progress: Progress | bool | None = None,
 ) -> RebuildReport:
-    """Rebuild a release from its public bundle and a MIMIC-CXR root into OUT; compare."""
+    """Rebuild a release from its public bundle and a MIMIC-CXR root into OUT; compare.
+    `progress` receives the events of each stage it runs (True: tqdm bars)."""
+    progress = as_callback(progress)
     pdir = Path(public_dir)
     if (pdir / "public").is_dir() and not (pdir / "manifest.json").exists():
         pdir = pdir / "public"
@@ -291,7 +303,8 @@ def rebuild(
         out, stage="rebuild", config_hash=config_hash({"release": pub_files}), overwrite=overwrite
     )
     rep.out_dir = o = res.path
-    records = _run_build_priors(root, o / "build-priors", stages["build-priors"]["config"], workers)
+    bp_cfg = stages["build-priors"]["config"]
+    records = _run_build_priors(root, o / "build-priors", bp_cfg, workers, progress)
     lab = None
     if "label-lesions" in stages:
         if labels is not None:
@@ -299,7 +312,7 @@ def rebuild(
         else:
             lab = _run_labels(
                 records, o / "label-lesions", stages["label-lesions"]["config"], model=model,
-                label_cache=Path(label_cache) if label_cache else None,
+                label_cache=Path(label_cache) if label_cache else None, progress=progress,
             )  # fmt: skip
     if "build-rois" in stages and rois is None:
         rep.skipped.append("build-rois: pass --rois with a build-rois output of these records")
@@ -308,7 +321,7 @@ def rebuild(
     make_release(
         records, out=o / "release", name=cfg.name, version=cfg.version, labels=lab, rois=rois,
         structured=structured, formats=cfg.formats, target=cfg.target, license=cfg.license,
-        rows_per_file=cfg.rows_per_file, overwrite=True,
+        rows_per_file=cfg.rows_per_file, overwrite=True, progress=progress,
     )  # fmt: skip
     _compare(rep, pdir, o, stages, pub_files, cred_files)
     return rep

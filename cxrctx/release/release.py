@@ -34,6 +34,7 @@ from cxrctx.io import (
     write_stage_manifest,
 )
 from cxrctx.models import InputFile, Manifest, ShardInfo
+from cxrctx.progress import as_callback, progress_arg
 from cxrctx.release import tables as T
 
 RELEASE_SCHEMA_VERSION = 1
@@ -303,6 +304,7 @@ def build_bundles(inp: Inputs, cfg: ReleaseConfig, stage_dir: Path) -> tuple[Bun
     return pub, cred, summary
 
 
+@progress_arg("release")
 def make_release(
     records: str | os.PathLike,
     *,
@@ -317,12 +319,13 @@ def make_release(
     license: str = "other",
     rows_per_file: int = 20_000,
     overwrite: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str], None] | bool | None = None,
 ) -> ReleaseResult:
     """Package stage outputs into OUT/public (IDs + enums) and OUT/credentialed (full data).
 
     Refuses a non-empty OUT of another release unless `overwrite`; writes into a staging
     folder inside OUT and renames the finished bundles into place."""
+    progress = as_callback(progress)
     say = progress or (lambda _msg: None)
     inp = load_inputs(records, labels, rois, structured)
     say("inputs checked")

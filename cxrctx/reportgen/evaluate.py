@@ -46,6 +46,7 @@ from cxrctx.io import (
     write_parquet,
     write_stage_manifest,
 )
+from cxrctx.progress import as_callback, progress_arg
 from cxrctx.reportgen.metrics import (
     TemporalHallucination,
     classifier_auc,
@@ -411,6 +412,7 @@ def _temporal(joined: pl.DataFrame, notes: list[str]) -> TemporalHallucination |
 # ----------------------------------------------------------------------------- main
 
 
+@progress_arg("evaluate")
 def evaluate(
     generated: str | os.PathLike,
     *,
@@ -422,7 +424,7 @@ def evaluate(
     out: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str], None] | bool | None = None,
     executor: Any = None,
 ) -> EvaluationReport:
     """Score generated reports against reference records; writes OUT/evaluation.json (+ per-study table).
@@ -433,6 +435,7 @@ def evaluate(
 
     `progress(phase)` is called as each phase starts: "text", "labels", "judge".
     """
+    progress = as_callback(progress)
     sections = tuple(sections)
     for s in sections:
         if s not in REFERENCE_SECTIONS:

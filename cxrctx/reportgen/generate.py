@@ -46,6 +46,7 @@ from cxrctx.io import (
     write_shards,
 )
 from cxrctx.models import Manifest
+from cxrctx.progress import as_callback, progress_arg
 from cxrctx.reportgen.merge import merge_sentences
 from cxrctx.vocab import LESIONS, ROIS
 
@@ -130,6 +131,7 @@ class _Inputs:
     skips: list[dict]
 
 
+@progress_arg("generate")
 def generate(
     run_dir: str | os.PathLike,
     *,
@@ -146,7 +148,7 @@ def generate(
     rows_per_shard: int = 50_000,
     device: str | None = None,
     overwrite: bool = False,
-    progress: Progress | None = None,
+    progress: Progress | bool | None = None,
     executor: Any = None,
 ) -> GenerateResult:
     """Generate one report per study of `split` with the run's final model; see module doc.
@@ -155,6 +157,7 @@ def generate(
     a `cxrctx.llm` Engine for the LLM aggregator (None = deterministic merge);
     `aggregator_lesions` also gives it the classifier's lesion list (off: the paper's setup).
     """
+    progress = as_callback(progress)
     options = {
         "run_dir": str(Path(run_dir).resolve()), "split": split, "limit": limit,
         "records": str(records) if records else None, "rois": str(rois) if rois else None,

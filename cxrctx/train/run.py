@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from cxrctx.errors import CxrctxError
+from cxrctx.progress import as_callback, progress_arg
 from cxrctx.train.config import Stage, TrainConfig
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ def require_torch() -> None:
         ) from e
 
 
+@progress_arg("train")
 def train(
     cfg: TrainConfig,
     *,
@@ -72,7 +74,7 @@ def train(
     out: str | os.PathLike,
     stage: Stage | str = Stage.BOTH,
     resume: bool = False,
-    progress: ProgressFn | None = None,
+    progress: ProgressFn | bool | None = None,
     interrupt_after: int | None = None,
 ) -> TrainResult:
     """Train CLALA-Net in two stages (see `cxrctx.train.loop`); returns counts and the last validation.
@@ -80,6 +82,7 @@ def train(
     `progress` receives a `TrainEvent` per step and per stage start/end (rank 0 only).
     `interrupt_after` (tests) raises TrainingInterrupted after that global step.
     """
+    progress = as_callback(progress)
     require_torch()
     from cxrctx.train import loop
 
