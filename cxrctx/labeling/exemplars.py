@@ -35,6 +35,7 @@ from typing import Any
 
 import polars as pl
 
+from cxrctx import jsonl
 from cxrctx.errors import CxrctxError
 from cxrctx.labeling.models import RulesReading
 from cxrctx.labeling.rules import read_report
@@ -122,7 +123,7 @@ def read_examples(path: str | os.PathLike) -> pl.DataFrame:
         elif suffix in (".csv", ".tsv"):
             df = pl.read_csv(p, separator="\t" if suffix == ".tsv" else ",", infer_schema=False)
         elif suffix in (".jsonl", ".ndjson"):
-            df = pl.read_ndjson(p)
+            df = jsonl.read_frame(p)
         else:
             raise CxrctxError(f"{p}: examples must be .parquet, .csv or .jsonl")
     except CxrctxError:
