@@ -39,6 +39,7 @@ from cxrctx.labeling.plan import plan_label_lesions
 from cxrctx.labeling.stage import label_lesions
 from cxrctx.labeling.tables import LabelRun
 from cxrctx.llm.base import Sampling
+from cxrctx.llm.spec import EngineSpec
 
 if TYPE_CHECKING:
     from cxrctx.llm.plan import Plan
@@ -58,6 +59,21 @@ if TYPE_CHECKING:
     Mode = Labeler
 else:
     Mode = enum.Enum("Mode", {m.name: m.value for m in Labeler if m is not Labeler.rules}, type=str)
+
+
+class AdjudicatorChoice(str, enum.Enum):
+    """Who decides the ambiguous readings with --examples: the exemplar vote or the model."""
+
+    vote = "vote"
+    llm = "llm"
+
+
+class UncertainChoice(str, enum.Enum):
+    """What a hedged positive reading is written as (CheXpert-style policy)."""
+
+    positive = "positive"
+    negative = "negative"
+    keep = "keep"
 
 
 @app.command("label-lesions")
@@ -95,6 +111,11 @@ def label_lesions_cmd(
     plan_sample: PlanSampleOpt = 200,
     plan_throughput: PlanThroughputOpt = 6300.0,
     plan_gpu: PlanGpuOpt = "H100 (8B model, vLLM)",
+    examples: Path = typer.Option(None, "--examples", help="Labeled reports (.parquet/.csv/.jsonl: id, text, one column per lesion with positive/negative): the ambiguous readings are decided with the most similar labeled mentions (never from the same report)."),
+    adjudicator: AdjudicatorChoice = typer.Option(AdjudicatorChoice.vote, "--adjudicator", help="With --examples: vote (the exemplars' kNN vote, no model; the default) or llm (the model's log-probability choice with the exemplars in the prompt; needs --model)."),
+    k: int = typer.Option(5, "--k", min=1, help="With --examples: exemplars per ambiguous reading."),
+    threshold: float = typer.Option(None, "--threshold", help="With --examples: P(positive) >= threshold is positive (default: the vote's is calibrated on the examples; the model's is 0.5: pass the one chosen on development data)."),
+    uncertain: UncertainChoice = typer.Option(UncertainChoice.positive, "--uncertain", help="Hedged positive readings the rules leave undecided: positive (default, what the trainer reads), negative, or keep (status=uncertain). Recorded in the manifest."),
 ) -> None:  # fmt: skip
     """Label the 14 lesions (status, location, rationale) of each report.
 
@@ -117,15 +138,28 @@ def label_lesions_cmd(
           --workers 8 --plan --plan-throughput 6300
     """
     secs = [s.strip() for s in sections.split(",") if s.strip()]
-    labeler = _labeler(backend, model, mode)
+    labeler = _labeler(backend, model, mode, examples, adjudicator)
     sampling = Sampling(temperature=temperature, max_tokens=max_tokens, seed=seed)
-    config = LabelLesionsConfig(
-        sections=secs, id_column=id_column, text_column=text_column, shard=shard, limit=limit,
-        dry_run=dry_run, overwrite=overwrite, sampling=sampling, batch_size=batch_size,
-        prepass=not no_prepass, prompt=prompt, max_report_bytes=max_report_bytes,
-    )  # fmt: skip
+    try:
+        config = LabelLesionsConfig(
+            sections=secs, id_column=id_column, text_column=text_column, shard=shard, limit=limit,
+            dry_run=dry_run, overwrite=overwrite, sampling=sampling, batch_size=batch_size,
+            prepass=not no_prepass, prompt=prompt, max_report_bytes=max_report_bytes, examples=examples, adjudicator=adjudicator.value,
+            k=k, threshold=threshold, uncertain=uncertain.value,
+        )  # fmt: skip
+    except ValueError as e:
+        raise fail(CxrctxError(str(e).splitlines()[-1] if str(e) else "invalid options")) from None
     if labeler is Labeler.rules:
-        _run_rules(input_path, out, config)
+        spec = None
+        if examples is not None and adjudicator is AdjudicatorChoice.llm:
+            if not model:
+                raise fail(CxrctxError("--adjudicator llm needs --model"))
+            spec = engine_spec(
+                Backend((backend or LabelBackend.llamacpp).value), model, base_url=base_url,
+                api_key_env=api_key_env, engine_opt=engine_opt, timeout=timeout, threads=threads,
+                allow_public_api=allow_public_api,
+            )  # fmt: skip
+        _run_rules(input_path, out, config, spec)
         return
     try:
         spec = engine_spec(
@@ -148,8 +182,16 @@ def label_lesions_cmd(
     _present(budget if plan else result, labeler, allow_failures)
 
 
-def _labeler(backend: LabelBackend | None, model: str | None, mode: Mode) -> Labeler:
-    """The rules when --backend rules, or neither --backend nor --model; else --mode."""
+def _labeler(
+    backend: LabelBackend | None, model: str | None, mode: Mode, examples: Path | None,
+    adjudicator: AdjudicatorChoice,
+) -> Labeler:  # fmt: skip
+    """The rules when --backend rules, neither --backend nor --model, or --examples (the
+    rules, then the exemplars decide the ambiguous readings); else --mode."""
+    if examples is not None:
+        if model and adjudicator is AdjudicatorChoice.vote:
+            raise fail(CxrctxError("--examples with --model: add --adjudicator llm (the vote needs no model)"))
+        return Labeler.rules
     if backend is LabelBackend.rules or (backend is None and not model):
         if model:
             raise fail(CxrctxError("--backend rules takes no --model"))
@@ -207,12 +249,16 @@ def _print_dry_run(info: dict) -> None:
     console.print_json(json.dumps(info["schema"]))
 
 
-def _run_rules(input_path: Path, out: Path, config: LabelLesionsConfig) -> None:
-    """The rules label everything (no model), same output layout."""
+def _run_rules(
+    input_path: Path, out: Path, config: LabelLesionsConfig, spec: EngineSpec | None
+) -> None:
+    """The rules label everything, then the `--examples` adjudication of the ambiguous
+    readings (the vote, or the model of `spec`) and the uncertainty policy."""
     try:
         with progress_display("label-lesions", disable=config.dry_run) as progress:
             run = label_lesions(
-                input_path, out, labeler=Labeler.rules, config=config, progress=progress,
+                input_path, out, labeler=Labeler.rules, config=config, engine=spec,
+                progress=progress,
             )  # fmt: skip
     except CxrctxError as e:
         raise fail(e) from None
@@ -229,3 +275,11 @@ def _run_rules(input_path: Path, out: Path, config: LabelLesionsConfig) -> None:
         f"{c.get('duplicate_id', 0)} missing/duplicate ids in {run.seconds:.1f}s",
         highlight=False,
     )
+    if c.get("adjudication_mentions") or c.get("uncertain"):
+        console.print(
+            f"ambiguous readings adjudicated: {c.get('adjudicated_vote', 0)} by the exemplar vote, "
+            f"{c.get('adjudicated_llm', 0)} by the model ({c.get('adjudication_llm_failed', 0)} model "
+            f"answers unusable, vote kept; {c.get('adjudication_no_exemplars', 0)} without exemplars, "
+            f"rules kept); uncertain rows (--uncertain): {c.get('uncertain', 0)}",
+            highlight=False,
+        )

@@ -40,6 +40,7 @@ EVIDENCE_DTYPE = pl.List(pl.Struct({"start": pl.Int64, "end": pl.Int64, "text": 
 #: Column types of `labels/part-*.parquet` (every labeler; LabelRow's fields).
 LABEL_FRAME_SCHEMA: dict[str, Any] = {
     **{c: pl.String for c in LABEL_COLUMNS}, "llm_called": pl.Boolean, "evidence": EVIDENCE_DTYPE,
+    "confidence": pl.Float64,
 }  # fmt: skip
 LABEL_SCHEMA = LABEL_FRAME_SCHEMA
 TABLES: dict[str, dict[str, Any]] = {

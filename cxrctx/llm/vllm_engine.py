@@ -19,6 +19,8 @@ Structured output uses `SamplingParams(structured_outputs=StructuredOutputsParam
 schema))`, with `max_tokens` always set (vLLM defaults it to 16). Prefix caching is on, so
 the shared system prompt is computed once. vLLM's usage statistics are switched off before
 vLLM is imported (`disable_usage_stats`): MIMIC-derived work never reports home.
+A request with `choices` decodes one token with `logprobs` and scores the choices
+(`cxrctx.llm.choice`); when none of them is among the top tokens it is re-run constrained.
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ import dataclasses
 import os
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from cxrctx.errors import CxrctxError
 from cxrctx.llm.base import ChatRequest, Completion, Sampling
+from cxrctx.llm.choice import TOP_LOGPROBS, probs_from_top, scored_text
 
 INSTALL_HINT = (
     "the vllm backend needs vLLM: pip install 'cxrctx[vllm]' on a GPU machine, or vLLM's "
@@ -201,13 +205,46 @@ class VllmEngine:
             "top_p": sampling.top_p,
             "seed": sampling.seed,
         }
-        if req.json_schema is not None:
+        if req.choices:
+            kw.update(max_tokens=1, temperature=0.0, logprobs=TOP_LOGPROBS)
+        elif req.json_schema is not None:
             kw["structured_outputs"] = self._so_params(json=req.json_schema)
         return self._vllm.SamplingParams(**kw)
+
+    def _score(self, req: ChatRequest, c: Any) -> str | None:
+        """The scored-choice answer from vLLM's first-token logprobs, or None (fall back)."""
+        first = (getattr(c, "logprobs", None) or [None])[0] or {}
+        top = {getattr(lp, "decoded_token", "") or "": float(lp.logprob) for lp in first.values()}
+        probs = probs_from_top(top, req.choices or ())
+        return None if probs is None else scored_text(probs)
 
     def complete(self, requests: Sequence[ChatRequest], sampling: Sampling) -> list[Completion]:
         if not requests:
             return []
+        if any(r.choices for r in requests):
+            return self._complete_choices(requests, sampling)
+        return self._complete(requests, sampling)
+
+    def _complete_choices(
+        self, requests: Sequence[ChatRequest], sampling: Sampling
+    ) -> list[Completion]:
+        """Scored choices first; the unscored ones re-run as constrained requests."""
+        out = self._complete(requests, sampling)
+        redo = []
+        for i, (req, c) in enumerate(zip(requests, out, strict=True)):
+            if req.choices and c.finish_reason != "error":
+                text = self._score(req, c.extra.pop("raw", None))
+                if text is not None:
+                    c.text, c.extra["scored"] = text, True
+                    continue
+                redo.append(i)
+        if redo:
+            plain = [replace(requests[i], choices=None) for i in redo]
+            for i, c in zip(redo, self._complete(plain, sampling), strict=True):
+                out[i] = c
+        return out
+
+    def _complete(self, requests: Sequence[ChatRequest], sampling: Sampling) -> list[Completion]:
         params = [self.sampling_params(r, sampling) for r in requests]
         t0 = time.perf_counter()
         try:
@@ -231,6 +268,7 @@ class VllmEngine:
                     prompt_tokens=len(o.prompt_token_ids or []),
                     completion_tokens=len(c.token_ids or []),
                     latency_s=per_req,
+                    extra={"raw": c} if any(r.choices for r in requests) else {},
                 )
             )
         return result
