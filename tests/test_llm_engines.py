@@ -4,6 +4,7 @@ OpenAI engine against a scripted local HTTP server (retries, json_schema fallbac
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import types
@@ -37,7 +38,11 @@ def test_minimal_instance():
 # ---------------------------------------------------------------------------- vLLM
 
 
-def _fake_vllm(monkeypatch: pytest.MonkeyPatch) -> dict:
+def _fake_vllm(monkeypatch: pytest.MonkeyPatch, platform: str = "cuda") -> dict:
+    """A stand-in `vllm` module (no vLLM here): records engine args, the environment the
+    engine started with, and the chat calls. `platform` is what vLLM would detect."""
+    import dataclasses
+
     seen: dict = {}
 
     class SamplingParams:
@@ -59,23 +64,62 @@ def _fake_vllm(monkeypatch: pytest.MonkeyPatch) -> dict:
     class LLM:
         def __init__(self, **kw):
             seen["engine_args"] = kw
+            seen["env"] = dict(os.environ)
 
         def chat(self, messages, sampling_params=None, use_tqdm=True):
             seen["messages"], seen["params"] = messages, sampling_params
             return [RequestOutput('{"edema": {"status": "negative"}}') for _ in messages]
 
+    @dataclasses.dataclass
+    class EngineArgs:  # a few of vLLM's EngineArgs fields
+        model: str = ""
+        tensor_parallel_size: int = 1
+        dtype: str = "auto"
+        max_model_len: int | None = None
+        gpu_memory_utilization: float = 0.9
+        seed: int = 0
+        enable_prefix_caching: bool = True
+        trust_remote_code: bool = False
+        enforce_eager: bool = False
+        distributed_executor_backend: str | None = None
+
+    class Platform:
+        def is_cpu(self):
+            return platform == "cpu"
+
+        def is_unspecified(self):
+            return platform == "none"
+
     vllm = types.ModuleType("vllm")
-    vllm.LLM, vllm.SamplingParams = LLM, SamplingParams
+    vllm.LLM, vllm.SamplingParams, vllm.__version__ = LLM, SamplingParams, "0.0-fake"
     sp = types.ModuleType("vllm.sampling_params")
     sp.StructuredOutputsParams = StructuredOutputsParams
-    monkeypatch.setitem(sys.modules, "vllm", vllm)
-    monkeypatch.setitem(sys.modules, "vllm.sampling_params", sp)
-    monkeypatch.setattr("cxrctx.llm.vllm_engine._gpu_available", lambda: True)
+    plat = types.ModuleType("vllm.platforms")
+    plat.current_platform = Platform()
+    au = types.ModuleType("vllm.engine.arg_utils")
+    au.EngineArgs = EngineArgs
+    for name, mod in (
+        ("vllm", vllm),
+        ("vllm.sampling_params", sp),
+        ("vllm.platforms", plat),
+        ("vllm.engine", types.ModuleType("vllm.engine")),
+        ("vllm.engine.arg_utils", au),
+    ):
+        monkeypatch.setitem(sys.modules, name, mod)
+    for k in (
+        "VLLM_NO_USAGE_STATS",
+        "VLLM_DO_NOT_TRACK",
+        "DO_NOT_TRACK",
+        "VLLM_CPU_KVCACHE_SPACE",
+        "VLLM_ENABLE_V1_MULTIPROCESSING",
+    ):
+        monkeypatch.setenv(k, "")  # recorded, so the engine's settings are undone after
+        monkeypatch.delenv(k)
     return seen
 
 
-def test_vllm_request_construction(monkeypatch):
-    seen = _fake_vllm(monkeypatch)
+def test_vllm_request_construction_on_a_gpu(monkeypatch):
+    seen = _fake_vllm(monkeypatch, "cuda")
     eng = get_engine(
         "vllm",
         "some/model-8b",
@@ -91,6 +135,7 @@ def test_vllm_request_construction(monkeypatch):
         and args["max_model_len"] == 4096
         and args["gpu_memory_utilization"] == 0.8
     )
+    assert "enforce_eager" not in args  # CUDA graphs stay on on a GPU
     reqs = [
         ChatRequest([{"role": "user", "content": "a"}], json_schema=SCHEMA),
         ChatRequest([{"role": "user", "content": "b"}]),
@@ -104,14 +149,79 @@ def test_vllm_request_construction(monkeypatch):
     assert out[0].completion_tokens == 3 and out[0].prompt_tokens == 10
 
 
-def test_vllm_missing_or_no_gpu_fails_fast(monkeypatch):
+def test_vllm_gpu_defaults_and_batch_sized_from_memory(monkeypatch):
+    from types import SimpleNamespace
+
+    from cxrctx.llm.vllm_engine import batch_from_memory
+
+    seen = _fake_vllm(monkeypatch, "cuda")
+    get_engine("vllm", "some/model-8b")
+    assert seen["engine_args"]["gpu_memory_utilization"] == 0.9
+    assert seen["engine_args"]["tensor_parallel_size"] == 1
+    cfg = SimpleNamespace(
+        cache_config=SimpleNamespace(num_gpu_blocks=4000, block_size=16),
+        scheduler_config=SimpleNamespace(max_num_seqs=256),
+    )
+    llm = SimpleNamespace(llm_engine=SimpleNamespace(vllm_config=cfg))
+    assert batch_from_memory(llm) == 4 * min(256, 4000 * 16 // 1024)  # 250 requests fit at once
+    cfg.cache_config.num_gpu_blocks = 100_000
+    assert batch_from_memory(llm) == 4 * 256  # capped by vLLM's max_num_seqs
+
+
+def test_vllm_on_cpu_gets_no_gpu_options(monkeypatch):
+    """vLLM's CPU build: no gpu_memory_utilization (it would reserve 90 % of RAM), the KV
+    cache from kv_cache_space_gib, eager mode, the engine in this process."""
+    seen = _fake_vllm(monkeypatch, "cpu")
+    eng = get_engine("vllm", "some/model", kv_cache_space_gib=2)
+    args, env = seen["engine_args"], seen["env"]
+    assert "gpu_memory_utilization" not in args and "kv_cache_space_gib" not in args
+    assert args["enforce_eager"] is True and args["distributed_executor_backend"] == "uni"
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "2" and env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    assert eng.gpu is False and eng.default_batch_size == 32
+    with pytest.raises(CxrctxError, match=r"applies to a GPU.*kv_cache_space_gib"):
+        get_engine("vllm", "some/model", gpu_memory_utilization=0.5)
+    with pytest.raises(CxrctxError, match="positive whole number of GiB"):
+        get_engine("vllm", "some/model", kv_cache_space_gib=0.5)
+    get_engine("vllm", "some/model", enforce_eager=False, tensor_parallel_size=2)
+    assert seen["engine_args"]["enforce_eager"] is False  # the user's choice wins
+    assert "distributed_executor_backend" not in seen["engine_args"]
+
+
+def test_vllm_options_are_checked_against_the_installed_engine_args(monkeypatch):
+    _fake_vllm(monkeypatch, "cuda")
+    with pytest.raises(CxrctxError, match=r"n_ctx: not engine arguments of vLLM 0.0-fake"):
+        get_engine("vllm", "m", n_ctx=4096)
+    with pytest.raises(CxrctxError, match="kv_cache_space_gib applies to vLLM's CPU build"):
+        get_engine("vllm", "m", kv_cache_space_gib=2)
+
+
+def test_vllm_usage_statistics_are_off_before_the_engine_starts(monkeypatch):
+    """MIMIC work never reports home: vLLM's opt-out switches are set before LLM(...)."""
+    seen = _fake_vllm(monkeypatch, "cpu")
+    get_engine("vllm", "m")
+    env = seen["env"]
+    assert (env["VLLM_NO_USAGE_STATS"], env["VLLM_DO_NOT_TRACK"], env["DO_NOT_TRACK"]) == (
+        "1",
+        "1",
+        "1",
+    )
+
+
+def test_vllm_missing_no_device_or_unloadable_model_fails_fast(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "vllm", None)
     with pytest.raises(CxrctxError, match="vllm backend needs vLLM"):
         get_engine("vllm", "m")
-    _fake_vllm(monkeypatch)
-    monkeypatch.setattr("cxrctx.llm.vllm_engine._gpu_available", lambda: False)
-    with pytest.raises(CxrctxError, match="no CUDA GPU"):
+    _fake_vllm(monkeypatch, "none")
+    with pytest.raises(CxrctxError, match="found no device"):
         get_engine("vllm", "m")
+    _fake_vllm(monkeypatch, "cpu")
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    with pytest.raises(CxrctxError, match="not a single file; convert a GGUF"):
+        get_engine("vllm", str(tmp_path / "m.gguf"))
+    with pytest.raises(CxrctxError, match=r"no config\.json"):
+        get_engine("vllm", str(tmp_path))
+    with pytest.raises(CxrctxError, match="no such model folder"):
+        get_engine("vllm", str(tmp_path / "absent"))
 
 
 # ---------------------------------------------------------------------------- OpenAI-compatible

@@ -111,7 +111,10 @@ def eval_labels_cmd(
         help="Gold: MIMIC CheXpert/NegBio CSV (.csv or .csv.gz), IU gold CSV, or another label run.",
     ),
     uncertain: Uncertain = typer.Option(
-        Uncertain.positive, "--uncertain", help="How a CheXpert/NegBio -1.0 is scored."
+        Uncertain.positive,
+        "--uncertain",
+        help="How an uncertain label is scored: a CheXpert/NegBio -1.0 in the gold, and "
+        "status=uncertain in a run labeled with label-lesions --uncertain keep.",
     ),
     n_boot: int = typer.Option(
         1000, "--bootstrap", min=0, help="Bootstrap resamples for 95 % CIs (0 = none)."

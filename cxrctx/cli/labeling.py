@@ -40,6 +40,7 @@ from cxrctx.labeling.plan import plan_label_lesions
 from cxrctx.labeling.stage import label_lesions
 from cxrctx.labeling.tables import LabelRun
 from cxrctx.llm.base import Sampling
+from cxrctx.llm.spec import EngineSpec
 
 if TYPE_CHECKING:
     from cxrctx.llm.plan import Plan
@@ -59,6 +60,21 @@ if TYPE_CHECKING:
     Mode = Labeler
 else:
     Mode = enum.Enum("Mode", {m.name: m.value for m in Labeler if m is not Labeler.rules}, type=str)
+
+
+class AdjudicatorChoice(str, enum.Enum):
+    """Who decides the ambiguous readings with --examples: the exemplar vote or the model."""
+
+    vote = "vote"
+    llm = "llm"
+
+
+class UncertainChoice(str, enum.Enum):
+    """What a hedged positive reading is written as (CheXpert-style policy)."""
+
+    positive = "positive"
+    negative = "negative"
+    keep = "keep"
 
 
 InputPathArg = Annotated[
@@ -143,6 +159,37 @@ PromptOpt = Annotated[
         help="Prompt version (e.g. 1) or a prompt JSON file (hybrid modes: prompts/label_lesions/hybrid_vN.json).",
     ),
 ]
+ExamplesOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--examples",
+        help="Labeled reports (.parquet/.csv/.jsonl: id, text, one column per lesion with positive/negative): the ambiguous readings are decided with the most similar labeled mentions (never from the same report).",
+    ),
+]
+AdjudicatorOpt = Annotated[
+    AdjudicatorChoice,
+    typer.Option(
+        "--adjudicator",
+        help="With --examples: vote (the exemplars' kNN vote, no model; the default) or llm (the model's log-probability choice with the exemplars in the prompt; needs --model).",
+    ),
+]
+KOpt = Annotated[
+    int, typer.Option("--k", min=1, help="With --examples: exemplars per ambiguous reading.")
+]
+ThresholdOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--threshold",
+        help="With --examples: P(positive) >= threshold is positive (default: the vote's is calibrated on the examples; the model's is 0.5: pass the one chosen on development data).",
+    ),
+]
+UncertainOpt = Annotated[
+    UncertainChoice,
+    typer.Option(
+        "--uncertain",
+        help="Hedged positive readings the rules leave undecided: positive (default, what the trainer reads), negative, or keep (status=uncertain). Recorded in the manifest.",
+    ),
+]
 
 
 @app.command("label-lesions")
@@ -180,6 +227,11 @@ def label_lesions_cmd(
     plan_sample: PlanSampleOpt = 200,
     plan_throughput: PlanThroughputOpt = 6300.0,
     plan_gpu: PlanGpuOpt = "H100 (8B model, vLLM)",
+    examples: ExamplesOpt = None,
+    adjudicator: AdjudicatorOpt = AdjudicatorChoice.vote,
+    k: KOpt = 5,
+    threshold: ThresholdOpt = None,
+    uncertain: UncertainOpt = UncertainChoice.positive,
 ) -> None:
     """Label the 14 lesions (status, location, rationale) of each report.
 
@@ -202,10 +254,15 @@ def label_lesions_cmd(
           --workers 8 --plan --plan-throughput 6300
     """
     opts = SimpleNamespace(**locals())  # the parsed options by name, for the phases below
-    labeler = _labeler(backend, model, mode)
+    labeler = _labeler(backend, model, mode, examples, adjudicator)
     config = _config(opts)
     if labeler is Labeler.rules:
-        _run_rules(input_path, out, config)
+        spec = None
+        if examples is not None and adjudicator is AdjudicatorChoice.llm:
+            if not model:
+                raise fail(CxrctxError("--adjudicator llm needs --model"))
+            spec = _engine(opts)
+        _run_rules(input_path, out, config, spec)
         return
     try:
         outcome = _label_with_model(opts, labeler, config)
@@ -215,29 +272,35 @@ def label_lesions_cmd(
 
 
 def _config(o: SimpleNamespace) -> LabelLesionsConfig:
-    """The stage configuration the options describe."""
+    """The stage configuration the options describe (a one-line error when invalid)."""
     sampling = Sampling(temperature=o.temperature, max_tokens=o.max_tokens, seed=o.seed)
-    return LabelLesionsConfig(
-        sections=[s.strip() for s in o.sections.split(",") if s.strip()],
-        id_column=o.id_column,
-        text_column=o.text_column,
-        shard=o.shard,
-        limit=o.limit,
-        dry_run=o.dry_run,
-        overwrite=o.overwrite,
-        sampling=sampling,
-        batch_size=o.batch_size,
-        prepass=not o.no_prepass,
-        prompt=o.prompt,
-        max_report_bytes=o.max_report_bytes,
-    )
+    try:
+        return LabelLesionsConfig(
+            sections=[s.strip() for s in o.sections.split(",") if s.strip()],
+            id_column=o.id_column,
+            text_column=o.text_column,
+            shard=o.shard,
+            limit=o.limit,
+            dry_run=o.dry_run,
+            overwrite=o.overwrite,
+            sampling=sampling,
+            batch_size=o.batch_size,
+            prepass=not o.no_prepass,
+            prompt=o.prompt,
+            max_report_bytes=o.max_report_bytes,
+            examples=o.examples,
+            adjudicator=o.adjudicator.value,
+            k=o.k,
+            threshold=o.threshold,
+            uncertain=o.uncertain.value,
+        )
+    except ValueError as e:
+        raise fail(CxrctxError(str(e).splitlines()[-1] if str(e) else "invalid options")) from None
 
 
-def _label_with_model(
-    o: SimpleNamespace, labeler: Labeler, config: LabelLesionsConfig
-) -> LabelRun | Plan:
-    """Label (or --plan) with the engine the options name."""
-    spec = engine_spec(
+def _engine(o: SimpleNamespace) -> EngineSpec | None:
+    """The engine the shared engine options name (llamacpp unless --backend)."""
+    return engine_spec(
         Backend((o.backend or LabelBackend.llamacpp).value),
         o.model,
         base_url=o.base_url,
@@ -247,6 +310,13 @@ def _label_with_model(
         threads=o.threads,
         allow_public_api=o.allow_public_api,
     )
+
+
+def _label_with_model(
+    o: SimpleNamespace, labeler: Labeler, config: LabelLesionsConfig
+) -> LabelRun | Plan:
+    """Label (or --plan) with the engine the options name."""
+    spec = _engine(o)
     assert spec is not None  # a backend was chosen
     if o.plan and (o.shard or o.dry_run):
         raise CxrctxError("--plan projects the whole input: drop --shard and --dry-run")
@@ -268,8 +338,23 @@ def _label_with_model(
         )
 
 
-def _labeler(backend: LabelBackend | None, model: str | None, mode: Mode) -> Labeler:
-    """The rules when --backend rules, or neither --backend nor --model; else --mode."""
+def _labeler(
+    backend: LabelBackend | None,
+    model: str | None,
+    mode: Mode,
+    examples: Path | None,
+    adjudicator: AdjudicatorChoice,
+) -> Labeler:
+    """The rules when --backend rules, neither --backend nor --model, or --examples (the
+    rules, then the exemplars decide the ambiguous readings); else --mode."""
+    if examples is not None:
+        if model and adjudicator is AdjudicatorChoice.vote:
+            raise fail(
+                CxrctxError(
+                    "--examples with --model: add --adjudicator llm (the vote needs no model)"
+                )
+            )
+        return Labeler.rules
     if backend is LabelBackend.rules or (backend is None and not model):
         if model:
             raise fail(CxrctxError("--backend rules takes no --model"))
@@ -327,8 +412,11 @@ def _print_dry_run(info: dict) -> None:
     console.print_json(json.dumps(info["schema"]))
 
 
-def _run_rules(input_path: Path, out: Path, config: LabelLesionsConfig) -> None:
-    """The rules label everything (no model), same output layout."""
+def _run_rules(
+    input_path: Path, out: Path, config: LabelLesionsConfig, spec: EngineSpec | None
+) -> None:
+    """The rules label everything, then the `--examples` adjudication of the ambiguous
+    readings (the vote, or the model of `spec`) and the uncertainty policy."""
     try:
         with progress_display("label-lesions", disable=config.dry_run) as progress:
             run = label_lesions(
@@ -336,6 +424,7 @@ def _run_rules(input_path: Path, out: Path, config: LabelLesionsConfig) -> None:
                 out,
                 labeler=Labeler.rules,
                 config=config,
+                engine=spec,
                 progress=progress,
             )
     except CxrctxError as e:
@@ -353,3 +442,11 @@ def _run_rules(input_path: Path, out: Path, config: LabelLesionsConfig) -> None:
         f"{c.get('duplicate_id', 0)} missing/duplicate ids in {run.seconds:.1f}s",
         highlight=False,
     )
+    if c.get("adjudication_mentions") or c.get("uncertain"):
+        console.print(
+            f"ambiguous readings adjudicated: {c.get('adjudicated_vote', 0)} by the exemplar vote, "
+            f"{c.get('adjudicated_llm', 0)} by the model ({c.get('adjudication_llm_failed', 0)} model "
+            f"answers unusable, vote kept; {c.get('adjudication_no_exemplars', 0)} without exemplars, "
+            f"rules kept); uncertain rows (--uncertain): {c.get('uncertain', 0)}",
+            highlight=False,
+        )

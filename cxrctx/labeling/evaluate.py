@@ -445,8 +445,9 @@ def eval_labels(
     )
     pred = load_labels(labels)
     gold, kind = load_gold(against, uncertain=uncertain)
+    pred, gold, opts = _uncertain_pred(pred, gold, labels, unc)
     report = evaluate_labels(
-        pred, gold, gold_kind=kind, options={"uncertain": unc}, n_boot=n_boot, seed=seed
+        pred, gold, gold_kind=kind, options={"uncertain": unc, **opts}, n_boot=n_boot, seed=seed
     )
     if report.n_docs == 0:
         raise CxrctxError(f"{against}: no document id in common with {labels}")
@@ -455,6 +456,31 @@ def eval_labels(
     if png_path is not None:
         plot_report(report, png_path)
     return report
+
+
+def _uncertain_pred(
+    pred: pl.DataFrame, gold: pl.DataFrame, labels: str | os.PathLike, unc: str
+) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+    """Predicted `uncertain` rows (a run labeled with `--uncertain keep`) scored like the
+    gold's: as positive / negative, or (ignore) left out on both sides. The run's policy
+    (its manifest's config.uncertain) is reported with the count."""
+    from cxrctx.labeling.policy import as_binary, policy_of
+
+    mpath = Path(labels) / "manifest.json"
+    cfg = json.loads(mpath.read_text()).get("config") if mpath.is_file() else None
+    opts: dict[str, Any] = {"labels_uncertain_policy": policy_of(cfg)}
+    u = pred.filter(pl.col("status") == "uncertain")
+    opts["labels_uncertain_rows"] = u.height
+    if u.height == 0:
+        return pred, gold, opts
+    if unc in ("positive", "negative"):
+        return as_binary(pred, unc), gold, opts
+    drop = u.select("id", "lesion")
+    return (
+        pred.join(drop, on=["id", "lesion"], how="anti"),
+        gold.join(drop, on=["id", "lesion"], how="anti"),
+        opts,
+    )
 
 
 def _need_matplotlib() -> None:

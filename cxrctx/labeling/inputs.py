@@ -1,5 +1,12 @@
 """The label-lesions input: documents (id, text) from a build-priors output or a table
-file, cut to `--limit` and to one `--shard` slice i/n."""
+file, cut to `--limit` and to one `--shard` slice i/n.
+
+From build-priors records the text is the chosen sections (default findings and
+impression). With the default sections, a study whose findings and impression are both
+empty falls back to `last_paragraph` (free text after the last header, where some
+reports keep their only finding), so every study with text gets labels; the `section`
+column says which sections a document's text came from. A study with no text at all is
+an "empty" document: counted and listed in failures/, never silently absent."""
 
 from __future__ import annotations
 
@@ -16,6 +23,9 @@ from cxrctx.io import input_file, open_stage
 from cxrctx.labeling.models import DEFAULT_SECTIONS
 from cxrctx.limits import MAX_REPORT_BYTES, TOO_LARGE, split_oversize, too_large_detail
 from cxrctx.vocab import SECTIONS
+
+#: the records column the default sections fall back to (also a --sections choice)
+FALLBACK_SECTION = "last_paragraph"
 
 
 @dataclass
@@ -92,15 +102,8 @@ def load_documents(
         missing = [c for c in ("study_id", *sections) if c not in df.columns]
         if missing:
             raise CxrctxError(f"{st.dir}: records lack column(s) {', '.join(missing)}")
-        parts = [
-            pl.when(pl.col(s).is_not_null() & (pl.col(s).str.strip_chars() != ""))
-            .then(pl.lit(f"{s.upper()}: ") + pl.col(s).str.strip_chars())
-            .otherwise(None)
-            for s in sections
-        ]
         docs = df.select(
-            pl.col("study_id").cast(pl.String).alias("id"),
-            pl.concat_str(parts, separator="\n\n", ignore_nulls=True).alias("text"),
+            pl.col("study_id").cast(pl.String).alias("id"), *section_text(df, sections)
         )
         inputs = [input_file(f, os.path.relpath(f, st.dir)) for f in files]
         return LoadedInput(docs, inputs, "records")
@@ -130,6 +133,28 @@ def load_documents(
         pl.col(text_column).cast(pl.String).alias("text"),
     )
     return LoadedInput(docs, [input_file(p, p.name)], "file")
+
+
+def _has(s: str) -> pl.Expr:
+    return pl.col(s).is_not_null() & (pl.col(s).str.strip_chars() != "")
+
+
+def section_text(df: pl.DataFrame, sections: tuple[str, ...] | list[str]) -> list[pl.Expr]:
+    """`text` (the sections' text, headed) and `section` (which sections had text, joined
+    with "+"; null for none) of records; the default sections fall back to last_paragraph."""
+    secs = list(sections)
+    parts = [
+        pl.when(_has(s)).then(pl.lit(f"{s.upper()}: ") + pl.col(s).str.strip_chars()) for s in secs
+    ]
+    names = [pl.when(_has(s)).then(pl.lit(s)) for s in secs]
+    text = pl.concat_str(parts, separator="\n\n", ignore_nulls=True)
+    section = pl.concat_str(names, separator="+", ignore_nulls=True)
+    if tuple(secs) == DEFAULT_SECTIONS and FALLBACK_SECTION in df.columns:
+        use = ~pl.any_horizontal([_has(s) for s in secs]) & _has(FALLBACK_SECTION)
+        text = pl.when(use).then(pl.col(FALLBACK_SECTION).str.strip_chars()).otherwise(text)
+        section = pl.when(use).then(pl.lit(FALLBACK_SECTION)).otherwise(section)
+    section = pl.when(section == "").then(None).otherwise(section)
+    return [text.fill_null("").alias("text"), section.alias("section")]
 
 
 def parse_shard(spec: str | None) -> tuple[int, int] | None:
@@ -168,9 +193,10 @@ def select_documents(
     texts over `max_report_bytes` are set apart (`too_large`) as build-priors does."""
     if max_report_bytes < 1:
         raise CxrctxError("--max-report-bytes must be >= 1")
-    bad = [s for s in sections if s not in SECTIONS]
+    allowed = (*SECTIONS, FALLBACK_SECTION)
+    bad = [s for s in sections if s not in allowed]
     if bad:
-        raise CxrctxError(f"unknown section(s) {', '.join(bad)}; choose from {', '.join(SECTIONS)}")
+        raise CxrctxError(f"unknown section(s) {', '.join(bad)}; choose from {', '.join(allowed)}")
     loaded = load_documents(
         input_path, sections=sections, id_column=id_column, text_column=text_column
     )

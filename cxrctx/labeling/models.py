@@ -75,6 +75,23 @@ class LabelLesionsConfig(BaseModel):
         ge=1,
         description="A text larger than this is a too_large failure row, never labeled or sent",
     )
+    examples: Path | None = Field(
+        None, description="Labeled reports whose exemplars decide the ambiguous readings (rules)"
+    )
+    adjudicator: Literal["vote", "llm"] = Field(
+        "vote", description="With examples: the exemplars' kNN vote, or the model's scored choice"
+    )
+    k: int = Field(5, ge=1, description="With examples: exemplars per ambiguous reading")
+    threshold: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="With examples: P(positive) >= threshold is positive (vote default: "
+        "calibrated on the examples; model default 0.5)",
+    )
+    uncertain: Literal["positive", "negative", "keep"] = Field(
+        "positive", description="Hedged positive readings left undecided: positive, negative, keep"
+    )
 
     @field_validator("sampling", mode="before")
     @classmethod
@@ -180,19 +197,29 @@ class Evidence(_Frozen):
 Clarity = Literal["clear", "ambiguous"]
 
 
+#: a label row's status: `uncertain` only in runs with `--uncertain keep`
+LabelStatus = Literal["positive", "negative", "uncertain"]
+
+
 class LabelRow(_Strict):
     """One output row of `labels/part-*.parquet`: the LesionLabel columns plus provenance."""
 
     id: str
     lesion: str
-    status: Status
+    status: LabelStatus = Field(
+        description="positive / negative; uncertain = a hedged reading kept as such "
+        "(only with --uncertain keep, see the manifest's config.uncertain)"
+    )
     location: Location
     rationale: str
-    source: Literal["rules", "llm", "not_mentioned", "not_candidate", "no_candidate"] = Field(
-        description="rules: decided by the rule reading; llm: decided by the model; "
-        "not_mentioned: the lexicon finds no expression of this lesion (negative); "
-        "not_candidate / no_candidate: the same for LLM-only runs (no_candidate: the report "
-        "mentions none of the 14, LLM not called)"
+    source: Literal["rules", "llm", "vote", "not_mentioned", "not_candidate", "no_candidate"] = (
+        Field(
+            description="rules: decided by the rule reading; llm: decided by the model; "
+            "vote: an ambiguous reading decided by the labeled exemplars' vote (--examples); "
+            "not_mentioned: the lexicon finds no expression of this lesion (negative); "
+            "not_candidate / no_candidate: the same for LLM-only runs (no_candidate: the report "
+            "mentions none of the 14, LLM not called)"
+        )
     )
     llm_called: bool
     text_sha256: str
@@ -206,6 +233,18 @@ class LabelRow(_Strict):
     )
     clarity: Clarity | None = Field(
         None, description="Rule reading: clear, or ambiguous (see the rationale for why)"
+    )
+    confidence: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Probability of the status written, for ambiguous readings adjudicated "
+        "with --examples (exemplar vote or the model's log-probabilities); null elsewhere",
+    )
+    section: str | None = Field(
+        None,
+        description="Report sections the labeled text came from (e.g. findings+impression; "
+        "last_paragraph when findings and impression are empty); null for table inputs",
     )
 
 
@@ -300,6 +339,16 @@ class LabelRunConfig(_Strict):
         None,
         description="cot / short: hybrid (rules, the model for ambiguous lesions); llm: the "
         "model for every candidate; null: the rules backend",
+    )
+    uncertain: Literal["positive", "negative", "keep"] = Field(
+        "positive",
+        description="Uncertainty policy for hedged readings: positive (default, what the "
+        "trainer reads), negative, or keep (status=uncertain); consumers read it here",
+    )
+    adjudication: dict[str, Any] | None = Field(
+        None,
+        description="--examples: how the ambiguous readings were decided (adjudicator, "
+        "examples sha256, k, threshold and how it was chosen)",
     )
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from functools import lru_cache
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import polars as pl
 import pyarrow as pa
@@ -46,6 +46,9 @@ from cxrctx.labeling.tables import (
 )
 from cxrctx.llm.sink import Sink
 from cxrctx.models import Location
+
+if TYPE_CHECKING:
+    from cxrctx.labeling.finish import LabelFinish
 from cxrctx.vocab import LESIONS, MentionReading, lexicon, read_mentions
 
 __all__ = [
@@ -171,6 +174,8 @@ def reading_rows(
             **provenance,
             "evidence": [{"start": e.start, "end": e.end, "text": e.text} for e in r.evidence],
             "clarity": r.clarity,
+            "confidence": None,
+            "section": None,
         }
         for r in reading.lesions
     ]
@@ -313,7 +318,7 @@ def _label_frame(cols: dict[str, list[Any]], prov: dict[str, Any]) -> pl.DataFra
     )
     df = pl.from_arrow(table)
     assert isinstance(df, pl.DataFrame)
-    const = {"llm_called": False, **prov}
+    const = {"llm_called": False, "confidence": None, "section": None, **prov}
     df = df.with_columns(pl.lit(v, dtype=LABEL_FRAME_SCHEMA[k]).alias(k) for k, v in const.items())
     return df.select(list(LABEL_FRAME_SCHEMA)).cast(pl.Schema(LABEL_FRAME_SCHEMA))
 
@@ -332,18 +337,22 @@ def write_rules(
     sinks: dict[str, Sink],
     progress: Callable[[int, int, int], None] | None = None,
     phase: Callable[[str], None] | None = None,
+    finish: LabelFinish | None = None,
 ) -> LabelResult:
     """Label `docs` slice by slice into the stage's `sinks` (memory stays flat); the
     result holds the counts (tables are in the sinks). `phase` hears "writing shards"
-    while a slice's rows are written (seconds at full scale) and "labeling" after."""
+    while a slice's rows are written (seconds at full scale) and "labeling" after.
+    `finish` (`cxrctx.labeling.finish`): the section column, the `--examples`
+    adjudication and the uncertainty policy."""
     counts: dict[str, int] = {}
     ids: set[str] = set()
     shas: set[str] = set()
     for start in range(0, docs.height, RULES_CHUNK):
         step = (lambda i, n, f, s=start: progress(s + i, docs.height, f)) if progress else None
-        part = label_documents_rules(
-            docs.slice(start, RULES_CHUNK), progress=step, seen_ids=ids, seen_texts=shas
-        )
+        chunk = docs.slice(start, RULES_CHUNK)
+        part = label_documents_rules(chunk, progress=step, seen_ids=ids, seen_texts=shas)
+        if finish is not None:
+            part = finish(part, chunk)
         if phase:
             phase("writing shards")
         for name, sink in sinks.items():
@@ -353,4 +362,6 @@ def write_rules(
         for k, v in part.counts.items():
             counts[k] = counts.get(k, 0) + v
     counts["unique_texts"] = len(shas)
+    if finish is not None:
+        counts.update(finish.counts)
     return LabelResult(counts, rules_provenance())

@@ -22,6 +22,7 @@ import polars as pl
 
 from cxrctx.errors import CxrctxError
 from cxrctx.labeling import hybrid
+from cxrctx.labeling.finish import LabelFinish, build_finish
 from cxrctx.labeling.inputs import LoadedInput, parse_shard, select_documents
 from cxrctx.labeling.llm_labeler import label_documents, llm_dry_run
 from cxrctx.labeling.models import Labeler, LabelLesionsConfig, LabelRunConfig
@@ -72,9 +73,9 @@ def label_lesions(
     progress = as_callback(progress)
     t0 = time.perf_counter()
     cfg = _config(config, options)
-    kind = _labeler(labeler, engine)
+    kind = _labeler(labeler, engine, cfg)
     run: _LabelerRun = (
-        _RulesRun(input_path, cfg, progress)
+        _RulesRun(input_path, cfg, progress, engine)
         if kind is Labeler.rules or engine is None
         else _ModelRun(kind, input_path, cfg, engine, progress, executor)
     )
@@ -114,13 +115,26 @@ def _config(config: LabelLesionsConfig | None, options: dict[str, Any]) -> Label
     return config
 
 
-def _labeler(labeler: Labeler | str | None, engine: Engine | EngineSpec | None) -> Labeler:
-    """The labeler to run; the rules take no engine, every other labeler needs one."""
+def _labeler(
+    labeler: Labeler | str | None, engine: Engine | EngineSpec | None, cfg: LabelLesionsConfig
+) -> Labeler:
+    """The labeler to run; the rules take no engine (but for `examples` with the llm
+    adjudicator), every other labeler needs one. Examples and the uncertainty policy act
+    on rule readings, so they go with the rules labeler only."""
+    adjudicating = cfg.examples is not None and cfg.adjudicator == "llm"
     if labeler is None:
-        return Labeler.rules if engine is None else Labeler.llm
+        return Labeler.rules if engine is None or adjudicating else Labeler.llm
     kind = Labeler(labeler)
-    if kind is Labeler.rules and engine is not None:
-        raise CxrctxError("the rules labeler takes no engine")
+    if kind is not Labeler.rules and (cfg.examples is not None or cfg.uncertain != "positive"):
+        raise CxrctxError(
+            "examples and the uncertainty policy act on rule readings: use the rules labeler"
+        )
+    if kind is Labeler.rules and engine is not None and not adjudicating:
+        raise CxrctxError(
+            "the rules labeler takes no engine (but for examples with the llm adjudicator)"
+        )
+    if kind is Labeler.rules and adjudicating and engine is None:
+        raise CxrctxError("the llm adjudicator needs --model (an engine)")
     if kind is not Labeler.rules and engine is None:
         raise CxrctxError(f"the {kind.value} labeler needs an engine (an Engine or EngineSpec)")
     return kind
@@ -171,10 +185,36 @@ class _LabelerRun(Protocol):
 
 
 class _RulesRun:
-    """The rules labeler: no model; the manifest records the lexicon as the prompt."""
+    """The rules labeler: no model; the manifest records the lexicon as the prompt. With
+    `examples` its ambiguous readings are adjudicated (`cxrctx.labeling.finish`), by the
+    exemplar vote or by `engine`; the uncertainty policy is applied last."""
 
-    def __init__(self, input_path: Any, cfg: LabelLesionsConfig, progress: ProgressFn | None):
-        self.input_path, self.cfg, self.progress = input_path, cfg, progress
+    def __init__(
+        self,
+        input_path: Any,
+        cfg: LabelLesionsConfig,
+        progress: ProgressFn | None,
+        engine: Engine | EngineSpec | None = None,
+    ):
+        self.input_path, self.cfg, self.progress, self.engine = input_path, cfg, progress, engine
+        self._finish: LabelFinish | None = None
+
+    @property
+    def finish(self) -> LabelFinish:
+        """Built once, before the output is claimed (a bad examples file fails first)."""
+        if self._finish is None:
+            c, e = self.cfg, self.engine
+            self._finish = build_finish(
+                uncertain=c.uncertain,
+                examples=c.examples,
+                adjudicator=c.adjudicator,
+                k=c.k,
+                threshold=c.threshold,
+                model=getattr(e, "model", None),
+                prompt=None,
+                engine_needed=e is not None,
+            )
+        return self._finish
 
     def dry_run(self, docs: pl.DataFrame) -> dict[str, Any]:
         first = next((t.strip() for t in docs["text"].to_list() if t and t.strip()), None)
@@ -190,14 +230,26 @@ class _RulesRun:
 
     @contextmanager
     def engine_scope(self) -> Iterator[None]:
-        yield
+        """The llm adjudicator's engine (an EngineSpec is built here, and closed)."""
+        e = self.engine
+        if e is None or self.cfg.examples is None:
+            yield
+            return
+        eng = make_engine(e) if isinstance(e, EngineSpec) else e
+        self.finish.engine = eng
+        try:
+            yield
+        finally:
+            if isinstance(e, EngineSpec):
+                eng.close()
 
     def write(
         self, docs: pl.DataFrame, sinks: dict[str, Sink], out_dir: Path, sh: tuple[int, int] | None
     ) -> LabelResult:
+        self.finish.cache_dir = self.cfg.cache_dir or out_dir / "cache"
         p = self.progress
         if p is None:
-            return write_rules(docs, sinks)
+            return write_rules(docs, sinks, finish=self.finish)
         last = TaskProgress(done=0, total=docs.height, requests=0, tokens=0, cached=0, failed=0)
 
         def step(i: int, n: int, f: int) -> None:
@@ -205,7 +257,9 @@ class _RulesRun:
             last = TaskProgress(done=i, total=n, requests=0, tokens=0, cached=0, failed=f)
             p(last)
 
-        return write_rules(docs, sinks, step, lambda what: p(replace(last, phase=what)))
+        return write_rules(
+            docs, sinks, step, lambda what: p(replace(last, phase=what)), finish=self.finish
+        )
 
     def run_config(self, loaded: LoadedInput, result: LabelResult | None) -> LabelRunConfig:
         lex, c = lexicon(), self.cfg
@@ -225,6 +279,7 @@ class _RulesRun:
             lexicon_version=lex.version,
             lexicon_sha256=lex.sha256,
             mode=None,
+            **self.finish.config(),
         )
 
 

@@ -56,6 +56,7 @@ LABEL_FRAME_SCHEMA: dict[str, Any] = {
     **{c: pl.String for c in LABEL_COLUMNS},
     "llm_called": pl.Boolean,
     "evidence": EVIDENCE_DTYPE,
+    "confidence": pl.Float64,
 }
 LABEL_SCHEMA = LABEL_FRAME_SCHEMA
 TABLES: dict[str, dict[str, Any]] = {

@@ -38,8 +38,9 @@ def get_engine(backend: str, model: str, **options: Any) -> Engine:
     - llamacpp: n_ctx, n_threads, n_batch, seed, n_gpu_layers, chat_format, verbose
     - openai: base_url, api_key_env, concurrency, timeout_s, max_retries, backoff_s,
       response_format ("auto" | "json_schema" | "json_object" | "none")
-    - vllm: tensor_parallel_size, dtype, max_model_len, gpu_memory_utilization, seed,
-      enable_prefix_caching, trust_remote_code
+    - vllm: any field of the installed vLLM's `EngineArgs` (tensor_parallel_size, dtype,
+      max_model_len, gpu_memory_utilization on a GPU, enforce_eager, ...) and
+      kv_cache_space_gib on vLLM's CPU build
     - fake: responder (callable ChatRequest -> str | Completion), latency_s
     """
     options = {k: v for k, v in options.items() if v is not None}
@@ -54,7 +55,7 @@ def get_engine(backend: str, model: str, **options: Any) -> Engine:
     if backend == "vllm":
         from cxrctx.llm.vllm_engine import VllmEngine
 
-        return VllmEngine(model, **_check(backend, options, VllmEngine.OPTIONS))
+        return VllmEngine(model, **options)  # checked against the installed vLLM's EngineArgs
     if backend == "fake":
         from cxrctx.llm.fake import FakeEngine
 

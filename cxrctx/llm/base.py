@@ -32,6 +32,9 @@ class ChatRequest:
     messages: list[dict[str, str]]
     json_schema: dict[str, Any] | None = None
     key: str = ""  # caller's id for the request (cache key / document id)
+    #: a closed answer set: engines that return log-probabilities score these
+    #: (`cxrctx.llm.choice`); others answer the constrained `json_schema`
+    choices: tuple[str, ...] | None = None
 
 
 ErrorKind = Literal["transient", "rejected", "permanent"]

@@ -5,7 +5,9 @@ sampling over a 150k-token vocabulary roughly halves decoding speed on a CPU, so
 default `grammar="fallback"` first decodes freely and keeps the answer only when it
 parses and conforms to the schema; otherwise the same request is re-run under the
 grammar, so every answer is still schema-valid. `grammar="always"` constrains every
-request, `"never"` none. Requests run one after another in-process;
+request, `"never"` none. A request with `choices` decodes one token and scores the
+choices by its top log-probabilities (`cxrctx.llm.choice`), else falls back to the
+constrained choice. Requests run one after another in-process;
 llama.cpp reuses the KV cache of the longest common prompt prefix, so a fixed system
 prompt is evaluated once, not once per document.
 """
@@ -22,6 +24,7 @@ from typing import Any
 
 from cxrctx.errors import CxrctxError
 from cxrctx.llm.base import ChatRequest, Completion, Sampling
+from cxrctx.llm.choice import TOP_LOGPROBS, probs_from_top, scored_text
 from cxrctx.llm.jsonutil import extract_json, schema_errors, strip_code_fences
 
 log = logging.getLogger(__name__)
@@ -131,11 +134,58 @@ class LlamaCppEngine:
             kwargs["stop"] = ["\n```"]  # end of a fenced answer: do not pay for chatter after it
         return dict(self.llm.create_chat_completion(**kwargs))  # type: ignore[arg-type]
 
+    def _scored(self, req: ChatRequest, sampling: Sampling, t0: float) -> Completion | None:
+        """The choices of `req` scored from the first answer token's log-probabilities, or
+        None (no choice among the top tokens: the caller falls back to the constrained
+        answer). The logits are read by a logits processor during one greedy token, so the
+        model needs no `logits_all` (which would hold n_ctx x vocabulary floats)."""
+        import numpy as np
+
+        assert req.choices
+        grabbed: list[Any] = []
+
+        def grab(_ids: Any, logits: Any) -> Any:
+            if not grabbed:
+                grabbed.append(np.array(logits, dtype=np.float64, copy=True))
+            return logits
+
+        resp = self.llm.create_chat_completion(
+            messages=req.messages,  # type: ignore[arg-type]
+            temperature=0.0,
+            max_tokens=1,
+            logits_processor=self._llama_cpp.LogitsProcessorList([grab]),
+        )
+        if not grabbed:
+            return None
+        z = grabbed[0]
+        logp = z - (z.max() + np.log(np.exp(z - z.max()).sum()))
+        top_ids = np.argpartition(-logp, TOP_LOGPROBS)[:TOP_LOGPROBS]
+        top: dict[str, float] = {}
+        for i in top_ids:
+            tok = self.llm.detokenize([int(i)]).decode("utf-8", errors="ignore")
+            top[tok] = float(np.logaddexp(top.get(tok, -np.inf), logp[i]))
+        probs = probs_from_top(top, req.choices)
+        if probs is None:
+            return None
+        usage = dict(resp.get("usage") or {})  # type: ignore[call-overload,union-attr]
+        return Completion(
+            text=scored_text(probs),
+            prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            completion_tokens=int(usage.get("completion_tokens", 1)),
+            latency_s=time.perf_counter() - t0,
+            extra={"scored": True},
+        )
+
     def complete(self, requests: Sequence[ChatRequest], sampling: Sampling) -> list[Completion]:
         out: list[Completion] = []
         for req in requests:
             t0 = time.perf_counter()
             try:
+                if req.choices:
+                    scored = self._scored(req, sampling, t0)
+                    if scored is not None:
+                        out.append(scored)
+                        continue
                 constrained = self.grammar_mode == "always"
                 resp = self._call(req, sampling, constrained)
                 text = strip_code_fences(resp["choices"][0]["message"].get("content") or "")

@@ -14,7 +14,10 @@ what a re-run can do about them (`Completion.error_kind`):
 
 The first request an engine sends goes alone: a refusing server costs one request, and
 a server that rejects `response_format: json_schema` (llama.cpp's does) is detected once
-and switched to `{"type": "json_object", "schema": ...}` for the rest of the run. The API
+and switched to `{"type": "json_object", "schema": ...}` for the rest of the run. A
+request with `choices` asks for one token with `logprobs` / `top_logprobs` and scores the
+choices (`cxrctx.llm.choice`); a server that refuses or ignores logprobs is detected once
+and gets the constrained choice (`{"choice": ...}`) from then on. The API
 key is read from the environment variable named by `api_key_env`; it is never logged
 and `secrets()` lets the runner scrub it from everything written.
 """
@@ -32,6 +35,7 @@ from typing import Any
 
 from cxrctx.errors import CxrctxError
 from cxrctx.llm.base import ChatRequest, Completion, ErrorKind, Sampling
+from cxrctx.llm.choice import TOP_LOGPROBS, probs_from_top, scored_text
 from cxrctx.llm.jsonutil import strip_code_fences
 from cxrctx.llm.spec import check_api_key_env, check_route
 
@@ -155,6 +159,7 @@ class OpenAIEngine:
         self.format_mode = "json_schema" if response_format == "auto" else response_format
         self._auto = response_format == "auto"
         self._probed = False
+        self._logprobs = True  # False once the server refuses or ignores logprobs
         self._refused: str | None = None
 
     def __repr__(self) -> str:  # never show the key
@@ -211,9 +216,55 @@ class OpenAIEngine:
             kwargs["response_format"] = rf
         return kwargs
 
+    async def _scored(
+        self, client: Any, sem: asyncio.Semaphore, req: ChatRequest, sampling: Sampling
+    ) -> Completion | None:
+        """One try at scoring `req.choices` from the first token's top logprobs; None (and
+        logprobs off for the run when the server refused or ignored them) = fall back."""
+        assert req.choices
+        kw = {
+            **self._kwargs(req, sampling),
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "logprobs": True,
+            "top_logprobs": TOP_LOGPROBS,
+        }
+        kw.pop("response_format", None)
+        t0 = time.perf_counter()
+        async with sem:
+            try:
+                resp = await client.chat.completions.create(**kw)
+            except Exception as e:
+                if self._kind(e) == "rejected":
+                    log.info("server refused logprobs; choices fall back to the constrained answer")
+                    self._logprobs = False
+                return None
+        try:
+            content = resp.choices[0].logprobs.content or []
+            top = {t.token: float(t.logprob) for t in content[0].top_logprobs or []}
+        except (AttributeError, IndexError, TypeError):
+            top = {}
+        probs = probs_from_top(top, req.choices) if top else None
+        if probs is None:
+            if not top:
+                self._logprobs = False
+            return None
+        usage = getattr(resp, "usage", None)
+        return Completion(
+            text=scored_text(probs),
+            prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+            completion_tokens=int(getattr(usage, "completion_tokens", 1) or 1),
+            latency_s=time.perf_counter() - t0,
+            extra={"scored": True},
+        )
+
     async def _one(
         self, client: Any, sem: asyncio.Semaphore, req: ChatRequest, sampling: Sampling
     ) -> Completion:
+        if req.choices and self._logprobs:
+            scored = await self._scored(client, sem, req, sampling)
+            if scored is not None:
+                return scored
         async with sem:
             t0 = time.perf_counter()
             attempt = 0

@@ -2,7 +2,8 @@
 
 `ProcessorEngine.complete(requests, sampling)` sends one dataset of chat requests
 through `build_processor(vLLMEngineProcessorConfig(...))`: `concurrency` vLLM replicas
-(one GPU each, `tensor_parallel_size` GPUs with tensor parallelism), our messages as the
+(one GPU each, `tensor_parallel_size` GPUs with tensor parallelism; one CPU bundle each on a
+cluster without GPUs, e.g. vLLM's CPU build), our messages as the
 chat input, our JSON schema as vLLM structured output (`structured_outputs={"json": ...}`)
 and our sampling per row. It returns Completions in request order, so the runner's
 parsing, repair, failure rows and cache are exactly those of every other engine; its
@@ -26,20 +27,9 @@ from cxrctx.llm.base import ChatRequest, Completion, Sampling
 from cxrctx.llm.spec import EngineSpec
 
 VLLM_RAY_HINT = (
-    "the vllm backend on Ray needs vLLM and ray.data.llm (ray[data,llm]): "
-    "pip install 'cxrctx[ray,vllm]' on the GPU nodes"
+    "the vllm backend on Ray needs vLLM and ray.data.llm: pip install 'cxrctx[ray,vllm]' on "
+    "GPU nodes, or vLLM's CPU build beside ray[data] (see make setup-vllm)"
 )
-#: vLLM engine arguments our vllm backend accepts through --engine-opt
-ENGINE_KWARGS = (
-    "tensor_parallel_size",
-    "dtype",
-    "max_model_len",
-    "gpu_memory_utilization",
-    "seed",
-    "enable_prefix_caching",
-    "trust_remote_code",
-)
-DEFAULT_ENGINE_KWARGS: dict[str, Any] = {"max_model_len": 8192, "enable_prefix_caching": True}
 
 
 def _llm_api() -> Any:
@@ -50,19 +40,52 @@ def _llm_api() -> Any:
     return llm_api
 
 
-def processor_config(spec: EngineSpec, workers: int, batch_size: int = 64) -> Any:
-    """The `vLLMEngineProcessorConfig` of `spec`: `workers` replicas, our engine options."""
+def cluster_has_gpus() -> bool:
+    """Whether the connected (or local) Ray cluster offers GPUs: the replicas run there, so
+    the platform is the cluster's, not the driver's."""
+    import ray
+
+    return bool(ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0)
+
+
+def replica_kwargs(spec: EngineSpec, gpu: bool) -> tuple[dict[str, Any], dict[str, str]]:
+    """(vLLM engine kwargs, replica env vars) of `spec`: the in-process engine's checks and
+    platform split (`vllm_engine.engine_args`), usage statistics off on every replica."""
+    from cxrctx.llm.vllm_engine import disable_usage_stats, engine_args
+
+    disable_usage_stats()
+    try:
+        import vllm
+    except ImportError:
+        vllm = None  # a driver for GPU nodes need not hold vLLM: the common names are checked
+    args, env = engine_args(vllm, spec.model, spec.options, gpu)
+    args.pop("model")
+    return args, {**disable_usage_stats({}), **env}
+
+
+def processor_config(
+    spec: EngineSpec, workers: int, batch_size: int = 64, gpu: bool | None = None
+) -> Any:
+    """The `vLLMEngineProcessorConfig` of `spec`: `workers` replicas, our engine options.
+
+    On GPUs each replica takes `tensor_parallel_size` GPUs (ray.data.llm's default
+    placement). Without GPUs each replica is one CPU bundle, in eager mode, without
+    engine-metrics logging (that imports ray.serve, absent beside vLLM's CPU build)."""
     if spec.backend != "vllm":
         raise CxrctxError(f"the vLLM processor runs the vllm backend, not {spec.backend}")
-    bad = sorted(set(spec.options) - set(ENGINE_KWARGS))
-    if bad:
-        raise CxrctxError(
-            f"backend 'vllm' does not take option(s) {', '.join(bad)}; it takes {', '.join(ENGINE_KWARGS)}"
-        )
     api = _llm_api()
-    kwargs = {**DEFAULT_ENGINE_KWARGS, **spec.options}
+    gpu = cluster_has_gpus() if gpu is None else gpu
+    kwargs, env = replica_kwargs(spec, gpu)
+    extra: dict[str, Any] = {}
+    if not gpu:
+        extra = {"placement_group_config": {"bundles": [{"CPU": 1}]}, "log_engine_metrics": False}
     return api.vLLMEngineProcessorConfig(
-        model_source=spec.model, engine_kwargs=kwargs, concurrency=workers, batch_size=batch_size
+        model_source=spec.model,
+        engine_kwargs=kwargs,
+        concurrency=workers,
+        batch_size=batch_size,
+        runtime_env={"env_vars": env},
+        **extra,
     )
 
 

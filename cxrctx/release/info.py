@@ -98,6 +98,8 @@ def _add_positives(out: dict[str, dict[str, int]], long: pl.DataFrame) -> None:
         counts = dict(part.group_by("lesion").len().iter_rows())
         labeled = long if split == "all" else long.filter(T.hub_split() == split)
         row["labeled_studies"] = labeled.select(pl.col("study_id").n_unique()).item()
+        # studies with no label row (no text in any labeled section, or failed): never hidden
+        row["unlabeled_studies"] = row["studies"] - row["labeled_studies"]
         for lesion in LESIONS:
             row[f"positive:{lesion}"] = int(counts.get(lesion, 0))
 

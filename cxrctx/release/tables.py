@@ -29,8 +29,8 @@ from cxrctx.vocab import FLAGS, LESIONS, LOCATIONS, SECTIONS
 HUB_SPLITS: dict[str, str] = {"train": "train", "validate": "validation", "test": "test"}
 UNSPLIT = "unsplit"
 SPLIT_ORDER = ("train", "validation", "test", UNSPLIT)
-STATUSES = ("positive", "negative")
-LABEL_SOURCES = ("llm", "not_candidate", "no_candidate", "rules", "not_mentioned", "cache")
+STATUSES = ("positive", "negative", "uncertain")  # uncertain: label-lesions --uncertain keep
+LABEL_SOURCES = ("llm", "vote", "not_candidate", "no_candidate", "rules", "not_mentioned", "cache")
 
 #: Every column a public table may have, with what it holds. Anything else is refused.
 PUBLIC_COLUMNS: dict[str, str] = {

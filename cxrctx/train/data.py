@@ -87,7 +87,10 @@ def read_label_shards(labels: str | os.PathLike) -> pl.DataFrame:
     need = {"id", "lesion", "status", "location"}
     if not need <= set(df.columns):
         raise CxrctxError(f"{p}: label shards lack column(s) {sorted(need - set(df.columns))}")
-    return df.select(pl.col("id").cast(pl.String), "lesion", "status", "location")
+    # a run labeled with `--uncertain keep` writes status "uncertain" (its manifest says
+    # so); the trainer reads it as positive, the labeler's default policy (U-Ones)
+    status = pl.when(pl.col("status") == "uncertain").then(pl.lit("positive")).otherwise("status")
+    return df.select(pl.col("id").cast(pl.String), "lesion", status.alias("status"), "location")
 
 
 def label_table(labels: pl.DataFrame) -> dict[str, dict[str, str]]:
