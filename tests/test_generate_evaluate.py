@@ -85,8 +85,8 @@ def run(tmp_path_factory) -> dict[str, Path]:
     pytest.importorskip("timm")
     from trainer_fixtures import make_root
 
+    from cxrctx.train import train
     from cxrctx.train.config import make_config
-    from cxrctx.train.loop import train
 
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("gen")

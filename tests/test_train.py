@@ -18,8 +18,9 @@ from typer.testing import CliRunner  # noqa: E402
 
 from cxrctx.cli import app  # noqa: E402
 from cxrctx.errors import CxrctxError  # noqa: E402
+from cxrctx.train import train  # noqa: E402
 from cxrctx.train.config import make_config  # noqa: E402
-from cxrctx.train.loop import load_checkpoint, train  # noqa: E402
+from cxrctx.train.loop import load_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.train
 

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from cxrctx.cli.app import app, console, fail
 from cxrctx.errors import CxrctxError
+from cxrctx.labeling import eval_labels
 from cxrctx.labeling.evaluate import Uncertain
 from cxrctx.labeling.models import EvalReport
 
@@ -105,8 +106,6 @@ def eval_labels_cmd(
     Example:
         cxrctx eval-labels labels_out --against mimic-cxr-2.0.0-chexpert.csv.gz --uncertain ignore
     """
-    from cxrctx.labeling import eval_labels
-
     try:
         report = eval_labels(
             labels, against, uncertain=uncertain, json_path=json_path, png_path=png_path,

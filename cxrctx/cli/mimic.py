@@ -12,6 +12,7 @@ import typer
 
 from cxrctx.cli.app import app, console, err_console, fail
 from cxrctx.errors import CxrctxError
+from cxrctx.mimic.build import build_priors
 
 
 class OutputFormat(str, Enum):
@@ -68,8 +69,6 @@ def build_priors_cmd(
       cxrctx build-priors /data/mimic-cxr --out work/priors -k 5 --format jsonl \\
           --reports-zip mimic-cxr-reports.zip
     """
-    from cxrctx.mimic.build import build_priors
-
     with _progress_display() as progress:
         try:
             res = build_priors(

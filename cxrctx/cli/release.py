@@ -10,6 +10,8 @@ import typer
 
 from cxrctx.cli.app import app, console, err_console, fail
 from cxrctx.errors import CxrctxError
+from cxrctx.release import info, make_release, rebuild, validate
+from cxrctx.release.info import COUNT_KEYS
 
 
 class ExportFormat(str, enum.Enum):
@@ -27,7 +29,6 @@ class TargetSection(str, enum.Enum):
 def _split_table(summary: dict[str, dict[str, int]], title: str):
     from rich.table import Table
 
-    from cxrctx.release.info import COUNT_KEYS
 
     t = Table(title=title, title_justify="left")
     t.add_column("count")
@@ -83,8 +84,6 @@ def release_cmd(
       cxrctx release --records out/records --labels out/labels --out out/release \\
           --name my-org/mimic-cxr-context --version 1.0.0 --format srrg
     """
-    from cxrctx.release import make_release
-
     try:
         res = make_release(
             records, out=out, name=name, version=version, labels=labels, rois=rois,
@@ -118,7 +117,6 @@ def validate_cmd(
 
     from rich.markup import escape
 
-    from cxrctx.release import validate
 
     try:
         rep = validate(path, records=records)
@@ -152,7 +150,6 @@ def info_cmd(
     """
     from rich.table import Table
 
-    from cxrctx.release import info
 
     try:
         res = info(path)
@@ -216,7 +213,6 @@ def rebuild_cmd(
     """
     from rich.markup import escape
 
-    from cxrctx.release import rebuild
 
     try:
         rep = rebuild(

@@ -29,6 +29,9 @@ from cxrctx.cli.engine import (
     exit_if_failed,
 )
 from cxrctx.errors import CxrctxError
+from cxrctx.llm.runner import driver_engine
+from cxrctx.reportgen.evaluate import CRITERIA, evaluate
+from cxrctx.reportgen.generate import generate
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -162,9 +165,6 @@ def generate_cmd(
         cxrctx generate out/run --out out/gen-llm --backend vllm --model Qwen/Qwen2.5-7B-Instruct \\
             --executor ray --ray-address auto --workers 4
     """
-    from cxrctx.llm.runner import driver_engine
-    from cxrctx.reportgen.generate import generate
-
     try:
         spec = engine_spec(
             backend, model, base_url=base_url, api_key_env=api_key_env, engine_opt=engine_opt,
@@ -258,9 +258,6 @@ def evaluate_cmd(
     Example:
         cxrctx evaluate out/gen --reference out/priors --reference-labels out/syn/truth --out out/eval
     """
-    from cxrctx.llm.runner import driver_engine
-    from cxrctx.reportgen.evaluate import evaluate
-
     try:
         spec = engine_spec(
             backend, model, base_url=base_url, api_key_env=api_key_env, engine_opt=engine_opt,
@@ -298,7 +295,6 @@ def evaluation_table(rep: EvaluationReport) -> Table:
     """A rich table of `evaluate`'s headline numbers and per-lesion F1."""
     from rich.table import Table
 
-    from cxrctx.reportgen.evaluate import CRITERIA
 
     t = Table(
         title=f"evaluate: {rep.n_pairs} studies ({'+'.join(rep.reference_sections)}), labeler {rep.labeler}"

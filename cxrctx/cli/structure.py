@@ -31,6 +31,9 @@ from cxrctx.cli.engine import (
     print_plan,
 )
 from cxrctx.errors import CxrctxError
+from cxrctx.llm import Sampling
+from cxrctx.structure.plan import plan_structure_reports
+from cxrctx.structure.run import structure_reports
 
 if TYPE_CHECKING:
     from cxrctx.llm.plan import Plan
@@ -88,8 +91,6 @@ def structure_reports_cmd(
           --model Qwen/Qwen2.5-7B-Instruct --executor ray --ray-address auto --workers 8 \\
           --plan --plan-throughput 6300
     """
-    from cxrctx.llm import Sampling
-
     try:
         spec = engine_spec(
             backend, model, base_url=base_url, api_key_env=api_key_env, engine_opt=engine_opt,
@@ -117,8 +118,6 @@ def structure_reports_cmd(
 
 def _structure(records: Path, out: Path, task: dict[str, Any]) -> StructureRun:
     """The structuring run (`task`: the model and report options)."""
-    from cxrctx.structure.run import structure_reports
-
     return structure_reports(records, out, **task)
 
 
@@ -126,8 +125,6 @@ def _plan(
     records: Path, out: Path, sample: int, throughput: float, gpu: str, task: dict[str, Any]
 ) -> Plan:
     """`--plan`: structure a sample into OUT/plan-sample and project the token budget."""
-    from cxrctx.structure.plan import plan_structure_reports
-
     return plan_structure_reports(
         records, out, sample=sample, throughput_tokens_per_s=throughput, gpu=gpu, **task
     )

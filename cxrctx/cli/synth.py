@@ -10,7 +10,7 @@ from rich.table import Table
 
 from cxrctx.cli.app import app, console, fail
 from cxrctx.errors import CxrctxError
-from cxrctx.synth import ImageFormat, SynthSummary
+from cxrctx.synth import ImageFormat, SynthSummary, synthesize
 
 #: Rare cases shown in the summary table (all of them are in truth/synth.json).
 _SHOWN_VARIETIES = (
@@ -82,8 +82,6 @@ def synth_cmd(
       cxrctx synth out/mimic --patients 200 --seed 0 --dicom --zip
       cxrctx synth --out out/syn --patients 150 --images --imagenome --image-format jpg
     """
-    from cxrctx.synth import synthesize
-
     if (out_dir is None) == (out is None):
         raise fail(CxrctxError("give the output directory once: OUT_DIR or --out"))
     start = time.perf_counter()

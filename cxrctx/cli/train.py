@@ -11,8 +11,9 @@ import typer
 
 from cxrctx.cli.app import app, console, err_console, fail
 from cxrctx.errors import CxrctxError
+from cxrctx.train import train
 from cxrctx.train.config import Preset, Stage, TrainConfig, make_config, validate_config
-from cxrctx.train.run import ProgressFn, TrainEvent, TrainResult
+from cxrctx.train.events import ProgressFn, TrainEvent, TrainResult
 
 
 def _overrides(pairs: list[str]) -> dict[str, object]:
@@ -156,8 +157,6 @@ def train_cmd(
       torchrun --nproc-per-node 8 -m cxrctx.cli train ... --preset paper \\
         --set vit_weights=vit_b16_in1k.safetensors --set text_model=bert-base-uncased/
     """
-    from cxrctx.train import train
-
     show: _RichBar | _PlainLines | None = None
     if progress:
         show = _RichBar() if err_console.is_terminal else _PlainLines()

@@ -35,13 +35,13 @@ from cxrctx.io import (
     config_hash,
     input_file,
     open_stage,
-    prepare_output,
     shard_paths,
     write_manifest,
     write_parquet,
     write_shards,
 )
 from cxrctx.models import Manifest
+from cxrctx.output_policy import prepare_output
 from cxrctx.vocab import ROIS
 
 log = logging.getLogger(__name__)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, RootModel, create_model, field_validator
 
 from cxrctx.llm.base import Sampling
+from cxrctx.llm.task import json_schema
 from cxrctx.models import Lesion, Location, Status
 from cxrctx.vocab import LESIONS
 
@@ -118,8 +119,6 @@ def _answer_model() -> type[BaseModel]:
 
 @lru_cache(maxsize=1)
 def _full_schema() -> dict[str, Any]:
-    from cxrctx.llm.task import json_schema
-
     return json_schema(_answer_model())
 
 

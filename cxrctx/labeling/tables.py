@@ -15,12 +15,13 @@ from typing import Any
 import polars as pl
 
 from cxrctx import __version__
-from cxrctx.io import check_shard_slot, config_hash, prepare_output, read_shards, write_manifest
+from cxrctx.io import check_shard_slot, config_hash, read_shards, write_manifest
 from cxrctx.labeling.inputs import LoadedInput
 from cxrctx.labeling.models import LabelRow, LabelRunConfig
 from cxrctx.llm.runner import TaskResult, TaskStats
 from cxrctx.llm.sink import ShardSink, remove_stale_tmp
 from cxrctx.models import LABEL_SCHEMA_VERSION, Manifest
+from cxrctx.output_policy import prepare_output
 
 STAGE = "label-lesions"
 #: Failure reasons of documents that are never labeled (no model call).

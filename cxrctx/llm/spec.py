@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, Field
 
 from cxrctx.errors import CxrctxError
+from cxrctx.llm import get_engine
 from cxrctx.llm.base import Engine
 
 #: hosts of public LLM APIs (a subdomain matches too)
@@ -121,8 +122,6 @@ class EngineSpec(BaseModel):
 
 def make_engine(spec: EngineSpec) -> Engine:
     """Build the engine `spec` describes (privacy route checked first)."""
-    from cxrctx.llm import get_engine
-
     if spec.backend == "openai":
         if not spec.base_url:
             raise CxrctxError(

@@ -31,14 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cxrctx import __version__
 from cxrctx.errors import CxrctxError
-from cxrctx.io import (
-    config_hash,
-    input_file,
-    prepare_output,
-    write_manifest,
-    write_parquet,
-    write_shards,
-)
+from cxrctx.io import config_hash, input_file, write_manifest, write_parquet, write_shards
 from cxrctx.mimic import layout as L
 from cxrctx.mimic.flags import with_flags, with_temporal_language
 from cxrctx.mimic.images import load_images, prepare_images, study_table
@@ -47,6 +40,7 @@ from cxrctx.mimic.reader import ReportReader, report_source
 from cxrctx.mimic.schema import RECORD_SCHEMA, conform
 from cxrctx.mimic.summary import reconcile, reject_table, summaries, write_jsonl
 from cxrctx.models import RECORD_SCHEMA_VERSION, Manifest
+from cxrctx.output_policy import prepare_output
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +214,7 @@ def _build(
     rec = _assemble_records(studies, good, stats, prior_lists, inp)
     rej = reject_table(inp.rejects)
     done("records assembled")
-    counts = reconcile(rec, rej, inp, studies_in)
+    counts = reconcile(rec, rej, inp.img, inp.unknown_views, studies_in)
     summary = summaries(rec, rej, cfg.max_priors)
     claim()
     manifest = _write(out, rec, rej, cfg, lay, inp.files, counts, summary)

@@ -14,6 +14,7 @@ import polars as pl
 
 from cxrctx.errors import CxrctxError
 from cxrctx.mimic import layout as L
+from cxrctx.mimic.dicom_scan import find_dicoms, scan_dicoms
 from cxrctx.mimic.schema import DT
 from cxrctx.vocab import DICOM_ID_RE
 
@@ -193,7 +194,6 @@ def load_images(
             (pl.lit(f"{name} line ") + pl.col("_line").cast(pl.String)).alias("_src")
         )
         return _drop_bad_dicom_ids(meta, rejects).drop("_line"), rejects, [lay.metadata]
-    from cxrctx.mimic.dicom_scan import find_dicoms, scan_dicoms
 
     if lay.files_dir is None:
         raise CxrctxError(

@@ -22,8 +22,20 @@ from typing import Any
 import polars as pl
 
 from cxrctx.errors import CxrctxError
-from cxrctx.io import config_hash, open_stage, prepare_output, sha256_file
+from cxrctx.io import config_hash, open_stage, sha256_file
+from cxrctx.labeling import (
+    Labeler,
+    LabelLesionsConfig,
+    label_lesions,
+    load_hybrid_prompt,
+    load_prompt,
+)
+from cxrctx.llm.base import Sampling
+from cxrctx.llm.spec import EngineSpec
+from cxrctx.mimic.build import build_priors
+from cxrctx.output_policy import prepare_output
 from cxrctx.release.release import ReleaseConfig, make_release
+from cxrctx.vocab import lexicon
 
 MIMIC_CXR = "MIMIC-CXR (https://physionet.org/content/mimic-cxr/2.0.0/)"
 MIMIC_CXR_JPG = "MIMIC-CXR-JPG (https://physionet.org/content/mimic-cxr-jpg/2.1.0/)"
@@ -88,8 +100,6 @@ def check_root(root: Path, bp: dict[str, Any]) -> list[str]:
 
 
 def _run_build_priors(root: Path, out: Path, cfg: dict[str, Any], workers: int | None) -> Path:
-    from cxrctx.mimic.build import build_priors
-
     kwargs: dict[str, Any] = {
         "max_priors": cfg.get("max_priors", 3),
         "rows_per_shard": cfg.get("rows_per_shard", 20_000),
@@ -121,9 +131,6 @@ def _check_model(cfg: dict[str, Any], model: str | None) -> None:
 
 def _check_prompt(cfg: dict[str, Any]) -> None:
     """The prompt (or, for the rules, the lexicon) must be the one the release used."""
-    from cxrctx.labeling import load_hybrid_prompt, load_prompt
-    from cxrctx.vocab import lexicon
-
     mode = cfg.get("mode")
     if cfg["backend"] == "rules":
         sha, what = lexicon().sha256, f"lexicon v{cfg.get('lexicon_version')}"
@@ -144,8 +151,6 @@ def _check_prompt(cfg: dict[str, Any]) -> None:
 
 def _engine_spec(cfg: dict[str, Any], model: str | None) -> Any:
     """The recorded engine (backend, options; never a key) with the user's copy of the model."""
-    from cxrctx.llm.spec import EngineSpec
-
     opts = {
         k: v for k, v in (cfg.get("engine_options") or {}).items() if k in EngineSpec.model_fields
     }
@@ -166,9 +171,6 @@ def _run_labels(
     label_cache: Path | None,
 ) -> Path:
     """Re-label with the recorded backend: the rules, or the recorded engine and prompt."""
-    from cxrctx.labeling import Labeler, LabelLesionsConfig, label_lesions
-    from cxrctx.llm.base import Sampling
-
     sections = cfg.get("sections") or ["findings", "impression"]
     _check_prompt(cfg)
     if cfg["backend"] == "rules":

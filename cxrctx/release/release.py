@@ -29,12 +29,18 @@ from cxrctx.io import (
     file_entry,
     input_file,
     open_stage,
-    prepare_output,
+    sha256_bytes,
     stage_inputs,
     write_stage_manifest,
 )
 from cxrctx.models import InputFile, Manifest, ShardInfo
+from cxrctx.output_policy import prepare_output
 from cxrctx.release import tables as T
+from cxrctx.release.card import render_card
+from cxrctx.release.croissant import build_croissant
+from cxrctx.release.exports import export_table, write_jsonl_split_files
+from cxrctx.release.info import split_summary
+from cxrctx.resources import read_bytes
 
 RELEASE_SCHEMA_VERSION = 1
 Format = Literal["srrg", "maira2", "jsonl"]
@@ -166,9 +172,6 @@ def _input_files(inp: Inputs) -> list[InputFile]:
 
 def schema_hashes() -> dict[str, str]:
     """sha256 of each published JSON Schema this cxrctx writes data against."""
-    from cxrctx.io import sha256_bytes
-    from cxrctx.resources import read_bytes
-
     names = ("record", "label_row", "lesion_answer", "roi_row", "manifest")
     out = {}
     for n in names:
@@ -183,8 +186,6 @@ def schema_hashes() -> dict[str, str]:
 
 
 def _credentialed_tables(inp: Inputs, cfg: ReleaseConfig) -> dict[str, pl.DataFrame]:
-    from cxrctx.release.exports import export_table
-
     out: dict[str, pl.DataFrame] = {"records": inp.rec}
     if inp.lab is not None:
         src = str(inp.labels.dir) if inp.labels else "labels"
@@ -211,8 +212,6 @@ def _public_tables(inp: Inputs) -> dict[str, pl.DataFrame]:
 
 
 def _write_tables(b: Bundle, frames: dict[str, pl.DataFrame], cfg: ReleaseConfig) -> None:
-    from cxrctx.release.exports import write_jsonl_split_files
-
     for name, df in frames.items():
         if name == "jsonl":
             # Not a card config: the hub infers one builder per repository (Parquet here).
@@ -231,9 +230,6 @@ def _finish_bundle(
     extra: dict[str, Any],
 ) -> None:
     """Card, croissant.json, then the manifest (last: a bundle without one is unfinished)."""
-    from cxrctx.release.card import render_card
-    from cxrctx.release.croissant import build_croissant
-
     shards = [s for infos in b.tables.values() for s in infos if s.path.startswith("data/")]
     side = [s for infos in b.tables.values() for s in infos if not s.path.startswith("data/")]
     counts = {f"{t}_rows": sum(s.rows for s in infos) for t, infos in b.tables.items()}
@@ -277,8 +273,6 @@ def release_config(
 
 def build_bundles(inp: Inputs, cfg: ReleaseConfig, stage_dir: Path) -> tuple[Bundle, Bundle, dict]:
     """Write credentialed/ then public/ (which records the credentialed checksums)."""
-    from cxrctx.release.info import split_summary
-
     pub_frames = _public_tables(inp)
     summary = split_summary(pub_frames["studies"], pub_frames.get("labels_long"))
     provenance = {

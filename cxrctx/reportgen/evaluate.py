@@ -41,11 +41,13 @@ from cxrctx.io import (
     config_hash,
     file_entry,
     open_stage,
-    prepare_output,
     stage_inputs,
     write_parquet,
     write_stage_manifest,
 )
+from cxrctx.labeling import evaluate_labels, label_documents, load_labels
+from cxrctx.labeling.rules import label_documents_rules
+from cxrctx.output_policy import prepare_output
 from cxrctx.reportgen.metrics import (
     TemporalHallucination,
     classifier_auc,
@@ -53,7 +55,7 @@ from cxrctx.reportgen.metrics import (
     rouge_l_scores,
     temporal_hallucination,
 )
-from cxrctx.reportgen.tasks import CRITERIA
+from cxrctx.reportgen.tasks import CRITERIA, judge_reports
 from cxrctx.vocab import LESIONS
 
 if TYPE_CHECKING:
@@ -195,8 +197,6 @@ def run_judge(
     executor: Any = None,
 ) -> tuple[JudgeScores, list[dict]]:
     """The consistency judge (a task on the shared LLM layer) over (key, generated, reference)."""
-    from cxrctx.reportgen.tasks import judge_reports
-
     per, failed, prompt_sha = judge_reports(
         engine, pairs, sampling=sampling, cache_dir=cache_dir, executor=executor
     )
@@ -295,8 +295,6 @@ def _label_generated(
     pairs: list[Pair], engine: Engine | None, cache_dir: Any, notes: list[str], executor: Any = None
 ) -> tuple[pl.DataFrame, str]:
     """Labels of the generated side and the labeler's name; an empty report is all-negative."""
-    from cxrctx.labeling import label_documents
-
     docs = _docs(pairs, 1)
     if engine is None:
         notes.append(
@@ -323,8 +321,6 @@ def _label_reference(
     executor: Any = None,
 ) -> tuple[pl.DataFrame, str]:
     """Labels of the reference side: a label directory, the LLM labeler or the rules."""
-    from cxrctx.labeling import label_documents, load_labels
-
     docs = _docs(pairs, 2)
     if reference_labels is not None:
         ids = docs["id"].to_list()
@@ -343,8 +339,6 @@ def _label_reference(
 def _rules_labels(docs: pl.DataFrame) -> pl.DataFrame:
     """The rules labeler's 14 rows per report (id, lesion, status, location); an empty
     report mentions nothing, so all 14 are negative."""
-    from cxrctx.labeling.rules import label_documents_rules
-
     blank = pl.col("text").str.strip_chars() == ""
     cols = ["id", "lesion", "status", "location"]
     said = docs.filter(~blank)
@@ -355,8 +349,6 @@ def _rules_labels(docs: pl.DataFrame) -> pl.DataFrame:
 
 
 def _lesion_scores(pred: pl.DataFrame, gold: pl.DataFrame, gold_kind: str) -> dict[str, Any]:
-    from cxrctx.labeling import evaluate_labels
-
     cols = ["id", "lesion", "status"] + (
         ["location"] if "location" in pred.columns and "location" in gold.columns else []
     )

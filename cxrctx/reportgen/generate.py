@@ -39,14 +39,17 @@ from cxrctx.errors import CxrctxError
 from cxrctx.io import (
     config_hash,
     open_stage,
-    prepare_output,
     sha256_file,
     write_manifest,
     write_parquet,
     write_shards,
 )
 from cxrctx.models import Manifest
+from cxrctx.output_policy import prepare_output
 from cxrctx.reportgen.merge import merge_sentences
+from cxrctx.reportgen.tasks import aggregate_reports, load_report_prompt
+from cxrctx.train.data import CropStore, RoiDataset, collate
+from cxrctx.train.run import items_for, load_run
 from cxrctx.vocab import LESIONS, ROIS
 
 if TYPE_CHECKING:
@@ -222,8 +225,6 @@ def _load_inputs(
             f"{e} (generate needs a finished train run: its final checkpoint)"
         ) from None
 
-    from cxrctx.train.data import CropStore, RoiDataset
-    from cxrctx.train.loop import items_for, load_run
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cfg, model, tok, info = load_run(run_dir, dev)
@@ -257,7 +258,6 @@ def _decode(inp: _Inputs, batch_size: int, progress: Progress | None) -> list[di
     """Greedy ROI sentences + classifier probabilities per study, merged deterministically."""
     import torch
 
-    from cxrctx.train.data import collate
 
     cfg, ds, tok = inp.cfg, inp.dataset, inp.tok
     loader = torch.utils.data.DataLoader(
@@ -314,8 +314,6 @@ def _row(item: Any, texts: list[str], probs: Any, hard: Any, cfg: Any) -> dict:
 
 def aggregator_prompt(lesions: bool) -> dict[str, Any]:
     """The aggregator prompt; with `lesions` its user message also lists the predicted lesions."""
-    from cxrctx.reportgen.tasks import load_report_prompt
-
     prompt = load_report_prompt("aggregate_report", version=2)
     if lesions:
         prompt["user_template"] = prompt["user_template_with_lesions"]
@@ -337,8 +335,6 @@ def _aggregate(
 ) -> int:
     """LLM-merge `rows` in place through the aggregator task (shared cache, one repair); a
     study whose answer stays unusable keeps the merge. Returns the failures."""
-    from cxrctx.reportgen.tasks import aggregate_reports
-
     if not rows:
         return 0
     failures, _, _ = aggregate_reports(

@@ -34,6 +34,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from cxrctx.labeling.rules import read_report
 from cxrctx.vocab import lexicon, split_sentences
 
 #: least share of a bullet's content words found in its best source window
@@ -242,8 +243,6 @@ def _check_section(source: str | None, bullets: Sequence[str], res: CheckResult)
 
 
 def _labels(text: str) -> dict[str, tuple[str, str, str]]:
-    from cxrctx.labeling.rules import read_report
-
     return {
         r.lesion: (r.status, r.location, "mentioned" if r.mentioned else "not mentioned")
         for r in read_report(text).lesions

@@ -13,9 +13,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cxrctx.io import atomic_write_text, prepare_output
+from cxrctx.io import atomic_write_text
 from cxrctx.llm.base import Sampling
 from cxrctx.llm.plan import PUBLISHED_GPU, PUBLISHED_TOKENS_PER_S, Plan, make_plan
+from cxrctx.output_policy import prepare_output
 from cxrctx.structure.run import STAGE, iter_items, load_reports, run_key, structure_reports
 from cxrctx.structure.task import load_prompt
 

@@ -23,20 +23,22 @@ from pydantic import BaseModel, ConfigDict
 
 from cxrctx import __version__
 from cxrctx.errors import CxrctxError
-from cxrctx.io import (
-    config_hash,
-    input_file,
-    open_stage,
-    prepare_output,
-    stage_inputs,
-    write_manifest,
-)
+from cxrctx.io import config_hash, input_file, open_stage, stage_inputs, write_manifest
 from cxrctx.llm.base import Engine, Sampling
 from cxrctx.llm.cache import ResultCache
-from cxrctx.llm.runner import Executor, TaskProgress, TaskResult, TaskStats, run_task
+from cxrctx.llm.runner import (
+    Executor,
+    TaskProgress,
+    TaskResult,
+    TaskStats,
+    engine_identity,
+    run_task,
+    sampling_json,
+)
 from cxrctx.llm.sink import MemorySink, ShardSink, Sink, remove_stale_tmp
 from cxrctx.llm.spec import EngineSpec, make_engine
 from cxrctx.models import Manifest
+from cxrctx.output_policy import prepare_output
 from cxrctx.structure.check import CHECK_VERSION, COVERAGE_MIN, SUPPORT_MIN, WINDOW
 from cxrctx.structure.task import (
     StructureItem,
@@ -304,8 +306,6 @@ class StructureResult:
 
 
 def _provenance(task: StructureTask, engine: Engine, sampling: Sampling) -> dict[str, Any]:
-    from cxrctx.llm.runner import engine_identity, sampling_json
-
     return {**engine_identity(engine), "prompt_sha256": task.prompt_sha256,
             "schema_sha256": task.schema_sha256, "sampling": sampling_json(sampling)}  # fmt: skip
 
@@ -364,8 +364,6 @@ def run_key(
     if isinstance(engine, EngineSpec):
         who: dict[str, Any] = {"backend": engine.backend, "model": engine.model}
     else:
-        from cxrctx.llm.runner import engine_identity
-
         ident = engine_identity(engine)
         who = {"backend": ident.get("backend"), "model": ident.get("model")}
     return config_hash({

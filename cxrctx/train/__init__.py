@@ -10,7 +10,8 @@ without them); `train` and `load_run` raise a CxrctxError naming
 from __future__ import annotations
 
 from cxrctx.train.config import PRESETS, Preset, Stage, TrainConfig, make_config, validate_config
-from cxrctx.train.run import ProgressFn, TrainEvent, TrainResult, items_for, load_run, train
+from cxrctx.train.events import ProgressFn, TrainEvent, TrainResult
+from cxrctx.train.run import items_for, load_run, train
 
 __all__ = [
     "PRESETS",

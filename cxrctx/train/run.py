@@ -8,47 +8,20 @@ torch raises a CxrctxError that names the install command.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from cxrctx.errors import CxrctxError
 from cxrctx.train.config import Stage, TrainConfig
+from cxrctx.train.data import join
+from cxrctx.train.events import ProgressFn, TrainEvent, TrainResult
+
+__all__ = ["ProgressFn", "TrainEvent", "TrainResult", "items_for", "load_run", "require_torch", "train"]
 
 if TYPE_CHECKING:
     from cxrctx.train.data import Item
     from cxrctx.train.model import ClalaNet
     from cxrctx.train.tokenizer import Tokenizer
-
-
-@dataclass
-class TrainResult:
-    """What a run did: steps, the stages finished, item counts, skip reasons, last validation."""
-
-    run_dir: Path
-    global_step: int
-    stages: list[int]
-    counts: dict[str, int] = field(default_factory=dict)
-    skips: dict[str, int] = field(default_factory=dict)
-    eval: dict[str, Any] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class TrainEvent:
-    """One progress report. `kind`: stage_start (total known), step, eval, stage_end."""
-
-    kind: Literal["stage_start", "step", "eval", "stage_end"]
-    stage: int
-    step: int
-    total: int
-    epoch: int = 0
-    loss: float | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-
-
-ProgressFn = Callable[[TrainEvent], None]
 
 
 def require_torch() -> None:
@@ -124,8 +97,6 @@ def items_for(
     split: str | None,
 ) -> tuple[list[Item], list[dict]]:
     """The joined items of one split (all when None) and the join's skips (generation side)."""
-    from cxrctx.train.data import join
-
     joined = join(records=records, labels=labels, rois=rois, require_labels=False)
     items = [it for it in joined.items if split is None or it.split == split]
     return items, joined.skips
