@@ -241,8 +241,11 @@ def write_stage_manifest(
     files: list[InputFile] | None = None,
     counts: dict[str, int] | None = None,
     extra: dict[str, Any] | None = None,
+    name: str = "manifest.json",
 ) -> Manifest:
-    """Write `OUT/manifest.json` for a stage (last, after its outputs) and return it.
+    """Write `OUT/manifest.json` for a stage (last, after its outputs) and return it; every
+    stage writes its manifest through this one function. A `--shard i/n` slice names its
+    own (`manifest-shard-0000i-of-0000n.json`).
 
     For stages whose outputs are not only Parquet tables (train: checkpoints; evaluate: a
     report JSON): list those in `files` so `open_stage` checks their sha256 too."""
@@ -260,7 +263,7 @@ def write_stage_manifest(
         counts=dict(counts or {}),
         extra=dict(extra or {}),
     )
-    write_manifest(manifest, Path(out) / "manifest.json")
+    write_manifest(manifest, Path(out) / name)
     return manifest
 
 

@@ -13,8 +13,8 @@ import polars as pl
 import pytest
 
 from cxrctx.errors import CxrctxError
+from cxrctx.labeling import keyword_labels
 from cxrctx.llm.task import AnswerError
-from cxrctx.reportgen.evaluate import keyword_labels
 from cxrctx.reportgen.merge import merge_sentences
 from cxrctx.reportgen.tasks import AggregatorTask, JudgeTask
 

@@ -20,7 +20,7 @@ from cxrctx.llm.base import ChatRequest
 from cxrctx.llm.fake import FakeEngine
 from cxrctx.structure.check import check_structured, sentences
 from cxrctx.structure.run import STRUCTURED_SCHEMA, structure_items, structure_reports
-from cxrctx.structure.task import StructuredAnswer, StructureItem, load_prompt
+from cxrctx.structure.task import StructuredAnswer, StructureItem, load_structure_prompt
 from cxrctx.vocab import SRRG_ORGAN_KEYS, SRRG_ORGANS
 
 runner = CliRunner()
@@ -101,7 +101,7 @@ def test_faithful_answer_passes_the_check():
 
 
 def test_the_prompt_example_passes_the_check():
-    ex = load_prompt().data["examples"][0]
+    ex = load_structure_prompt().data["examples"][0]
     assert _check(ex["answer"], ex["findings"], ex["impression"]).passed
 
 
@@ -128,7 +128,8 @@ def test_each_check_path_fails_with_its_reason(code):
     MUTATIONS[code](ans)
     res = _check(ans)
     assert not res.passed and code in res.codes, res.reason
-    assert code in res.reason or res.codes[0] != code
+    # the reason leads with the first problem and names every other one
+    assert res.reason.startswith(f"{res.codes[0]}: ") and all(c in res.reason for c in res.codes)
 
 
 def test_unsupported_bullet_is_the_only_problem_of_an_invented_neutral_sentence():
@@ -234,7 +235,7 @@ def test_schema_file_matches_the_recorded_sha():
     assert set(json.loads(data)["properties"]) == {*SRRG_ORGANS, "Impression"}
     from cxrctx.structure.task import StructureTask
 
-    sent = StructureTask(load_prompt()).request(_items()[0]).json_schema
+    sent = StructureTask(load_structure_prompt()).request(_items()[0]).json_schema
     assert list(sent["properties"]) == [*SRRG_ORGANS, "Impression"]  # the order written
 
 

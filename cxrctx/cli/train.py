@@ -12,7 +12,7 @@ import typer
 from cxrctx.cli.app import app, console, err_console, fail
 from cxrctx.errors import CxrctxError
 from cxrctx.train import train
-from cxrctx.train.config import Preset, Stage, TrainConfig, make_config, validate_config
+from cxrctx.train.config import Preset, TrainConfig, TrainStage, make_config, validate_config
 from cxrctx.train.events import ProgressFn, TrainEvent, TrainResult
 
 
@@ -131,7 +131,7 @@ def train_cmd(
         "--preset",
         help="tiny (CPU, seconds) or paper (ViT-B/16, batch 24, 15 epochs; needs local weights).",
     ),
-    stage: Stage = typer.Option(Stage.BOTH, "--stage", help="Stage 1, stage 2, or both."),
+    stage: TrainStage = typer.Option(TrainStage.BOTH, "--stage", help="Stage 1, stage 2, or both."),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN/checkpoints/last.pt."),
     set_: list[str] = typer.Option(
         None,

@@ -29,9 +29,8 @@ from typing import Literal
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
-from cxrctx import __version__
 from cxrctx.errors import CxrctxError
-from cxrctx.io import config_hash, input_file, write_manifest, write_parquet, write_shards
+from cxrctx.io import config_hash, input_file, write_parquet, write_shards, write_stage_manifest
 from cxrctx.mimic import layout as L
 from cxrctx.mimic.flags import with_flags, with_temporal_language
 from cxrctx.mimic.images import load_images, prepare_images, study_table
@@ -347,15 +346,7 @@ def _reject_missing_reports(lay: L.MimicLayout, studies: pl.DataFrame, rejects: 
     expected = studies.select(
         "study_id",
         "report_path",
-        (
-            pl.lit("files/p")
-            + pl.col("subject_id").cast(pl.String).str.slice(0, 2)
-            + "/p"
-            + pl.col("subject_id").cast(pl.String)
-            + "/s"
-            + pl.col("study_id").cast(pl.String)
-            + ".txt"
-        ).alias("_expected"),
+        L.report_relpath_expr().alias("_expected"),
     )
     for row in expected.filter(pl.col("report_path").is_null()).iter_rows(named=True):
         where = report_source(lay, row["_expected"])
@@ -499,8 +490,8 @@ def _write_outputs(
     ]
     if "jsonl" in cfg.formats:
         tables.append(write_jsonl(rec, out / "records.jsonl"))
-    manifest = Manifest(
-        tool_version=__version__,
+    manifest = write_stage_manifest(
+        out,
         stage=STAGE,
         schema_version=RECORD_SCHEMA_VERSION,
         config=cfg.model_dump(mode="json"),
@@ -514,5 +505,4 @@ def _write_outputs(
             "sections_note": "FINDINGS AND IMPRESSION text fills both findings and impression unless an explicit one exists",
         },
     )
-    write_manifest(manifest, out / "manifest.json")
     return manifest

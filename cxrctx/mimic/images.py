@@ -85,19 +85,7 @@ def _parse_datetimes(img: pl.DataFrame) -> pl.DataFrame:
 def prepare_images(img: pl.DataFrame, image_ext: str) -> pl.DataFrame:
     """Typed image rows with path, view group, order key and parsed date/time."""
     if "path" not in img.columns:
-        img = img.with_columns(
-            (
-                pl.lit("files/p")
-                + pl.col("subject_id").cast(pl.String).str.slice(0, 2)
-                + "/p"
-                + pl.col("subject_id").cast(pl.String)
-                + "/s"
-                + pl.col("study_id").cast(pl.String)
-                + "/"
-                + pl.col("dicom_id")
-                + f".{image_ext}"
-            ).alias("path")
-        )
+        img = img.with_columns(L.image_relpath_expr(image_ext).alias("path"))
     vp = pl.col("ViewPosition").str.strip_chars().str.to_uppercase().fill_null("")
     group = (
         pl.when(vp.is_in(FRONTAL))

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from cxrctx.vocab import split_sentences
+
 _NEG_RE = re.compile(
     r"\b(no|not|without|negative|normal|clear|unremarkable|resolved|free of)\b", re.I
 )
@@ -39,9 +41,9 @@ _LESION_WORDS = {
 
 
 def report_sentences(text: str) -> list[str]:
-    """Whitespace-normalised sentences of a generated text (split after . ! ?)."""
+    """Whitespace-normalised sentences of a generated text (the shared sentence splitter)."""
     flat = " ".join(text.split())
-    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", flat) if s.strip()]
+    return [flat[a:b] for a, b in split_sentences(flat)]
 
 
 def mentioned_lesions(sentence: str) -> set[str]:

@@ -21,9 +21,8 @@ from typing import Any
 import polars as pl
 from pydantic import BaseModel, ConfigDict
 
-from cxrctx import __version__
 from cxrctx.errors import CxrctxError
-from cxrctx.io import config_hash, input_file, open_stage, stage_inputs, write_manifest
+from cxrctx.io import config_hash, input_file, open_stage, stage_inputs, write_stage_manifest
 from cxrctx.llm.base import Engine, Sampling
 from cxrctx.llm.cache import ResultCache
 from cxrctx.llm.runner import (
@@ -35,7 +34,7 @@ from cxrctx.llm.runner import (
     run_task,
     sampling_json,
 )
-from cxrctx.llm.sink import MemorySink, ShardSink, Sink, remove_stale_tmp
+from cxrctx.llm.sink import MemorySink, ShardSink, Sink
 from cxrctx.llm.spec import EngineSpec, make_engine
 from cxrctx.models import Manifest
 from cxrctx.output_policy import prepare_output
@@ -45,7 +44,7 @@ from cxrctx.structure.task import (
     StructurePrompt,
     StructureTask,
     check_answer,
-    load_prompt,
+    load_structure_prompt,
     reason_code,
 )
 from cxrctx.vocab import SRRG_ORGAN_KEYS, SRRG_ORGANS
@@ -326,7 +325,7 @@ def structure_items(
     """Structure every item with `engine`; only answers passing the faithfulness check
     become structured rows, the rest failure rows. Finished answers go to the cache
     under `cache_dir` after every batch, so a re-run asks only for what is missing."""
-    sp = prompt if isinstance(prompt, StructurePrompt) else load_prompt(prompt)
+    sp = prompt if isinstance(prompt, StructurePrompt) else load_structure_prompt(prompt)
     task = StructureTask(sp)
     sampling = sampling or Sampling(max_tokens=768)
     memory = {name: MemorySink(schema) for name, schema in TABLES.items()}
@@ -375,9 +374,9 @@ def run_key(
 
 
 def _open_sinks(out: Path) -> dict[str, ShardSink]:
+    """One sink per table (`prepare_output` already removed a killed run's temp parts)."""
     sinks = {}
     for name, schema in TABLES.items():
-        remove_stale_tmp(out / name)
         sinks[name] = ShardSink(out / name, schema, rows_per_shard=ROWS_PER_SHARD, relative_to=out)
     return sinks
 
@@ -404,7 +403,7 @@ def structure_reports(
     `overwrite`."""
     t0 = time.perf_counter()
     sampling = sampling or Sampling(max_tokens=768)
-    sp = load_prompt(prompt)
+    sp = load_structure_prompt(prompt)
     loaded = load_reports(input_path, id_column=id_column)
     frame = loaded.frame.head(limit) if limit is not None else loaded.frame
     out_dir = Path(out)
@@ -429,13 +428,13 @@ def structure_reports(
             eng.close()
     tables = {name: s.close() for name, s in sinks.items()}
     cfg = _config(input_path, sp, sampling, result, spec, priors, limit)
-    manifest = Manifest(
-        tool_version=__version__, stage=STAGE, schema_version=STRUCTURE_SCHEMA_VERSION,
+    manifest = write_stage_manifest(
+        out_dir,
+        stage=STAGE, schema_version=STRUCTURE_SCHEMA_VERSION,
         config=cfg.model_dump(mode="json"), inputs=loaded.inputs, shards=tables["structured"],
         tables=tables["failures"], counts=result.counts,
         extra={"provenance": result.provenance, "failures_by_reason": result.reasons},
     )  # fmt: skip
-    write_manifest(manifest, out_dir / "manifest.json")
     return StructureRun(out_dir, result, manifest, seconds=time.perf_counter() - t0)
 
 

@@ -27,7 +27,7 @@ class Preset(str, Enum):
     PAPER = "paper"
 
 
-class Stage(str, Enum):
+class TrainStage(str, Enum):
     """Which training stage(s) to run (`--stage`)."""
 
     ONE = "1"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cxrctx.errors import CxrctxError
-from cxrctx.train.config import Stage, TrainConfig
+from cxrctx.train.config import TrainConfig, TrainStage
 from cxrctx.train.data import join
 from cxrctx.train.events import ProgressFn, TrainEvent, TrainResult
 
@@ -43,7 +43,7 @@ def train(
     rois: str | os.PathLike,
     images: str | os.PathLike,
     out: str | os.PathLike,
-    stage: Stage | str = Stage.BOTH,
+    stage: TrainStage | str = TrainStage.BOTH,
     resume: bool = False,
     progress: ProgressFn | None = None,
     interrupt_after: int | None = None,
@@ -57,10 +57,10 @@ def train(
     from cxrctx.train import loop
 
     try:
-        st = Stage(stage)
+        st = TrainStage(stage)
     except ValueError:
         raise CxrctxError(f"--stage must be 1, 2 or both (got {stage!r})") from None
-    stages = [1, 2] if st is Stage.BOTH else [int(st.value)]
+    stages = [1, 2] if st is TrainStage.BOTH else [int(st.value)]
     ctx = loop.open_run(
         cfg,
         records=records,
