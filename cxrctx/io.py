@@ -31,7 +31,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cxrctx import __version__
+from cxrctx import __version__, jsonl
 from cxrctx.errors import CxrctxError
 from cxrctx.models import InputFile, Manifest, ShardInfo
 
@@ -476,8 +476,7 @@ def _count_rows(f: Path) -> int:
     if f.suffix == ".parquet":
         return pq.ParquetFile(f).metadata.num_rows
     if f.suffix in (".jsonl", ".ndjson"):
-        with open(f, "rb") as fh:
-            return sum(1 for line in fh if line.strip())
+        return jsonl.count_rows(f)
     raise ValueError(f"cannot count rows of {f.suffix} files")
 
 

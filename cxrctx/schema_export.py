@@ -37,6 +37,8 @@ REGISTRY: dict[str, str] = {
     "generated_report": "cxrctx.reportgen.generate:GeneratedReport",
     "evaluation_report": "cxrctx.reportgen.evaluate:EvaluationReport",
     "structured_answer": "cxrctx.structure.task:StructuredAnswer",
+    "release_config": "cxrctx.release.meta:ReleaseConfig",
+    "card_metadata": "cxrctx.release.meta:CardMetadata",
 }
 
 

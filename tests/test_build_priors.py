@@ -214,7 +214,7 @@ def test_progress_callback_and_plain_progress_lines(tmp_path):
     assert folders[0] == ("report folders", 0, 2) and folders[-1] == ("report folders", 2, 2)
     res = runner.invoke(app, ["build-priors", str(root), "--out", str(tmp_path / "b")])
     assert res.exit_code == 0, res.output
-    assert "build-priors: report folders 2/2 (100%)" in res.output
+    assert "build-priors report folders: 100%|##########| 2/2 " in res.output
     events.clear()
     zipped = _tiny(tmp_path / "z", zip_reports=True)
     build_priors(zipped, tmp_path / "c", workers=1, progress=lambda *e: events.append(e))

@@ -276,7 +276,8 @@ def test_exit_nonzero_when_any_document_failed_unless_allowed(server, tmp_path):
     src = _src(tmp_path)
     r = _cli(server, src, tmp_path / "a")
     assert r.exit_code == 1 and "3 document(s) failed" in r.output
-    assert "labeling: 0/3 (0%)" in r.output and "labeling: 3/3 (100%)" in r.output  # not a TTY
+    assert "label-lesions documents:   0%|          | 0/3 " in r.output  # not a TTY: plain lines
+    assert "label-lesions documents: 100%|##########| 3/3 " in r.output
     r = _cli(server, src, tmp_path / "b", "--allow-failures")
     assert r.exit_code == 0, r.output
     assert read_shards(tmp_path / "b" / "failures").height == 3

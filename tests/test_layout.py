@@ -15,7 +15,8 @@ import cxrctx
 
 PKG = Path(cxrctx.__file__).parent
 STAGES = {"mimic", "labeling", "imagenome", "train", "reportgen", "structure", "release", "synth"}
-BASE = {"errors", "vocab", "models", "io", "output_policy", "resources", "schema_export"}
+BASE = {"errors", "vocab", "models", "io", "output_policy", "resources", "schema_export", "jsonl",
+        "progress"}
 #: The stage → stage arrows that exist on purpose, each with its reason.
 ALLOWED_STAGE_ARROWS = {
     ("train", "imagenome"),  # reads build-rois output with its reader

@@ -107,7 +107,9 @@ def test_card_states_target_sections_and_counts(pipeline):
     assert "The exports use **findings+impression** as the target" in card
     assert f"{both:,} have findings and impression, {f_only:,} findings only" in card
     assert "## Known limitations" in card and "## Licence" in card
-    assert card.startswith("---\nlicense: other\n")
+    assert card.startswith(
+        "---\nlicense: other\nlicense_name: \"PhysioNet Credentialed Health Data License 1.5.0\"\n"
+    )
 
 
 def test_wide_labels_join_records_on_integer_study_id(pipeline):
@@ -178,7 +180,7 @@ def test_release_is_deterministic_and_refuses_a_non_empty_folder(pipeline, tmp_p
 def test_release_refuses_wrong_stage_and_foreign_labels(pipeline, tmp_path):
     base = pipeline["base"]
     with pytest.raises(CxrctxError, match="a label-lesions output; expected build-priors"):
-        make_release(base / "labels", out=tmp_path / "r", name="x", version="1")
+        make_release(base / "labels", out=tmp_path / "r", name="x", version="1.0.0")
     # labels of ids that are not records
     lab = _read(base / "labels" / "labels").with_columns(pl.lit("59999999").alias("id"))
     other = tmp_path / "other-labels"
@@ -187,8 +189,15 @@ def test_release_refuses_wrong_stage_and_foreign_labels(pipeline, tmp_path):
     with pytest.raises(
         CxrctxError, match=r"other-labels: labels for 1 id\(s\) that are not records .*59999999"
     ):
-        make_release(base / "records", labels=other, out=tmp_path / "r2", name="x", version="1")
+        make_release(base / "records", labels=other, out=tmp_path / "r2", name="x", version="1.0.0")
     assert not (tmp_path / "r2" / "public").exists()
+
+
+def _engine(pipeline):
+    """The caller's own engine (a rebuild never takes it from the bundle)."""
+    from cxrctx.llm.spec import EngineSpec
+
+    return EngineSpec(backend="fake", model=str(pipeline["model"]))
 
 
 def test_rebuild_reproduces_the_release_byte_for_byte(pipeline, tmp_path):
@@ -196,7 +205,7 @@ def test_rebuild_reproduces_the_release_byte_for_byte(pipeline, tmp_path):
         pipeline["rel"] / "public",
         pipeline["root"],
         out=tmp_path / "rb",
-        model=str(pipeline["model"]),
+        engine=_engine(pipeline),
     )
     assert rep.differences == [] and rep.identical
     assert rep.compared >= 30
@@ -204,7 +213,7 @@ def test_rebuild_reproduces_the_release_byte_for_byte(pipeline, tmp_path):
 
 def test_rebuild_needs_the_recorded_model(pipeline, tmp_path):
     with pytest.raises(
-        CxrctxError, match=r"tiny-model.gguf \(sha256 [0-9a-f]{64}\): pass --model PATH"
+        CxrctxError, match=r"tiny-model.gguf \(sha256 [0-9a-f]{64}\): pass --backend fake --model PATH"
     ):
         rebuild(pipeline["rel"], pipeline["root"], out=tmp_path / "rb")
 
@@ -215,7 +224,7 @@ def test_rebuild_names_the_physionet_project_of_missing_files(pipeline, tmp_path
     (root / "mimic-cxr-2.0.0-split.csv.gz").unlink()
     shutil.rmtree(root / "files")
     with pytest.raises(CxrctxError) as e:
-        rebuild(pipeline["rel"], root, out=tmp_path / "rb", model=str(pipeline["model"]))
+        rebuild(pipeline["rel"], root, out=tmp_path / "rb", engine=_engine(pipeline))
     msg = str(e.value)
     assert "\n" not in msg
     assert "mimic-cxr-2.0.0-split.csv.gz (from MIMIC-CXR-JPG" in msg
@@ -230,7 +239,7 @@ def test_rebuild_reports_which_files_differ_and_why(pipeline, tmp_path):
     row = rec.filter(pl.col("findings").is_not_null()).row(0, named=True)
     report = root / row["report_path"]
     report.write_text(report.read_text() + "\nADDENDUM: a different copy.\n")
-    rep = rebuild(pipeline["rel"], root, out=tmp_path / "rb", model=str(pipeline["model"]))
+    rep = rebuild(pipeline["rel"], root, out=tmp_path / "rb", engine=_engine(pipeline))
     assert not rep.identical
     assert any(d.path.startswith("credentialed/data/records/") for d in rep.differences)
     assert f"study {row['study_id']}: report text differs (sha256)" in rep.study_notes
@@ -268,7 +277,7 @@ def test_structured_reports_fill_srrg_structured_report(pipeline, tmp_path):
         structured=sdir,
         out=tmp_path / "r",
         name="x",
-        version="1",
+        version="1.0.0",
         formats=["srrg"],
     )
     srrg = _read(res.credentialed.dir / "data" / "srrg")
@@ -331,13 +340,6 @@ def test_export_mappings(pipeline):
         )
 
 
-def test_public_rois_keep_boxes_and_drop_sentences():
-    from cxrctx.release.tables import rois_table
-
-    box = {"name": "left lung", "x1": 1.0, "y1": 2.0, "x2": 3.0, "y2": 4.0, "clipped": False,
-           "sentences": ["Left lower lobe opacity."], "abnormal": True}  # fmt: skip
-    df = pl.DataFrame({"dicom_id": ["d"], "study_id": [50000001], "rois": [[box]]})
-    pub = rois_table(df, public=True)
-    assert set(pub.columns) <= set(PUBLIC_COLUMNS)
-    assert pub["rois"][0].to_list() == [{k: v for k, v in box.items() if k != "sentences"}]
-    assert rois_table(df, public=False)["rois"][0].to_list()[0]["sentences"] == box["sentences"]
+def test_roi_boxes_are_credentialed_only():
+    """Chest ImaGenome is itself credentialed: no public column may hold its boxes."""
+    assert "rois" not in PUBLIC_COLUMNS and "text_sha256" not in PUBLIC_COLUMNS

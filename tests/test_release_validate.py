@@ -214,7 +214,7 @@ def test_cli_release_refuses_wrong_stage_and_non_empty_out(built, tmp_path):
             "--name",
             "x",
             "--version",
-            "1",
+            "1.0.0",
         ],
     )
     assert res.exit_code == 2 and "a label-lesions output; expected build-priors" in res.output
@@ -230,7 +230,7 @@ def test_cli_release_refuses_wrong_stage_and_non_empty_out(built, tmp_path):
             "--name",
             "x",
             "--version",
-            "9",
+            "9.0.0",
         ],
     )
     assert res.exit_code == 2 and "not empty" in res.output and "--overwrite" in res.output

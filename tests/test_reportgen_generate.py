@@ -146,7 +146,7 @@ def test_cli_exit_code_progress_lines_and_help(fake_model, tmp_path: Path):
     r = CliRunner().invoke(app, ["generate", "run", "--out", str(tmp_path / "g")])
     assert r.exit_code == 1, r.output
     assert "1 empty (failed)" in r.output
-    assert "generate: decode 3/3 (100%)" in r.output  # plain progress: not a terminal
+    assert "generate decode: 100%|##########| 3/3 " in r.output  # plain progress: not a terminal
     r = CliRunner().invoke(
         app, ["generate", "run", "--out", str(tmp_path / "g"), "--allow-failures"]
     )

@@ -3,7 +3,6 @@ aggregator and judge tasks, the shared engine options and plain progress lines."
 
 from __future__ import annotations
 
-import io
 import json
 from typing import Any
 
@@ -12,7 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from typer.testing import CliRunner
 
 from cxrctx.cli import app
-from cxrctx.cli.engine import PlainProgress
 from cxrctx.errors import CxrctxError
 from cxrctx.llm import get_engine
 from cxrctx.llm.base import ChatRequest, Completion, Sampling
@@ -230,17 +228,6 @@ def test_engine_spec_rejects_options_of_another_backend():
         EngineSpec(backend="vllm", model="m", threads=2).engine_options()
     with pytest.raises(CxrctxError, match="does not take"):
         get_engine("fake", "m", n_threads=2)
-
-
-def test_plain_progress_lines_when_not_a_terminal():
-    buf = io.StringIO()
-    p = PlainProgress("labeling", every_s=3600, stream=buf)
-    p(0, 10)
-    p(5, 10)  # throttled
-    p(10, 10, "3 failed")
-    lines = buf.getvalue().splitlines()
-    assert lines[0].startswith("labeling: 0/10 (0%)") and len(lines) == 2
-    assert lines[1].startswith("labeling: 10/10 (100%)") and "3 failed" in lines[1]
 
 
 def test_llamacpp_threads_default_to_the_free_cpus(monkeypatch):

@@ -368,8 +368,9 @@ def test_cli_prints_plain_progress_lines_when_not_a_terminal(small, tmp_path):
             "--stage", "1", "--set", "max_steps=2", "--set", "batch_size=8"]  # fmt: skip
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
-    lines = [ln for ln in r.output.splitlines() if ln.startswith("train: stage 1")]
-    assert any("stage_start" in ln for ln in lines) and any("step 2/2" in ln for ln in lines)
+    lines = [ln for ln in r.output.splitlines() if ln.startswith("train stage 1: ")]
+    assert len(lines) == 2 and lines[0].startswith("train stage 1:   0%|          | 0/2 ")
+    assert lines[1].startswith("train stage 1: 100%|##########| 2/2 ") and "loss " in lines[1]
 
 
 def test_importing_the_trainer_api_is_typed_and_torch_free():

@@ -1,5 +1,5 @@
-"""The engine options every model-calling command shares, defined once, and the plain
-progress lines printed when stderr is not a terminal.
+"""The engine options every model-calling command shares, defined once, and the executor
+and progress display of one model-calling library call.
 
 A command declares the options with these Annotated aliases (same names, help and
 choices everywhere) and turns them into an EngineSpec with `engine_spec(...)`.
@@ -8,15 +8,14 @@ choices everywhere) and turns them into an EngineSpec with `engine_spec(...)`.
 from __future__ import annotations
 
 import enum
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
 
 from cxrctx.cli.app import console, err_console
+from cxrctx.cli.progress import progress_display
 from cxrctx.errors import CxrctxError
 from cxrctx.llm.ray_executor import RayExecutor
 from cxrctx.llm.spec import EngineSpec, parse_engine_opts
@@ -114,62 +113,6 @@ def exit_if_failed(failed: int, allow_failures: bool, where: str) -> None:
         raise typer.Exit(code=1)
 
 
-class PlainProgress:
-    """`label: done/total (pct), rate, elapsed` on stderr every `every_s` seconds: progress
-    for runs under nohup, cron or a batch scheduler, where a bar would print nothing."""
-
-    def __init__(self, label: str, every_s: float = 30.0, stream: Any = None):
-        self.label = label
-        self.every_s = every_s
-        self.stream = stream or sys.stderr
-        self.t0 = time.monotonic()
-        self.last = float("-inf")  # the first call always prints
-
-    def __call__(self, done: int, total: int | None, extra: str = "", final: bool = False) -> None:
-        now = time.monotonic()
-        if not final and now - self.last < self.every_s and done != total:
-            return
-        self.last = now
-        dt = max(1e-9, now - self.t0)
-        of = f"/{total} ({100 * done / total:.0f}%)" if total else ""
-        tail = f", {extra}" if extra else ""
-        print(f"{self.label}: {done}{of}, {done / dt:.2f}/s{tail}, {dt:.0f}s elapsed",
-              file=self.stream, flush=True)  # fmt: skip
-
-
-@contextmanager
-def progress_reporter(
-    label: str, unit: str, disable: bool = False
-) -> Iterator[Callable[..., None]]:
-    """A `(done, total, extra="")` callback: a rich bar on a terminal, plain lines otherwise."""
-    if disable:
-        yield lambda *a, **k: None
-        return
-    if not err_console.is_terminal:
-        plain = PlainProgress(label)
-        yield plain
-        return
-    from rich.progress import (
-        BarColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    with Progress(
-        TextColumn(label), BarColumn(), TextColumn("{task.completed}/{task.total} " + unit),
-        TextColumn("{task.fields[extra]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=err_console, transient=True,
-    ) as bar:  # fmt: skip
-        task = bar.add_task(label, total=None, extra="")
-
-        def update(done: int, total: int | None, extra: str = "", final: bool = False) -> None:
-            bar.update(task, total=total, completed=done, extra=extra)
-
-        yield update
-
-
 # ---------------------------------------------------------------------------- executors
 
 
@@ -233,29 +176,17 @@ def executor_scope(kind: ExecutorKind, ray_address: str | None, workers: int) ->
             ex.close()
 
 
-def token_progress(report: Callable[..., None]) -> Callable[[Any], None]:
-    """A TaskProgress callback for `report`: done/total, output tokens/s and failures."""
-    t0 = time.perf_counter()
-
-    def on_progress(p: Any) -> None:
-        dt = max(1e-9, time.perf_counter() - t0)
-        report(p.done, p.total, f"{p.tokens / dt:.0f} tok/s, {p.failed} failed" if p.done else "")
-
-    return on_progress
-
-
 @contextmanager
 def model_run(
-    kind: ExecutorKind, ray_address: str | None, workers: int, label: str, unit: str,
-    disable: bool = False,
-) -> Iterator[dict[str, Any]]:  # fmt: skip
+    kind: ExecutorKind, ray_address: str | None, workers: int, command: str, disable: bool = False
+) -> Iterator[dict[str, Any]]:
     """`executor=` and `progress=` for one model-calling library call: the executor of the
-    options (closed at the end) and a token-rate progress bar (or plain lines)."""
+    options (closed at the end) and the progress display (documents, tokens/s, failures)."""
     with (
         executor_scope(kind, ray_address, workers) as ex,
-        progress_reporter(label, unit, disable=disable) as report,
+        progress_display(command, disable=disable) as progress,
     ):
-        yield {"executor": ex, "progress": token_progress(report)}
+        yield {"executor": ex, "progress": progress}
 
 
 def print_plan(plan: Any) -> None:

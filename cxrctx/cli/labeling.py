@@ -31,8 +31,8 @@ from cxrctx.cli.engine import (
     exit_if_failed,
     model_run,
     print_plan,
-    progress_reporter,
 )
+from cxrctx.cli.progress import progress_display
 from cxrctx.errors import CxrctxError
 from cxrctx.labeling.models import Labeler, LabelLesionsConfig
 from cxrctx.labeling.plan import plan_label_lesions
@@ -131,7 +131,7 @@ def label_lesions_cmd(
         assert spec is not None  # a backend was chosen
         if plan and (shard or dry_run):
             raise CxrctxError("--plan projects the whole input: drop --shard and --dry-run")
-        with model_run(executor, ray_address, workers, "labeling", "docs", disable=dry_run) as run:
+        with model_run(executor, ray_address, workers, "label-lesions", disable=dry_run) as run:
             if plan:
                 budget = plan_label_lesions(
                     input_path, out, labeler=labeler, config=config, engine=spec, sample=plan_sample,
@@ -206,10 +206,9 @@ def _print_dry_run(info: dict) -> None:
 def _run_rules(input_path: Path, out: Path, config: LabelLesionsConfig) -> None:
     """The rules label everything (no model), same output layout."""
     try:
-        with progress_reporter("labeling (rules)", "docs", disable=config.dry_run) as report:
+        with progress_display("label-lesions", disable=config.dry_run) as progress:
             run = label_lesions(
-                input_path, out, labeler=Labeler.rules, config=config,
-                progress=lambda p: report(p.done, p.total, ""),
+                input_path, out, labeler=Labeler.rules, config=config, progress=progress,
             )  # fmt: skip
     except CxrctxError as e:
         raise fail(e) from None

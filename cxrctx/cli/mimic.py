@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-import time
 from enum import Enum
 from pathlib import Path
-from typing import Any
 
 import typer
 
-from cxrctx.cli.app import app, console, err_console, fail
+from cxrctx.cli.app import app, console, fail
+from cxrctx.cli.progress import progress_display
 from cxrctx.errors import CxrctxError
 from cxrctx.mimic.build import build_priors
 
@@ -69,7 +67,8 @@ def build_priors_cmd(
       cxrctx build-priors /data/mimic-cxr --out work/priors -k 5 --format jsonl \\
           --reports-zip mimic-cxr-reports.zip
     """
-    with _progress_display() as progress:
+
+    with progress_display("build-priors") as progress:
         try:
             res = build_priors(
                 root,
@@ -88,65 +87,6 @@ def build_priors_cmd(
         except CxrctxError as e:
             raise fail(e) from None
     _print_build_summary(res)
-
-
-class _PlainProgress:
-    """Periodic one-line progress on stderr when it is not a terminal (logs, nohup)."""
-
-    def __init__(self, every_s: float = 10.0) -> None:
-        self.every_s, self.last = every_s, 0.0
-
-    def __call__(self, task: str, done: int, total: int) -> None:
-        now = time.monotonic()
-        if done in (0, total) or now - self.last >= self.every_s:
-            self.last = now
-            pct = f" ({100 * done / total:.0f}%)" if total else ""
-            print(f"build-priors: {task} {done:,}/{total:,}{pct}", file=sys.stderr, flush=True)
-
-    def __enter__(self) -> _PlainProgress:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-
-class _RichProgress:
-    """A rich bar per task on a terminal; removed when the run ends."""
-
-    def __init__(self) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self.bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err_console,
-            transient=True,
-        )
-        self.tasks: dict[str, Any] = {}
-
-    def __call__(self, task: str, done: int, total: int) -> None:
-        if task not in self.tasks:
-            self.tasks[task] = self.bar.add_task(task, total=total)
-        self.bar.update(self.tasks[task], completed=done, total=total)
-
-    def __enter__(self) -> _RichProgress:
-        self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.bar.__exit__(*exc)
-
-
-def _progress_display() -> _RichProgress | _PlainProgress:
-    return _RichProgress() if sys.stderr.isatty() else _PlainProgress()
 
 
 def _print_build_summary(res) -> None:

@@ -9,6 +9,19 @@ from pathlib import Path
 import typer
 
 from cxrctx.cli.app import app, console, err_console, fail
+from cxrctx.cli.engine import (
+    AllowPublicApiOpt,
+    ApiKeyEnvOpt,
+    Backend,
+    BackendOpt,
+    BaseUrlOpt,
+    EngineOptOpt,
+    ModelOpt,
+    ThreadsOpt,
+    TimeoutOpt,
+    engine_spec,
+)
+from cxrctx.cli.progress import progress_display
 from cxrctx.errors import CxrctxError
 from cxrctx.release import info, make_release, rebuild, validate
 from cxrctx.release.info import COUNT_KEYS
@@ -70,12 +83,31 @@ def release_cmd(
     target: TargetSection = typer.Option(
         TargetSection.findings, "--target", help="Target section(s) of the exports."
     ),
-    license: str = typer.Option("other", "--license", help="Hub licence id of the release."),
+    license: str = typer.Option(
+        "other", "--license",
+        help="Hub licence id (a lower-case SPDX id such as cc-by-4.0), or other with "
+        "--license-name/--license-link (default: the PhysioNet Credentialed Health Data License 1.5.0).",
+    ),
+    license_name: str = typer.Option(None, "--license-name", help="Licence name (with --license other)."),
+    license_link: str = typer.Option(None, "--license-link", help="Licence URL (with --license other)."),
+    task_categories: list[str] = typer.Option(
+        None, "--task-category", help="Hub task category (repeatable; default image-text-to-text, image-to-text)."
+    ),
+    size_category: str = typer.Option(
+        None, "--size-category", help="Hub size category (default: from the number of studies)."
+    ),
+    citation: str = typer.Option(None, "--citation", help="BibTeX citation shown on the cards."),
+    homepage: str = typer.Option(None, "--homepage", help="Project page URL shown on the cards."),
+    card: Path = typer.Option(
+        None, "--card",
+        help="YAML or TOML file of card metadata: license_name, license_link, task_categories, "
+        "size_categories, citation, homepage, gated_prompt (options above override it).",
+    ),
     rows_per_file: int = typer.Option(
         20_000, "--rows-per-file", min=1, help="Rows per Parquet file."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier release in OUT."),
-) -> None:
+) -> None:  # fmt: skip
     """Package stage outputs as a public (IDs only) and a credentialed bundle, with dataset
     cards and croissant.json.
 
@@ -84,12 +116,24 @@ def release_cmd(
       cxrctx release --records out/records --labels out/labels --out out/release \\
           --name my-org/mimic-cxr-context --version 1.0.0 --format srrg
     """
+    from cxrctx.release.meta import read_card_file
+
+    given = {
+        "license_name": license_name, "license_link": license_link,
+        "task_categories": task_categories or None,
+        "size_categories": [size_category] if size_category else None,
+        "citation": citation, "homepage": homepage,
+    }  # fmt: skip
     try:
-        res = make_release(
-            records, out=out, name=name, version=version, labels=labels, rois=rois,
-            structured=structured, formats=[f.value for f in formats], target=target.value,
-            license=license, rows_per_file=rows_per_file, overwrite=overwrite,
-        )  # fmt: skip
+        meta = read_card_file(card) if card is not None else {}
+        meta.update({k: v for k, v in given.items() if v is not None})
+        with progress_display("release") as progress:
+            res = make_release(
+                records, out=out, name=name, version=version, labels=labels, rois=rois,
+                structured=structured, formats=[f.value for f in formats], target=target.value,
+                license=license, rows_per_file=rows_per_file, card=meta, overwrite=overwrite,
+                progress=progress,
+            )  # fmt: skip
     except CxrctxError as e:
         raise fail(e) from None
     console.print(_split_table(res.summary, f"release {res.config.name} {res.config.version}"))
@@ -142,14 +186,13 @@ def info_cmd(
     path: Path = typer.Argument(..., help="A stage output folder, a release bundle or a release."),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
-    """What a stage folder or release is: stage, version, config, inputs, counts, per-split table.
+    """What a stage folder or release is: stage, version, config, inputs, counts, per-split table
+    (a release: its public and its credentialed bundle).
 
     \b
     Example:
       cxrctx info out/release --json
     """
-    from rich.table import Table
-
 
     try:
         res = info(path)
@@ -158,6 +201,13 @@ def info_cmd(
     if as_json:
         console.print_json(json.dumps(res.to_dict(), default=str))
         return
+    for one in (res, *res.bundles.values()):
+        _print_info(one)
+
+
+def _print_info(res) -> None:
+    from rich.table import Table
+
     t = Table(
         title=f"{res.stage} (schema v{res.schema_version}, cxrctx {res.tool_version})",
         show_header=False,
@@ -187,8 +237,16 @@ def rebuild_cmd(
     public_dir: Path = typer.Argument(..., help="The release's public/ bundle (or the release)."),
     mimic_root: Path = typer.Argument(..., help="Your MIMIC-CXR root (reports + CSVs)."),
     out: Path = typer.Option(..., "--out", help="Folder for the rebuilt stages and release."),
-    model: str = typer.Option(
-        None, "--model", help="Your copy of the labelling model (checked by sha256)."
+    backend: BackendOpt = None,
+    model: ModelOpt = None,
+    base_url: BaseUrlOpt = None,
+    api_key_env: ApiKeyEnvOpt = "OPENAI_API_KEY",
+    engine_opt: EngineOptOpt = None,
+    timeout: TimeoutOpt = None,
+    threads: ThreadsOpt = None,
+    allow_public_api: AllowPublicApiOpt = False,
+    imagenome: Path = typer.Option(
+        None, "--imagenome", help="Your Chest ImaGenome copy: recompute the release's ROI boxes."
     ),
     labels: Path = typer.Option(
         None, "--labels", help="Use this label-lesions output instead of re-labelling."
@@ -207,18 +265,37 @@ def rebuild_cmd(
 ) -> None:
     """Re-run a release's recorded stages on your MIMIC-CXR copy and check every sha256.
 
+    A downloaded bundle is untrusted: the label engine is the one your options name
+    (--backend/--model/--base-url/--api-key-env/--allow-public-api), never the one the
+    bundle records; a rules-labelled release needs none. Without --model a model-labelled
+    release needs --labels or --label-cache.
+
     \b
     Example:
       cxrctx rebuild release/public /data/mimic-cxr --out rebuilt
+      cxrctx rebuild release/public /data/mimic-cxr --out rebuilt --model qwen2.5-1.5b-instruct-q4_k_m.gguf \\
+          --imagenome /data/chest-imagenome
     """
     from rich.markup import escape
 
 
     try:
-        rep = rebuild(
-            public_dir, mimic_root, out=out, model=model, labels=labels, label_cache=label_cache,
-            rois=rois, structured=structured, workers=workers, overwrite=overwrite,
-        )  # fmt: skip
+        spec = engine_spec(
+            backend if backend is not None or model is None else Backend.llamacpp,
+            model,
+            base_url=base_url,
+            api_key_env=api_key_env,
+            engine_opt=engine_opt,
+            timeout=timeout,
+            threads=threads,
+            allow_public_api=allow_public_api,
+        )
+        with progress_display("rebuild") as progress:
+            rep = rebuild(
+                public_dir, mimic_root, out=out, engine=spec, labels=labels,
+                label_cache=label_cache, rois=rois, imagenome=imagenome, structured=structured,
+                workers=workers, overwrite=overwrite, progress=progress,
+            )  # fmt: skip
     except CxrctxError as e:
         raise fail(e) from None
     for n in rep.input_notes:

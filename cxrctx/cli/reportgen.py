@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 
-from cxrctx.cli.app import app, console, err_console, fail
+from cxrctx.cli.app import app, console, fail
 from cxrctx.cli.engine import (
     AllowFailuresOpt,
     AllowPublicApiOpt,
@@ -28,13 +27,13 @@ from cxrctx.cli.engine import (
     executor_scope,
     exit_if_failed,
 )
+from cxrctx.cli.progress import progress_display
 from cxrctx.errors import CxrctxError
 from cxrctx.llm.runner import driver_engine
 from cxrctx.reportgen.evaluate import CRITERIA, evaluate
 from cxrctx.reportgen.generate import generate
 
 if TYPE_CHECKING:
-    from rich.progress import Progress, TaskID
     from rich.table import Table
 
     from cxrctx.reportgen.evaluate import EvaluationReport
@@ -56,56 +55,6 @@ class SectionsChoice(str, Enum):
     both = "findings,impression"
     findings = "findings"
     impression = "impression"
-
-
-class PhaseProgress:
-    """Progress of a long library call: a rich bar on a terminal, else a plain line on stderr
-    at the first update, every `every` seconds and when a phase completes (logs under nohup)."""
-
-    def __init__(self, command: str, every: float = 30.0) -> None:
-        self.command, self.every = command, every
-        self.tty = err_console.is_terminal
-        self.bar: Progress | None = None
-        self.tasks: dict[str, TaskID] = {}
-        self.last: dict[str, float] = {}
-        self.t0 = time.monotonic()
-
-    def __enter__(self) -> PhaseProgress:
-        if self.tty:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-            )
-
-            self.bar = Progress(
-                TextColumn(f"{self.command} {{task.description}}"), BarColumn(),
-                MofNCompleteColumn(), TimeElapsedColumn(), console=err_console, transient=True,
-            )  # fmt: skip
-            self.bar.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-    def __call__(self, phase: str, done: int, total: int) -> None:
-        if self.bar is not None:
-            if phase not in self.tasks:
-                self.tasks[phase] = self.bar.add_task(phase, total=total)
-            self.bar.update(self.tasks[phase], completed=done, total=total)
-            return
-        now = time.monotonic()
-        first = phase not in self.last
-        if first or done >= total or now - self.last[phase] >= self.every:
-            self.last[phase] = now
-            pct = f" ({100 * done / total:.0f}%)" if total else ""
-            err_console.print(
-                f"{self.command}: {phase} {done}/{total}{pct}, {now - self.t0:.0f} s",
-                highlight=False, markup=False,
-            )  # fmt: skip
 
 
 class LlmUse(str, Enum):
@@ -172,7 +121,7 @@ def generate_cmd(
         )  # fmt: skip
         with (
             executor_scope(executor, ray_address, workers) as ex,
-            PhaseProgress("generate") as progress,
+            progress_display("generate") as progress,
         ):
             engine = driver_engine(ex, spec) if spec is not None else None
             res = generate(
@@ -263,7 +212,10 @@ def evaluate_cmd(
             backend, model, base_url=base_url, api_key_env=api_key_env, engine_opt=engine_opt,
             timeout=timeout, threads=threads, allow_public_api=allow_public_api,
         )  # fmt: skip
-        with executor_scope(executor, ray_address, workers) as ex:
+        with (
+            executor_scope(executor, ray_address, workers) as ex,
+            progress_display("evaluate") as progress,
+        ):
             engine = driver_engine(ex, spec) if spec is not None else None
             lab = engine if llm_for in (LlmUse.both, LlmUse.labels) else None
             judge = engine if llm_for in (LlmUse.both, LlmUse.judge) else None
@@ -276,7 +228,7 @@ def evaluate_cmd(
                 sections=tuple(sections.value.split(",")),
                 out=out,
                 overwrite=overwrite,
-                progress=lambda phase: err_console.print(f"evaluate: {phase}", highlight=False),
+                progress=progress,
                 executor=ex,
             )
     except CxrctxError as e:

@@ -102,7 +102,7 @@ def structure_reports_cmd(
             sampling=Sampling(temperature=temperature, max_tokens=max_tokens, seed=seed),
             batch_size=batch_size, prompt=prompt, overwrite=overwrite,
         )  # fmt: skip
-        with model_run(executor, ray_address, workers, "structuring", "reports") as run:
+        with model_run(executor, ray_address, workers, "structure-reports") as run:
             if plan:
                 budget = _plan(records, out, plan_sample, plan_throughput, plan_gpu, task | run)
             else:

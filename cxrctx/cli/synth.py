@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from cxrctx.cli.app import app, console, fail
+from cxrctx.cli.progress import progress_display
 from cxrctx.errors import CxrctxError
 from cxrctx.synth import ImageFormat, SynthSummary, synthesize
 
@@ -85,11 +86,7 @@ def synth_cmd(
     if (out_dir is None) == (out is None):
         raise fail(CxrctxError("give the output directory once: OUT_DIR or --out"))
     start = time.perf_counter()
-    with console.status("synth: structure") as status:
-
-        def progress(phase: str, done: int, total: int) -> None:
-            status.update(f"synth: {phase} {done}/{total}" if total > 1 else f"synth: {phase}")
-
+    with progress_display("synth") as progress:
         try:
             s = synthesize(
                 out_dir or out, patients=patients, seed=seed, dicom=dicom, zip_reports=zip_reports,

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
-import time
 from pathlib import Path
 
 import typer
 
-from cxrctx.cli.app import app, console, err_console, fail
+from cxrctx.cli.app import app, console, fail
+from cxrctx.cli.progress import progress_display
 from cxrctx.errors import CxrctxError
 from cxrctx.train import train
 from cxrctx.train.config import Preset, TrainConfig, TrainStage, make_config, validate_config
-from cxrctx.train.events import ProgressFn, TrainEvent, TrainResult
+from cxrctx.train.events import TrainResult
 
 
 def _overrides(pairs: list[str]) -> dict[str, object]:
@@ -38,62 +37,6 @@ def _config(preset: Preset, config_file: Path | None, pairs: list[str]) -> Train
     except (OSError, ValueError) as e:
         raise CxrctxError(f"{config_file}: cannot read config ({e})") from e
     return validate_config({**data, **overrides}, source=str(config_file))
-
-
-class _RichBar:
-    """A rich progress bar per stage (interactive terminals)."""
-
-    def __init__(self) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        self.bar = Progress(
-            TextColumn("stage {task.fields[stage]}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[loss]}"),
-            TimeRemainingColumn(),
-            console=err_console,
-        )
-        self.task: object = None
-
-    def __call__(self, ev: TrainEvent) -> None:
-        if ev.kind == "stage_start":
-            self.bar.start()
-            self.task = self.bar.add_task(
-                "train", total=ev.total, completed=ev.step, stage=ev.stage, loss=""
-            )
-        elif ev.kind == "step" and self.task is not None:
-            self.bar.update(self.task, completed=ev.step, loss=f"loss {ev.loss:.3f}")  # type: ignore[arg-type]
-        elif ev.kind == "stage_end":
-            self.bar.stop()
-
-    def close(self) -> None:
-        self.bar.stop()
-
-
-class _PlainLines:
-    """Plain progress lines to stderr every `every` seconds (logs, nohup, CI)."""
-
-    def __init__(self, every: float = 30.0) -> None:
-        self.every, self.last = every, 0.0
-
-    def __call__(self, ev: TrainEvent) -> None:
-        now = time.monotonic()
-        if ev.kind == "step" and now - self.last < self.every and ev.step != ev.total:
-            return
-        self.last = now
-        loss = f" loss {ev.loss:.4f}" if ev.loss is not None else ""
-        msg = f"train: stage {ev.stage} {ev.kind} step {ev.step}/{ev.total} epoch {ev.epoch}{loss}"
-        print(msg, file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        pass
 
 
 def _summary(res: TrainResult, out: Path) -> None:
@@ -157,26 +100,21 @@ def train_cmd(
       torchrun --nproc-per-node 8 -m cxrctx.cli train ... --preset paper \\
         --set vit_weights=vit_b16_in1k.safetensors --set text_model=bert-base-uncased/
     """
-    show: _RichBar | _PlainLines | None = None
-    if progress:
-        show = _RichBar() if err_console.is_terminal else _PlainLines()
-    callback: ProgressFn | None = show
+
     try:
         cfg = _config(preset, config_file, set_ or [])
-        res = train(
-            cfg,
-            records=records,
-            labels=labels,
-            rois=rois,
-            images=images,
-            out=out,
-            stage=stage,
-            resume=resume,
-            progress=callback,
-        )
+        with progress_display("train", disable=not progress) as show:
+            res = train(
+                cfg,
+                records=records,
+                labels=labels,
+                rois=rois,
+                images=images,
+                out=out,
+                stage=stage,
+                resume=resume,
+                progress=show,
+            )
     except CxrctxError as e:
         raise fail(e) from None
-    finally:
-        if show is not None:
-            show.close()
     _summary(res, out)

@@ -10,6 +10,7 @@ from typing import Any
 
 import polars as pl
 
+from cxrctx import jsonl
 from cxrctx.errors import CxrctxError
 from cxrctx.io import input_file, open_stage
 from cxrctx.labeling.models import DEFAULT_SECTIONS
@@ -63,7 +64,7 @@ def load_documents(
         elif suffix in (".csv", ".tsv"):
             df = pl.read_csv(p, separator="\t" if suffix == ".tsv" else ",", infer_schema=False)
         elif suffix in (".jsonl", ".ndjson"):
-            df = pl.read_ndjson(p)
+            df = jsonl.read_frame(p)
         else:
             raise CxrctxError(
                 f"{p}: unsupported input type (use a build-priors dir, .parquet, .csv or .jsonl)"

@@ -38,6 +38,7 @@ from cxrctx.llm.prompt import PromptFile
 from cxrctx.llm.runner import Executor, TaskProgress, driver_engine, engine_identity
 from cxrctx.llm.sink import Sink
 from cxrctx.llm.spec import EngineSpec, make_engine
+from cxrctx.progress import as_callback, progress_arg
 from cxrctx.vocab import lexicon
 
 __all__ = ["label_lesions"]
@@ -45,6 +46,7 @@ __all__ = ["label_lesions"]
 ProgressFn = Callable[[TaskProgress], None]
 
 
+@progress_arg("label-lesions")
 def label_lesions(
     input_path: str | os.PathLike,
     out: str | os.PathLike,
@@ -52,7 +54,7 @@ def label_lesions(
     labeler: Labeler | str | None = None,
     config: LabelLesionsConfig | None = None,
     engine: Engine | EngineSpec | None = None,
-    progress: ProgressFn | None = None,
+    progress: ProgressFn | bool | None = None,
     executor: Executor | None = None,
     **options: Any,
 ) -> LabelRun:
@@ -65,7 +67,9 @@ def label_lesions(
     `engine` is a built Engine or an EngineSpec (built here after the input checks, and
     closed at the end). A build-priors input is checked against its manifest first; `out`
     follows the shared output policy (another run's folder is refused unless `overwrite`).
+    `progress`: a TaskProgress callback, or True for tqdm bars (`cxrctx.progress`).
     """
+    progress = as_callback(progress)
     t0 = time.perf_counter()
     cfg = _config(config, options)
     kind = _labeler(labeler, engine)

@@ -1,8 +1,11 @@
 """Append-only JSONL result cache keyed by a content hash, with flat memory.
 
 Each finished batch is appended as complete lines and fsynced, so a run killed with
-SIGKILL loses at most the batch in flight; a torn last line is ignored on load. Every
-writer (process, shard) appends to its own file, so parallel shards never interleave.
+SIGKILL loses at most the batch in flight. Lines are read and written by `cxrctx.jsonl`;
+on load, bad lines are skipped and counted, never fatal: a torn last line (a kill mid
+append), a line that is not a JSON object, an object without a sha256-hex `key` (e.g. a
+foreign cache copied in by `rebuild --label-cache`). Every writer (process, shard) appends
+to its own file, so parallel shards never interleave.
 Memory holds only an index (key digest -> file and offset, ~0.2 KB per entry); an entry
 is read back from disk when it is hit. Without a directory the cache lives in memory
 (tests, one-off library calls).
@@ -14,13 +17,17 @@ import hashlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any
+
+from cxrctx import jsonl
+from cxrctx.errors import CxrctxError
 
 log = logging.getLogger(__name__)
 
-_PREFIX = b'{"key":"'
 _OFFSET_BITS = 48
+_HEX_KEY = re.compile(r"[0-9a-f]{64}")
 
 
 def cache_key(**parts: Any) -> str:
@@ -30,14 +37,9 @@ def cache_key(**parts: Any) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-def _line_key(line: bytes) -> str | None:
-    """The key of one complete cache line without parsing the whole entry."""
-    if line.startswith(_PREFIX) and line[72:73] == b'"':
-        return line[8:72].decode("ascii", "replace")
-    try:
-        return str(json.loads(line)["key"])
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
-        return None
+def _digest(key: Any) -> bytes | None:
+    """The 32-byte digest of a well-formed key (64 lowercase hex digits), else None."""
+    return bytes.fromhex(key) if isinstance(key, str) and _HEX_KEY.fullmatch(key) else None
 
 
 class ResultCache:
@@ -48,8 +50,9 @@ class ResultCache:
         self._memory: dict[str, dict[str, Any]] = {}
         self._index: dict[bytes, int] = {}
         self._files: list[Path] = []
-        self._readers: dict[int, BinaryIO] = {}
-        self._fh: BinaryIO | None = None
+        self._readers: dict[int, IO[bytes]] = {}
+        self._fh: IO[bytes] | None = None
+        self.bad = jsonl.BadLines()  # lines skipped on load, by reason
         self._own: int | None = None
         self._writer = writer
         if self.dir is not None and self.dir.exists():
@@ -60,41 +63,31 @@ class ResultCache:
 
     def _load(self) -> None:
         assert self.dir is not None
-        torn = 0
         for f in sorted(self.dir.glob("*.jsonl")):
             idx = len(self._files)
             self._files.append(f)
-            offset = 0
-            with open(f, "rb") as fh:
-                for line in fh:
-                    key = _line_key(line) if line.endswith(b"\n") else None
-                    if key is None:
-                        torn += 1
-                    else:
-                        self._index[bytes.fromhex(key)] = (idx << _OFFSET_BITS) | offset
-                    offset += len(line)
-        if torn:
-            log.info("cache: ignored %d torn line(s)", torn)
+            for offset, entry in jsonl.scan(f, self.bad):
+                digest = _digest(entry.get("key"))
+                if digest is None:
+                    self.bad.rejected += 1
+                else:
+                    self._index[digest] = (idx << _OFFSET_BITS) | offset
+        if self.bad.total:
+            log.info("cache %s: skipped bad lines (%s)", self.dir, self.bad)
 
     def get(self, key: str) -> dict[str, Any] | None:
         if self.dir is None:
             return self._memory.get(key)
-        try:
-            loc = self._index.get(bytes.fromhex(key))
-        except ValueError:
-            return None
+        digest = _digest(key)
+        loc = self._index.get(digest) if digest is not None else None
         if loc is None:
             return None
         idx, offset = loc >> _OFFSET_BITS, loc & ((1 << _OFFSET_BITS) - 1)
         fh = self._readers.get(idx)
         if fh is None:
             fh = self._readers[idx] = open(self._files[idx], "rb")
-        fh.seek(offset)
-        try:
-            entry = json.loads(fh.readline())
-        except json.JSONDecodeError:
-            return None
-        return entry if isinstance(entry, dict) and entry.get("key") == key else None
+        entry = jsonl.read_at(fh, offset)
+        return entry if entry is not None and entry.get("key") == key else None
 
     def put_many(self, entries: list[dict[str, Any]]) -> None:
         """Append finished entries (key first on each line) and fsync them."""
@@ -104,24 +97,41 @@ class ResultCache:
             for e in entries:
                 self._memory[e["key"]] = e
             return
+        path = self.dir / f"{self._writer}-{os.getpid()}.jsonl"
+        try:
+            self._append(path, entries)
+        except OSError as e:
+            self._drop_writer()  # its buffer holds the unwritten lines: not flushed again
+            raise CxrctxError(f"{path}: cannot write the result cache ({e.strerror or e})") from e
+
+    def _append(self, path: Path, entries: list[dict[str, Any]]) -> None:
+        """Write, flush and fsync the lines, then index them (a failed write indexes none)."""
         if self._fh is None:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            path = self.dir / f"{self._writer}-{os.getpid()}.jsonl"
-            self._fh = open(path, "ab")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = jsonl.open_append(path)
             self._own = len(self._files)
             self._files.append(path)
         assert self._own is not None
         offset = self._fh.tell()
-        chunks = []
-        for e in entries:
-            body = {"key": e["key"], **{k: v for k, v in e.items() if k != "key"}}
-            line = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
-            self._index[bytes.fromhex(e["key"])] = (self._own << _OFFSET_BITS) | offset
-            offset += len(line)
-            chunks.append(line)
-        self._fh.write(b"".join(chunks))
+        added = []
+        with jsonl.writer(self._fh) as w:
+            for e in entries:
+                added.append((bytes.fromhex(e["key"]), offset))
+                offset += w.write({"key": e["key"], **{k: v for k, v in e.items() if k != "key"}})
         self._fh.flush()
         os.fsync(self._fh.fileno())
+        for digest, at in added:
+            self._index[digest] = (self._own << _OFFSET_BITS) | at
+
+    def _drop_writer(self) -> None:
+        """Close the append handle after a failed write; a torn line it left is skipped on
+        load and ended before the next append."""
+        if self._fh is not None:
+            try:
+                self._fh.close()
+            except OSError:
+                pass
+            self._fh = None
 
     def close(self) -> None:
         if self._fh is not None:

@@ -40,6 +40,7 @@ from cxrctx.mimic.schema import RECORD_SCHEMA, conform
 from cxrctx.mimic.summary import reconcile, reject_table, summaries, write_jsonl
 from cxrctx.models import RECORD_SCHEMA_VERSION, Manifest
 from cxrctx.output_policy import prepare_output
+from cxrctx.progress import as_callback, progress_arg
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,7 @@ class _Ticker:
             self.progress(self.task, self.done, self.total)
 
 
+@progress_arg("build-priors")
 def build_priors(
     root: str | os.PathLike,
     out: str | os.PathLike,
@@ -142,7 +144,7 @@ def build_priors(
     workers: int | None = None,
     max_report_bytes: int = MAX_REPORT_BYTES,
     overwrite: bool = False,
-    progress: ProgressFn | None = None,
+    progress: ProgressFn | bool | None = None,
 ) -> BuildResult:
     """Build C-SRRG-style records from a MIMIC-CXR root into `out`.
 
@@ -151,6 +153,7 @@ def build_priors(
     before anything is written. A non-empty `out` of another run is refused unless
     `overwrite` (the output policy every stage shares); the same configuration re-runs.
     """
+    progress = as_callback(progress)
     _check_out(Path(out))
     lay = L.discover(root, reports_zip, need_metadata=not scan_dicom)
     cfg = BuildPriorsConfig(

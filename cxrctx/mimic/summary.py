@@ -7,6 +7,7 @@ from pathlib import Path
 
 import polars as pl
 
+from cxrctx import jsonl
 from cxrctx.io import atomic_path, sha256_file
 from cxrctx.mimic.schema import REJECT_SCHEMA, conform
 from cxrctx.models import ShardInfo
@@ -97,5 +98,5 @@ def write_jsonl(rec: pl.DataFrame, path: Path) -> ShardInfo:
         ),
     )
     with atomic_path(path) as tmp:
-        rec.write_ndjson(tmp)
+        jsonl.write_frame(rec, tmp)
     return ShardInfo(path=path.name, rows=rec.height, sha256=sha256_file(path))

@@ -24,7 +24,7 @@ TABLE_DOCS: dict[str, str] = {
     "records": "one row per study: images, canonical report sections, the K most recent prior studies, flags",
     "labels_long": "14 rows per study: lesion, status (positive/negative), location",
     "labels_wide": "one row per study: <lesion>_status and <lesion>_location columns; integer study_id joins the records",
-    "rois": "one row per frontal image: the 11 CLALA-Net ROI boxes",
+    "rois": "one row per frontal image: the 11 CLALA-Net ROI boxes (Chest ImaGenome) with their sentences",
     "srrg": "SRRG field names (id, original_report, structured_report, *_section, image_paths)",
     "maira2": "MAIRA-2 inputs: current frontal/lateral, prior frontal, indication, technique, comparison, prior report, target",
     "jsonl": "instruction style: instruction, context (indication, technique, comparison, prior), target",
@@ -35,20 +35,33 @@ def _yaml_str(s: str) -> str:
     return json.dumps(s, ensure_ascii=False)
 
 
+def _meta_lines(kind: str, cfg: Any) -> list[str]:
+    """Licence, categories and (credentialed) the gated-access notice, in hub field names."""
+    card = cfg.card
+    lines = [f"license: {cfg.license}"]
+    if cfg.license == "other":
+        lines += [
+            f"license_name: {_yaml_str(card.license_name)}",
+            f"license_link: {_yaml_str(card.license_link)}",
+        ]
+    lines += [f"pretty_name: {_yaml_str(f'{cfg.name} ({kind})')}", "language:", "- en"]
+    if card.task_categories:
+        lines += ["task_categories:", *[f"- {t}" for t in card.task_categories]]
+    if card.size_categories:
+        lines += ["size_categories:", *[f"- {_yaml_str(t)}" for t in card.size_categories]]
+    lines += ["tags:", "- medical", "- chest-x-ray", "- radiology-report-generation", "- mimic-cxr"]
+    if kind == "credentialed":
+        lines.append(f"extra_gated_prompt: {_yaml_str(card.gated_prompt)}")
+        lines += [
+            "extra_gated_fields:",
+            "  PhysioNet username: text",
+            "  I hold credentialed access to MIMIC-CXR and signed its data use agreement: checkbox",
+        ]
+    return lines
+
+
 def front_matter(kind: str, tables: dict[str, list[ShardInfo]], cfg: Any) -> str:
-    lines = [
-        "---",
-        f"license: {cfg.license}",
-        f"pretty_name: {_yaml_str(f'{cfg.name} ({kind})')}",
-        "language:",
-        "- en",
-        "tags:",
-        "- medical",
-        "- chest-x-ray",
-        "- radiology-report-generation",
-        "- mimic-cxr",
-        "configs:",
-    ]
+    lines = ["---", *_meta_lines(kind, cfg), "configs:"]
     first = True
     for name, infos in tables.items():
         if not infos or not infos[0].path.startswith("data/"):
@@ -118,7 +131,7 @@ def _provenance(extra: dict[str, Any]) -> list[str]:
     return out
 
 
-def _intro(kind: str, cfg: Any) -> list[str]:
+def _intro(kind: str, cfg: Any, extra: dict[str, Any]) -> list[str]:
     """Title and what the bundle may hold (public: ids and enums only)."""
     body = [
         f"# {cfg.name} {cfg.version} ({kind})",
@@ -131,10 +144,19 @@ def _intro(kind: str, cfg: Any) -> list[str]:
         body += [
             "This bundle holds **identifiers and enumerated labels only** (subject/study/dicom ids, "
             "prior study ids, splits, flags, section-presence booleans, label status/location, "
-            "checksums). MIMIC-CXR's licence forbids redistributing report text: rebuild the full "
-            "records from your own credentialed copy with `cxrctx rebuild public/ MIMIC_ROOT --out DIR`, "
-            "which checks every file's sha256 against this release.",
+            "the sha256 of each whole report file). MIMIC-CXR's licence forbids redistributing "
+            "report text: rebuild the full records from your own credentialed copy with "
+            "`cxrctx rebuild public/ MIMIC_ROOT --out DIR`, which checks every file's sha256 "
+            "against this release.",
         ]
+        roi = extra.get("roi_source")
+        if roi:
+            body += [
+                "",
+                f"ROI boxes come from **{roi['name']} {roi['version']}** ({roi['url']}), itself a "
+                "credentialed dataset, so they are in the credentialed bundle only; with access, "
+                f"recompute them: `{roi['rebuild']}`.",
+            ]
     else:
         body += [
             "This bundle holds **report text** (full records, label rationales) and may only be "
@@ -211,10 +233,16 @@ def _sections(
         "",
         "## Licence",
         "",
-        f"Release licence: `{cfg.license}`. The source data, MIMIC-CXR and MIMIC-CXR-JPG, are "
+        f"Release licence: `{cfg.license}`"
+        + (f" ({cfg.card.license_name}, {cfg.card.license_link})" if cfg.license == "other" else "")
+        + ". The source data, MIMIC-CXR and MIMIC-CXR-JPG, are "
         "under the PhysioNet Credentialed Health Data License 1.5.0; users need their own "
         "credentialed access to rebuild or use the report text.",
     ]
+    if cfg.card.homepage:
+        body += ["", f"Homepage: {cfg.card.homepage}"]
+    if cfg.card.citation:
+        body += ["", "## Citation", "", "```bibtex", cfg.card.citation.strip(), "```"]
     return body
 
 
@@ -226,5 +254,40 @@ def render_card(
     extra: dict[str, Any],
 ) -> str:
     """The whole README.md of one bundle."""
-    body = _intro(kind, cfg) + _tables(tables) + _sections(kind, tables, cfg, summary, extra)
+    body = _intro(kind, cfg, extra) + _tables(tables) + _sections(kind, tables, cfg, summary, extra)
     return front_matter(kind, tables, cfg) + "\n" + "\n".join(body) + "\n"
+
+
+def hub_card_problems(card_path: Path) -> list[str]:
+    """The card through huggingface_hub's own parser (`DatasetCard`), its metadata against
+    the hub's allowed values. Empty when huggingface_hub is not installed (`release` extra).
+
+    The hub's server-side check (`DatasetCard.validate`) needs the network; this is the part
+    a library offers offline."""
+    import re
+
+    from cxrctx.release.meta import HUB_LICENSES, SIZE_CATEGORIES, TASK_CATEGORIES
+
+    try:
+        from huggingface_hub import DatasetCard
+    except ImportError:
+        return []
+    try:
+        data = DatasetCard.load(card_path).data.to_dict()
+    except Exception as e:  # huggingface_hub raises ValueError / yaml errors on a bad card
+        return [f"{card_path}: huggingface_hub cannot read the card ({str(e).splitlines()[0]})"]
+    out = []
+    lic = data.get("license")
+    if lic not in HUB_LICENSES:
+        out.append(f"{card_path}: license {lic!r} is not a hub licence id")
+    if lic == "other" and not (data.get("license_name") and data.get("license_link")):
+        out.append(f"{card_path}: license other without license_name and license_link")
+    bad = [t for t in data.get("task_categories") or [] if t not in TASK_CATEGORIES]
+    bad += [s for s in data.get("size_categories") or [] if s not in dict(SIZE_CATEGORIES)]
+    if bad:
+        out.append(f"{card_path}: {', '.join(map(repr, bad))} not among the hub's categories")
+    for c in data.get("configs") or []:
+        names = [c.get("config_name", "")] + [d.get("split", "") for d in c.get("data_files", [])]
+        if any(not re.fullmatch(r"\w+", str(n)) for n in names):
+            out.append(f"{card_path}: config {c.get('config_name')!r}: names must match \\w+")
+    return out

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import polars as pl
 
+from cxrctx import jsonl
 from cxrctx.errors import CxrctxError
 from cxrctx.io import atomic_path, sha256_file
 from cxrctx.models import ShardInfo
@@ -207,7 +208,7 @@ def write_jsonl_split_files(df: pl.DataFrame, folder: Path, bundle: Path) -> lis
             continue
         path = folder / f"{split}-00000-of-00001.jsonl"
         with atomic_path(path) as tmp:
-            part.write_ndjson(tmp)
+            jsonl.write_frame(part, tmp)
         infos.append(
             ShardInfo(
                 path=path.relative_to(bundle).as_posix(), rows=part.height, sha256=sha256_file(path)

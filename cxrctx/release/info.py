@@ -14,8 +14,9 @@ from typing import Any
 import polars as pl
 
 from cxrctx.errors import CxrctxError
-from cxrctx.io import Stage, open_stage
+from cxrctx.io import Stage
 from cxrctx.release import tables as T
+from cxrctx.release.trust import open_bundle
 from cxrctx.vocab import FLAGS, LESIONS
 
 #: Row order of the per-split table.
@@ -117,6 +118,8 @@ class Info:
     #: per split: without_prior, with_comparison, rate (None without such studies)
     temporal_hallucination: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: a release folder: its other bundles (credentialed) by name, described the same way
+    bundles: dict[str, Info] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,11 +151,15 @@ def _labels_of(st: Stage) -> pl.DataFrame | None:
 def info(path: str | os.PathLike, *, verify: str = "rows") -> Info:
     """Describe a stage output folder or a release bundle (checked with `open_stage`).
 
-    A release folder holding public/ and credentialed/ is described by its public bundle."""
+    A release folder holding public/ and credentialed/ is described by its public bundle,
+    with the credentialed one in `bundles`. Manifest paths that leave a folder are refused."""
     p = Path(path)
     if p.is_dir() and not (p / "manifest.json").exists() and (p / "public").is_dir():
-        p = p / "public"
-    st = open_stage(p, verify=verify)
+        res = info(p / "public", verify=verify)
+        if (p / "credentialed").is_dir():
+            res.bundles["credentialed"] = info(p / "credentialed", verify=verify)
+        return res
+    st = open_bundle(p, None, verify=verify)
     m = st.manifest
     res = Info(
         path=str(st.dir),

@@ -3,7 +3,13 @@ that every file's sha256 equals the release's.
 
 The public bundle records everything needed: each stage's config (build-priors options;
 label backend, model name + sha256, prompt version + sha256, sampling), the sha256 of every
-MIMIC input file, of every stage shard, and of every file of both bundles. `rebuild` checks
+MIMIC input file, of every stage shard, and of every file of both bundles.
+
+A bundle is a download nobody signed, so nothing in it chooses where data goes or which
+secret is read: the label engine (backend, model, server URL, API-key variable, the
+public-API permission) comes from the caller's `engine` only (the rules need none), every
+path it names must stay inside the bundle or the MIMIC root, and every recorded option is
+type-checked before use. Chest ImaGenome ROI boxes are recomputed with `imagenome=DIR`. `rebuild` checks
 the MIMIC root first (a missing file is a one-line error naming the PhysioNet project that
 holds it), runs build-priors → label-lesions (re-labelling, or from a label cache or an
 existing label-lesions output) → release, then compares, and says for each differing file
@@ -12,9 +18,9 @@ why (a different input checksum, reports missing or different per study).
 
 from __future__ import annotations
 
-import inspect
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,19 +29,15 @@ import polars as pl
 
 from cxrctx.errors import CxrctxError
 from cxrctx.io import config_hash, open_stage, sha256_file
-from cxrctx.labeling import (
-    Labeler,
-    LabelLesionsConfig,
-    label_lesions,
-    load_hybrid_prompt,
-    load_prompt,
-)
-from cxrctx.llm.base import Sampling
-from cxrctx.llm.spec import EngineSpec
-from cxrctx.mimic.build import build_priors
+from cxrctx.labeling import load_hybrid_prompt, load_prompt
 from cxrctx.output_policy import prepare_output
-from cxrctx.release.release import ReleaseConfig, make_release
+from cxrctx.progress import as_callback, progress_arg
+from cxrctx.release.meta import ReleaseConfig
+from cxrctx.release.release import make_release
+from cxrctx.release.trust import open_bundle, safe_join
 from cxrctx.vocab import lexicon
+
+Progress = Callable[..., None]
 
 MIMIC_CXR = "MIMIC-CXR (https://physionet.org/content/mimic-cxr/2.0.0/)"
 MIMIC_CXR_JPG = "MIMIC-CXR-JPG (https://physionet.org/content/mimic-cxr-jpg/2.1.0/)"
@@ -81,8 +83,11 @@ def check_root(root: Path, bp: dict[str, Any]) -> list[str]:
     if not root.is_dir():
         raise CxrctxError(f"{root}: MIMIC root not found")
     missing, notes = [], []
-    for inp in bp.get("inputs", []):
-        f = root / inp["path"]
+    for inp in bp.get("inputs") or []:
+        if not (isinstance(inp, dict) and isinstance(inp.get("path"), str)
+                and isinstance(inp.get("sha256"), str)):  # fmt: skip
+            raise CxrctxError(f"the release records a malformed input file entry: {inp!r:.80}")
+        f = safe_join(root, inp["path"], "input file")
         if not f.is_file():
             missing.append(f"{inp['path']} (from {project_of(inp['path'])})")
         elif sha256_file(f) != inp["sha256"]:
@@ -99,34 +104,54 @@ def check_root(root: Path, bp: dict[str, Any]) -> list[str]:
     return notes
 
 
-def _run_build_priors(root: Path, out: Path, cfg: dict[str, Any], workers: int | None) -> Path:
-    kwargs: dict[str, Any] = {
-        "max_priors": cfg.get("max_priors", 3),
-        "rows_per_shard": cfg.get("rows_per_shard", 20_000),
-        "jsonl": "jsonl" in cfg.get("formats", []),
-        "reports_zip": root / cfg["reports_zip"] if cfg.get("reports_zip") else None,
-        "scan_dicom": cfg.get("scan_dicom", False),
-        "image_ext": cfg.get("image_ext", "dcm"),
-        "workers": workers or cfg.get("workers"),
-    }
-    params = inspect.signature(build_priors).parameters
-    kwargs = {k: v for k, v in kwargs.items() if k in params}
-    if "out" in params:
-        build_priors(root, out=out, **kwargs)  # type: ignore[call-arg]
-    else:
-        build_priors(root, out, **kwargs)
+def build_priors_options(cfg: dict[str, Any], root: Path) -> dict[str, Any]:
+    """The recorded build-priors options, type-checked (a bundle is untrusted input)."""
+    from cxrctx.mimic.build import BuildPriorsConfig
+
+    try:
+        c = BuildPriorsConfig(**{k: v for k, v in cfg.items() if k != "workers"})
+    except (ValueError, TypeError) as e:
+        first = str(e).splitlines()[0]
+        raise CxrctxError(f"the release's build-priors options are not valid ({first})") from e
+    if c.image_ext not in ("dcm", "jpg"):
+        raise CxrctxError(f"the release's image_ext {c.image_ext!r} is not dcm or jpg")
+    zip_path = safe_join(root, c.reports_zip, "reports zip") if c.reports_zip else None
+    return {
+        "max_priors": c.max_priors, "rows_per_shard": c.rows_per_shard,
+        "jsonl": "jsonl" in c.formats, "reports_zip": zip_path, "scan_dicom": c.scan_dicom,
+        "image_ext": c.image_ext, "max_report_bytes": c.max_report_bytes,
+    }  # fmt: skip
+
+
+def _run_build_priors(
+    root: Path, out: Path, cfg: dict[str, Any], workers: int | None, progress: Progress | None
+) -> Path:
+    """build-priors with the recorded options; worker count is the caller's, never the bundle's."""
+    from cxrctx.mimic.build import build_priors
+
+    opts = build_priors_options(cfg, root)
+    build_priors(root, out, workers=workers, progress=progress, **opts)
     return out
 
 
-def _check_model(cfg: dict[str, Any], model: str | None) -> None:
-    if model is None and cfg.get("model_sha256"):
+def _check_engine(cfg: dict[str, Any], engine: Any) -> None:
+    """The caller's engine must be the recorded backend, and its model file the recorded one."""
+    name = f"{cfg.get('backend')} model {cfg.get('model')}"
+    if engine is None:
+        sha = f" (sha256 {cfg['model_sha256']})" if cfg.get("model_sha256") else ""
         raise CxrctxError(
-            f"the release was labelled by {cfg['backend']} model {cfg['model']} (sha256 "
-            f"{cfg['model_sha256']}): pass --model PATH to your copy of it, or --labels / --label-cache"
+            f"the release was labelled by {name}{sha}: pass --backend {cfg.get('backend')} "
+            "--model PATH (your copy of it; --base-url for a server you run), or --labels / --label-cache"
         )
-    if model is not None and cfg.get("model_sha256") and Path(model).is_file():
-        if sha256_file(model) != cfg["model_sha256"]:
-            raise CxrctxError(f"{model}: sha256 differs from the release's model {cfg['model']}")
+    if engine.backend != cfg.get("backend"):
+        raise CxrctxError(
+            f"the release was labelled by {name}; --backend {engine.backend} cannot reproduce it"
+        )
+    if cfg.get("model_sha256") and Path(engine.model).is_file():
+        if sha256_file(engine.model) != cfg["model_sha256"]:
+            raise CxrctxError(
+                f"{engine.model}: sha256 differs from the release's model {cfg['model']}"
+            )
 
 
 def _check_prompt(cfg: dict[str, Any]) -> None:
@@ -149,17 +174,68 @@ def _check_prompt(cfg: dict[str, Any]) -> None:
         )
 
 
-def _engine_spec(cfg: dict[str, Any], model: str | None) -> Any:
-    """The recorded engine (backend, options; never a key) with the user's copy of the model."""
-    opts = {
-        k: v for k, v in (cfg.get("engine_options") or {}).items() if k in EngineSpec.model_fields
-    }
-    opts.update(backend=cfg["backend"], model=model or cfg["model"])
+def label_options(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The recorded labelling options, type-checked: never a path, a URL or a key name."""
+    from cxrctx.llm.base import Sampling
+    from cxrctx.vocab import SECTIONS
+
+    def bad(what: str) -> CxrctxError:
+        return CxrctxError(f"the release's label-lesions {what} is not valid")
+
+    backend, mode = cfg.get("backend"), cfg.get("mode")
+    if backend not in ("rules", "llamacpp", "openai", "vllm", "fake"):
+        raise bad(f"backend {backend!r}")
+    if mode not in (None, "llm", "cot", "short"):
+        raise bad(f"mode {mode!r}")
+    sections = cfg.get("sections") or ["findings", "impression"]
+    if not isinstance(sections, list) or any(x not in SECTIONS for x in sections):
+        raise bad(f"sections {sections!r}")
+    pv, limit, batch = cfg.get("prompt_version"), cfg.get("limit"), cfg.get("batch_size")
+    if backend != "rules" and (not isinstance(pv, int) or isinstance(pv, bool)):
+        raise bad(f"prompt_version {pv!r} (a version number, never a file)")
+    for what, v in (("limit", limit), ("batch_size", batch)):
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not 0 < v <= 10**9):
+            raise bad(f"{what} {v!r}")
+    sampling = cfg.get("sampling") or {}
     try:
-        return EngineSpec(**opts)
-    except ValueError as e:
-        first = str(e).splitlines()[0]
-        raise CxrctxError(f"the release's label engine cannot be rebuilt here ({first})") from e
+        samp = Sampling(
+            **{
+                k: sampling[k]
+                for k in ("temperature", "top_p", "max_tokens", "seed")
+                if k in sampling
+            }
+        )
+    except TypeError as e:
+        raise bad(f"sampling ({e})") from e
+    return {
+        "backend": backend, "mode": mode or "llm", "sections": sections, "prompt": pv,
+        "limit": limit, "batch_size": batch or None, "sampling": samp,
+        "prepass": bool(cfg.get("prepass", True)),
+    }  # fmt: skip
+
+
+def run_labels(
+    records: Path,
+    out: Path,
+    opts: dict[str, Any],
+    engine: Any,
+    cache: Path | None,
+    progress: Progress | None = None,
+) -> None:
+    """The one call into labeling: the rules, or the caller's engine with the recorded prompt."""
+    from cxrctx.labeling import Labeler, LabelLesionsConfig, label_lesions
+
+    if opts["backend"] == "rules":
+        rules = LabelLesionsConfig(sections=opts["sections"], limit=opts["limit"])
+        label_lesions(records, out, labeler=Labeler.rules, config=rules, progress=progress)
+        return
+    config = LabelLesionsConfig(
+        sections=opts["sections"], sampling=opts["sampling"], batch_size=opts["batch_size"],
+        prepass=opts["prepass"], prompt=opts["prompt"], limit=opts["limit"], cache_dir=cache,
+    )  # fmt: skip
+    label_lesions(
+        records, out, labeler=opts["mode"], config=config, engine=engine, progress=progress
+    )
 
 
 def _run_labels(
@@ -167,31 +243,21 @@ def _run_labels(
     out: Path,
     cfg: dict[str, Any],
     *,
-    model: str | None,
+    engine: Any,
     label_cache: Path | None,
+    progress: Progress | None = None,
 ) -> Path:
-    """Re-label with the recorded backend: the rules, or the recorded engine and prompt."""
-    sections = cfg.get("sections") or ["findings", "impression"]
+    """Re-label: the rules need nothing; a model-labelled release needs the caller's engine."""
+    opts = label_options(cfg)
     _check_prompt(cfg)
-    if cfg["backend"] == "rules":
-        rules = LabelLesionsConfig(sections=sections, limit=cfg.get("limit"))
-        label_lesions(records, out, labeler=Labeler.rules, config=rules)
-        return out
-    _check_model(cfg, model)
     cache = None
-    if label_cache is not None:
-        src = label_cache / "cache" if (label_cache / "cache").is_dir() else label_cache
-        cache = out.parent / "label-cache"
-        shutil.copytree(src, cache, dirs_exist_ok=True)
-    config = LabelLesionsConfig(
-        sections=sections, sampling=Sampling(**cfg.get("sampling", {})),
-        batch_size=cfg.get("batch_size") or None, prepass=cfg.get("prepass", True),
-        prompt=cfg.get("prompt_version"), limit=cfg.get("limit"), cache_dir=cache,
-    )  # fmt: skip
-    label_lesions(
-        records, out, labeler=cfg.get("mode") or Labeler.llm, config=config,
-        engine=_engine_spec(cfg, model),
-    )
+    if opts["backend"] != "rules":
+        _check_engine(cfg, engine)
+        if label_cache is not None:
+            src = label_cache / "cache" if (label_cache / "cache").is_dir() else label_cache
+            cache = out.parent / "label-cache"
+            shutil.copytree(src, cache, dirs_exist_ok=True, symlinks=True)
+    run_labels(records, out, opts, engine, cache, progress)
     return out
 
 
@@ -200,9 +266,9 @@ def _run_labels(
 
 def _study_notes(public_dir: Path, records: Path, rejects: pl.DataFrame | None) -> list[str]:
     """Per study: why the rebuilt records differ (missing report, different report)."""
-    studies = pl.concat(
-        [pl.read_parquet(f) for f in sorted((public_dir / "data" / "studies").glob("*.parquet"))]
-    ).select("study_id", "report_sha256")
+    st = open_bundle(public_dir, "release-public", verify="exists")
+    files = [st.dir / s.path for s in st.manifest.shards if s.path.startswith("data/studies/")]
+    studies = pl.concat([pl.read_parquet(f) for f in files]).select("study_id", "report_sha256")
     rec = (
         open_stage(records, "build-priors", verify="rows")
         .read()
@@ -238,7 +304,7 @@ def compare_files(
     out = []
     want = {e["path"]: e["sha256"] for e in expected}
     for path, sha in want.items():
-        f = bundle / path
+        f = safe_join(bundle, path, f"{prefix} file")
         got = sha256_file(f) if f.is_file() else None
         if got != sha:
             out.append(
@@ -260,32 +326,50 @@ def compare_files(
 
 
 def _expected(public: Path) -> tuple[Any, dict[str, Any], list[dict], list[dict]]:
-    st = open_stage(public, "release-public")
+    st = open_bundle(public, "release-public")
     m = st.manifest
     pub = [s.model_dump() for s in m.shards] + [f.model_dump() for f in m.files]
     return st, m.extra, pub, list(m.extra.get("credentialed_files", []))
 
 
+@progress_arg("rebuild")
 def rebuild(
     public_dir: str | os.PathLike,
     mimic_root: str | os.PathLike,
     *,
     out: str | os.PathLike,
-    model: str | None = None,
+    engine: Any = None,
     labels: str | os.PathLike | None = None,
     label_cache: str | os.PathLike | None = None,
     rois: str | os.PathLike | None = None,
+    imagenome: str | os.PathLike | None = None,
     structured: str | os.PathLike | None = None,
     workers: int | None = None,
     overwrite: bool = False,
+    progress: Progress | bool | None = None,
 ) -> RebuildReport:
-    """Rebuild a release from its public bundle and a MIMIC-CXR root into OUT; compare."""
+    """Rebuild a release from its public bundle and a MIMIC-CXR root into OUT; compare.
+
+    `engine` (an EngineSpec from the caller's own options) labels a model-labelled release;
+    the bundle's recorded engine options are never used. `imagenome` (a Chest ImaGenome
+    folder) recomputes the ROI boxes; `rois` reuses a build-rois output instead.
+    `progress` receives the events of each stage it runs (True: tqdm bars)."""
+    progress = as_callback(progress)
     pdir = Path(public_dir)
     if (pdir / "public").is_dir() and not (pdir / "manifest.json").exists():
         pdir = pdir / "public"
     st, extra, pub_files, cred_files = _expected(pdir)
-    cfg = ReleaseConfig(**st.manifest.config)
+    try:
+        cfg = ReleaseConfig(**st.manifest.config)
+    except (ValueError, TypeError) as e:
+        raise CxrctxError(
+            f"{pdir}: the release config is not valid ({str(e).splitlines()[0]})"
+        ) from e
     stages = extra.get("stages", {})
+    if not isinstance(stages, dict) or "build-priors" not in stages:
+        raise CxrctxError(f"{pdir}: the manifest records no build-priors stage")
+    for name in stages:
+        _config(stages, name)
     root = Path(mimic_root)
     rep = RebuildReport(Path(out))
     rep.input_notes = check_root(root, stages.get("build-priors", {}))
@@ -293,27 +377,59 @@ def rebuild(
         out, stage="rebuild", config_hash=config_hash({"release": pub_files}), overwrite=overwrite
     )
     rep.out_dir = o = res.path
-    records = _run_build_priors(root, o / "build-priors", stages["build-priors"]["config"], workers)
+    bp_cfg = _config(stages, "build-priors")
+    records = _run_build_priors(root, o / "build-priors", bp_cfg, workers, progress)
     lab = None
     if "label-lesions" in stages:
         if labels is not None:
             lab = Path(labels)
         else:
             lab = _run_labels(
-                records, o / "label-lesions", stages["label-lesions"]["config"], model=model,
-                label_cache=Path(label_cache) if label_cache else None,
+                records, o / "label-lesions", _config(stages, "label-lesions"), engine=engine,
+                label_cache=Path(label_cache) if label_cache else None, progress=progress,
             )  # fmt: skip
     if "build-rois" in stages and rois is None:
-        rep.skipped.append("build-rois: pass --rois with a build-rois output of these records")
+        if imagenome is not None:
+            rois = _run_rois(Path(imagenome), records, o / "build-rois", stages["build-rois"])
+        else:
+            rep.skipped.append(
+                "build-rois: pass --imagenome with your Chest ImaGenome copy (or --rois)"
+            )
     if "structure-reports" in cfg.stages and structured is None:
         rep.skipped.append("structure-reports: pass --structured with its output")
     make_release(
         records, out=o / "release", name=cfg.name, version=cfg.version, labels=lab, rois=rois,
         structured=structured, formats=cfg.formats, target=cfg.target, license=cfg.license,
-        rows_per_file=cfg.rows_per_file, overwrite=True,
+        rows_per_file=cfg.rows_per_file, card=cfg.card, overwrite=True, progress=progress,
     )  # fmt: skip
     _compare(rep, pdir, o, stages, pub_files, cred_files)
     return rep
+
+
+def _config(stages: dict[str, Any], name: str) -> dict[str, Any]:
+    """A recorded stage's config, refused unless it is a mapping (a bundle is untrusted)."""
+    prov = stages.get(name)
+    cfg = prov.get("config") if isinstance(prov, dict) else None
+    if not isinstance(cfg, dict):
+        raise CxrctxError(f"the release's {name} record is malformed (no config mapping)")
+    return cfg
+
+
+def _run_rois(imagenome: Path, records: Path, out: Path, prov: dict[str, Any]) -> Path:
+    """build-rois from the caller's Chest ImaGenome copy, with the recorded options."""
+    from cxrctx.imagenome import build_rois
+
+    cfg = prov.get("config") or {}
+    rows, frontal = cfg.get("rows_per_shard", 50_000), cfg.get("frontal_only", True)
+    if (
+        not isinstance(rows, int)
+        or isinstance(rows, bool)
+        or rows < 1
+        or not isinstance(frontal, bool)
+    ):
+        raise CxrctxError("the release's build-rois options are not valid")
+    build_rois(imagenome, records=records, out=out, rows_per_shard=rows, frontal_only=frontal)
+    return out
 
 
 def _compare(

@@ -15,10 +15,9 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field
 
 from cxrctx import __version__
 from cxrctx.errors import CxrctxError
@@ -35,30 +34,25 @@ from cxrctx.io import (
 )
 from cxrctx.models import InputFile, Manifest, ShardInfo
 from cxrctx.output_policy import prepare_output
+from cxrctx.progress import as_callback, progress_arg
 from cxrctx.release import tables as T
 from cxrctx.release.card import render_card
 from cxrctx.release.croissant import build_croissant
 from cxrctx.release.exports import export_table, write_jsonl_split_files
 from cxrctx.release.info import split_summary
+from cxrctx.release.meta import CardMetadata, ReleaseConfig
 from cxrctx.resources import read_bytes
 
 RELEASE_SCHEMA_VERSION = 1
-Format = Literal["srrg", "maira2", "jsonl"]
-Target = Literal["findings", "impression", "findings+impression"]
-
-
-class ReleaseConfig(BaseModel):
-    """What a release was asked to be (stored in both bundles' manifests)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(description="Dataset name, e.g. my-org/mimic-cxr-context")
-    version: str = Field(description="Release version, e.g. 1.0.0")
-    license: str = Field("other", description="Hub licence id of the release")
-    target: Target = Field("findings", description="Report section(s) the exports use as target")
-    formats: list[Format] = Field(default_factory=list, description="Extra export tables")
-    rows_per_file: int = Field(20_000, ge=1)
-    stages: list[str] = Field(default_factory=list, description="Input stages, in order")
+STAGING_PREFIX = ".staging-"
+#: Where the ROI boxes come from: the public bundle names it, `rebuild --imagenome` recomputes.
+ROI_SOURCE = {
+    "name": "Chest ImaGenome Dataset",
+    "version": "1.0.0",
+    "url": "https://physionet.org/content/chest-imagenome/1.0.0/",
+    "access": "PhysioNet credentialed (the boxes are in the credentialed bundle only)",
+    "rebuild": "cxrctx rebuild public/ MIMIC_ROOT --imagenome CHEST_IMAGENOME_DIR --out DIR",
+}
 
 
 @dataclass
@@ -193,7 +187,7 @@ def _credentialed_tables(inp: Inputs, cfg: ReleaseConfig) -> dict[str, pl.DataFr
         out["labels_long"] = long
         out["labels_wide"] = T.labels_wide(long)
     if inp.roi is not None:
-        out["rois"] = T.rois_table(inp.roi, public=False)
+        out["rois"] = T.rois_table(inp.roi)
     for fmt in cfg.formats:
         out[fmt] = export_table(fmt, inp.rec, target=cfg.target, structured=inp.structured)
     return out
@@ -206,8 +200,6 @@ def _public_tables(inp: Inputs) -> dict[str, pl.DataFrame]:
         long = T.labels_long(inp.lab, inp.rec, source=src, public=True)
         out["labels_long"] = long
         out["labels_wide"] = T.labels_wide(long)
-    if inp.roi is not None:
-        out["rois"] = T.rois_table(inp.roi, public=True)
     return out
 
 
@@ -222,6 +214,10 @@ def _write_tables(b: Bundle, frames: dict[str, pl.DataFrame], cfg: ReleaseConfig
             )
 
 
+def _is_data(infos: list[ShardInfo]) -> bool:
+    return bool(infos) and infos[0].path.startswith("data/")
+
+
 def _finish_bundle(
     b: Bundle,
     inp: Inputs,
@@ -229,7 +225,12 @@ def _finish_bundle(
     summary: dict[str, dict[str, int]],
     extra: dict[str, Any],
 ) -> None:
-    """Card, croissant.json, then the manifest (last: a bundle without one is unfinished)."""
+    """Card, croissant.json, then the manifest (last: a bundle without one is unfinished).
+
+    Tables are put in manifest order (data/ then exports/), so `validate` can re-render the
+    card and croissant.json from the manifest alone and compare them byte for byte."""
+
+    b.tables = dict(sorted(b.tables.items(), key=lambda kv: not _is_data(kv[1])))
     shards = [s for infos in b.tables.values() for s in infos if s.path.startswith("data/")]
     side = [s for infos in b.tables.values() for s in infos if not s.path.startswith("data/")]
     counts = {f"{t}_rows": sum(s.rows for s in infos) for t, infos in b.tables.items()}
@@ -258,17 +259,36 @@ def release_config(
     target: str = "findings",
     formats: Sequence[str] = (),
     rows_per_file: int = 20_000,
+    card: CardMetadata | dict[str, Any] | None = None,
 ) -> ReleaseConfig:
+    """The checked release config: hub repo id, semantic version, hub licence id, card."""
     stages = [st.name for st in (inp.records, inp.labels, inp.rois) if st is not None]
     if inp.structured is not None:
         stages.append("structure-reports")
+    meta = card.model_dump() if isinstance(card, CardMetadata) else dict(card or {})
+    if "size_categories" not in meta or meta["size_categories"] is None:
+        from cxrctx.release.meta import size_category
+
+        meta["size_categories"] = [size_category(inp.rec.height)]
     try:
         return ReleaseConfig(
             name=name, version=version, license=license, target=target,  # type: ignore[arg-type]
             formats=sorted(set(formats)), rows_per_file=rows_per_file, stages=stages,  # type: ignore[arg-type]
+            card=CardMetadata(**meta),
         )  # fmt: skip
-    except ValueError as e:
-        raise CxrctxError(f"release options: {str(e).splitlines()[-1].strip()}") from e
+    except (ValueError, TypeError) as e:
+        raise CxrctxError(f"release options: {_first_error(e)}") from e
+
+
+def _first_error(e: Exception) -> str:
+    """The message of a pydantic error without its type/url lines."""
+    errs = getattr(e, "errors", None)
+    if callable(errs):
+        first = errs()[0]
+        loc = ".".join(str(x) for x in first.get("loc", ()) if x != "__root__")
+        msg = str(first.get("msg", "")).removeprefix("Value error, ")
+        return f"{loc}: {msg}" if loc and loc not in msg else msg
+    return str(e).splitlines()[0]
 
 
 def build_bundles(inp: Inputs, cfg: ReleaseConfig, stage_dir: Path) -> tuple[Bundle, Bundle, dict]:
@@ -285,6 +305,8 @@ def build_bundles(inp: Inputs, cfg: ReleaseConfig, stage_dir: Path) -> tuple[Bun
         "config_sha256": config_hash(cfg),
         "summary": summary,
     }
+    if inp.rois is not None:
+        provenance["roi_source"] = ROI_SOURCE
     cred = Bundle("credentialed", stage_dir / "credentialed")
     _write_tables(cred, _credentialed_tables(inp, cfg), cfg)
     _finish_bundle(cred, inp, cfg, summary, provenance)
@@ -297,6 +319,39 @@ def build_bundles(inp: Inputs, cfg: ReleaseConfig, stage_dir: Path) -> tuple[Bun
     return pub, cred, summary
 
 
+def stale_staging(folder: Path) -> list[Path]:
+    """Staging folders a killed `release` left in `folder` (they may hold report text)."""
+    out = []
+    for d in sorted(folder.glob(f"{STAGING_PREFIX}*")):
+        pid = d.name[len(STAGING_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            continue  # another release is writing it now
+        out.append(d)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_staging(folder: Path) -> int:
+    """Remove what a killed release left (credentialed text must not linger)."""
+    dirs = stale_staging(folder)
+    for d in dirs:
+        if d.is_symlink() or not d.is_dir():
+            d.unlink()
+        else:
+            shutil.rmtree(d)
+    return len(dirs)
+
+
+@progress_arg("release")
 def make_release(
     records: str | os.PathLike,
     *,
@@ -310,23 +365,26 @@ def make_release(
     target: str = "findings",
     license: str = "other",
     rows_per_file: int = 20_000,
+    card: CardMetadata | dict[str, Any] | None = None,
     overwrite: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str], None] | bool | None = None,
 ) -> ReleaseResult:
     """Package stage outputs into OUT/public (IDs + enums) and OUT/credentialed (full data).
 
     Refuses a non-empty OUT of another release unless `overwrite`; writes into a staging
     folder inside OUT and renames the finished bundles into place."""
+    progress = as_callback(progress)
     say = progress or (lambda _msg: None)
     inp = load_inputs(records, labels, rois, structured)
     say("inputs checked")
     cfg = release_config(
         inp, name=name, version=version, license=license, target=target, formats=formats,
-        rows_per_file=rows_per_file,
+        rows_per_file=rows_per_file, card=card,
     )  # fmt: skip
     key = config_hash({"config": cfg.model_dump(mode="json"), "inputs": _input_files(inp)})
     res = prepare_output(out, stage="release", config_hash=key, overwrite=overwrite)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=res.path))
+    remove_stale_staging(res.path)
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=res.path))
     try:
         pub, cred, summary = build_bundles(inp, cfg, staging)
         say("bundles written")

@@ -1,8 +1,10 @@
 """The tables of a release: what goes public (IDs and enums) and what stays credentialed.
 
 Public tables hold only identifiers, splits, flags, section-presence booleans, counts,
-label enums and checksums: `PUBLIC_COLUMNS` is the whitelist a test holds every public
-file to, so a free-text column can never slip in. Credentialed tables are the stage
+label enums and the checksum of each whole report file: `PUBLIC_COLUMNS` is the whitelist
+a test holds every public file to, so a free-text column can never slip in. No public
+column is a function of a short piece of text (a hash of "No acute process." is reversed
+with a phrase list), and Chest ImaGenome's boxes (a credentialed dataset) stay credentialed. Credentialed tables are the stage
 outputs as produced (plus an integer `study_id` on the labels), with the model recorded
 by name instead of a local path.
 
@@ -42,8 +44,7 @@ PUBLIC_COLUMNS: dict[str, str] = {
     "n_prior_studies": "count",
     "prior_study_ids": "id list",
     "flags": "enum list",
-    "report_sha256": "checksum",
-    "text_sha256": "checksum",
+    "report_sha256": "checksum of the whole report file",
     "view_position": "enum",
     "view_group": "enum",
     "path": "id path",
@@ -54,7 +55,6 @@ PUBLIC_COLUMNS: dict[str, str] = {
     "location": "enum",
     "source": "enum",
     "llm_called": "bool",
-    "rois": "boxes (name, coordinates, clipped, abnormal; no sentences)",
 }
 
 
@@ -151,7 +151,7 @@ def labels_long(
     lab = lab.join(keys, on="study_id", how="left")
     if public:
         cols = ["study_id", "id", "split", "lesion", "status", "location", "source"]
-        cols += [c for c in ("llm_called", "text_sha256") if c in lab.columns]
+        cols += [c for c in ("llm_called",) if c in lab.columns]
         return lab.select(cols)
     if "model" in lab.columns:
         lab = lab.with_columns(pl.col("model").map_elements(model_name, return_dtype=pl.String))
@@ -173,14 +173,10 @@ def labels_wide(long: pl.DataFrame) -> pl.DataFrame:
     return out.sort("study_id")
 
 
-def rois_table(rois: pl.DataFrame, *, public: bool) -> pl.DataFrame:
-    """ROI rows as produced; public ones lose each ROI's sentences (report text)."""
-    if not public:
-        return rois
-    fields = ("name", "x1", "y1", "x2", "y2", "clipped", "abnormal")
-    return rois.with_columns(
-        pl.col("rois").list.eval(pl.struct([pl.element().struct.field(f) for f in fields]))
-    )
+def rois_table(rois: pl.DataFrame) -> pl.DataFrame:
+    """ROI rows as produced (credentialed only: boxes come from Chest ImaGenome, itself a
+    credentialed dataset, and carry report sentences)."""
+    return rois
 
 
 def write_split_files(

@@ -5,7 +5,12 @@ count, sha256, nothing unlisted); the columns against the published JSON Schema 
 `schemas/` (read via `cxrctx.resources`); counts that must reconcile; the invariants
 (study ids unique, priors strictly earlier and of the same subject and split, no split
 crosses a patient, label enums valid, 14 labels per study, every label id a record); and
-for releases the public whitelist (no free-text column) and the card's configs.
+for releases the public whitelist (no free-text column), every public column's contents
+against its type (ids, checksums, image paths, enums; no date anywhere), the card and
+croissant.json against what the manifest renders (a hand edit or injected text shows), the
+Croissant through `mlcroissant` (fields equal to the Parquet columns, every record set
+loads), and a `.staging-*` folder a killed `release` left (it may hold report text).
+Every manifest path is checked first: one that leaves the folder is refused, unread.
 """
 
 from __future__ import annotations
@@ -21,7 +26,14 @@ import polars as pl
 
 from cxrctx.errors import CxrctxError
 from cxrctx.io import Stage, check_stage, load_stage
+from cxrctx.output_policy import RUN_MARKER
 from cxrctx.release import tables as T
+from cxrctx.release.trust import (
+    column_problems,
+    path_problem,
+    path_problems,
+    text_date_problems,
+)
 from cxrctx.resources import read_bytes
 from cxrctx.vocab import LESIONS, LOCATIONS
 
@@ -292,6 +304,9 @@ def card_problems(bundle: Path, st: Stage) -> list[str]:
     out = []
     covered: set[str] = set()
     for g in globs:
+        if path_problem(g) is not None:
+            out.append(f"{card}: config path {g!r} leaves the bundle")
+            continue
         hits = {p.relative_to(bundle).as_posix() for p in bundle.glob(g)}
         if not hits:
             out.append(f"{card}: config path {g} matches no file")
@@ -315,8 +330,7 @@ def public_problems(bundle: Path, st: Stage) -> list[str]:
         for col in df.columns:
             if col not in T.PUBLIC_COLUMNS:
                 out.append(f"{f}: column {col!r} is not allowed in a public bundle (free text?)")
-        if "rois" in df.columns and "sentences" in str(df.schema["rois"]):
-            out.append(f"{f}: ROI sentences (report text) in a public bundle")
+        out += column_problems(df, str(f))
         for col, allowed in enums.items():
             if col in df.columns:
                 vals = df[col].explode() if isinstance(df.schema[col], pl.List) else df[col]
@@ -347,12 +361,20 @@ def public_problems(bundle: Path, st: Stage) -> list[str]:
 
 
 def _bundle_checks(st: Stage, rep: ValidationReport) -> None:
+    from cxrctx.release.render import metadata_problems
+
     bundle, public = st.dir, st.name == "release-public"
     rep.problems += card_problems(bundle, st)
     rep.checked.append("card configs")
+    rep.problems += metadata_problems(st)
+    rep.checked.append("card and croissant.json as the manifest renders them, mlcroissant")
     if public:
         rep.problems += public_problems(bundle, st)
-        rep.checked.append("public whitelist")
+        for name in ("README.md", "croissant.json", "manifest.json"):
+            f = bundle / name
+            if f.is_file():
+                rep.problems += text_date_problems(f.read_text(encoding="utf-8"), str(f))
+        rep.checked.append("public whitelist and column contents, no dates")
     main = _read_files(st, "data/studies/" if public else "data/records/")
     if main is None:
         rep.problems.append(f"{bundle}: no {'studies' if public else 'records'} table")
@@ -373,6 +395,19 @@ def _bundle_checks(st: Stage, rep: ValidationReport) -> None:
     rep.checked.append("release invariants")
 
 
+def staging_problems(folder: Path) -> list[str]:
+    """A `.staging-*` folder a killed release left beside the bundles (it may hold report text)."""
+    from cxrctx.release.release import stale_staging
+
+    if not (folder / RUN_MARKER).is_file() and not (folder / "public").is_dir():
+        return []
+    return [
+        f"{d}: unfinished staging folder of a killed release (may hold credentialed report "
+        "text): re-run the release or delete it"
+        for d in stale_staging(folder)
+    ]
+
+
 def validate(
     path: str | os.PathLike, *, records: str | os.PathLike | None = None
 ) -> ValidationReport:
@@ -383,7 +418,7 @@ def validate(
         return ValidationReport(
             str(p),
             "release",
-            [x for r in reps for x in r.problems],
+            list(dict.fromkeys([*staging_problems(p), *(x for r in reps for x in r.problems)])),
             [x for r in reps for x in r.checked],
         )
     rep = ValidationReport(str(p))
@@ -393,6 +428,12 @@ def validate(
         rep.problems.append(str(e))
         return rep
     rep.stage = st.name
+    rep.problems += path_problems(st)
+    rep.checked.append("manifest paths stay inside the folder")
+    if rep.problems:
+        return rep
+    if st.name.startswith("release-"):
+        rep.problems += staging_problems(st.dir.parent)
     rep.problems += check_stage(st, verify="sha256")
     rep.checked.append("files: presence, rows, sha256")
     if rep.problems:

@@ -52,6 +52,7 @@ from cxrctx.labeling import (
     load_labels,
 )
 from cxrctx.output_policy import prepare_output
+from cxrctx.progress import as_callback, progress_arg
 from cxrctx.reportgen.metrics import (
     TemporalHallucination,
     classifier_auc,
@@ -345,6 +346,7 @@ def _temporal(joined: pl.DataFrame, notes: list[str]) -> TemporalHallucination |
 # ----------------------------------------------------------------------------- main
 
 
+@progress_arg("evaluate")
 def evaluate(
     generated: str | os.PathLike,
     *,
@@ -356,7 +358,7 @@ def evaluate(
     out: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str], None] | bool | None = None,
     executor: Any = None,
 ) -> EvaluationReport:
     """Score generated reports against reference records; writes OUT/evaluation.json (+ per-study table).
@@ -367,6 +369,7 @@ def evaluate(
 
     `progress(phase)` is called as each phase starts: "text", "labels", "judge".
     """
+    progress = as_callback(progress)
     sections = tuple(sections)
     for s in sections:
         if s not in REFERENCE_SECTIONS:

@@ -46,6 +46,7 @@ from cxrctx.io import (
 )
 from cxrctx.llm.prompt import PromptFile
 from cxrctx.output_policy import prepare_output
+from cxrctx.progress import as_callback, progress_arg
 from cxrctx.reportgen.merge import merge_sentences
 from cxrctx.reportgen.tasks import aggregate_reports, load_report_prompt
 from cxrctx.train.data import CropStore, RoiDataset, collate
@@ -133,6 +134,7 @@ class _Inputs:
     skips: list[dict]
 
 
+@progress_arg("generate")
 def generate(
     run_dir: str | os.PathLike,
     *,
@@ -149,7 +151,7 @@ def generate(
     rows_per_shard: int = 50_000,
     device: str | None = None,
     overwrite: bool = False,
-    progress: Progress | None = None,
+    progress: Progress | bool | None = None,
     executor: Any = None,
 ) -> GenerateResult:
     """Generate one report per study of `split` with the run's final model; see module doc.
@@ -158,6 +160,7 @@ def generate(
     a `cxrctx.llm` Engine for the LLM aggregator (None = deterministic merge);
     `aggregator_lesions` also gives it the classifier's lesion list (off: the paper's setup).
     """
+    progress = as_callback(progress)
     options = {
         "run_dir": str(Path(run_dir).resolve()), "split": split, "limit": limit,
         "records": str(records) if records else None, "rois": str(rois) if rois else None,

@@ -21,6 +21,7 @@ from typing import Any
 import polars as pl
 from pydantic import BaseModel, ConfigDict
 
+from cxrctx import jsonl
 from cxrctx.errors import CxrctxError
 from cxrctx.io import config_hash, input_file, open_stage, stage_inputs, write_stage_manifest
 from cxrctx.llm.base import Engine, Sampling
@@ -38,6 +39,7 @@ from cxrctx.llm.sink import MemorySink, ShardSink, Sink
 from cxrctx.llm.spec import EngineSpec, make_engine
 from cxrctx.models import Manifest
 from cxrctx.output_policy import prepare_output
+from cxrctx.progress import as_callback, progress_arg
 from cxrctx.structure.check import CHECK_VERSION, COVERAGE_MIN, SUPPORT_MIN, WINDOW
 from cxrctx.structure.task import (
     StructureItem,
@@ -137,7 +139,7 @@ def _records(p: Path) -> LoadedReports:
 
 
 def _table(p: Path, id_column: str) -> LoadedReports:
-    readers: dict[str, Callable[[Path], pl.DataFrame]] = {".parquet": pl.read_parquet, ".jsonl": pl.read_ndjson, ".ndjson": pl.read_ndjson,
+    readers: dict[str, Callable[[Path], pl.DataFrame]] = {".parquet": pl.read_parquet, ".jsonl": jsonl.read_frame, ".ndjson": jsonl.read_frame,
                ".csv": lambda f: pl.read_csv(f, infer_schema=False)}  # fmt: skip
     reader = readers.get(p.suffix.lower())
     if reader is None:
@@ -146,6 +148,8 @@ def _table(p: Path, id_column: str) -> LoadedReports:
         )
     try:
         df = reader(p)
+    except CxrctxError:
+        raise
     except Exception as e:
         raise CxrctxError(f"{p}: cannot read ({type(e).__name__}: {str(e)[:200]})") from e
     missing = [c for c in (id_column, "findings", "impression") if c not in df.columns]
@@ -381,6 +385,7 @@ def _open_sinks(out: Path) -> dict[str, ShardSink]:
     return sinks
 
 
+@progress_arg("structure-reports")
 def structure_reports(
     input_path: str | os.PathLike,
     out: str | os.PathLike,
@@ -392,7 +397,7 @@ def structure_reports(
     sampling: Sampling | None = None,
     batch_size: int | None = None,
     prompt: int | str | None = None,
-    progress: Callable[[TaskProgress], None] | None = None,
+    progress: Callable[[TaskProgress], None] | bool | None = None,
     executor: Executor | None = None,
     overwrite: bool = False,
 ) -> StructureRun:
@@ -401,6 +406,7 @@ def structure_reports(
     (built here after the input checks and closed at the end). `out` follows the shared
     output policy: the same configuration resumes, another run's folder is refused unless
     `overwrite`."""
+    progress = as_callback(progress)
     t0 = time.perf_counter()
     sampling = sampling or Sampling(max_tokens=768)
     sp = load_structure_prompt(prompt)

@@ -45,6 +45,7 @@ import numpy as np
 
 from cxrctx.errors import CxrctxError
 from cxrctx.io import atomic_write_text
+from cxrctx.progress import as_callback, progress_arg
 from cxrctx.synth import tables
 from cxrctx.synth.chunks import SPEC_FIELDS, Chunk, ChunkResult, run_chunk
 from cxrctx.synth.dicom import write_dicom
@@ -361,6 +362,7 @@ def _finish(out: Path, summary: SynthSummary) -> None:
 # --------------------------------------------------------------------------------------
 
 
+@progress_arg("synth")
 def synthesize(
     out: str | os.PathLike,
     *,
@@ -373,7 +375,7 @@ def synthesize(
     image_size: int = 256,
     image_format: ImageFormat | str = ImageFormat.dicom,
     processes: int | None = None,
-    progress: Progress | None = None,
+    progress: Progress | bool | None = None,
 ) -> SynthSummary:
     """Write a synthetic MIMIC-CXR root into `out` (new, empty, or an earlier synth output).
 
@@ -385,6 +387,7 @@ def synthesize(
     with `images` in DICOM format), so headers always equal the CSV.
     `processes` (default: up to 2 for large runs) does not change the output.
     """
+    progress = as_callback(progress)
     fmt = _check_args(patients, seed, image_size, image_format)
     image_mod = _image_module() if images or imagenome else None
     root = Path(out)
@@ -405,6 +408,8 @@ def synthesize(
     temporal = _write_tables(root, st, plan, res)
     if zip_reports:
         tables.write_zip(root / REPORTS_ZIP, list(zip(plan.rel_paths, res.texts, strict=True)))
+    if progress is not None:
+        progress("tables", 1, 1)
     image_counts: dict[str, int] = {}
     if image_mod is not None:
         image_counts = _render_images(

@@ -32,9 +32,10 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from cxrctx import __version__
+from cxrctx import __version__, jsonl
 from cxrctx.errors import CxrctxError
 from cxrctx.io import (
+    atomic_path,
     atomic_write_text,
     file_entry,
     sha256_file,
@@ -91,14 +92,14 @@ class MetricsLog:
 
     def write(self, row: dict[str, Any]) -> None:
         if self.main:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row, sort_keys=True) + "\n")
+            jsonl.append(self.path, [row], sort_keys=True, compact=False)
 
     def keep(self, pred: Callable[[dict], bool]) -> None:
         """Drop rows a resume or a re-run will write again."""
         if self.main and self.path.exists():
-            rows = [ln for ln in self.path.read_text().splitlines() if pred(json.loads(ln))]
-            atomic_write_text(self.path, "".join(r + "\n" for r in rows))
+            rows = [r for _, r in jsonl.scan(self.path, jsonl.BadLines()) if pred(r)]
+            with atomic_path(self.path) as tmp:
+                jsonl.write(tmp, rows, sort_keys=True, compact=False)
 
 
 @dataclass

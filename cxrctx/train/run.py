@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cxrctx.errors import CxrctxError
+from cxrctx.progress import as_callback, progress_arg
 from cxrctx.train.config import TrainConfig, TrainStage
 from cxrctx.train.data import join
-from cxrctx.train.events import ProgressFn, TrainEvent, TrainResult
-
-__all__ = ["ProgressFn", "TrainEvent", "TrainResult", "items_for", "load_run", "require_torch", "train"]
+from cxrctx.train.events import ProgressFn, TrainResult
 
 if TYPE_CHECKING:
     from cxrctx.train.data import Item
@@ -35,6 +34,7 @@ def require_torch() -> None:
         ) from e
 
 
+@progress_arg("train")
 def train(
     cfg: TrainConfig,
     *,
@@ -45,7 +45,7 @@ def train(
     out: str | os.PathLike,
     stage: TrainStage | str = TrainStage.BOTH,
     resume: bool = False,
-    progress: ProgressFn | None = None,
+    progress: ProgressFn | bool | None = None,
     interrupt_after: int | None = None,
 ) -> TrainResult:
     """Train CLALA-Net in two stages (see `cxrctx.train.loop`); returns counts and the last validation.
@@ -53,6 +53,7 @@ def train(
     `progress` receives a `TrainEvent` per step and per stage start/end (rank 0 only).
     `interrupt_after` (tests) raises TrainingInterrupted after that global step.
     """
+    progress = as_callback(progress)
     require_torch()
     from cxrctx.train import loop
 

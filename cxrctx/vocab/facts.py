@@ -180,3 +180,13 @@ def image_relpath(subject_id: int, study_id: int, dicom_id: str, ext: str = "dcm
 #: A MIMIC-CXR dicom_id: five dash-joined groups of hex digits (8 each in MIMIC-CXR). Ids
 #: are used to build file paths, so anything else (a "../", a slash) is rejected.
 DICOM_ID_RE = re.compile(r"^[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{8}){4}$")
+#: MIMIC-CXR subject ids are 8 digits starting with 1; study ids 8 digits starting with 5.
+SUBJECT_ID_RE = re.compile(r"^1\d{7}$")
+STUDY_ID_RE = re.compile(r"^5\d{7}$")
+#: An image path relative to the MIMIC-CXR(-JPG) root: files/pNN/pSSSSSSSS/sTTTTTTTT/<dicom_id>.ext
+#: (NN: the subject id's first two digits).
+IMAGE_RELPATH_RE = re.compile(
+    r"^files/p1\d/p1\d{7}/s5\d{7}/[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{8}){4}\.(?:dcm|jpg)$"
+)
+#: A sha256 checksum as cxrctx writes it (lower-case hex).
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
