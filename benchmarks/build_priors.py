@@ -216,13 +216,13 @@ def measure(cmd: list[str], path: Path | None = None, warm: Path | None = None) 
 
 def _digests(out: Path) -> dict[str, str]:
     """sha256 of every output file but the manifest (whose config may gain keys between
-    versions), by relative path."""
+    versions) and the folder lock (it names the writer's pid), by relative path."""
     import hashlib
 
     return {
         str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(out.rglob("*"))
-        if p.is_file() and p.name != "manifest.json"
+        if p.is_file() and p.name != "manifest.json" and not p.name.startswith(".cxrctx-lock")
     }
 
 

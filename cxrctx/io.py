@@ -401,8 +401,9 @@ def _merge_shard_manifests(d: Path, paths: list[Path]) -> Manifest:
     )
 
 
-def load_stage(path: str | os.PathLike) -> Stage:
-    """Resolve `path` to a stage folder and read its (complete) manifest; no file checks."""
+def load_stage(path: str | os.PathLike, expect: tuple[str, ...] = ()) -> Stage:
+    """Resolve `path` to a stage folder and read its (complete) manifest; no file checks.
+    `expect`: the stage(s) wanted, named with their command when the folder is not one."""
     d = _resolve_stage_dir(path)
     main = d / MANIFEST_NAME
     sharded = sorted(x for x in d.glob("manifest-shard-*.json") if _SHARD_MANIFEST_RE.match(x.name))
@@ -418,14 +419,9 @@ def load_stage(path: str | os.PathLike) -> Stage:
         m = _merge_shard_manifests(d, sharded)
         paths = sharded
     else:
-        what = (
-            "an empty folder"
-            if d.is_dir() and not any(d.iterdir())
-            else "an interrupted or unfinished run"
-        )
-        raise CxrctxError(
-            f"{d}: no {MANIFEST_NAME} ({what}); a stage output is complete only once its manifest is written"
-        )
+        from cxrctx.output_policy import no_manifest_error
+
+        raise no_manifest_error(d, expect)
     if m.tool != "cxrctx":
         raise CxrctxError(f"{paths[0]}: written by {m.tool!r}, not cxrctx")
     return Stage(d, m, paths)
@@ -532,8 +528,8 @@ def open_stage(
     manifest (an interrupted run), an incomplete or mixed sharded run, a folder of another
     stage than `expect`, a schema version newer than this cxrctx reads, and any listed file
     that is missing, truncated, has another row count or another sha256."""
-    st = load_stage(path)
     wanted = (expect,) if isinstance(expect, str) else tuple(expect or ())
+    st = load_stage(path, wanted)
     if wanted and st.name not in wanted:
         raise CxrctxError(
             f"{st.manifest_paths[0]}: a {st.name} output; expected {' or '.join(wanted)} output"

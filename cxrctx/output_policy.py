@@ -28,8 +28,12 @@ from cxrctx.io import (
     host_name,
     load_stage,
 )
+from cxrctx.locks import is_lock_file, lock_folder
+from cxrctx.vocab import PREFIX
 
 RUN_MARKER = ".cxrctx-run.json"
+#: where `--plan` writes its sample inside OUT; the full run of the same stage still claims OUT
+PLAN_DIR = "plan-sample"
 _TMP_OWNER_RE = re.compile(r"~(?P<host>[^~]*)~(?P<pid>\d+)~[^~]*\.tmp$")
 
 
@@ -108,6 +112,14 @@ def _owner(p: Path) -> tuple[str | None, str | None]:
     return None, None
 
 
+def _not_output(x: Path, stage: str) -> bool:
+    """Entries that do not make OUT someone else's: the write probe, lock files, and the
+    `--plan` sample of this stage (the README promises the full run resumes in OUT)."""
+    if x.name.startswith(".cxrctx-write-probe.") or is_lock_file(x.name):
+        return True
+    return x.name == PLAN_DIR and x.is_dir() and _owner(x)[0] == stage
+
+
 def prepare_output(
     out: str | os.PathLike,
     *,
@@ -115,6 +127,7 @@ def prepare_output(
     config_hash: str,
     overwrite: bool = False,
     stale_after_s: float = 3600.0,
+    slot: str | None = None,
 ) -> OutputDir:
     """Apply the one output policy every stage shares, before any work is done.
 
@@ -125,7 +138,9 @@ def prepare_output(
     - any other non-empty folder is refused unless `overwrite`, which empties it only when
       it is a cxrctx output (never an arbitrary folder).
     A marker records stage + config hash, so even a run killed before its manifest is
-    recognised next time."""
+    recognised next time. The folder is locked for this process first (`cxrctx.locks`:
+    a second run gets "in use by pid N"); slices of a sharded run lock their own `slot`."""
+
     p = Path(out)
     if p.exists() and not p.is_dir():
         raise CxrctxError(f"{p}: exists and is not a directory; --out needs a folder")
@@ -134,8 +149,9 @@ def prepare_output(
     except OSError as e:
         raise CxrctxError(f"{p}: cannot create the output folder ({e.strerror or e})") from e
     _probe_writable(p)
+    lock_folder(p, slot)
     res = OutputDir(p)
-    entries = [x for x in p.iterdir() if not x.name.startswith(".cxrctx-write-probe.")]
+    entries = [x for x in p.iterdir() if not _not_output(x, stage)]
     if entries:
         owner_stage, owner_hash = _owner(p)
         same = owner_stage == stage and owner_hash == config_hash
@@ -172,9 +188,42 @@ def prepare_output(
 def _empty_folder(p: Path) -> None:
     try:
         for x in p.iterdir():
+            if is_lock_file(x.name):
+                continue  # ours: held until this run ends
             if x.is_dir() and not x.is_symlink():
                 shutil.rmtree(x)
             else:
                 x.unlink()
     except OSError as e:
         raise CxrctxError(f"{p}: cannot clear the old output ({e.strerror or e})") from e
+
+
+def _is_mimic_root(d: Path) -> bool:
+    """A MIMIC-CXR (or -JPG) download: its CSVs, its reports zip or its files/pNN tree."""
+    names = [f"{PREFIX}{s}.csv{z}" for s in ("metadata", "split", "chexpert") for z in (".gz", "")]
+    return (
+        any((d / n).is_file() for n in (*names, "mimic-cxr-reports.zip"))
+        or any((d / "files").glob("p1[0-9]"))
+    )
+
+
+def no_manifest_error(d: Path, expect: tuple[str, ...] = ()) -> CxrctxError:
+    """The one-line error for a folder given as a stage output that has no manifest: what
+    the folder is, and which command makes the folder that was expected."""
+    then = ""
+    if not d.is_dir() or not any(d.iterdir()):
+        what = "an empty folder"
+    elif _is_mimic_root(d):
+        what = "a raw MIMIC-CXR root, not a stage output"
+    else:
+        what = "an interrupted or unfinished run"
+        stage = _owner(d)[0] if (d / RUN_MARKER).is_file() else None
+        if stage not in (None, "?"):
+            then = f" of {stage}: re-run the same {stage} command to finish it"
+    need = (
+        f"; a {' or '.join(expect)} output folder is made by "
+        + " or ".join(f"`cxrctx {e} ... --out DIR`" for e in expect)
+        if expect
+        else "; a stage output is complete only once its manifest is written"
+    )
+    return CxrctxError(f"{d}: no {MANIFEST_NAME} ({what}){then}{need}")

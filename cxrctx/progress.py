@@ -92,7 +92,8 @@ def step_of(*event: Any) -> Step:
         case (ev,) if hasattr(ev, "kind") and hasattr(ev, "stage"):
             return Step(f"stage {ev.stage}", ev.step, ev.total, loss=ev.loss)
         case (ev,) if hasattr(ev, "tokens") and hasattr(ev, "done"):
-            return Step("documents", ev.done, ev.total, failed=ev.failed, tokens=ev.tokens)
+            return Step("documents", ev.done, ev.total, failed=ev.failed, tokens=ev.tokens,
+                        phase=getattr(ev, "phase", ""))  # e.g. "writing shards"
     raise TypeError(f"not a progress event: {event!r}")
 
 

@@ -25,3 +25,13 @@ def synth_root_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synth_small") / "mimic"
     synthesize(root, patients=8, seed=11)
     return root
+
+
+@pytest.fixture(autouse=True)
+def _release_output_locks():
+    """Each test's stage runs lock their output folders for this process (as a CLI run
+    does until it exits); hand them back after the test so descriptors do not pile up."""
+    yield
+    from cxrctx.locks import release_all
+
+    release_all()

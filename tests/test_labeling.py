@@ -402,7 +402,7 @@ def test_eval_against_synthetic_truth_with_locations(synth_root_small, tmp_path)
         "--against",
         str(synth_root_small / "truth"),
     ]
-    r = runner.invoke(app, [*args, "--json", str(js)])
+    r = runner.invoke(app, [*args, "--json-out", str(js)])
     assert r.exit_code == 0, r.output
     assert json.loads(js.read_text())["location_accuracy"] == 1.0
 

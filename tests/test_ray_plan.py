@@ -66,11 +66,14 @@ def test_plan_counts_each_unique_text_once_and_is_stable_when_cached(tmp_path):
 
 
 def test_cli_plan_prints_the_budget(tmp_path, monkeypatch):
-    monkeypatch.setattr("cxrctx.llm.spec.make_engine",
+    # where label-lesions looks the builder up (patching cxrctx.llm.spec alone reached a
+    # real, absent server: every sample document failed and the plan still printed)
+    monkeypatch.setattr("cxrctx.labeling.stage.make_engine",
                         lambda spec: FakeEngine(spec.model, responder=fixed_tokens))  # fmt: skip
     src = corpus(tmp_path / "docs.parquet")
     r = runner.invoke(app, ["label-lesions", str(src), "--out", str(tmp_path / "o"), "--backend",
                             "openai", "--base-url", "http://127.0.0.1:9/v1", "--model", "m",
+                            "--mode", "llm",  # the scripted answers are --mode llm's
                             "--plan", "--plan-sample", "6", "--plan-throughput", "500",
                             "--plan-gpu", "L4"])  # fmt: skip
     assert r.exit_code == 0, r.output

@@ -135,7 +135,7 @@ RayAddressOpt = Annotated[
 ]  # fmt: skip
 WorkersOpt = Annotated[
     int,
-    typer.Option("--workers", min=1, help="ray: engine workers (vllm: one GPU each)."),
+    typer.Option("--workers", min=1, help="--executor ray: Ray actors, one engine each (vllm: one GPU each); not processes (build-priors' --workers are)."),
 ]
 PlanOpt = Annotated[
     bool,

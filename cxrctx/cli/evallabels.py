@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -94,7 +95,8 @@ def eval_labels_cmd(
         1000, "--bootstrap", min=0, help="Bootstrap resamples for 95 % CIs (0 = none)."
     ),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed (same seed, same intervals)."),
-    json_path: Path = typer.Option(None, "--json", help="Write the report as JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of tables (as validate and info do)."),
+    json_path: Path = typer.Option(None, "--json-out", help="Also write the report as JSON to this file."),
     png_path: Path = typer.Option(
         None, "--png", help="Write a P/R/F1 bar chart (needs matplotlib)."
     ),
@@ -104,7 +106,8 @@ def eval_labels_cmd(
 
     \b
     Example:
-        cxrctx eval-labels labels_out --against mimic-cxr-2.0.0-chexpert.csv.gz --uncertain ignore
+        cxrctx eval-labels out/labels --against mimic-cxr-2.0.0-chexpert.csv.gz \\
+            --uncertain ignore --json-out eval.json
     """
     try:
         report = eval_labels(
@@ -113,6 +116,9 @@ def eval_labels_cmd(
         )  # fmt: skip
     except CxrctxError as e:
         raise fail(e) from None
+    if as_json:
+        typer.echo(json.dumps(report.model_dump(mode="json"), indent=2))
+        return
     console.print(report_table(report))
     if (conf := confusion_table(report)) is not None:
         console.print(conf)

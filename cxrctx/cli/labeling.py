@@ -79,6 +79,7 @@ def label_lesions_cmd(
     text_column: str = typer.Option("text", "--text-column", help="Text column of a table input."),
     shard: str = typer.Option(None, "--shard", help="Label slice i of n (e.g. 0/4); slices write part i and merge in one OUT."),
     limit: int = typer.Option(None, "--limit", min=1, help="Only the first N documents."),
+    max_report_bytes: int = typer.Option(1 << 20, "--max-report-bytes", min=1, help="Reject a document whose text is larger than this (too_large, a failure row; never labeled or sent), as build-priors does."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the first prompt and the schema; call no model."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace another run's output in --out (only ever a cxrctx output); the same configuration resumes without it."),
     max_tokens: int = typer.Option(384, "--max-tokens", min=1, help="Output token limit per answer."),
@@ -106,11 +107,14 @@ def label_lesions_cmd(
     \b
     Example:
       cxrctx label-lesions out/priors --out out/labels-rules
-      cxrctx label-lesions out/priors --out out/labels --model qwen2.5-1.5b-instruct-q4_k_m.gguf
-      cxrctx label-lesions reports.csv --id-column uid --text-column report --out out/labels \\
-          --backend openai --base-url http://127.0.0.1:8000/v1 --model local
-      cxrctx label-lesions out/priors --out out/labels --backend vllm --model Qwen/Qwen2.5-7B-Instruct \\
-          --executor ray --ray-address auto --workers 8 --plan --plan-throughput 6300
+      cxrctx label-lesions out/priors --out out/labels \\
+          --model qwen2.5-1.5b-instruct-q4_k_m.gguf
+      cxrctx label-lesions reports.csv --id-column uid --text-column report \\
+          --out out/labels --backend openai --base-url http://127.0.0.1:8000/v1 \\
+          --model local
+      cxrctx label-lesions out/priors --out out/labels --backend vllm \\
+          --model Qwen/Qwen2.5-7B-Instruct --executor ray --ray-address auto \\
+          --workers 8 --plan --plan-throughput 6300
     """
     secs = [s.strip() for s in sections.split(",") if s.strip()]
     labeler = _labeler(backend, model, mode)
@@ -118,7 +122,7 @@ def label_lesions_cmd(
     config = LabelLesionsConfig(
         sections=secs, id_column=id_column, text_column=text_column, shard=shard, limit=limit,
         dry_run=dry_run, overwrite=overwrite, sampling=sampling, batch_size=batch_size,
-        prepass=not no_prepass, prompt=prompt,
+        prepass=not no_prepass, prompt=prompt, max_report_bytes=max_report_bytes,
     )  # fmt: skip
     if labeler is Labeler.rules:
         _run_rules(input_path, out, config)
@@ -175,7 +179,7 @@ def _print_summary(run: LabelRun, mode: Labeler) -> None:
             f"{c.get('labeled', 0)} labeled; label rows by rules {c.get('rules', 0)}, by the LLM {c.get('llm', 0)} "
             f"({c.get('llm_changed', 0)} changed from the rule reading), not mentioned {c.get('not_mentioned', 0)}; "
             f"{c.get('llm_called', 0)} documents asked ({c.get('cached', 0)} from cache), {c.get('failed', 0)} failed, "
-            f"{c.get('empty', 0)} empty; {c.get('engine_requests', 0)} engine requests in {run.seconds:.1f}s",
+            f"{c.get('empty', 0)} empty, {c.get('too_large', 0)} too large; {c.get('engine_requests', 0)} engine requests in {run.seconds:.1f}s",
             highlight=False,
         )
         return
@@ -183,7 +187,7 @@ def _print_summary(run: LabelRun, mode: Labeler) -> None:
         f"[bold]label-lesions[/] → {run.out_dir}: {c.get('documents', 0)} documents, {c.get('labeled', 0)} labeled "
         f"({c.get('llm_called', 0)} by the LLM, {c.get('cached', 0)} from cache, {c.get('no_candidate', 0)} with no "
         f"lesion mentioned), {c.get('failed', 0)} failed ({c.get('transient_failed', 0)} transient: a re-run retries them), "
-        f"{c.get('empty', 0)} empty, {c.get('duplicate_id', 0) + c.get('missing_id', 0)} missing/duplicate ids; "
+        f"{c.get('empty', 0)} empty, {c.get('too_large', 0)} too large, {c.get('duplicate_id', 0) + c.get('missing_id', 0)} missing/duplicate ids; "
         f"{c.get('engine_requests', 0)} engine requests in {run.seconds:.1f}s",
         highlight=False,
     )
@@ -221,7 +225,7 @@ def _run_rules(input_path: Path, out: Path, config: LabelLesionsConfig) -> None:
     console.print(
         f"[bold]label-lesions[/] (rules) → {run.out_dir}: {c.get('documents', 0)} documents, "
         f"{c.get('labeled', 0)} labeled; label rows by rules {c.get('rules', 0)} ({c.get('ambiguous', 0)} "
-        f"ambiguous), not mentioned {c.get('not_mentioned', 0)}; {c.get('empty', 0)} empty, "
+        f"ambiguous), not mentioned {c.get('not_mentioned', 0)}; {c.get('empty', 0)} empty, {c.get('too_large', 0)} too large, "
         f"{c.get('duplicate_id', 0)} missing/duplicate ids in {run.seconds:.1f}s",
         highlight=False,
     )

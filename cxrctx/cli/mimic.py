@@ -20,6 +20,13 @@ class OutputFormat(str, Enum):
     jsonl = "jsonl"
 
 
+class ImageExt(str, Enum):
+    """MIMIC-CXR's DICOMs, or MIMIC-CXR-JPG's JPEGs."""
+
+    dcm = "dcm"
+    jpg = "jpg"
+
+
 @app.command("build-priors")
 def build_priors_cmd(
     root: Path = typer.Argument(
@@ -43,11 +50,11 @@ def build_priors_cmd(
     scan_dicom: bool = typer.Option(
         False, "--scan-dicom", help="Read DICOM headers under files/ instead of the metadata CSV."
     ),
-    image_ext: str = typer.Option(
-        "dcm", "--image-ext", help="Extension of image paths built from the CSV (dcm or jpg)."
+    image_ext: ImageExt = typer.Option(
+        ImageExt.dcm, "--image-ext", help="Extension of image paths built from the CSV: dcm (MIMIC-CXR) or jpg (MIMIC-CXR-JPG)."
     ),
     workers: int = typer.Option(
-        None, "--workers", "-j", min=1, help="Worker processes (default: CPU count, at most 8)."
+        None, "--workers", "-j", min=1, help="Worker processes reading reports on this machine (default: CPU count, at most 8); not Ray actors (the model commands' --workers are)."
     ),
     max_report_bytes: int = typer.Option(
         1 << 20,
@@ -78,7 +85,7 @@ def build_priors_cmd(
                 jsonl=fmt is OutputFormat.jsonl,
                 reports_zip=reports_zip,
                 scan_dicom=scan_dicom,
-                image_ext=image_ext,
+                image_ext=image_ext.value,
                 workers=workers,
                 max_report_bytes=max_report_bytes,
                 overwrite=overwrite,

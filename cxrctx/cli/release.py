@@ -34,9 +34,12 @@ class ExportFormat(str, enum.Enum):
 
 
 class TargetSection(str, enum.Enum):
+    """Sections are listed comma-separated on every command (`--sections` of label-lesions
+    and evaluate); the release config records both as `findings+impression`."""
+
     findings = "findings"
     impression = "impression"
-    both = "findings+impression"
+    both = "findings,impression"
 
 
 def _split_table(summary: dict[str, dict[str, int]], title: str):
@@ -81,7 +84,7 @@ def release_cmd(
         [], "--format", help="Extra export table (repeatable): srrg, maira2, jsonl."
     ),
     target: TargetSection = typer.Option(
-        TargetSection.findings, "--target", help="Target section(s) of the exports."
+        TargetSection.findings, "--target", help="Target section(s) of the exports (comma-separated, as --sections elsewhere)."
     ),
     license: str = typer.Option(
         "other", "--license",
@@ -130,7 +133,8 @@ def release_cmd(
         with progress_display("release") as progress:
             res = make_release(
                 records, out=out, name=name, version=version, labels=labels, rois=rois,
-                structured=structured, formats=[f.value for f in formats], target=target.value,
+                structured=structured, formats=[f.value for f in formats],
+                target=target.value.replace(",", "+"),  # recorded as findings+impression
                 license=license, rows_per_file=rows_per_file, card=meta, overwrite=overwrite,
                 progress=progress,
             )  # fmt: skip
@@ -273,7 +277,8 @@ def rebuild_cmd(
     \b
     Example:
       cxrctx rebuild release/public /data/mimic-cxr --out rebuilt
-      cxrctx rebuild release/public /data/mimic-cxr --out rebuilt --model qwen2.5-1.5b-instruct-q4_k_m.gguf \\
+      cxrctx rebuild release/public /data/mimic-cxr --out rebuilt \\
+          --model qwen2.5-1.5b-instruct-q4_k_m.gguf \\
           --imagenome /data/chest-imagenome
     """
     from rich.markup import escape

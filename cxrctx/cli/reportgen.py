@@ -73,7 +73,7 @@ def generate_cmd(
         "--out",
         help="Output directory (generated/part-*.parquet, skips.parquet, manifest.json).",
     ),
-    split: SplitChoice = typer.Option(SplitChoice.test, "--split", help="Records split, or all."),
+    split: SplitChoice = typer.Option(SplitChoice.test, "--split", help="Records split (MIMIC-CXR's names, as in its split CSV and the records: validate, not the hub's validation), or all."),
     records: Path = typer.Option(None, "--records", help="Default: the run's."),
     rois: Path = typer.Option(None, "--rois", help="Default: the run's."),
     images: Path = typer.Option(None, "--images", help="Default: the run's."),
@@ -110,9 +110,11 @@ def generate_cmd(
     \b
     Example:
         cxrctx generate out/run --split test --out out/gen
-        cxrctx generate out/run --out out/gen-llm --backend llamacpp --model model.gguf
-        cxrctx generate out/run --out out/gen-llm --backend vllm --model Qwen/Qwen2.5-7B-Instruct \\
-            --executor ray --ray-address auto --workers 4
+        cxrctx generate out/run --out out/gen-llm --backend llamacpp \\
+            --model model.gguf
+        cxrctx generate out/run --out out/gen-llm --backend vllm \\
+            --model Qwen/Qwen2.5-7B-Instruct --executor ray --ray-address auto \\
+            --workers 4
     """
     try:
         spec = engine_spec(
@@ -205,7 +207,8 @@ def evaluate_cmd(
 
     \b
     Example:
-        cxrctx evaluate out/gen --reference out/priors --reference-labels out/syn/truth --out out/eval
+        cxrctx evaluate out/gen --reference out/priors \\
+            --reference-labels out/syn/truth --out out/eval
     """
     try:
         spec = engine_spec(

@@ -81,7 +81,8 @@ def synth_cmd(
     \b
     Example:
       cxrctx synth out/mimic --patients 200 --seed 0 --dicom --zip
-      cxrctx synth --out out/syn --patients 150 --images --imagenome --image-format jpg
+      cxrctx synth --out out/syn --patients 150 --images --imagenome \\
+          --image-format jpg
     """
     if (out_dir is None) == (out is None):
         raise fail(CxrctxError("give the output directory once: OUT_DIR or --out"))

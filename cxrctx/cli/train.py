@@ -98,7 +98,8 @@ def train_cmd(
         --images out/syn --out out/run --preset tiny
       cxrctx train ... --out out/run-nolca --set use_lca=false
       torchrun --nproc-per-node 8 -m cxrctx.cli train ... --preset paper \\
-        --set vit_weights=vit_b16_in1k.safetensors --set text_model=bert-base-uncased/
+        --set vit_weights=vit_b16_in1k.safetensors \\
+        --set text_model=bert-base-uncased/
     """
 
     try:

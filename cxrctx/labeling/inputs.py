@@ -14,17 +14,44 @@ from cxrctx import jsonl
 from cxrctx.errors import CxrctxError
 from cxrctx.io import input_file, open_stage
 from cxrctx.labeling.models import DEFAULT_SECTIONS
+from cxrctx.limits import MAX_REPORT_BYTES, TOO_LARGE, split_oversize, too_large_detail
 from cxrctx.vocab import SECTIONS
 
 
 @dataclass
 class LoadedInput:
-    """The documents (id, text), the input files for the manifest, and the input kind
-    ("records": a build-priors output, "file": a table)."""
+    """The documents (id, text), the input files for the manifest, the input kind
+    ("records": a build-priors output, "file": a table), and the rows rejected for size."""
 
     docs: pl.DataFrame
     inputs: list[Any] = field(default_factory=list)
     kind: str = "file"
+    too_large: pl.DataFrame | None = None
+    max_report_bytes: int = MAX_REPORT_BYTES
+
+    def reject_rows(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(failure rows, document rows) of the texts over the cap: never labeled, never
+        sent to a model, each counted as `too_large`."""
+        fails: list[dict[str, Any]] = []
+        docs: list[dict[str, Any]] = []
+        rows = self.too_large.iter_rows(named=True) if self.too_large is not None else ()
+        for r in rows:
+            why = f"{TOO_LARGE}: {too_large_detail(r['text_bytes'], self.max_report_bytes)}"
+            fails.append({"id": r["id"] or "", "reason": why, "raw_text": None, "attempts": 0,
+                          "transient": False})  # fmt: skip
+            docs.append({"id": r["id"] or "", "text_sha256": "", "status": "too_large",
+                         "candidates": [], "llm_called": False, "cached": False, "attempts": 0,
+                         "finish_reason": None, "prompt_tokens": 0, "completion_tokens": 0,
+                         "latency_s": 0.0, "raw_text": None, "error": why})  # fmt: skip
+        return fails, docs
+
+    def write_rejects(self, sinks: dict[str, Any], counts: dict[str, int]) -> None:
+        """Add the over-size rows to a run's failures and documents tables and counts."""
+        fails, docs = self.reject_rows()
+        sinks["failures"].add(fails)
+        sinks["documents"].add(docs)
+        counts["too_large"] = len(fails)
+        counts["documents"] = counts.get("documents", 0) + len(fails)
 
 
 def load_documents(
@@ -110,9 +137,12 @@ def shard_slice(docs: pl.DataFrame, shard: tuple[int, int] | None) -> pl.DataFra
 
 def select_documents(
     input_path: str | os.PathLike, sections: list[str], id_column: str, text_column: str,
-    limit: int | None, shard: tuple[int, int] | None,
+    limit: int | None, shard: tuple[int, int] | None, max_report_bytes: int = MAX_REPORT_BYTES,
 ) -> LoadedInput:  # fmt: skip
-    """The documents one run labels: `sections` checked, the first `limit`, then the slice."""
+    """The documents one run labels: `sections` checked, the first `limit`, then the slice;
+    texts over `max_report_bytes` are set apart (`too_large`) as build-priors does."""
+    if max_report_bytes < 1:
+        raise CxrctxError("--max-report-bytes must be >= 1")
     bad = [s for s in sections if s not in SECTIONS]
     if bad:
         raise CxrctxError(f"unknown section(s) {', '.join(bad)}; choose from {', '.join(SECTIONS)}")
@@ -120,5 +150,6 @@ def select_documents(
         input_path, sections=sections, id_column=id_column, text_column=text_column
     )
     docs = loaded.docs.head(limit) if limit is not None else loaded.docs
-    loaded.docs = shard_slice(docs, shard)
+    loaded.docs, loaded.too_large = split_oversize(shard_slice(docs, shard), "text", max_report_bytes)
+    loaded.max_report_bytes = max_report_bytes
     return loaded

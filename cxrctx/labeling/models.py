@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, create_model, field_validator
 
+from cxrctx.limits import MAX_REPORT_BYTES
 from cxrctx.llm.base import Sampling
 from cxrctx.llm.task import json_schema
 from cxrctx.models import Lesion, Location, Status
@@ -70,6 +71,10 @@ class LabelLesionsConfig(BaseModel):
         None, description="Prompt version or file (hybrid: a hybrid prompt version or file)"
     )
     cache_dir: Path | None = Field(None, description="Answers a re-run reuses (default OUT/cache)")
+    max_report_bytes: int = Field(
+        MAX_REPORT_BYTES, ge=1,
+        description="A text larger than this is a too_large failure row, never labeled or sent",
+    )  # fmt: skip
 
     @field_validator("sampling", mode="before")
     @classmethod
@@ -242,7 +247,7 @@ class DocumentRow(_Strict):
 
     id: str
     text_sha256: str
-    status: Literal["labeled", "skipped", "failed", "empty"]
+    status: Literal["labeled", "skipped", "failed", "empty", "too_large"]
     candidates: list[str]
     llm_called: bool
     cached: bool

@@ -19,7 +19,7 @@ from cxrctx.labeling.inputs import select_documents
 from cxrctx.labeling.models import Labeler, LabelLesionsConfig
 from cxrctx.labeling.stage import ProgressFn, label_lesions
 from cxrctx.llm.base import Engine
-from cxrctx.llm.plan import PUBLISHED_GPU, PUBLISHED_TOKENS_PER_S, Plan, make_plan
+from cxrctx.llm.plan import PUBLISHED_GPU, PUBLISHED_TOKENS_PER_S, Plan, check_sample, make_plan
 from cxrctx.llm.runner import Executor
 from cxrctx.llm.spec import EngineSpec
 
@@ -68,6 +68,8 @@ def plan_label_lesions(
         progress=progress, executor=executor,
     )  # fmt: skip
     docs = run.result.documents if run.result is not None else pl.DataFrame()
+    failed = run.result.counts.get("failed", 0) if run.result is not None else 0
+    check_sample(docs.height, failed, str(sample_out))
     plan = make_plan(sample_documents=docs.height, total_documents=total,
                      throughput_tokens_per_s=throughput_tokens_per_s, gpu=gpu,
                      **sample_cost(docs))  # fmt: skip

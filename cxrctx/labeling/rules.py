@@ -298,9 +298,11 @@ def write_rules(
     docs: pl.DataFrame,
     sinks: dict[str, Sink],
     progress: Callable[[int, int, int], None] | None = None,
+    phase: Callable[[str], None] | None = None,
 ) -> LabelResult:
     """Label `docs` slice by slice into the stage's `sinks` (memory stays flat); the
-    result holds the counts (tables are in the sinks)."""
+    result holds the counts (tables are in the sinks). `phase` hears "writing shards"
+    while a slice's rows are written (seconds at full scale) and "labeling" after."""
     counts: dict[str, int] = {}
     ids: set[str] = set()
     shas: set[str] = set()
@@ -309,8 +311,12 @@ def write_rules(
         part = label_documents_rules(
             docs.slice(start, RULES_CHUNK), progress=step, seen_ids=ids, seen_texts=shas
         )
+        if phase:
+            phase("writing shards")
         for name, sink in sinks.items():
             sink.add(part.table(name).to_dicts())
+        if phase:
+            phase("labeling")
         for k, v in part.counts.items():
             counts[k] = counts.get(k, 0) + v
     counts["unique_texts"] = len(shas)

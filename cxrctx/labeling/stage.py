@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -80,7 +81,8 @@ def label_lesions(
     )
     sh = parse_shard(cfg.shard)
     loaded = select_documents(
-        input_path, cfg.sections, cfg.id_column, cfg.text_column, cfg.limit, sh
+        input_path, cfg.sections, cfg.id_column, cfg.text_column, cfg.limit, sh,
+        cfg.max_report_bytes,
     )
     out_dir = Path(out)
     if cfg.dry_run:
@@ -90,7 +92,7 @@ def label_lesions(
     with run.engine_scope():
         try:
             claim_output(out_dir, key, loaded, sh, cfg.overwrite)
-            result, tables = _stream(run, loaded.docs, out_dir, sh)
+            result, tables = _stream(run, loaded, out_dir, sh)
             manifest = write_label_manifest(
                 out_dir, result, run.run_config(loaded, result), loaded.inputs, tables, sh
             )
@@ -121,12 +123,14 @@ def _labeler(labeler: Labeler | str | None, engine: Engine | EngineSpec | None) 
 
 
 def _stream(
-    run: _LabelerRun, docs: pl.DataFrame, out_dir: Path, sh: tuple[int, int] | None
+    run: _LabelerRun, loaded: LoadedInput, out_dir: Path, sh: tuple[int, int] | None
 ) -> tuple[LabelResult, dict[str, list[Any]]]:
-    """Stream the labels into out_dir's tables; on any error the partial parts are dropped."""
+    """Stream the labels into out_dir's tables, then the rows rejected for size (every
+    labeler alike); on any error the partial parts are dropped."""
     sinks = open_sinks(out_dir, sh)
     try:
-        result = run.write(docs, dict(sinks), out_dir, sh)
+        result = run.write(loaded.docs, dict(sinks), out_dir, sh)
+        loaded.write_rejects(dict(sinks), result.counts)
     except BaseException:
         for s in sinks.values():
             s.abort()
@@ -188,12 +192,16 @@ class _RulesRun:
         self, docs: pl.DataFrame, sinks: dict[str, Sink], out_dir: Path, sh: tuple[int, int] | None
     ) -> LabelResult:
         p = self.progress
-        step = (
-            (lambda i, n, f: p(TaskProgress(done=i, total=n, requests=0, tokens=0, cached=0, failed=f)))
-            if p is not None
-            else None
-        )  # fmt: skip
-        return write_rules(docs, sinks, step)
+        if p is None:
+            return write_rules(docs, sinks)
+        last = TaskProgress(done=0, total=docs.height, requests=0, tokens=0, cached=0, failed=0)
+
+        def step(i: int, n: int, f: int) -> None:
+            nonlocal last
+            last = TaskProgress(done=i, total=n, requests=0, tokens=0, cached=0, failed=f)
+            p(last)
+
+        return write_rules(docs, sinks, step, lambda what: p(replace(last, phase=what)))
 
     def run_config(self, loaded: LoadedInput, result: LabelResult | None) -> LabelRunConfig:
         lex, c = lexicon(), self.cfg

@@ -135,7 +135,8 @@ def claim_output(
     refused unless `overwrite`."""
     check_shard_slot(out, sh)  # whole-input runs and slices of other n never share a folder
     key = {**run_key, "inputs": [i.sha256 for i in loaded.inputs]}
-    prepare_output(out, stage=STAGE, config_hash=config_hash(key), overwrite=overwrite)
+    prepare_output(out, stage=STAGE, config_hash=config_hash(key), overwrite=overwrite,
+                   slot=f"shard-{sh[0]}-of-{sh[1]}" if sh else None)  # slices share OUT
 
 
 def open_sinks(out: Path, shard: tuple[int, int] | None) -> dict[str, ShardSink]:

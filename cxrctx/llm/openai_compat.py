@@ -33,7 +33,7 @@ from typing import Any
 from cxrctx.errors import CxrctxError
 from cxrctx.llm.base import ChatRequest, Completion, ErrorKind, Sampling
 from cxrctx.llm.jsonutil import strip_code_fences
-from cxrctx.llm.spec import check_route
+from cxrctx.llm.spec import check_api_key_env, check_route
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,7 @@ class OpenAIEngine:
                 "the openai backend needs an explicit base_url (--base-url); it never defaults to a public API"
             )
         check_route(base_url, allow_public_api)
+        check_api_key_env(api_key_env)
         if response_format not in RESPONSE_FORMATS:
             raise CxrctxError(f"response_format must be one of {', '.join(RESPONSE_FORMATS)}")
         if concurrency < 1:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cxrctx.errors import CxrctxError
+
 #: published output throughput of an 8B model on one H100 with vLLM (datatrove benchmark)
 PUBLISHED_TOKENS_PER_S = 6300.0
 PUBLISHED_GPU = "H100 (8B model, vLLM)"
@@ -50,6 +52,20 @@ class Plan(BaseModel):
 
 def gpu_hours(output_tokens: float, throughput_tokens_per_s: float) -> float:
     return output_tokens / throughput_tokens_per_s / 3600.0
+
+
+def check_sample(sample_documents: int, failed_documents: int, where: str) -> None:
+    """Refuse to project from a sample in which documents failed: their cost is unknown, so
+    the plan would under-count (a sample where everything failed would read "0 GPU-hours,
+    within budget"). The answered documents stay cached for the re-run."""
+    if sample_documents < 1:
+        raise CxrctxError(f"--plan: the sample in {where} holds no documents; nothing to project")
+    if failed_documents:
+        raise CxrctxError(
+            f"--plan: {failed_documents} of {sample_documents} sample documents failed (see "
+            f"{where}/failures/); no plan from a failed sample: fix the cause and re-run --plan "
+            "(answered documents are cached)"
+        )
 
 
 def make_plan(

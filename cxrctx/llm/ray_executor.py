@@ -23,6 +23,9 @@ With the vLLM backend (default `vllm_processor=True`) each window goes through
 our prompts, JSON schemas (as vLLM structured outputs), parsing, repair and cache stay
 the same because `solve_batch` runs on the driver with the processor as its engine.
 
+A local Ray started here is stopped when the driver dies, even by SIGKILL (which skips
+`ray.shutdown`): `cxrctx.llm.ray_watchdog` watches the driver and stops that session.
+
 Secrets: the API key is never in the dataset, the actor arguments or a log. Workers of
 a Ray started here inherit this process's environment; on an existing cluster
 (`address`) the key's variable reaches the actors through their `runtime_env`.
@@ -34,12 +37,13 @@ import functools
 import importlib
 import logging
 import os
+import subprocess
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from cxrctx.errors import CxrctxError
-from cxrctx.llm import _check
+from cxrctx.llm import _check, ray_watchdog
 from cxrctx.llm.base import ChatRequest, Completion, Engine, Sampling
 from cxrctx.llm.runner import Outcome, Work, engine_identity, engine_secrets, solve_batch
 from cxrctx.llm.spec import EngineSpec, check_route, make_engine
@@ -51,6 +55,16 @@ RAY_HINT = "the ray executor needs Ray Data: pip install 'cxrctx[ray]'"
 DEFAULT_WINDOW = 1024
 #: default batch sizes of the engines, known without building them
 _BATCH = {"llamacpp": 8, "vllm": 2048, "fake": 64}
+
+
+def _session_dir(ray: Any) -> str:
+    """The folder of the local Ray session just started ("" when Ray hides it)."""
+    node = getattr(getattr(ray, "_private", None), "worker", None)
+    node = getattr(node, "_global_node", None)
+    try:
+        return str(node.get_session_dir_path()) if node is not None else ""
+    except Exception:  # a private API: never fail a run over the watchdog
+        return ""
 
 
 def _ray() -> Any:
@@ -188,6 +202,7 @@ class RayExecutor:
         self.vllm_processor = vllm_processor
         self.num_cpus = num_cpus
         self._started = False
+        self._watchdog: subprocess.Popen | None = None
 
     # -- life cycle
 
@@ -207,6 +222,7 @@ class RayExecutor:
         else:
             ray.init(num_cpus=max(os.cpu_count() or 1, self.workers), **kwargs)
             self._started = True
+            self._watchdog = ray_watchdog.start(_session_dir(ray))
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # our progress is the runner's
@@ -216,6 +232,8 @@ class RayExecutor:
         if self._started:
             _ray().shutdown()
             self._started = False
+            ray_watchdog.finish(self._watchdog)
+            self._watchdog = None
 
     def __enter__(self) -> RayExecutor:
         return self

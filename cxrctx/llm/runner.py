@@ -126,6 +126,9 @@ class TaskProgress:
     tokens: int
     cached: int
     failed: int
+    #: what the run is doing when it is not counting documents (e.g. "writing shards"),
+    #: so a progress display shows the phase rather than a frozen bar and a stale ETA
+    phase: str = ""
 
 
 @dataclass

@@ -16,10 +16,11 @@ Vertex AI are the routes PhysioNet names as acceptable and are not on the list.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Literal
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cxrctx.errors import CxrctxError
 from cxrctx.llm import get_engine
@@ -46,11 +47,31 @@ DUA_RULE = (
 Backend = Literal["llamacpp", "openai", "vllm", "fake"]
 
 
+def normalise_host(base_url: str) -> str:
+    """The host `base_url` reaches, in the one form the public-API check compares.
+
+    DNS and HTTP clients treat these as the same host, so the check must too: userinfo
+    (`user:pw@`) and the port are dropped, case is folded, percent-escapes are decoded,
+    trailing dots (the fully-qualified form `api.openai.com.`) are removed, and a Unicode
+    name is IDNA-encoded (which also maps full-width letters and dots to ASCII)."""
+    url = base_url.strip()
+    host = urlparse(url if "://" in url else f"//{url}").hostname or ""
+    host = unquote(host).strip()
+    for dot in ("\u3002", "\uff0e", "\uff61"):  # ideographic / full-width dots
+        host = host.replace(dot, ".")
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            pass  # not a valid IDN: compared as typed (it cannot resolve to a listed host)
+    return host.lower().rstrip(".")
+
+
 def public_api_host(base_url: str | None) -> str | None:
     """The known public API host `base_url` points at, or None."""
     if not base_url:
         return None
-    host = (urlparse(base_url if "://" in base_url else f"//{base_url}").hostname or "").lower()
+    host = normalise_host(base_url)
     for h in PUBLIC_API_HOSTS:
         if host == h or host.endswith("." + h):
             return h
@@ -66,6 +87,38 @@ def check_route(base_url: str | None, allow_public_api: bool) -> None:
             f"{DUA_RULE}. If your use of this host is covered by such an approved route, pass "
             "--allow-public-api"
         )
+
+
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# provider key prefixes that are also valid variable names (Hugging Face hf_, Groq gsk_,
+# OpenAI/Stripe-style sk_/pk_/rk_, xAI, Google AIza...)
+_KEY_PREFIX_RE = re.compile(r"(?:sk|hf|gsk|xai|pk|rk)_[A-Za-z0-9]{16,}|AIza[A-Za-z0-9_-]{30,}")
+
+
+def looks_like_secret(value: str) -> bool:
+    """True for a value shaped like an API key rather than a variable name: a provider's
+    key prefix with a long random tail, or a long token mixing lower and upper case with
+    digits scattered through it (names are words: `OPENAI_API_KEY`, `MyServiceKey2024`)."""
+    if _KEY_PREFIX_RE.fullmatch(value):
+        return True
+    mixed = any(c.islower() for c in value) and any(c.isupper() for c in value)
+    return len(value) >= 20 and mixed and len(re.findall(r"[0-9]+", value)) >= 3
+
+
+def check_api_key_env(name: str) -> str:
+    """`name` if it is a valid environment-variable name; else a one-line error that never
+    repeats the value (it may be the key itself, typed in the wrong option)."""
+    if not _ENV_NAME_RE.fullmatch(name or ""):
+        raise CxrctxError(
+            "--api-key-env must be the NAME of an environment variable (letters, digits, _; "
+            "e.g. OPENAI_API_KEY), not the key itself; the value given is not shown"
+        )
+    if looks_like_secret(name):
+        raise CxrctxError(
+            "--api-key-env looks like an API key, not a variable name: export the key "
+            "(export MY_KEY=...) and pass --api-key-env MY_KEY; the value given is not shown"
+        )
+    return name
 
 
 def parse_engine_opts(pairs: list[str] | None) -> dict[str, Any]:
@@ -96,6 +149,13 @@ class EngineSpec(BaseModel):
     threads: int | None = Field(None, description="llamacpp: CPU threads (default: free CPUs)")
     allow_public_api: bool = False
     options: dict[str, Any] = Field(default_factory=dict, description="--engine-opt KEY=JSON")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, v: str) -> str:
+        # CxrctxError is not a ValueError: pydantic lets it through unwrapped, so the
+        # rejected value never appears in a validation message
+        return check_api_key_env(v)
 
     def engine_options(self) -> dict[str, Any]:
         """The keyword options of `get_engine` for this backend."""

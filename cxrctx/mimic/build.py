@@ -30,7 +30,14 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from cxrctx.errors import CxrctxError
-from cxrctx.io import config_hash, input_file, write_parquet, write_shards, write_stage_manifest
+from cxrctx.io import (
+    config_hash,
+    input_file,
+    write_parquet,
+    write_shards,
+    write_stage_manifest,
+)
+from cxrctx.limits import MAX_REPORT_BYTES
 from cxrctx.mimic import layout as L
 from cxrctx.mimic.flags import with_flags, with_temporal_language
 from cxrctx.mimic.images import load_images, prepare_images, study_table
@@ -48,9 +55,6 @@ log = logging.getLogger(__name__)
 STAGE = "build-priors"
 
 #: Per-study reject reasons (image-level ones are listed apart).
-#: Default size cap of one report: MIMIC-CXR reports are a few KB; this only stops
-#: a runaway file or a zip bomb from filling memory.
-MAX_REPORT_BYTES = 1 << 20
 
 ProgressFn = Callable[[str, int, int], None]
 """`progress(task, done, total)`: `done` of `total` items of `task` ("reports",
@@ -205,7 +209,7 @@ def _build(
     done("inputs read, priors joined")
     tick = _Ticker(progress, reader.unit)
     tick.start(reader.n)
-    reports = reader.collect(tick.advance)
+    reports = _own_reports(lay, reader.collect(tick.advance), meta_studies, inp.rejects)
     done("reports read")
     studies, studies_in = _assemble_studies(meta_studies, reports, inp.rejects)
     studies = _reject_unplaced(studies, inp.rejects)
@@ -282,6 +286,34 @@ def _read_inputs(
             ", ".join(map(str, vals[:10])),
         )
     return _Inputs(img, rejects, files, split, chexpert, negbio, unknown_views)
+
+
+def _own_reports(
+    lay: L.MimicLayout, reports: pl.DataFrame, studies: pl.DataFrame, rejects: list[dict]
+) -> pl.DataFrame:
+    """One report per study, found under the study's own patient (metadata subject_id; a
+    study known only from its report keeps the first copy found). Every other file is its
+    own reject and is never used: `misfiled_report` under another patient (it must not hide
+    the real one), `duplicate_report` for a second copy."""
+    tagged = reports.with_row_index("_order").join(
+        studies.select("study_id", pl.col("subject_id").alias("_meta")), on="study_id",
+        how="left", maintain_order="left",
+    ).with_columns((pl.col("subject_id") != pl.col("_meta")).fill_null(False).alias("_other"))  # fmt: skip
+    own = tagged.filter(~pl.col("_other"))
+    keep = own.unique("study_id", keep="first", maintain_order=True)
+    if keep.height == reports.height:
+        return reports  # the normal case: one file per study, each under its own patient
+    used = dict(zip(keep["study_id"].to_list(), keep["report_path"].to_list(), strict=True))
+    extra = tagged.join(keep.select("_order"), on="_order", how="anti").sort("study_id", "_order")
+    for row in extra.iter_rows(named=True):
+        sid, where = row["study_id"], report_source(lay, row["report_path"])
+        uses = f"; the study uses {used[sid]}" if sid in used else ""
+        if row["_other"]:
+            reason, what = "misfiled_report", f"filed under patient {row['subject_id']}, not {row['_meta']}"
+        else:
+            reason, what = "duplicate_report", "a second copy"
+        rejects.append({"study_id": sid, "source": f"{where} ({what}{uses})", "reason": reason})
+    return keep.drop("_order", "_meta", "_other")
 
 
 def _assemble_studies(

@@ -161,6 +161,19 @@ def _drop_bad_dicom_ids(meta: pl.DataFrame, rejects: list[dict]) -> pl.DataFrame
     return meta.filter(ok)
 
 
+def _drop_bad_sizes(meta: pl.DataFrame, rejects: list[dict]) -> pl.DataFrame:
+    """An image whose Rows or Columns is zero or negative cannot hold a region (ROI boxes
+    are clipped to it): a `bad_image_size` reject row naming its source; blank stays null."""
+    bad = (pl.col("Rows") <= 0) | (pl.col("Columns") <= 0)
+    for sid, src, r, c in meta.filter(bad.fill_null(False)).select(
+        "study_id", "_src", "Rows", "Columns"
+    ).iter_rows():  # fmt: skip
+        rejects.append(
+            {"study_id": sid, "source": f"{src}: Rows={r}, Columns={c}", "reason": "bad_image_size"}
+        )
+    return meta.filter(~bad.fill_null(False))
+
+
 def load_images(
     lay: L.MimicLayout,
     *,
@@ -181,7 +194,8 @@ def load_images(
         meta = meta.with_columns(
             (pl.lit(f"{name} line ") + pl.col("_line").cast(pl.String)).alias("_src")
         )
-        return _drop_bad_dicom_ids(meta, rejects).drop("_line"), rejects, [lay.metadata]
+        meta = _drop_bad_sizes(_drop_bad_dicom_ids(meta, rejects), rejects)
+        return meta.drop("_line"), rejects, [lay.metadata]
 
     if lay.files_dir is None:
         raise CxrctxError(
@@ -208,4 +222,4 @@ def load_images(
             f"{lay.root / dup['path'][0]}: duplicate dicom_id {dup['dicom_id'][0]} (also at {dup['path'][1]})"
         )
     meta = meta.with_columns(pl.col("path").alias("_src")).drop("_line")
-    return meta, rejects, []
+    return _drop_bad_sizes(meta, rejects), rejects, []

@@ -405,20 +405,23 @@ def read_label_csv(path: Path) -> pl.DataFrame:
 # --- reports ----------------------------------------------------------------------------
 
 
-def zip_report_index(path: Path) -> dict[int, tuple[str, int]]:
-    """study_id → (entry name, subject_id) for every report entry of the zip (no extraction)."""
+def zip_report_index(path: Path) -> list[tuple[int, int, str]]:
+    """(study_id, subject_id, entry name) of every report entry of the zip (no extraction),
+    by study_id, in zip order within a study: a copy filed under another patient is kept
+    too, so the study's own report is found whatever the order."""
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
     except (zipfile.BadZipFile, OSError) as e:
         raise CxrctxError(f"{path}: not a readable zip file: {e}") from None
-    index: dict[int, tuple[str, int]] = {}
+    index: list[tuple[int, int, str]] = []
     for info in infos:
         if info.is_dir():
             continue
         m = REPORT_RE.search(info.filename)
         if m:
-            index.setdefault(int(m.group(2)), (info.filename, int(m.group(1))))
+            index.append((int(m.group(2)), int(m.group(1)), info.filename))
+    index.sort(key=lambda e: e[0])  # stable: zip order within a study
     return index
 
 

@@ -50,8 +50,7 @@ class ReportReader:
         self.func: Callable[[Any], dict[str, list]]
         units: list[Any]
         if lay.reports_zip is not None:
-            idx = L.zip_report_index(lay.reports_zip)
-            units = [(sid, subj, name) for sid, (name, subj) in sorted(idx.items())]
+            units = L.zip_report_index(lay.reports_zip)
             self.unit, head = "reports", str(lay.reports_zip)
             self.func = read_entries
         else:
@@ -76,8 +75,9 @@ class ReportReader:
 
     def collect(self, on_progress: Callable[[int], None] | None = None) -> pl.DataFrame:
         """study_id, subject_id, report_path, report_sha256, report_error(_detail) and the
-        sections of every report present, one row per study_id (the first report found
-        for it), sorted by study_id. No report at all is fatal."""
+        sections of every report file present, sorted by study_id (a study's copies in the
+        order found: the build picks the one under the study's own patient). No report at
+        all is fatal."""
         cols: dict[str, list] = {k: [] for k in REPORT_SCHEMA}
         results = (
             (f.result() for f in self._futures) if not self.serial else map(self.func, self.chunks)
@@ -91,7 +91,7 @@ class ReportReader:
         if not cols["study_id"]:
             raise L.no_reports_error(self.lay.root, self.lay.reports_zip)
         df = pl.DataFrame(cols, schema=REPORT_SCHEMA)
-        return df.unique("study_id", keep="first", maintain_order=True).sort("study_id")
+        return df.sort("study_id", maintain_order=True)
 
     def close(self) -> None:
         for f in self._futures:

@@ -20,6 +20,7 @@ import zlib
 from collections.abc import Iterator
 
 from cxrctx.errors import CxrctxError
+from cxrctx.limits import TOO_LARGE, too_large_detail
 from cxrctx.mimic.sections import FIELDS, parse_report
 
 #: Columns returned per chunk, beside the section FIELDS.
@@ -53,7 +54,7 @@ Read = tuple[bytes | None, str | None, str | None]
 
 
 def _too_large(size: int, max_bytes: int) -> Read:
-    return None, "report_too_large", f"larger than {max_bytes:,} bytes ({size:,})"
+    return None, TOO_LARGE, too_large_detail(size, max_bytes)
 
 
 def read_entry(zip_path: str, rel: str, max_bytes: int) -> Read:

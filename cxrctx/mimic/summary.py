@@ -23,7 +23,7 @@ STUDY_REJECT_REASONS = (
     "empty_report",
     "report_too_large",
 )
-IMAGE_REJECT_REASONS = ("unreadable_dicom", "bad_dicom_id")
+IMAGE_REJECT_REASONS = ("unreadable_dicom", "bad_dicom_id", "bad_image_size")
 
 
 def reject_table(rejects: list[dict]) -> pl.DataFrame:

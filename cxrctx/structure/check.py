@@ -17,8 +17,10 @@ rules (thresholds are module constants):
   side of a source sentence occurs in some bullet of its section.
 - **negation** (`changed_negation`): a bullet may not negate ("no", "not", "without",
   ...) when its support window does not, nor state without negation what its window
-  says only after a negation word (all its content words follow the window's first
-  negation word: "No acute bony abnormality" → "Acute bony abnormality").
+  says only after a negation word (all its content words follow the first negation word
+  of a clause: "No acute bony abnormality" → "Acute bony abnormality"; clauses end at the
+  lexicon's scope terminators, so "No effusion, but there is cardiomegaly" →
+  "Cardiomegaly" passes).
 - **coverage** (`dropped_sentence`): every source sentence with content words lands in
   the bullets of its section: at least `COVERAGE_MIN` (0.7) of its content words occur
   in those bullets.
@@ -26,16 +28,22 @@ rules (thresholds are module constants):
   reads the same status, location and mentioned / not mentioned of each of the 14
   lesions from the structured text (each bullet a sentence) as from the original
   FINDINGS + IMPRESSION (so a dropped "No pneumothorax." fails too).
+- **organ placement** (`wrong_organ`, when the organ of each bullet is given): a bullet
+  that names organs (the shared organ vocabulary, `cxrctx.vocab.organs`: lesion mentions,
+  anatomy and device words) must name the organ of its header; "small left pleural
+  effusion" under Cardiovascular fails, "heart size and mediastinum are normal" passes
+  under either of its two organs. A bullet naming no organ ("No acute process.") may go
+  under any header, and one naming an organ may not go under `Other`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
-from cxrctx.labeling.rules import read_report
-from cxrctx.vocab import lexicon, split_sentences
+from cxrctx.vocab import lexicon, organs_named, split_clauses, split_sentences
 
 #: least share of a bullet's content words found in its best source window
 SUPPORT_MIN = 0.6
@@ -45,11 +53,11 @@ COVERAGE_MIN = 0.7
 WINDOW = 2
 #: how much of a bullet / sentence a reason quotes (repair messages and failure rows)
 QUOTE_CHARS = 80
-CHECK_VERSION = 1
+CHECK_VERSION = 2
 
 REASONS = (
     "unsupported_bullet", "dropped_sentence", "changed_laterality", "changed_numbers",
-    "changed_negation", "changed_label",
+    "changed_negation", "changed_label", "wrong_organ",
 )  # fmt: skip
 
 STOPWORDS = frozenset(
@@ -84,6 +92,7 @@ class Words:
     negated: bool
 
 
+@lru_cache(maxsize=1 << 16)  # report sentences repeat across reports: split each once
 def words(text: str) -> Words:
     low = LIST_MARKER.sub("", text.lower())
     side_re = lexicon().side_re
@@ -99,11 +108,18 @@ def words(text: str) -> Words:
     return Words(text, content, numbers, sides, any(t in NEGATIONS for t in toks))
 
 
+@lru_cache(maxsize=1 << 14)
 def _negated_words(text: str) -> frozenset[str]:
-    """Content words after the first negation word of `text` (its negation scope, broadly)."""
-    toks = _TOKEN.findall(text.lower())
-    first = next((i for i, t in enumerate(toks) if t in NEGATIONS), len(toks))
-    return words(" ".join(toks[first + 1 :])).content
+    """Content words after the first negation word of each clause of `text` (its negation
+    scope, broadly): clauses end at sentence ends and at the shared lexicon's scope
+    terminators ("but", ";", "and the", ", with" ...), as in the rules labeler."""
+    out: set[str] = set()
+    for a, b in split_sentences(text):
+        for c0, c1 in split_clauses(text, a, b):
+            toks = _TOKEN.findall(text[c0:c1].lower())
+            first = next((i for i, t in enumerate(toks) if t in NEGATIONS), len(toks))
+            out |= words(" ".join(toks[first + 1 :])).content
+    return frozenset(out)
 
 
 def sentences(text: str | None) -> list[str]:
@@ -189,9 +205,13 @@ def _check_bullet(b: Words, wins: list[tuple[Words, bool]], res: CheckResult) ->
         res.min_support = 0.0
         res.problems.append(("unsupported_bullet", f"{_quote(b.text)} has no source sentence"))
         return
-    score, _single, win = max(
-        ((_share(b.content, w.content), s, w) for w, s in wins), key=lambda x: (x[0], x[1])
-    )
+    # best share first; among equals, the window agreeing with the bullet's negation, sides
+    # and numbers (a bullet of stop words only, "Negative.", fits every window)
+    score, *_, win = max(
+        ((_share(b.content, w.content), b.negated == w.negated, b.sides <= w.sides,
+          set(b.numbers) <= set(w.numbers), s, w) for w, s in wins),
+        key=lambda x: x[:5],
+    )  # fmt: skip
     res.min_support = min(res.min_support, score)
     if score < SUPPORT_MIN:
         res.problems.append(("unsupported_bullet",
@@ -243,6 +263,8 @@ def _check_section(source: str | None, bullets: Sequence[str], res: CheckResult)
 
 
 def _labels(text: str) -> dict[str, tuple[str, str, str]]:
+    from cxrctx.labeling import read_report
+
     return {
         r.lesion: (r.status, r.location, "mentioned" if r.mentioned else "not mentioned")
         for r in read_report(text).lesions
@@ -264,14 +286,28 @@ def _check_labels(source: str, bullets: Sequence[str], res: CheckResult) -> None
                                  f"{lesion} {'/'.join(was)} in the report, {'/'.join(now)} structured"))  # fmt: skip
 
 
+def _check_organs(organs: Mapping[str, Sequence[str]], res: CheckResult) -> None:
+    for header, bullets in organs.items():
+        for b in bullets:
+            named = organs_named(b)
+            if named and header not in named:
+                res.problems.append(("wrong_organ",
+                                     f"{_quote(b)} is about {' / '.join(named)}, not {header}"))  # fmt: skip
+
+
 def check_structured(
     findings: str | None,
     impression: str | None,
     findings_bullets: Sequence[str],
     impression_items: Sequence[str],
+    *,
+    organs: Mapping[str, Sequence[str]] | None = None,
 ) -> CheckResult:
-    """Check a structured report (all organ bullets, impression items) against its source."""
+    """Check a structured report (all organ bullets, impression items) against its source;
+    with `organs` (header → its bullets), also each bullet's organ."""
     res = CheckResult()
+    if organs is not None:
+        _check_organs(organs, res)
     landed = _check_section(findings, findings_bullets, res)
     landed += _check_section(impression, impression_items, res)
     res.coverage = landed / res.n_sentences if res.n_sentences else 1.0

@@ -15,7 +15,7 @@ from typing import Any
 
 from cxrctx.io import atomic_write_text
 from cxrctx.llm.base import Sampling
-from cxrctx.llm.plan import PUBLISHED_GPU, PUBLISHED_TOKENS_PER_S, Plan, make_plan
+from cxrctx.llm.plan import PUBLISHED_GPU, PUBLISHED_TOKENS_PER_S, Plan, check_sample, make_plan
 from cxrctx.output_policy import prepare_output
 from cxrctx.structure.run import STAGE, iter_items, load_reports, run_key, structure_reports
 from cxrctx.structure.task import load_structure_prompt
@@ -55,6 +55,7 @@ def plan_structure_reports(
         input_path, sample_out, priors=priors, id_column=id_column,
         limit=max(1, min(sample, frame.height)), **structure_kwargs,
     )  # fmt: skip
+    check_sample(run.result.counts["reports"], run.result.counts["failed"], str(sample_out))
     plan = make_plan(sample_documents=run.result.counts["reports"], total_documents=total,
                      throughput_tokens_per_s=throughput_tokens_per_s, gpu=gpu,
                      **run.result.cost)  # fmt: skip

@@ -5,16 +5,26 @@ file with id / findings / impression), `iter_items` (one item per record, and wi
 `priors=True` one per prior study that is not itself a record; missing ids, repeated ids
 and empty reports become failure items), `run_task` (the shared runner: identical
 texts asked once, cache, one repair with the check's reason, failure rows),
-`StructuredRows` (task results → structured / failure rows, counted) and the manifest.
-`structure_reports` is the stage; `structure_items` the library core.
+`StructuredRows` (task results → structured / failure rows, counted; in `rows.py`) and
+the manifest.
+`structure_reports` is the stage; `structure_items` the library core with a model,
+`structure_items_rules` without one (the embedded default: `cxrctx.structure.rules`).
+
+With a model, each item carries the rules' checked draft: the model rewrites it (prompt
+v2), and an answer that fails the check after its repair falls back to the draft
+(`structured_by="rules"`, `fallback_reason`; counted as `rules_fallback` and
+`fallback_<reason>`), never to nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
 import os
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +39,6 @@ from cxrctx.llm.cache import ResultCache
 from cxrctx.llm.runner import (
     Executor,
     TaskProgress,
-    TaskResult,
     TaskStats,
     engine_identity,
     run_task,
@@ -37,50 +46,34 @@ from cxrctx.llm.runner import (
 )
 from cxrctx.llm.sink import MemorySink, ShardSink, Sink
 from cxrctx.llm.spec import EngineSpec, make_engine
+from cxrctx.llm.task import schema_sha256_of
 from cxrctx.models import Manifest
 from cxrctx.output_policy import prepare_output
 from cxrctx.progress import as_callback, progress_arg
 from cxrctx.structure.check import CHECK_VERSION, COVERAGE_MIN, SUPPORT_MIN, WINDOW
+from cxrctx.structure.rows import (
+    COST,
+    COUNTS,
+    TABLES,
+    StructuredRows,
+)
+from cxrctx.structure.rows import FAILURE_SCHEMA as FAILURE_SCHEMA  # re-exported
+from cxrctx.structure.rows import STRUCTURED_SCHEMA as STRUCTURED_SCHEMA  # re-exported
+from cxrctx.structure.rules import RULES_VERSION, structure_by_rules
 from cxrctx.structure.task import (
+    StructuredAnswer,
     StructureItem,
     StructurePrompt,
     StructureTask,
-    check_answer,
     load_structure_prompt,
-    reason_code,
 )
-from cxrctx.vocab import SRRG_ORGAN_KEYS, SRRG_ORGANS
 
 STAGE = "structure-reports"
-STRUCTURE_SCHEMA_VERSION = 1
+STRUCTURE_SCHEMA_VERSION = 1  # columns structured_by, fallback_reason added (additive)
 ROWS_PER_SHARD = 50_000
 EMPTY = "empty_report: no findings and no impression"
 MISSING_ID = "missing_id: the row has no study id"
 DUPLICATE_ID = "duplicate_id: the study id occurs again (first occurrence kept)"
-PROV = ("backend", "model", "prompt_sha256", "schema_sha256", "sampling")
-
-STRUCTURED_SCHEMA: dict[str, Any] = {
-    "id": pl.String, "study_id": pl.Int64, "role": pl.String, "text_sha256": pl.String,
-    "structured_findings": pl.String, "structured_impression": pl.String,
-    "structured_report": pl.String,
-    **{SRRG_ORGAN_KEYS[o]: pl.List(pl.String) for o in SRRG_ORGANS},
-    "impression_items": pl.List(pl.String),
-    "n_bullets": pl.Int64, "n_source_sentences": pl.Int64, "min_support": pl.Float64,
-    "coverage": pl.Float64, "repaired": pl.Boolean, "attempts": pl.Int64, "cached": pl.Boolean,
-    "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64, "latency_s": pl.Float64,
-    **{k: pl.String for k in PROV},
-}  # fmt: skip
-FAILURE_SCHEMA: dict[str, Any] = {
-    "id": pl.String, "study_id": pl.Int64, "role": pl.String, "reason_code": pl.String,
-    "reason": pl.String, "raw_text": pl.String, "attempts": pl.Int64, "transient": pl.Boolean,
-}  # fmt: skip
-COST = ("llm_documents", "llm_calls", "prompt_tokens", "output_tokens")
-TABLES = {"structured": STRUCTURED_SCHEMA, "failures": FAILURE_SCHEMA}
-COUNTS = (
-    "reports", "records", "priors", "structured", "passed_first_time", "passed_after_repair",
-    "cached", "failed", "transient_failed", "empty", "missing_id", "duplicate_id",
-    "unique_texts", "engine_requests", "repair_requests", "prompt_tokens", "completion_tokens",
-)  # fmt: skip
 
 
 class StructureRunConfig(BaseModel):
@@ -100,6 +93,8 @@ class StructureRunConfig(BaseModel):
     limit: int | None
     batch_size: int
     check: dict[str, Any]
+    rules_version: int = RULES_VERSION
+    rewrites_draft: bool = False  # the model rewrote the rules' draft (prompt v2+)
     engine_options: dict[str, Any]
 
 
@@ -206,92 +201,6 @@ def iter_items(
             yield StructureItem(pid, f, i, role="prior", problem=None if f or i else EMPTY)
 
 
-# ---------------------------------------------------------------------------- rows
-
-
-def _study_id(item: StructureItem) -> int | None:
-    return int(item.id) if item.id.isdigit() else None
-
-
-class StructuredRows:
-    """Turns each batch of task results into structured and failure rows, counting every
-    report exactly once (`counts`, failures by reason code in `reasons`)."""
-
-    def __init__(self, sinks: dict[str, Sink], provenance: dict[str, Any]):
-        self.sinks = sinks
-        self.prov = {k: provenance[k] for k in PROV}
-        self.counts = dict.fromkeys(COUNTS, 0)
-        self.reasons: dict[str, int] = {}
-        self.cost = dict.fromkeys(COST, 0)
-
-    def __call__(self, results: list[TaskResult[StructureItem, Any]]) -> None:
-        rows: list[dict[str, Any]] = []
-        fails: list[dict[str, Any]] = []
-        for r in results:
-            self._one(r, rows, fails)
-            self._cost(r)
-        self.sinks["structured"].add(rows)
-        self.sinks["failures"].add(fails)
-
-    def _cost(self, r: TaskResult) -> None:
-        """What the model was asked, once per unique text; a cached answer keeps the
-        tokens it cost when asked, so a plan reads the same from a warm cache."""
-        if not r.called or r.duplicate:
-            return
-        self.cost["llm_documents"] += 1
-        self.cost["llm_calls"] += r.attempts
-        self.cost["prompt_tokens"] += r.prompt_tokens
-        self.cost["output_tokens"] += r.completion_tokens
-
-    def _fail(self, fails: list, r: TaskResult, reason: str) -> None:
-        item: StructureItem = r.item
-        code = reason_code(reason)
-        fails.append({"id": item.id, "study_id": _study_id(item), "role": item.role,
-                      "reason_code": code, "reason": reason, "raw_text": r.raw_text,
-                      "attempts": r.attempts, "transient": r.transient})  # fmt: skip
-        if item.problem is None:
-            self.reasons[code] = self.reasons.get(code, 0) + 1
-
-    def _one(self, r: TaskResult, rows: list, fails: list) -> None:
-        item: StructureItem = r.item
-        c = self.counts
-        c["reports"] += 1
-        c["records" if item.role == "record" else "priors"] += 1
-        if item.problem is not None:
-            c[reason_code(item.problem).replace("empty_report", "empty")] += 1
-            self._fail(fails, r, item.problem)
-            return
-        c["cached"] += r.cached
-        check = check_answer(item, r.answer) if r.answer is not None else None
-        if r.answer is None or check is None or not check.passed:
-            c["failed"] += 1
-            c["transient_failed"] += r.transient
-            why = check.reason if check is not None else (r.error or "failed")
-            self._fail(fails, r, why)
-            return
-        c["structured"] += 1
-        c["passed_after_repair" if r.attempts > 1 else "passed_first_time"] += 1
-        rows.append(self._row(r, check.figures()))
-
-    def _row(self, r: TaskResult, fig: dict[str, Any]) -> dict[str, Any]:
-        item: StructureItem = r.item
-        ans = r.answer
-        assert ans is not None
-        organs = ans.organs()
-        return {
-            "id": item.id, "study_id": _study_id(item), "role": item.role,
-            "text_sha256": item.text_sha256, "structured_findings": ans.render_findings(),
-            "structured_impression": ans.render_impression(),
-            "structured_report": ans.render_report(),
-            **{SRRG_ORGAN_KEYS[o]: organs[o] for o in SRRG_ORGANS},
-            "impression_items": list(ans.impression),
-            **{k: fig[k] for k in ("n_bullets", "n_source_sentences", "min_support", "coverage")},
-            "repaired": r.attempts > 1, "attempts": r.attempts, "cached": r.cached,
-            "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
-            "latency_s": r.latency_s, **self.prov,
-        }  # fmt: skip
-
-
 # ---------------------------------------------------------------------------- core
 
 
@@ -306,6 +215,7 @@ class StructureResult:
     stats: TaskStats | None = None
     frames: dict[str, pl.DataFrame] = field(default_factory=dict)
     cost: dict[str, int] = field(default_factory=dict)
+    fallbacks: dict[str, int] = field(default_factory=dict)
 
 
 def _provenance(task: StructureTask, engine: Engine, sampling: Sampling) -> dict[str, Any]:
@@ -327,10 +237,14 @@ def structure_items(
     total: int | None = None,
 ) -> StructureResult:
     """Structure every item with `engine`; only answers passing the faithfulness check
-    become structured rows, the rest failure rows. Finished answers go to the cache
-    under `cache_dir` after every batch, so a re-run asks only for what is missing."""
+    become structured rows. With a rewrite prompt (the default) the model rewrites the
+    rules' draft of each item, and a failing answer falls back to that draft; with a
+    from-scratch prompt (v1) a failing answer is a failure row. Finished answers go to the
+    cache under `cache_dir` after every batch, so a re-run asks only for what is missing."""
     sp = prompt if isinstance(prompt, StructurePrompt) else load_structure_prompt(prompt)
     task = StructureTask(sp)
+    if sp.rewrites:
+        items = with_drafts(items)
     sampling = sampling or Sampling(max_tokens=768)
     memory = {name: MemorySink(schema) for name, schema in TABLES.items()}
     rows = StructuredRows(dict(sinks or memory), _provenance(task, engine, sampling))
@@ -341,10 +255,88 @@ def structure_items(
               "repair_requests": stats.repairs, "prompt_tokens": stats.prompt_tokens,
               "completion_tokens": stats.completion_tokens}  # fmt: skip
     counts.update({f"failed_{k}": v for k, v in sorted(rows.reasons.items())})
+    counts.update({f"fallback_{k}": v for k, v in sorted(rows.fallbacks.items())})
     frames = {} if sinks else {name: s.frame() for name, s in memory.items()}
-    return StructureResult(
-        counts, dict(rows.reasons), stats.provenance, stats, frames, dict(rows.cost)
-    )
+    return StructureResult(counts, dict(rows.reasons), stats.provenance, stats, frames,
+                           dict(rows.cost), dict(rows.fallbacks))  # fmt: skip
+
+
+def with_drafts(items: Iterable[StructureItem]) -> Iterator[StructureItem]:
+    """Each askable item with the rules' checked draft attached (what a model rewrites,
+    and the fallback when its rewrite fails)."""
+    for item in items:
+        if item.problem is not None:
+            yield item
+            continue
+        answer, check = structure_by_rules(item.findings, item.impression)
+        yield replace(item, draft=answer, draft_check=check)
+
+
+@lru_cache(maxsize=1)
+def rules_provenance() -> dict[str, Any]:
+    """Provenance of a rules row: no model, prompt or sampling; the schema it fills."""
+    return {"backend": "rules", "model": f"rules-v{RULES_VERSION}", "prompt_sha256": None,
+            "schema_sha256": schema_sha256_of(StructuredAnswer.model_json_schema()),
+            "sampling": None}  # fmt: skip
+
+
+def _rules_batch(batch: list[StructureItem]) -> tuple[list, list, dict[str, int], dict[str, int]]:
+    """Rows, failure rows, counts and failure reasons of one batch (run in a worker)."""
+    rows = StructuredRows({}, rules_provenance())
+    structured: list[dict[str, Any]] = []
+    fails: list[dict[str, Any]] = []
+    for item in with_drafts(batch):
+        rows.add_rules(item, structured, fails)
+    return structured, fails, rows.counts, rows.reasons
+
+
+def structure_items_rules(
+    items: Iterable[StructureItem],
+    *,
+    sinks: dict[str, Sink] | None = None,
+    progress: Callable[[TaskProgress], None] | None = None,
+    total: int | None = None,
+    batch_size: int = 1_000,
+    workers: int = 1,
+) -> StructureResult:
+    """Structure every item with the rules (no model): each report's checked draft becomes
+    a structured row, a report whose draft fails the check a failure row. `workers` > 1
+    spreads the batches over that many processes (rows keep the input order)."""
+    memory = {name: MemorySink(schema) for name, schema in TABLES.items()}
+    out = dict(sinks or memory)
+    counts = dict.fromkeys(COUNTS, 0)
+    reasons: dict[str, int] = {}
+    results: Iterable[tuple[list, list, dict[str, int], dict[str, int]]]
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            pool = stack.enter_context(multiprocessing.get_context("fork").Pool(workers))
+            results = pool.imap(_rules_batch, _batches(items, batch_size))
+        else:
+            results = map(_rules_batch, _batches(items, batch_size))
+        for structured, fails, c, why in results:
+            out["structured"].add(structured)
+            out["failures"].add(fails)
+            for k, v in c.items():
+                counts[k] += v
+            for k, v in why.items():
+                reasons[k] = reasons.get(k, 0) + v
+            if progress is not None:
+                progress(TaskProgress(counts["reports"], total, 0, 0, 0, counts["failed"]))
+    counts.update({f"failed_{k}": v for k, v in sorted(reasons.items())})
+    frames = {} if sinks else {name: s.frame() for name, s in memory.items()}
+    return StructureResult(counts, reasons, rules_provenance(), None, frames,
+                           dict.fromkeys(COST, 0))  # fmt: skip
+
+
+def _batches(items: Iterable[StructureItem], size: int) -> Iterator[list[StructureItem]]:
+    batch: list[StructureItem] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 # ---------------------------------------------------------------------------- the stage
@@ -359,18 +351,22 @@ class StructureRun:
 
 
 def run_key(
-    loaded: LoadedReports, engine: Engine | EngineSpec, sp: StructurePrompt, sampling: Sampling,
-    *, priors: bool, limit: int | None, id_column: str,
+    loaded: LoadedReports, engine: Engine | EngineSpec | None, sp: StructurePrompt | None,
+    sampling: Sampling | None, *, priors: bool, limit: int | None, id_column: str,
 ) -> str:  # fmt: skip
-    """The config hash of a run: what decides its rows (model, prompt, sampling, input
-    checksums, check thresholds), not how it is executed (batch size, executor)."""
-    if isinstance(engine, EngineSpec):
-        who: dict[str, Any] = {"backend": engine.backend, "model": engine.model}
+    """The config hash of a run: what decides its rows (model or rules version, prompt,
+    sampling, input checksums, check thresholds), not how it is executed (batch size,
+    executor)."""
+    if engine is None:
+        who: dict[str, Any] = {"backend": "rules", "model": f"rules-v{RULES_VERSION}"}
+    elif isinstance(engine, EngineSpec):
+        who = {"backend": engine.backend, "model": engine.model}
     else:
         ident = engine_identity(engine)
         who = {"backend": ident.get("backend"), "model": ident.get("model")}
     return config_hash({
-        **who, "prompt_sha256": sp.sha256, "sampling": sampling.as_dict(),
+        **who, "prompt_sha256": sp.sha256 if sp else None,
+        "sampling": sampling.as_dict() if sampling else None, "rules": RULES_VERSION,
         "inputs": sorted(i.sha256 for i in loaded.inputs), "kind": loaded.kind,
         "id_column": id_column if loaded.kind == "file" else None, "priors": priors,
         "limit": limit, "check": [CHECK_VERSION, SUPPORT_MIN, COVERAGE_MIN, WINDOW],
@@ -390,7 +386,7 @@ def structure_reports(
     input_path: str | os.PathLike,
     out: str | os.PathLike,
     *,
-    engine: Engine | EngineSpec,
+    engine: Engine | EngineSpec | None = None,
     priors: bool = False,
     id_column: str = "id",
     limit: int | None = None,
@@ -400,59 +396,80 @@ def structure_reports(
     progress: Callable[[TaskProgress], None] | bool | None = None,
     executor: Executor | None = None,
     overwrite: bool = False,
+    workers: int = 1,
 ) -> StructureRun:
     """Structure the reports of `input_path` into `out` (structured/, failures/, cache/,
-    manifest.json); resumable through out/cache. `engine` is an Engine or an EngineSpec
-    (built here after the input checks and closed at the end). `out` follows the shared
-    output policy: the same configuration resumes, another run's folder is refused unless
-    `overwrite`."""
+    manifest.json). Without `engine` the rules structure every report (the embedded
+    default); with one (an Engine, or an EngineSpec built here after the input checks and
+    closed at the end) the model rewrites the rules' draft, resumable through out/cache.
+    `out` follows the shared output policy: the same configuration resumes, another
+    run's folder is refused unless `overwrite`. `workers`: processes for the rules (a
+    model run spreads over `executor` instead)."""
     progress = as_callback(progress)
     t0 = time.perf_counter()
-    sampling = sampling or Sampling(max_tokens=768)
-    sp = load_structure_prompt(prompt)
+    if engine is not None:
+        sampling = sampling or Sampling(max_tokens=768)
+    sp = load_structure_prompt(prompt) if engine is not None else None
     loaded = load_reports(input_path, id_column=id_column)
     frame = loaded.frame.head(limit) if limit is not None else loaded.frame
     out_dir = Path(out)
-    spec = engine if isinstance(engine, EngineSpec) else None
     key = run_key(loaded, engine, sp, sampling, priors=priors, limit=limit, id_column=id_column)
     prepare_output(out_dir, stage=STAGE, config_hash=key, overwrite=overwrite)
-    eng = make_engine(spec) if spec is not None else engine
-    assert not isinstance(eng, EngineSpec)
     sinks = _open_sinks(out_dir)
+    total = None if priors else frame.height
     try:
-        result = structure_items(
-            iter_items(frame, priors), eng, sampling=sampling, cache_dir=out_dir / "cache",
-            prompt=sp, batch_size=batch_size, progress=progress, executor=executor,
-            sinks=dict(sinks), total=None if priors else frame.height,
-        )  # fmt: skip
+        if engine is None:
+            result = structure_items_rules(iter_items(frame, priors), sinks=dict(sinks),
+                                           progress=progress, total=total, workers=workers)  # fmt: skip
+        else:
+            assert sp is not None and sampling is not None
+            result = _model_rows(frame, engine, sp, sampling, out_dir, dict(sinks), priors=priors,
+                                 batch_size=batch_size, progress=progress, executor=executor,
+                                 total=total)  # fmt: skip
     except BaseException:
         for s in sinks.values():
             s.abort()
         raise
-    finally:
-        if spec is not None:
-            eng.close()
     tables = {name: s.close() for name, s in sinks.items()}
-    cfg = _config(input_path, sp, sampling, result, spec, priors, limit)
+    cfg = _config(input_path, sp, sampling, result, engine, priors, limit)
     manifest = write_stage_manifest(
-        out_dir,
-        stage=STAGE, schema_version=STRUCTURE_SCHEMA_VERSION,
+        out_dir, stage=STAGE, schema_version=STRUCTURE_SCHEMA_VERSION,
         config=cfg.model_dump(mode="json"), inputs=loaded.inputs, shards=tables["structured"],
         tables=tables["failures"], counts=result.counts,
-        extra={"provenance": result.provenance, "failures_by_reason": result.reasons},
+        extra={"provenance": result.provenance, "failures_by_reason": result.reasons,
+               "fallbacks_by_reason": result.fallbacks},
     )  # fmt: skip
     return StructureRun(out_dir, result, manifest, seconds=time.perf_counter() - t0)
 
 
-def _config(input_path: Any, sp: StructurePrompt, sampling: Sampling, result: StructureResult,
-            spec: EngineSpec | None, priors: bool, limit: int | None) -> StructureRunConfig:  # fmt: skip
+def _model_rows(frame: pl.DataFrame, engine: Engine | EngineSpec, sp: StructurePrompt,
+                sampling: Sampling, out_dir: Path, sinks: dict[str, Sink], *, priors: bool,
+                **run: Any) -> StructureResult:  # fmt: skip
+    """The model's pass: build the engine from a spec (closed at the end), then
+    `structure_items` into `sinks`, cached under out_dir/cache."""
+    eng = make_engine(engine) if isinstance(engine, EngineSpec) else engine
+    try:
+        return structure_items(iter_items(frame, priors), eng, sampling=sampling,
+                               cache_dir=out_dir / "cache", prompt=sp, sinks=sinks, **run)  # fmt: skip
+    finally:
+        if isinstance(engine, EngineSpec):
+            eng.close()
+
+
+def _config(input_path: Any, sp: StructurePrompt | None, sampling: Sampling | None,
+            result: StructureResult, engine: Engine | EngineSpec | None, priors: bool,
+            limit: int | None) -> StructureRunConfig:  # fmt: skip
     prov = result.provenance
+    spec = engine if isinstance(engine, EngineSpec) else None
     return StructureRunConfig(
-        backend=prov["backend"], model=prov["model"], prompt_version=sp.version,
-        prompt_sha256=sp.sha256, schema_sha256=prov["schema_sha256"], sampling=sampling.as_dict(),
-        input=str(input_path), sections=["findings", "impression"], priors=priors, limit=limit,
+        backend=prov["backend"], model=prov["model"], prompt_version=sp.version if sp else 0,
+        prompt_sha256=sp.sha256 if sp else "", schema_sha256=prov["schema_sha256"],
+        sampling=sampling.as_dict() if sampling else {}, input=str(input_path),
+        sections=["findings", "impression"], priors=priors, limit=limit,
         batch_size=result.stats.batch_size if result.stats else 0,
         check={"version": CHECK_VERSION, "support_min": SUPPORT_MIN,
                "coverage_min": COVERAGE_MIN, "window": WINDOW},
-        engine_options=spec.public() if spec is not None else {"base_url": prov.get("base_url")},
+        rules_version=RULES_VERSION, rewrites_draft=bool(sp and sp.rewrites),
+        engine_options=spec.public() if spec is not None
+        else {"base_url": prov.get("base_url")} if engine is not None else {},
     )  # fmt: skip

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Annotated, Any
 
@@ -37,7 +37,9 @@ from cxrctx.llm.task import (
 from cxrctx.structure.check import LIST_MARKER, CheckResult, check_structured
 from cxrctx.vocab import SRRG_ORGAN_KEYS, SRRG_ORGANS
 
-DEFAULT_VERSION = 1
+#: The default prompt: v2 rewrites the rules' draft (a prompt whose user template has no
+#: `{draft}`, like v1, structures from scratch).
+DEFAULT_VERSION = 2
 IMPRESSION_KEY = "Impression"
 
 
@@ -105,13 +107,17 @@ class StructuredAnswer(BaseModel):
 @dataclass(frozen=True)
 class StructureItem:
     """One report to structure. `id` is the study id as text; `role` says whether the
-    study is a record or only a prior of one; `problem` means it cannot be asked."""
+    study is a record or only a prior of one; `problem` means it cannot be asked; `draft`
+    is the rules' checked answer (what a model rewrites, and the fallback when its
+    rewrite fails), `draft_check` its check."""
 
     id: str
     findings: str
     impression: str
     role: str = "record"
     problem: str | None = None
+    draft: StructuredAnswer | None = field(default=None, compare=False, repr=False)
+    draft_check: CheckResult | None = field(default=None, compare=False, repr=False)
 
     @property
     def text_sha256(self) -> str:
@@ -126,19 +132,28 @@ class StructurePrompt(PromptFile):
     def system(self) -> str:
         lines = list(self.data["system"])
         for ex in self.data.get("examples", []):
-            lines += ["", "Example report:", self.user(ex["findings"], ex["impression"]),
+            user = self.user(ex["findings"], ex["impression"], ex.get("draft"))
+            lines += ["", "Example report:", user,
                       "Example answer:", json.dumps(ex["answer"], ensure_ascii=False)]  # fmt: skip
         return "\n".join(lines)
 
-    def user(self, findings: str, impression: str) -> str:
+    @property
+    def rewrites(self) -> bool:
+        """Whether this prompt shows the model the rules' draft to rewrite."""
+        return "{draft}" in self.data["user_template"]
+
+    def user(self, findings: str, impression: str, draft: dict[str, Any] | None = None) -> str:
+        """The user message; `{draft}` (rewrite prompts) is the rules' answer as JSON."""
         return self.data["user_template"].format(
-            findings=findings or "(none)", impression=impression or "(none)"
-        )
+            findings=findings or "(none)", impression=impression or "(none)",
+            draft=json.dumps(draft or {}, ensure_ascii=False),
+        )  # fmt: skip
 
     def messages(self, item: StructureItem) -> list[dict[str, str]]:
+        draft = item.draft.model_dump(by_alias=True) if item.draft is not None else None
         return [
             {"role": "system", "content": self.system()},
-            {"role": "user", "content": self.user(item.findings, item.impression)},
+            {"role": "user", "content": self.user(item.findings, item.impression, draft)},
         ]
 
     def repair_note(self, reason: str) -> str:
@@ -156,9 +171,8 @@ def load_structure_prompt(version: int | str | None = None) -> StructurePrompt:
 
 
 def check_answer(item: StructureItem, answer: StructuredAnswer) -> CheckResult:
-    return check_structured(
-        item.findings, item.impression, answer.findings_bullets(), answer.impression
-    )
+    return check_structured(item.findings, item.impression, answer.findings_bullets(),
+                            answer.impression, organs=answer.organs())  # fmt: skip
 
 
 class StructureTask(Task[StructureItem, StructuredAnswer]):

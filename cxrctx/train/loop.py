@@ -42,6 +42,7 @@ from cxrctx.io import (
     write_parquet,
     write_stage_manifest,
 )
+from cxrctx.locks import is_lock_file, lock_folder
 from cxrctx.models import ShardInfo
 from cxrctx.output_policy import remove_stale_tmp
 from cxrctx.train.bert import WordPieceTokenizer
@@ -160,7 +161,7 @@ def _check_run_dir(run: Path, cfg: TrainConfig, stages: list[int], resume: bool)
     ckdir = run / "checkpoints"
     if run.exists() and not run.is_dir():
         raise CxrctxError(f"{run}: exists and is not a directory; --out needs a folder")
-    if run.is_dir() and any(run.iterdir()) and not (run / "config.json").exists():
+    if run.is_dir() and any(not is_lock_file(x.name) for x in run.iterdir()) and not (run / "config.json").exists():
         raise CxrctxError(f"{run}: not empty and not a train run; choose a new or empty --out")
     if run.is_dir():
         remove_stale_tmp(run)
@@ -257,6 +258,8 @@ def open_run(
     dist = setup_dist()
     _check_run_dir(out, cfg, stages, resume)
     if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        lock_folder(out)  # one training run per --out ("in use by pid N")
         inputs = {"records": str(records), "labels": str(labels), "rois": str(rois)}
         _write_run_files(out, cfg, {**inputs, "images": str(images)})
     dist.barrier()

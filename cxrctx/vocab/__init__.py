@@ -4,7 +4,8 @@
   path layout and id formats;
 - `lexicon`: the clinical lexicon (mentions, negation / uncertainty scope, laterality,
   sentence splitting), data in `prompts/label_lesions/lexicon_v1.json`;
-- `reports`: comparison language (temporal-hallucination cue) and the SRRG layout.
+- `reports`: comparison language (temporal-hallucination cue) and the SRRG layout;
+- `organs`: which SRRG organ header a lesion, anatomy or device word belongs under.
 """
 
 from cxrctx.vocab.facts import (
@@ -56,6 +57,13 @@ from cxrctx.vocab.lexicon import (
     split_clauses,
     split_sentences,
 )
+from cxrctx.vocab.organs import (
+    LESION_ORGANS,
+    ORGAN_TERMS,
+    organ_of,
+    organ_spans,
+    organs_named,
+)
 from cxrctx.vocab.reports import (
     NEGATED_PATTERN,
     SRRG_ORGAN_KEYS,
@@ -75,11 +83,13 @@ __all__ = [
     "LABEL_COLUMNS",
     "LABEL_KEYS",
     "LESIONS",
+    "LESION_ORGANS",
     "LESION_ROI_KINDS",
     "LEXICON_VERSION",
     "LOCATIONS",
     "METADATA_COLUMNS",
     "NEGATED_PATTERN",
+    "ORGAN_TERMS",
     "PREFIX",
     "REPORT_RE",
     "ROIS",
@@ -111,6 +121,9 @@ __all__ = [
     "lexicon",
     "mentioned_lesions",
     "negated",
+    "organ_of",
+    "organ_spans",
+    "organs_named",
     "read_mentions",
     "report_relpath",
     "split_clauses",
