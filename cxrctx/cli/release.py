@@ -23,6 +23,8 @@ from cxrctx.cli.engine import (
 )
 from cxrctx.cli.progress import progress_display
 from cxrctx.errors import CxrctxError
+from cxrctx.release import info, make_release, rebuild, validate
+from cxrctx.release.info import COUNT_KEYS
 
 
 class ExportFormat(str, enum.Enum):
@@ -43,7 +45,6 @@ class TargetSection(str, enum.Enum):
 def _split_table(summary: dict[str, dict[str, int]], title: str):
     from rich.table import Table
 
-    from cxrctx.release.info import COUNT_KEYS
 
     t = Table(title=title, title_justify="left")
     t.add_column("count")
@@ -118,7 +119,6 @@ def release_cmd(
       cxrctx release --records out/records --labels out/labels --out out/release \\
           --name my-org/mimic-cxr-context --version 1.0.0 --format srrg
     """
-    from cxrctx.release import make_release
     from cxrctx.release.meta import read_card_file
 
     given = {
@@ -165,7 +165,6 @@ def validate_cmd(
 
     from rich.markup import escape
 
-    from cxrctx.release import validate
 
     try:
         rep = validate(path, records=records)
@@ -198,7 +197,6 @@ def info_cmd(
     Example:
       cxrctx info out/release --json
     """
-    from cxrctx.release import info
 
     try:
         res = info(path)
@@ -285,7 +283,6 @@ def rebuild_cmd(
     """
     from rich.markup import escape
 
-    from cxrctx.release import rebuild
 
     try:
         spec = engine_spec(

@@ -33,6 +33,9 @@ from cxrctx.cli.engine import (
 )
 from cxrctx.cli.progress import progress_display
 from cxrctx.errors import CxrctxError
+from cxrctx.llm import Sampling
+from cxrctx.structure.plan import plan_structure_reports
+from cxrctx.structure.run import structure_reports
 
 if TYPE_CHECKING:
     from cxrctx.llm.plan import Plan
@@ -105,7 +108,6 @@ def structure_reports_cmd(
           --model Qwen/Qwen2.5-7B-Instruct --executor ray --ray-address auto \\
           --workers 8 --plan --plan-throughput 6300
     """
-    from cxrctx.llm import Sampling
 
     if _rules_chosen(backend, model):
         if plan:
@@ -174,8 +176,6 @@ def _write_error(e: OSError, out: Path) -> CxrctxError:
 
 def _structure(records: Path, out: Path, task: dict[str, Any]) -> StructureRun:
     """The structuring run (`task`: the model and report options)."""
-    from cxrctx.structure.run import structure_reports
-
     return structure_reports(records, out, **task)
 
 
@@ -183,8 +183,6 @@ def _plan(
     records: Path, out: Path, sample: int, throughput: float, gpu: str, task: dict[str, Any]
 ) -> Plan:
     """`--plan`: structure a sample into OUT/plan-sample and project the token budget."""
-    from cxrctx.structure.plan import plan_structure_reports
-
     return plan_structure_reports(
         records, out, sample=sample, throughput_tokens_per_s=throughput, gpu=gpu, **task
     )

@@ -13,11 +13,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cxrctx.io import atomic_write_text, prepare_output
+from cxrctx.io import atomic_write_text
 from cxrctx.llm.base import Sampling
 from cxrctx.llm.plan import PUBLISHED_GPU, PUBLISHED_TOKENS_PER_S, Plan, check_sample, make_plan
+from cxrctx.output_policy import prepare_output
 from cxrctx.structure.run import STAGE, iter_items, load_reports, run_key, structure_reports
-from cxrctx.structure.task import load_prompt
+from cxrctx.structure.task import load_structure_prompt
 
 PLAN_DIR = "plan-sample"
 DEFAULT_SAMPLE = 200
@@ -45,7 +46,7 @@ def plan_structure_reports(
     total = sum(1 for _ in iter_items(frame, priors))
     # OUT is claimed for the full run of the same options, which then resumes into it
     sampling = structure_kwargs.get("sampling") or Sampling(max_tokens=768)
-    key = run_key(loaded, structure_kwargs["engine"], load_prompt(structure_kwargs.get("prompt")),
+    key = run_key(loaded, structure_kwargs["engine"], load_structure_prompt(structure_kwargs.get("prompt")),
                   sampling, priors=priors, limit=limit, id_column=id_column)  # fmt: skip
     prepare_output(out, stage=STAGE, config_hash=key,
                    overwrite=structure_kwargs.get("overwrite", False))  # fmt: skip

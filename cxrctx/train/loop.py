@@ -42,26 +42,28 @@ from cxrctx.io import (
     atomic_path,
     atomic_write_text,
     file_entry,
-    remove_stale_tmp,
     sha256_file,
     write_parquet,
     write_stage_manifest,
 )
 from cxrctx.locks import is_lock_file, lock_folder
 from cxrctx.models import ShardInfo
+from cxrctx.output_policy import remove_stale_tmp
 from cxrctx.train import classifier as cls_stage
+from cxrctx.train.bert import WordPieceTokenizer
 from cxrctx.train.config import TrainConfig, validate_config
 from cxrctx.train.data import CropStore, Item, RoiDataset, collate, join
 from cxrctx.train.evaluation import calibrate
+from cxrctx.train.events import ProgressFn, TrainEvent, TrainResult
 from cxrctx.train.losses import active_losses, label_mix, stage_losses, weighted_total
 from cxrctx.train.model import ClalaNet
-from cxrctx.train.run import ProgressFn, TrainEvent, TrainResult, items_for, train
 from cxrctx.train.runtime import (
     CKPT_FORMAT,
     Dist,
     ListSampler,
     check_config,
     load_checkpoint,
+    rng_state,
     save_checkpoint,
     seed_everything,
     set_rng_state,
@@ -71,14 +73,14 @@ from cxrctx.train.tokenizer import Tokenizer, WordTokenizer, load_tokenizer
 from cxrctx.vocab import LESIONS as LESIONS_
 
 __all__ = [
-    "TrainResult",
     "TrainingInterrupted",
     "active_losses",
     "build_model",
-    "items_for",
+    "finish_run",
     "load_checkpoint",
-    "load_run",
-    "train",
+    "load_final",
+    "open_run",
+    "run_stage",
 ]
 
 log = logging.getLogger(__name__)
@@ -209,8 +211,6 @@ def _load_items(
         )
     tok: Tokenizer
     if cfg.text_model:
-        from cxrctx.train.bert import WordPieceTokenizer
-
         tok = WordPieceTokenizer.from_pretrained(cfg.text_model)
     else:
         tok = WordTokenizer.build(
@@ -381,8 +381,6 @@ def _lr_lambda(kind: str, total: int) -> Callable[[int], float]:
 
 def _payload(ctx: RunContext, s: StageState, opt: Any, sched: Any, done: bool) -> dict[str, Any]:
     """Everything a resume needs (only tensors and plain types: loadable with weights_only=True)."""
-    from cxrctx.train.runtime import rng_state
-
     return {
         "format": CKPT_FORMAT,
         "config": ctx.cfg.model_dump(mode="json"),
@@ -672,8 +670,3 @@ def load_final(run: Path, device: Any = "cpu") -> tuple[TrainConfig, ClalaNet, T
     info = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
     info["stage"] = ck.get("stage")
     return cfg, model.to(device).eval(), tok, info
-
-
-#: Kept for callers of the earlier module layout (`from cxrctx.train.loop import load_run`).
-def load_run(run_dir: Any, device: Any = "cpu") -> tuple[TrainConfig, ClalaNet, Tokenizer, dict]:
-    return load_final(Path(run_dir), device)
