@@ -3,7 +3,7 @@
 Same reports, same run, same scoring (`evaluate_labels` with bootstrap 95 % CIs by report):
 
 - rules: `cxrctx.labeling.rules` (the shared lexicon, NegEx-style scope, laterality);
-- regex baseline: `keyword_labels` of `cxrctx.reportgen.evaluate` (sentence regex + a
+- regex baseline: `keyword_labels` of `cxrctx.labeling` (sentence regex + a
   "no/without" cue before the mention);
 - with `--model MODEL.gguf` (llamacpp): the hybrid labeler (`--modes cot,short`: rules
   first, the model only for ambiguous lesions) on the same reports, and `--modes llm` (the
@@ -46,9 +46,8 @@ from rich.console import Console
 from rich.table import Table
 
 from cxrctx.cli.evallabels import report_table
-from cxrctx.labeling import EvalReport, evaluate_labels, load_gold
+from cxrctx.labeling import EvalReport, evaluate_labels, keyword_labels, load_gold
 from cxrctx.labeling.rules import label_documents_rules
-from cxrctx.reportgen.evaluate import keyword_labels
 from cxrctx.vocab import LESIONS, lexicon
 
 #: IU MeSH heading → lesion (the headings NegBio's 14-label gold looks up).

@@ -7,9 +7,8 @@ usual umask-respecting mode (0644 under umask 022), not the 0600 of a temp file.
 
 The read side: `open_stage` resolves a stage folder and checks its manifest (stage, schema
 version, every file's sha256 and row count, completeness of sharded runs) before a
-consumer reads a byte. The write side: `prepare_output` applies one overwrite/resume
-policy for every stage, checks the folder is writable before any work, and removes the
-temp files a killed run left behind.
+consumer reads a byte. The write side's policy (`cxrctx.output_policy.prepare_output`:
+overwrite / resume, writability, the temp files a killed run left) builds on this module.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cxrctx import jsonl
+from cxrctx import __version__, jsonl
 from cxrctx.errors import CxrctxError
 from cxrctx.models import InputFile, Manifest, ShardInfo
 
@@ -95,7 +94,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside `path`; rename it onto `path` only if the block succeeds."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    owner = f"{_host()}~{os.getpid()}~"
+    owner = f"{host_name()}~{os.getpid()}~"
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}~{owner}", suffix=TMP_SUFFIX, dir=final.parent)
     try:
         os.fchmod(fd, file_mode())
@@ -112,7 +111,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def _host() -> str:
+def host_name() -> str:
+    """This host's name as temp-file names carry it (who owns a temp file)."""
     return socket.gethostname().replace("~", "-") or "host"
 
 
@@ -241,13 +241,14 @@ def write_stage_manifest(
     files: list[InputFile] | None = None,
     counts: dict[str, int] | None = None,
     extra: dict[str, Any] | None = None,
+    name: str = "manifest.json",
 ) -> Manifest:
-    """Write `OUT/manifest.json` for a stage (last, after its outputs) and return it.
+    """Write `OUT/manifest.json` for a stage (last, after its outputs) and return it; every
+    stage writes its manifest through this one function. A `--shard i/n` slice names its
+    own (`manifest-shard-0000i-of-0000n.json`).
 
     For stages whose outputs are not only Parquet tables (train: checkpoints; evaluate: a
     report JSON): list those in `files` so `open_stage` checks their sha256 too."""
-    from cxrctx import __version__
-
     if hasattr(config, "model_dump"):
         config = config.model_dump(mode="json")
     manifest = Manifest(
@@ -262,7 +263,7 @@ def write_stage_manifest(
         counts=dict(counts or {}),
         extra=dict(extra or {}),
     )
-    write_manifest(manifest, Path(out) / "manifest.json")
+    write_manifest(manifest, Path(out) / name)
     return manifest
 
 
@@ -345,15 +346,16 @@ def _resolve_stage_dir(path: str | os.PathLike) -> Path:
             return p.parent
         if p.suffix == ".parquet":
             for up in (p.parent, p.parent.parent):
-                if _has_manifest(up):
+                if has_manifest(up):
                     return up
         raise CxrctxError(f"{p}: a file; expected a stage output folder (one with {MANIFEST_NAME})")
-    if not _has_manifest(p) and _has_manifest(p.parent):
+    if not has_manifest(p) and has_manifest(p.parent):
         return p.parent
     return p
 
 
-def _has_manifest(d: Path) -> bool:
+def has_manifest(d: Path) -> bool:
+    """Whether `d` holds a stage manifest (whole-run or one per shard slice)."""
     return (d / MANIFEST_NAME).is_file() or any(
         _SHARD_MANIFEST_RE.match(x.name) for x in d.glob("manifest-shard-*.json")
     )
@@ -549,21 +551,10 @@ def open_stage(
     return st
 
 
-# The output policy lives in its own module (it builds on everything above); re-exported
-# here so every stage imports its I/O from `cxrctx.io`.
-from cxrctx.output_policy import (  # noqa: E402
-    RUN_MARKER,
-    OutputDir,
-    prepare_output,
-    remove_stale_tmp,
-)
-
 __all__ = [
-    "RUN_MARKER",
     "SCHEMA_VERSIONS",
     "SHARDED_PATTERN",
     "SHARD_PATTERN",
-    "OutputDir",
     "Stage",
     "atomic_path",
     "atomic_write_bytes",
@@ -572,13 +563,13 @@ __all__ = [
     "check_stage",
     "config_hash",
     "file_entry",
+    "has_manifest",
+    "host_name",
     "input_file",
     "load_stage",
     "open_stage",
-    "prepare_output",
     "read_manifest",
     "read_shards",
-    "remove_stale_tmp",
     "sha256_bytes",
     "sha256_file",
     "shard_name",

@@ -17,7 +17,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cxrctx import __version__
 from cxrctx.errors import CxrctxError
+from cxrctx.io import (
+    MANIFEST_NAME,
+    TMP_SUFFIX,
+    atomic_write_text,
+    config_hash,
+    has_manifest,
+    host_name,
+    load_stage,
+)
 from cxrctx.locks import is_lock_file, lock_folder
 from cxrctx.vocab import PREFIX
 
@@ -53,10 +63,8 @@ def remove_stale_tmp(root: str | os.PathLike, *, stale_after_s: float = 3600.0) 
     A temp file of this host whose writer process is gone is removed at once; one of another
     host (shared file system) or of unknown origin only once older than `stale_after_s`, so
     a slice still running elsewhere keeps its files."""
-    from cxrctx import io as _io
-
-    now, host, n = time.time(), _io._host(), 0
-    for f in sorted(Path(root).rglob(f".*{_io.TMP_SUFFIX}")):
+    now, host, n = time.time(), host_name(), 0
+    for f in sorted(Path(root).rglob(f".*{TMP_SUFFIX}")):
         if not f.is_file() or f.is_symlink():
             continue
         m = _TMP_OWNER_RE.search(f.name)
@@ -88,8 +96,6 @@ def _probe_writable(p: Path) -> None:
 
 def _owner(p: Path) -> tuple[str | None, str | None]:
     """(stage, config hash) of the run that wrote `p`, from its marker or manifest."""
-    from cxrctx import io as _io
-
     marker = p / RUN_MARKER
     if marker.is_file():
         try:
@@ -97,10 +103,10 @@ def _owner(p: Path) -> tuple[str | None, str | None]:
             return data.get("stage"), data.get("config_hash")
         except (OSError, ValueError):
             return "?", None
-    if _io._has_manifest(p):
+    if has_manifest(p):
         try:
-            st = _io.load_stage(p)
-            return st.name, _io.config_hash(st.manifest.config)
+            st = load_stage(p)
+            return st.name, config_hash(st.manifest.config)
         except CxrctxError:
             return "?", None
     return None, None
@@ -134,7 +140,6 @@ def prepare_output(
     A marker records stage + config hash, so even a run killed before its manifest is
     recognised next time. The folder is locked for this process first (`cxrctx.locks`:
     a second run gets "in use by pid N"); slices of a sharded run lock their own `slot`."""
-    from cxrctx import io as _io
 
     p = Path(out)
     if p.exists() and not p.is_dir():
@@ -165,18 +170,16 @@ def prepare_output(
             )
         elif owner_stage is None:
             raise CxrctxError(
-                f"{p}: not empty and not a cxrctx output (no {_io.MANIFEST_NAME} or {RUN_MARKER}); "
+                f"{p}: not empty and not a cxrctx output (no {MANIFEST_NAME} or {RUN_MARKER}); "
                 "--overwrite only replaces cxrctx outputs: choose a new or empty folder"
             )
         else:
             _empty_folder(p)
             res.replaced = True
     res.stale_tmp_removed = remove_stale_tmp(p, stale_after_s=stale_after_s)
-    from cxrctx import __version__
-
     marker = {"stage": stage, "config_hash": config_hash, "tool_version": __version__}
     try:
-        _io.atomic_write_text(p / RUN_MARKER, json.dumps(marker, sort_keys=True) + "\n")
+        atomic_write_text(p / RUN_MARKER, json.dumps(marker, sort_keys=True) + "\n")
     except OSError as e:
         raise CxrctxError(f"{p}: output folder is not writable ({e.strerror or e})") from e
     return res
@@ -206,8 +209,6 @@ def _is_mimic_root(d: Path) -> bool:
 def no_manifest_error(d: Path, expect: tuple[str, ...] = ()) -> CxrctxError:
     """The one-line error for a folder given as a stage output that has no manifest: what
     the folder is, and which command makes the folder that was expected."""
-    from cxrctx import io as _io
-
     then = ""
     if not d.is_dir() or not any(d.iterdir()):
         what = "an empty folder"
@@ -224,4 +225,4 @@ def no_manifest_error(d: Path, expect: tuple[str, ...] = ()) -> CxrctxError:
         if expect
         else "; a stage output is complete only once its manifest is written"
     )
-    return CxrctxError(f"{d}: no {_io.MANIFEST_NAME} ({what}){then}{need}")
+    return CxrctxError(f"{d}: no {MANIFEST_NAME} ({what}){then}{need}")

@@ -13,8 +13,8 @@ import polars as pl
 import pytest
 
 from cxrctx.errors import CxrctxError
+from cxrctx.labeling import keyword_labels
 from cxrctx.llm.task import AnswerError
-from cxrctx.reportgen.evaluate import keyword_labels
 from cxrctx.reportgen.merge import merge_sentences
 from cxrctx.reportgen.tasks import AggregatorTask, JudgeTask
 
@@ -85,8 +85,8 @@ def run(tmp_path_factory) -> dict[str, Path]:
     pytest.importorskip("timm")
     from trainer_fixtures import make_root
 
+    from cxrctx.train import train
     from cxrctx.train.config import make_config
-    from cxrctx.train.loop import train
 
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("gen")

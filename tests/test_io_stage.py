@@ -11,13 +11,10 @@ import pytest
 
 from cxrctx.errors import CxrctxError
 from cxrctx.io import (
-    RUN_MARKER,
     atomic_path,
     check_shard_slot,
     config_hash,
     open_stage,
-    prepare_output,
-    remove_stale_tmp,
     shard_name,
     write_manifest,
     write_parquet,
@@ -25,6 +22,7 @@ from cxrctx.io import (
     write_stage_manifest,
 )
 from cxrctx.models import Manifest
+from cxrctx.output_policy import RUN_MARKER, prepare_output, remove_stale_tmp
 
 
 def _stage(tmp_path, name="build-priors", rows=25, folder="records", stage_dir="st"):

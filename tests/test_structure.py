@@ -20,7 +20,7 @@ from cxrctx.llm.base import ChatRequest
 from cxrctx.llm.fake import FakeEngine
 from cxrctx.structure.check import check_structured, sentences
 from cxrctx.structure.run import STRUCTURED_SCHEMA, structure_items, structure_reports
-from cxrctx.structure.task import StructuredAnswer, StructureItem, load_prompt
+from cxrctx.structure.task import StructuredAnswer, StructureItem, load_structure_prompt
 from cxrctx.vocab import SRRG_ORGAN_KEYS, SRRG_ORGANS
 
 runner = CliRunner()
@@ -104,7 +104,7 @@ def test_faithful_answer_passes_the_check():
 
 @pytest.mark.parametrize("version", [1, 2])
 def test_the_prompt_example_passes_the_check(version):
-    ex = load_prompt(version).data["examples"][0]
+    ex = load_structure_prompt(version).data["examples"][0]
     res = _check(ex["answer"], ex["findings"], ex["impression"])
     assert res.passed, res.reason
 
@@ -113,7 +113,7 @@ def test_the_rewrite_prompt_shows_the_rules_draft_of_its_example():
     """v2's worked example starts from what the rules really draft for its report."""
     from cxrctx.structure.rules import structure_by_rules
 
-    ex = load_prompt(2).data["examples"][0]
+    ex = load_structure_prompt(2).data["examples"][0]
     draft, check = structure_by_rules(ex["findings"], ex["impression"])
     assert check.passed and draft.model_dump(by_alias=True) == ex["draft"]
 
@@ -144,7 +144,8 @@ def test_each_check_path_fails_with_its_reason(code):
     MUTATIONS[code](ans)
     res = _check(ans)
     assert not res.passed and code in res.codes, res.reason
-    assert code in res.reason or res.codes[0] != code
+    # the reason leads with the first problem and names every other one
+    assert res.reason.startswith(f"{res.codes[0]}: ") and all(c in res.reason for c in res.codes)
 
 
 def test_unsupported_bullet_is_the_only_problem_of_an_invented_neutral_sentence():
@@ -276,7 +277,7 @@ def test_schema_file_matches_the_recorded_sha():
     assert set(json.loads(data)["properties"]) == {*SRRG_ORGANS, "Impression"}
     from cxrctx.structure.task import StructureTask
 
-    sent = StructureTask(load_prompt()).request(_items()[0]).json_schema
+    sent = StructureTask(load_structure_prompt()).request(_items()[0]).json_schema
     assert list(sent["properties"]) == [*SRRG_ORGANS, "Impression"]  # the order written
 
 

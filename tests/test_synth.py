@@ -458,7 +458,6 @@ def test_parallel_chunks_give_same_bytes(tmp_path: Path, monkeypatch):
     assert tree_bytes(tmp_path / "one") == tree_bytes(tmp_path / "two")
 
 
-@pytest.mark.skipif(not EXAMPLE.is_dir(), reason="examples/mimic-mini not generated")
 def test_example_is_current(tmp_path: Path):
     """examples/mimic-mini is exactly `cxrctx synth examples/mimic-mini --patients 25 --seed 1`."""
     synthesize(tmp_path / "mini", patients=25, seed=1)

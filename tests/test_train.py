@@ -18,8 +18,9 @@ from typer.testing import CliRunner  # noqa: E402
 
 from cxrctx.cli import app  # noqa: E402
 from cxrctx.errors import CxrctxError  # noqa: E402
+from cxrctx.train import train  # noqa: E402
 from cxrctx.train.config import make_config  # noqa: E402
-from cxrctx.train.loop import load_checkpoint, train  # noqa: E402
+from cxrctx.train.loop import load_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.train
 
@@ -87,7 +88,7 @@ def test_tiny_training_learns_the_lesions(tiny_run):
 def test_trained_model_writes_a_positive_sentence_for_a_visible_effusion(tiny_run, data, tmp_path):
     """The decoder must not lose what the classifier sees: held-out studies with a (rendered,
     large) pleural effusion get at least one report that asserts an effusion."""
-    from cxrctx.reportgen.evaluate import keyword_labels
+    from cxrctx.labeling import keyword_labels
     from cxrctx.reportgen.generate import generate
 
     run, _ = tiny_run

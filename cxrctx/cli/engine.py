@@ -14,9 +14,10 @@ from typing import Annotated, Any
 
 import typer
 
-from cxrctx.cli.app import err_console
+from cxrctx.cli.app import console, err_console
 from cxrctx.cli.progress import progress_display
 from cxrctx.errors import CxrctxError
+from cxrctx.llm.ray_executor import RayExecutor
 from cxrctx.llm.spec import EngineSpec, parse_engine_opts
 
 
@@ -192,7 +193,6 @@ def make_executor(kind: ExecutorKind, ray_address: str | None, workers: int) -> 
         if ray_address is not None or workers != 1:
             raise CxrctxError("--ray-address and --workers apply to --executor ray only")
         return None
-    from cxrctx.llm.ray_executor import RayExecutor
 
     return RayExecutor(workers, address=ray_address)
 
@@ -224,8 +224,6 @@ def model_run(
 def print_plan(plan: Any) -> None:
     """The token budget of a `--plan` run (a cxrctx.llm.plan.Plan)."""
     from rich.table import Table
-
-    from cxrctx.cli.app import console
 
     t = Table(title="token plan", show_header=False)
     rows = [

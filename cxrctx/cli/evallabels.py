@@ -10,6 +10,7 @@ from rich.table import Table
 
 from cxrctx.cli.app import app, console, fail
 from cxrctx.errors import CxrctxError
+from cxrctx.labeling import eval_labels
 from cxrctx.labeling.evaluate import Uncertain
 from cxrctx.labeling.models import EvalReport
 
@@ -140,8 +141,6 @@ def eval_labels_cmd(
         cxrctx eval-labels out/labels --against mimic-cxr-2.0.0-chexpert.csv.gz \\
             --uncertain ignore --json-out eval.json
     """
-    from cxrctx.labeling import eval_labels
-
     try:
         report = eval_labels(
             labels,

@@ -8,6 +8,7 @@ import typer
 
 from cxrctx.cli.app import app, console, fail
 from cxrctx.errors import CxrctxError
+from cxrctx.imagenome import build_rois
 
 
 @app.command("build-rois")
@@ -36,8 +37,6 @@ def build_rois_cmd(
     Example:
       cxrctx build-rois /data/chest-imagenome --records out/records --out out/rois
     """
-    from cxrctx.imagenome import build_rois
-
     try:
         res = build_rois(
             imagenome_dir, records=records, out=out, frontal_only=not all_views, overwrite=overwrite

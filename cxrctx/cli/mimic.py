@@ -10,6 +10,7 @@ import typer
 from cxrctx.cli.app import app, console, fail
 from cxrctx.cli.progress import progress_display
 from cxrctx.errors import CxrctxError
+from cxrctx.mimic.build import build_priors
 
 
 class OutputFormat(str, Enum):
@@ -79,7 +80,6 @@ def build_priors_cmd(
       cxrctx build-priors /data/mimic-cxr --out work/priors -k 5 --format jsonl \\
           --reports-zip mimic-cxr-reports.zip
     """
-    from cxrctx.mimic.build import build_priors
 
     with progress_display("build-priors") as progress:
         try:

@@ -24,6 +24,8 @@ from cxrctx.cli.engine import (
 )
 from cxrctx.cli.progress import progress_display
 from cxrctx.errors import CxrctxError
+from cxrctx.release import info, make_release, rebuild, validate
+from cxrctx.release.info import COUNT_KEYS
 
 if TYPE_CHECKING:
     from cxrctx.release import RebuildReport
@@ -46,8 +48,6 @@ class TargetSection(str, enum.Enum):
 
 def _split_table(summary: dict[str, dict[str, int]], title: str):
     from rich.table import Table
-
-    from cxrctx.release.info import COUNT_KEYS
 
     t = Table(title=title, title_justify="left")
     t.add_column("count")
@@ -180,7 +180,6 @@ def release_cmd(
       cxrctx release --records out/records --labels out/labels --out out/release \\
           --name my-org/mimic-cxr-context --version 1.0.0 --format srrg
     """
-    from cxrctx.release import make_release
     from cxrctx.release.meta import read_card_file
 
     given = {
@@ -236,8 +235,6 @@ def validate_cmd(
 
     from rich.markup import escape
 
-    from cxrctx.release import validate
-
     try:
         rep = validate(path, records=records)
     except CxrctxError as e:
@@ -269,7 +266,6 @@ def info_cmd(
     Example:
       cxrctx info out/release --json
     """
-    from cxrctx.release import info
 
     try:
         res = info(path)
@@ -344,7 +340,6 @@ def rebuild_cmd(
           --model qwen2.5-1.5b-instruct-q4_k_m.gguf \\
           --imagenome /data/chest-imagenome
     """
-    from cxrctx.release import rebuild
 
     try:
         spec = engine_spec(

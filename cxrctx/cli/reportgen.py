@@ -29,6 +29,9 @@ from cxrctx.cli.engine import (
 )
 from cxrctx.cli.progress import progress_display
 from cxrctx.errors import CxrctxError
+from cxrctx.llm.runner import driver_engine
+from cxrctx.reportgen.evaluate import CRITERIA, evaluate
+from cxrctx.reportgen.generate import generate
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -143,9 +146,6 @@ def generate_cmd(
             --model Qwen/Qwen2.5-7B-Instruct --executor ray --ray-address auto \\
             --workers 4
     """
-    from cxrctx.llm.runner import driver_engine
-    from cxrctx.reportgen.generate import generate
-
     try:
         spec = engine_spec(
             backend,
@@ -234,9 +234,6 @@ def evaluate_cmd(
         cxrctx evaluate out/gen --reference out/priors \\
             --reference-labels out/syn/truth --out out/eval
     """
-    from cxrctx.llm.runner import driver_engine
-    from cxrctx.reportgen.evaluate import evaluate
-
     try:
         spec = engine_spec(
             backend,
@@ -282,8 +279,6 @@ def _f(v: float | None) -> str:
 def evaluation_table(rep: EvaluationReport) -> Table:
     """A rich table of `evaluate`'s headline numbers and per-lesion F1."""
     from rich.table import Table
-
-    from cxrctx.reportgen.evaluate import CRITERIA
 
     t = Table(
         title=f"evaluate: {rep.n_pairs} studies ({'+'.join(rep.reference_sections)}), labeler {rep.labeler}"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from cxrctx import schema_export
 from cxrctx.cli.app import app, console, err_console
 
 
@@ -25,8 +26,6 @@ def schemas_cmd(
       cxrctx schemas            # rewrite schemas/ in a source checkout
       cxrctx schemas --check    # exit 1 when a schema file is stale (CI)
     """
-    from cxrctx import schema_export
-
     target = out_dir or schema_export.schemas_dir()
     if check:
         bad = schema_export.stale(target)

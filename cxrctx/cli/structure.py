@@ -34,6 +34,9 @@ from cxrctx.cli.engine import (
 )
 from cxrctx.cli.progress import progress_display
 from cxrctx.errors import CxrctxError
+from cxrctx.llm import Sampling
+from cxrctx.structure.plan import plan_structure_reports
+from cxrctx.structure.run import structure_reports
 
 if TYPE_CHECKING:
     from cxrctx.llm.plan import Plan
@@ -198,8 +201,6 @@ def _structure_with_rules(o: SimpleNamespace) -> None:
 
 def _structure_with_model(o: SimpleNamespace) -> Any:
     """Structure (or --plan) with the engine the options name."""
-    from cxrctx.llm import Sampling
-
     spec = engine_spec(
         Backend((o.backend or StructureBackend.llamacpp).value),
         o.model,
@@ -238,8 +239,6 @@ def _rules_chosen(backend: StructureBackend | None, model: str | None) -> bool:
 
 def _run_rules(records: Path, out: Path, *, allow_failures: bool, **opts: Any) -> None:
     """The rules run (no model): structure, print the summary, exit 1 on failures."""
-    from cxrctx.structure.run import structure_reports
-
     try:
         with progress_display("structure-reports") as progress:
             run = structure_reports(records, out, progress=progress, **opts)
@@ -272,8 +271,6 @@ def _plan(
     records: Path, out: Path, sample: int, throughput: float, gpu: str, task: dict[str, Any]
 ) -> Plan:
     """`--plan`: structure a sample into OUT/plan-sample and project the token budget."""
-    from cxrctx.structure.plan import plan_structure_reports
-
     return plan_structure_reports(
         records, out, sample=sample, throughput_tokens_per_s=throughput, gpu=gpu, **task
     )

@@ -11,7 +11,7 @@ from rich.table import Table
 from cxrctx.cli.app import app, console, fail
 from cxrctx.cli.progress import progress_display
 from cxrctx.errors import CxrctxError
-from cxrctx.synth import ImageFormat, SynthSummary
+from cxrctx.synth import ImageFormat, SynthSummary, synthesize
 
 #: Rare cases shown in the summary table (all of them are in truth/synth.json).
 _SHOWN_VARIETIES = (
@@ -84,8 +84,6 @@ def synth_cmd(
       cxrctx synth --out out/syn --patients 150 --images --imagenome \\
           --image-format jpg
     """
-    from cxrctx.synth import synthesize
-
     if (out_dir is None) == (out is None):
         raise fail(CxrctxError("give the output directory once: OUT_DIR or --out"))
     start = time.perf_counter()

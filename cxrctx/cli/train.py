@@ -10,8 +10,9 @@ import typer
 from cxrctx.cli.app import app, console, fail
 from cxrctx.cli.progress import progress_display
 from cxrctx.errors import CxrctxError
-from cxrctx.train.config import Preset, Stage, TrainConfig, make_config, validate_config
-from cxrctx.train.run import TrainResult
+from cxrctx.train import train
+from cxrctx.train.config import Preset, TrainConfig, TrainStage, make_config, validate_config
+from cxrctx.train.events import TrainResult
 
 
 def _overrides(pairs: list[str]) -> dict[str, object]:
@@ -82,8 +83,8 @@ def train_cmd(
         "--preset",
         help="tiny (CPU, minutes) or paper (ViT-B/16, batch 24, 15 epochs; needs local weights).",
     ),
-    stage: Stage = typer.Option(
-        Stage.BOTH,
+    stage: TrainStage = typer.Option(
+        TrainStage.BOTH,
         "--stage",
         help="classifier (the global lesion classifier alone), 1, 2 or both; 1 and both "
         "train the classifier first unless the run has one or --classifier gives one.",
@@ -122,7 +123,6 @@ def train_cmd(
         --set text_model=bert-base-uncased/ \\
         --set classifier_weights=vit_b16_in1k.safetensors
     """
-    from cxrctx.train import train
 
     try:
         cfg = _config(preset, config_file, set_ or [])

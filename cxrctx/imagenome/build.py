@@ -27,7 +27,6 @@ from pathlib import Path
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
-from cxrctx import __version__
 from cxrctx.errors import CxrctxError
 from cxrctx.io import (
     PolarsType,
@@ -35,13 +34,12 @@ from cxrctx.io import (
     config_hash,
     input_file,
     open_stage,
-    prepare_output,
     shard_paths,
-    write_manifest,
     write_parquet,
     write_shards,
+    write_stage_manifest,
 )
-from cxrctx.models import Manifest
+from cxrctx.output_policy import prepare_output
 from cxrctx.vocab import ROIS
 
 log = logging.getLogger(__name__)
@@ -369,8 +367,8 @@ def build_rois(
         reasons[k] = reasons.get(k, 0) + 1
     counts.update({"images_written": df.height, "images_rejected": rej.height})
     assert counts["images_considered"] == counts["images_written"] + counts["images_rejected"]
-    manifest = Manifest(
-        tool_version=__version__,
+    write_stage_manifest(
+        out_dir,
         stage="build-rois",
         schema_version=ROI_SCHEMA_VERSION,
         config=config,
@@ -380,7 +378,6 @@ def build_rois(
         counts=counts,
         extra={"reject_reasons": dict(sorted(reasons.items()))},
     )
-    write_manifest(manifest, out_dir / "manifest.json")
     log.info("build-rois: %d images written, %d rejected", df.height, rej.height)
     return RoiResult(
         out_dir=out_dir, rows=df.height, rejects=rej.height, counts=counts, reasons=reasons

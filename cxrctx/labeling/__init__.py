@@ -4,8 +4,8 @@ Public API (stable): `label_lesions` (the stage: rules, llm or hybrid into a fol
 by `Labeler`, configured by `LabelLesionsConfig`), `LabelRun`, `LabelResult`,
 `label_documents` (the llm labeler on a frame), `load_documents`, `load_prompt`,
 `evaluate_labels`, `EvalReport`, `load_gold`, `eval_labels`; the rules (`read_report`,
-`label_documents_rules`, `rules_labels`, `RulesReading`) and the hybrid labeler
-(`label_documents_hybrid`, `load_hybrid_prompt`).
+`label_documents_rules`, `rules_labels`, `RulesReading`), the hybrid labeler
+(`label_documents_hybrid`, `load_hybrid_prompt`) and the keyword baseline (`keyword_labels`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from cxrctx.labeling.hybrid import (
     load_hybrid_prompt,
 )
 from cxrctx.labeling.inputs import load_documents
+from cxrctx.labeling.keyword import keyword_labels
 from cxrctx.labeling.llm_labeler import label_documents
 from cxrctx.labeling.models import (
     LabelAnswer,
@@ -54,6 +55,7 @@ __all__ = [
     "answer_schema",
     "eval_labels",
     "evaluate_labels",
+    "keyword_labels",
     "label_documents",
     "label_documents_hybrid",
     "label_documents_rules",

@@ -25,7 +25,6 @@ source "vote" or "llm" and keep the rules' evidence.
 from __future__ import annotations
 
 import enum
-import hashlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,10 +42,10 @@ from cxrctx.labeling.exemplars import (
     calibrate,
     vote,
 )
-from cxrctx.labeling.prompt import read_prompt_file
 from cxrctx.llm.base import ChatRequest, Engine, Sampling
 from cxrctx.llm.cache import ResultCache
 from cxrctx.llm.choice import ChoiceAnswer, choice_request, parse_choice
+from cxrctx.llm.prompt import load_prompt_file
 from cxrctx.llm.runner import TaskProgress, run_task
 from cxrctx.llm.task import AnswerError, Task
 
@@ -113,16 +112,15 @@ class AdjudicationPrompt:
 
 
 def load_adjudication_prompt(version_or_path: int | str | None = None) -> AdjudicationPrompt:
-    from cxrctx.errors import CxrctxError
-
+    """The adjudication prompt (`prompts/label_lesions/adjudicate_vN.json` or a file)."""
     v = DEFAULT_PROMPT_VERSION if version_or_path is None else version_or_path
-    path, raw, data = read_prompt_file(v, "adjudicate_v")
-    missing = [
-        k for k in ("system", "reasons", "example_template", "user_template") if k not in data
-    ]
-    if missing:
-        raise CxrctxError(f"{path}: adjudication prompt lacks {', '.join(missing)}")
-    return AdjudicationPrompt(data, hashlib.sha256(raw).hexdigest(), path)
+    f = load_prompt_file(
+        "label_lesions",
+        v,
+        stem="adjudicate_v",
+        required=("system", "reasons", "example_template", "user_template"),
+    )
+    return AdjudicationPrompt(f.data, f.sha256, f.path)
 
 
 # ---------------------------------------------------------------------------- task

@@ -21,7 +21,6 @@ records its sha256, the answer schema's sha256, the model and the sampling.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -40,12 +39,12 @@ from cxrctx.labeling.models import (
     answer_schema,
 )
 from cxrctx.labeling.parse import validate_lesion_answer
-from cxrctx.labeling.prompt import read_prompt_file
 from cxrctx.labeling.rules import read_report, reading_rows, rules_provenance
 from cxrctx.labeling.tables import TABLES, LabelResult, document_row
 from cxrctx.labeling.task import LabelItem
 from cxrctx.llm.base import ChatRequest, Engine, Sampling
 from cxrctx.llm.cache import ResultCache
+from cxrctx.llm.prompt import PromptFile, load_prompt_file
 from cxrctx.llm.runner import Executor, TaskProgress, TaskResult, run_task
 from cxrctx.llm.sink import MemorySink, Sink
 from cxrctx.llm.task import REPAIR_ECHO_CHARS, AnswerError, Task, parse_json_object
@@ -69,16 +68,8 @@ HYBRID_COUNTS = ("rules", "llm", "not_mentioned", "ambiguous", "llm_changed", "l
 
 
 @dataclass(frozen=True)
-class HybridPrompt:
+class HybridPrompt(PromptFile):
     """A loaded hybrid prompt version (see prompts/label_lesions/hybrid_v1.json)."""
-
-    data: dict[str, Any]
-    sha256: str
-    path: str
-
-    @property
-    def version(self) -> int:
-        return int(self.data.get("version", 0))
 
     def system(self, mode: Labeler) -> str:
         return "\n".join([*self.data["system"], self.data["modes"][mode.value]])
@@ -105,12 +96,11 @@ class HybridPrompt:
 def load_hybrid_prompt(version_or_path: int | str | Path | None = None) -> HybridPrompt:
     """`prompts/label_lesions/hybrid_v{N}.json` (default the current version) or a file."""
     v = DEFAULT_HYBRID_VERSION if version_or_path is None else version_or_path
-    path, raw, data = read_prompt_file(v, "hybrid_v")
     need = ("system", "modes", "reasons", "lesion_template", "user_template", "repair_template")
-    missing = [k for k in need if k not in data]
-    if missing or set(data.get("modes", {})) < {"cot", "short"}:
-        raise CxrctxError(f"{path}: hybrid prompt lacks {', '.join(missing) or 'modes cot/short'}")
-    return HybridPrompt(data=data, sha256=hashlib.sha256(raw).hexdigest(), path=path)
+    f = load_prompt_file("label_lesions", v, stem="hybrid_v", required=need)
+    if set(f.data["modes"]) < {"cot", "short"}:
+        raise CxrctxError(f"{f.path}: hybrid prompt lacks modes cot/short")
+    return HybridPrompt(data=f.data, sha256=f.sha256, path=f.path)
 
 
 # ---------------------------------------------------------------------------- task

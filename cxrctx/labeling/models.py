@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, create_model, fiel
 
 from cxrctx.limits import MAX_REPORT_BYTES
 from cxrctx.llm.base import Sampling
+from cxrctx.llm.task import json_schema
 from cxrctx.models import Lesion, Location, Status
 from cxrctx.vocab import LESIONS
 
@@ -141,8 +142,6 @@ def _answer_model() -> type[BaseModel]:
 
 @lru_cache(maxsize=1)
 def _full_schema() -> dict[str, Any]:
-    from cxrctx.llm.task import json_schema
-
     return json_schema(_answer_model())
 
 

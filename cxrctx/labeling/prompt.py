@@ -11,30 +11,20 @@ the file, whose sha256 the v1 rows record, but no longer read.)
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from cxrctx.errors import CxrctxError
 from cxrctx.labeling.models import answer_schema
+from cxrctx.llm.prompt import PromptFile, load_prompt_file
 from cxrctx.llm.task import REPAIR_ECHO_CHARS, schema_sha256_of
-from cxrctx.resources import read_bytes
 from cxrctx.vocab import LESIONS, mentioned_lesions
 
 DEFAULT_VERSION = 1
-
-
-class Prompt(Protocol):
-    """What a run records of the prompt it asked with (`LabelPrompt`, `HybridPrompt`)."""
-
-    @property
-    def version(self) -> int: ...
-
-    @property
-    def sha256(self) -> str: ...
+LABEL_PROMPT_KEYS = ("system", "user_template", "repair_template", "lesions")
 
 
 def schema_sha256() -> str:
@@ -47,13 +37,9 @@ def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
-@dataclass
-class LabelPrompt:
+@dataclass(frozen=True)
+class LabelPrompt(PromptFile):
     """A loaded prompt version; render messages and find candidates with it."""
-
-    data: dict[str, Any]
-    sha256: str
-    path: str
 
     def __post_init__(self) -> None:
         lesions = self.data.get("lesions", {})
@@ -63,10 +49,6 @@ class LabelPrompt:
             raise CxrctxError(
                 f"{self.path}: lesions must be exactly the 14 CLALA-Net lesions (missing {missing}, unknown {extra})"
             )
-
-    @property
-    def version(self) -> int:
-        return int(self.data.get("version", 0))
 
     def candidates(self, text: str) -> list[str]:
         """Lesions the shared lexicon finds expressed in `text`, in the fixed lesion order."""
@@ -107,33 +89,8 @@ def _canonical_pretty(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False)
 
 
-def read_prompt_file(version_or_path: int | str | Path, stem: str) -> tuple[str, bytes, dict]:
-    """(recorded path, raw bytes, parsed JSON) of `prompts/label_lesions/{stem}{N}.json` for
-    a version number, or of a given file; an unreadable or invalid file is a one-line error."""
-    if isinstance(version_or_path, int) or (
-        isinstance(version_or_path, str) and version_or_path.isdigit()
-    ):
-        name = f"{stem}{int(version_or_path)}.json"
-        path = f"prompts/label_lesions/{name}"  # recorded as a package-relative name
-        raw = read_bytes("prompts", "label_lesions", name)
-    else:
-        path = str(version_or_path)
-        try:
-            raw = Path(version_or_path).read_bytes()
-        except OSError as e:
-            raise CxrctxError(f"{path}: cannot read prompt file ({e.strerror})") from e
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise CxrctxError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from e
-    return path, raw, data
-
-
 def load_prompt(version_or_path: int | str | Path | None = None) -> LabelPrompt:
     """Load `prompts/label_lesions/v{N}.json` (default the current version) or a given file."""
     v = DEFAULT_VERSION if version_or_path is None else version_or_path
-    path, raw, data = read_prompt_file(v, "v")
-    for key in ("system", "user_template", "repair_template", "lesions"):
-        if key not in data:
-            raise CxrctxError(f"{path}: prompt file lacks {key!r}")
-    return LabelPrompt(data=data, sha256=hashlib.sha256(raw).hexdigest(), path=str(path))
+    f = load_prompt_file("label_lesions", v, required=LABEL_PROMPT_KEYS)
+    return LabelPrompt(data=f.data, sha256=f.sha256, path=f.path)

@@ -26,7 +26,7 @@ from cxrctx.labeling.finish import LabelFinish, build_finish
 from cxrctx.labeling.inputs import LoadedInput, parse_shard, select_documents
 from cxrctx.labeling.llm_labeler import label_documents, llm_dry_run
 from cxrctx.labeling.models import Labeler, LabelLesionsConfig, LabelRunConfig
-from cxrctx.labeling.prompt import LabelPrompt, Prompt, load_prompt, schema_sha256
+from cxrctx.labeling.prompt import LabelPrompt, load_prompt, schema_sha256
 from cxrctx.labeling.rules import PROGRESS_EVERY, read_report, write_rules
 from cxrctx.labeling.tables import (
     LabelResult,
@@ -36,6 +36,7 @@ from cxrctx.labeling.tables import (
     write_label_manifest,
 )
 from cxrctx.llm.base import Engine
+from cxrctx.llm.prompt import PromptFile
 from cxrctx.llm.runner import Executor, TaskProgress, driver_engine, engine_identity
 from cxrctx.llm.sink import Sink
 from cxrctx.llm.spec import EngineSpec, make_engine
@@ -298,7 +299,7 @@ class _ModelRun:
         self.kind, self.input_path, self.cfg = kind, input_path, cfg
         self.engine, self.progress, self.executor = engine, progress, executor
         self.spec = engine if isinstance(engine, EngineSpec) else None
-        self.prompt: Prompt = (
+        self.prompt: PromptFile = (
             load_prompt(cfg.prompt)
             if kind is Labeler.llm
             else hybrid.load_hybrid_prompt(cfg.prompt)

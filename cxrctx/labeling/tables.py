@@ -14,13 +14,13 @@ from typing import Any
 
 import polars as pl
 
-from cxrctx import __version__
-from cxrctx.io import check_shard_slot, config_hash, prepare_output, read_shards, write_manifest
+from cxrctx.io import check_shard_slot, config_hash, read_shards, write_stage_manifest
 from cxrctx.labeling.inputs import LoadedInput
 from cxrctx.labeling.models import LabelRow, LabelRunConfig
 from cxrctx.llm.runner import TaskResult, TaskStats
-from cxrctx.llm.sink import ShardSink, remove_stale_tmp
+from cxrctx.llm.sink import ShardSink
 from cxrctx.models import LABEL_SCHEMA_VERSION, Manifest
+from cxrctx.output_policy import prepare_output
 
 STAGE = "label-lesions"
 #: Failure reasons of documents that are never labeled (no model call).
@@ -186,10 +186,10 @@ def claim_output(
 
 
 def open_sinks(out: Path, shard: tuple[int, int] | None) -> dict[str, ShardSink]:
-    """One streaming Parquet sink per table under `out` (part i of n for a shard slice)."""
+    """One streaming Parquet sink per table under `out` (part i of n for a shard slice);
+    `claim_output` already removed the temp parts a killed run left."""
     sinks = {}
     for name, schema in TABLES.items():
-        remove_stale_tmp(out / name)
         rows = LABEL_ROWS_PER_SHARD if name == "labels" else LABEL_ROWS_PER_SHARD // 14
         sinks[name] = ShardSink(
             out / name,
@@ -212,8 +212,14 @@ def write_label_manifest(
 ) -> Manifest:
     """The run's manifest (one per shard when sharded), written last: its presence says
     the labels, documents and failures tables are complete."""
-    manifest = Manifest(
-        tool_version=__version__,
+    name = (
+        "manifest.json"
+        if shard is None
+        else f"manifest-shard-{shard[0]:05d}-of-{shard[1]:05d}.json"
+    )
+    return write_stage_manifest(
+        out,
+        name=name,
         stage=STAGE,
         schema_version=LABEL_SCHEMA_VERSION,
         config=cfg.model_dump(mode="json"),
@@ -223,10 +229,3 @@ def write_label_manifest(
         counts=result.counts,
         extra={"provenance": result.provenance},
     )
-    name = (
-        "manifest.json"
-        if shard is None
-        else f"manifest-shard-{shard[0]:05d}-of-{shard[1]:05d}.json"
-    )
-    write_manifest(manifest, out / name)
-    return manifest

@@ -15,6 +15,7 @@ from typing import Any
 
 from cxrctx.errors import CxrctxError
 from cxrctx.llm.base import ChatRequest, Completion, Engine, Sampling
+from cxrctx.llm.fake import FakeEngine
 from cxrctx.llm.jsonutil import extract_json, strip_code_fences
 
 BACKENDS: tuple[str, ...] = ("llamacpp", "openai", "vllm", "fake")
@@ -57,8 +58,6 @@ def get_engine(backend: str, model: str, **options: Any) -> Engine:
 
         return VllmEngine(model, **options)  # checked against the installed vLLM's EngineArgs
     if backend == "fake":
-        from cxrctx.llm.fake import FakeEngine
-
         return FakeEngine(model, **_check(backend, options, FakeEngine.OPTIONS))
     raise CxrctxError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 

@@ -43,10 +43,10 @@ from pathlib import Path
 from typing import Any
 
 from cxrctx.errors import CxrctxError
-from cxrctx.llm import ray_watchdog
+from cxrctx.llm import _check, ray_watchdog
 from cxrctx.llm.base import ChatRequest, Completion, Engine, Sampling
 from cxrctx.llm.runner import Outcome, Work, engine_identity, engine_secrets, solve_batch
-from cxrctx.llm.spec import EngineSpec, check_route
+from cxrctx.llm.spec import EngineSpec, check_route, make_engine
 from cxrctx.llm.task import Task
 
 log = logging.getLogger(__name__)
@@ -111,8 +111,6 @@ class SpecEngine:
 
 def _check_options(spec: EngineSpec) -> None:
     """The option names `get_engine` would refuse, refused here (no backend library loaded)."""
-    from cxrctx.llm import _check
-
     classes = {
         "llamacpp": ("cxrctx.llm.llamacpp", "LlamaCppEngine"),
         "openai": ("cxrctx.llm.openai_compat", "OpenAIEngine"),
@@ -126,8 +124,6 @@ def _check_options(spec: EngineSpec) -> None:
 
 
 def _spec_factory(spec: EngineSpec) -> Engine:
-    from cxrctx.llm.spec import make_engine
-
     return make_engine(spec)
 
 

@@ -36,6 +36,7 @@ from pydantic import ValidationError
 from cxrctx.errors import CxrctxError
 from cxrctx.llm.base import ChatRequest, Completion, Engine, Sampling
 from cxrctx.llm.cache import ResultCache, cache_key
+from cxrctx.llm.spec import make_engine
 from cxrctx.llm.task import AnswerError, AnswerT, ItemT, Task
 
 log = logging.getLogger(__name__)
@@ -319,7 +320,6 @@ def driver_engine(executor: Executor | None, spec: Any) -> Engine:
     fn = getattr(executor, "driver_engine", None)
     if callable(fn):
         return fn(spec)
-    from cxrctx.llm.spec import make_engine
 
     return make_engine(spec)
 

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import polars as pl
 import pyarrow.parquet as pq
 
-from cxrctx.io import sha256_file, shard_name
+from cxrctx.io import TMP_SUFFIX, host_name, sha256_file, shard_name
 from cxrctx.models import ShardInfo
 
 
@@ -76,7 +76,11 @@ class ShardSink:
     def _open(self) -> pq.ParquetWriter:
         if self._writer is None:
             final = self.dir / shard_name(self._index, self.of)
-            self._tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+            # named like every cxrctx temp file (owner host and pid), so the output policy's
+            # one stale-temp sweep (`remove_stale_tmp`) knows when its writer is gone
+            self._tmp = final.with_name(
+                f".{final.name}~{host_name()}~{os.getpid()}~part{TMP_SUFFIX}"
+            )
             self._writer = pq.ParquetWriter(
                 self._tmp,
                 self.arrow_schema,
@@ -132,12 +136,3 @@ class ShardSink:
             self._writer = None
         if self._tmp is not None and self._tmp.exists():
             self._tmp.unlink()
-
-
-def remove_stale_tmp(directory: str | os.PathLike) -> int:
-    """Delete temporary parts left by a killed run (`.part-*.tmp`); returns how many."""
-    n = 0
-    for f in Path(directory).glob(".part-*.tmp"):
-        f.unlink(missing_ok=True)
-        n += 1
-    return n

@@ -23,6 +23,7 @@ from urllib.parse import unquote, urlparse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cxrctx.errors import CxrctxError
+from cxrctx.llm import get_engine
 from cxrctx.llm.base import Engine
 
 #: hosts of public LLM APIs (a subdomain matches too)
@@ -223,8 +224,6 @@ def vllm_version() -> str | None:
 
 def make_engine(spec: EngineSpec) -> Engine:
     """Build the engine `spec` describes (privacy route checked first)."""
-    from cxrctx.llm import get_engine
-
     if spec.backend == "openai":
         if not spec.base_url:
             raise CxrctxError(

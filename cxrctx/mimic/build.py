@@ -29,15 +29,13 @@ from typing import Literal
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
-from cxrctx import __version__
 from cxrctx.errors import CxrctxError
 from cxrctx.io import (
     config_hash,
     input_file,
-    prepare_output,
-    write_manifest,
     write_parquet,
     write_shards,
+    write_stage_manifest,
 )
 from cxrctx.limits import MAX_REPORT_BYTES
 from cxrctx.mimic import layout as L
@@ -48,6 +46,7 @@ from cxrctx.mimic.reader import ReportReader, report_source
 from cxrctx.mimic.schema import RECORD_SCHEMA, conform
 from cxrctx.mimic.summary import reconcile, reject_table, summaries, write_jsonl
 from cxrctx.models import RECORD_SCHEMA_VERSION, Manifest
+from cxrctx.output_policy import prepare_output
 from cxrctx.progress import as_callback, progress_arg
 
 log = logging.getLogger(__name__)
@@ -221,7 +220,7 @@ def _build(
     rec = _assemble_records(studies, good, stats, prior_lists, inp)
     rej = reject_table(inp.rejects)
     done("records assembled")
-    counts = reconcile(rec, rej, inp, studies_in)
+    counts = reconcile(rec, rej, inp.img, inp.unknown_views, studies_in)
     summary = summaries(rec, rej, cfg.max_priors)
     claim()
     manifest = _write(out, rec, rej, cfg, lay, inp.files, counts, summary)
@@ -391,15 +390,7 @@ def _reject_missing_reports(lay: L.MimicLayout, studies: pl.DataFrame, rejects: 
     expected = studies.select(
         "study_id",
         "report_path",
-        (
-            pl.lit("files/p")
-            + pl.col("subject_id").cast(pl.String).str.slice(0, 2)
-            + "/p"
-            + pl.col("subject_id").cast(pl.String)
-            + "/s"
-            + pl.col("study_id").cast(pl.String)
-            + ".txt"
-        ).alias("_expected"),
+        L.report_relpath_expr().alias("_expected"),
     )
     for row in expected.filter(pl.col("report_path").is_null()).iter_rows(named=True):
         where = report_source(lay, row["_expected"])
@@ -543,8 +534,8 @@ def _write_outputs(
     ]
     if "jsonl" in cfg.formats:
         tables.append(write_jsonl(rec, out / "records.jsonl"))
-    manifest = Manifest(
-        tool_version=__version__,
+    manifest = write_stage_manifest(
+        out,
         stage=STAGE,
         schema_version=RECORD_SCHEMA_VERSION,
         config=cfg.model_dump(mode="json"),
@@ -558,5 +549,4 @@ def _write_outputs(
             "sections_note": "FINDINGS AND IMPRESSION text fills both findings and impression unless an explicit one exists",
         },
     )
-    write_manifest(manifest, out / "manifest.json")
     return manifest

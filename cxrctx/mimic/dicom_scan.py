@@ -15,6 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from cxrctx.mimic.layout import METADATA_COLUMNS
+from cxrctx.mimic.reports import mp_context, quiet_fork
 from cxrctx.vocab import DICOM_ID_RE
 
 _PAT = re.compile(r"^p(\d+)$")
@@ -121,8 +122,6 @@ def scan_dicoms(
             if on_progress:
                 on_progress(len(c[1]))
     else:
-        from cxrctx.mimic.reports import mp_context, quiet_fork
-
         with (
             quiet_fork(),
             ProcessPoolExecutor(max_workers=workers, mp_context=mp_context()) as pool,

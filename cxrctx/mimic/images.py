@@ -14,6 +14,7 @@ import polars as pl
 
 from cxrctx.errors import CxrctxError
 from cxrctx.mimic import layout as L
+from cxrctx.mimic.dicom_scan import find_dicoms, scan_dicoms
 from cxrctx.mimic.schema import DT
 from cxrctx.vocab import DICOM_ID_RE
 
@@ -84,19 +85,7 @@ def _parse_datetimes(img: pl.DataFrame) -> pl.DataFrame:
 def prepare_images(img: pl.DataFrame, image_ext: str) -> pl.DataFrame:
     """Typed image rows with path, view group, order key and parsed date/time."""
     if "path" not in img.columns:
-        img = img.with_columns(
-            (
-                pl.lit("files/p")
-                + pl.col("subject_id").cast(pl.String).str.slice(0, 2)
-                + "/p"
-                + pl.col("subject_id").cast(pl.String)
-                + "/s"
-                + pl.col("study_id").cast(pl.String)
-                + "/"
-                + pl.col("dicom_id")
-                + f".{image_ext}"
-            ).alias("path")
-        )
+        img = img.with_columns(L.image_relpath_expr(image_ext).alias("path"))
     vp = pl.col("ViewPosition").str.strip_chars().str.to_uppercase().fill_null("")
     group = (
         pl.when(vp.is_in(FRONTAL))
@@ -207,7 +196,6 @@ def load_images(
         )
         meta = _drop_bad_sizes(_drop_bad_dicom_ids(meta, rejects), rejects)
         return meta.drop("_line"), rejects, [lay.metadata]
-    from cxrctx.mimic.dicom_scan import find_dicoms, scan_dicoms
 
     if lay.files_dir is None:
         raise CxrctxError(

@@ -45,9 +45,35 @@ __all__ = [
     "SPLITS",
     "SPLIT_COLUMNS",
     "image_relpath",
+    "image_relpath_expr",
     "label_key",
     "report_relpath",
+    "report_relpath_expr",
 ]
+
+
+def _study_prefix() -> pl.Expr:
+    """`files/pNN/pSSSSSSSS/sTTTTTTTT` of each row (subject_id, study_id): the column form
+    of the prefix `report_relpath` and `image_relpath` build for one study."""
+    subject = pl.col("subject_id").cast(pl.String)
+    return (
+        pl.lit("files/p")
+        + subject.str.slice(0, 2)
+        + "/p"
+        + subject
+        + "/s"
+        + pl.col("study_id").cast(pl.String)
+    )
+
+
+def report_relpath_expr() -> pl.Expr:
+    """Column form of `report_relpath`: each study's report file, relative to the root."""
+    return _study_prefix() + ".txt"
+
+
+def image_relpath_expr(ext: str) -> pl.Expr:
+    """Column form of `image_relpath`: each image's file (with `dicom_id`), relative to the root."""
+    return _study_prefix() + "/" + pl.col("dicom_id") + f".{ext}"
 
 
 @dataclass(frozen=True)
@@ -165,7 +191,7 @@ def _has_report(files_dir: Path, sample: int = 50) -> bool:
 # --- CSV reading ------------------------------------------------------------------------
 
 
-def read_bytes(path: Path) -> bytes:
+def read_input_bytes(path: Path) -> bytes:
     """Whole file, gunzipped in memory when it ends in .gz; a corrupt gzip is a user error."""
     try:
         raw = path.read_bytes()
@@ -257,7 +283,7 @@ def _scan_lines(data: bytes, width: int) -> tuple[bool, tuple[int, int] | None]:
 
 def read_csv(path: Path, required: Sequence[str]) -> pl.DataFrame:
     """Read a CSV (gz or plain) as strings, check columns and row shapes; adds `_line`."""
-    data = read_bytes(path)
+    data = read_input_bytes(path)
     if not data.strip():
         raise CxrctxError(f"{path}: file is empty")
     header_line = data.split(b"\n", 1)[0].decode("utf-8", errors="replace").strip("\r\n\ufeff")

@@ -37,7 +37,10 @@ import re
 from functools import lru_cache
 from typing import NamedTuple
 
-from cxrctx.vocab import has_temporal_reference  # noqa: F401  (the cue list lives in vocab)
+from cxrctx.vocab import (
+    SECTIONS,
+    has_temporal_reference,  # noqa: F401  (the cue list lives in vocab)
+)
 
 #: Fields produced per report, in this order.
 FIELDS: tuple[str, ...] = (
@@ -67,21 +70,12 @@ class Sections(NamedTuple):
     last_paragraph: str | None = None
 
 
-_CANONICAL = (
-    "examination",
-    "indication",
-    "history",
-    "technique",
-    "comparison",
-    "findings",
-    "impression",
-)
 _BOTH = "findings+impression"
 _IGNORED = "_ignored"  # a real header whose section is not part of the record
 
 #: Header (lower case, single-spaced) → canonical name, _BOTH, 'addendum' or _IGNORED.
 SYNONYMS: dict[str, str] = {
-    **{c: c for c in _CANONICAL},
+    **{c: c for c in SECTIONS},
     "exam": "examination",
     "examination type": "examination",
     "type of examination": "examination",
@@ -154,7 +148,7 @@ _FINDINGS_LIKE = re.compile(
 )
 #: Typos are matched against these, with a small edit distance.
 _TYPO_TARGETS = (
-    *_CANONICAL,
+    *SECTIONS,
     "comparisons",
     "conclusion",
     "addendum",

@@ -4,18 +4,14 @@ every input study is a record or a reject) and the summary tables the CLI prints
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import polars as pl
 
 from cxrctx import jsonl
-from cxrctx.io import atomic_path
+from cxrctx.io import atomic_path, sha256_file
 from cxrctx.mimic.schema import REJECT_SCHEMA, conform
 from cxrctx.models import ShardInfo
 from cxrctx.vocab import FLAGS
-
-if TYPE_CHECKING:
-    from cxrctx.mimic.build import _Inputs
 
 #: Reject reasons that drop a whole study, and those that drop one image of a study.
 STUDY_REJECT_REASONS = (
@@ -40,9 +36,10 @@ def reject_table(rejects: list[dict]) -> pl.DataFrame:
 
 
 def reconcile(
-    rec: pl.DataFrame, rej: pl.DataFrame, inp: _Inputs, studies_in: int
+    rec: pl.DataFrame, rej: pl.DataFrame, img: pl.DataFrame, unknown_views: int, studies_in: int
 ) -> dict[str, int]:
-    """Counts of the run; they must add up before anything is written."""
+    """Counts of the run; they must add up before anything is written. `img`: the images
+    that survived the image-level checks; `unknown_views`: images without a view position."""
     study_rejects = rej.filter(pl.col("reason").is_in(STUDY_REJECT_REASONS))
     image_rejects = rej.filter(pl.col("reason").is_in(IMAGE_REJECT_REASONS))
     rejected_studies = study_rejects["study_id"].n_unique()
@@ -51,19 +48,19 @@ def reconcile(
             f"counts do not reconcile: {studies_in} studies in, {rec.height} records, {rejected_studies} rejected"
         )
     images_in_records = int(rec["images"].list.len().sum())
-    rejected_with_images = inp.img.join(
+    rejected_with_images = img.join(
         study_rejects.select("study_id").unique(), on="study_id", how="semi"
     ).height
     counts = {
         "studies_in": studies_in,
         "records": rec.height,
         "rejected_studies": rejected_studies,
-        "images_in": inp.img.height + image_rejects.height,
+        "images_in": img.height + image_rejects.height,
         "images_in_records": images_in_records,
         "images_in_rejected_studies": rejected_with_images,
         "images_rejected": image_rejects.height,
         "reject_rows": rej.height,
-        "unknown_view_position": inp.unknown_views,
+        "unknown_view_position": unknown_views,
     }
     if counts["images_in"] != images_in_records + rejected_with_images + image_rejects.height:
         raise RuntimeError(f"image counts do not reconcile: {counts}")
@@ -93,8 +90,6 @@ def summaries(rec: pl.DataFrame, rej: pl.DataFrame, max_priors: int) -> dict:
 
 def write_jsonl(rec: pl.DataFrame, path: Path) -> ShardInfo:
     """JSON Lines of the records (datetimes ISO 8601), written atomically."""
-    from cxrctx.io import sha256_file
-
     iso = "%Y-%m-%dT%H:%M:%S%.f"
     rec = rec.with_columns(
         pl.col("study_datetime").dt.to_string(iso),

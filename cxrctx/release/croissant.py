@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from cxrctx import jsonl
 from cxrctx.models import ShardInfo
+from cxrctx.release.card import TABLE_DOCS
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +137,6 @@ def _record_set(table: str, schema: pl.Schema, doc: str) -> dict[str, Any]:
 
 def build_croissant(kind: str, bundle: Path, tables: dict[str, list[ShardInfo]], cfg: Any) -> str:
     """The croissant.json text of one bundle (deterministic: no dates)."""
-    from cxrctx.release.card import TABLE_DOCS
-
     dist: list[dict[str, Any]] = []
     sets: list[dict[str, Any]] = []
     for table, infos in tables.items():

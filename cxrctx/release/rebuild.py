@@ -28,11 +28,14 @@ from typing import Any
 import polars as pl
 
 from cxrctx.errors import CxrctxError
-from cxrctx.io import config_hash, open_stage, prepare_output, sha256_file
+from cxrctx.io import config_hash, open_stage, sha256_file
+from cxrctx.labeling import load_hybrid_prompt, load_prompt
+from cxrctx.output_policy import prepare_output
 from cxrctx.progress import as_callback, progress_arg
 from cxrctx.release.meta import ReleaseConfig
 from cxrctx.release.release import make_release
 from cxrctx.release.trust import open_bundle, safe_join
+from cxrctx.vocab import lexicon
 
 Progress = Callable[..., None]
 
@@ -160,9 +163,6 @@ def _check_engine(cfg: dict[str, Any], engine: Any) -> None:
 
 def _check_prompt(cfg: dict[str, Any]) -> None:
     """The prompt (or, for the rules, the lexicon) must be the one the release used."""
-    from cxrctx.labeling import load_hybrid_prompt, load_prompt
-    from cxrctx.vocab import lexicon
-
     mode = cfg.get("mode")
     if cfg["backend"] == "rules":
         sha, what = lexicon().sha256, f"lexicon v{cfg.get('lexicon_version')}"

@@ -28,14 +28,20 @@ from cxrctx.io import (
     file_entry,
     input_file,
     open_stage,
-    prepare_output,
+    sha256_bytes,
     stage_inputs,
     write_stage_manifest,
 )
 from cxrctx.models import InputFile, Manifest, ShardInfo
+from cxrctx.output_policy import prepare_output
 from cxrctx.progress import as_callback, progress_arg
 from cxrctx.release import tables as T
+from cxrctx.release.card import render_card
+from cxrctx.release.croissant import build_croissant
+from cxrctx.release.exports import export_table, write_jsonl_split_files
+from cxrctx.release.info import split_summary
 from cxrctx.release.meta import CardMetadata, ReleaseConfig
+from cxrctx.resources import read_bytes
 
 RELEASE_SCHEMA_VERSION = 1
 STAGING_PREFIX = ".staging-"
@@ -160,9 +166,6 @@ def _input_files(inp: Inputs) -> list[InputFile]:
 
 def schema_hashes() -> dict[str, str]:
     """sha256 of each published JSON Schema this cxrctx writes data against."""
-    from cxrctx.io import sha256_bytes
-    from cxrctx.resources import read_bytes
-
     names = ("record", "label_row", "lesion_answer", "roi_row", "manifest")
     out = {}
     for n in names:
@@ -177,8 +180,6 @@ def schema_hashes() -> dict[str, str]:
 
 
 def _credentialed_tables(inp: Inputs, cfg: ReleaseConfig) -> dict[str, pl.DataFrame]:
-    from cxrctx.release.exports import export_table
-
     out: dict[str, pl.DataFrame] = {"records": inp.rec}
     if inp.lab is not None:
         src = str(inp.labels.dir) if inp.labels else "labels"
@@ -203,8 +204,6 @@ def _public_tables(inp: Inputs) -> dict[str, pl.DataFrame]:
 
 
 def _write_tables(b: Bundle, frames: dict[str, pl.DataFrame], cfg: ReleaseConfig) -> None:
-    from cxrctx.release.exports import write_jsonl_split_files
-
     for name, df in frames.items():
         if name == "jsonl":
             # Not a card config: the hub infers one builder per repository (Parquet here).
@@ -230,8 +229,6 @@ def _finish_bundle(
 
     Tables are put in manifest order (data/ then exports/), so `validate` can re-render the
     card and croissant.json from the manifest alone and compare them byte for byte."""
-    from cxrctx.release.card import render_card
-    from cxrctx.release.croissant import build_croissant
 
     b.tables = dict(sorted(b.tables.items(), key=lambda kv: not _is_data(kv[1])))
     shards = [s for infos in b.tables.values() for s in infos if s.path.startswith("data/")]
@@ -301,8 +298,6 @@ def _first_error(e: Exception) -> str:
 
 def build_bundles(inp: Inputs, cfg: ReleaseConfig, stage_dir: Path) -> tuple[Bundle, Bundle, dict]:
     """Write credentialed/ then public/ (which records the credentialed checksums)."""
-    from cxrctx.release.info import split_summary
-
     pub_frames = _public_tables(inp)
     summary = split_summary(pub_frames["studies"], pub_frames.get("labels_long"))
     provenance = {

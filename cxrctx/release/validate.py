@@ -25,7 +25,8 @@ from pathlib import Path
 import polars as pl
 
 from cxrctx.errors import CxrctxError
-from cxrctx.io import RUN_MARKER, Stage, check_stage, load_stage
+from cxrctx.io import Stage, check_stage, load_stage
+from cxrctx.output_policy import RUN_MARKER
 from cxrctx.release import tables as T
 from cxrctx.release.trust import (
     column_problems,

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,11 +40,18 @@ from cxrctx.io import (
     config_hash,
     file_entry,
     open_stage,
-    prepare_output,
     stage_inputs,
     write_parquet,
     write_stage_manifest,
 )
+from cxrctx.labeling import (
+    evaluate_labels,
+    keyword_labels,
+    label_documents,
+    label_documents_rules,
+    load_labels,
+)
+from cxrctx.output_policy import prepare_output
 from cxrctx.progress import as_callback, progress_arg
 from cxrctx.reportgen.metrics import (
     TemporalHallucination,
@@ -54,7 +60,7 @@ from cxrctx.reportgen.metrics import (
     rouge_l_scores,
     temporal_hallucination,
 )
-from cxrctx.reportgen.tasks import CRITERIA
+from cxrctx.reportgen.tasks import CRITERIA, judge_reports
 from cxrctx.vocab import LESIONS
 
 if TYPE_CHECKING:
@@ -123,68 +129,6 @@ class EvaluationReport(BaseModel):
     notes: list[str]
 
 
-# ----------------------------------------------------------------------------- the regex baseline labeler
-
-_NEG_CUES = re.compile(r"\b(no|without|negative for|free of|resolved|clear of|not)\b", re.I)
-_KEYWORDS = {
-    "cardiomegaly": (
-        r"cardiomegaly",
-        r"(heart|cardiac silhouette)[^.]*\benlarge",
-        r"enlarge[^.]*\b(heart|cardiac)",
-    ),
-    "emphysema": (r"emphysema", r"hyperinflat"),
-    "pleural effusion": (r"effusion",),
-    "hernia": (r"hernia",),
-    "nodule": (r"nodul",),
-    "pneumothorax": (r"pneumothora",),
-    "atelectasis": (r"atelecta",),
-    "pleural thickening": (r"pleural thickening",),
-    "mass": (r"\bmass(es)?\b",),
-    "edema": (r"edema",),
-    "consolidation": (r"consolidat",),
-    "infiltration": (r"infiltrat",),
-    "fibrosis": (r"fibros", r"fibrotic"),
-    "pneumonia": (r"pneumonia",),
-}
-
-
-def keyword_labels(docs: pl.DataFrame) -> pl.DataFrame:
-    """The old sentence-regex labeler, kept as the cheap baseline the rules labeler is
-    measured against (benchmarks/label_quality.py); also labels empty reports all-negative.
-
-    A lesion is positive when a sentence names it and no negation cue precedes the mention.
-    Location: left/right/bilateral words in that sentence.
-    """
-    rows = []
-    for id_, text in docs.select("id", "text").iter_rows():
-        sentences = re.split(r"(?<=[.!?])\s+", " ".join((text or "").split()))
-        for les in LESIONS:
-            status, loc = "negative", "not mentioned"
-            for s in sentences:
-                low = s.lower()
-                for pat in _KEYWORDS[les]:
-                    m = re.search(pat, low)
-                    if m and not _NEG_CUES.search(low[: m.start()]):
-                        status = "positive"
-                        loc = (
-                            "bilateral"
-                            if re.search(r"\b(bilateral|both|bibasilar)\b", low)
-                            else "left"
-                            if "left" in low
-                            else "right"
-                            if "right" in low
-                            else "not mentioned"
-                        )
-                        break
-                if status == "positive":
-                    break
-            rows.append({"id": str(id_), "lesion": les, "status": status, "location": loc})
-    return pl.DataFrame(
-        rows,
-        schema={"id": pl.String, "lesion": pl.String, "status": pl.String, "location": pl.String},
-    )
-
-
 # ----------------------------------------------------------------------------- judge
 
 
@@ -196,8 +140,6 @@ def run_judge(
     executor: Any = None,
 ) -> tuple[JudgeScores, list[dict]]:
     """The consistency judge (a task on the shared LLM layer) over (key, generated, reference)."""
-    from cxrctx.reportgen.tasks import judge_reports
-
     per, failed, prompt_sha = judge_reports(
         engine, pairs, sampling=sampling, cache_dir=cache_dir, executor=executor
     )
@@ -296,8 +238,6 @@ def _label_generated(
     pairs: list[Pair], engine: Engine | None, cache_dir: Any, notes: list[str], executor: Any = None
 ) -> tuple[pl.DataFrame, str]:
     """Labels of the generated side and the labeler's name; an empty report is all-negative."""
-    from cxrctx.labeling import label_documents
-
     docs = _docs(pairs, 1)
     if engine is None:
         notes.append(
@@ -324,8 +264,6 @@ def _label_reference(
     executor: Any = None,
 ) -> tuple[pl.DataFrame, str]:
     """Labels of the reference side: a label directory, the LLM labeler or the rules."""
-    from cxrctx.labeling import label_documents, load_labels
-
     docs = _docs(pairs, 2)
     if reference_labels is not None:
         ids = docs["id"].to_list()
@@ -344,8 +282,6 @@ def _label_reference(
 def _rules_labels(docs: pl.DataFrame) -> pl.DataFrame:
     """The rules labeler's 14 rows per report (id, lesion, status, location); an empty
     report mentions nothing, so all 14 are negative."""
-    from cxrctx.labeling.rules import label_documents_rules
-
     blank = pl.col("text").str.strip_chars() == ""
     cols = ["id", "lesion", "status", "location"]
     said = docs.filter(~blank)
@@ -356,8 +292,6 @@ def _rules_labels(docs: pl.DataFrame) -> pl.DataFrame:
 
 
 def _lesion_scores(pred: pl.DataFrame, gold: pl.DataFrame, gold_kind: str) -> dict[str, Any]:
-    from cxrctx.labeling import evaluate_labels
-
     cols = ["id", "lesion", "status"] + (
         ["location"] if "location" in pred.columns and "location" in gold.columns else []
     )

@@ -23,6 +23,7 @@ which is not reimplemented here.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections import Counter
@@ -34,20 +35,22 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
-from cxrctx import __version__
 from cxrctx.errors import CxrctxError
 from cxrctx.io import (
     config_hash,
     open_stage,
-    prepare_output,
     sha256_file,
-    write_manifest,
     write_parquet,
     write_shards,
+    write_stage_manifest,
 )
-from cxrctx.models import Manifest
+from cxrctx.llm.prompt import PromptFile
+from cxrctx.output_policy import prepare_output
 from cxrctx.progress import as_callback, progress_arg
 from cxrctx.reportgen.merge import merge_sentences
+from cxrctx.reportgen.tasks import aggregate_reports, load_report_prompt
+from cxrctx.train.data import CropStore, RoiDataset, collate
+from cxrctx.train.run import items_for, load_run
 from cxrctx.vocab import LESIONS, ROIS
 
 if TYPE_CHECKING:
@@ -180,7 +183,7 @@ def generate(
         "skipped": len(inp.skips),
         "aggregator_failures": 0,
     }
-    prompt = None
+    prompt: PromptFile | None = None
     if engine is not None:
         prompt = aggregator_prompt(aggregator_lesions)
         todo = [r for r in rows if r["report"]]
@@ -193,7 +196,7 @@ def generate(
         "image_size": inp.size,
         "decoding": "greedy",
         "aggregator": _aggregator_name(engine) if engine is not None else "merge",
-        "aggregate_prompt_sha256": prompt["sha256"] if prompt else None,
+        "aggregate_prompt_sha256": prompt.sha256 if prompt else None,
         "aggregator_lesions": aggregator_lesions if engine is not None else None,
         "limit": limit,
     }
@@ -229,9 +232,6 @@ def _load_inputs(
             f"{e} (generate needs a finished train run: its final checkpoint)"
         ) from None
 
-    from cxrctx.train.data import CropStore, RoiDataset
-    from cxrctx.train.loop import items_for, load_run
-
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cfg, model, tok, info = load_run(run_dir, dev)
     records = records or info.get("records")
@@ -263,8 +263,6 @@ def _load_inputs(
 def _decode(inp: _Inputs, batch_size: int, progress: Progress | None) -> list[dict]:
     """Greedy ROI sentences + classifier probabilities per study, merged deterministically."""
     import torch
-
-    from cxrctx.train.data import collate
 
     cfg, ds, tok = inp.cfg, inp.dataset, inp.tok
     loader = torch.utils.data.DataLoader(
@@ -319,13 +317,13 @@ def _row(item: Any, texts: list[str], probs: Any, hard: Any, cfg: Any) -> dict:
     }
 
 
-def aggregator_prompt(lesions: bool) -> dict[str, Any]:
-    """The aggregator prompt; with `lesions` its user message also lists the predicted lesions."""
-    from cxrctx.reportgen.tasks import load_report_prompt
-
+def aggregator_prompt(lesions: bool) -> PromptFile:
+    """The aggregator prompt; with `lesions` its user message also lists the predicted lesions
+    (the same file, so the same sha256)."""
     prompt = load_report_prompt("aggregate_report", version=2)
     if lesions:
-        prompt["user_template"] = prompt["user_template_with_lesions"]
+        data = {**prompt.data, "user_template": prompt.data["user_template_with_lesions"]}
+        return dataclasses.replace(prompt, data=data)
     return prompt
 
 
@@ -336,7 +334,7 @@ def _aggregator_name(engine: Engine) -> str:
 def _aggregate(
     rows: list[dict],
     engine: Engine,
-    prompt: dict[str, Any],
+    prompt: PromptFile,
     sampling: Sampling | None,
     cache_dir: Path,
     progress: Progress | None,
@@ -344,8 +342,6 @@ def _aggregate(
 ) -> int:
     """LLM-merge `rows` in place through the aggregator task (shared cache, one repair); a
     study whose answer stays unusable keeps the merge. Returns the failures."""
-    from cxrctx.reportgen.tasks import aggregate_reports
-
     if not rows:
         return 0
     failures, _, _ = aggregate_reports(
@@ -371,8 +367,8 @@ def _write(
         skips, schema={"dicom_id": pl.String, "study_id": pl.Int64, "reason": pl.String}
     ).sort("dicom_id")
     sk_info = write_parquet(sk, out_dir / "skips.parquet")
-    manifest = Manifest(
-        tool_version=__version__,
+    write_stage_manifest(
+        out_dir,
         stage="generate",
         schema_version=1,
         config=config,
@@ -380,5 +376,4 @@ def _write(
         tables=[sk_info.model_copy(update={"path": "skips.parquet"})],
         counts=counts,
     )
-    write_manifest(manifest, out_dir / "manifest.json")
     return df.height

@@ -3,54 +3,25 @@
 Positive sentences come first (ROI order), then negative ones; duplicates are removed; a
 negative sentence is dropped when a positive one names the same lesion (the CLALA-Net
 paper's "prefer positive findings" rule) or when a broader negative sentence already rules
-out all its lesions. The lesion words here only decide which sentences conflict; they are
-not a labeler.
+out all its lesions. Which sentences are negative and which lesions they name come from the
+shared vocabulary (`cxrctx.vocab.is_negative`, `mentioned_lesions`, `split_sentences`).
 """
 
 from __future__ import annotations
 
 import re
 
-_NEG_RE = re.compile(
-    r"\b(no|not|without|negative|normal|clear|unremarkable|resolved|free of)\b", re.I
-)
-_LESION_WORDS = {
-    "cardiomegaly": (
-        "cardiomegaly",
-        "heart is enlarged",
-        "enlarged heart",
-        "heart size is enlarged",
-        "cardiac silhouette is enlarged",
-    ),
-    "emphysema": ("emphysema",),
-    "pleural effusion": ("effusion",),
-    "hernia": ("hernia",),
-    "nodule": ("nodule",),
-    "pneumothorax": ("pneumothora",),
-    "atelectasis": ("atelecta",),
-    "pleural thickening": ("pleural thickening",),
-    "mass": ("mass",),
-    "edema": ("edema",),
-    "consolidation": ("consolidat",),
-    "infiltration": ("infiltrat",),
-    "fibrosis": ("fibros", "fibrotic"),
-    "pneumonia": ("pneumonia",),
-}
+from cxrctx.vocab import is_negative, mentioned_lesions, split_sentences
 
 
 def report_sentences(text: str) -> list[str]:
-    """Whitespace-normalised sentences of a generated text (split after . ! ?)."""
+    """Whitespace-normalised sentences of a generated text (the shared sentence splitter)."""
     flat = " ".join(text.split())
-    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", flat) if s.strip()]
+    return [flat[a:b] for a, b in split_sentences(flat)]
 
 
-def mentioned_lesions(sentence: str) -> set[str]:
-    s = sentence.lower()
-    return {les for les, words in _LESION_WORDS.items() if any(w in s for w in words)}
-
-
-def is_negative(sentence: str) -> bool:
-    return bool(_NEG_RE.search(sentence))
+def _lesions(sentence: str) -> set[str]:
+    return set(mentioned_lesions(sentence))
 
 
 def _unique_sentences(roi_texts: list[tuple[str, str]]) -> tuple[list[str], list[str]]:
@@ -72,8 +43,9 @@ def _drop_covered(neg: list[str]) -> list[str]:
     """Negative sentences minus those whose lesions a broader kept negative already rules out."""
     covered: set[str] = set()
     keep: set[int] = set()
-    for i in sorted(range(len(neg)), key=lambda i: -len(mentioned_lesions(neg[i]))):
-        les = mentioned_lesions(neg[i])
+    lesions = [_lesions(s) for s in neg]
+    for i in sorted(range(len(neg)), key=lambda i: -len(lesions[i])):
+        les = lesions[i]
         if les and les <= covered:
             continue
         covered |= les
@@ -84,6 +56,6 @@ def _drop_covered(neg: list[str]) -> list[str]:
 def merge_sentences(roi_texts: list[tuple[str, str]]) -> str:
     """Deterministic aggregator: positives first, dedupe, positive wins over negative per lesion."""
     pos, neg = _unique_sentences(roi_texts)
-    positive_lesions = set().union(*(mentioned_lesions(s) for s in pos)) if pos else set()
-    neg = [s for s in neg if not (mentioned_lesions(s) & positive_lesions)]
+    positive_lesions = set().union(*(_lesions(s) for s in pos)) if pos else set()
+    neg = [s for s in neg if not (_lesions(s) & positive_lesions)]
     return " ".join(pos + _drop_covered(neg))

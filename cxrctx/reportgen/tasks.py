@@ -9,38 +9,32 @@ with no regional statement, a judge asked to score an empty generated report.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cxrctx.errors import CxrctxError
-from cxrctx.io import sha256_bytes
 from cxrctx.llm.base import ChatRequest, Engine, Sampling
 from cxrctx.llm.cache import ResultCache
+from cxrctx.llm.prompt import PromptFile, load_prompt_file
 from cxrctx.llm.runner import Executor, TaskResult, TaskStats, run_task
 from cxrctx.llm.task import AnswerError, Task
-from cxrctx.resources import read_bytes
 
 CRITERIA = ("clinical_accuracy", "findings_completeness", "linguistic_quality", "report_structure")
 Score = Annotated[int, Field(ge=1, le=5, strict=True)]
 
 
-def load_report_prompt(name: str, version: int = 1) -> dict[str, Any]:
-    """A report-side prompt (aggregator, judge) as a dict with its file's sha256."""
-    raw = read_bytes("prompts", name, f"v{version}.json")
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise CxrctxError(f"prompts/{name}/v{version}.json: invalid JSON ({e})") from e
-    data["sha256"] = sha256_bytes(raw)
-    return data
+def load_report_prompt(name: str, version: int = 1) -> PromptFile:
+    """A report-side prompt (aggregate_report, consistency_judge) and its file's sha256."""
+    return load_prompt_file(name, version, required=("system", "user_template"))
 
 
-def _messages(prompt: dict[str, Any], user: str) -> list[dict[str, str]]:
-    return [{"role": "system", "content": prompt["system"]}, {"role": "user", "content": user}]
+def _messages(prompt: PromptFile, user: str) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": prompt.data["system"]},
+        {"role": "user", "content": user},
+    ]
 
 
 # ---------------------------------------------------------------------------- aggregator
@@ -71,9 +65,9 @@ class AggregatorTask(Task[AggregateItem, AggregatedReport]):
     name = "aggregate-report"
     answer_model = AggregatedReport
 
-    def __init__(self, prompt: dict[str, Any] | None = None):
+    def __init__(self, prompt: PromptFile | None = None):
         self.prompt = prompt or load_report_prompt("aggregate_report")
-        self.prompt_sha256 = self.prompt["sha256"]
+        self.prompt_sha256 = self.prompt.sha256
 
     def local_answer(self, item: AggregateItem) -> AggregatedReport | None:
         if not item.regions:
@@ -82,7 +76,7 @@ class AggregatorTask(Task[AggregateItem, AggregatedReport]):
 
     def request(self, item: AggregateItem) -> ChatRequest:
         regions = "\n".join(f"- {roi}: {text}" for roi, text in item.regions)
-        user = self.prompt["user_template"].format(
+        user = self.prompt.data["user_template"].format(
             regions=regions, lesions=", ".join(item.lesions) or "none"
         )
         return ChatRequest(_messages(self.prompt, user), json_schema=self.request_schema(item))
@@ -99,7 +93,7 @@ def aggregate_reports(
     *,
     sampling: Sampling | None = None,
     cache_dir: str | os.PathLike | None = None,
-    prompt: dict[str, Any] | None = None,
+    prompt: PromptFile | None = None,
     executor: Executor | None = None,
 ) -> tuple[int, str, TaskStats]:
     """Replace each row's merged `report` by the LLM aggregate; a study whose answer stays
@@ -152,9 +146,9 @@ class JudgeTask(Task[JudgeItem, JudgeAnswer]):
     name = "consistency-judge"
     answer_model = JudgeAnswer
 
-    def __init__(self, prompt: dict[str, Any] | None = None):
+    def __init__(self, prompt: PromptFile | None = None):
         self.prompt = prompt or load_report_prompt("consistency_judge")
-        self.prompt_sha256 = self.prompt["sha256"]
+        self.prompt_sha256 = self.prompt.sha256
 
     def local_answer(self, item: JudgeItem) -> JudgeAnswer | None:
         if not item.generated.strip():
@@ -162,7 +156,7 @@ class JudgeTask(Task[JudgeItem, JudgeAnswer]):
         return None
 
     def request(self, item: JudgeItem) -> ChatRequest:
-        user = self.prompt["user_template"].format(
+        user = self.prompt.data["user_template"].format(
             reference=item.reference, generated=item.generated
         )
         return ChatRequest(_messages(self.prompt, user), json_schema=self.request_schema(item))

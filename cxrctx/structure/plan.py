@@ -13,11 +13,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cxrctx.io import atomic_write_text, prepare_output
+from cxrctx.io import atomic_write_text
 from cxrctx.llm.base import Sampling
 from cxrctx.llm.plan import PUBLISHED_GPU, PUBLISHED_TOKENS_PER_S, Plan, check_sample, make_plan
+from cxrctx.output_policy import prepare_output
 from cxrctx.structure.run import STAGE, iter_items, load_reports, run_key, structure_reports
-from cxrctx.structure.task import load_prompt
+from cxrctx.structure.task import load_structure_prompt
 
 PLAN_DIR = "plan-sample"
 DEFAULT_SAMPLE = 200
@@ -48,7 +49,7 @@ def plan_structure_reports(
     key = run_key(
         loaded,
         structure_kwargs["engine"],
-        load_prompt(structure_kwargs.get("prompt")),
+        load_structure_prompt(structure_kwargs.get("prompt")),
         sampling,
         priors=priors,
         limit=limit,

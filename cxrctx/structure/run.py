@@ -31,23 +31,24 @@ from typing import Any
 import polars as pl
 from pydantic import BaseModel, ConfigDict
 
-from cxrctx import __version__, jsonl
+from cxrctx import jsonl
 from cxrctx.errors import CxrctxError
-from cxrctx.io import (
-    config_hash,
-    input_file,
-    open_stage,
-    prepare_output,
-    stage_inputs,
-    write_manifest,
-)
+from cxrctx.io import config_hash, input_file, open_stage, stage_inputs, write_stage_manifest
 from cxrctx.llm.base import Engine, Sampling
 from cxrctx.llm.cache import ResultCache
-from cxrctx.llm.runner import Executor, TaskProgress, TaskStats, run_task
-from cxrctx.llm.sink import MemorySink, ShardSink, Sink, remove_stale_tmp
+from cxrctx.llm.runner import (
+    Executor,
+    TaskProgress,
+    TaskStats,
+    engine_identity,
+    run_task,
+    sampling_json,
+)
+from cxrctx.llm.sink import MemorySink, ShardSink, Sink
 from cxrctx.llm.spec import EngineSpec, make_engine
 from cxrctx.llm.task import schema_sha256_of
 from cxrctx.models import Manifest
+from cxrctx.output_policy import prepare_output
 from cxrctx.progress import as_callback, progress_arg
 from cxrctx.structure.check import CHECK_VERSION, COVERAGE_MIN, SUPPORT_MIN, WINDOW
 from cxrctx.structure.rows import (
@@ -64,7 +65,7 @@ from cxrctx.structure.task import (
     StructureItem,
     StructurePrompt,
     StructureTask,
-    load_prompt,
+    load_structure_prompt,
 )
 
 STAGE = "structure-reports"
@@ -228,8 +229,6 @@ class StructureResult:
 
 
 def _provenance(task: StructureTask, engine: Engine, sampling: Sampling) -> dict[str, Any]:
-    from cxrctx.llm.runner import engine_identity, sampling_json
-
     return {
         **engine_identity(engine),
         "prompt_sha256": task.prompt_sha256,
@@ -256,7 +255,7 @@ def structure_items(
     rules' draft of each item, and a failing answer falls back to that draft; with a
     from-scratch prompt (v1) a failing answer is a failure row. Finished answers go to the
     cache under `cache_dir` after every batch, so a re-run asks only for what is missing."""
-    sp = prompt if isinstance(prompt, StructurePrompt) else load_prompt(prompt)
+    sp = prompt if isinstance(prompt, StructurePrompt) else load_structure_prompt(prompt)
     task = StructureTask(sp)
     if sp.rewrites:
         items = with_drafts(items)
@@ -410,8 +409,6 @@ def run_key(
     elif isinstance(engine, EngineSpec):
         who = {"backend": engine.backend, "model": engine.model}
     else:
-        from cxrctx.llm.runner import engine_identity
-
         ident = engine_identity(engine)
         who = {"backend": ident.get("backend"), "model": ident.get("model")}
     return config_hash(
@@ -431,9 +428,9 @@ def run_key(
 
 
 def _open_sinks(out: Path) -> dict[str, ShardSink]:
+    """One sink per table (`prepare_output` already removed a killed run's temp parts)."""
     sinks = {}
     for name, schema in TABLES.items():
-        remove_stale_tmp(out / name)
         sinks[name] = ShardSink(out / name, schema, rows_per_shard=ROWS_PER_SHARD, relative_to=out)
     return sinks
 
@@ -466,7 +463,7 @@ def structure_reports(
     t0 = time.perf_counter()
     if engine is not None:
         sampling = sampling or Sampling(max_tokens=768)
-    sp = load_prompt(prompt) if engine is not None else None
+    sp = load_structure_prompt(prompt) if engine is not None else None
     loaded = load_reports(input_path, id_column=id_column)
     frame = loaded.frame.head(limit) if limit is not None else loaded.frame
     out_dir = Path(out)
@@ -512,8 +509,8 @@ def _write_manifest(
     out_dir: Path, inputs: list, tables: dict, cfg: StructureRunConfig, result: StructureResult
 ) -> Manifest:
     """The run's manifest (shards, failure table, counts, provenance), written last."""
-    manifest = Manifest(
-        tool_version=__version__,
+    return write_stage_manifest(
+        out_dir,
         stage=STAGE,
         schema_version=STRUCTURE_SCHEMA_VERSION,
         config=cfg.model_dump(mode="json"),
@@ -527,8 +524,6 @@ def _write_manifest(
             "fallbacks_by_reason": result.fallbacks,
         },
     )
-    write_manifest(manifest, out_dir / "manifest.json")
-    return manifest
 
 
 def _model_rows(

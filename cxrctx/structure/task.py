@@ -24,8 +24,8 @@ from pydantic import (
     ValidationError,
 )
 
-from cxrctx.errors import CxrctxError
 from cxrctx.llm.base import ChatRequest
+from cxrctx.llm.prompt import PromptFile, load_prompt_file
 from cxrctx.llm.task import (
     REPAIR_ECHO_CHARS,
     AnswerError,
@@ -34,7 +34,6 @@ from cxrctx.llm.task import (
     schema_sha256_of,
     validation_reason,
 )
-from cxrctx.resources import read_bytes
 from cxrctx.structure.check import LIST_MARKER, CheckResult, check_structured
 from cxrctx.vocab import SRRG_ORGAN_KEYS, SRRG_ORGANS
 
@@ -133,16 +132,8 @@ class StructureItem:
 
 
 @dataclass(frozen=True)
-class StructurePrompt:
+class StructurePrompt(PromptFile):
     """A loaded prompt version (`prompts/structure_report/vN.json`)."""
-
-    data: dict[str, Any]
-    sha256: str
-    path: str
-
-    @property
-    def version(self) -> int:
-        return int(self.data.get("version", 0))
 
     def system(self) -> str:
         lines = list(self.data["system"])
@@ -182,31 +173,13 @@ class StructurePrompt:
 
 
 @lru_cache(maxsize=8)
-def load_prompt(version: int | str | None = None) -> StructurePrompt:
+def load_structure_prompt(version: int | str | None = None) -> StructurePrompt:
     """A packaged prompt version (1, "v1") or a prompt JSON file path."""
-    from pathlib import Path
-
     v = DEFAULT_VERSION if version is None else version
-    spec = str(v)
-    if spec.endswith(".json"):
-        p = Path(spec)
-        if not p.is_file():
-            raise CxrctxError(f"{p}: prompt file not found")
-        raw, where = p.read_bytes(), str(p)
-    else:
-        name = f"v{spec.lstrip('v')}.json"
-        raw, where = (
-            read_bytes("prompts", "structure_report", name),
-            f"prompts/structure_report/{name}",
-        )
-    try:
-        data = json.loads(raw)
-    except ValueError as e:
-        raise CxrctxError(f"{where}: not valid JSON ({e})") from e
-    missing = [k for k in ("system", "user_template", "repair_template") if k not in data]
-    if missing:
-        raise CxrctxError(f"{where}: not a structure_report prompt (lacks {', '.join(missing)})")
-    return StructurePrompt(data, hashlib.sha256(raw).hexdigest(), where)
+    f = load_prompt_file(
+        "structure_report", v, required=("system", "user_template", "repair_template")
+    )
+    return StructurePrompt(f.data, f.sha256, f.path)
 
 
 def check_answer(item: StructureItem, answer: StructuredAnswer) -> CheckResult:

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from cxrctx.synth.dicom import write_dicom
-from cxrctx.vocab import ROIS, image_relpath, lesion_rois
+from cxrctx.vocab import ROIS, image_relpath, lesion_rois, split_sentences
 
 #: Scene-graph regions besides the 11 ROIs (real graphs have ~36; these make the cleaner skip extras).
 EXTRA_REGIONS = ("trachea", "right apical zone", "left apical zone", "svc")
@@ -304,7 +304,7 @@ def sentence_list(text: str | None) -> list[str]:
     if not text:
         return []
     flat = " ".join(text.split())
-    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", flat) if len(s.strip()) > 2]
+    return [flat[a:b] for a, b in split_sentences(flat) if b - a > 2]
 
 
 def sentence_rois(sentence: str) -> list[str]:

@@ -9,17 +9,25 @@ without them); `train` and `load_run` raise a CxrctxError naming
 
 from __future__ import annotations
 
-from cxrctx.train.config import PRESETS, Preset, Stage, TrainConfig, make_config, validate_config
-from cxrctx.train.run import ProgressFn, TrainEvent, TrainResult, items_for, load_run, train
+from cxrctx.train.config import (
+    PRESETS,
+    Preset,
+    TrainConfig,
+    TrainStage,
+    make_config,
+    validate_config,
+)
+from cxrctx.train.events import ProgressFn, TrainEvent, TrainResult
+from cxrctx.train.run import items_for, load_run, train
 
 __all__ = [
     "PRESETS",
     "Preset",
     "ProgressFn",
-    "Stage",
     "TrainConfig",
     "TrainEvent",
     "TrainResult",
+    "TrainStage",
     "items_for",
     "load_run",
     "make_config",

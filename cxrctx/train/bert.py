@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from cxrctx.errors import CxrctxError
+from cxrctx.io import atomic_write_text
 
 _HINT = "pip install transformers (reads a local BERT folder; never downloads)"
 
@@ -130,8 +131,6 @@ class WordPieceTokenizer:
         return re.sub(r"(^|[.!?]\s+)([a-z])", lambda m: m.group(1) + m.group(2).upper(), text)
 
     def save(self, path: str | Path) -> None:
-        from cxrctx.io import atomic_write_text
-
         data = {"type": "wordpiece", "lowercase": self.lowercase, "vocab": self.vocab}
         atomic_write_text(path, json.dumps(data, indent=0) + "\n")
 

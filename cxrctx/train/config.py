@@ -27,7 +27,7 @@ class Preset(str, Enum):
     PAPER = "paper"
 
 
-class Stage(str, Enum):
+class TrainStage(str, Enum):
     """Which training stage(s) to run (`--stage`). Stage 1 needs the global lesion
     classifier: 1 and both train it first unless the run already has one or
     `--classifier RUN` gives one; `classifier` trains only it."""

@@ -41,12 +41,13 @@ from cxrctx.io import (
 )
 from cxrctx.locks import lock_folder
 from cxrctx.train import classifier as cls_stage
+from cxrctx.train.bert import WordPieceTokenizer
 from cxrctx.train.config import TrainConfig
 from cxrctx.train.data import CropStore, Item, RoiDataset, collate, join
 from cxrctx.train.evaluation import calibrate
+from cxrctx.train.events import ProgressFn, TrainEvent, TrainResult
 from cxrctx.train.losses import active_losses, label_mix, stage_losses, weighted_total
 from cxrctx.train.model import ClalaNet
-from cxrctx.train.run import ProgressFn, TrainEvent, TrainResult, items_for, train
 from cxrctx.train.rundir import (
     _check_run_dir,
     _write_run_files,
@@ -54,7 +55,6 @@ from cxrctx.train.rundir import (
     _write_skips,
     build_model,
     load_final,
-    load_run,
 )
 from cxrctx.train.runtime import (
     CKPT_FORMAT,
@@ -62,6 +62,7 @@ from cxrctx.train.runtime import (
     ListSampler,
     check_config,
     load_checkpoint,
+    rng_state,
     save_checkpoint,
     seed_everything,
     set_rng_state,
@@ -71,15 +72,14 @@ from cxrctx.train.tokenizer import Tokenizer, WordTokenizer, load_tokenizer
 from cxrctx.vocab import LESIONS as LESIONS_
 
 __all__ = [
-    "TrainResult",
     "TrainingInterrupted",
     "active_losses",
     "build_model",
-    "items_for",
+    "finish_run",
     "load_checkpoint",
     "load_final",
-    "load_run",
-    "train",
+    "open_run",
+    "run_stage",
 ]
 
 log = logging.getLogger(__name__)
@@ -170,8 +170,6 @@ def _load_items(
         )
     tok: Tokenizer
     if cfg.text_model:
-        from cxrctx.train.bert import WordPieceTokenizer
-
         tok = WordPieceTokenizer.from_pretrained(cfg.text_model)
     else:
         tok = WordTokenizer.build(
@@ -342,8 +340,6 @@ def _lr_lambda(kind: str, total: int) -> Callable[[int], float]:
 
 def _payload(ctx: RunContext, s: StageState, opt: Any, sched: Any, done: bool) -> dict[str, Any]:
     """Everything a resume needs (only tensors and plain types: loadable with weights_only=True)."""
-    from cxrctx.train.runtime import rng_state
-
     return {
         "format": CKPT_FORMAT,
         "config": ctx.cfg.model_dump(mode="json"),

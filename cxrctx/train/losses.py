@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from cxrctx.train.config import TrainConfig
+from cxrctx.train.model import ce_loss, finding_loss
 
 
 def _zero(*ts: torch.Tensor) -> torch.Tensor:
@@ -137,7 +138,6 @@ def active_losses(cfg: TrainConfig, st: int) -> list[str]:
 def stage_losses(cfg: TrainConfig, st: int, outp: dict, batch: dict) -> tuple[dict, dict]:
     """The active losses of this stage (name → tensor) and their pair/anchor counts."""
     names = active_losses(cfg, st)
-    from cxrctx.train.model import ce_loss, finding_loss
 
     losses: dict[str, torch.Tensor] = {
         "ce": ce_loss(outp["dec_logits"], batch["tokens"], per_sequence=cfg.ce_per_sequence)

@@ -9,49 +9,19 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from cxrctx.errors import CxrctxError
 from cxrctx.progress import as_callback, progress_arg
-from cxrctx.train.config import Stage, TrainConfig
+from cxrctx.train.config import TrainConfig, TrainStage
+from cxrctx.train.data import join
+from cxrctx.train.events import ProgressFn, TrainResult
 
 if TYPE_CHECKING:
     from cxrctx.train.data import Item
     from cxrctx.train.model import ClalaNet
     from cxrctx.train.tokenizer import Tokenizer
-
-
-@dataclass
-class TrainResult:
-    """What a run did: steps, the stages finished, item counts, skip reasons, last validation."""
-
-    run_dir: Path
-    global_step: int
-    stages: list[int]
-    counts: dict[str, int] = field(default_factory=dict)
-    skips: dict[str, int] = field(default_factory=dict)
-    eval: dict[str, Any] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    classifier: dict[str, Any] = field(default_factory=dict)  # its validation scores
-
-
-@dataclass(frozen=True)
-class TrainEvent:
-    """One progress report. `kind`: stage_start (total known), step, eval, stage_end."""
-
-    kind: Literal["stage_start", "step", "eval", "stage_end"]
-    stage: int
-    step: int
-    total: int
-    epoch: int = 0
-    loss: float | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-
-
-ProgressFn = Callable[[TrainEvent], None]
 
 
 def require_torch() -> None:
@@ -74,7 +44,7 @@ def train(
     rois: str | os.PathLike,
     images: str | os.PathLike,
     out: str | os.PathLike,
-    stage: Stage | str = Stage.BOTH,
+    stage: TrainStage | str = TrainStage.BOTH,
     resume: bool = False,
     progress: ProgressFn | bool | None = None,
     interrupt_after: int | None = None,
@@ -116,21 +86,26 @@ def train(
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG}
 
 
-_STAGES = {Stage.CLASSIFIER: [0], Stage.ONE: [1], Stage.TWO: [2], Stage.BOTH: [1, 2]}
+_STAGES = {
+    TrainStage.CLASSIFIER: [0],
+    TrainStage.ONE: [1],
+    TrainStage.TWO: [2],
+    TrainStage.BOTH: [1, 2],
+}
 
 
 def _plan(
-    cfg: TrainConfig, stage: Stage | str, out: Path, classifier: str | os.PathLike | None
+    cfg: TrainConfig, stage: TrainStage | str, out: Path, classifier: str | os.PathLike | None
 ) -> tuple[list[int], TrainConfig]:
     """The stages to run (0 = the classifier, first when stage 1 needs one the run lacks)
     and the config (a reused classifier brings its own fields)."""
     try:
-        st = Stage(stage)
+        st = TrainStage(stage)
     except ValueError:
-        choices = ", ".join(s.value for s in Stage)
+        choices = ", ".join(s.value for s in TrainStage)
         raise CxrctxError(f"--stage must be one of {choices} (got {stage!r})") from None
     stages = list(_STAGES[st])
-    if st is Stage.CLASSIFIER and (classifier is not None or not cfg.use_classifier):
+    if st is TrainStage.CLASSIFIER and (classifier is not None or not cfg.use_classifier):
         why = "--classifier reuses one" if classifier is not None else "use_classifier=false"
         raise CxrctxError(f"--stage classifier trains a classifier, but {why}")
     have = (out / "classifier" / "manifest.json").exists()
@@ -189,8 +164,6 @@ def items_for(
     split: str | None,
 ) -> tuple[list[Item], list[dict]]:
     """The joined items of one split (all when None) and the join's skips (generation side)."""
-    from cxrctx.train.data import join
-
     joined = join(records=records, labels=labels, rois=rois, require_labels=False)
     items = [it for it in joined.items if split is None or it.split == split]
     return items, joined.skips

@@ -18,13 +18,13 @@ from cxrctx.errors import CxrctxError
 from cxrctx.io import (
     atomic_write_text,
     file_entry,
-    remove_stale_tmp,
     sha256_file,
     write_parquet,
     write_stage_manifest,
 )
 from cxrctx.locks import is_lock_file
 from cxrctx.models import ShardInfo
+from cxrctx.output_policy import remove_stale_tmp
 from cxrctx.train.config import TrainConfig, validate_config
 from cxrctx.train.model import ClalaNet
 from cxrctx.train.runtime import check_config, load_checkpoint
@@ -32,7 +32,7 @@ from cxrctx.train.tokenizer import Tokenizer, load_tokenizer
 from cxrctx.vocab import LESIONS as LESIONS_
 
 if TYPE_CHECKING:
-    from cxrctx.train.run import TrainResult
+    from cxrctx.train.events import TrainResult
 
 
 def build_model(cfg: TrainConfig, tok: Tokenizer) -> ClalaNet:
@@ -138,8 +138,3 @@ def load_final(run: Path, device: Any = "cpu") -> tuple[TrainConfig, ClalaNet, T
     info = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
     info["stage"] = ck.get("stage")
     return cfg, model.to(device).eval(), tok, info
-
-
-#: Kept for callers of the earlier module layout (`from cxrctx.train.loop import load_run`).
-def load_run(run_dir: Any, device: Any = "cpu") -> tuple[TrainConfig, ClalaNet, Tokenizer, dict]:
-    return load_final(Path(run_dir), device)

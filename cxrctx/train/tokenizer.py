@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from cxrctx.errors import CxrctxError
+from cxrctx.io import atomic_write_text
 
 PAD, UNK, BOS, EOS = "[PAD]", "[UNK]", "[CLS]", "[EOS]"
 SPECIALS = (PAD, UNK, BOS, EOS)
@@ -93,8 +94,6 @@ class WordTokenizer:
         return re.sub(r"(^|[.!?]\s+)([a-z])", lambda m: m.group(1) + m.group(2).upper(), text)
 
     def save(self, path: str | Path) -> None:
-        from cxrctx.io import atomic_write_text
-
         atomic_write_text(path, json.dumps({"type": "word", "vocab": self.vocab}, indent=0) + "\n")
 
     @classmethod

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, NamedTuple
 
+from cxrctx.errors import CxrctxError
+from cxrctx.resources import read_bytes
 from cxrctx.vocab.facts import LESIONS
 
 #
@@ -131,8 +133,6 @@ class Lexicon:
 
 def compile_lexicon(raw: bytes, name: str = "lexicon") -> Lexicon:
     """Compile lexicon JSON bytes; a bad entry is a one-line CxrctxError naming it."""
-    from cxrctx.errors import CxrctxError
-
     try:
         data = json.loads(raw)
         lesions = data["lesions"]
@@ -183,8 +183,6 @@ def compile_lexicon(raw: bytes, name: str = "lexicon") -> Lexicon:
 @lru_cache(maxsize=4)
 def lexicon(version: int = LEXICON_VERSION) -> Lexicon:
     """The packaged lexicon `prompts/label_lesions/lexicon_v{version}.json`, compiled once."""
-    from cxrctx.resources import read_bytes
-
     name = f"lexicon_v{version}.json"
     return compile_lexicon(
         read_bytes("prompts", "label_lesions", name), f"prompts/label_lesions/{name}"
