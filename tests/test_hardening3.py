@@ -348,7 +348,7 @@ def test_every_stage_claims_its_folder_through_the_lock(tmp_path, synth_root_sma
     try:
         r = runner.invoke(app, ["build-priors", str(synth_root_small), "--out", str(out)])
         assert r.exit_code == 2 and f"in use by pid {proc.pid}" in r.output, r.output
-        from cxrctx.io import prepare_output
+        from cxrctx.output_policy import prepare_output
 
         with pytest.raises(CxrctxError, match=f"in use by pid {proc.pid}"):
             prepare_output(out, stage="anything", config_hash="x")

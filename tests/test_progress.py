@@ -17,7 +17,8 @@ from cxrctx.mimic.build import build_priors
 from cxrctx.progress import Step, TqdmBars, as_callback, progress_arg, step_of
 from cxrctx.release import make_release, rebuild
 from cxrctx.structure.run import structure_reports
-from cxrctx.train.run import TrainEvent, train
+from cxrctx.train.events import TrainEvent
+from cxrctx.train.run import train
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mimic-mini"
 

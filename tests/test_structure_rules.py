@@ -293,7 +293,7 @@ def test_full_disk_is_one_line_error(tmp_path, monkeypatch, with_model):
 
     src = tmp_path / "r.csv"
     pl.DataFrame({"id": ["7"], "findings": [FINDINGS], "impression": [IMPRESSION]}).write_csv(src)
-    monkeypatch.setattr("cxrctx.structure.run.write_manifest", full)
+    monkeypatch.setattr("cxrctx.structure.run.write_stage_manifest", full)
     monkeypatch.setattr("cxrctx.structure.run.make_engine", lambda spec: FakeEngine("m"))
     extra = ["--model", "m.gguf"] if with_model else []
     r = runner.invoke(app, ["structure-reports", str(src), "--out", str(tmp_path / "o"), *extra])
