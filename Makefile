@@ -28,7 +28,7 @@ setup-test: $(VENV)/.test
 
 # The main job end to end on the bundled example (examples/mimic-mini, written by the
 # synthetic generator), no model needed: records with priors, lesion labels (the rules,
-# the embedded default), a release (public + credentialed bundles), its validation and its
+# the embedded default), SRRG-layout structured reports (the rules structurer), a release (public + credentialed bundles), its validation and its
 # per-split table. DEMO_LABELS picks the labeller; EXAMPLE another MIMIC-CXR-shaped root.
 DEMO ?= out/demo
 EXAMPLE ?= examples/mimic-mini
@@ -37,7 +37,9 @@ CX ?= $(BIN)/cxrctx
 demo: setup
 	$(CX) build-priors $(EXAMPLE) --out $(DEMO)/records --max-priors 3 --workers 1
 	$(CX) label-lesions $(DEMO)/records --out $(DEMO)/labels $(DEMO_LABELS)
+	$(CX) structure-reports $(DEMO)/records --out $(DEMO)/structured
 	$(CX) release --records $(DEMO)/records --labels $(DEMO)/labels --out $(DEMO)/release \
+		--structured $(DEMO)/structured \
 		--name cxrctx/demo --version 0.1.0 --format srrg --format maira2 --format jsonl --overwrite
 	$(CX) validate $(DEMO)/release
 	$(CX) info $(DEMO)/release

@@ -40,7 +40,7 @@ from cxrctx.labeling.models import (
 )
 from cxrctx.labeling.parse import validate_lesion_answer
 from cxrctx.labeling.rules import read_report, reading_rows, rules_provenance
-from cxrctx.labeling.tables import TABLES, LabelResult, document_row
+from cxrctx.labeling.tables import TABLES, LabelResult, document_row, model_result
 from cxrctx.labeling.task import LabelItem
 from cxrctx.llm.base import ChatRequest, Engine, Sampling
 from cxrctx.llm.cache import ResultCache
@@ -304,23 +304,7 @@ def label_documents_hybrid(
             progress=progress,
             total=docs.height,
         )
-    counts = {
-        **rows.counts,
-        "unique_texts": stats.unique_requests,
-        "engine_requests": stats.requests,
-        "repair_requests": stats.repairs,
-        "prompt_tokens": stats.prompt_tokens,
-        "completion_tokens": stats.completion_tokens,
-    }
-    frames = {} if sinks else {name: s.frame() for name, s in memory.items()}
-    return LabelResult(
-        counts,
-        stats.provenance,
-        stats,
-        labels=frames.get("labels"),
-        documents=frames.get("documents"),
-        failures=frames.get("failures"),
-    )
+    return model_result(rows.counts, stats, memory if not sinks else None)
 
 
 def hybrid_dry_run(docs: pl.DataFrame, hp: HybridPrompt, mode: Labeler) -> dict[str, Any]:

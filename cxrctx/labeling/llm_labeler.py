@@ -28,6 +28,7 @@ from cxrctx.labeling.tables import (
     TABLES,
     LabelResult,
     document_row,
+    model_result,
 )
 from cxrctx.labeling.task import LabelItem, LesionTask
 from cxrctx.llm.base import Engine, Sampling
@@ -225,23 +226,7 @@ def label_documents(
             progress=progress,
             total=docs.height,
         )
-    counts = {
-        **rows.counts,
-        "unique_texts": stats.unique_requests,
-        "engine_requests": stats.requests,
-        "repair_requests": stats.repairs,
-        "prompt_tokens": stats.prompt_tokens,
-        "completion_tokens": stats.completion_tokens,
-    }
-    frames = {} if sinks else {name: s.frame() for name, s in memory.items()}
-    return LabelResult(
-        counts,
-        stats.provenance,
-        stats,
-        labels=frames.get("labels"),
-        documents=frames.get("documents"),
-        failures=frames.get("failures"),
-    )
+    return model_result(rows.counts, stats, memory if not sinks else None)
 
 
 def task_provenance(task: Task, engine: Engine, sampling: Sampling) -> dict[str, Any]:

@@ -127,6 +127,30 @@ class LabelResult:
         return self.table("failures")
 
 
+def model_result(
+    row_counts: dict[str, int], stats: TaskStats, memory: dict[str, Any] | None
+) -> LabelResult:
+    """A model pass's result: the row counts plus the task layer's request and token counts;
+    the tables come from `memory` sinks when nothing was streamed to OUT."""
+    counts = {
+        **row_counts,
+        "unique_texts": stats.unique_requests,
+        "engine_requests": stats.requests,
+        "repair_requests": stats.repairs,
+        "prompt_tokens": stats.prompt_tokens,
+        "completion_tokens": stats.completion_tokens,
+    }
+    frames = {name: s.frame() for name, s in (memory or {}).items()}
+    return LabelResult(
+        counts,
+        stats.provenance,
+        stats,
+        labels=frames.get("labels"),
+        documents=frames.get("documents"),
+        failures=frames.get("failures"),
+    )
+
+
 @dataclass
 class LabelRun:
     """What `label_lesions` did: the folder, the result and manifest (None for a dry run,

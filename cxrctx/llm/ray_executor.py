@@ -118,7 +118,16 @@ def _check_options(spec: EngineSpec) -> None:
         "fake": ("cxrctx.llm.fake", "FakeEngine"),
     }
     module, name = classes[spec.backend]
-    allowed = getattr(importlib.import_module(module), name).OPTIONS
+    mod = importlib.import_module(module)
+    if spec.backend == "vllm":  # vLLM's own EngineArgs (or the common ones without vLLM here)
+        try:
+            vllm = mod.import_vllm()
+        except CxrctxError:
+            vllm = None
+        known, _ = mod.engine_arg_names(vllm)
+        allowed = tuple(sorted(known | set(mod.OWN_OPTIONS)))
+    else:
+        allowed = getattr(mod, name).OPTIONS
     opts = {k: v for k, v in spec.engine_options().items() if v is not None}
     _check(spec.backend, opts, allowed)
 
