@@ -26,6 +26,7 @@ from cxrctx.cli.progress import progress_display
 from cxrctx.errors import CxrctxError
 from cxrctx.release import info, make_release, rebuild, validate
 from cxrctx.release.info import COUNT_KEYS
+from cxrctx.release.meta import read_card_file
 
 if TYPE_CHECKING:
     from cxrctx.release import RebuildReport
@@ -180,7 +181,6 @@ def release_cmd(
       cxrctx release --records out/records --labels out/labels --out out/release \\
           --name my-org/mimic-cxr-context --version 1.0.0 --format srrg
     """
-    from cxrctx.release.meta import read_card_file
 
     given = {
         "license_name": license_name,

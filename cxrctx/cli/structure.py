@@ -262,7 +262,6 @@ def _write_error(e: OSError, out: Path) -> CxrctxError:
 
 def _structure(records: Path, out: Path, task: dict[str, Any]) -> StructureRun:
     """The structuring run (`task`: the model and report options)."""
-    from cxrctx.structure.run import structure_reports
 
     return structure_reports(records, out, **task)
 

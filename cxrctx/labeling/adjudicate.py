@@ -48,6 +48,7 @@ from cxrctx.llm.choice import ChoiceAnswer, choice_request, parse_choice
 from cxrctx.llm.prompt import load_prompt_file
 from cxrctx.llm.runner import TaskProgress, run_task
 from cxrctx.llm.task import AnswerError, Task
+from cxrctx.vocab import LESIONS
 
 CHOICES = ("positive", "negative")
 EXAMPLE_CHARS = 200  # an exemplar's sentences in the prompt, cut (prompt tokens = CPU time)
@@ -338,7 +339,6 @@ def calibrate_vote(
 ) -> tuple[float, dict[float, float]]:
     """The vote's threshold chosen on the examples (leave-one-document-out micro-F1)."""
     from cxrctx.labeling.rules import label_documents_rules
-    from cxrctx.vocab import LESIONS
 
     docs = examples.select("id", "text")
     rows = label_documents_rules(docs).labels

@@ -30,6 +30,7 @@ import polars as pl
 from cxrctx.errors import CxrctxError
 from cxrctx.io import atomic_write_text, read_shards, shard_paths
 from cxrctx.labeling.models import BootstrapCI, EvalReport, Interval, LesionScore
+from cxrctx.labeling.policy import as_binary, policy_of
 from cxrctx.vocab import LESIONS
 
 
@@ -464,7 +465,6 @@ def _uncertain_pred(
     """Predicted `uncertain` rows (a run labeled with `--uncertain keep`) scored like the
     gold's: as positive / negative, or (ignore) left out on both sides. The run's policy
     (its manifest's config.uncertain) is reported with the count."""
-    from cxrctx.labeling.policy import as_binary, policy_of
 
     mpath = Path(labels) / "manifest.json"
     cfg = json.loads(mpath.read_text()).get("config") if mpath.is_file() else None

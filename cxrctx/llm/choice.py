@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from cxrctx.llm.base import ChatRequest
+from cxrctx.llm.jsonutil import extract_json
 
 #: top log-probabilities asked for the one scored token
 TOP_LOGPROBS = 20
@@ -95,7 +96,6 @@ def scored_text(probs: Mapping[str, float]) -> str:
 
 def parse_choice(text: str, choices: Sequence[str]) -> ChoiceAnswer:
     """A ChoiceAnswer from an engine's text; ValueError when the choice is not one asked."""
-    from cxrctx.llm.jsonutil import extract_json
 
     obj = extract_json(text)
     if not isinstance(obj, dict):

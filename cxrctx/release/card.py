@@ -16,6 +16,7 @@ from typing import Any
 from cxrctx.models import ShardInfo
 from cxrctx.release import tables as T
 from cxrctx.release.info import COUNT_KEYS
+from cxrctx.release.meta import HUB_LICENSES, SIZE_CATEGORIES, TASK_CATEGORIES
 from cxrctx.vocab import LESIONS
 
 TABLE_DOCS: dict[str, str] = {
@@ -265,8 +266,6 @@ def hub_card_problems(card_path: Path) -> list[str]:
     The hub's server-side check (`DatasetCard.validate`) needs the network; this is the part
     a library offers offline."""
     import re
-
-    from cxrctx.release.meta import HUB_LICENSES, SIZE_CATEGORIES, TASK_CATEGORIES
 
     try:
         from huggingface_hub import DatasetCard

@@ -28,14 +28,23 @@ from typing import Any
 import polars as pl
 
 from cxrctx.errors import CxrctxError
+from cxrctx.imagenome import build_rois
 from cxrctx.io import config_hash, open_stage, sha256_file
-from cxrctx.labeling import load_hybrid_prompt, load_prompt
+from cxrctx.labeling import (
+    Labeler,
+    LabelLesionsConfig,
+    label_lesions,
+    load_hybrid_prompt,
+    load_prompt,
+)
+from cxrctx.llm.base import Sampling
+from cxrctx.mimic.build import BuildPriorsConfig, build_priors
 from cxrctx.output_policy import prepare_output
 from cxrctx.progress import as_callback, progress_arg
 from cxrctx.release.meta import ReleaseConfig
 from cxrctx.release.release import make_release
 from cxrctx.release.trust import open_bundle, safe_join
-from cxrctx.vocab import lexicon
+from cxrctx.vocab import SECTIONS, lexicon
 
 Progress = Callable[..., None]
 
@@ -109,7 +118,6 @@ def check_root(root: Path, bp: dict[str, Any]) -> list[str]:
 
 def build_priors_options(cfg: dict[str, Any], root: Path) -> dict[str, Any]:
     """The recorded build-priors options, type-checked (a bundle is untrusted input)."""
-    from cxrctx.mimic.build import BuildPriorsConfig
 
     try:
         c = BuildPriorsConfig(**{k: v for k, v in cfg.items() if k != "workers"})
@@ -134,7 +142,6 @@ def _run_build_priors(
     root: Path, out: Path, cfg: dict[str, Any], workers: int | None, progress: Progress | None
 ) -> Path:
     """build-priors with the recorded options; worker count is the caller's, never the bundle's."""
-    from cxrctx.mimic.build import build_priors
 
     opts = build_priors_options(cfg, root)
     build_priors(root, out, workers=workers, progress=progress, **opts)
@@ -183,8 +190,6 @@ def _check_prompt(cfg: dict[str, Any]) -> None:
 
 def label_options(cfg: dict[str, Any]) -> dict[str, Any]:
     """The recorded labelling options, type-checked: never a path, a URL or a key name."""
-    from cxrctx.llm.base import Sampling
-    from cxrctx.vocab import SECTIONS
 
     def bad(what: str) -> CxrctxError:
         return CxrctxError(f"the release's label-lesions {what} is not valid")
@@ -235,7 +240,6 @@ def run_labels(
     progress: Progress | None = None,
 ) -> None:
     """The one call into labeling: the rules, or the caller's engine with the recorded prompt."""
-    from cxrctx.labeling import Labeler, LabelLesionsConfig, label_lesions
 
     if opts["backend"] == "rules":
         rules = LabelLesionsConfig(sections=opts["sections"], limit=opts["limit"])
@@ -457,7 +461,6 @@ def _config(stages: dict[str, Any], name: str) -> dict[str, Any]:
 
 def _run_rois(imagenome: Path, records: Path, out: Path, prov: dict[str, Any]) -> Path:
     """build-rois from the caller's Chest ImaGenome copy, with the recorded options."""
-    from cxrctx.imagenome import build_rois
 
     cfg = prov.get("config") or {}
     rows, frontal = cfg.get("rows_per_shard", 50_000), cfg.get("frontal_only", True)

@@ -40,7 +40,7 @@ from cxrctx.release.card import render_card
 from cxrctx.release.croissant import build_croissant
 from cxrctx.release.exports import export_table, write_jsonl_split_files
 from cxrctx.release.info import split_summary
-from cxrctx.release.meta import CardMetadata, ReleaseConfig
+from cxrctx.release.meta import CardMetadata, ReleaseConfig, size_category
 from cxrctx.resources import read_bytes
 
 RELEASE_SCHEMA_VERSION = 1
@@ -267,8 +267,6 @@ def release_config(
         stages.append("structure-reports")
     meta = card.model_dump() if isinstance(card, CardMetadata) else dict(card or {})
     if "size_categories" not in meta or meta["size_categories"] is None:
-        from cxrctx.release.meta import size_category
-
         meta["size_categories"] = [size_category(inp.rec.height)]
     try:
         return ReleaseConfig(

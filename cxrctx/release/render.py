@@ -12,6 +12,8 @@ from typing import Any
 
 from cxrctx.io import Stage
 from cxrctx.models import Manifest, ShardInfo
+from cxrctx.release.card import hub_card_problems, render_card
+from cxrctx.release.croissant import build_croissant, croissant_problems
 from cxrctx.release.meta import ReleaseConfig
 
 
@@ -27,8 +29,6 @@ def manifest_tables(m: Manifest) -> dict[str, list[ShardInfo]]:
 
 def render_bundle_metadata(st: Stage) -> tuple[str, str]:
     """(README.md, croissant.json) of a bundle as its manifest says they must be."""
-    from cxrctx.release.card import render_card
-    from cxrctx.release.croissant import build_croissant
 
     m = st.manifest
     kind = m.stage.removeprefix("release-")
@@ -41,8 +41,6 @@ def render_bundle_metadata(st: Stage) -> tuple[str, str]:
 
 def metadata_problems(st: Stage) -> list[str]:
     """Card and croissant.json differ from what the manifest renders; Croissant errors."""
-    from cxrctx.release.card import hub_card_problems
-    from cxrctx.release.croissant import croissant_problems
 
     try:
         card, croissant = render_bundle_metadata(st)

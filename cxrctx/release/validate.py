@@ -28,6 +28,8 @@ from cxrctx.errors import CxrctxError
 from cxrctx.io import Stage, check_stage, load_stage
 from cxrctx.output_policy import RUN_MARKER
 from cxrctx.release import tables as T
+from cxrctx.release.release import stale_staging
+from cxrctx.release.render import metadata_problems
 from cxrctx.release.trust import (
     column_problems,
     path_problem,
@@ -361,7 +363,6 @@ def public_problems(bundle: Path, st: Stage) -> list[str]:
 
 
 def _bundle_checks(st: Stage, rep: ValidationReport) -> None:
-    from cxrctx.release.render import metadata_problems
 
     bundle, public = st.dir, st.name == "release-public"
     rep.problems += card_problems(bundle, st)
@@ -397,7 +398,6 @@ def _bundle_checks(st: Stage, rep: ValidationReport) -> None:
 
 def staging_problems(folder: Path) -> list[str]:
     """A `.staging-*` folder a killed release left beside the bundles (it may hold report text)."""
-    from cxrctx.release.release import stale_staging
 
     if not (folder / RUN_MARKER).is_file() and not (folder / "public").is_dir():
         return []

@@ -43,6 +43,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from cxrctx.labeling import read_report
 from cxrctx.vocab import lexicon, organs_named, split_clauses, split_sentences
 
 #: least share of a bullet's content words found in its best source window
@@ -300,7 +301,6 @@ def _check_section(source: str | None, bullets: Sequence[str], res: CheckResult)
 
 
 def _labels(text: str) -> dict[str, tuple[str, str, str]]:
-    from cxrctx.labeling import read_report
 
     return {
         r.lesion: (r.status, r.location, "mentioned" if r.mentioned else "not mentioned")

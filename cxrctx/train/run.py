@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from cxrctx.errors import CxrctxError
 from cxrctx.progress import as_callback, progress_arg
-from cxrctx.train.config import TrainConfig, TrainStage
+from cxrctx.train.config import TrainConfig, TrainStage, validate_config
 from cxrctx.train.data import join
 from cxrctx.train.events import ProgressFn, TrainResult
 
@@ -114,7 +114,6 @@ def _plan(
     if classifier is None:
         return stages, cfg
     from cxrctx.train.classifier import load_trained
-    from cxrctx.train.config import validate_config
 
     fields = load_trained(Path(classifier))["classifier_config"]
     return stages, validate_config(
