@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 torch.set_num_threads(1)
 
-from trainer_fixtures import make_root  # noqa: E402
+from trainer_fixtures import make_root, train_args  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from cxrctx.cli import app  # noqa: E402
@@ -196,41 +196,9 @@ def test_config_values_out_of_range():
 
 
 def test_cli_train_bad_config_and_missing_inputs(small, tmp_path):
-    r = CliRunner().invoke(
-        app,
-        [
-            "train",
-            "--records",
-            str(small["records"]),
-            "--labels",
-            str(small["labels"]),
-            "--rois",
-            str(small["rois"]),
-            "--images",
-            str(small["root"]),
-            "--out",
-            str(tmp_path / "r"),
-            "--set",
-            "batch_size=0",
-        ],
-    )
+    r = CliRunner().invoke(app, train_args(small, tmp_path / "r", "--set", "batch_size=0"))
     assert r.exit_code == 2 and "batch_size" in r.output and "Traceback" not in r.output
-    r = CliRunner().invoke(
-        app,
-        [
-            "train",
-            "--records",
-            str(tmp_path / "nope"),
-            "--labels",
-            str(small["labels"]),
-            "--rois",
-            str(small["rois"]),
-            "--images",
-            str(small["root"]),
-            "--out",
-            str(tmp_path / "r"),
-        ],
-    )
+    r = CliRunner().invoke(app, train_args({**small, "records": tmp_path / "nope"}, tmp_path / "r"))
     assert r.exit_code == 2 and "records" in r.output
 
 
@@ -311,19 +279,7 @@ def test_torchrun_ddp_two_processes_on_cpu(small, tmp_path):
         "29533",
         "-m",
         "cxrctx.cli",
-        "train",
-        "--records",
-        str(small["records"]),
-        "--labels",
-        str(small["labels"]),
-        "--rois",
-        str(small["rois"]),
-        "--images",
-        str(small["root"]),
-        "--out",
-        str(tmp_path / "run"),
-        "--config",
-        str(tmp_path / "cfg.json"),
+        *train_args(small, tmp_path / "run", "--config", str(tmp_path / "cfg.json")),
         "--no-progress",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -428,25 +384,9 @@ def test_cli_help_lists_choices_and_examples():
 
 
 def test_cli_prints_plain_progress_lines_when_not_a_terminal(small, tmp_path):
-    args = [
-        "train",
-        "--records",
-        str(small["records"]),
-        "--labels",
-        str(small["labels"]),
-        "--rois",
-        str(small["rois"]),
-        "--images",
-        str(small["root"]),
-        "--out",
-        str(tmp_path / "r"),
-        "--stage",
-        "1",
-        "--set",
-        "max_steps=2",
-        "--set",
-        "batch_size=8",
-    ]
+    args = train_args(
+        small, tmp_path / "r", "--stage", "1", "--set", "max_steps=2", "--set", "batch_size=8"
+    )
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     lines = [ln for ln in r.output.splitlines() if ln.startswith("train stage 1: ")]

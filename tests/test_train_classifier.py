@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 torch.set_num_threads(1)
 
-from trainer_fixtures import make_root, rewrite_shard  # noqa: E402
+from trainer_fixtures import make_root, rewrite_shard, train_args  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from cxrctx.cli import app  # noqa: E402
@@ -102,46 +102,15 @@ def test_classifier_errors_are_one_line(small, tmp_path):
         train(_cfg(), out=tmp_path / "x", classifier=tmp_path / "nothing", **_kw(small))
     with pytest.raises(CxrctxError, match="--stage classifier trains"):
         train(_cfg(), out=tmp_path / "x", stage="classifier", classifier=tmp_path, **_kw(small))
-    args = [
-        "train",
-        "--records",
-        str(small["records"]),
-        "--labels",
-        str(small["labels"]),
-        "--rois",
-        str(small["rois"]),
-        "--images",
-        str(small["root"]),
-        "--out",
-        str(tmp_path / "y"),
-        "--classifier",
-        str(small["rois"]),
-    ]
+    args = train_args(small, tmp_path / "y", "--classifier", str(small["rois"]))
     r = CliRunner().invoke(app, args)
     assert r.exit_code != 0 and "Traceback" not in r.output
     assert len(r.output.strip().splitlines()) == 1 and "classifier" in r.output
 
 
 def _cli(d: dict[str, Path], out: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--records",
-        str(d["records"]),
-        "--labels",
-        str(d["labels"]),
-        "--rois",
-        str(d["rois"]),
-        "--images",
-        str(d["root"]),
-        "--out",
-        str(out),
-        "--no-progress",
-        "--set",
-        "max_steps=2",
-        "--set",
-        "classifier_epochs=1",
-        *extra,
-    ]
+    quick = ["--set", "max_steps=2", "--set", "classifier_epochs=1"]
+    return train_args(d, out, "--no-progress", *quick, *extra)
 
 
 def test_full_disk_in_the_crop_cache_is_one_line(small, tmp_path, monkeypatch):

@@ -89,3 +89,10 @@ def make_root(
         resplit(tmp / "priors", heldout_every)
     build_rois(root / "imagenome", records=tmp / "priors", out=tmp / "rois")
     return {"root": root, "records": tmp / "priors", "rois": tmp / "rois", "labels": root / "truth"}
+
+
+def train_args(d: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    """`cxrctx train` arguments over a fixture's records, labels, ROIs and images."""
+    inputs = ["--records", str(d["records"]), "--labels", str(d["labels"])]
+    inputs += ["--rois", str(d["rois"]), "--images", str(d["root"])]
+    return ["train", *inputs, "--out", str(out), *extra]
