@@ -238,13 +238,24 @@ def test_vllm_processor_config_and_rows_with_a_stub(monkeypatch):
     assert cfg["model_source"] == spec.model and cfg["concurrency"] == 4
     assert cfg["engine_kwargs"]["tensor_parallel_size"] == 2
     assert cfg["engine_kwargs"]["enable_prefix_caching"] is True
+    assert cfg["placement_group_config"] == {"bundles": [{"CPU": 1}]}  # no GPU here
+    for stage in ("chat_template_stage", "tokenize_stage", "detokenize_stage"):
+        assert cfg[stage] == {"num_cpus": ray_vllm.CPU_STAGE_CPUS}
+    on_gpus = ray_vllm.processor_config(
+        spec.model_copy(update={"options": {"gpu_memory_utilization": 0.8}}), 2, gpu=True
+    )
+    assert "placement_group_config" not in on_gpus and "tokenize_stage" not in on_gpus
+    assert on_gpus["engine_kwargs"]["gpu_memory_utilization"] == 0.8
     with pytest.raises(CxrctxError, match="does not take"):
         ray_vllm.processor_config(spec.model_copy(update={"options": {"n_ctx": 1}}), workers=1)
     req = ChatRequest([{"role": "user", "content": "hi"}], json_schema={"type": "object"})
     row = ray_vllm.request_rows([req])[0]
-    pre = ray_vllm.preprocess(row, {"temperature": 0.0, "top_p": 1.0, "max_tokens": 8, "seed": 0})
+    sp = {"temperature": 0.0, "top_p": 1.0, "max_tokens": 8, "seed": 0}
+    pre = ray_vllm.preprocess(row, sp)
     assert pre["messages"] == req.messages
-    assert pre["sampling_params"]["structured_outputs"] == {"json": {"type": "object"}}
+    assert pre["sampling_params"]["structured_outputs"] == {"json": '{"type": "object"}'}
+    plain = ray_vllm.preprocess(ray_vllm.request_rows([ChatRequest([])])[0], {**sp})
+    assert plain["sampling_params"]["structured_outputs"] is None
     post = ray_vllm.postprocess(
         {"i": 0, "generated_text": "{}", "num_input_tokens": 5, "num_generated_tokens": 8}
     )
@@ -268,3 +279,22 @@ def test_a_worker_engine_with_another_identity_fails_with_one_line(local_ray):
     with pytest.raises(CxrctxError, match="the driver expected") as e:
         label_documents(docs, engine(), executor=ex)
     assert "\n" not in str(e.value)
+
+
+def test_vllm_on_a_cpu_cluster_refuses_more_replicas_than_its_cpus(monkeypatch):
+    """Without GPUs each replica holds a whole CPU and the processor's stages 0.8 more: a
+    2-CPU cluster takes one replica; asking for two is a one-line error, not a hang."""
+    from cxrctx.errors import CxrctxError
+    from cxrctx.llm import ray_vllm
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    assert ray_vllm.cpu_need(1) == pytest.approx(1.8)
+    ray_vllm.check_cpu_capacity(1)
+    with pytest.raises(CxrctxError, match=r"2 replica\(s\) need 2\.8 CPUs.*has 2; use --workers 1"):
+        ray_vllm.check_cpu_capacity(2)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 1.0})
+    with pytest.raises(CxrctxError, match="give the cluster more CPUs"):
+        ray_vllm.check_cpu_capacity(1)
+    assert ray_vllm.map_kwargs(gpu=False) == {"num_cpus": ray_vllm.CPU_MAP_CPUS}
+    assert ray_vllm.map_kwargs(gpu=True) == {}

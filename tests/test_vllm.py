@@ -254,14 +254,18 @@ def test_structure_reports_on_the_real_engine(engine, records, tmp_path):
     from cxrctx.llm import Sampling
     from cxrctx.structure.run import structure_reports
 
+    # one report, 128 tokens (256 for the repair): the 135M model's structure rarely passes
+    # the checks (the rules' draft then stands in, counted), and on 2 busy cores vLLM's CPU
+    # build decodes a few tokens a second under a JSON schema: 384 tokens took 9 minutes
     run = structure_reports(
-        records, tmp_path / "s", engine=engine, limit=2, sampling=Sampling(max_tokens=384)
+        records, tmp_path / "s", engine=engine, limit=1, sampling=Sampling(max_tokens=128)
     )
     man = json.loads((tmp_path / "s" / "manifest.json").read_text())
     assert man["config"]["backend"] == "vllm"
     c = run.result.counts
     assert c["completion_tokens"] == man["counts"]["completion_tokens"] > 0
-    assert c["engine_requests"] >= 2
+    assert c["engine_requests"] >= 1
+    assert c["by_model"] + c["by_rules"] + c["failed"] == c["reports"] == 1
 
 
 def test_generate_aggregates_reports_with_the_real_engine(engine, monkeypatch, tmp_path):

@@ -31,6 +31,11 @@ VLLM_RAY_HINT = (
     "GPU nodes, or vLLM's CPU build beside ray[data] (see make setup-vllm)"
 )
 
+#: CPUs reserved on a cluster without GPUs by each of ray.data.llm's light CPU stages (chat
+#: template, tokenize, detokenize: one actor each) and by our pre/postprocess map tasks
+CPU_STAGE_CPUS = 0.2
+CPU_MAP_CPUS = 0.1
+
 
 def _llm_api() -> Any:
     try:
@@ -70,7 +75,11 @@ def processor_config(
 
     On GPUs each replica takes `tensor_parallel_size` GPUs (ray.data.llm's default
     placement). Without GPUs each replica is one CPU bundle, in eager mode, without
-    engine-metrics logging (that imports ray.serve, absent beside vLLM's CPU build)."""
+    engine-metrics logging (that imports ray.serve, absent beside vLLM's CPU build), and the
+    processor's light CPU stages (chat template, tokenize, detokenize: one actor each, one
+    whole CPU each by Ray's default) reserve `CPU_STAGE_CPUS` of a CPU: on a 2-CPU node three
+    whole-CPU stage actors left no CPU for the vLLM bundle, and the pipeline waited forever
+    (`map_kwargs` does the same for the pre/postprocess tasks)."""
     if spec.backend != "vllm":
         raise CxrctxError(f"the vLLM processor runs the vllm backend, not {spec.backend}")
     api = _llm_api()
@@ -78,7 +87,14 @@ def processor_config(
     kwargs, env = replica_kwargs(spec, gpu)
     extra: dict[str, Any] = {}
     if not gpu:
-        extra = {"placement_group_config": {"bundles": [{"CPU": 1}]}, "log_engine_metrics": False}
+        stage = {"num_cpus": CPU_STAGE_CPUS}
+        extra = {
+            "placement_group_config": {"bundles": [{"CPU": 1}]},
+            "log_engine_metrics": False,
+            "chat_template_stage": dict(stage),
+            "tokenize_stage": dict(stage),
+            "detokenize_stage": dict(stage),
+        }
     return api.vLLMEngineProcessorConfig(
         model_source=spec.model,
         engine_kwargs=kwargs,
@@ -87,6 +103,37 @@ def processor_config(
         runtime_env={"env_vars": env},
         **extra,
     )
+
+
+def cpu_need(workers: int) -> float:
+    """CPUs one processor pass reserves without GPUs: a whole CPU per vLLM replica, the three
+    light stage actors, and one pre- and one postprocess task at a time."""
+    return workers + 3 * CPU_STAGE_CPUS + 2 * CPU_MAP_CPUS
+
+
+def check_cpu_capacity(workers: int) -> None:
+    """A one-line error, not a pipeline that waits forever, where the connected cluster
+    cannot hold `workers` CPU replicas and the processor's stages at once."""
+    import ray
+
+    if not ray.is_initialized():
+        return
+    have = float(ray.cluster_resources().get("CPU", 0))
+    need = cpu_need(workers)
+    if have < need:
+        fit = max(0, int(have - cpu_need(0)))
+        hint = f"use --workers {fit} or fewer" if fit else "give the cluster more CPUs"
+        raise CxrctxError(
+            f"vLLM on Ray without GPUs: {workers} replica(s) need {need:g} CPUs (one each, "
+            f"plus {cpu_need(0):g} for the processor's stages) but the cluster has {have:g}; "
+            + hint
+        )
+
+
+def map_kwargs(gpu: bool) -> dict[str, Any]:
+    """`Dataset.map` resources of our pre/postprocess steps: Ray's default (one CPU per task)
+    on GPU nodes, `CPU_MAP_CPUS` where the vLLM replicas themselves hold the CPUs."""
+    return {} if gpu else {"num_cpus": CPU_MAP_CPUS}
 
 
 def preprocess(row: dict[str, Any], sampling: dict[str, Any]) -> dict[str, Any]:
@@ -98,8 +145,9 @@ def preprocess(row: dict[str, Any], sampling: dict[str, Any]) -> dict[str, Any]:
     }
     if sampling.get("seed") is not None:
         params["seed"] = sampling["seed"]
-    if row.get("schema"):
-        params["structured_outputs"] = {"json": json.loads(row["schema"])}
+    # the schema stays a JSON string (vLLM takes one): as a nested dict Arrow would unify
+    # the schemas of all rows into one struct, and a key one schema lacks becomes null
+    params["structured_outputs"] = {"json": row["schema"]} if row.get("schema") else None
     return {"i": row["i"], "messages": json.loads(row["messages"]), "sampling_params": params}
 
 
@@ -161,7 +209,10 @@ class ProcessorEngine:
         self.backend = "vllm"
         self.model = spec.model
         self.default_batch_size = 2048
-        self.config = processor_config(spec, workers, batch_size)
+        self.gpu = cluster_has_gpus()
+        if not self.gpu:
+            check_cpu_capacity(workers)
+        self.config = processor_config(spec, workers, batch_size, gpu=self.gpu)
 
     def complete(self, requests: Sequence[ChatRequest], sampling: Sampling) -> list[Completion]:
         import ray
@@ -174,9 +225,11 @@ class ProcessorEngine:
             self.config,
             preprocess=functools.partial(preprocess, sampling=sampling.as_dict()),
             postprocess=postprocess,
+            preprocess_map_kwargs=map_kwargs(self.gpu),
+            postprocess_map_kwargs=map_kwargs(self.gpu),
         )
         ds = processor(ray.data.from_items(request_rows(requests)))
-        rows = ds.select_columns(["i", "text", "prompt_tokens", "completion_tokens"]).take_all()
+        rows = ds.take_all()  # postprocess keeps only the four columns a Completion needs
         return completions(rows, len(requests), sampling.max_tokens, time.perf_counter() - t0)
 
     def close(self) -> None:
