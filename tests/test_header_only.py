@@ -146,3 +146,13 @@ def test_release_reports_header_only_and_unlabeled_studies_per_split(records, tm
             1,
             1,
         )
+
+
+def test_cli_summary_counts_header_only_apart(records, tmp_path):
+    from typer.testing import CliRunner
+
+    from cxrctx.cli import app
+
+    r = CliRunner().invoke(app, ["label-lesions", str(records), "--out", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.output
+    assert "1 header-only" in r.output and "1 empty" in r.output
