@@ -156,3 +156,10 @@ def test_cli_summary_counts_header_only_apart(records, tmp_path):
     r = CliRunner().invoke(app, ["label-lesions", str(records), "--out", str(tmp_path / "c")])
     assert r.exit_code == 0, r.output
     assert "1 header-only" in r.output and "1 empty" in r.output
+
+
+def test_the_cost_plan_counts_header_only_studies_as_documents(records, tmp_path):
+    from cxrctx.labeling.plan import plan_label_lesions
+
+    p = plan_label_lesions(records, tmp_path / "p", engine=FakeEngine(), sample=3)
+    assert p.sample_documents == 3 and p.total_documents == 3
