@@ -111,7 +111,10 @@ ModeOpt = Annotated[
 SectionsOpt = Annotated[
     str,
     typer.Option(
-        "--sections", help="Record sections to label, comma-separated (build-priors input)."
+        "--sections",
+        help="Record sections to label, comma-separated (build-priors input). The default "
+        "falls back to last_paragraph when both are empty; a study with text only in header "
+        "sections gets 14 not_mentioned rows with section header_only.",
     ),
 ]
 ShardOpt = Annotated[
