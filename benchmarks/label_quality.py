@@ -256,6 +256,27 @@ def run_adjudication(args, con: Console, docs, gold, rules, rules_s, reps, llm_i
         save_json(args, docs, reps, llm_info)
 
 
+def location_errors(labels: pl.DataFrame, gold: pl.DataFrame) -> dict:
+    """Where the location errors are: of the rows positive in both with a gold side, the
+    wrong ones by the rules' clarity (an adjudicator only sees the ambiguous ones) and by
+    (predicted, gold) location; the ceiling of deciding the side of ambiguous rows."""
+    g = gold.select("id", "lesion", pl.col("status").alias("gs"), pl.col("location").alias("gl"))
+    j = labels.join(g, on=["id", "lesion"]).filter(
+        (pl.col("gs") == "positive") & pl.col("gl").is_not_null() & (pl.col("status") == "positive")
+    )
+    bad = j.filter(pl.col("location") != pl.col("gl"))
+    amb = bad.filter(pl.col("clarity") == "ambiguous").height
+    pairs = bad.group_by("location", "gl").len().sort("len", descending=True)
+    return {
+        "scored": j.height,
+        "wrong": bad.height,
+        "wrong_ambiguous": amb,
+        "wrong_by_pair": {f"{a} -> gold {b}": n for a, b, n in pairs.iter_rows()},
+        "accuracy": 1 - bad.height / max(1, j.height),
+        "ceiling_fixing_ambiguous": 1 - (bad.height - amb) / max(1, j.height),
+    }
+
+
 def score(args, labels: pl.DataFrame, g: pl.DataFrame) -> EvalReport:
     return evaluate_labels(
         labels.select("id", "lesion", "status", "location"),
@@ -404,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
         "rules (cxrctx)": (score(args, rules, gold), rules_s, docs.height),
         "regex baseline (keyword_labels)": (score(args, kw, gold), kw_s, docs.height),
     }
-    llm_info: dict[str, dict] = {}
+    llm_info: dict[str, dict] = {"rules location errors": location_errors(rules, gold)}
+    con.print(f"rules location errors: {json.dumps(llm_info['rules location errors'])}")
     if args.adjudicate:
         run_adjudication(args, con, docs, gold, rules, rules_s, reps, llm_info)
     for mode in (

@@ -111,7 +111,10 @@ ModeOpt = Annotated[
 SectionsOpt = Annotated[
     str,
     typer.Option(
-        "--sections", help="Record sections to label, comma-separated (build-priors input)."
+        "--sections",
+        help="Record sections to label, comma-separated (build-priors input). The default "
+        "falls back to last_paragraph when both are empty; a study with text only in header "
+        "sections gets 14 not_mentioned rows with section header_only.",
     ),
 ]
 ShardOpt = Annotated[
@@ -384,7 +387,7 @@ def _print_summary(run: LabelRun, mode: Labeler) -> None:
             f"{c.get('labeled', 0)} labeled; label rows by rules {c.get('rules', 0)}, by the LLM {c.get('llm', 0)} "
             f"({c.get('llm_changed', 0)} changed from the rule reading), not mentioned {c.get('not_mentioned', 0)}; "
             f"{c.get('llm_called', 0)} documents asked ({c.get('cached', 0)} from cache), {c.get('failed', 0)} failed, "
-            f"{c.get('empty', 0)} empty, {c.get('too_large', 0)} too large; {c.get('engine_requests', 0)} engine requests in {run.seconds:.1f}s",
+            f"{c.get('header_only', 0)} header-only, {c.get('empty', 0)} empty, {c.get('too_large', 0)} too large; {c.get('engine_requests', 0)} engine requests in {run.seconds:.1f}s",
             highlight=False,
         )
         return
@@ -392,7 +395,7 @@ def _print_summary(run: LabelRun, mode: Labeler) -> None:
         f"[bold]label-lesions[/] → {run.out_dir}: {c.get('documents', 0)} documents, {c.get('labeled', 0)} labeled "
         f"({c.get('llm_called', 0)} by the LLM, {c.get('cached', 0)} from cache, {c.get('no_candidate', 0)} with no "
         f"lesion mentioned), {c.get('failed', 0)} failed ({c.get('transient_failed', 0)} transient: a re-run retries them), "
-        f"{c.get('empty', 0)} empty, {c.get('too_large', 0)} too large, {c.get('duplicate_id', 0) + c.get('missing_id', 0)} missing/duplicate ids; "
+        f"{c.get('header_only', 0)} header-only, {c.get('empty', 0)} empty, {c.get('too_large', 0)} too large, {c.get('duplicate_id', 0) + c.get('missing_id', 0)} missing/duplicate ids; "
         f"{c.get('engine_requests', 0)} engine requests in {run.seconds:.1f}s",
         highlight=False,
     )
@@ -438,7 +441,8 @@ def _run_rules(
     console.print(
         f"[bold]label-lesions[/] (rules) → {run.out_dir}: {c.get('documents', 0)} documents, "
         f"{c.get('labeled', 0)} labeled; label rows by rules {c.get('rules', 0)} ({c.get('ambiguous', 0)} "
-        f"ambiguous), not mentioned {c.get('not_mentioned', 0)}; {c.get('empty', 0)} empty, {c.get('too_large', 0)} too large, "
+        f"ambiguous), not mentioned {c.get('not_mentioned', 0)}; {c.get('header_only', 0)} header-only (no report body: "
+        f"all not mentioned), {c.get('empty', 0)} empty, {c.get('too_large', 0)} too large, "
         f"{c.get('duplicate_id', 0)} missing/duplicate ids in {run.seconds:.1f}s",
         highlight=False,
     )

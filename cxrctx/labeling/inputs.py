@@ -5,8 +5,12 @@ From build-priors records the text is the chosen sections (default findings and
 impression). With the default sections, a study whose findings and impression are both
 empty falls back to `last_paragraph` (free text after the last header, where some
 reports keep their only finding), so every study with text gets labels; the `section`
-column says which sections a document's text came from. A study with no text at all is
-an "empty" document: counted and listed in failures/, never silently absent."""
+column says which sections a document's text came from. A study whose only text is in
+header sections (examination, indication, history, technique, comparison) is
+"header_only": it is not read (an indication names the question, not a finding) but gets
+14 `not_mentioned` rows with section `header_only`, the truthful reading of a report that
+states no finding, and is counted and listed as such in documents/. A study with no text
+at all is an "empty" document: counted and listed in failures/, never silently absent."""
 
 from __future__ import annotations
 
@@ -22,10 +26,14 @@ from cxrctx.errors import CxrctxError
 from cxrctx.io import input_file, open_stage
 from cxrctx.labeling.models import DEFAULT_SECTIONS
 from cxrctx.limits import MAX_REPORT_BYTES, TOO_LARGE, split_oversize, too_large_detail
-from cxrctx.vocab import SECTIONS
+from cxrctx.vocab import HEADER_ONLY, LESIONS, SECTIONS
 
 #: the records column the default sections fall back to (also a --sections choice)
 FALLBACK_SECTION = "last_paragraph"
+HEADER_ONLY_WHY = (
+    "not mentioned: the report has no findings, impression or final paragraph, only header "
+    "sections (an indication names the question, not a finding)"
+)
 
 
 @dataclass
@@ -38,6 +46,7 @@ class LoadedInput:
     kind: str = "file"
     too_large: pl.DataFrame | None = None
     max_report_bytes: int = MAX_REPORT_BYTES
+    header_only: list[str] = field(default_factory=list)
 
     def reject_rows(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """(failure rows, document rows) of the texts over the cap: never labeled, never
@@ -82,6 +91,62 @@ class LoadedInput:
         sinks["documents"].add(docs)
         counts["too_large"] = len(fails)
         counts["documents"] = counts.get("documents", 0) + len(fails)
+
+    def write_header_only(
+        self, sinks: dict[str, Any], counts: dict[str, int], provenance: dict[str, Any]
+    ) -> None:
+        """Add the header-only studies: 14 `not_mentioned` rows each (section header_only,
+        the run's provenance), a documents row with status header_only; they count as
+        labeled documents and, apart, as `header_only`."""
+        prov = {k: provenance.get(k) for k in _PROVENANCE}
+        rows: list[dict[str, Any]] = [
+            {
+                "id": doc_id,
+                "lesion": lesion,
+                "status": "negative",
+                "location": "not mentioned",
+                "rationale": HEADER_ONLY_WHY,
+                "source": "not_mentioned",
+                "llm_called": False,
+                "text_sha256": "",
+                **prov,
+                "evidence": [],
+                "clarity": "clear",
+                "confidence": None,
+                "section": HEADER_ONLY,
+            }
+            for doc_id in self.header_only
+            for lesion in LESIONS
+        ]
+        sinks["labels"].add(rows)
+        sinks["documents"].add([_header_doc(doc_id) for doc_id in self.header_only])
+        n = len(self.header_only)
+        counts["header_only"] = n
+        for k in ("documents", "labeled"):
+            counts[k] = counts.get(k, 0) + n
+        counts["not_mentioned"] = counts.get("not_mentioned", 0) + n * len(LESIONS)
+
+
+_PROVENANCE = ("backend", "model", "prompt_sha256", "schema_sha256", "sampling")
+
+
+def _header_doc(doc_id: str) -> dict[str, Any]:
+    """The documents row of a header-only study (never read, never sent to a model)."""
+    return {
+        "id": doc_id,
+        "text_sha256": "",
+        "status": HEADER_ONLY,
+        "candidates": [],
+        "llm_called": False,
+        "cached": False,
+        "attempts": 0,
+        "finish_reason": None,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "latency_s": 0.0,
+        "raw_text": None,
+        "error": None,
+    }
 
 
 def load_documents(
@@ -141,7 +206,9 @@ def _has(s: str) -> pl.Expr:
 
 def section_text(df: pl.DataFrame, sections: tuple[str, ...] | list[str]) -> list[pl.Expr]:
     """`text` (the sections' text, headed) and `section` (which sections had text, joined
-    with "+"; null for none) of records; the default sections fall back to last_paragraph."""
+    with "+"; null for none) of records; the default sections fall back to last_paragraph,
+    and a study with text only in the other (header) sections gets section header_only
+    and no text."""
     secs = list(sections)
     parts = [
         pl.when(_has(s)).then(pl.lit(f"{s.upper()}: ") + pl.col(s).str.strip_chars()) for s in secs
@@ -153,6 +220,13 @@ def section_text(df: pl.DataFrame, sections: tuple[str, ...] | list[str]) -> lis
         use = ~pl.any_horizontal([_has(s) for s in secs]) & _has(FALLBACK_SECTION)
         text = pl.when(use).then(pl.col(FALLBACK_SECTION).str.strip_chars()).otherwise(text)
         section = pl.when(use).then(pl.lit(FALLBACK_SECTION)).otherwise(section)
+        body = [*secs, FALLBACK_SECTION]
+        headers = [s for s in SECTIONS if s not in body and s in df.columns]
+        if headers:
+            only = ~pl.any_horizontal([_has(s) for s in body]) & pl.any_horizontal(
+                [_has(s) for s in headers]
+            )
+            section = pl.when(only).then(pl.lit(HEADER_ONLY)).otherwise(section)
     section = pl.when(section == "").then(None).otherwise(section)
     return [text.fill_null("").alias("text"), section.alias("section")]
 
@@ -200,9 +274,11 @@ def select_documents(
     loaded = load_documents(
         input_path, sections=sections, id_column=id_column, text_column=text_column
     )
-    docs = loaded.docs.head(limit) if limit is not None else loaded.docs
-    loaded.docs, loaded.too_large = split_oversize(
-        shard_slice(docs, shard), "text", max_report_bytes
-    )
+    docs = shard_slice(loaded.docs.head(limit) if limit is not None else loaded.docs, shard)
+    if "section" in docs.columns:
+        header = pl.col("section") == HEADER_ONLY
+        loaded.header_only = docs.filter(header)["id"].to_list()
+        docs = docs.filter(~header.fill_null(False))
+    loaded.docs, loaded.too_large = split_oversize(docs, "text", max_report_bytes)
     loaded.max_report_bytes = max_report_bytes
     return loaded

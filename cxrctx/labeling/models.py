@@ -243,7 +243,8 @@ class LabelRow(_Strict):
     section: str | None = Field(
         None,
         description="Report sections the labeled text came from (e.g. findings+impression; "
-        "last_paragraph when findings and impression are empty); null for table inputs",
+        "last_paragraph when findings and impression are empty; header_only when only header "
+        "sections have text: not read, every lesion not_mentioned); null for table inputs",
     )
 
 
@@ -287,7 +288,10 @@ class DocumentRow(_Strict):
 
     id: str
     text_sha256: str
-    status: Literal["labeled", "skipped", "failed", "empty", "too_large"]
+    status: Literal["labeled", "skipped", "failed", "empty", "too_large", "header_only"] = Field(
+        description="header_only: text only in header sections (examination, indication, "
+        "history, technique, comparison); not read, its 14 label rows are not_mentioned"
+    )
     candidates: list[str]
     llm_called: bool
     cached: bool

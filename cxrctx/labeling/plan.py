@@ -60,7 +60,7 @@ def plan_label_lesions(
     full = select_documents(
         input_path, cfg.sections, cfg.id_column, cfg.text_column, cfg.limit, None
     )
-    total = full.docs.height
+    total = full.docs.height + len(full.header_only)  # header-only: documents, no call
     n = min(sample, total)
     sample_out = Path(out) / PLAN_DIR
     # the whole input's first n documents, never a slice, a dry run or another run's folder

@@ -144,12 +144,14 @@ def _labeler(
 def _stream(
     run: _LabelerRun, loaded: LoadedInput, out_dir: Path, sh: tuple[int, int] | None
 ) -> tuple[LabelResult, dict[str, list[Any]]]:
-    """Stream the labels into out_dir's tables, then the rows rejected for size (every
-    labeler alike); on any error the partial parts are dropped."""
+    """Stream the labels into out_dir's tables, then the rows rejected for size and the
+    header-only studies' not_mentioned rows (every labeler alike); on any error the partial
+    parts are dropped."""
     sinks = open_sinks(out_dir, sh)
     try:
         result = run.write(loaded.docs, dict(sinks), out_dir, sh)
         loaded.write_rejects(dict(sinks), result.counts)
+        loaded.write_header_only(dict(sinks), result.counts, result.provenance)
     except BaseException:
         for s in sinks.values():
             s.abort()

@@ -17,7 +17,7 @@ from cxrctx.errors import CxrctxError
 from cxrctx.io import Stage
 from cxrctx.release import tables as T
 from cxrctx.release.trust import open_bundle
-from cxrctx.vocab import FLAGS, LESIONS
+from cxrctx.vocab import FLAGS, HEADER_ONLY, LESIONS
 
 #: Row order of the per-split table.
 COUNT_KEYS = (
@@ -38,7 +38,9 @@ def split_summary(
     """Per hub split (and `all`): studies, section presence, ≥ 1 prior, flags, positives.
 
     `studies` is the public studies table (has_findings, has_impression, n_prior_studies,
-    flags, split). Label positives are counted per lesion (`positive:<lesion>`)."""
+    flags, split). Label positives are counted per lesion (`positive:<lesion>`); studies
+    with no label row as `unlabeled_studies`, and, where the labels carry `section`, the
+    labeled studies with text only in header sections as `header_only_studies`."""
     df = studies.with_columns(T.hub_split().alias("_hub"))
     f, i = pl.col("has_findings"), pl.col("has_impression")
     exprs = [
@@ -100,6 +102,9 @@ def _add_positives(out: dict[str, dict[str, int]], long: pl.DataFrame) -> None:
         row["labeled_studies"] = labeled.select(pl.col("study_id").n_unique()).item()
         # studies with no label row (no text in any labeled section, or failed): never hidden
         row["unlabeled_studies"] = row["studies"] - row["labeled_studies"]
+        if "section" in long.columns:  # labeled, every lesion not_mentioned: no report body
+            head = labeled.filter(pl.col("section") == HEADER_ONLY)
+            row["header_only_studies"] = head.select(pl.col("study_id").n_unique()).item()
         for lesion in LESIONS:
             row[f"positive:{lesion}"] = int(counts.get(lesion, 0))
 

@@ -294,10 +294,22 @@ def _first_error(e: Exception) -> str:
     return str(e).splitlines()[0]
 
 
+def _with_section(pub_frames: dict[str, pl.DataFrame], inp: Inputs) -> pl.DataFrame | None:
+    """The public long labels plus each study's labeled `section` (for the summary's
+    header-only count; the public table itself carries no section)."""
+    long = pub_frames.get("labels_long")
+    if long is None or inp.lab is None or "section" not in inp.lab.columns:
+        return long
+    sec = inp.lab.select(
+        pl.col("id").cast(pl.String).cast(pl.Int64, strict=False).alias("study_id"), "section"
+    ).unique("study_id", keep="first")
+    return long.join(sec, on="study_id", how="left")
+
+
 def build_bundles(inp: Inputs, cfg: ReleaseConfig, stage_dir: Path) -> tuple[Bundle, Bundle, dict]:
     """Write credentialed/ then public/ (which records the credentialed checksums)."""
     pub_frames = _public_tables(inp)
-    summary = split_summary(pub_frames["studies"], pub_frames.get("labels_long"))
+    summary = split_summary(pub_frames["studies"], _with_section(pub_frames, inp))
     provenance = {
         "tool_version": __version__,
         "hub_splits": T.HUB_SPLITS,

@@ -24,6 +24,11 @@ SECTIONS: tuple[str, ...] = (
     "impression",
 )
 
+#: The `section` of a label row whose study has text only in header sections (examination,
+#: indication, history, technique, comparison): not read (an indication names the question,
+#: not a finding), every lesion not mentioned.
+HEADER_ONLY = "header_only"
+
 
 #: The 14 CLALA-Net lesions, lower case, in this fixed order.
 LESIONS: tuple[str, ...] = (
