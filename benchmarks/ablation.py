@@ -161,12 +161,12 @@ def one_run(d: dict[str, Path], work: Path, name: str, seed: int, args) -> dict:
     run, gen = work / "runs" / tag, work / "gen" / tag
     shutil.rmtree(run, ignore_errors=True)
     shutil.rmtree(gen, ignore_errors=True)
+    budget = {"epochs_stage1": args.epochs1, "epochs_stage2": args.epochs2}
     cfg = make_config(
         "tiny",
         seed=seed,
-        epochs_stage1=args.epochs1,
-        epochs_stage2=args.epochs2,
         checkpoint_every=10**6,
+        **{k: v for k, v in budget.items() if v is not None},
         **CONFIGS[name],
     )
     t = time.perf_counter()
@@ -232,8 +232,12 @@ def main() -> None:
     ap.add_argument("--patients", type=int, default=210)
     ap.add_argument("--size", type=int, default=128, help="synthetic image size (px)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--epochs1", type=int, default=4)
-    ap.add_argument("--epochs2", type=int, default=1)
+    ap.add_argument(
+        "--epochs1", type=int, default=None, help="stage-1 epochs (preset's when absent)"
+    )
+    ap.add_argument(
+        "--epochs2", type=int, default=None, help="stage-2 epochs (preset's when absent)"
+    )
     ap.add_argument(
         "--epochs-cls", type=int, default=None, help="classifier epochs (preset's when absent)"
     )

@@ -138,6 +138,13 @@ def main() -> None:
     ap.add_argument(
         "--set", dest="set_", action="append", default=[], help="config override KEY=JSON"
     )
+    ap.add_argument(
+        "--classifier",
+        type=Path,
+        default=None,
+        help="reuse this run's trained classifier (skips the classifier stage; decoder experiments)",
+    )
+    ap.add_argument("--tag", default=None, help="run folder name (default: from the overrides)")
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "_work" / "tiny_quality")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -153,14 +160,22 @@ def main() -> None:
     t = time.perf_counter()
     d = build_data(work, args.patients, args.size, args.seed)
     data_s = time.perf_counter() - t
-    tag = "run-" + ("defaults" if not args.set_ else "-".join(sorted(args.set_)).replace("/", "_"))
+    tag = args.tag or (
+        "run-" + ("defaults" if not args.set_ else "-".join(sorted(args.set_)).replace("/", "_"))
+    )
     run, gen = work / tag, work / (tag + "-gen")
     shutil.rmtree(run, ignore_errors=True)
     shutil.rmtree(gen, ignore_errors=True)
     cfg = make_config("tiny", seed=args.seed, **_overrides(args.set_))
     t = time.perf_counter()
     res = train(
-        cfg, records=d["records"], labels=d["labels"], rois=d["rois"], images=d["root"], out=run
+        cfg,
+        records=d["records"],
+        labels=d["labels"],
+        rois=d["rois"],
+        images=d["root"],
+        out=run,
+        classifier=args.classifier,
     )
     train_s = time.perf_counter() - t
     t = time.perf_counter()

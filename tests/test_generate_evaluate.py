@@ -91,7 +91,7 @@ def run(tmp_path_factory) -> dict[str, Path]:
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("gen")
     d = make_root(tmp, patients=24, size=64, seed=7)
-    cfg = make_config("tiny", epochs_stage1=10, epochs_stage2=2, batch_size=8)
+    cfg = make_config("tiny", epochs_stage1=10, epochs_stage2=2, batch_size=8, classifier_epochs=12)
     train(
         cfg,
         records=d["records"],

@@ -43,7 +43,9 @@ def _losses(run: Path) -> list[dict]:
 def tiny_run(data, tmp_path_factory) -> tuple[Path, object]:
     """The tiny preset trained on 120 synthetic patients (both stages), shared by the tests below."""
     run = tmp_path_factory.mktemp("tiny") / "run"
-    cfg = make_config("tiny", epochs_stage1=6, epochs_stage2=1, max_steps=None)
+    cfg = make_config(
+        "tiny", epochs_stage1=6, epochs_stage2=1, classifier_epochs=12, max_steps=None
+    )
     res = train(
         cfg,
         records=data["records"],

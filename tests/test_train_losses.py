@@ -102,6 +102,20 @@ def test_lca_weights_and_switch():
     assert torch.equal(m2.refine(raw, torch.ones(2, 14)), raw)
 
 
+def test_the_decoder_reads_the_statuses_from_one_token():
+    """The status token is one memory slot per ROI; it changes with the statuses alone (the
+    lesion tokens off), and it is absent without LCA or when switched off."""
+    tok = _tok()
+    refined, gate = torch.randn(2, 11, 64), torch.ones(2, 11, dtype=torch.bool)
+    on = build_model(make_config("tiny", decoder_lesion_memory=False), tok).eval()
+    pos, neg = (on.memory(refined, s, gate) for s in (torch.ones(2, 14), torch.zeros(2, 14)))
+    assert pos.shape == (22, 3, 64) and not torch.allclose(pos[:, 2], neg[:, 2])
+    assert torch.equal(pos[:, :2], neg[:, :2])  # ROI and gate slots do not see the statuses
+    for kw in ({"decoder_status_token": False}, {"use_lca": False}):
+        off = build_model(make_config("tiny", decoder_lesion_memory=False, **kw), tok).eval()
+        assert off.memory(refined, torch.ones(2, 14), gate).shape == (22, 2, 64)
+
+
 @pytest.mark.parametrize(
     "switches",
     [
@@ -111,6 +125,7 @@ def test_lca_weights_and_switch():
         {"use_finding_head": False},
         {"use_classifier": False, "use_lca": False},
         {"decoder_lesion_memory": False, "lca_status": "calibrated"},
+        {"decoder_status_token": False},
     ],
 )
 def test_every_module_can_be_switched_off(switches):

@@ -160,6 +160,10 @@ class TrainConfig(BaseModel):
         True,
         description="[chosen] the decoder also attends to the 14 status-weighted lesion tokens (with LCA)",
     )
+    decoder_status_token: bool = Field(
+        True,
+        description="[chosen] the decoder also attends to one token made from the 14 statuses (a linear map; with LCA)",
+    )
     findings_first: bool = Field(
         True,
         description="[chosen] order each ROI's sentences affirmative first, negated after (what greedy decoding writes first)",
@@ -291,13 +295,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "in_chans": 1,
         "image_size_stage1": 32,
-        "image_size_stage2": 48,
+        # the same crop size in stage 2: its ViT is frozen there, and a 64-wide ViT trained
+        # for minutes on 32 px crops does not carry over to 48 px ones (measured: finding-gate
+        # AUC 0.97 → 0.94 after a 48 px stage 2, unchanged at 32 px)
+        "image_size_stage2": 32,
         "global_image_size": 128,
         # a small ResNet-18 (quarter width, 1 channel): learns the drawn lesions in minutes on a CPU
         "classifier_name": "resnet18",
         "classifier_kwargs": {"channels": [16, 32, 64, 128]},
         "classifier_in_chans": 1,
-        "classifier_epochs": 12,
+        # 30 epochs: on 150 synthetic patients validation micro-F1 0.62 after 12, 0.91 after 30
+        "classifier_epochs": 30,
         "classifier_lr": 3e-3,
         "classifier_batch_size": 32,
         "text_dim": 64,
@@ -310,7 +318,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "embed_dim": 64,
         "lca_heads": 2,
         "batch_size": 16,
-        "epochs_stage1": 6,
+        # 20 epochs (≈ 420 steps on 150 patients): after 6 the decoder still wrote one
+        # sentence for every image (report lesion micro-F1 0.24 → 0.60 with the above)
+        "epochs_stage1": 20,
         "epochs_stage2": 1,
         "lr_stage1": 2e-3,
         "lr_stage2": 2e-4,

@@ -27,10 +27,11 @@ Where the paper is silent, chosen here (and said in the README):
   sizes of BERT-base in the paper preset, random init unless `text_weights` is given;
 - decoder memory = the refined ROI embedding, a "has finding" gate token and the 14
   status-weighted lesion tokens (the same E_L ⊙ W that LCA attends to), each projected to
-  the decoder width. A per-ROI head predicts whether the region has a finding (the ROI
-  rows' `abnormal` flag) from the ROI embedding and the classifier's 14 statuses; its
-  decision (teacher-forced in training) is the gate token, and an open gate forbids
-  ending the text before it starts.
+  the decoder width, and one token made from the 14 statuses by a linear map (which
+  lesions are present, readable without first learning where to attend). A per-ROI head
+  predicts whether the region has a finding (the ROI rows' `abnormal` flag) from the ROI
+  embedding and the classifier's 14 statuses; its decision (teacher-forced in training)
+  is the gate token, and an open gate forbids ending the text before it starts.
 """
 
 from __future__ import annotations
@@ -163,6 +164,7 @@ class ClalaNet(nn.Module):
         self.mem_roi = nn.Linear(d, dd)
         self.mem_lesion = nn.Linear(d, dd)
         self.mem_gate = nn.Embedding(2, dd)
+        self.mem_status = nn.Linear(self.n_lesions, dd)
         self.decoder = RoiDecoder(
             vocab_size, dd, cfg.decoder_layers, cfg.decoder_heads, cfg.max_tokens, cfg.dropout
         )
@@ -190,7 +192,7 @@ class ClalaNet(nn.Module):
     # modules trainable in stage 2 (paper: "updates were restricted to the LCA and text decoder")
     def stage2_parameters(self) -> list[nn.Parameter]:
         mods = [self.lca, self.lca_norm, self.lesion_proj, self.finding_head]
-        mods += [self.mem_roi, self.mem_lesion, self.mem_gate, self.decoder]
+        mods += [self.mem_roi, self.mem_lesion, self.mem_gate, self.mem_status, self.decoder]
         return [p for m in mods for p in m.parameters()]
 
     def _grey_to_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -247,7 +249,7 @@ class ClalaNet(nn.Module):
         return self.text_proj(self.text(tokens))
 
     def memory(self, refined: torch.Tensor, status: torch.Tensor, gate: torch.Tensor | None):
-        """Decoder memory per ROI (B·R, M, dim): refined ROI [+ gate token] [+ 14 lesion tokens]."""
+        """Decoder memory per ROI (B·R, M, dim): refined ROI [+ gate] [+ 14 lesions] [+ status]."""
         B, R, _ = refined.shape
         parts = [self.mem_roi(refined).reshape(B * R, 1, -1)]
         if gate is not None:
@@ -255,6 +257,9 @@ class ClalaNet(nn.Module):
         if self.cfg.use_lca and self.cfg.decoder_lesion_memory:
             les = self.mem_lesion(self.weighted_lesions(status))  # (B, 14, dim)
             parts.append(les.unsqueeze(1).expand(-1, R, -1, -1).reshape(B * R, self.n_lesions, -1))
+        if self.cfg.use_lca and self.cfg.decoder_status_token:
+            st = self.mem_status(status.to(refined.dtype))  # (B, dim): which lesions, at once
+            parts.append(st.unsqueeze(1).expand(-1, R, -1).reshape(B * R, 1, -1))
         return torch.cat(parts, 1)
 
     def statuses(self, batch: dict, out: dict, label_mix: float) -> torch.Tensor:
