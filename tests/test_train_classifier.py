@@ -172,10 +172,10 @@ def effusion(tmp_path_factory) -> dict[str, Path]:
     return d
 
 
-@pytest.mark.slow
 def test_a_few_effusion_studies_teach_the_effusion_sentence(effusion, tmp_path):
     """Trained on a handful of effusion / no-effusion studies, the model writes an effusion
-    sentence for held-out effusion images and not for most images without one."""
+    sentence for held-out effusion images and not for most images without one (≈ 20 s on
+    two free cores, so it stays in the default suite)."""
     from cxrctx.reportgen.evaluate import keyword_labels
     from cxrctx.reportgen.generate import generate
 
