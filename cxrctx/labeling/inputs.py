@@ -65,23 +65,7 @@ class LoadedInput:
                     "transient": False,
                 }
             )
-            docs.append(
-                {
-                    "id": r["id"] or "",
-                    "text_sha256": "",
-                    "status": "too_large",
-                    "candidates": [],
-                    "llm_called": False,
-                    "cached": False,
-                    "attempts": 0,
-                    "finish_reason": None,
-                    "prompt_tokens": 0,
-                    "completion_tokens": 0,
-                    "latency_s": 0.0,
-                    "raw_text": None,
-                    "error": why,
-                }
-            )
+            docs.append(_unread_doc(r["id"] or "", "too_large", why))
         return fails, docs
 
     def write_rejects(self, sinks: dict[str, Any], counts: dict[str, int]) -> None:
@@ -119,7 +103,7 @@ class LoadedInput:
             for lesion in LESIONS
         ]
         sinks["labels"].add(rows)
-        sinks["documents"].add([_header_doc(doc_id) for doc_id in self.header_only])
+        sinks["documents"].add([_unread_doc(i, HEADER_ONLY, None) for i in self.header_only])
         n = len(self.header_only)
         counts["header_only"] = n
         for k in ("documents", "labeled"):
@@ -130,12 +114,13 @@ class LoadedInput:
 _PROVENANCE = ("backend", "model", "prompt_sha256", "schema_sha256", "sampling")
 
 
-def _header_doc(doc_id: str) -> dict[str, Any]:
-    """The documents row of a header-only study (never read, never sent to a model)."""
+def _unread_doc(doc_id: str, status: str, error: str | None) -> dict[str, Any]:
+    """The documents row of a document never read nor sent to a model (too large, or a
+    header-only study)."""
     return {
         "id": doc_id,
         "text_sha256": "",
-        "status": HEADER_ONLY,
+        "status": status,
         "candidates": [],
         "llm_called": False,
         "cached": False,
@@ -145,7 +130,7 @@ def _header_doc(doc_id: str) -> dict[str, Any]:
         "completion_tokens": 0,
         "latency_s": 0.0,
         "raw_text": None,
-        "error": None,
+        "error": error,
     }
 
 
