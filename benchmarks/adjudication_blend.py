@@ -18,10 +18,18 @@ development split (leave-one-report-out exemplars, as in `label_quality.py`):
    with a paired bootstrap over reports (1,000 resamples) of the micro-F1 difference.
    The in-sample best (chosen and scored on the same reports) is printed too, marked as
    such (optimistic by construction).
+4. `--split test`, once, at the end: the policy frozen on dev (`--policy`, e.g. the
+   in-sample best `blend:0.25:0.55`) on the held-out test reports, the examples being
+   all the development reports; rules, vote and vote + model scored side by side
+   (micro-F1 and location with bootstrap CIs, paired differences, seconds and output
+   tokens per report).
 
     python benchmarks/adjudication_blend.py --gold-dir DATA/iu-xray \\
         --model MODELS/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf --threads 1 \\
         --max-band 0.3 --cache-dir CACHE --json blend.json
+    python benchmarks/adjudication_blend.py --gold-dir DATA/iu-xray --split test \\
+        --policy blend:0.25:0.55 --model MODELS/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf \\
+        --threads 2 --max-band 0.3 --cache-dir CACHE --json blend_test.json
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ import numpy as np
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from label_quality import dev_examples, gold_frame, load_iu
+from label_quality import dev_examples, gold_frame, load_iu, score
 
 from cxrctx.labeling.adjudicate import (
     MentionChoiceTask,
@@ -212,31 +220,20 @@ def build_table(rules: pl.DataFrame, gold: pl.DataFrame, pv: dict, pllm: dict) -
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--gold-dir", type=Path, required=True)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--k", type=int, default=5)
-    ap.add_argument("--max-band", type=float, default=0.3)
-    ap.add_argument("--max-calls", type=int, default=0, help="0 = every reading in the band")
-    ap.add_argument("--cache-dir", type=Path, default=None)
-    ap.add_argument("--bootstrap", type=int, default=1000)
-    ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument(
-        "--no-repack",
-        action="store_true",
-        help="load the GGUF without llama.cpp's repacked CPU weights (a llama-cpp-python "
-        "0.3.36 build here segfaults in them on any prompt batch > 1 token)",
-    )
-    args = ap.parse_args(argv)
-    if args.no_repack:
-        no_repack()
-    docs, mesh = load_iu(args.gold_dir, "dev", 0, 0, 13)
-    gold = gold_frame(args.gold_dir, docs, mesh)
-    rules = label_documents_rules(docs).labels
+def parse_policy(text: str) -> tuple:
+    """`vote`, `band:B:T` or `blend:W:T` → the policy tuple `decide` takes."""
+    kind, *nums = text.split(":")
+    if kind == "vote" and not nums:
+        return ("vote",)
+    if kind in ("band", "blend") and len(nums) == 2:
+        return (kind, float(nums[0]), float(nums[1]))
+    raise SystemExit(f"--policy {text!r}: use vote, band:B:T or blend:W:T")
+
+
+def readings(args, docs: pl.DataFrame) -> tuple[dict, list[MentionItem], float, dict]:
+    """The vote's P(positive) for every ambiguous reading of `docs` (examples: all the
+    development reports, leave-one-report-out), the readings inside the band (→ model),
+    the vote threshold and counts."""
     with tempfile.TemporaryDirectory() as tmp:
         ex = dev_examples(args.gold_dir, Path(tmp) / "examples.parquet")
         index = ExemplarIndex.from_examples(ex, k=args.k)
@@ -257,17 +254,61 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_calls:
         items = items[: args.max_calls]
     print(
-        f"{docs.height} dev reports, {len(mentions)} ambiguous readings, {len(voted)} with "
-        f"exemplars; vote threshold {t_vote}; {len(items)} within ±{args.max_band} → model",
+        f"{docs.height} {args.split} reports, {len(mentions)} ambiguous readings, {len(voted)} "
+        f"with exemplars; vote threshold {t_vote}; {len(items)} within ±{args.max_band} → model",
         flush=True,
     )
+    counts = {"ambiguous": len(mentions), "with_exemplars": len(voted)}
+    return pv, items, t_vote, counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--gold-dir", type=Path, required=True)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--split", choices=("dev", "test"), default="dev")
+    ap.add_argument(
+        "--policy",
+        default="blend:0.25:0.55",
+        help="--split test only: the policy frozen on dev (vote, band:B:T, blend:W:T)",
+    )
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--k", type=int, default=5)
+    ap.add_argument("--max-band", type=float, default=0.3)
+    ap.add_argument("--max-calls", type=int, default=0, help="0 = every reading in the band")
+    ap.add_argument("--cache-dir", type=Path, default=None)
+    ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--no-repack",
+        action="store_true",
+        help="load the GGUF without llama.cpp's repacked CPU weights (a llama-cpp-python "
+        "0.3.36 build here segfaults in them on any prompt batch > 1 token)",
+    )
+    args = ap.parse_args(argv)
+    policy = parse_policy(args.policy)
+    if args.no_repack:
+        no_repack()
+    docs, mesh = load_iu(args.gold_dir, args.split, 0, 0, 13)
+    gold = gold_frame(args.gold_dir, docs, mesh)
+    t0 = time.perf_counter()
+    rules = label_documents_rules(docs).labels
+    rules_s = time.perf_counter() - t0
+    pv, items, t_vote, counts = readings(args, docs)
     pllm, info = model_probs(args, items)
     table = build_table(rules, gold, pv, pllm)
-    result = evaluate(table, t_vote, args.bootstrap)
+    if args.split == "test":
+        result = frozen(args, table, rules, gold, t_vote, policy)
+        result["s_per_report"] = (rules_s + info["seconds"]) / docs.height
+        result["output_tokens_per_report"] = info["completion_tokens"] / docs.height
+    else:
+        result = evaluate(table, t_vote, args.bootstrap)
     result.update(
+        split=args.split,
         reports=docs.height,
-        ambiguous=len(mentions),
-        with_exemplars=len(voted),
+        **counts,
         t_vote=t_vote,
         max_band=args.max_band,
         model=os.path.basename(args.model),
@@ -279,6 +320,48 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
     return 0
+
+
+def decided_labels(rules: pl.DataFrame, table: pl.DataFrame, pred: np.ndarray) -> pl.DataFrame:
+    """The rules' label rows with the ambiguous readings set to `pred` (a reading turned
+    negative loses its side, as `apply_decisions` does)."""
+    d = table.select("id", "lesion", "amb").with_columns(pl.Series("_pos", pred))
+    j = rules.join(d.filter(pl.col("amb")), on=["id", "lesion"], how="left")
+    hit = pl.col("_pos").is_not_null()
+    status = pl.when(pl.col("_pos")).then(pl.lit("positive")).otherwise(pl.lit("negative"))
+    j = j.with_columns(pl.when(hit).then(status).otherwise(pl.col("status")).alias("status"))
+    neg = hit & (pl.col("status") == "negative")
+    loc = pl.when(neg).then(pl.lit("not mentioned")).otherwise(pl.col("location"))
+    return j.with_columns(loc.alias("location")).drop("amb", "_pos")
+
+
+def frozen(args, table, rules, gold, t_vote: float, policy: tuple) -> dict:
+    """The held-out run: rules, vote and the frozen vote + model policy, same reports."""
+    preds = {
+        "rules": table["rule_pos"].to_numpy(),
+        "vote": decide(table, ("vote",), t_vote),
+        "vote + model": decide(table, policy, t_vote),
+    }
+    out: dict = {"policy": policy, "labelers": {}}
+    for name, pred in preds.items():
+        rep = score(args, decided_labels(rules, table, pred), gold)
+        ci = rep.ci.overall if rep.ci else {}
+        out["labelers"][name] = {
+            "micro_f1": rep.micro_f1,
+            "micro_f1_ci": [ci["micro_f1"].low, ci["micro_f1"].high] if "micro_f1" in ci else None,
+            "location_accuracy": rep.location_accuracy,
+            "location_ci": [ci["location_accuracy"].low, ci["location_accuracy"].high]
+            if "location_accuracy" in ci
+            else None,
+            "micro_f1_table": micro_f1(pred, table["gold_pos"].to_numpy()),
+        }
+    out["model_minus_vote"] = paired_bootstrap(
+        table, preds["vote + model"], preds["vote"], args.bootstrap
+    )
+    out["model_minus_rules"] = paired_bootstrap(
+        table, preds["vote + model"], preds["rules"], args.bootstrap
+    )
+    return out
 
 
 def evaluate(table: pl.DataFrame, t_vote: float, n_boot: int) -> dict:
