@@ -267,10 +267,13 @@ def location_errors(labels: pl.DataFrame, gold: pl.DataFrame) -> dict:
     bad = j.filter(pl.col("location") != pl.col("gl"))
     amb = bad.filter(pl.col("clarity") == "ambiguous").height
     pairs = bad.group_by("location", "gl").len().sort("len", descending=True)
+    differ = pl.col("rationale").str.contains("sides_differ")  # the rules' side is a guess
     return {
         "scored": j.height,
         "wrong": bad.height,
         "wrong_ambiguous": amb,
+        "sides_differ_scored": j.filter(differ).height,
+        "sides_differ_wrong": bad.filter(differ).height,
         "wrong_by_pair": {f"{a} -> gold {b}": n for a, b, n in pairs.iter_rows()},
         "accuracy": 1 - bad.height / max(1, j.height),
         "ceiling_fixing_ambiguous": 1 - (bad.height - amb) / max(1, j.height),
