@@ -39,10 +39,12 @@ from label_quality import dev_examples, gold_frame, load_iu
 
 from cxrctx.labeling.exemplars import (
     GOLD_VALUES,
+    Exemplar,
     ExemplarIndex,
     Mention,
     ambiguous_mentions,
     read_examples,
+    vote,
 )
 from cxrctx.labeling.rules import label_documents_rules
 
@@ -103,16 +105,18 @@ def similarities(pairs, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     return s_t, s_e, excluded
 
 
-def vote_probs(sim: np.ndarray, excluded: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
-    """Similarity-weighted share of positive among the k nearest (NaN: no exemplar)."""
+def vote_probs(sim: np.ndarray, excluded: np.ndarray, pairs, k: int) -> np.ndarray:
+    """The production vote (`exemplars.vote`) over the k nearest under `sim` (NaN: none)."""
     s = np.where(excluded, -np.inf, sim)
     order = np.argsort(-s, axis=1)[:, :k]
-    p = np.full(len(y), np.nan)
+    p = np.full(len(pairs), np.nan)
     for i, js in enumerate(order):
-        js = js[np.isfinite(s[i, js])]
-        if len(js):
-            w = np.maximum(s[i, js], 0) + 1e-3
-            p[i] = (w * y[js]).sum() / w.sum()
+        near = [
+            Exemplar(pairs[j][0], pairs[j][1], float(s[i, j])) for j in js if np.isfinite(s[i, j])
+        ]
+        got = vote(near)
+        if got is not None:
+            p[i] = got
     return p
 
 
@@ -135,7 +139,6 @@ def main(argv: list[str] | None = None) -> int:
     table = rules.select("id", "lesion", (pl.col("status") == "positive").alias("rule_pos"))
     table = table.join(gold, on=["id", "lesion"], how="inner")
     pairs = exemplar_pairs(args.gold_dir)
-    y = np.array([g == "positive" for _, g in pairs], dtype=float)
     s_t, s_e, excluded = similarities(pairs, embed(args, pairs))
     at = {(m.doc_id, m.lesion): i for i, (m, _) in enumerate(pairs)}
     row = np.array([at.get(k, -1) for k in zip(table["id"], table["lesion"], strict=True)])
@@ -150,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
 
     grid = {}
     for a, k in itertools.product(ALPHAS, KS):
-        p = vote_probs(a * s_t + (1 - a) * s_e, excluded, y, k)
+        p = vote_probs(a * s_t + (1 - a) * s_e, excluded, pairs, k)
         grid.update({(a, k, t): predict(p, t) for t in THRESHOLDS})
     production = grid[(1.0, 5, 0.5)]
     folds = np.array([fold_of(i) for i in table["id"]])

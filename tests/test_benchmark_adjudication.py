@@ -11,6 +11,8 @@ import numpy as np
 import polars as pl
 import pytest
 
+from cxrctx.labeling.exemplars import Mention
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import adjudication_blend as blend
 import embedding_retrieval as retrieval
@@ -62,14 +64,17 @@ def test_decided_labels_clear_the_side_of_a_reading_turned_negative():
 
 
 def test_vote_probs_weights_by_similarity_and_skips_excluded_exemplars():
+    def mention(doc: str) -> Mention:
+        return Mention(doc, doc, "edema", ("edema",), ("hedged",), ("may",), "positive", "")
+
+    pairs = [(mention("r0"), "positive"), (mention("r1"), "negative"), (mention("r2"), "positive")]
     sim = np.array([[1.0, 0.8, 0.2], [0.8, 1.0, 0.1], [0.2, 0.1, 1.0]])
     excluded = np.eye(3, dtype=bool)
     excluded[0, 1] = True  # same report as the query: never a neighbour
-    y = np.array([1.0, 0.0, 1.0])
-    p = retrieval.vote_probs(sim, excluded, y, k=2)
+    p = retrieval.vote_probs(sim, excluded, pairs, k=2)
     assert p[0] == pytest.approx(1.0)  # only exemplar 2 is left, and it is positive
     assert p[1] == pytest.approx(1.0)  # exemplars 0 and 2, both positive
     w_pos, w_neg = 0.2 + 1e-3, 0.1 + 1e-3  # query 2: exemplar 0 positive, 1 negative
-    assert p[2] == pytest.approx(w_pos / (w_pos + w_neg))
-    none = retrieval.vote_probs(sim, np.ones((3, 3), bool), y, k=2)
+    assert p[2] == pytest.approx(w_pos / (w_pos + w_neg), abs=1e-6)
+    none = retrieval.vote_probs(sim, np.ones((3, 3), bool), pairs, k=2)
     assert np.isnan(none).all()
