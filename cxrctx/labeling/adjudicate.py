@@ -42,7 +42,7 @@ from cxrctx.labeling.exemplars import (
     calibrate,
     vote,
 )
-from cxrctx.llm.base import ChatRequest, Engine, Sampling
+from cxrctx.llm.base import PROVENANCE_COLUMNS, ChatRequest, Engine, Sampling
 from cxrctx.llm.cache import ResultCache
 from cxrctx.llm.choice import ChoiceAnswer, choice_request, parse_choice
 from cxrctx.llm.prompt import load_prompt_file
@@ -52,7 +52,6 @@ from cxrctx.vocab import LESIONS
 
 CHOICES = ("positive", "negative")
 EXAMPLE_CHARS = 200  # an exemplar's sentences in the prompt, cut (prompt tokens = CPU time)
-PROVENANCE = ("backend", "model", "prompt_sha256", "schema_sha256", "sampling")
 DEFAULT_PROMPT_VERSION = 1
 
 
@@ -247,7 +246,7 @@ def adjudicate(
             )
         counts["adjudication_prompt_tokens"] = stats.prompt_tokens
         counts["adjudication_completion_tokens"] = stats.completion_tokens
-        prov = {k: stats.provenance.get(k) for k in PROVENANCE}
+        prov = {k: stats.provenance.get(k) for k in PROVENANCE_COLUMNS}
     return Adjudication(decisions, counts, prov)
 
 

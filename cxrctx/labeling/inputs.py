@@ -26,6 +26,7 @@ from cxrctx.errors import CxrctxError
 from cxrctx.io import input_file, open_stage
 from cxrctx.labeling.models import DEFAULT_SECTIONS
 from cxrctx.limits import MAX_REPORT_BYTES, TOO_LARGE, split_oversize, too_large_detail
+from cxrctx.llm.base import PROVENANCE_COLUMNS
 from cxrctx.vocab import HEADER_ONLY, LESIONS, SECTIONS
 
 #: the records column the default sections fall back to (also a --sections choice)
@@ -82,7 +83,7 @@ class LoadedInput:
         """Add the header-only studies: 14 `not_mentioned` rows each (section header_only,
         the run's provenance), a documents row with status header_only; they count as
         labeled documents and, apart, as `header_only`."""
-        prov = {k: provenance.get(k) for k in _PROVENANCE}
+        prov = {k: provenance.get(k) for k in PROVENANCE_COLUMNS}
         rows: list[dict[str, Any]] = [
             {
                 "id": doc_id,
@@ -109,9 +110,6 @@ class LoadedInput:
         for k in ("documents", "labeled"):
             counts[k] = counts.get(k, 0) + n
         counts["not_mentioned"] = counts.get("not_mentioned", 0) + n * len(LESIONS)
-
-
-_PROVENANCE = ("backend", "model", "prompt_sha256", "schema_sha256", "sampling")
 
 
 def _unread_doc(doc_id: str, status: str, error: str | None) -> dict[str, Any]:

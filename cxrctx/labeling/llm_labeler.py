@@ -31,7 +31,7 @@ from cxrctx.labeling.tables import (
     model_result,
 )
 from cxrctx.labeling.task import LabelItem, LesionTask
-from cxrctx.llm.base import Engine, Sampling
+from cxrctx.llm.base import PROVENANCE_COLUMNS, Engine, Sampling
 from cxrctx.llm.cache import ResultCache
 from cxrctx.llm.runner import (
     Executor,
@@ -112,10 +112,7 @@ class LabelRows:
 
     def __init__(self, sinks: dict[str, Sink], provenance: dict[str, Any]):
         self.sinks = sinks
-        self.prov = {
-            k: provenance[k]
-            for k in ("backend", "model", "prompt_sha256", "schema_sha256", "sampling")
-        }
+        self.prov = {k: provenance[k] for k in PROVENANCE_COLUMNS}
         self.counts = dict.fromkeys(COUNTS, 0)
         self._not_candidate = {
             "status": "negative",

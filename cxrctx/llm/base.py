@@ -11,6 +11,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
+#: the provenance columns every LLM-written (or LLM-stage) output row carries
+PROVENANCE_COLUMNS = ("backend", "model", "prompt_sha256", "schema_sha256", "sampling")
+
 
 @dataclass(frozen=True)
 class Sampling:

@@ -9,13 +9,14 @@ from typing import Any
 
 import polars as pl
 
+from cxrctx.llm.base import PROVENANCE_COLUMNS
 from cxrctx.llm.runner import TaskResult
 from cxrctx.llm.sink import Sink
 from cxrctx.structure.check import CheckResult
 from cxrctx.structure.task import StructuredAnswer, StructureItem, check_answer, reason_code
 from cxrctx.vocab import SRRG_ORGAN_KEYS, SRRG_ORGANS
 
-PROV = ("backend", "model", "prompt_sha256", "schema_sha256", "sampling")
+PROV = PROVENANCE_COLUMNS
 
 STRUCTURED_SCHEMA: dict[str, Any] = {
     "id": pl.String,
